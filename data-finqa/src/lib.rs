@@ -1,0 +1,1 @@
+//! FinQA data pipeline: loading, prompts, labels, batching, metrics.

@@ -1,0 +1,3 @@
+//! Tensors, devices, autograd, optimizers and the NF4 format.
+
+pub mod nf4;

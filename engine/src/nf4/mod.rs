@@ -1,0 +1,1 @@
+//! NF4 / FP4 4-bit quantization with double quantization, bit-compatible with bitsandbytes.

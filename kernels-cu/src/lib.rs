@@ -1,0 +1,1 @@
+//! CUDA C++ kernel sources, their host emulator and the compile gates.

@@ -1,0 +1,1 @@
+//! Falcon-family causal LMs on top of `engine`.
