@@ -1,3 +1,6 @@
 //! Tensors, devices, autograd, optimizers and the NF4 format.
 
+pub mod dtype;
 pub mod nf4;
+
+pub use dtype::DType;
