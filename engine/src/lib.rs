@@ -1,6 +1,31 @@
 //! Tensors, devices, autograd, optimizers and the NF4 format.
+//!
+//! - [`Tensor`]: an immutable contiguous array with shape, dtype, device and shared storage.
+//! - [`Var`]: a tensor in the autograd graph; [`ops`] are differentiable functions of vars.
+//! - [`checkpoint`]: activation recompute of a segment (one decoder layer).
+//! - [`optim`]: AdamW, gradient clipping, LR schedules with HF Trainer semantics.
+//! - [`nf4`]: 4-bit NormalFloat quantization, bit-compatible with bitsandbytes.
 
+pub mod autograd;
+pub mod device;
 pub mod dtype;
+pub mod element;
+pub mod error;
+pub mod memory;
 pub mod nf4;
+pub mod ops;
+pub mod optim;
+pub mod rng;
+pub mod shape;
+pub mod storage;
+pub mod tensor;
+pub mod testing;
 
+pub use autograd::{checkpoint, grad_enabled, no_grad, GradStore, Var};
+pub use device::Device;
 pub use dtype::DType;
+pub use element::{Element, Float};
+pub use error::{Error, Result};
+pub use shape::Shape;
+pub use storage::CpuStorage;
+pub use tensor::Tensor;

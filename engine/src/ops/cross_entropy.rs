@@ -1,0 +1,219 @@
+//! Cross-entropy with `ignore_index` and a sum-over-a-given-count reduction.
+//!
+//! `loss = Σ_{rows r with label ≠ −100} (logsumexp(z_r) − z_r[label_r]) / count`.
+//! `count` is supplied by the caller: HF Trainer divides by the number of target tokens in the
+//! whole gradient-accumulation window, not the micro-batch. The gradient is
+//! `dz_r = g·(softmax(z_r) − onehot(label_r)) / count` for kept rows and 0 for ignored ones.
+//!
+//! Probabilities are never stored: backward recomputes them from the saved logsumexp.
+//! [`linear_cross_entropy`] also fuses the lm_head: it never holds more than one chunk of
+//! `rows x vocab` logits, and it skips ignored rows entirely.
+
+use super::matmul::gemm;
+use super::{same_dtype, with_float};
+use crate::autograd::record;
+use crate::element::Float;
+use crate::{Element, Error, Result, Tensor, Var};
+use rayon::prelude::*;
+
+/// Labels with this value contribute nothing (PyTorch's default `ignore_index`).
+pub const IGNORE_INDEX: i32 = -100;
+
+fn check_labels(labels: &[i32], rows: usize, vocab: usize) -> Result<()> {
+    if labels.len() != rows {
+        return Err(Error::shape(
+            "cross_entropy",
+            format!("{} labels for {rows} rows", labels.len()),
+        ));
+    }
+    if let Some((i, &l)) = labels
+        .iter()
+        .enumerate()
+        .find(|(_, &l)| l != IGNORE_INDEX && (l < 0 || l as usize >= vocab))
+    {
+        return Err(Error::invalid(
+            "cross_entropy",
+            format!("label {l} at row {i} is outside 0..{vocab} and is not {IGNORE_INDEX}"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_count(count: f64) -> Result<()> {
+    if !(count.is_finite() && count > 0.0) {
+        return Err(Error::invalid(
+            "cross_entropy",
+            format!("the token count must be positive, got {count}"),
+        ));
+    }
+    Ok(())
+}
+
+/// logsumexp of one row, with the max subtracted first.
+fn lse_row<T: Float>(z: &[T]) -> T {
+    let m = z.iter().fold(T::NEG_INFINITY, |a, &b| a.max(b));
+    let mut s = T::ZERO;
+    for &x in z {
+        s += (x - m).exp();
+    }
+    m + s.ln()
+}
+
+/// Writes `scale·(softmax(z) − onehot(label))` into `z` in place.
+fn dlogits_row<T: Float>(z: &mut [T], lse: T, label: usize, scale: T) {
+    for x in z.iter_mut() {
+        *x = (*x - lse).exp() * scale;
+    }
+    z[label] -= scale;
+}
+
+/// Loss over materialized `logits [rows, vocab]` with `labels [rows]`.
+pub fn cross_entropy(logits: &Var, labels: &[i32], count: f64) -> Result<Var> {
+    let lv = logits.value();
+    if lv.rank() != 2 {
+        return Err(Error::shape(
+            "cross_entropy",
+            format!("logits must be [rows, vocab], got {}", lv.shape()),
+        ));
+    }
+    let (rows, vocab) = (lv.dims()[0], lv.dims()[1]);
+    check_labels(labels, rows, vocab)?;
+    check_count(count)?;
+    let labels = labels.to_vec();
+    let dt = lv.dtype();
+    with_float!(dt, "cross_entropy", |T| {
+        let z = lv.as_slice::<T>()?;
+        let lse: Vec<T> = z.par_chunks(vocab).map(lse_row).collect();
+        let mut total = 0.0f64;
+        for (r, &l) in labels.iter().enumerate() {
+            if l != IGNORE_INDEX {
+                total += (lse[r] - z[r * vocab + l as usize]).to_f64();
+            }
+        }
+        let loss = Tensor::scalar(total / count, dt);
+        Ok(record("cross_entropy", loss, &[logits], move |g, _, _| {
+            let scale = T::from_f64(g.to_scalar()? / count);
+            let mut dz = lv.as_slice::<T>()?.to_vec();
+            dz.par_chunks_mut(vocab)
+                .enumerate()
+                .for_each(|(r, row)| match labels[r] {
+                    IGNORE_INDEX => row.iter_mut().for_each(|x| *x = T::ZERO),
+                    l => dlogits_row(row, lse[r], l as usize, scale),
+                });
+            Ok(vec![Some(Tensor::from_storage(
+                T::wrap(dz),
+                lv.shape().clone(),
+            ))])
+        }))
+    })
+}
+
+/// Loss of `logits = hidden · Wᵀ` without materializing the logits: `hidden [rows, d]`,
+/// `weight [vocab, d]` (the lm_head), `labels [rows]`. Rows are processed in chunks of
+/// `chunk_rows` kept rows, so peak extra memory is `chunk_rows x vocab` elements. Backward
+/// recomputes each chunk's logits; `dW` is computed only when the weight requires a gradient.
+pub fn linear_cross_entropy(
+    hidden: &Var,
+    weight: &Var,
+    labels: &[i32],
+    count: f64,
+    chunk_rows: usize,
+) -> Result<Var> {
+    let (hv, wv) = (hidden.value(), weight.value());
+    let dt = same_dtype("linear_cross_entropy", &[&hv, &wv])?;
+    if hv.rank() != 2 || wv.rank() != 2 || hv.dims()[1] != wv.dims()[1] {
+        return Err(Error::shape(
+            "linear_cross_entropy",
+            format!("hidden {} with weight {}", hv.shape(), wv.shape()),
+        ));
+    }
+    let (rows, d, vocab) = (hv.dims()[0], hv.dims()[1], wv.dims()[0]);
+    check_labels(labels, rows, vocab)?;
+    check_count(count)?;
+    let chunk_rows = chunk_rows.max(1);
+    // Only rows with a target matter; gather their indices once.
+    let kept: Vec<(usize, usize)> = labels
+        .iter()
+        .enumerate()
+        .filter(|(_, &l)| l != IGNORE_INDEX)
+        .map(|(r, &l)| (r, l as usize))
+        .collect();
+    with_float!(dt, "linear_cross_entropy", |T| {
+        let (h, w) = (hv.as_slice::<T>()?, wv.as_slice::<T>()?);
+        let mut lse = Vec::with_capacity(kept.len());
+        let mut total = 0.0f64;
+        let mut xs = Vec::with_capacity(chunk_rows.min(kept.len()) * d);
+        let mut z = Vec::new();
+        for chunk in kept.chunks(chunk_rows) {
+            gather_rows(h, d, chunk, &mut xs);
+            z.resize(chunk.len() * vocab, T::ZERO);
+            gemm(
+                false,
+                true,
+                chunk.len(),
+                vocab,
+                d,
+                &xs,
+                w,
+                &mut z,
+                false,
+                true,
+            );
+            for (i, &(_, l)) in chunk.iter().enumerate() {
+                let row = &z[i * vocab..(i + 1) * vocab];
+                let s = lse_row(row);
+                total += (s - row[l]).to_f64();
+                lse.push(s);
+            }
+        }
+        let loss = Tensor::scalar(total / count, dt);
+        Ok(record(
+            "linear_cross_entropy",
+            loss,
+            &[hidden, weight],
+            move |g, needs, _| {
+                let (h, w) = (hv.as_slice::<T>()?, wv.as_slice::<T>()?);
+                let scale = T::from_f64(g.to_scalar()? / count);
+                let mut dh = vec![T::ZERO; rows * d];
+                let mut dw = if needs[1] {
+                    vec![T::ZERO; vocab * d]
+                } else {
+                    Vec::new()
+                };
+                let mut xs = Vec::new();
+                let mut z = Vec::new();
+                let mut dxs = Vec::new();
+                for (ci, chunk) in kept.chunks(chunk_rows).enumerate() {
+                    let n = chunk.len();
+                    gather_rows(h, d, chunk, &mut xs);
+                    z.resize(n * vocab, T::ZERO);
+                    gemm(false, true, n, vocab, d, &xs, w, &mut z, false, true);
+                    z.par_chunks_mut(vocab).enumerate().for_each(|(i, row)| {
+                        dlogits_row(row, lse[ci * chunk_rows + i], chunk[i].1, scale);
+                    });
+                    if needs[0] {
+                        dxs.resize(n * d, T::ZERO);
+                        gemm(false, false, n, d, vocab, &z, w, &mut dxs, false, true);
+                        for (i, &(r, _)) in chunk.iter().enumerate() {
+                            dh[r * d..(r + 1) * d].copy_from_slice(&dxs[i * d..(i + 1) * d]);
+                        }
+                    }
+                    if needs[1] {
+                        gemm(true, false, vocab, d, n, &z, &xs, &mut dw, true, true);
+                    }
+                }
+                Ok(vec![
+                    needs[0].then(|| Tensor::from_storage(T::wrap(dh), [rows, d])),
+                    needs[1].then(|| Tensor::from_storage(T::wrap(dw), [vocab, d])),
+                ])
+            },
+        ))
+    })
+}
+
+fn gather_rows<T: Float>(h: &[T], d: usize, chunk: &[(usize, usize)], out: &mut Vec<T>) {
+    out.clear();
+    for &(r, _) in chunk {
+        out.extend_from_slice(&h[r * d..(r + 1) * d]);
+    }
+}

@@ -1,0 +1,175 @@
+//! Element-wise arithmetic: add (with broadcast of a trailing-suffix shape), mul, scale, sum.
+
+use super::{same_dtype, with_float};
+use crate::autograd::record;
+use crate::element::Float;
+use crate::{Error, Result, Tensor, Var};
+use rayon::prelude::*;
+
+const PAR_MIN: usize = 1 << 15;
+
+fn map2<T: Float>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
+    let mut out = vec![T::ZERO; a.len()];
+    if a.len() >= PAR_MIN {
+        out.par_iter_mut()
+            .zip(a.par_iter().zip(b.par_iter()))
+            .for_each(|(o, (&x, &y))| *o = f(x, y));
+    } else {
+        for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
+            *o = f(x, y);
+        }
+    }
+    out
+}
+
+fn map1<T: Float>(a: &[T], f: impl Fn(T) -> T + Sync) -> Vec<T> {
+    if a.len() >= PAR_MIN {
+        a.par_iter().map(|&x| f(x)).collect()
+    } else {
+        a.iter().map(|&x| f(x)).collect()
+    }
+}
+
+/// `a + b` for tensors of one shape and float dtype.
+pub fn add_tensors(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if a.shape() != b.shape() {
+        return Err(Error::shapes("add", a.shape(), b.shape()));
+    }
+    let dt = same_dtype("add", &[a, b])?;
+    with_float!(dt, "add", |T| {
+        let out = map2(a.as_slice::<T>()?, b.as_slice::<T>()?, |x, y| x + y);
+        Ok(Tensor::from_storage(
+            <T as crate::Element>::wrap(out),
+            a.shape().clone(),
+        ))
+    })
+}
+
+/// `a * b` element-wise.
+pub fn mul_tensors(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if a.shape() != b.shape() {
+        return Err(Error::shapes("mul", a.shape(), b.shape()));
+    }
+    let dt = same_dtype("mul", &[a, b])?;
+    with_float!(dt, "mul", |T| {
+        let out = map2(a.as_slice::<T>()?, b.as_slice::<T>()?, |x, y| x * y);
+        Ok(Tensor::from_storage(
+            <T as crate::Element>::wrap(out),
+            a.shape().clone(),
+        ))
+    })
+}
+
+/// `s * a`.
+pub fn scale_tensor(a: &Tensor, s: f64) -> Result<Tensor> {
+    with_float!(a.dtype(), "scale", |T| {
+        let s = T::from_f64(s);
+        let out = map1(a.as_slice::<T>()?, |x| x * s);
+        Ok(Tensor::from_storage(
+            <T as crate::Element>::wrap(out),
+            a.shape().clone(),
+        ))
+    })
+}
+
+/// Sums `a` viewed as `[rows, n]` over its rows, giving `[n]`; the order of additions is fixed.
+pub fn sum_rows(a: &Tensor, n: usize) -> Result<Tensor> {
+    with_float!(a.dtype(), "sum_rows", |T| {
+        let x = a.as_slice::<T>()?;
+        let mut out = vec![T::ZERO; n];
+        for row in x.chunks_exact(n) {
+            for (o, &v) in out.iter_mut().zip(row) {
+                *o += v;
+            }
+        }
+        Ok(Tensor::from_storage(<T as crate::Element>::wrap(out), [n]))
+    })
+}
+
+/// True when `small`'s dims are a trailing suffix of `big`'s (broadcast over leading dims).
+fn is_suffix(big: &[usize], small: &[usize]) -> bool {
+    small.len() <= big.len() && big[big.len() - small.len()..] == *small
+}
+
+/// `y = a + b`. `b` may have the shape of a trailing suffix of `a`'s shape (e.g. a bias `[n]`
+/// added to `[.., n]`); it is then broadcast over the leading dimensions.
+pub fn add(a: &Var, b: &Var) -> Result<Var> {
+    let (av, bv) = (a.value(), b.value());
+    let dt = same_dtype("add", &[&av, &bv])?;
+    if av.shape() == bv.shape() {
+        let out = add_tensors(&av, &bv)?;
+        return Ok(record("add", out, &[a, b], |g, _, _| {
+            Ok(vec![Some(g.clone()), Some(g.clone())])
+        }));
+    }
+    if !is_suffix(av.dims(), bv.dims()) {
+        return Err(Error::shapes("add", av.shape(), bv.shape()));
+    }
+    let n = bv.elem_count().max(1);
+    let out = with_float!(dt, "add", |T| {
+        let x = av.as_slice::<T>()?;
+        let y = bv.as_slice::<T>()?;
+        let mut out = x.to_vec();
+        for row in out.chunks_exact_mut(n) {
+            for (o, &v) in row.iter_mut().zip(y) {
+                *o += v;
+            }
+        }
+        Tensor::from_storage(<T as crate::Element>::wrap(out), av.shape().clone())
+    });
+    let bshape = bv.shape().clone();
+    Ok(record("add_broadcast", out, &[a, b], move |g, needs, _| {
+        let gb = if needs[1] {
+            Some(sum_rows(g, n)?.reshape(bshape.clone())?)
+        } else {
+            None
+        };
+        Ok(vec![Some(g.clone()), gb])
+    }))
+}
+
+/// `y = a * b` element-wise (same shapes).
+pub fn mul(a: &Var, b: &Var) -> Result<Var> {
+    let (av, bv) = (a.value(), b.value());
+    let out = mul_tensors(&av, &bv)?;
+    Ok(record("mul", out, &[a, b], move |g, needs, _| {
+        let ga = if needs[0] {
+            Some(mul_tensors(g, &bv)?)
+        } else {
+            None
+        };
+        let gb = if needs[1] {
+            Some(mul_tensors(g, &av)?)
+        } else {
+            None
+        };
+        Ok(vec![ga, gb])
+    }))
+}
+
+/// `y = s * a`.
+pub fn scale(a: &Var, s: f64) -> Result<Var> {
+    let out = scale_tensor(&a.value(), s)?;
+    Ok(record("scale", out, &[a], move |g, _, _| {
+        Ok(vec![Some(scale_tensor(g, s)?)])
+    }))
+}
+
+/// The sum of all elements, as a one-element tensor (summed in f64, in index order).
+pub fn sum_all(a: &Var) -> Result<Var> {
+    let av = a.value();
+    let dt = av.dtype();
+    let total: f64 = with_float!(dt, "sum_all", |T| {
+        av.as_slice::<T>()?.iter().map(|x| x.to_f64()).sum()
+    });
+    let shape = av.shape().clone();
+    Ok(record(
+        "sum_all",
+        Tensor::scalar(total, dt),
+        &[a],
+        move |g, _, _| {
+            let gv = g.to_scalar()?;
+            Ok(vec![Some(Tensor::full(gv, shape.clone(), dt))])
+        },
+    ))
+}

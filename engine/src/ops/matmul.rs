@@ -1,0 +1,251 @@
+//! Matrix products: the GEMM kernel (all transpose variants, through the `gemm` crate's
+//! blocked SIMD kernels), batched `matmul_t`, and `linear` (`y = x·Wᵀ`).
+
+use super::{same_dtype, with_float};
+use crate::autograd::record;
+use crate::element::Float;
+use crate::{Element, Error, Result, Shape, Tensor, Var};
+
+/// Work (m·n·k) above which a single GEMM is split across the rayon pool.
+const PARALLEL_MIN_WORK: usize = 48 * 48 * 48;
+
+/// `C (m x n) = op(A) · op(B)`, or `C += ...` when `accumulate`.
+///
+/// `op(A)` is `A` stored row-major as `[m, k]`, or with `trans_a` its transpose stored as
+/// `[k, m]`; likewise `op(B)` is `[k, n]` or, with `trans_b`, stored as `[n, k]`. `parallel`
+/// lets the kernel use the rayon pool; callers already inside a parallel loop pass false.
+/// Results do not depend on the number of threads (the split is over output tiles).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm<T: Float>(
+    trans_a: bool,
+    trans_b: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[T],
+    b: &[T],
+    c: &mut [T],
+    accumulate: bool,
+    parallel: bool,
+) {
+    assert_eq!(
+        a.len(),
+        m * k,
+        "gemm: A has {} elements, expected {m}x{k}",
+        a.len()
+    );
+    assert_eq!(
+        b.len(),
+        k * n,
+        "gemm: B has {} elements, expected {k}x{n}",
+        b.len()
+    );
+    assert_eq!(
+        c.len(),
+        m * n,
+        "gemm: C has {} elements, expected {m}x{n}",
+        c.len()
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            c.iter_mut().for_each(|x| *x = T::ZERO);
+        }
+        return;
+    }
+    let (a_rs, a_cs) = if trans_a {
+        (1, m as isize)
+    } else {
+        (k as isize, 1)
+    };
+    let (b_rs, b_cs) = if trans_b {
+        (1, k as isize)
+    } else {
+        (n as isize, 1)
+    };
+    let par = if parallel && m * n * k >= PARALLEL_MIN_WORK {
+        gemm::Parallelism::Rayon(rayon::current_num_threads())
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the asserts above guarantee every index the strides reach is inside the slices:
+    // A spans m*k, B spans k*n and C spans m*n elements with the row/column strides chosen
+    // for their row-major storage. T is f32 or f64, which `gemm` supports.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.as_ptr(),
+            a_cs,
+            a_rs,
+            b.as_ptr(),
+            b_cs,
+            b_rs,
+            T::ONE,
+            T::ONE,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
+/// Batched product of tensors: `[.., p, q]` operands with equal leading (batch) dims, or a
+/// rank-2 `b` shared by every batch of `a` (then `trans_a` must be false).
+pub fn matmul_tensors(a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool) -> Result<Tensor> {
+    let dt = same_dtype("matmul", &[a, b])?;
+    let (ad, bd) = (a.dims(), b.dims());
+    if ad.len() < 2 || bd.len() < 2 {
+        return Err(Error::shapes("matmul", a.shape(), b.shape()));
+    }
+    let (ar, ac) = (ad[ad.len() - 2], ad[ad.len() - 1]);
+    let (br, bc) = (bd[bd.len() - 2], bd[bd.len() - 1]);
+    let (m, ka) = if trans_a { (ac, ar) } else { (ar, ac) };
+    let (kb, n) = if trans_b { (bc, br) } else { (br, bc) };
+    if ka != kb {
+        return Err(Error::shape(
+            "matmul",
+            format!(
+                "inner dimensions differ: {} (trans {trans_a}) x {} (trans {trans_b})",
+                a.shape(),
+                b.shape()
+            ),
+        ));
+    }
+    let k = ka;
+    let a_batch = &ad[..ad.len() - 2];
+    let b_batch = &bd[..bd.len() - 2];
+    let shared_b = b_batch.is_empty() && !a_batch.is_empty();
+    if !shared_b && a_batch != b_batch {
+        return Err(Error::shapes("matmul", a.shape(), b.shape()));
+    }
+    if shared_b && trans_a {
+        return Err(Error::invalid(
+            "matmul",
+            "a shared rank-2 rhs needs an untransposed lhs",
+        ));
+    }
+    let batch: usize = a_batch.iter().product();
+    let mut out_dims = a_batch.to_vec();
+    out_dims.extend([m, n]);
+    with_float!(dt, "matmul", |T| {
+        let (x, y) = (a.as_slice::<T>()?, b.as_slice::<T>()?);
+        let mut out = vec![T::ZERO; batch * m * n];
+        if shared_b {
+            // All batches' rows form one tall matrix: a single large GEMM.
+            gemm(false, trans_b, batch * m, n, k, x, y, &mut out, false, true);
+        } else {
+            for i in 0..batch {
+                gemm(
+                    trans_a,
+                    trans_b,
+                    m,
+                    n,
+                    k,
+                    &x[i * m * k..(i + 1) * m * k],
+                    &y[i * k * n..(i + 1) * k * n],
+                    &mut out[i * m * n..(i + 1) * m * n],
+                    false,
+                    true,
+                );
+            }
+        }
+        Ok(Tensor::from_storage(T::wrap(out), Shape::new(out_dims)))
+    })
+}
+
+/// Sums a batched `[.., p, q]` tensor over its batch dims into `[p, q]`.
+fn sum_batches(t: &Tensor, p: usize, q: usize) -> Result<Tensor> {
+    super::elementwise::sum_rows(&t.reshape([t.elem_count() / (p * q), p * q])?, p * q)?
+        .reshape([p, q])
+}
+
+/// `C = op(A) · op(B)`, batched (see [`matmul_tensors`] for the shapes).
+///
+/// Backward, with `dC` the output gradient:
+/// `d op(A) = dC · op(B)ᵀ` and `d op(B) = op(A)ᵀ · dC`, each written as one GEMM with the
+/// transposes folded into the operands' strides.
+pub fn matmul_t(a: &Var, b: &Var, trans_a: bool, trans_b: bool) -> Result<Var> {
+    let (av, bv) = (a.value(), b.value());
+    let out = matmul_tensors(&av, &bv, trans_a, trans_b)?;
+    let shared_b = bv.rank() == 2 && av.rank() > 2;
+    Ok(record("matmul", out, &[a, b], move |g, needs, _| {
+        let ga = if needs[0] {
+            Some(if trans_a {
+                // A is [k, m]: dA = op(B) · dCᵀ
+                matmul_tensors(&bv, g, trans_b, true)?
+            } else {
+                // dA = dC · op(B)ᵀ
+                matmul_tensors(g, &bv, false, !trans_b)?
+            })
+        } else {
+            None
+        };
+        let gb = if needs[1] {
+            let (gl, al) = if shared_b {
+                // Flatten the batch into rows: one GEMM gives the summed gradient.
+                let rows = av.elem_count() / av.dims()[av.rank() - 1];
+                (
+                    g.reshape([rows, g.dims()[g.rank() - 1]])?,
+                    av.reshape([rows, av.dims()[av.rank() - 1]])?,
+                )
+            } else {
+                (g.clone(), av.clone())
+            };
+            let gb = if trans_b {
+                // B is [n, k]: dB = dCᵀ · op(A)
+                matmul_tensors(&gl, &al, true, trans_a)?
+            } else {
+                // dB = op(A)ᵀ · dC
+                matmul_tensors(&al, &gl, !trans_a, false)?
+            };
+            let bd = bv.dims();
+            Some(if gb.shape() == bv.shape() {
+                gb
+            } else {
+                sum_batches(&gb, bd[0], bd[1])?
+            })
+        } else {
+            None
+        };
+        Ok(vec![ga, gb])
+    }))
+}
+
+/// `C = A · B` (batched).
+pub fn matmul(a: &Var, b: &Var) -> Result<Var> {
+    matmul_t(a, b, false, false)
+}
+
+/// A linear layer without bias, as `torch.nn.functional.linear`: `y[.., out] = x[.., in] · Wᵀ`
+/// with `W` stored `[out, in]`. `dx = dy · W`; `dW = dyᵀ · x` only when `W` requires a gradient.
+pub fn linear(x: &Var, w: &Var) -> Result<Var> {
+    let wd = w.dims();
+    if wd.len() != 2 {
+        return Err(Error::shape(
+            "linear",
+            format!("weight must be [out, in], got {}", w.shape()),
+        ));
+    }
+    let xd = x.dims();
+    if xd.is_empty() || xd[xd.len() - 1] != wd[1] {
+        return Err(Error::shape(
+            "linear",
+            format!("input {} does not end in {}", x.shape(), wd[1]),
+        ));
+    }
+    let rows: usize = xd[..xd.len() - 1].iter().product();
+    let x2 = super::reshape(x, [rows, wd[1]])?;
+    let y2 = matmul_t(&x2, w, false, true)?;
+    let mut od = xd[..xd.len() - 1].to_vec();
+    od.push(wd[0]);
+    super::reshape(&y2, od)
+}

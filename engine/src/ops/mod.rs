@@ -1,0 +1,65 @@
+//! Differentiable ops. Each module holds one op family: the public op on [`Var`]s, its CPU
+//! kernels (generic over f32/f64, so the same code is the float64 reference), and its backward.
+//!
+//! [`Var`]: crate::Var
+
+pub mod attention;
+pub mod cross_entropy;
+pub mod dropout;
+pub mod elementwise;
+pub mod embedding;
+pub mod gelu;
+pub mod layernorm;
+pub mod matmul;
+pub mod rope;
+pub mod shape;
+
+pub use attention::attention;
+pub use cross_entropy::{cross_entropy, linear_cross_entropy, IGNORE_INDEX};
+pub use dropout::dropout;
+pub use elementwise::{add, mul, scale, sum_all};
+pub use embedding::embedding;
+pub use gelu::gelu;
+pub use layernorm::layer_norm;
+pub use matmul::{linear, matmul, matmul_t};
+pub use rope::{rope, RopeTable};
+pub use shape::{concat, narrow, permute, reshape};
+
+/// Runs `$body` with `$T` bound to the Rust float type of `$dtype` (f32 or f64); any other dtype
+/// is an error naming the op.
+macro_rules! with_float {
+    ($dtype:expr, $op:expr, |$T:ident| $body:expr) => {
+        match $dtype {
+            $crate::DType::F32 => {
+                type $T = f32;
+                $body
+            }
+            $crate::DType::F64 => {
+                type $T = f64;
+                $body
+            }
+            d => {
+                return Err($crate::Error::DType {
+                    op: $op,
+                    dtype: d,
+                    expected: "f32 or f64",
+                })
+            }
+        }
+    };
+}
+pub(crate) use with_float;
+
+/// Checks that all tensors share `a`'s dtype.
+pub(crate) fn same_dtype(op: &'static str, ts: &[&crate::Tensor]) -> crate::Result<crate::DType> {
+    let d = ts[0].dtype();
+    for t in ts {
+        if t.dtype() != d {
+            return Err(crate::Error::invalid(
+                op,
+                format!("mixed dtypes {d} and {}", t.dtype()),
+            ));
+        }
+    }
+    Ok(d)
+}
