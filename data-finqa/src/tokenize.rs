@@ -1,0 +1,598 @@
+//! Tokenization, labels and truncation.
+//!
+//! # Sequence layout and labels
+//!
+//! Every example becomes `input_ids = prompt_ids ++ target_ids ++ [eos]` with
+//! `labels[i] = -100` for the prompt positions and `labels[i] = input_ids[i]` for the target and
+//! the EOS. Labels are *unshifted* (Hugging Face convention): the loss compares
+//! `logits[:, t]` with `labels[:, t + 1]`, so the first learned label is the first target token,
+//! predicted from the last prompt token. The EOS is learned, so the model learns to stop.
+//! (The seed's `DataCollatorForLanguageModeling` with pad = eos replaced these labels by
+//! `input_ids` and masked every EOS; we do what the seed intended instead.)
+//!
+//! Prompt and target are encoded separately, each with `add_special_tokens = false` (Falcon's
+//! tokenizer adds none anyway), so the prompt/target boundary is always a token boundary. For
+//! byte-level BPE tokenizers like Falcon's the prompt ends in "Answer:" and the target starts
+//! with a space, which the pre-tokenizer splits anyway, so the ids equal those of encoding the
+//! concatenated text.
+//!
+//! # Generic prompt/completion records
+//!
+//! `prompt` and `completion` are used verbatim: no template, no added space or newline between
+//! them; the completion is followed by the EOS id. Prompt tokens get -100, completion tokens and
+//! the EOS are learned. Under [`TruncationPolicy::KeepAnswer`] (and `Evidence`, which has no
+//! evidence to use here) an over-long example loses tokens from the *start* of the prompt (the
+//! end of a prompt is usually the instruction nearest to the answer); the kept prompt text is
+//! the prompt from the first kept token's offset, and its ids are the tail of the prompt's
+//! encoding. If the completion plus EOS alone exceed `max_length`, the prompt is dropped and the
+//! completion is cut at the end (reported as an answer truncation). Under
+//! [`TruncationPolicy::Seed`] the whole sequence is cut at the right, as for FinQA.
+//!
+//! # Truncation policies for FinQA
+//!
+//! * `KeepAnswer` (default): the question, the answer and the EOS are never cut. When the
+//!   sequence is longer than `max_length`, the context pieces (pre_text, table, post_text) are
+//!   shortened from their ends, longest first: each piece keeps at most `c` of its tokens, with
+//!   the largest `c` that fits ("water filling"), so a short table usually survives whole while
+//!   long texts lose their tails. The cut pieces are joined in the same template and the prompt
+//!   is re-encoded as one text (its ids equal `tokenizer.encode(prompt_text)`); if that is
+//!   still too long (token merges across the cut) the budget shrinks by the excess and the cut
+//!   is redone. A record whose question and answer alone do not fit is dropped and reported.
+//! * `Seed`: the seed's behaviour, for comparison: `prompt ++ target ++ [eos]` cut at the right
+//!   to `max_length`, which loses the answer whenever the prompt is long.
+//! * `Evidence`: the context is the gold supporting facts (`gold_inds`) in document order, one
+//!   piece per fact, in the same template; then as `KeepAnswer`. Records without gold facts use
+//!   the full context under `KeepAnswer` (counted as evidence fallbacks).
+
+use std::str::FromStr;
+use std::time::Instant;
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use tokenizers::Tokenizer;
+
+use crate::error::{DataError, Result};
+use crate::load::LoadReport;
+use crate::prompt::{context_pieces, prompt_from_pieces, target_text};
+use crate::record::{PromptCompletion, Record};
+
+/// Label value ignored by the loss.
+pub const IGNORE_INDEX: i32 = -100;
+
+/// How an over-long example is cut (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TruncationPolicy {
+    /// Cut the context, never the question, answer or EOS.
+    #[default]
+    KeepAnswer,
+    /// The seed's right truncation of the whole sequence.
+    Seed,
+    /// Use the gold supporting facts as the context.
+    Evidence,
+}
+
+impl TruncationPolicy {
+    /// The command-line name.
+    pub fn name(self) -> &'static str {
+        match self {
+            TruncationPolicy::KeepAnswer => "keep-answer",
+            TruncationPolicy::Seed => "seed",
+            TruncationPolicy::Evidence => "evidence",
+        }
+    }
+}
+
+impl std::fmt::Display for TruncationPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for TruncationPolicy {
+    type Err = DataError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "keep-answer" | "keep_answer" => Ok(TruncationPolicy::KeepAnswer),
+            "seed" => Ok(TruncationPolicy::Seed),
+            "evidence" => Ok(TruncationPolicy::Evidence),
+            _ => Err(DataError::UnknownName {
+                what: "truncation policy",
+                value: s.to_string(),
+                expected: "keep-answer, seed, evidence",
+            }),
+        }
+    }
+}
+
+/// Options of the tokenization stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenizeOptions {
+    /// Longest sequence (prompt + target + EOS), in tokens.
+    pub max_length: usize,
+    /// The EOS id appended after the target (Falcon: 11).
+    pub eos_id: u32,
+    /// How to cut over-long examples.
+    pub policy: TruncationPolicy,
+}
+
+impl TokenizeOptions {
+    fn validate(&self) -> Result<()> {
+        if self.max_length < 2 {
+            return Err(DataError::InvalidOption {
+                name: "max_length",
+                message: format!("must be at least 2, got {}", self.max_length),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// One tokenized training example.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenizedExample {
+    /// The record id.
+    pub id: String,
+    /// `prompt_ids ++ target_ids ++ [eos]`, possibly cut; length <= max_length.
+    pub input_ids: Vec<u32>,
+    /// Same length as `input_ids`: -100 on the prompt, the token id on target and EOS.
+    pub labels: Vec<i32>,
+    /// Number of prompt tokens (the first `prompt_len` labels are -100).
+    pub prompt_len: usize,
+    /// Target tokens (answer + EOS) before any cut.
+    pub full_target_len: usize,
+    /// True when some answer or EOS token was cut off.
+    pub answer_truncated: bool,
+    /// True when the context (or, for prompt/completion, the prompt) was shortened.
+    pub context_trimmed: bool,
+    /// True when the prompt's context is the gold evidence.
+    pub used_evidence: bool,
+    /// The prompt text the ids come from (after any cut).
+    pub prompt_text: String,
+    /// The target text (without EOS).
+    pub target_text: String,
+}
+
+impl TokenizedExample {
+    /// The prompt ids (what generation starts from).
+    pub fn prompt_ids(&self) -> &[u32] {
+        &self.input_ids[..self.prompt_len.min(self.input_ids.len())]
+    }
+
+    /// Number of learned labels (target tokens incl. EOS that were kept).
+    pub fn learned_len(&self) -> usize {
+        self.labels.iter().filter(|&&l| l != IGNORE_INDEX).count()
+    }
+}
+
+/// An example left out because it cannot be fitted under the policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DroppedExample {
+    /// The record id.
+    pub id: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// The tokenized data set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenizedSet {
+    /// Examples in input order (dropped ones left out).
+    pub examples: Vec<TokenizedExample>,
+    /// Examples that could not be fitted.
+    pub dropped: Vec<DroppedExample>,
+    /// Records that asked for evidence but had none (used the full context instead).
+    pub evidence_fallbacks: usize,
+    /// The options used.
+    pub options: TokenizeOptions,
+    /// Wall-clock seconds spent tokenizing.
+    pub seconds: f64,
+}
+
+impl TokenizedSet {
+    /// Examples tokenized per second (input examples / wall time).
+    pub fn examples_per_second(&self) -> f64 {
+        let n = (self.examples.len() + self.dropped.len()) as f64;
+        if self.seconds > 0.0 {
+            n / self.seconds
+        } else {
+            f64::INFINITY
+        }
+    }
+
+    /// Sequence lengths, in example order (for the sampler).
+    pub fn lengths(&self) -> Vec<usize> {
+        self.examples.iter().map(|e| e.input_ids.len()).collect()
+    }
+
+    /// Number of examples that lost answer or EOS tokens.
+    pub fn answers_truncated(&self) -> usize {
+        self.examples.iter().filter(|e| e.answer_truncated).count()
+    }
+}
+
+/// Per-item result: the example, or why it was dropped.
+type ItemResult = std::result::Result<TokenizedExample, DroppedExample>;
+
+/// Tokenizes FinQA records in parallel (rayon), keeping input order.
+pub fn tokenize_records(
+    tokenizer: &Tokenizer,
+    records: &[Record],
+    options: &TokenizeOptions,
+) -> Result<TokenizedSet> {
+    options.validate()?;
+    let start = Instant::now();
+    let items: Vec<Result<(ItemResult, bool)>> = records
+        .par_iter()
+        .map(|r| tokenize_record_inner(tokenizer, r, options))
+        .collect();
+    let mut set = empty_set(options);
+    for item in items {
+        let (res, fallback) = item?;
+        set.evidence_fallbacks += usize::from(fallback);
+        push(&mut set, res);
+    }
+    set.seconds = start.elapsed().as_secs_f64();
+    Ok(set)
+}
+
+/// Tokenizes prompt/completion pairs in parallel (rayon), keeping input order.
+pub fn tokenize_pairs(
+    tokenizer: &Tokenizer,
+    pairs: &[PromptCompletion],
+    options: &TokenizeOptions,
+) -> Result<TokenizedSet> {
+    options.validate()?;
+    let start = Instant::now();
+    let items: Vec<Result<ItemResult>> = pairs
+        .par_iter()
+        .map(|p| tokenize_pair(tokenizer, p, options))
+        .collect();
+    let mut set = empty_set(options);
+    for item in items {
+        push(&mut set, item?);
+    }
+    if options.policy == TruncationPolicy::Evidence {
+        set.evidence_fallbacks = set.examples.len() + set.dropped.len();
+    }
+    set.seconds = start.elapsed().as_secs_f64();
+    Ok(set)
+}
+
+/// Tokenizes whatever a [`LoadReport`] holds (records or pairs).
+pub fn tokenize_report(
+    tokenizer: &Tokenizer,
+    report: &LoadReport,
+    options: &TokenizeOptions,
+) -> Result<TokenizedSet> {
+    if report.pairs.is_empty() {
+        tokenize_records(tokenizer, &report.records, options)
+    } else {
+        tokenize_pairs(tokenizer, &report.pairs, options)
+    }
+}
+
+fn empty_set(options: &TokenizeOptions) -> TokenizedSet {
+    TokenizedSet {
+        examples: Vec::new(),
+        dropped: Vec::new(),
+        evidence_fallbacks: 0,
+        options: *options,
+        seconds: 0.0,
+    }
+}
+
+fn push(set: &mut TokenizedSet, res: ItemResult) {
+    match res {
+        Ok(e) => set.examples.push(e),
+        Err(d) => set.dropped.push(d),
+    }
+}
+
+/// Tokenizes one FinQA record. `Ok(Err(_))` means the record was dropped (cannot fit).
+pub fn tokenize_record(
+    tokenizer: &Tokenizer,
+    record: &Record,
+    options: &TokenizeOptions,
+) -> Result<std::result::Result<TokenizedExample, DroppedExample>> {
+    options.validate()?;
+    tokenize_record_inner(tokenizer, record, options).map(|(r, _)| r)
+}
+
+struct Encoded {
+    ids: Vec<u32>,
+    offsets: Vec<(usize, usize)>,
+}
+
+fn encode(tokenizer: &Tokenizer, id: &str, text: &str) -> Result<Encoded> {
+    let enc = tokenizer
+        .encode(text, false)
+        .map_err(|e| DataError::Tokenizer {
+            id: id.to_string(),
+            message: e.to_string(),
+        })?;
+    Ok(Encoded {
+        ids: enc.get_ids().to_vec(),
+        offsets: enc.get_offsets().to_vec(),
+    })
+}
+
+fn build_example(
+    id: &str,
+    prompt_ids: Vec<u32>,
+    target_ids: &[u32],
+    eos_id: u32,
+    max_length: usize,
+    prompt_text: String,
+    target_text: String,
+) -> TokenizedExample {
+    let full_target_len = target_ids.len() + 1;
+    let mut input_ids = prompt_ids;
+    let prompt_len = input_ids.len().min(max_length);
+    input_ids.extend_from_slice(target_ids);
+    input_ids.push(eos_id);
+    let answer_truncated = input_ids.len() > max_length;
+    input_ids.truncate(max_length);
+    let labels = input_ids
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| {
+            if i < prompt_len {
+                IGNORE_INDEX
+            } else {
+                t as i32
+            }
+        })
+        .collect();
+    TokenizedExample {
+        id: id.to_string(),
+        input_ids,
+        labels,
+        prompt_len,
+        full_target_len,
+        answer_truncated,
+        context_trimmed: false,
+        used_evidence: false,
+        prompt_text,
+        target_text,
+    }
+}
+
+fn tokenize_record_inner(
+    tokenizer: &Tokenizer,
+    record: &Record,
+    options: &TokenizeOptions,
+) -> Result<(ItemResult, bool)> {
+    let Some((answer, _)) = record.resolved_answer() else {
+        return Ok((
+            Err(DroppedExample {
+                id: record.id.clone(),
+                reason: "no answer".to_string(),
+            }),
+            false,
+        ));
+    };
+    let target = target_text(&answer);
+    let target_ids = encode(tokenizer, &record.id, &target)?.ids;
+    match options.policy {
+        TruncationPolicy::Seed => {
+            let prompt = prompt_from_pieces(&context_pieces(record), &record.question);
+            let prompt_ids = encode(tokenizer, &record.id, &prompt)?.ids;
+            let n_prompt = prompt_ids.len();
+            let mut ex = build_example(
+                &record.id,
+                prompt_ids,
+                &target_ids,
+                options.eos_id,
+                options.max_length,
+                prompt,
+                target,
+            );
+            ex.context_trimmed = n_prompt > options.max_length;
+            Ok((Ok(ex), false))
+        }
+        TruncationPolicy::KeepAnswer | TruncationPolicy::Evidence => {
+            let facts = if options.policy == TruncationPolicy::Evidence {
+                record.gold_facts_in_document_order()
+            } else {
+                Vec::new()
+            };
+            let fallback = options.policy == TruncationPolicy::Evidence && facts.is_empty();
+            let used_evidence = !facts.is_empty();
+            let pieces: Vec<String> = if used_evidence {
+                facts.iter().map(|f| f.text.clone()).collect()
+            } else {
+                context_pieces(record)
+            };
+            let res = keep_answer(
+                tokenizer,
+                &record.id,
+                &pieces,
+                &record.question,
+                &target_ids,
+                target,
+                options,
+            )?;
+            let res = res.map(|mut e| {
+                e.used_evidence = used_evidence;
+                e
+            });
+            Ok((res, fallback))
+        }
+    }
+}
+
+/// The largest cap `c` with `sum(min(len_i, c)) <= budget` (water filling), or `None` when
+/// everything fits uncapped.
+fn water_fill_cap(lengths: &[usize], budget: usize) -> Option<usize> {
+    let total: usize = lengths.iter().sum();
+    if total <= budget {
+        return None;
+    }
+    let (mut lo, mut hi) = (0usize, lengths.iter().copied().max().unwrap_or(0));
+    // Invariant: cap lo fits; cap hi does not (total > budget).
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        let used: usize = lengths.iter().map(|&l| l.min(mid)).sum();
+        if used <= budget {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    Some(lo)
+}
+
+/// The prefix of `text` covered by its first `keep` tokens, cut at a char boundary and
+/// without trailing whitespace.
+fn prefix_by_tokens<'a>(text: &'a str, enc: &Encoded, keep: usize) -> &'a str {
+    if keep >= enc.ids.len() {
+        return text;
+    }
+    if keep == 0 {
+        return "";
+    }
+    let mut end = enc.offsets[keep - 1].1.min(text.len());
+    while end > 0 && !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].trim_end()
+}
+
+fn keep_answer(
+    tokenizer: &Tokenizer,
+    id: &str,
+    pieces: &[String],
+    question: &str,
+    target_ids: &[u32],
+    target: String,
+    options: &TokenizeOptions,
+) -> Result<ItemResult> {
+    let max_length = options.max_length;
+    let full_target = target_ids.len() + 1;
+    let prompt = prompt_from_pieces(pieces, question);
+    let prompt_enc = encode(tokenizer, id, &prompt)?;
+    if prompt_enc.ids.len() + full_target <= max_length {
+        return Ok(Ok(build_example(
+            id,
+            prompt_enc.ids,
+            target_ids,
+            options.eos_id,
+            max_length,
+            prompt,
+            target,
+        )));
+    }
+    let drop = |reason: String| {
+        Ok(Err(DroppedExample {
+            id: id.to_string(),
+            reason,
+        }))
+    };
+    if full_target >= max_length {
+        return drop(format!(
+            "answer + EOS take {full_target} tokens, max_length is {max_length}"
+        ));
+    }
+    let prompt_budget = max_length - full_target;
+    let empty: Vec<&str> = vec![""; pieces.len()];
+    let frame = encode(tokenizer, id, &prompt_from_pieces(&empty, question))?;
+    if frame.ids.len() > prompt_budget {
+        return drop(format!(
+            "the prompt without context ({} tokens) and the answer + EOS ({full_target}) \
+             exceed max_length {max_length}",
+            frame.ids.len()
+        ));
+    }
+    let piece_encs = pieces
+        .iter()
+        .map(|p| encode(tokenizer, id, p))
+        .collect::<Result<Vec<_>>>()?;
+    let lengths: Vec<usize> = piece_encs.iter().map(|e| e.ids.len()).collect();
+    let mut context_budget = prompt_budget - frame.ids.len();
+    loop {
+        let cap = water_fill_cap(&lengths, context_budget).unwrap_or(usize::MAX);
+        let cut: Vec<&str> = pieces
+            .iter()
+            .zip(&piece_encs)
+            .map(|(p, e)| prefix_by_tokens(p, e, cap))
+            .collect();
+        let text = prompt_from_pieces(&cut, question);
+        let enc = encode(tokenizer, id, &text)?;
+        if enc.ids.len() <= prompt_budget {
+            let mut ex = build_example(
+                id,
+                enc.ids,
+                target_ids,
+                options.eos_id,
+                max_length,
+                text,
+                target,
+            );
+            ex.context_trimmed = true;
+            return Ok(Ok(ex));
+        }
+        // Merges across the cut made it longer than the sum of parts: shrink and retry.
+        // The frame alone fits, so this ends at context_budget == 0 at the latest.
+        let excess = enc.ids.len() - prompt_budget;
+        context_budget = context_budget.saturating_sub(excess.max(1));
+    }
+}
+
+fn tokenize_pair(
+    tokenizer: &Tokenizer,
+    pair: &PromptCompletion,
+    options: &TokenizeOptions,
+) -> Result<ItemResult> {
+    let max_length = options.max_length;
+    let target_ids = encode(tokenizer, &pair.id, &pair.completion)?.ids;
+    let prompt_enc = encode(tokenizer, &pair.id, &pair.prompt)?;
+    let n_prompt = prompt_enc.ids.len();
+    let full = n_prompt + target_ids.len() + 1;
+    let (prompt_ids, prompt_text, trimmed) =
+        if full <= max_length || options.policy == TruncationPolicy::Seed {
+            (prompt_enc.ids, pair.prompt.clone(), full > max_length)
+        } else {
+            let budget = max_length.saturating_sub(target_ids.len() + 1);
+            let skip = n_prompt - budget.min(n_prompt);
+            if skip >= n_prompt {
+                (Vec::new(), String::new(), n_prompt > 0)
+            } else {
+                let mut start = prompt_enc.offsets[skip].0.min(pair.prompt.len());
+                while start < pair.prompt.len() && !pair.prompt.is_char_boundary(start) {
+                    start += 1;
+                }
+                (
+                    prompt_enc.ids[skip..].to_vec(),
+                    pair.prompt[start..].to_string(),
+                    true,
+                )
+            }
+        };
+    let mut ex = build_example(
+        &pair.id,
+        prompt_ids,
+        &target_ids,
+        options.eos_id,
+        max_length,
+        prompt_text,
+        pair.completion.clone(),
+    );
+    ex.context_trimmed = trimmed;
+    Ok(Ok(ex))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::water_fill_cap;
+
+    #[test]
+    fn water_fill_finds_largest_cap() {
+        assert_eq!(water_fill_cap(&[10, 2, 50], 100), None);
+        // cap 24: 10 + 2 + 24 = 36 <= 36; cap 25 gives 37.
+        assert_eq!(water_fill_cap(&[10, 2, 50], 36), Some(24));
+        assert_eq!(water_fill_cap(&[10, 2, 50], 0), Some(0));
+        // cap 5: 5 + 2 + 5 = 12 <= 13; cap 6 gives 14.
+        assert_eq!(water_fill_cap(&[10, 2, 50], 13), Some(5));
+    }
+}
