@@ -39,6 +39,16 @@ impl QuantType {
         }
     }
 
+    /// The value each code dequantizes to: [`table`](Self::table), except that FP4 code 8
+    /// decodes to -0.0 as in bitsandbytes' CUDA and C++ CPU kernels (its `quant_map` holds
+    /// +0.0 there). Only the sign of a zero differs.
+    pub fn dequant_table(self) -> &'static [f32; 16] {
+        match self {
+            QuantType::Nf4 => &NF4,
+            QuantType::Fp4 => &FP4_DEQUANT,
+        }
+    }
+
     /// The 15 decision thresholds, ascending: midpoints of adjacent values of the sorted table.
     pub(crate) fn thresholds(self) -> &'static [f32; 15] {
         match self {
@@ -85,6 +95,13 @@ pub const FP4: [f32; 16] = from_bits([
     0x00000000, 0x3baaaaab, 0x3f2aaaab, 0x3f800000, 0x3eaaaaab, 0x3f000000, 0x3e2aaaab, 0x3e800000,
     0x00000000, 0xbbaaaaab, 0xbf2aaaab, 0xbf800000, 0xbeaaaaab, 0xbf000000, 0xbe2aaaab, 0xbe800000,
 ]);
+
+/// [`FP4`] with code 8 as -0.0: the table bitsandbytes' kernels decode with.
+const FP4_DEQUANT: [f32; 16] = {
+    let mut t = FP4;
+    t[8] = -0.0;
+    t
+};
 
 /// `FP4[FP4_SORT_ORDER[k]]` is ascending: the permutation bitsandbytes' reference quantizer
 /// gets from `argsort(code)`. Its two zeros sort as code 0 then code 8, so a scaled value of

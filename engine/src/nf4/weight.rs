@@ -140,7 +140,7 @@ impl Absmax {
 ///
 /// QuantElement (r, c) has flat index `i = r·in_features + c`; its code is the high nibble of
 /// `packed[i / 2]` when i is even and the low nibble when odd, and its value is
-/// `w = table[code] · absmax[i / blocksize]` in fp32, rounded once to the output dtype.
+/// `w = table[code] · absmax[i / blocksize]` in fp32 (`QuantType::dequant_table`), rounded once to the output dtype.
 #[derive(Clone, Debug, PartialEq)]
 pub struct QuantizedWeight {
     packed: Vec<u8>,
@@ -384,7 +384,7 @@ impl QuantizedWeight {
     /// result does not depend on the thread count.
     fn dequantize_flat<T: QuantElement>(&self, start: usize, out: &mut [T]) {
         const CHUNK: usize = 1 << 14;
-        let table = self.quant_type.table();
+        let table = self.quant_type.dequant_table();
         out.par_chunks_mut(CHUNK)
             .enumerate()
             .for_each(|(ci, chunk)| {
