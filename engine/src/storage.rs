@@ -131,7 +131,7 @@ impl CpuStorage {
     /// Builds a buffer from little-endian bytes; `None` if the length is not a whole number
     /// of elements.
     pub fn from_bytes(dtype: DType, bytes: &[u8]) -> Option<Self> {
-        if bytes.len() % dtype.size_in_bytes() != 0 {
+        if !bytes.len().is_multiple_of(dtype.size_in_bytes()) {
             return None;
         }
         // pod_collect_to_vec copies, so unaligned sources (e.g. a memory map) are fine.

@@ -213,7 +213,7 @@ pub fn attention(
     if kd[0] != qd[0]
         || kd[3] != qd[3]
         || dims.kv_heads == 0
-        || dims.q_heads % dims.kv_heads != 0
+        || !dims.q_heads.is_multiple_of(dims.kv_heads)
         || dims.kv_len < dims.q_len
     {
         return Err(Error::shape(

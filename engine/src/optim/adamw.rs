@@ -169,10 +169,10 @@ pub fn adamw_update<T: Float>(
         .zip(m.par_iter_mut().zip(v.par_iter_mut()))
         .zip(g.par_iter())
         .for_each(|((p, (m, v)), &g)| {
-            *p = *p * decay;
+            *p *= decay;
             *m = b1 * *m + ob1 * g;
             *v = b2 * *v + ob2 * g * g;
             let denom = v.sqrt() / bc2_sqrt + eps;
-            *p = *p - step_size * (*m / denom);
+            *p -= step_size * (*m / denom);
         });
 }

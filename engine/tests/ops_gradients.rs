@@ -1,0 +1,240 @@
+//! Every op's backward against central finite differences, in float64.
+//!
+//! The objective is `Σ w∘f(x)` with a fixed random projection `w`, so every output element
+//! contributes. With f64 and eps = 1e-5 the truncation error of central differences is
+//! O(eps²·f''') ≈ 1e-10 and the rounding error ≈ 1e-16/eps ≈ 1e-11, hence the 1e-6 tolerances.
+
+use engine::ops::{self, IGNORE_INDEX};
+use engine::testing::{check_gradients, rand_uniform, randn};
+use engine::{rng, DType, Tensor, Var};
+
+const EPS: f64 = 1e-5;
+const ATOL: f64 = 1e-6;
+const RTOL: f64 = 1e-6;
+
+fn f64n(shape: &[usize], seed: u64) -> Tensor {
+    randn(shape.to_vec(), DType::F64, seed, 1.0)
+}
+
+fn check(f: impl Fn(&[Var]) -> engine::Result<Var>, inputs: &[Tensor]) {
+    let all = vec![true; inputs.len()];
+    check_gradients(f, inputs, &all, EPS, ATOL, RTOL).unwrap();
+}
+
+#[test]
+fn matmul_all_transpose_variants() {
+    for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+        let (m, k, n) = (3, 5, 4);
+        let a = if ta {
+            f64n(&[2, k, m], 1)
+        } else {
+            f64n(&[2, m, k], 1)
+        };
+        let b = if tb {
+            f64n(&[2, n, k], 2)
+        } else {
+            f64n(&[2, k, n], 2)
+        };
+        check(|v| ops::matmul_t(&v[0], &v[1], ta, tb), &[a, b]);
+    }
+}
+
+#[test]
+fn matmul_with_shared_rank2_rhs() {
+    for tb in [false, true] {
+        let b = if tb {
+            f64n(&[4, 5], 4)
+        } else {
+            f64n(&[5, 4], 4)
+        };
+        check(
+            |v| ops::matmul_t(&v[0], &v[1], false, tb),
+            &[f64n(&[2, 3, 5], 3), b],
+        );
+    }
+}
+
+#[test]
+fn linear_layer() {
+    check(
+        |v| ops::linear(&v[0], &v[1]),
+        &[f64n(&[2, 3, 6], 5), f64n(&[7, 6], 6)],
+    );
+}
+
+#[test]
+fn linear_frozen_weight_gets_no_gradient() {
+    let x = Var::parameter(f64n(&[3, 6], 7));
+    let w = Var::constant(f64n(&[7, 6], 8));
+    let y = ops::sum_all(&ops::linear(&x, &w).unwrap()).unwrap();
+    let g = y.backward().unwrap();
+    assert!(g.get(&w).is_none());
+    assert!(g.get(&x).is_some());
+    assert_eq!(g.len(), 1);
+}
+
+#[test]
+fn add_mul_scale() {
+    check(
+        |v| ops::add(&v[0], &v[1]),
+        &[f64n(&[3, 4], 9), f64n(&[3, 4], 10)],
+    );
+    check(
+        |v| ops::add(&v[0], &v[1]),
+        &[f64n(&[2, 3, 4], 11), f64n(&[4], 12)],
+    );
+    check(
+        |v| ops::mul(&v[0], &v[1]),
+        &[f64n(&[3, 4], 13), f64n(&[3, 4], 14)],
+    );
+    check(|v| ops::scale(&v[0], -1.7), &[f64n(&[5], 15)]);
+}
+
+#[test]
+fn embedding_lookup() {
+    let ids = Tensor::from_vec(vec![3u32, 0, 3, 5, 1], [5]).unwrap();
+    check(|v| ops::embedding(&ids, &v[0]), &[f64n(&[6, 4], 16)]);
+    let bad = Tensor::from_vec(vec![6u32], [1]).unwrap();
+    let err = ops::embedding(&bad, &Var::constant(f64n(&[6, 4], 16))).unwrap_err();
+    assert!(err.to_string().contains("token id 6"), "{err}");
+}
+
+#[test]
+fn layer_norm_with_affine() {
+    check(
+        |v| ops::layer_norm(&v[0], &v[1], &v[2], 1e-5),
+        &[f64n(&[2, 3, 8], 17), f64n(&[8], 18), f64n(&[8], 19)],
+    );
+}
+
+#[test]
+fn exact_gelu() {
+    check(|v| ops::gelu(&v[0]), &[randn([4, 5], DType::F64, 20, 2.0)]);
+}
+
+#[test]
+fn rope_neox() {
+    let pos = Tensor::from_vec(vec![0u32, 1, 2, 7, 3, 4, 5, 6], [2, 4]).unwrap();
+    check(
+        |v| ops::rope(&v[0], &pos, 10_000.0),
+        &[f64n(&[2, 3, 4, 6], 21)],
+    );
+}
+
+#[test]
+fn attention_mqa_gqa_mha_with_padding() {
+    let mask = Tensor::from_vec(vec![1u8, 1, 1, 1, 1, 1, 1, 1, 0, 0], [2, 5]).unwrap();
+    for (hq, hkv) in [(4, 1), (4, 2), (2, 2)] {
+        for causal in [true, false] {
+            let q = f64n(&[2, hq, 5, 3], 22);
+            let k = f64n(&[2, hkv, 5, 3], 23);
+            let v = f64n(&[2, hkv, 5, 3], 24);
+            check(
+                |x| ops::attention(&x[0], &x[1], &x[2], Some(&mask), causal, 0.5),
+                &[q, k, v],
+            );
+        }
+    }
+}
+
+#[test]
+fn attention_continuing_a_kv_cache() {
+    // Two new queries attend to six keys (four cached).
+    let q = f64n(&[1, 2, 2, 4], 25);
+    let k = f64n(&[1, 1, 6, 4], 26);
+    let v = f64n(&[1, 1, 6, 4], 27);
+    check(
+        |x| ops::attention(&x[0], &x[1], &x[2], None, true, 0.5),
+        &[q, k, v],
+    );
+}
+
+#[test]
+fn dropout_same_mask_in_backward() {
+    let x = f64n(&[4, 16], 28);
+    check(
+        |v| {
+            rng::set_state(rng::RngState {
+                seed: 99,
+                offset: 0,
+            });
+            ops::dropout(&v[0], 0.3, true)
+        },
+        &[x],
+    );
+}
+
+#[test]
+fn layout_ops() {
+    check(|v| ops::permute(&v[0], &[2, 0, 1]), &[f64n(&[2, 3, 4], 29)]);
+    check(|v| ops::narrow(&v[0], 1, 1, 2), &[f64n(&[2, 4, 3], 30)]);
+    check(
+        |v| ops::concat(&[&v[0], &v[1]], 1),
+        &[f64n(&[2, 1, 3], 31), f64n(&[2, 2, 3], 32)],
+    );
+    check(|v| ops::reshape(&v[0], [6, 2]), &[f64n(&[3, 4], 33)]);
+}
+
+#[test]
+fn cross_entropy_ignores_minus_100_and_divides_by_count() {
+    let labels = [2, IGNORE_INDEX, 0, 4, IGNORE_INDEX];
+    check(
+        |v| ops::cross_entropy(&v[0], &labels, 7.0),
+        &[f64n(&[5, 6], 34)],
+    );
+}
+
+#[test]
+fn fused_linear_cross_entropy_matches_unfused_and_has_right_gradients() {
+    let labels = [2, IGNORE_INDEX, 0, 4, IGNORE_INDEX, 5, 1];
+    let h = f64n(&[7, 5], 35);
+    let w = f64n(&[6, 5], 36);
+    for chunk in [1, 2, 7] {
+        check(
+            |v| ops::linear_cross_entropy(&v[0], &v[1], &labels, 4.0, chunk),
+            &[h.clone(), w.clone()],
+        );
+        let fused = ops::linear_cross_entropy(
+            &Var::constant(h.clone()),
+            &Var::constant(w.clone()),
+            &labels,
+            4.0,
+            chunk,
+        )
+        .unwrap();
+        let logits = ops::linear(&Var::constant(h.clone()), &Var::constant(w.clone())).unwrap();
+        let plain = ops::cross_entropy(&logits, &labels, 4.0).unwrap();
+        let (a, b) = (
+            fused.value().to_scalar().unwrap(),
+            plain.value().to_scalar().unwrap(),
+        );
+        assert!((a - b).abs() < 1e-12, "{a} vs {b}");
+    }
+}
+
+#[test]
+fn cross_entropy_rejects_bad_labels_and_count() {
+    let z = Var::constant(f64n(&[2, 3], 37));
+    assert!(ops::cross_entropy(&z, &[0, 3], 1.0).is_err());
+    assert!(ops::cross_entropy(&z, &[0, -5], 1.0).is_err());
+    assert!(ops::cross_entropy(&z, &[0, 1], 0.0).is_err());
+}
+
+#[test]
+fn composite_chain_through_many_ops() {
+    // A miniature decoder block: LN -> linear -> gelu -> linear, plus residual.
+    let x = f64n(&[2, 3, 4], 38);
+    let g = rand_uniform([4], DType::F64, 39, 0.5, 1.5);
+    let b = f64n(&[4], 40);
+    let w1 = f64n(&[8, 4], 41);
+    let w2 = f64n(&[4, 8], 42);
+    check(
+        |v| {
+            let h = ops::layer_norm(&v[0], &v[1], &v[2], 1e-5)?;
+            let h = ops::gelu(&ops::linear(&h, &v[3])?)?;
+            let h = ops::linear(&h, &v[4])?;
+            ops::add(&h, &v[0])
+        },
+        &[x, g, b, w1, w2],
+    );
+}
