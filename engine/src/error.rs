@@ -27,6 +27,9 @@ pub enum Error {
 
     #[error("{op}: {detail}")]
     Invalid { op: &'static str, detail: String },
+
+    #[error(transparent)]
+    Quant(#[from] crate::nf4::Nf4Error),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

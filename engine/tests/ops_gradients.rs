@@ -238,3 +238,37 @@ fn composite_chain_through_many_ops() {
         &[x, g, b, w1, w2],
     );
 }
+
+#[test]
+fn quant_linear_input_gradient_and_f32_path() {
+    use engine::nf4::{QuantConfig, QuantizedWeight};
+    use std::sync::Arc;
+    let (out_f, in_f) = (9, 128);
+    let w = randn([out_f, in_f], DType::F32, 50, 0.1)
+        .to_vec::<f32>()
+        .unwrap();
+    let q = Arc::new(QuantizedWeight::quantize(&w, out_f, in_f, QuantConfig::default()).unwrap());
+    let x = f64n(&[2, 3, in_f], 51);
+    check(|v| ops::quant_linear(&v[0], &q), &[x.clone()]);
+    // The f32 tile-by-tile path equals the f64 dequantize-then-matmul path to f32 precision.
+    let y64 = ops::quant_linear(&Var::constant(x.clone()), &q)
+        .unwrap()
+        .value()
+        .to_f64_vec()
+        .unwrap();
+    let y32 = ops::quant_linear(&Var::constant(x.to_dtype(DType::F32).unwrap()), &q)
+        .unwrap()
+        .value()
+        .to_f64_vec()
+        .unwrap();
+    for (a, b) in y64.iter().zip(&y32) {
+        assert!((a - b).abs() < 1e-4 * (1.0 + a.abs()), "{a} vs {b}");
+    }
+    // No gradient can flow to the quantized weight: it is not a Var at all.
+    let xv = Var::parameter(x.to_dtype(DType::F32).unwrap());
+    let g = ops::sum_all(&ops::quant_linear(&xv, &q).unwrap())
+        .unwrap()
+        .backward()
+        .unwrap();
+    assert_eq!(g.len(), 1);
+}

@@ -11,6 +11,7 @@ pub mod embedding;
 pub mod gelu;
 pub mod layernorm;
 pub mod matmul;
+pub mod quant_linear;
 pub mod rope;
 pub mod shape;
 
@@ -22,6 +23,7 @@ pub use embedding::embedding;
 pub use gelu::gelu;
 pub use layernorm::layer_norm;
 pub use matmul::{linear, matmul, matmul_t};
+pub use quant_linear::quant_linear;
 pub use rope::{rope, RopeTable};
 pub use shape::{concat, narrow, permute, reshape};
 

@@ -1,0 +1,105 @@
+//! Linear layer over a frozen 4-bit (NF4/FP4) weight: `y = x · dequant(W)ᵀ`.
+//!
+//! The weight is a frozen QLoRA base: backward computes only `dx = dy · dequant(W)`, tile by
+//! tile ([`crate::nf4::linear`]), and no weight-sized gradient ever exists. The f64 path
+//! dequantizes the weight whole; it exists for float64 reference checks on small shapes.
+
+use super::matmul::gemm;
+use crate::autograd::record;
+use crate::nf4::{self, QuantizedWeight};
+use crate::{DType, Error, Result, Shape, Tensor, Var};
+use std::sync::Arc;
+
+fn forward_tensor(x: &Tensor, w: &QuantizedWeight) -> Result<Tensor> {
+    let (n_out, k) = (w.out_features(), w.in_features());
+    let m = x.elem_count() / k.max(1);
+    let mut od = x.dims().to_vec();
+    *od.last_mut().expect("rank checked by caller") = n_out;
+    match x.dtype() {
+        DType::F32 => {
+            let mut y = vec![f32::NAN; m * n_out];
+            nf4::linear_forward(x.as_slice::<f32>()?, m, w, &mut y)?;
+            Ok(Tensor::from_vec(y, Shape::new(od))?)
+        }
+        DType::F64 => {
+            let wd: Vec<f64> = w.dequantize_f32().into_iter().map(f64::from).collect();
+            let mut y = vec![0f64; m * n_out];
+            gemm(
+                false,
+                true,
+                m,
+                n_out,
+                k,
+                x.as_slice::<f64>()?,
+                &wd,
+                &mut y,
+                false,
+                true,
+            );
+            Ok(Tensor::from_vec(y, Shape::new(od))?)
+        }
+        d => Err(Error::DType {
+            op: "quant_linear",
+            dtype: d,
+            expected: "f32 or f64",
+        }),
+    }
+}
+
+fn backward_tensor(dy: &Tensor, w: &QuantizedWeight, x_shape: &Shape) -> Result<Tensor> {
+    let (n_out, k) = (w.out_features(), w.in_features());
+    let m = dy.elem_count() / n_out.max(1);
+    match dy.dtype() {
+        DType::F32 => {
+            let mut dx = vec![f32::NAN; m * k];
+            nf4::linear_backward_input(dy.as_slice::<f32>()?, m, w, &mut dx)?;
+            Ok(Tensor::from_vec(dx, x_shape.clone())?)
+        }
+        DType::F64 => {
+            let wd: Vec<f64> = w.dequantize_f32().into_iter().map(f64::from).collect();
+            let mut dx = vec![0f64; m * k];
+            gemm(
+                false,
+                false,
+                m,
+                k,
+                n_out,
+                dy.as_slice::<f64>()?,
+                &wd,
+                &mut dx,
+                false,
+                true,
+            );
+            Ok(Tensor::from_vec(dx, x_shape.clone())?)
+        }
+        d => Err(Error::DType {
+            op: "quant_linear",
+            dtype: d,
+            expected: "f32 or f64",
+        }),
+    }
+}
+
+/// `y[.., out] = x[.., in] · dequant(W)ᵀ` for a frozen quantized `W [out, in]`.
+pub fn quant_linear(x: &Var, w: &Arc<QuantizedWeight>) -> Result<Var> {
+    let xv = x.value();
+    if xv.rank() == 0 || xv.shape().last() != w.in_features() {
+        return Err(Error::shape(
+            "quant_linear",
+            format!(
+                "input {} does not end in {} (weight [{}, {}])",
+                xv.shape(),
+                w.in_features(),
+                w.out_features(),
+                w.in_features()
+            ),
+        ));
+    }
+    let out = forward_tensor(&xv, w)?;
+    let w = w.clone();
+    let x_shape = xv.shape().clone();
+    drop(xv);
+    Ok(record("quant_linear", out, &[x], move |g, _, _| {
+        Ok(vec![Some(backward_tensor(g, &w, &x_shape)?)])
+    }))
+}
