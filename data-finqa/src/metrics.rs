@@ -1,8 +1,8 @@
 //! Answer accuracy for generated answers.
 //!
-//! * **Exact match**: the strings are equal after trimming whitespace, dropping a trailing
-//!   literal `\n` (backslash, n: an artifact in some FinQA answers, e.g. `"4.9\\n"`) and
-//!   lower-casing.
+//! * **Exact match**: the strings are equal after trimming whitespace, dropping trailing
+//!   literal `\n` (backslash, n) and backslashes (artifacts in some FinQA answers, e.g.
+//!   `"4.9\\n"`) and lower-casing.
 //! * **Numeric match** against the gold answer string: both are parsed with [`parse_number`]
 //!   (first number in the text; `$`, thousands commas, a leading `-` or enclosing parentheses
 //!   for negatives, `%`, and `thousand`/`million`/`billion`/`trillion` words). The prediction
@@ -135,8 +135,15 @@ pub fn parse_yes_no(text: &str) -> Option<bool> {
 
 fn normalize(text: &str) -> String {
     let mut t = text.trim();
-    while let Some(rest) = t.strip_suffix("\\n") {
-        t = rest.trim_end();
+    loop {
+        let next = t
+            .strip_suffix("\\n")
+            .or_else(|| t.strip_suffix('\\'))
+            .map(str::trim_end);
+        match next {
+            Some(rest) => t = rest,
+            None => break,
+        }
     }
     t.to_lowercase()
 }

@@ -101,7 +101,7 @@ fn table_fact(header: &[String], row: &[String]) -> String {
 }
 
 /// `n` synthetic FinQA-style records, deterministic in `(n, seed)`; record `i` depends only
-/// on `(seed, i)`.
+/// on `(seed, i)`. Ids are unique within the set (`TICKER/YEAR/page_{i+1}.pdf-k`).
 pub fn generate(n: usize, seed: u64) -> Vec<Record> {
     (0..n).map(|i| generate_one(seed, i)).collect()
 }
@@ -223,11 +223,8 @@ fn generate_one(seed: u64, i: usize) -> Record {
         })
         .collect();
     Record {
-        id: format!(
-            "{ticker}/{year}/page_{}.pdf-{}",
-            10 + rng.below(190),
-            1 + rng.below(3)
-        ),
+        // The page number is the record number, so ids are unique within a generated set.
+        id: format!("{ticker}/{year}/page_{}.pdf-{}", i + 1, 1 + rng.below(3)),
         pre_text,
         post_text,
         table,

@@ -443,16 +443,44 @@ fn water_fill_cap(lengths: &[usize], budget: usize) -> Option<usize> {
     Some(lo)
 }
 
-/// The prefix of `text` covered by its first `keep` tokens, cut at a char boundary and
-/// without trailing whitespace.
-fn prefix_by_tokens<'a>(text: &'a str, enc: &Encoded, keep: usize) -> &'a str {
-    if keep >= enc.ids.len() {
+/// Byte ranges of the pieces inside `prompt_from_pieces(pieces, _)`.
+fn piece_ranges(pieces: &[String]) -> Vec<(usize, usize)> {
+    let mut at = crate::prompt::CONTEXT_HEADER.len();
+    pieces
+        .iter()
+        .map(|p| {
+            let r = (at, at + p.len());
+            at += p.len() + 1; // the "\n" joiner
+            r
+        })
+        .collect()
+}
+
+/// For each piece, the end offsets (relative to the piece) of the prompt tokens that start
+/// inside it, in order: `ends[i][k - 1]` is where a cut keeping `k` tokens of piece `i` falls.
+fn piece_token_ends(enc: &Encoded, ranges: &[(usize, usize)]) -> Vec<Vec<usize>> {
+    ranges
+        .iter()
+        .map(|&(a, b)| {
+            enc.offsets
+                .iter()
+                .filter(|&&(s, _)| s >= a && s < b)
+                .map(|&(_, e)| e.clamp(a, b) - a)
+                .collect()
+        })
+        .collect()
+}
+
+/// The prefix of `text` covered by its first `keep` tokens (`ends` from [`piece_token_ends`]),
+/// cut at a char boundary and without trailing whitespace.
+fn prefix_by_tokens<'a>(text: &'a str, ends: &[usize], keep: usize) -> &'a str {
+    if keep >= ends.len() {
         return text;
     }
     if keep == 0 {
         return "";
     }
-    let mut end = enc.offsets[keep - 1].1.min(text.len());
+    let mut end = ends[keep - 1].min(text.len());
     while end > 0 && !text.is_char_boundary(end) {
         end -= 1;
     }
@@ -495,26 +523,17 @@ fn keep_answer(
         ));
     }
     let prompt_budget = max_length - full_target;
-    let empty: Vec<&str> = vec![""; pieces.len()];
-    let frame = encode(tokenizer, id, &prompt_from_pieces(&empty, question))?;
-    if frame.ids.len() > prompt_budget {
-        return drop(format!(
-            "the prompt without context ({} tokens) and the answer + EOS ({full_target}) \
-             exceed max_length {max_length}",
-            frame.ids.len()
-        ));
-    }
-    let piece_encs = pieces
-        .iter()
-        .map(|p| encode(tokenizer, id, p))
-        .collect::<Result<Vec<_>>>()?;
-    let lengths: Vec<usize> = piece_encs.iter().map(|e| e.ids.len()).collect();
-    let mut context_budget = prompt_budget - frame.ids.len();
+    // Token counts per piece come from the full prompt's encoding (tokens attributed to the
+    // piece their first byte lies in); the rest is the frame.
+    let ends = piece_token_ends(&prompt_enc, &piece_ranges(pieces));
+    let lengths: Vec<usize> = ends.iter().map(Vec::len).collect();
+    let frame_len = prompt_enc.ids.len() - lengths.iter().sum::<usize>();
+    let mut context_budget = prompt_budget.saturating_sub(frame_len);
     loop {
         let cap = water_fill_cap(&lengths, context_budget).unwrap_or(usize::MAX);
         let cut: Vec<&str> = pieces
             .iter()
-            .zip(&piece_encs)
+            .zip(&ends)
             .map(|(p, e)| prefix_by_tokens(p, e, cap))
             .collect();
         let text = prompt_from_pieces(&cut, question);
@@ -532,8 +551,14 @@ fn keep_answer(
             ex.context_trimmed = true;
             return Ok(Ok(ex));
         }
+        if context_budget == 0 {
+            return drop(format!(
+                "the prompt without context ({} tokens) and the answer + EOS ({full_target}) \
+                 exceed max_length {max_length}",
+                enc.ids.len()
+            ));
+        }
         // Merges across the cut made it longer than the sum of parts: shrink and retry.
-        // The frame alone fits, so this ends at context_budget == 0 at the latest.
         let excess = enc.ids.len() - prompt_budget;
         context_budget = context_budget.saturating_sub(excess.max(1));
     }

@@ -70,6 +70,8 @@ fn generator_is_deterministic_and_answers_are_computed() {
     let a = generate(300, 5);
     assert_eq!(a, generate(300, 5));
     assert_ne!(a, generate(300, 6));
+    let ids: std::collections::HashSet<&str> = a.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids.len(), a.len(), "ids are unique");
     // Record i depends only on (seed, i).
     assert_eq!(&generate(10, 5)[..], &a[..10]);
     let mut kinds = [0usize; 4];
