@@ -1,8 +1,13 @@
 //! Falcon-family causal LMs on top of `engine`.
 
 pub mod checkpoint;
+pub mod construct;
 pub mod config;
 pub mod error;
+pub mod generate;
+pub mod layers;
+pub mod lora;
+pub mod model;
 pub mod peft;
 pub mod tokenizer;
 
@@ -10,3 +15,7 @@ pub use checkpoint::FalconCheckpoint;
 pub use config::{AttentionLayout, BnbQuantizationConfig, FalconConfig, NormLayout};
 pub use error::{FalconError, Result};
 pub use tokenizer::FalconTokenizer;
+pub use construct::{attach_lora, load_model, random_model, BaseOptions, QuantMode};
+pub use lora::{LoraSettings, TargetModules};
+pub use model::FalconModel;
+pub use generate::{GenerationConfig, Generated, Sampling};

@@ -104,7 +104,7 @@ fn attach_fixture_adapter(f: &mut Fixture) {
     };
     let ad = read_st(&f.dir.join("adapter/adapter_model.safetensors"));
     for layer in f.model.layers.iter_mut() {
-        let layer = Arc::get_mut(layer).unwrap();
+        let layer = std::rc::Rc::get_mut(layer).unwrap();
         for lin in layer.linears_mut() {
             let key = |ab: &str| format!("base_model.model.{}.lora_{ab}.weight", lin.name);
             let (_, sa, a) = get(&ad, &key("A"));
@@ -295,7 +295,7 @@ fn quantized_base_equals_dense_model_on_dequantized_weights() {
     )
     .unwrap();
     for (dl, ql) in dense.layers.iter_mut().zip(&q.layers) {
-        let dl = Arc::get_mut(dl).unwrap();
+        let dl = std::rc::Rc::get_mut(dl).unwrap();
         for (d, qq) in dl.linears_mut().into_iter().zip(ql.linears()) {
             let BaseWeight::Quantized(w) = &qq.base else {
                 panic!("{} is not quantized", qq.name)

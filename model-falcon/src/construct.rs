@@ -1,0 +1,270 @@
+//! Building a [`FalconModel`]: from a checkpoint (quantizing layer by layer while loading, so
+//! host memory stays near the quantized size plus one layer), or randomly initialized
+//! (the built-in tiny model of the default run and tests), and attaching LoRA adapters.
+
+use crate::checkpoint::{LinearKind, EMBEDDING};
+use crate::config::{FalconConfig, NormLayout};
+use crate::error::{FalconError, Result};
+use crate::layers::{BaseWeight, LayerNorm, Linear};
+use crate::lora::{LoraAdapter, LoraSettings};
+use crate::model::{DecoderLayer, FalconModel, Norms};
+use crate::FalconCheckpoint;
+use engine::nf4::{QuantConfig, QuantType, QuantizedWeight};
+use engine::{rng, Tensor, Var};
+use std::rc::Rc;
+use std::str::FromStr;
+use std::sync::Arc;
+
+/// How the frozen linear weights are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuantMode {
+    /// f32 base: plain LoRA.
+    None,
+    Nf4,
+    Fp4,
+}
+
+impl FromStr for QuantMode {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "none" => Ok(QuantMode::None),
+            "nf4" => Ok(QuantMode::Nf4),
+            "fp4" => Ok(QuantMode::Fp4),
+            o => Err(format!(
+                "unknown quantization `{o}` (expected nf4, fp4 or none)"
+            )),
+        }
+    }
+}
+
+/// Base-model storage options (BitsAndBytesConfig's `bnb_4bit_quant_type`,
+/// `bnb_4bit_use_double_quant`; blocksize 64 as bitsandbytes uses for 4-bit).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BaseOptions {
+    pub quant: QuantMode,
+    pub double_quant: bool,
+    pub blocksize: usize,
+}
+
+impl Default for BaseOptions {
+    fn default() -> Self {
+        BaseOptions {
+            quant: QuantMode::Nf4,
+            double_quant: true,
+            blocksize: 64,
+        }
+    }
+}
+
+fn make_base(
+    name: &str,
+    w: Vec<f32>,
+    out_f: usize,
+    in_f: usize,
+    opts: &BaseOptions,
+) -> Result<BaseWeight> {
+    let qt = match opts.quant {
+        QuantMode::None => {
+            return Ok(BaseWeight::Dense(Var::constant(Tensor::from_vec(
+                w,
+                [out_f, in_f],
+            )?)))
+        }
+        QuantMode::Nf4 => QuantType::Nf4,
+        QuantMode::Fp4 => QuantType::Fp4,
+    };
+    let cfg = QuantConfig {
+        quant_type: qt,
+        blocksize: opts.blocksize,
+        double_quant: opts.double_quant,
+    };
+    let q =
+        QuantizedWeight::quantize(&w, out_f, in_f, cfg).map_err(|source| FalconError::Quant {
+            tensor: name.to_string(),
+            source,
+        })?;
+    Ok(BaseWeight::Quantized(Arc::new(q)))
+}
+
+fn norm(weight: Vec<f32>, bias: Vec<f32>, eps: f64) -> Result<LayerNorm> {
+    let d = weight.len();
+    Ok(LayerNorm {
+        weight: Var::constant(Tensor::from_vec(weight, [d])?),
+        bias: Var::constant(Tensor::from_vec(bias, [d])?),
+        eps,
+    })
+}
+
+/// Source of the model's tensors by checkpoint name.
+trait WeightSource {
+    fn get(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>>;
+    /// A pre-quantized 4-bit weight, when the source holds one for this module.
+    fn prequantized(&mut self, _module: &str) -> Result<Option<QuantizedWeight>> {
+        Ok(None)
+    }
+}
+
+fn assemble(
+    config: FalconConfig,
+    src: &mut dyn WeightSource,
+    opts: &BaseOptions,
+) -> Result<FalconModel> {
+    if config.bias {
+        return Err(FalconError::InvalidArgument(
+            "linear biases (`bias: true`, falcon-rw) are not supported by this model implementation".into(),
+        ));
+    }
+    let (h, v) = (config.hidden_size, config.vocab_size);
+    let eps = config.layer_norm_epsilon;
+    let embed = Var::constant(Tensor::from_vec(src.get(EMBEDDING, &[v, h])?, [v, h])?);
+    let mut layers = Vec::with_capacity(config.num_hidden_layers);
+    for i in 0..config.num_hidden_layers {
+        let p = format!("transformer.h.{i}");
+        let ln = |src: &mut dyn WeightSource, n: &str| -> Result<LayerNorm> {
+            norm(
+                src.get(&format!("{p}.{n}.weight"), &[h])?,
+                src.get(&format!("{p}.{n}.bias"), &[h])?,
+                eps,
+            )
+        };
+        let norms = match config.norms {
+            NormLayout::Single => Norms::Single(ln(src, "input_layernorm")?),
+            NormLayout::Separate => Norms::Separate {
+                attn: ln(src, "ln_attn")?,
+                mlp: ln(src, "ln_mlp")?,
+            },
+        };
+        let mut lin = |kind: LinearKind| -> Result<Linear> {
+            let name = format!("{p}.{}", kind.path_in_layer());
+            let (in_f, out_f) = kind.features(&config);
+            let base = match src.prequantized(&name)? {
+                Some(q) => {
+                    if q.shape() != [out_f, in_f] {
+                        return Err(FalconError::InvalidArgument(format!(
+                            "pre-quantized `{name}` has shape {:?}, expected [{out_f}, {in_f}]",
+                            q.shape()
+                        )));
+                    }
+                    BaseWeight::Quantized(Arc::new(q))
+                }
+                None => make_base(
+                    &name,
+                    src.get(&format!("{name}.weight"), &[out_f, in_f])?,
+                    out_f,
+                    in_f,
+                    opts,
+                )?,
+            };
+            Ok(Linear {
+                name,
+                base,
+                lora: None,
+            })
+        };
+        layers.push(Rc::new(DecoderLayer {
+            norms,
+            qkv: lin(LinearKind::QueryKeyValue)?,
+            dense: lin(LinearKind::Dense)?,
+            h_to_4h: lin(LinearKind::DenseHTo4h)?,
+            four_h_to_h: lin(LinearKind::Dense4hToH)?,
+        }));
+    }
+    let ln_f = norm(
+        src.get("transformer.ln_f.weight", &[h])?,
+        src.get("transformer.ln_f.bias", &[h])?,
+        eps,
+    )?;
+    Ok(FalconModel {
+        config,
+        embed,
+        layers,
+        ln_f,
+        recompute: true,
+        loss_chunk_rows: 256,
+    })
+}
+
+struct CheckpointSource<'a>(&'a FalconCheckpoint);
+
+impl WeightSource for CheckpointSource<'_> {
+    fn get(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let (data, found) = self.0.tensor_f32(name)?;
+        if found != shape {
+            return Err(FalconError::ShapeMismatch {
+                path: self.0.tensor_info(name)?.file.clone(),
+                tensor: name.to_string(),
+                found,
+                expected: shape.to_vec(),
+            });
+        }
+        Ok(data)
+    }
+}
+
+/// Loads a checkpoint, quantizing each linear weight as soon as it is read.
+pub fn load_model(ckpt: &FalconCheckpoint, opts: &BaseOptions) -> Result<FalconModel> {
+    assemble(ckpt.config().clone(), &mut CheckpointSource(ckpt), opts)
+}
+
+struct RandomSource {
+    seed: u64,
+    counter: u64,
+}
+
+impl WeightSource for RandomSource {
+    /// HF init (§1.11): N(0, 0.02²) for matrices, γ = 1 and β = 0 for norms.
+    fn get(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let n: usize = shape.iter().product();
+        self.counter += 1;
+        if name.ends_with("norm.weight") || name.contains("ln_") && name.ends_with(".weight") {
+            return Ok(vec![1.0; n]);
+        }
+        if name.ends_with(".bias") {
+            return Ok(vec![0.0; n]);
+        }
+        let s = rng::splitmix64(self.seed ^ self.counter.wrapping_mul(0x9E37_79B9));
+        Ok((0..n as u64)
+            .map(|i| (rng::normal_f64(s, i) * 0.02) as f32)
+            .collect())
+    }
+}
+
+/// A randomly initialized model (deterministic in `seed`).
+pub fn random_model(config: FalconConfig, seed: u64, opts: &BaseOptions) -> Result<FalconModel> {
+    assemble(config, &mut RandomSource { seed, counter: 0 }, opts)
+}
+
+/// Wraps every targeted linear layer with a freshly initialized adapter (PEFT `get_peft_model`).
+/// Each layer's A draws from its own stream derived from `seed` and the module name.
+pub fn attach_lora(model: &mut FalconModel, settings: &LoraSettings, seed: u64) -> Result<()> {
+    settings
+        .targets
+        .validate()
+        .map_err(FalconError::InvalidArgument)?;
+    if settings.r == 0 {
+        return Err(FalconError::InvalidArgument(
+            "LoRA rank r must be at least 1".into(),
+        ));
+    }
+    for layer in model.layers.iter_mut() {
+        let layer = Rc::get_mut(layer).ok_or_else(|| {
+            FalconError::InvalidArgument(
+                "model layers are shared; attach adapters before use".into(),
+            )
+        })?;
+        for (kind, lin) in LinearKind::ALL.into_iter().zip(layer.linears_mut()) {
+            if settings.targets.matches(kind) {
+                let [o, i] = lin.base.shape();
+                let s = name_seed(seed, &lin.name);
+                lin.lora = Some(LoraAdapter::init(i, o, settings, s));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn name_seed(seed: u64, name: &str) -> u64 {
+    name.bytes()
+        .fold(rng::splitmix64(seed), |h, b| rng::splitmix64(h ^ b as u64))
+}

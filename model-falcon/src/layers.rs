@@ -1,0 +1,80 @@
+//! The building blocks of a Falcon decoder: linear layers over a frozen (dense or 4-bit) base
+//! with an optional LoRA adapter, and LayerNorm.
+
+use crate::lora::LoraAdapter;
+use engine::nf4::QuantizedWeight;
+use engine::{ops, Result, Var};
+use std::sync::Arc;
+
+/// A frozen base weight `[out, in]`.
+#[derive(Clone, Debug)]
+pub enum BaseWeight {
+    /// Unquantized (f32), a constant of the graph.
+    Dense(Var),
+    /// NF4/FP4, dequantized tile by tile inside the op.
+    Quantized(Arc<QuantizedWeight>),
+}
+
+impl BaseWeight {
+    pub fn shape(&self) -> [usize; 2] {
+        match self {
+            BaseWeight::Dense(w) => {
+                let d = w.dims();
+                [d[0], d[1]]
+            }
+            BaseWeight::Quantized(q) => q.shape(),
+        }
+    }
+
+    /// Bytes the weight occupies (packed codes and statistics for 4-bit).
+    pub fn storage_bytes(&self) -> usize {
+        match self {
+            BaseWeight::Dense(w) => w.value().size_in_bytes(),
+            BaseWeight::Quantized(q) => q.storage_bytes(),
+        }
+    }
+
+    /// The weight as f32 `[out, in]` (dequantized for 4-bit), for merging and exports.
+    pub fn to_f32(&self) -> Result<Vec<f32>> {
+        match self {
+            BaseWeight::Dense(w) => w.value().to_f32_vec(),
+            BaseWeight::Quantized(q) => Ok(q.dequantize_f32()),
+        }
+    }
+}
+
+/// `y = x·Wᵀ (+ scaling·B·A·dropout(x))`.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    /// Module path, e.g. `transformer.h.0.self_attention.query_key_value`.
+    pub name: String,
+    pub base: BaseWeight,
+    pub lora: Option<LoraAdapter>,
+}
+
+impl Linear {
+    pub fn forward(&self, x: &Var, train: bool) -> Result<Var> {
+        let y = match &self.base {
+            BaseWeight::Dense(w) => ops::linear(x, w)?,
+            BaseWeight::Quantized(q) => ops::quant_linear(x, q)?,
+        };
+        let Some(l) = &self.lora else { return Ok(y) };
+        let h = ops::dropout(x, l.dropout, train)?;
+        let h = ops::linear(&ops::linear(&h, &l.a)?, &l.b)?;
+        ops::add(&y, &ops::scale(&h, l.scaling)?)
+    }
+}
+
+/// LayerNorm with affine parameters (frozen).
+#[derive(Clone, Debug)]
+pub struct LayerNorm {
+    pub weight: Var,
+    pub bias: Var,
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    pub fn forward(&self, x: &Var) -> Result<Var> {
+        ops::layer_norm(x, &self.weight, &self.bias, self.eps)
+    }
+}
