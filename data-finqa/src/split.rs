@@ -20,7 +20,17 @@ pub struct TrainValSplit {
     pub val: Vec<usize>,
 }
 
-/// Splits `0..n` into train and validation; `val_fraction` in `[0, 1)`.
+impl TrainValSplit {
+    /// The items of each part, in index order: `(train, val)`.
+    pub fn apply<T: Clone>(&self, items: &[T]) -> (Vec<T>, Vec<T>) {
+        let pick = |idx: &[usize]| idx.iter().filter_map(|&i| items.get(i).cloned()).collect();
+        (pick(&self.train), pick(&self.val))
+    }
+}
+
+/// Splits `0..n` into train and validation; `val_fraction` in `[0, 1)`. `n_val` is computed in
+/// f64 exactly as Hugging Face does (so 0.1 x 30 rounds up to 4), and capped at `n - 1` so that
+/// training keeps at least one example.
 pub fn split_train_val(n: usize, val_fraction: f64, seed: u64) -> Result<TrainValSplit> {
     if !(0.0..1.0).contains(&val_fraction) {
         return Err(DataError::InvalidOption {
@@ -69,5 +79,10 @@ mod tests {
         assert_eq!(s.train.len(), 10);
         let one = split_train_val(1, 0.5, 0).unwrap();
         assert_eq!(one.train, vec![0]);
+        let items: Vec<char> = "abcdefghij".chars().collect();
+        let s = split_train_val(10, 0.3, 5).unwrap();
+        let (train, val) = s.apply(&items);
+        assert_eq!(val, s.val.iter().map(|&i| items[i]).collect::<Vec<_>>());
+        assert_eq!(train.len() + val.len(), 10);
     }
 }

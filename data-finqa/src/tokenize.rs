@@ -193,11 +193,8 @@ impl TokenizedSet {
     /// Examples tokenized per second (input examples / wall time).
     pub fn examples_per_second(&self) -> f64 {
         let n = (self.examples.len() + self.dropped.len()) as f64;
-        if self.seconds > 0.0 {
-            n / self.seconds
-        } else {
-            f64::INFINITY
-        }
+        // A finite number even for an empty set or a clock that did not move.
+        n / self.seconds.max(1e-9)
     }
 
     /// Sequence lengths, in example order (for the sampler).
