@@ -6,8 +6,9 @@ use crate::checkpoint::{LinearKind, EMBEDDING};
 use crate::config::{FalconConfig, NormLayout};
 use crate::error::{FalconError, Result};
 use crate::layers::{BaseWeight, LayerNorm, Linear};
-use crate::lora::{LoraAdapter, LoraSettings};
+use crate::lora::LoraAdapter;
 use crate::model::{DecoderLayer, FalconModel, Norms};
+use crate::peft::{LoraConfig, LoraPair, LoraWeights};
 use crate::FalconCheckpoint;
 use engine::nf4::{QuantConfig, QuantType, QuantizedWeight};
 use engine::{rng, Tensor, Var};
@@ -235,33 +236,121 @@ pub fn random_model(config: FalconConfig, seed: u64, opts: &BaseOptions) -> Resu
     assemble(config, &mut RandomSource { seed, counter: 0 }, opts)
 }
 
-/// Wraps every targeted linear layer with a freshly initialized adapter (PEFT `get_peft_model`).
-/// Each layer's A draws from its own stream derived from `seed` and the module name.
-pub fn attach_lora(model: &mut FalconModel, settings: &LoraSettings, seed: u64) -> Result<()> {
-    settings
-        .targets
-        .validate()
-        .map_err(FalconError::InvalidArgument)?;
-    if settings.r == 0 {
+/// Wraps every linear layer that `config` targets with a freshly initialized adapter (PEFT
+/// `get_peft_model`). Each layer's A draws from its own stream derived from `seed` and the
+/// module name, so adding a target never changes another layer's init.
+pub fn attach_lora(model: &mut FalconModel, config: &LoraConfig, seed: u64) -> Result<()> {
+    attach(model, config, |name, i, o| {
+        Ok(LoraAdapter::init(
+            i,
+            o,
+            config.r,
+            config.scaling(),
+            config.lora_dropout as f32,
+            name_seed(seed, name),
+        ))
+    })
+}
+
+/// Wraps the targeted layers with the given adapter weights (a loaded PEFT adapter). Every
+/// targeted module must have weights of rank `config.r` and the layer's shape.
+pub fn load_lora(
+    model: &mut FalconModel,
+    config: &LoraConfig,
+    weights: &LoraWeights,
+) -> Result<()> {
+    let extra: Vec<&String> = weights
+        .modules
+        .keys()
+        .filter(|k| {
+            !model
+                .layers
+                .iter()
+                .any(|l| l.linears().iter().any(|x| &x.name == *k))
+        })
+        .collect();
+    if let Some(k) = extra.first() {
+        return Err(FalconError::InvalidArgument(format!(
+            "adapter has weights for `{k}`, which is not a linear layer of this model"
+        )));
+    }
+    attach(model, config, |name, i, o| {
+        let pair: &LoraPair = weights.modules.get(name).ok_or_else(|| {
+            FalconError::InvalidArgument(format!(
+                "adapter has no weights for targeted module `{name}`"
+            ))
+        })?;
+        if pair.r != config.r || pair.in_features != i || pair.out_features != o {
+            return Err(FalconError::InvalidArgument(format!(
+                "adapter weights of `{name}` are r={} [{}->{}], expected r={} [{i}->{o}]",
+                pair.r, pair.in_features, pair.out_features, config.r
+            )));
+        }
+        let a = Tensor::from_vec(pair.a.clone(), [pair.r, i])?;
+        let b = Tensor::from_vec(pair.b.clone(), [o, pair.r])?;
+        Ok(LoraAdapter::from_weights(
+            a,
+            b,
+            config.scaling(),
+            config.lora_dropout as f32,
+        ))
+    })
+}
+
+fn attach(
+    model: &mut FalconModel,
+    config: &LoraConfig,
+    mut make: impl FnMut(&str, usize, usize) -> Result<LoraAdapter>,
+) -> Result<()> {
+    if config.r == 0 {
         return Err(FalconError::InvalidArgument(
             "LoRA rank r must be at least 1".into(),
         ));
     }
+    if !(0.0..1.0).contains(&config.lora_dropout) {
+        return Err(FalconError::InvalidArgument(format!(
+            "lora_dropout {} is not in [0, 1)",
+            config.lora_dropout
+        )));
+    }
+    let targets = config.targets(&model.config, std::path::Path::new("adapter_config.json"))?;
     for layer in model.layers.iter_mut() {
         let layer = Rc::get_mut(layer).ok_or_else(|| {
             FalconError::InvalidArgument(
                 "model layers are shared; attach adapters before use".into(),
             )
         })?;
-        for (kind, lin) in LinearKind::ALL.into_iter().zip(layer.linears_mut()) {
-            if settings.targets.matches(kind) {
+        for lin in layer.linears_mut() {
+            if targets.iter().any(|t| t.name == lin.name) {
                 let [o, i] = lin.base.shape();
-                let s = name_seed(seed, &lin.name);
-                lin.lora = Some(LoraAdapter::init(i, o, settings, s));
+                lin.lora = Some(make(&lin.name, i, o)?);
             }
         }
     }
     Ok(())
+}
+
+/// The adapter weights in PEFT's layout, by module path.
+pub fn lora_weights(model: &FalconModel) -> Result<LoraWeights> {
+    let mut out = LoraWeights::default();
+    for layer in &model.layers {
+        for lin in layer.linears() {
+            if let Some(l) = &lin.lora {
+                let (a, b) = (l.a.value(), l.b.value());
+                out.modules.insert(
+                    lin.name.clone(),
+                    LoraPair {
+                        r: a.dims()[0],
+                        in_features: a.dims()[1],
+                        out_features: b.dims()[0],
+                        a: a.to_f32_vec()?,
+                        b: b.to_f32_vec()?,
+                    },
+                );
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn name_seed(seed: u64, name: &str) -> u64 {

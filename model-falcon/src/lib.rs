@@ -15,7 +15,6 @@ pub use checkpoint::FalconCheckpoint;
 pub use config::{AttentionLayout, BnbQuantizationConfig, FalconConfig, NormLayout};
 pub use error::{FalconError, Result};
 pub use tokenizer::FalconTokenizer;
-pub use construct::{attach_lora, load_model, random_model, BaseOptions, QuantMode};
-pub use lora::{LoraSettings, TargetModules};
+pub use construct::{attach_lora, load_lora, load_model, lora_weights, random_model, BaseOptions, QuantMode};
 pub use model::FalconModel;
 pub use generate::{GenerationConfig, Generated, Sampling};

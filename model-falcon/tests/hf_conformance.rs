@@ -7,15 +7,14 @@
 
 use engine::Tensor;
 use model_falcon::layers::BaseWeight;
-use model_falcon::lora::LoraAdapter;
 use model_falcon::model::FalconModel;
+use model_falcon::peft::load_adapter;
 use model_falcon::{
-    load_model, BaseOptions, FalconCheckpoint, GenerationConfig, LoraSettings, QuantMode, Sampling,
-    TargetModules,
+    load_lora, load_model, lora_weights, BaseOptions, FalconCheckpoint, GenerationConfig,
+    QuantMode, Sampling,
 };
 use safetensors::SafeTensors;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 fn fixture(layout: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -93,29 +92,14 @@ fn load(layout: &str) -> Fixture {
     }
 }
 
+/// Loads PEFT's own adapter files from the fixture through our adapter reader.
 fn attach_fixture_adapter(f: &mut Fixture) {
-    let r = f.reference["lora"]["r"].as_u64().unwrap() as usize;
-    let settings = LoraSettings {
-        r,
-        alpha: f.reference["lora"]["lora_alpha"].as_f64().unwrap(),
-        dropout: 0.0,
-        use_rslora: false,
-        targets: TargetModules::AllLinear,
-    };
-    let ad = read_st(&f.dir.join("adapter/adapter_model.safetensors"));
-    for layer in f.model.layers.iter_mut() {
-        let layer = std::rc::Rc::get_mut(layer).unwrap();
-        for lin in layer.linears_mut() {
-            let key = |ab: &str| format!("base_model.model.{}.lora_{ab}.weight", lin.name);
-            let (_, sa, a) = get(&ad, &key("A"));
-            let (_, sb, b) = get(&ad, &key("B"));
-            let a = Tensor::from_vec(a.iter().map(|&x| x as f32).collect::<Vec<_>>(), sa.clone())
-                .unwrap();
-            let b = Tensor::from_vec(b.iter().map(|&x| x as f32).collect::<Vec<_>>(), sb.clone())
-                .unwrap();
-            lin.lora = Some(LoraAdapter::from_weights(a, b, &settings));
-        }
-    }
+    let (config, weights) = load_adapter(f.dir.join("adapter"), &f.model.config).unwrap();
+    assert_eq!(config.r as u64, f.reference["lora"]["r"].as_u64().unwrap());
+    load_lora(&mut f.model, &config, &weights).unwrap();
+    // Our export has PEFT's keys and values back.
+    let back = lora_weights(&f.model).unwrap();
+    assert_eq!(back, weights);
 }
 
 fn assert_logits(got: &Tensor, want: &[f64], what: &str) {
