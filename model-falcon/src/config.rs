@@ -120,12 +120,14 @@ impl FalconConfig {
 
     /// Parses an already decoded config.json; `path` is only used in error messages.
     pub fn from_value(value: &Value, path: &Path) -> Result<Self> {
-        let obj = value
-            .as_object()
-            .ok_or_else(|| FalconError::field(path, "<root>", "config.json must be a JSON object"))?;
+        let obj = value.as_object().ok_or_else(|| {
+            FalconError::field(path, "<root>", "config.json must be a JSON object")
+        })?;
         let f = Fields { obj, path };
 
-        let model_type = f.string(&["model_type"])?.unwrap_or_else(|| "falcon".to_string());
+        let model_type = f
+            .string(&["model_type"])?
+            .unwrap_or_else(|| "falcon".to_string());
         // The custom-code era called 40B "RefinedWeb" (grouped KV) and 7B "RefinedWebModel".
         let legacy_new_arch = match model_type.as_str() {
             "falcon" => None,
@@ -395,13 +397,18 @@ fn quantization_config(f: &Fields<'_>) -> Result<Option<BnbQuantizationConfig>> 
             ))
         }
     };
-    let qf = Fields { obj: q, path: f.path };
+    let qf = Fields {
+        obj: q,
+        path: f.path,
+    };
     let method = qf.string(&["quant_method"])?.unwrap_or_default();
     if method != "bitsandbytes" {
         return Err(FalconError::unsupported(
             f.path,
             "quantization_config.quant_method",
-            format!("is `{method}`; only bitsandbytes 4-bit pre-quantized checkpoints are supported"),
+            format!(
+                "is `{method}`; only bitsandbytes 4-bit pre-quantized checkpoints are supported"
+            ),
         ));
     }
     if qf.bool(&["load_in_8bit"])?.unwrap_or(false) {
@@ -496,14 +503,22 @@ impl<'a> Fields<'a> {
                 .and_then(|x| usize::try_from(x).ok())
                 .map(Some)
                 .ok_or_else(|| {
-                    FalconError::field(self.path, key, format!("is {v}, expected a non-negative integer"))
+                    FalconError::field(
+                        self.path,
+                        key,
+                        format!("is {v}, expected a non-negative integer"),
+                    )
                 }),
         }
     }
 
     fn positive(&self, keys: &[&str], default: Option<usize>) -> Result<usize> {
         match self.usize(keys)?.or(default) {
-            Some(0) => Err(FalconError::field(self.path, keys[0], "must be positive, found 0")),
+            Some(0) => Err(FalconError::field(
+                self.path,
+                keys[0],
+                "must be positive, found 0",
+            )),
             Some(x) => Ok(x),
             None => Err(FalconError::field(self.path, keys[0], "is missing")),
         }
@@ -541,7 +556,11 @@ impl<'a> Fields<'a> {
         if (0.0..1.0).contains(&p) {
             Ok(p)
         } else {
-            Err(FalconError::field(self.path, key, format!("is {p}, expected 0 <= p < 1")))
+            Err(FalconError::field(
+                self.path,
+                key,
+                format!("is {p}, expected 0 <= p < 1"),
+            ))
         }
     }
 
@@ -563,7 +582,8 @@ impl<'a> Fields<'a> {
     fn one_id(&self, key: &str, v: &Value) -> Result<u32> {
         v.as_u64()
             .and_then(|x| u32::try_from(x).ok())
-            .ok_or_else(|| FalconError::field(self.path, key, format!("is {v}, expected a token id")))
+            .ok_or_else(|| {
+                FalconError::field(self.path, key, format!("is {v}, expected a token id"))
+            })
     }
 }
-

@@ -65,11 +65,17 @@ impl FalconTokenizer {
             Some((p, v)) => token_content(p, v.get("eos_token"))?,
             None => None,
         }
-        .or_else(|| inner.token_to_id(FALCON_EOS_TOKEN).map(|_| FALCON_EOS_TOKEN.to_string()));
+        .or_else(|| {
+            inner
+                .token_to_id(FALCON_EOS_TOKEN)
+                .map(|_| FALCON_EOS_TOKEN.to_string())
+        });
         let tokenizer_eos = match &eos_token {
             Some(t) => Some(inner.token_to_id(t).ok_or_else(|| FalconError::Tokenizer {
                 path: path.clone(),
-                message: format!("eos token `{t}` (from tokenizer_config.json) is not in the vocabulary"),
+                message: format!(
+                    "eos token `{t}` (from tokenizer_config.json) is not in the vocabulary"
+                ),
             })?),
             None => None,
         };
@@ -86,7 +92,11 @@ impl FalconTokenizer {
             if ids.is_empty() {
                 continue;
             }
-            let valid: Vec<u32> = ids.iter().copied().filter(|&id| (id as usize) < vocab).collect();
+            let valid: Vec<u32> = ids
+                .iter()
+                .copied()
+                .filter(|&id| (id as usize) < vocab)
+                .collect();
             let accepted = match tokenizer_eos {
                 Some(t) if valid.contains(&t) => Some(t),
                 Some(t) => {
@@ -209,9 +219,17 @@ fn token_content(path: &Path, v: Option<&Value>) -> Result<Option<String>> {
         Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(Value::Object(o)) => match o.get("content").and_then(Value::as_str) {
             Some(s) => Ok(Some(s.to_string())),
-            None => Err(FalconError::field(path, "eos_token", "object without a string `content`")),
+            None => Err(FalconError::field(
+                path,
+                "eos_token",
+                "object without a string `content`",
+            )),
         },
-        Some(other) => Err(FalconError::field(path, "eos_token", format!("is {other}, expected a string"))),
+        Some(other) => Err(FalconError::field(
+            path,
+            "eos_token",
+            format!("is {other}, expected a string"),
+        )),
     }
 }
 
@@ -220,7 +238,9 @@ fn ids_field(path: &Path, v: Option<&Value>) -> Result<Vec<u32>> {
     let one = |x: &Value| -> Result<u32> {
         x.as_u64()
             .and_then(|x| u32::try_from(x).ok())
-            .ok_or_else(|| FalconError::field(path, "eos_token_id", format!("is {x}, expected a token id")))
+            .ok_or_else(|| {
+                FalconError::field(path, "eos_token_id", format!("is {x}, expected a token id"))
+            })
     };
     match v {
         None | Some(Value::Null) => Ok(Vec::new()),

@@ -9,8 +9,8 @@ use std::fs;
 
 use common::{copy_dir, err_msg, read_all, rewrite_header, write_all, Scratch};
 use model_falcon::checkpoint::{
-    expected_tensors, plan_shards, shard_file_name, write_sharded_checkpoint, StDType,
-    TensorRole, TensorSpec, TensorStore, EMBEDDING, INDEX_FILE, LM_HEAD,
+    expected_tensors, plan_shards, shard_file_name, write_sharded_checkpoint, StDType, TensorRole,
+    TensorSpec, TensorStore, EMBEDDING, INDEX_FILE, LM_HEAD,
 };
 use model_falcon::FalconCheckpoint;
 use serde_json::Value;
@@ -27,7 +27,10 @@ fn sharded_7b_style_fixture_loads() {
     let map = index["weight_map"].as_object().unwrap();
     assert_eq!(map.len(), ck.tensors().count());
     for t in ck.tensors() {
-        assert_eq!(t.file.file_name().unwrap().to_str().unwrap(), map[&t.name].as_str().unwrap());
+        assert_eq!(
+            t.file.file_name().unwrap().to_str().unwrap(),
+            map[&t.name].as_str().unwrap()
+        );
         assert_eq!(t.dtype, StDType::F32);
     }
     // Names and shapes are exactly the manifest (tied lm_head not stored).
@@ -44,15 +47,23 @@ fn sharded_7b_style_fixture_loads() {
         assert!(values.iter().all(|x| x.is_finite()));
         assert!(values.iter().any(|&x| x != 0.0), "{} is all zeros", e.name);
     }
-    let qkv = ck.tensor_info("transformer.h.1.self_attention.query_key_value.weight").unwrap();
+    let qkv = ck
+        .tensor_info("transformer.h.1.self_attention.query_key_value.weight")
+        .unwrap();
     assert_eq!(qkv.shape, vec![96, 64]);
     // Summed element counts agree with the index's metadata and the config's count.
     let total: usize = ck.tensors().map(|t| t.numel()).sum();
-    assert_eq!(total as u64, index["metadata"]["total_parameters"].as_u64().unwrap());
+    assert_eq!(
+        total as u64,
+        index["metadata"]["total_parameters"].as_u64().unwrap()
+    );
     assert_eq!(total, ck.config().num_parameters());
     // lm_head reads the embedding.
     assert_eq!(ck.resolve(LM_HEAD), EMBEDDING);
-    assert_eq!(ck.tensor_f32(LM_HEAD).unwrap(), ck.tensor_f32(EMBEDDING).unwrap());
+    assert_eq!(
+        ck.tensor_f32(LM_HEAD).unwrap(),
+        ck.tensor_f32(EMBEDDING).unwrap()
+    );
 }
 
 #[test]
@@ -65,10 +76,17 @@ fn single_file_new_arch_fixture_loads() {
     assert!(names.contains(&"transformer.h.1.ln_mlp.bias".to_string()));
     assert!(!names.iter().any(|n| n.contains("input_layernorm")));
     assert_eq!(
-        ck.tensor_info("transformer.h.0.self_attention.query_key_value.weight").unwrap().shape,
+        ck.tensor_info("transformer.h.0.self_attention.query_key_value.weight")
+            .unwrap()
+            .shape,
         vec![128, 64]
     );
-    assert_eq!(ck.tensor_info("transformer.h.0.mlp.dense_4h_to_h.weight").unwrap().shape, vec![64, 96]);
+    assert_eq!(
+        ck.tensor_info("transformer.h.0.mlp.dense_4h_to_h.weight")
+            .unwrap()
+            .shape,
+        vec![64, 96]
+    );
     let linears = ck
         .manifest()
         .iter()
@@ -83,13 +101,23 @@ fn single_file_new_arch_fixture_loads() {
 fn bf16_decode_matches_torch_rounding() {
     let f32_ck = FalconCheckpoint::open(common::checkpoint_dir("new_arch")).unwrap();
     let bf_ck = FalconCheckpoint::open(common::fixtures().join("bnb4")).unwrap();
-    for name in [EMBEDDING, "transformer.h.1.ln_mlp.weight", "transformer.ln_f.bias"] {
+    for name in [
+        EMBEDDING,
+        "transformer.h.1.ln_mlp.weight",
+        "transformer.ln_f.bias",
+    ] {
         assert_eq!(bf_ck.tensor_info(name).unwrap().dtype, StDType::BF16);
         let (full, _) = f32_ck.tensor_f32(name).unwrap();
         let (rounded, _) = bf_ck.tensor_f32(name).unwrap();
-        let expect: Vec<f32> = full.iter().map(|&x| half::bf16::from_f32(x).to_f32()).collect();
+        let expect: Vec<f32> = full
+            .iter()
+            .map(|&x| half::bf16::from_f32(x).to_f32())
+            .collect();
         assert_eq!(rounded, expect, "{name}");
-        assert!(rounded.iter().zip(&full).any(|(a, b)| a != b), "bf16 must actually round");
+        assert!(
+            rounded.iter().zip(&full).any(|(a, b)| a != b),
+            "bf16 must actually round"
+        );
     }
 }
 
@@ -100,7 +128,11 @@ fn writer_round_trip_sharded_half_precision() {
     let src = FalconCheckpoint::open(common::checkpoint_dir("new_arch")).unwrap();
     for dtype in [StDType::F16, StDType::BF16] {
         let out = Scratch::new("writer");
-        fs::copy(src.dir().join("config.json"), out.path().join("config.json")).unwrap();
+        fs::copy(
+            src.dir().join("config.json"),
+            out.path().join("config.json"),
+        )
+        .unwrap();
         let specs: Vec<TensorSpec> = src
             .manifest()
             .iter()
@@ -112,8 +144,14 @@ fn writer_round_trip_sharded_half_precision() {
         let written = write_sharded_checkpoint(out.path(), &specs, max, &mut |s| {
             let (v, _) = src.tensor_f32(&s.name)?;
             Ok(match s.dtype {
-                StDType::F16 => v.iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect(),
-                _ => v.iter().flat_map(|&x| half::bf16::from_f32(x).to_le_bytes()).collect(),
+                StDType::F16 => v
+                    .iter()
+                    .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
+                    .collect(),
+                _ => v
+                    .iter()
+                    .flat_map(|&x| half::bf16::from_f32(x).to_le_bytes())
+                    .collect(),
             })
         })
         .unwrap();
@@ -142,7 +180,10 @@ fn writer_round_trip_sharded_half_precision() {
         }
         let index = common::read_json(&out.path().join(INDEX_FILE));
         let total: usize = specs.iter().map(|s| s.size_in_bytes()).sum();
-        assert_eq!(index["metadata"]["total_size"].as_u64().unwrap() as usize, total);
+        assert_eq!(
+            index["metadata"]["total_size"].as_u64().unwrap() as usize,
+            total
+        );
 
         let back = FalconCheckpoint::open(out.path()).unwrap();
         for e in src.manifest() {
@@ -151,8 +192,14 @@ fn writer_round_trip_sharded_half_precision() {
             let (orig, _) = src.tensor_f32(&e.name).unwrap();
             let (got, _) = back.tensor_f32(&e.name).unwrap();
             let expect: Vec<f32> = match dtype {
-                StDType::F16 => orig.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect(),
-                _ => orig.iter().map(|&x| half::bf16::from_f32(x).to_f32()).collect(),
+                StDType::F16 => orig
+                    .iter()
+                    .map(|&x| half::f16::from_f32(x).to_f32())
+                    .collect(),
+                _ => orig
+                    .iter()
+                    .map(|&x| half::bf16::from_f32(x).to_f32())
+                    .collect(),
             };
             assert_eq!(got, expect, "{}", e.name);
         }
@@ -174,7 +221,10 @@ fn shard_planning_follows_transformers() {
     let s = |n: &str, numel: usize| TensorSpec::new(n, StDType::F32, vec![numel]);
     let specs = vec![s("a", 10), s("b", 10), s("c", 30), s("d", 5), s("e", 5)];
     // 40 / 40 / 120 / 20 / 20 bytes with a limit of 80.
-    assert_eq!(plan_shards(&specs, 80), vec![vec![0, 1], vec![2], vec![3, 4]]);
+    assert_eq!(
+        plan_shards(&specs, 80),
+        vec![vec![0, 1], vec![2], vec![3, 4]]
+    );
     assert_eq!(plan_shards(&specs, 1000), vec![vec![0, 1, 2, 3, 4]]);
     assert_eq!(shard_file_name(2, 15), "model-00002-of-00015.safetensors");
 }
@@ -183,11 +233,26 @@ fn shard_planning_follows_transformers() {
 fn writer_rejects_wrong_byte_counts_and_leaves_nothing() {
     let out = Scratch::new("badwrite");
     let specs = vec![TensorSpec::new("x", StDType::F32, vec![3])];
-    let e = err_msg(write_sharded_checkpoint(out.path(), &specs, 100, &mut |_| Ok(vec![0; 11])));
+    let e = err_msg(write_sharded_checkpoint(
+        out.path(),
+        &specs,
+        100,
+        &mut |_| Ok(vec![0; 11]),
+    ));
     assert!(e.contains("`x`") && e.contains("12"), "{e}");
-    assert_eq!(fs::read_dir(out.path()).unwrap().count(), 0, "no partial files");
+    assert_eq!(
+        fs::read_dir(out.path()).unwrap().count(),
+        0,
+        "no partial files"
+    );
     let dup = vec![specs[0].clone(), specs[0].clone()];
-    assert!(err_msg(write_sharded_checkpoint(out.path(), &dup, 100, &mut |_| Ok(vec![0; 12]))).contains("twice"));
+    assert!(err_msg(write_sharded_checkpoint(
+        out.path(),
+        &dup,
+        100,
+        &mut |_| Ok(vec![0; 12])
+    ))
+    .contains("twice"));
 }
 
 // ---- bad checkpoints ----
@@ -205,7 +270,10 @@ fn missing_tensor() {
     all.retain(|(s, _)| s.name != "transformer.h.1.ln_mlp.bias");
     write_all(&file, &all);
     let e = err_msg(FalconCheckpoint::open(d.path()));
-    assert!(e.contains("missing tensor `transformer.h.1.ln_mlp.bias`") && e.contains("[64]"), "{e}");
+    assert!(
+        e.contains("missing tensor `transformer.h.1.ln_mlp.bias`") && e.contains("[64]"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -218,14 +286,20 @@ fn missing_tensor_in_sharded_index() {
     fs::write(&index_path, index.to_string()).unwrap();
     // The shard still holds the tensor, which the index no longer lists.
     let e = err_msg(FalconCheckpoint::open(d.path()));
-    assert!(e.contains("transformer.ln_f.weight") && e.contains("not listed in the index"), "{e}");
+    assert!(
+        e.contains("transformer.ln_f.weight") && e.contains("not listed in the index"),
+        "{e}"
+    );
     // Remove it from the shard as well: now it is simply missing.
     let shard_path = d.path().join(shard.as_str().unwrap());
     let mut all = read_all(&shard_path);
     all.retain(|(s, _)| s.name != "transformer.ln_f.weight");
     write_all(&shard_path, &all);
     let e = err_msg(FalconCheckpoint::open(d.path()));
-    assert!(e.contains("missing tensor `transformer.ln_f.weight`"), "{e}");
+    assert!(
+        e.contains("missing tensor `transformer.ln_f.weight`"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -234,12 +308,18 @@ fn index_names_a_missing_shard_or_wrong_shard() {
     let index_path = d.path().join(INDEX_FILE);
     let orig = common::read_json(&index_path);
     let mut index = orig.clone();
-    index["weight_map"]["transformer.ln_f.bias"] = Value::String("model-00009-of-00009.safetensors".into());
+    index["weight_map"]["transformer.ln_f.bias"] =
+        Value::String("model-00009-of-00009.safetensors".into());
     fs::write(&index_path, index.to_string()).unwrap();
     let e = err_msg(FalconCheckpoint::open(d.path()));
-    assert!(e.contains("model-00009-of-00009.safetensors") && e.contains("does not exist"), "{e}");
+    assert!(
+        e.contains("model-00009-of-00009.safetensors") && e.contains("does not exist"),
+        "{e}"
+    );
     let mut index = orig.clone();
-    let ln_f_shard = orig["weight_map"]["transformer.ln_f.bias"].as_str().unwrap();
+    let ln_f_shard = orig["weight_map"]["transformer.ln_f.bias"]
+        .as_str()
+        .unwrap();
     let other = orig["weight_map"]
         .as_object()
         .unwrap()
@@ -250,7 +330,10 @@ fn index_names_a_missing_shard_or_wrong_shard() {
     index["weight_map"]["transformer.ln_f.bias"] = Value::String(other.into());
     fs::write(&index_path, index.to_string()).unwrap();
     let e = err_msg(FalconCheckpoint::open(d.path()));
-    assert!(e.contains("transformer.ln_f.bias") && e.contains(other), "{e}");
+    assert!(
+        e.contains("transformer.ln_f.bias") && e.contains(other),
+        "{e}"
+    );
 }
 
 #[test]
@@ -259,12 +342,20 @@ fn extra_tensor() {
     let file = d.path().join("model.safetensors");
     let mut all = read_all(&file);
     all.push((
-        TensorSpec::new("transformer.h.0.self_attention.rotary_emb.inv_freq", StDType::F32, vec![8]),
+        TensorSpec::new(
+            "transformer.h.0.self_attention.rotary_emb.inv_freq",
+            StDType::F32,
+            vec![8],
+        ),
         vec![0; 32],
     ));
     write_all(&file, &all);
     let e = err_msg(FalconCheckpoint::open(d.path()));
-    assert!(e.contains("unexpected tensor `transformer.h.0.self_attention.rotary_emb.inv_freq`") && e.contains("model.safetensors"), "{e}");
+    assert!(
+        e.contains("unexpected tensor `transformer.h.0.self_attention.rotary_emb.inv_freq`")
+            && e.contains("model.safetensors"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -288,7 +379,10 @@ fn wrong_shape() {
         h["transformer.ln_f.weight"]["shape"] = serde_json::json!([65]);
     });
     let e = err_msg(FalconCheckpoint::open(d.path()));
-    assert!(e.contains("`transformer.ln_f.weight`") && e.contains("[65]"), "{e}");
+    assert!(
+        e.contains("`transformer.ln_f.weight`") && e.contains("[65]"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -300,13 +394,19 @@ fn truncated_file() {
     f.set_len(len - 100).unwrap();
     drop(f);
     let e = err_msg(FalconCheckpoint::open(d.path()));
-    assert!(e.contains("truncated") && e.contains(&shard_file_name(2, 3)) && e.contains("tensor `"), "{e}");
+    assert!(
+        e.contains("truncated") && e.contains(&shard_file_name(2, 3)) && e.contains("tensor `"),
+        "{e}"
+    );
     // Cut inside the header.
     let f = fs::OpenOptions::new().write(true).open(&shard).unwrap();
     f.set_len(20).unwrap();
     drop(f);
     let e = err_msg(FalconCheckpoint::open(d.path()));
-    assert!(e.contains("truncated") && e.contains(&shard_file_name(2, 3)), "{e}");
+    assert!(
+        e.contains("truncated") && e.contains(&shard_file_name(2, 3)),
+        "{e}"
+    );
     f_empty(&shard);
     let e = err_msg(FalconCheckpoint::open(d.path()));
     assert!(e.contains("truncated"), "{e}");
@@ -324,7 +424,11 @@ fn unknown_and_wrong_dtype() {
         h["transformer.h.0.ln_attn.bias"]["dtype"] = Value::String("F4X".into());
     });
     let e = err_msg(FalconCheckpoint::open(d.path()));
-    assert!(e.contains("tensor `transformer.h.0.ln_attn.bias` has unknown dtype `F4X`") && e.contains("model.safetensors"), "{e}");
+    assert!(
+        e.contains("tensor `transformer.h.0.ln_attn.bias` has unknown dtype `F4X`")
+            && e.contains("model.safetensors"),
+        "{e}"
+    );
     // A known but non-float dtype for a weight (same byte size: I32 for F32).
     let d = new_arch_copy("dtype2");
     let file = d.path().join("model.safetensors");
@@ -332,7 +436,10 @@ fn unknown_and_wrong_dtype() {
         h["transformer.h.0.self_attention.dense.weight"]["dtype"] = Value::String("I32".into());
     });
     let e = err_msg(FalconCheckpoint::open(d.path()));
-    assert!(e.contains("`transformer.h.0.self_attention.dense.weight` has dtype I32"), "{e}");
+    assert!(
+        e.contains("`transformer.h.0.self_attention.dense.weight` has dtype I32"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -345,7 +452,11 @@ fn unsupported_variant() {
     let e = err_msg(FalconCheckpoint::open(d.path()));
     assert!(e.contains("config.json") && e.contains("`alibi`"), "{e}");
     // A config of the other layout: the tensors do not match it.
-    fs::copy(common::checkpoint_dir("falcon7b_style").join("config.json"), &cfg_path).unwrap();
+    fs::copy(
+        common::checkpoint_dir("falcon7b_style").join("config.json"),
+        &cfg_path,
+    )
+    .unwrap();
     let e = err_msg(FalconCheckpoint::open(d.path()));
     assert!(e.contains("input_layernorm") || e.contains("shape"), "{e}");
 }
@@ -355,14 +466,24 @@ fn tied_lm_head_stored_or_not_and_untied() {
     let d = new_arch_copy("lmhead");
     let file = d.path().join("model.safetensors");
     let mut all = read_all(&file);
-    let emb = all.iter().find(|(s, _)| s.name == EMBEDDING).unwrap().clone();
+    let emb = all
+        .iter()
+        .find(|(s, _)| s.name == EMBEDDING)
+        .unwrap()
+        .clone();
     let mut head_bytes = emb.1.clone();
     head_bytes[0] ^= 1; // different values: must not be read when tied
-    all.push((TensorSpec::new(LM_HEAD, StDType::F32, emb.0.shape.clone()), head_bytes));
+    all.push((
+        TensorSpec::new(LM_HEAD, StDType::F32, emb.0.shape.clone()),
+        head_bytes,
+    ));
     write_all(&file, &all);
     let ck = FalconCheckpoint::open(d.path()).unwrap();
     assert!(ck.lm_head_stored());
-    assert_eq!(ck.tensor_f32(LM_HEAD).unwrap(), ck.tensor_f32(EMBEDDING).unwrap());
+    assert_eq!(
+        ck.tensor_f32(LM_HEAD).unwrap(),
+        ck.tensor_f32(EMBEDDING).unwrap()
+    );
     drop(ck);
 
     // Untied: lm_head is its own tensor and required.
@@ -371,7 +492,10 @@ fn tied_lm_head_stored_or_not_and_untied() {
     cfg["tie_word_embeddings"] = Value::Bool(false);
     fs::write(&cfg_path, cfg.to_string()).unwrap();
     let ck = FalconCheckpoint::open(d.path()).unwrap();
-    assert_ne!(ck.tensor_f32(LM_HEAD).unwrap(), ck.tensor_f32(EMBEDDING).unwrap());
+    assert_ne!(
+        ck.tensor_f32(LM_HEAD).unwrap(),
+        ck.tensor_f32(EMBEDDING).unwrap()
+    );
     drop(ck);
     all.retain(|(s, _)| s.name != LM_HEAD);
     write_all(&file, &all);
@@ -381,7 +505,10 @@ fn tied_lm_head_stored_or_not_and_untied() {
     // A stored tied lm_head of the wrong shape.
     cfg["tie_word_embeddings"] = Value::Bool(true);
     fs::write(&cfg_path, cfg.to_string()).unwrap();
-    all.push((TensorSpec::new(LM_HEAD, StDType::F32, vec![64]), vec![0; 256]));
+    all.push((
+        TensorSpec::new(LM_HEAD, StDType::F32, vec![64]),
+        vec![0; 256],
+    ));
     write_all(&file, &all);
     let e = err_msg(FalconCheckpoint::open(d.path()));
     assert!(e.contains("`lm_head.weight` has shape [64]"), "{e}");
@@ -390,13 +517,24 @@ fn tied_lm_head_stored_or_not_and_untied() {
 #[test]
 fn no_checkpoint_files() {
     let d = Scratch::new("empty");
-    fs::copy(common::checkpoint_dir("new_arch").join("config.json"), d.path().join("config.json")).unwrap();
+    fs::copy(
+        common::checkpoint_dir("new_arch").join("config.json"),
+        d.path().join("config.json"),
+    )
+    .unwrap();
     let e = err_msg(FalconCheckpoint::open(d.path()));
-    assert!(e.contains("model.safetensors") && e.contains("no checkpoint"), "{e}");
+    assert!(
+        e.contains("model.safetensors") && e.contains("no checkpoint"),
+        "{e}"
+    );
     fs::write(d.path().join("pytorch_model.bin"), b"x").unwrap();
     let e = err_msg(TensorStore::open(d.path()));
     assert!(e.contains("pytorch_model.bin"), "{e}");
-    fs::write(d.path().join("model.safetensors"), b"not a safetensors file at all").unwrap();
+    fs::write(
+        d.path().join("model.safetensors"),
+        b"not a safetensors file at all",
+    )
+    .unwrap();
     assert!(FalconCheckpoint::open(d.path()).is_err());
 }
 
@@ -428,10 +566,18 @@ fn bnb_prequantized_fixture_groups_components() {
     assert_eq!(state["shape"], serde_json::json!([128, 64]));
     assert_eq!(state["blocksize"], 64);
     // Unquantized parts read as usual; a non-quantized module gives None.
-    assert!(ck.bnb4bit_module("transformer.word_embeddings").unwrap().is_none());
-    assert_eq!(ck.tensor_f32(EMBEDDING).unwrap().1, vec![ck.config().vocab_size, 64]);
+    assert!(ck
+        .bnb4bit_module("transformer.word_embeddings")
+        .unwrap()
+        .is_none());
+    assert_eq!(
+        ck.tensor_f32(EMBEDDING).unwrap().1,
+        vec![ck.config().vocab_size, 64]
+    );
     // The plain fixtures are not pre-quantized.
-    assert!(!FalconCheckpoint::open(common::checkpoint_dir("new_arch")).unwrap().is_prequantized());
+    assert!(!FalconCheckpoint::open(common::checkpoint_dir("new_arch"))
+        .unwrap()
+        .is_prequantized());
 }
 
 #[test]
@@ -440,7 +586,8 @@ fn bnb_prequantized_bad_cases() {
     // quantization_config without quantized tensors.
     let d = new_arch_copy("bnb-noq");
     let mut cfg = common::read_json(&d.path().join("config.json"));
-    cfg["quantization_config"] = common::read_json(&src.join("config.json"))["quantization_config"].clone();
+    cfg["quantization_config"] =
+        common::read_json(&src.join("config.json"))["quantization_config"].clone();
     fs::write(d.path().join("config.json"), cfg.to_string()).unwrap();
     let e = err_msg(FalconCheckpoint::open(d.path()));
     assert!(e.contains("quantization_config"), "{e}");
@@ -452,7 +599,10 @@ fn bnb_prequantized_bad_cases() {
     all.retain(|(s, _)| s.name != "transformer.h.0.mlp.dense_h_to_4h.weight.absmax");
     write_all(&file, &all);
     let e = err_msg(FalconCheckpoint::open(d.path()));
-    assert!(e.contains("transformer.h.0.mlp.dense_h_to_4h.weight.absmax"), "{e}");
+    assert!(
+        e.contains("transformer.h.0.mlp.dense_h_to_4h.weight.absmax"),
+        "{e}"
+    );
 
     // Packed weight of the wrong size for the module.
     let d = copy_dir(&src, "bnb-size");
@@ -466,7 +616,11 @@ fn bnb_prequantized_bad_cases() {
     }
     write_all(&file, &all);
     let e = err_msg(FalconCheckpoint::open(d.path()));
-    assert!(e.contains("`transformer.h.0.self_attention.dense.weight`") && e.contains("expected [2048, 1]"), "{e}");
+    assert!(
+        e.contains("`transformer.h.0.self_attention.dense.weight`")
+            && e.contains("expected [2048, 1]"),
+        "{e}"
+    );
 }
 
 /// Listing gives name, dtype, shape and file for every tensor of every shard.
@@ -475,7 +629,9 @@ fn listing_covers_every_file() {
     let ck = FalconCheckpoint::open(common::checkpoint_dir("falcon7b_style")).unwrap();
     let mut per_file: BTreeMap<String, usize> = BTreeMap::new();
     for t in ck.tensors() {
-        *per_file.entry(t.file.file_name().unwrap().to_string_lossy().into_owned()).or_default() += 1;
+        *per_file
+            .entry(t.file.file_name().unwrap().to_string_lossy().into_owned())
+            .or_default() += 1;
     }
     assert_eq!(per_file.len(), ck.files().len());
 }

@@ -155,7 +155,11 @@ fn falcon_7b_layout_and_derived_sizes() {
         assert_eq!(c.num_attention_heads, 71);
         assert_eq!(c.head_dim(), 64);
         assert_eq!(c.attention, AttentionLayout::MultiQuery);
-        assert_eq!(c.num_kv_heads(), 1, "multi-query uses one KV head whatever num_kv_heads says");
+        assert_eq!(
+            c.num_kv_heads(),
+            1,
+            "multi-query uses one KV head whatever num_kv_heads says"
+        );
         assert_eq!(c.declared_num_kv_heads, 71);
         assert_eq!(c.queries_per_kv(), 71);
         assert_eq!(c.qkv_out_features(), 4672);
@@ -193,15 +197,29 @@ fn falcon_40b_grouped_layout() {
 
 #[test]
 fn new_architecture_with_one_layernorm() {
-    let c = parse(&with_field(FALCON_40B, "num_ln_in_parallel_attn", Some("1"))).unwrap();
+    let c = parse(&with_field(
+        FALCON_40B,
+        "num_ln_in_parallel_attn",
+        Some("1"),
+    ))
+    .unwrap();
     assert_eq!(c.norms, NormLayout::Single);
-    let c = parse(&with_field(FALCON_40B, "num_ln_in_parallel_attn", Some("2"))).unwrap();
+    let c = parse(&with_field(
+        FALCON_40B,
+        "num_ln_in_parallel_attn",
+        Some("2"),
+    ))
+    .unwrap();
     assert_eq!(c.norms, NormLayout::Separate);
 }
 
 #[test]
 fn transformers_5_fields() {
-    let text = with_field(FALCON_7B, "rope_parameters", Some(r#"{"rope_theta": 500000.0, "rope_type": "default"}"#));
+    let text = with_field(
+        FALCON_7B,
+        "rope_parameters",
+        Some(r#"{"rope_theta": 500000.0, "rope_type": "default"}"#),
+    );
     let text = with_field(&text, "ffn_hidden_size", Some("1000"));
     let text = with_field(&text, "eos_token_id", Some("[11, 193]"));
     let text = with_field(&text, "torch_dtype", None);
@@ -217,9 +235,15 @@ fn transformers_5_fields() {
 #[test]
 fn fixture_configs_written_by_transformers() {
     let c = FalconConfig::from_dir(common::checkpoint_dir("falcon7b_style")).unwrap();
-    assert_eq!((c.hidden_size, c.num_attention_heads, c.num_hidden_layers), (64, 4, 2));
+    assert_eq!(
+        (c.hidden_size, c.num_attention_heads, c.num_hidden_layers),
+        (64, 4, 2)
+    );
     assert_eq!(c.attention, AttentionLayout::MultiQuery);
-    assert_eq!(c.declared_num_kv_heads, 4, "transformers re-saves num_kv_heads = n_head");
+    assert_eq!(
+        c.declared_num_kv_heads, 4,
+        "transformers re-saves num_kv_heads = n_head"
+    );
     assert_eq!(c.qkv_out_features(), 64 + 2 * 16);
     assert_eq!(c.eos_token_ids, vec![11]);
     let c = FalconConfig::from_dir(common::checkpoint_dir("new_arch")).unwrap();
@@ -233,25 +257,48 @@ fn fixture_configs_written_by_transformers() {
 fn unsupported_variants_name_the_field() {
     let e = parse(FALCON_RW_1B).unwrap_err().to_string();
     assert!(e.contains("unsupported") && e.contains("`alibi`"), "{e}");
-    let e = parse(&with_field(FALCON_RW_1B, "alibi", Some("false"))).unwrap_err().to_string();
+    let e = parse(&with_field(FALCON_RW_1B, "alibi", Some("false")))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("`parallel_attn`"), "{e}");
-    let e = parse(&with_field(FALCON_7B, "parallel_attn", Some("false"))).unwrap_err().to_string();
-    assert!(e.contains("`parallel_attn`") && e.contains("sequential"), "{e}");
-    let e = parse(&with_field(FALCON_40B, "parallel_attn", Some("false"))).unwrap_err().to_string();
+    let e = parse(&with_field(FALCON_7B, "parallel_attn", Some("false")))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("`parallel_attn`") && e.contains("sequential"),
+        "{e}"
+    );
+    let e = parse(&with_field(FALCON_40B, "parallel_attn", Some("false")))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("`parallel_attn`"), "{e}");
-    let e = parse(&with_field(FALCON_7B, "multi_query", Some("false"))).unwrap_err().to_string();
+    let e = parse(&with_field(FALCON_7B, "multi_query", Some("false")))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("`multi_query`"), "{e}");
-    let e = parse(&with_field(FALCON_7B, "num_ln_in_parallel_attn", Some("2"))).unwrap_err().to_string();
+    let e = parse(&with_field(FALCON_7B, "num_ln_in_parallel_attn", Some("2")))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("`num_ln_in_parallel_attn`"), "{e}");
-    let e = parse(&with_field(FALCON_7B, "rope_scaling", Some(r#"{"type": "linear", "factor": 2.0}"#)))
-        .unwrap_err()
-        .to_string();
+    let e = parse(&with_field(
+        FALCON_7B,
+        "rope_scaling",
+        Some(r#"{"type": "linear", "factor": 2.0}"#),
+    ))
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("`rope_scaling`"), "{e}");
-    let e = parse(&with_field(FALCON_7B, "activation", Some(r#""gelu_new""#))).unwrap_err().to_string();
-    assert!(e.contains("`activation`"), "{e}");
-    let e = parse(&with_field(FALCON_7B, "quantization_config", Some(r#"{"quant_method": "gptq", "bits": 4}"#)))
+    let e = parse(&with_field(FALCON_7B, "activation", Some(r#""gelu_new""#)))
         .unwrap_err()
         .to_string();
+    assert!(e.contains("`activation`"), "{e}");
+    let e = parse(&with_field(
+        FALCON_7B,
+        "quantization_config",
+        Some(r#"{"quant_method": "gptq", "bits": 4}"#),
+    ))
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("quant_method") && e.contains("gptq"), "{e}");
 }
 
@@ -271,13 +318,23 @@ fn bad_values_name_the_field() {
         ("model_type", Some(r#""llama""#), "model_type"),
     ];
     for (key, value, field) in cases {
-        let e = parse(&with_field(FALCON_7B, key, *value)).unwrap_err().to_string();
+        let e = parse(&with_field(FALCON_7B, key, *value))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(&format!("`{field}`")), "{key}={value:?}: {e}");
     }
     // Grouped KV heads must divide the query heads.
-    let e = parse(&with_field(FALCON_40B, "num_kv_heads", Some("7"))).unwrap_err().to_string();
+    let e = parse(&with_field(FALCON_40B, "num_kv_heads", Some("7")))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("`num_kv_heads`"), "{e}");
-    let e = parse(&with_field(FALCON_40B, "num_ln_in_parallel_attn", Some("3"))).unwrap_err().to_string();
+    let e = parse(&with_field(
+        FALCON_40B,
+        "num_ln_in_parallel_attn",
+        Some("3"),
+    ))
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("`num_ln_in_parallel_attn`"), "{e}");
     // Odd head_dim cannot be rotated.
     let text = with_field(FALCON_7B, "hidden_size", Some("71"));
@@ -290,6 +347,8 @@ fn bad_values_name_the_field() {
 
 #[test]
 fn missing_file_names_the_path() {
-    let e = FalconConfig::from_dir("/nonexistent/falcon").unwrap_err().to_string();
+    let e = FalconConfig::from_dir("/nonexistent/falcon")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("/nonexistent/falcon/config.json"), "{e}");
 }

@@ -124,9 +124,15 @@ pub enum TensorRole {
         kind: NormKind,
         bias: bool,
     },
-    LinearWeight { layer: usize, kind: LinearKind },
+    LinearWeight {
+        layer: usize,
+        kind: LinearKind,
+    },
     /// Only when the config has `bias = true`.
-    LinearBias { layer: usize, kind: LinearKind },
+    LinearBias {
+        layer: usize,
+        kind: LinearKind,
+    },
 }
 
 /// One tensor the checkpoint must hold.
@@ -158,9 +164,19 @@ pub fn expected_tensors(cfg: &FalconConfig) -> Vec<ExpectedTensor> {
     for layer in 0..cfg.num_hidden_layers {
         let p = format!("transformer.h.{layer}");
         match cfg.norms {
-            NormLayout::Single => norm(&mut out, &format!("{p}.input_layernorm"), Some(layer), NormKind::Input),
+            NormLayout::Single => norm(
+                &mut out,
+                &format!("{p}.input_layernorm"),
+                Some(layer),
+                NormKind::Input,
+            ),
             NormLayout::Separate => {
-                norm(&mut out, &format!("{p}.ln_attn"), Some(layer), NormKind::Attn);
+                norm(
+                    &mut out,
+                    &format!("{p}.ln_attn"),
+                    Some(layer),
+                    NormKind::Attn,
+                );
                 norm(&mut out, &format!("{p}.ln_mlp"), Some(layer), NormKind::Mlp);
             }
         }

@@ -104,11 +104,13 @@ impl FalconCheckpoint {
                     continue;
                 }
             }
-            let info = store.get(&expected.name).ok_or_else(|| FalconError::MissingTensor {
-                dir: store.dir().to_path_buf(),
-                tensor: expected.name.clone(),
-                expected: expected.shape.clone(),
-            })?;
+            let info = store
+                .get(&expected.name)
+                .ok_or_else(|| FalconError::MissingTensor {
+                    dir: store.dir().to_path_buf(),
+                    tensor: expected.name.clone(),
+                    expected: expected.shape.clone(),
+                })?;
             check_float(info)?;
             if info.shape != expected.shape {
                 return Err(FalconError::ShapeMismatch {
@@ -223,12 +225,13 @@ impl FalconCheckpoint {
     /// A float tensor converted to f32 (exact from BF16 / F16 / F32), row-major, with its shape.
     pub fn tensor_f32(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {
         let raw = self.tensor_raw(name)?;
-        let data = decode_f32(raw.info.dtype, raw.bytes).ok_or_else(|| FalconError::WrongDType {
-            path: raw.info.file.clone(),
-            tensor: raw.info.name.clone(),
-            found: raw.info.dtype.to_string(),
-            expected: "F32, F16 or BF16".into(),
-        })?;
+        let data =
+            decode_f32(raw.info.dtype, raw.bytes).ok_or_else(|| FalconError::WrongDType {
+                path: raw.info.file.clone(),
+                tensor: raw.info.name.clone(),
+                found: raw.info.dtype.to_string(),
+                expected: "F32, F16 or BF16".into(),
+            })?;
         Ok((data, raw.info.shape.clone()))
     }
 
@@ -280,7 +283,9 @@ fn check_float(info: &TensorInfo) -> Result<()> {
 fn describe_layout(cfg: &FalconConfig) -> String {
     let attn = match cfg.attention {
         AttentionLayout::MultiQuery => "multi-query".to_string(),
-        AttentionLayout::Grouped { num_kv_heads } => format!("grouped-KV ({num_kv_heads} KV heads)"),
+        AttentionLayout::Grouped { num_kv_heads } => {
+            format!("grouped-KV ({num_kv_heads} KV heads)")
+        }
     };
     let norms = match cfg.norms {
         NormLayout::Single => "input_layernorm",

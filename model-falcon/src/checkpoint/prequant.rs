@@ -83,7 +83,9 @@ pub(crate) fn group_modules(
         linears.iter().map(|l| (l.name.as_str(), l)).collect();
     let mut groups = BTreeMap::new();
     for (module, (state_key, quant_type)) in find_quant_states(store) {
-        let state_info = store.get(&state_key).ok_or_else(|| FalconError::UnknownTensor(state_key.clone()))?;
+        let state_info = store
+            .get(&state_key)
+            .ok_or_else(|| FalconError::UnknownTensor(state_key.clone()))?;
         let Some(linear) = by_name.get(module.as_str()) else {
             return Err(FalconError::UnexpectedTensor {
                 path: state_info.file.clone(),
@@ -112,7 +114,10 @@ pub(crate) fn group_modules(
         let nested_absmax = store.get(&format!("{module}.weight.nested_absmax"));
         let nested_quant_map = store.get(&format!("{module}.weight.nested_quant_map"));
         if nested_absmax.is_some() != nested_quant_map.is_some() {
-            let present = nested_absmax.or(nested_quant_map).map(|t| t.file.clone()).unwrap_or_default();
+            let present = nested_absmax
+                .or(nested_quant_map)
+                .map(|t| t.file.clone())
+                .unwrap_or_default();
             return Err(FalconError::Header {
                 path: present,
                 message: format!("module `{module}`: double quantization needs both weight.nested_absmax and weight.nested_quant_map"),
@@ -161,6 +166,10 @@ fn expect_dtype(info: &TensorInfo, allowed: &[StDType]) -> Result<()> {
         path: info.file.clone(),
         tensor: info.name.clone(),
         found: info.dtype.to_string(),
-        expected: allowed.iter().map(|d| d.name()).collect::<Vec<_>>().join(" or "),
+        expected: allowed
+            .iter()
+            .map(|d| d.name())
+            .collect::<Vec<_>>()
+            .join(" or "),
     })
 }

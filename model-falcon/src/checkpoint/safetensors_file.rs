@@ -169,11 +169,16 @@ impl SafetensorsFile {
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let file = File::open(&path).map_err(|e| FalconError::io(&path, e))?;
-        let file_len = file.metadata().map_err(|e| FalconError::io(&path, e))?.len();
+        let file_len = file
+            .metadata()
+            .map_err(|e| FalconError::io(&path, e))?
+            .len();
         if file_len < 8 {
             return Err(FalconError::Header {
                 path,
-                message: format!("file is truncated: {file_len} bytes, shorter than the 8-byte header length"),
+                message: format!(
+                    "file is truncated: {file_len} bytes, shorter than the 8-byte header length"
+                ),
             });
         }
         // SAFETY: the map is read-only and lives as long as `self`. Like every mmap-based
@@ -192,7 +197,10 @@ impl SafetensorsFile {
         if 8 + header_len > file_len {
             return Err(FalconError::Header {
                 path,
-                message: format!("file is truncated: the header needs {} bytes but the file holds {file_len}", 8 + header_len),
+                message: format!(
+                    "file is truncated: the header needs {} bytes but the file holds {file_len}",
+                    8 + header_len
+                ),
             });
         }
         let data_start = 8 + header_len as usize;
@@ -310,7 +318,11 @@ fn parse_entry(path: &Path, name: &str, entry: &Value, data_start: usize) -> Res
             (Some(a), Some(b)) if a <= b => (a as usize, b as usize),
             _ => return Err(bad(format!("bad data_offsets {offsets:?}"))),
         },
-        _ => return Err(bad(format!("data_offsets must be [begin, end], found {offsets:?}"))),
+        _ => {
+            return Err(bad(format!(
+                "data_offsets must be [begin, end], found {offsets:?}"
+            )))
+        }
     };
     let numel = shape
         .iter()

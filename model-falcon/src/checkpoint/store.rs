@@ -86,7 +86,10 @@ impl TensorStore {
             if !path.is_file() {
                 return Err(FalconError::Index {
                     path: index_path.clone(),
-                    message: format!("shard `{shard}` listed in the index does not exist ({})", path.display()),
+                    message: format!(
+                        "shard `{shard}` listed in the index does not exist ({})",
+                        path.display()
+                    ),
                 });
             }
             file_index.insert(shard.as_str(), files.len());
@@ -98,7 +101,9 @@ impl TensorStore {
             if files[i].get(name).is_none() {
                 return Err(FalconError::Index {
                     path: index_path.clone(),
-                    message: format!("the index puts tensor `{name}` in `{shard}`, which does not contain it"),
+                    message: format!(
+                        "the index puts tensor `{name}` in `{shard}`, which does not contain it"
+                    ),
                 });
             }
             index.insert(name.clone(), i);
@@ -151,7 +156,9 @@ impl TensorStore {
 
     /// Every stored tensor, sorted by name.
     pub fn tensors(&self) -> impl Iterator<Item = &TensorInfo> {
-        self.index.iter().filter_map(|(name, &i)| self.files[i].get(name))
+        self.index
+            .iter()
+            .filter_map(|(name, &i)| self.files[i].get(name))
     }
 
     pub fn get(&self, name: &str) -> Option<&TensorInfo> {

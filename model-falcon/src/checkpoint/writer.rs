@@ -90,9 +90,9 @@ pub fn write_safetensors_file(
 ) -> Result<()> {
     let path = path.as_ref();
     check_specs(specs)?;
-    let name = path
-        .file_name()
-        .ok_or_else(|| FalconError::InvalidArgument(format!("{} is not a file path", path.display())))?;
+    let name = path.file_name().ok_or_else(|| {
+        FalconError::InvalidArgument(format!("{} is not a file path", path.display()))
+    })?;
     let tmp = path.with_file_name(format!(".{}.{}", name.to_string_lossy(), tmp_suffix()));
     let result = write_file_at(&tmp, specs, metadata, fetch)
         .and_then(|()| fs::rename(&tmp, path).map_err(|e| FalconError::io(path, e)));
@@ -116,7 +116,9 @@ pub fn write_sharded_checkpoint(
     let dir = dir.as_ref();
     check_specs(specs)?;
     if max_shard_bytes == 0 {
-        return Err(FalconError::InvalidArgument("max_shard_bytes must be positive".into()));
+        return Err(FalconError::InvalidArgument(
+            "max_shard_bytes must be positive".into(),
+        ));
     }
     fs::create_dir_all(dir).map_err(|e| FalconError::io(dir, e))?;
     let tmp_dir = dir.join(format!(".{}", tmp_suffix()));
@@ -158,8 +160,9 @@ fn write_into(
             "metadata": {"total_parameters": total_parameters, "total_size": total_size},
             "weight_map": weight_map,
         });
-        let mut text = serde_json::to_string_pretty(&index)
-            .map_err(|e| FalconError::InvalidArgument(format!("cannot serialize the index: {e}")))?;
+        let mut text = serde_json::to_string_pretty(&index).map_err(|e| {
+            FalconError::InvalidArgument(format!("cannot serialize the index: {e}"))
+        })?;
         text.push('\n');
         let path = tmp_dir.join(INDEX_FILE);
         write_bytes_synced(&path, text.as_bytes())?;
@@ -184,7 +187,9 @@ fn remove_stale_files(dir: &Path, keep: &BTreeSet<String>) -> Result<()> {
         let name = entry.file_name().to_string_lossy().into_owned();
         let is_weights = name == SINGLE_FILE
             || name == INDEX_FILE
-            || (name.starts_with("model-") && name.contains("-of-") && name.ends_with(".safetensors"));
+            || (name.starts_with("model-")
+                && name.contains("-of-")
+                && name.ends_with(".safetensors"));
         if is_weights && !keep.contains(&name) {
             let path = entry.path();
             fs::remove_file(&path).map_err(|e| FalconError::io(&path, e))?;
@@ -197,10 +202,16 @@ fn check_specs(specs: &[TensorSpec]) -> Result<()> {
     let mut seen = BTreeSet::new();
     for s in specs {
         if s.name == "__metadata__" || s.name.is_empty() {
-            return Err(FalconError::InvalidArgument(format!("invalid tensor name `{}`", s.name)));
+            return Err(FalconError::InvalidArgument(format!(
+                "invalid tensor name `{}`",
+                s.name
+            )));
         }
         if !seen.insert(s.name.as_str()) {
-            return Err(FalconError::InvalidArgument(format!("tensor `{}` given twice", s.name)));
+            return Err(FalconError::InvalidArgument(format!(
+                "tensor `{}` given twice",
+                s.name
+            )));
         }
     }
     Ok(())
@@ -239,7 +250,8 @@ fn write_file_at(
     let file = File::create(path).map_err(|e| FalconError::io(path, e))?;
     let mut w = BufWriter::new(file);
     let io = |e| FalconError::io(path, e);
-    w.write_all(&(header.len() as u64).to_le_bytes()).map_err(io)?;
+    w.write_all(&(header.len() as u64).to_le_bytes())
+        .map_err(io)?;
     w.write_all(&header).map_err(io)?;
     for s in specs {
         let data = fetch(s)?;
@@ -255,21 +267,24 @@ fn write_file_at(
         }
         w.write_all(&data).map_err(io)?;
     }
-    let file = w.into_inner().map_err(|e| FalconError::io(path, e.into_error()))?;
+    let file = w
+        .into_inner()
+        .map_err(|e| FalconError::io(path, e.into_error()))?;
     file.sync_all().map_err(io)
 }
 
 fn write_bytes_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut file = File::create(path).map_err(|e| FalconError::io(path, e))?;
-    file.write_all(bytes).map_err(|e| FalconError::io(path, e))?;
+    file.write_all(bytes)
+        .map_err(|e| FalconError::io(path, e))?;
     file.sync_all().map_err(|e| FalconError::io(path, e))
 }
 
 /// Writes a small text file atomically (temporary file, fsync, rename).
 pub(crate) fn write_text_atomic(path: &Path, text: &str) -> Result<()> {
-    let name = path
-        .file_name()
-        .ok_or_else(|| FalconError::InvalidArgument(format!("{} is not a file path", path.display())))?;
+    let name = path.file_name().ok_or_else(|| {
+        FalconError::InvalidArgument(format!("{} is not a file path", path.display()))
+    })?;
     let tmp = path.with_file_name(format!(".{}.{}", name.to_string_lossy(), tmp_suffix()));
     let result = write_bytes_synced(&tmp, text.as_bytes())
         .and_then(|()| fs::rename(&tmp, path).map_err(|e| FalconError::io(path, e)));

@@ -65,7 +65,12 @@ pub struct LoraConfig {
 
 impl LoraConfig {
     /// A config with PEFT's defaults for everything but the given fields, for a causal LM.
-    pub fn new(r: usize, lora_alpha: f64, lora_dropout: f64, target_modules: TargetModules) -> Self {
+    pub fn new(
+        r: usize,
+        lora_alpha: f64,
+        lora_dropout: f64,
+        target_modules: TargetModules,
+    ) -> Self {
         LoraConfig {
             r,
             lora_alpha,
@@ -110,13 +115,18 @@ impl LoraConfig {
 
     /// Parses and validates a decoded adapter_config.json.
     pub fn from_value(v: &Value, path: &Path) -> Result<Self> {
-        let obj = v.as_object().ok_or_else(|| adapter_err(path, "adapter_config.json must be a JSON object"))?;
+        let obj = v
+            .as_object()
+            .ok_or_else(|| adapter_err(path, "adapter_config.json must be a JSON object"))?;
         let field = |name: &str| obj.get(name).filter(|v| !v.is_null());
         let bad = |name: &str, msg: String| adapter_err(path, format!("field `{name}` {msg}"));
 
         let peft_type = field("peft_type").and_then(Value::as_str).unwrap_or("LORA");
         if peft_type != "LORA" {
-            return Err(bad("peft_type", format!("is `{peft_type}`; only LORA adapters are supported")));
+            return Err(bad(
+                "peft_type",
+                format!("is `{peft_type}`; only LORA adapters are supported"),
+            ));
         }
         let r = field("r")
             .and_then(Value::as_u64)
@@ -125,7 +135,9 @@ impl LoraConfig {
             .ok_or_else(|| bad("r", "must be a positive integer".into()))?;
         let lora_alpha = match field("lora_alpha") {
             None => 8.0,
-            Some(a) => a.as_f64().ok_or_else(|| bad("lora_alpha", format!("is {a}, expected a number")))?,
+            Some(a) => a
+                .as_f64()
+                .ok_or_else(|| bad("lora_alpha", format!("is {a}, expected a number")))?,
         };
         let lora_dropout = match field("lora_dropout") {
             None => 0.0,
@@ -148,8 +160,14 @@ impl LoraConfig {
         };
         let exclude_modules = match field("exclude_modules") {
             None => Vec::new(),
-            Some(Value::Array(items)) => string_list(items).ok_or_else(|| bad("exclude_modules", "must be a list of strings".into()))?,
-            Some(other) => return Err(bad("exclude_modules", format!("is {other}; only a list of module names is supported"))),
+            Some(Value::Array(items)) => string_list(items)
+                .ok_or_else(|| bad("exclude_modules", "must be a list of strings".into()))?,
+            Some(other) => {
+                return Err(bad(
+                    "exclude_modules",
+                    format!("is {other}; only a list of module names is supported"),
+                ))
+            }
         };
         let layers_to_transform = match field("layers_to_transform") {
             None => None,
@@ -158,17 +176,29 @@ impl LoraConfig {
                     .iter()
                     .map(|x| x.as_u64().and_then(|x| usize::try_from(x).ok()))
                     .collect::<Option<Vec<_>>>()
-                    .ok_or_else(|| bad("layers_to_transform", "must be a list of layer indices".into()))?,
+                    .ok_or_else(|| {
+                        bad(
+                            "layers_to_transform",
+                            "must be a list of layer indices".into(),
+                        )
+                    })?,
             ),
             Some(x) => Some(vec![x
                 .as_u64()
                 .and_then(|x| usize::try_from(x).ok())
-                .ok_or_else(|| bad("layers_to_transform", format!("is {x}, expected layer indices")))?]),
+                .ok_or_else(|| {
+                    bad(
+                        "layers_to_transform",
+                        format!("is {x}, expected layer indices"),
+                    )
+                })?]),
         };
         let flag = |name: &str, default: bool| -> Result<bool> {
             match field(name) {
                 None => Ok(default),
-                Some(b) => b.as_bool().ok_or_else(|| bad(name, format!("is {b}, expected true or false"))),
+                Some(b) => b
+                    .as_bool()
+                    .ok_or_else(|| bad(name, format!("is {b}, expected true or false"))),
             }
         };
         let use_rslora = flag("use_rslora", false)?;
@@ -177,7 +207,10 @@ impl LoraConfig {
         // Settings that change the math or the saved tensors: refuse rather than ignore.
         let bias = field("bias").and_then(Value::as_str).unwrap_or("none");
         if bias != "none" {
-            return Err(bad("bias", format!("is `{bias}`; only \"none\" (no trained biases) is supported")));
+            return Err(bad(
+                "bias",
+                format!("is `{bias}`; only \"none\" (no trained biases) is supported"),
+            ));
         }
         for (name, what) in [
             ("use_dora", "DoRA"),
@@ -192,7 +225,10 @@ impl LoraConfig {
         for name in ["rank_pattern", "alpha_pattern"] {
             if let Some(p) = field(name) {
                 if p.as_object().is_none_or(|m| !m.is_empty()) {
-                    return Err(bad(name, "is not empty; per-module ranks/alphas are not supported".into()));
+                    return Err(bad(
+                        name,
+                        "is not empty; per-module ranks/alphas are not supported".into(),
+                    ));
                 }
             }
         }
@@ -204,16 +240,22 @@ impl LoraConfig {
             "alora_invocation_tokens",
         ] {
             if let Some(v) = field(name) {
-                let empty = v.as_array().is_some_and(Vec::is_empty) || v.as_object().is_some_and(|m| m.is_empty());
+                let empty = v.as_array().is_some_and(Vec::is_empty)
+                    || v.as_object().is_some_and(|m| m.is_empty());
                 if !empty {
                     return Err(bad(name, format!("is {v}; not supported")));
                 }
             }
         }
-        let task_type = field("task_type").and_then(Value::as_str).map(str::to_string);
+        let task_type = field("task_type")
+            .and_then(Value::as_str)
+            .map(str::to_string);
         if let Some(t) = &task_type {
             if t != "CAUSAL_LM" {
-                return Err(bad("task_type", format!("is `{t}`; only CAUSAL_LM is supported")));
+                return Err(bad(
+                    "task_type",
+                    format!("is `{t}`; only CAUSAL_LM is supported"),
+                ));
             }
         }
         let init_lora_weights = match field("init_lora_weights") {
@@ -293,7 +335,10 @@ impl LoraConfig {
                 json!(self.exclude_modules)
             },
         );
-        m.insert("layers_to_transform".into(), json!(self.layers_to_transform));
+        m.insert(
+            "layers_to_transform".into(),
+            json!(self.layers_to_transform),
+        );
         m.insert("use_rslora".into(), json!(self.use_rslora));
         m.insert(
             "init_lora_weights".into(),
@@ -305,7 +350,10 @@ impl LoraConfig {
             },
         );
         m.insert("task_type".into(), json!(self.task_type));
-        m.insert("base_model_name_or_path".into(), json!(self.base_model_name_or_path));
+        m.insert(
+            "base_model_name_or_path".into(),
+            json!(self.base_model_name_or_path),
+        );
         m.insert("revision".into(), json!(self.revision));
         m.insert("inference_mode".into(), json!(self.inference_mode));
         m.insert("peft_type".into(), json!("LORA"));
@@ -347,7 +395,10 @@ impl LoraConfig {
                 return Err(adapter_err(path, format!("target_modules names `{t}` (lm_head): LoRA on the tied output layer is not supported")));
             }
         }
-        let targets: Vec<LinearModule> = linear_modules(model).into_iter().filter(|m| self.matches(m)).collect();
+        let targets: Vec<LinearModule> = linear_modules(model)
+            .into_iter()
+            .filter(|m| self.matches(m))
+            .collect();
         if targets.is_empty() {
             return Err(adapter_err(
                 path,
@@ -359,7 +410,10 @@ impl LoraConfig {
 }
 
 fn string_list(items: &[Value]) -> Option<Vec<String>> {
-    items.iter().map(|v| v.as_str().map(str::to_string)).collect()
+    items
+        .iter()
+        .map(|v| v.as_str().map(str::to_string))
+        .collect()
 }
 
 pub(crate) fn adapter_err(path: &Path, message: impl Into<String>) -> FalconError {
@@ -372,7 +426,8 @@ pub(crate) fn adapter_err(path: &Path, message: impl Into<String>) -> FalconErro
 fn sort_keys(v: &Value) -> Value {
     match v {
         Value::Object(m) => {
-            let sorted: BTreeMap<&String, Value> = m.iter().map(|(k, v)| (k, sort_keys(v))).collect();
+            let sorted: BTreeMap<&String, Value> =
+                m.iter().map(|(k, v)| (k, sort_keys(v))).collect();
             let mut out = serde_json::Map::new();
             for (k, v) in sorted {
                 out.insert(k.clone(), v);

@@ -7,6 +7,6 @@ mod weights;
 
 pub use config::{InitLoraWeights, LoraConfig, TargetModules, PEFT_FORMAT_VERSION};
 pub use weights::{
-    load_adapter, lora_a_key, lora_b_key, save_adapter, LoraPair, LoraWeights,
-    ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE,
+    load_adapter, lora_a_key, lora_b_key, save_adapter, LoraPair, LoraWeights, ADAPTER_CONFIG_FILE,
+    ADAPTER_WEIGHTS_FILE,
 };

@@ -76,7 +76,11 @@ impl LoraWeights {
 
 /// Writes `dir/adapter_config.json` and `dir/adapter_model.safetensors` as PEFT's
 /// `save_pretrained` does, each file atomically. Every pair must have rank `config.r`.
-pub fn save_adapter(dir: impl AsRef<Path>, config: &LoraConfig, weights: &LoraWeights) -> Result<()> {
+pub fn save_adapter(
+    dir: impl AsRef<Path>,
+    config: &LoraConfig,
+    weights: &LoraWeights,
+) -> Result<()> {
     let dir = dir.as_ref();
     let mut specs = Vec::with_capacity(2 * weights.modules.len());
     let mut data: BTreeMap<String, &[f32]> = BTreeMap::new();
@@ -88,24 +92,39 @@ pub fn save_adapter(dir: impl AsRef<Path>, config: &LoraConfig, weights: &LoraWe
                 pair.r, config.r
             )));
         }
-        specs.push(TensorSpec::new(lora_a_key(module), StDType::F32, vec![pair.r, pair.in_features]));
-        specs.push(TensorSpec::new(lora_b_key(module), StDType::F32, vec![pair.out_features, pair.r]));
+        specs.push(TensorSpec::new(
+            lora_a_key(module),
+            StDType::F32,
+            vec![pair.r, pair.in_features],
+        ));
+        specs.push(TensorSpec::new(
+            lora_b_key(module),
+            StDType::F32,
+            vec![pair.out_features, pair.r],
+        ));
         data.insert(lora_a_key(module), &pair.a);
         data.insert(lora_b_key(module), &pair.b);
     }
     if specs.is_empty() {
-        return Err(FalconError::InvalidArgument("an adapter needs at least one LoRA module".into()));
+        return Err(FalconError::InvalidArgument(
+            "an adapter needs at least one LoRA module".into(),
+        ));
     }
     // The Python writer orders tensors by dtype, then name; all are f32 here.
     specs.sort_by(|x, y| x.name.cmp(&y.name));
     std::fs::create_dir_all(dir).map_err(|e| FalconError::io(dir, e))?;
     let metadata = BTreeMap::from([("format".to_string(), "pt".to_string())]);
-    write_safetensors_file(dir.join(ADAPTER_WEIGHTS_FILE), &specs, &metadata, &mut |spec| {
-        let values = data
-            .get(&spec.name)
-            .ok_or_else(|| FalconError::InvalidArgument(format!("no data for `{}`", spec.name)))?;
-        Ok(values.iter().flat_map(|x| x.to_le_bytes()).collect())
-    })?;
+    write_safetensors_file(
+        dir.join(ADAPTER_WEIGHTS_FILE),
+        &specs,
+        &metadata,
+        &mut |spec| {
+            let values = data.get(&spec.name).ok_or_else(|| {
+                FalconError::InvalidArgument(format!("no data for `{}`", spec.name))
+            })?;
+            Ok(values.iter().flat_map(|x| x.to_le_bytes()).collect())
+        },
+    )?;
     let mut text = config.to_json_string();
     text.push('\n');
     write_text_atomic(&dir.join(ADAPTER_CONFIG_FILE), &text)
@@ -114,7 +133,10 @@ pub fn save_adapter(dir: impl AsRef<Path>, config: &LoraConfig, weights: &LoraWe
 /// Reads a PEFT adapter directory for `model` and checks it completely: the config is
 /// supported, and the weights hold exactly the lora_A / lora_B pair of every targeted module
 /// with shapes `[r, in]` / `[out, r]` in a float dtype (converted to f32).
-pub fn load_adapter(dir: impl AsRef<Path>, model: &FalconConfig) -> Result<(LoraConfig, LoraWeights)> {
+pub fn load_adapter(
+    dir: impl AsRef<Path>,
+    model: &FalconConfig,
+) -> Result<(LoraConfig, LoraWeights)> {
     let dir = dir.as_ref();
     let config_path = dir.join(ADAPTER_CONFIG_FILE);
     let config = LoraConfig::from_file(&config_path)?;
@@ -151,10 +173,18 @@ pub fn load_adapter(dir: impl AsRef<Path>, model: &FalconConfig) -> Result<(Lora
     Ok((config, weights))
 }
 
-fn read_pair(file: &SafetensorsFile, path: &Path, target: &LinearModule, r: usize) -> Result<LoraPair> {
+fn read_pair(
+    file: &SafetensorsFile,
+    path: &Path,
+    target: &LinearModule,
+    r: usize,
+) -> Result<LoraPair> {
     let read = |key: String, shape: [usize; 2]| -> Result<Vec<f32>> {
         let info = file.get(&key).ok_or_else(|| {
-            adapter_err(path, format!("missing tensor `{key}` (expected shape {shape:?})"))
+            adapter_err(
+                path,
+                format!("missing tensor `{key}` (expected shape {shape:?})"),
+            )
         })?;
         if info.shape != shape {
             return Err(FalconError::ShapeMismatch {

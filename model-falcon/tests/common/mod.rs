@@ -66,14 +66,22 @@ pub fn copy_dir(src: &Path, tag: &str) -> Scratch {
 pub fn read_all(path: &Path) -> Vec<(TensorSpec, Vec<u8>)> {
     let f = SafetensorsFile::open(path).unwrap();
     f.tensors()
-        .map(|t| (TensorSpec::new(t.name.clone(), t.dtype, t.shape.clone()), f.bytes(t).to_vec()))
+        .map(|t| {
+            (
+                TensorSpec::new(t.name.clone(), t.dtype, t.shape.clone()),
+                f.bytes(t).to_vec(),
+            )
+        })
         .collect()
 }
 
 /// Writes tensors (spec, bytes) as a safetensors file.
 pub fn write_all(path: &Path, tensors: &[(TensorSpec, Vec<u8>)]) {
     let specs: Vec<TensorSpec> = tensors.iter().map(|(s, _)| s.clone()).collect();
-    let data: BTreeMap<String, Vec<u8>> = tensors.iter().map(|(s, b)| (s.name.clone(), b.clone())).collect();
+    let data: BTreeMap<String, Vec<u8>> = tensors
+        .iter()
+        .map(|(s, b)| (s.name.clone(), b.clone()))
+        .collect();
     let meta = BTreeMap::from([("format".to_string(), "pt".to_string())]);
     write_safetensors_file(path, &specs, &meta, &mut |s| Ok(data[&s.name].clone())).unwrap();
 }
@@ -85,7 +93,7 @@ pub fn rewrite_header(path: &Path, edit: impl FnOnce(&mut serde_json::Map<String
     let mut header: Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
     edit(header.as_object_mut().unwrap());
     let mut h = serde_json::to_vec(&header).unwrap();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut out = (h.len() as u64).to_le_bytes().to_vec();
