@@ -11,7 +11,7 @@
 //!    cuts over-long examples under a [`TruncationPolicy`].
 //! 4. [`sampler::Sampler`] yields batches of example indices (seeded, optionally grouped by
 //!    length, resumable from a [`SamplerState`]); [`Batch::collate`] right-pads them.
-//! 5. [`metrics`] scores generated answers; [`summary`] reports what `trainer data` prints.
+//! 5. [`metrics`] scores generated answers; [`summary()`] reports what `trainer data` prints.
 //!
 //! [`synthetic`] makes FinQA-style records and a small byte-level BPE tokenizer for the default
 //! run and the tests; [`rng`] is the crate's bit-stable PRNG.

@@ -6,7 +6,7 @@
 //!
 //! | kind | question | answer | `exe_ans` | program |
 //! |---|---|---|---|---|
-//! | lookup | what was the {item} in {y}? | `v` | v | `add(v, const_0)`-free: none |
+//! | lookup | what was the {item} in {y}? | `v` | v | none |
 //! | difference | what was the change in {item} from {y0} to {y1}? | `v1 - v0` | same | `subtract(v1, v0)` |
 //! | ratio | what is the ratio of {a} to {b} in {y}? | `a / b`, 2 decimals | a/b rounded to 5 decimals | `divide(a, b)` |
 //! | percentage change | what was the percentage change in {item} from {y0} to {y1}? | `100 (v1 - v0) / v0`, 1 decimal, `%` | the fraction, rounded to 5 decimals | `subtract(v1, v0), divide(#0, v0)` |

@@ -332,3 +332,34 @@ fn real_records_under_each_policy() {
         seed_prompt(r)
     );
 }
+
+#[test]
+fn keep_answer_cuts_multibyte_text_on_char_boundaries() {
+    let tok = common::tokenizer();
+    let mut r = generate(1, 12).remove(0);
+    r.pre_text = vec!["€ 5 — naïve ☃ 😀 growth".repeat(20)];
+    r.post_text = vec!["ünïcödé 😀😀 tail".repeat(20)];
+    let full = tokenize_record(tok, &r, &opts(100_000, TruncationPolicy::KeepAnswer))
+        .unwrap()
+        .unwrap()
+        .input_ids
+        .len();
+    let mut trimmed = 0;
+    for max_length in (60..full).step_by(7) {
+        let e = tokenize_record(tok, &r, &opts(max_length, TruncationPolicy::KeepAnswer))
+            .unwrap()
+            .unwrap();
+        assert!(e.input_ids.len() <= max_length);
+        assert!(!e.answer_truncated);
+        assert_eq!(e.prompt_ids(), &ids(tok, &e.prompt_text)[..]);
+        let tail = format!("\nQuestion: {}\nAnswer:", r.question);
+        assert!(e.prompt_text.ends_with(&tail));
+        let pre = e.prompt_text["Context:\n".len()..]
+            .split('\n')
+            .next()
+            .unwrap();
+        assert!(r.pre_text[0].starts_with(pre));
+        trimmed += usize::from(e.context_trimmed);
+    }
+    assert!(trimmed > 10);
+}
