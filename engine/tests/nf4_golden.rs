@@ -528,7 +528,11 @@ fn spec_vector_a_nf4_no_dq() {
     let deq = w.dequantize_f32();
     for (i, v) in deq.iter().enumerate() {
         let byte = w.packed()[i / 2];
-        let code = if i % 2 == 0 { byte >> 4 } else { byte & 15 };
+        let code = if i.is_multiple_of(2) {
+            byte >> 4
+        } else {
+            byte & 15
+        };
         assert_eq!(*v, NF4[code as usize] * w.absmax_f32()[i / 64]);
     }
 }
@@ -549,28 +553,56 @@ fn spec_vector_c_nf4_dq() {
         },
     )
     .expect("quantize");
-    let first: Vec<f32> = plain.absmax_f32()[..8].to_vec();
-    assert_eq!(
-        first,
-        [
-            0.1221923828125,
-            0.240966796875,
-            0.35888671875,
-            0.4853515625,
-            0.6109619140625,
-            0.728759765625,
-            0.8382568359375,
-            0.120361328125
-        ]
-    );
+    // The spec's values are exact in fp32; compared in f64 to keep every digit.
+    let first: Vec<f64> = plain.absmax_f32()[..8]
+        .iter()
+        .map(|&v| f64::from(v))
+        .collect();
+    let want = [
+        0.1221923828125,
+        0.240966796875,
+        0.35888671875,
+        0.4853515625,
+        0.6109619140625,
+        0.728759765625,
+        0.8382568359375,
+        0.120361328125,
+    ];
+    assert_eq!(first, want);
     let Absmax::Double(dq) = w.absmax() else {
         panic!("expected DQ")
     };
-    assert_eq!(dq.offset, 0.483_056_843_280_792_24_f32);
-    assert_eq!(dq.nested_absmax, vec![0.372_289_836_406_707_76_f32; 3]);
+    assert_eq!(f64::from(dq.offset), 0.483_056_843_280_792_24);
+    assert_eq!(
+        dq.nested_absmax
+            .iter()
+            .map(|&v| f64::from(v))
+            .collect::<Vec<_>>(),
+        vec![0.372_289_836_406_707_76; 3]
+    );
     assert_eq!(
         dq.codes[..16],
         [2, 24, 47, 152, 208, 230, 251, 1, 25, 48, 117, 206, 230, 254, 1, 24]
     );
     assert_eq!(w.packed(), plain.packed());
+}
+
+#[test]
+fn code_tables_equal_bitsandbytes_maps() {
+    let nf4 = fixture("linear4bit_query_key_value.safetensors");
+    let st = SafeTensors::deserialize(&nf4).expect("fixture");
+    let p = "model.layers.0.query_key_value.weight";
+    assert_eq!(
+        bits(&f32s(tensor_bytes(&st, &format!("{p}.quant_map")))),
+        bits(&NF4)
+    );
+    assert_eq!(
+        bits(&f32s(tensor_bytes(&st, &format!("{p}.nested_quant_map")))),
+        bits(&DYNAMIC_MAP)
+    );
+    assert_eq!(bits(&engine::nf4::create_dynamic_map()), bits(&DYNAMIC_MAP));
+    let fp4 = fixture("linear4bit_dense.safetensors");
+    let st = SafeTensors::deserialize(&fp4).expect("fixture");
+    let got = f32s(tensor_bytes(&st, "model.layers.0.dense.weight.quant_map"));
+    assert_eq!(bits(&got), bits(&engine::nf4::FP4));
 }

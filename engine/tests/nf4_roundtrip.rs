@@ -113,7 +113,11 @@ fn check_round_trip<T: QuantElement>(
             // The chosen code is the nearest one to x / absmax (up to fp32 scaling error).
             if true_absmax > 0.0 {
                 let byte = w.packed()[i / 2];
-                let code = if i % 2 == 0 { byte >> 4 } else { byte & 15 };
+                let code = if i.is_multiple_of(2) {
+                    byte >> 4
+                } else {
+                    byte & 15
+                };
                 let s = xi / true_absmax;
                 let d = (s - f64::from(table[code as usize])).abs();
                 let best = table

@@ -82,15 +82,16 @@ fn clamp_min(x: f32, lo: f32) -> f32 {
     }
 }
 
-/// `torch.clamp(x, -1, 1)`: NaN passes through.
+/// `torch.clamp(x, -1, 1)`: NaN passes through (as with `f32::clamp`).
 fn clamp_unit(x: f32) -> f32 {
-    if x < -1.0 {
-        -1.0
-    } else if x > 1.0 {
-        1.0
-    } else {
-        x
-    }
+    x.clamp(-1.0, 1.0)
+}
+
+/// Whether threshold `t` counts below `x` in torch's `bucketize(right=False)`:
+/// `!(t >= x)`, which is `t < x` for numbers and true for a NaN `x`.
+#[inline]
+fn below(t: f32, x: f32) -> bool {
+    t < x || x.is_nan()
 }
 
 /// How one block's elements are mapped into [-1, 1].
@@ -127,7 +128,7 @@ fn block_scale(max_abs: f32, partial: bool) -> (f32, Scale) {
 
 /// `torch.bucketize(x, thresholds, right=False)` over 15 ascending thresholds.
 fn bucket4(x: f32, thresholds: &[f32; 15]) -> usize {
-    thresholds.iter().map(|&t| usize::from(!(t >= x))).sum()
+    thresholds.iter().map(|&t| usize::from(below(t, x))).sum()
 }
 
 /// The 4-bit code of a scaled value in [-1, 1].
@@ -150,10 +151,11 @@ pub(crate) fn quantize_4bit<T: QuantElement>(
     absmax: &mut [f32],
 ) {
     use rayon::prelude::*;
-    debug_assert!(blocksize % 2 == 0);
+    debug_assert!(blocksize.is_multiple_of(2));
     debug_assert_eq!(packed.len(), src.len().div_ceil(2));
     debug_assert_eq!(absmax.len(), src.len().div_ceil(blocksize));
     let pad = code4(0.0, qt);
+    let (thresholds, to_code) = (qt.thresholds(), qt.bucket_to_code());
     packed
         .par_chunks_mut(blocksize / 2)
         .zip(absmax.par_iter_mut())
@@ -162,11 +164,30 @@ pub(crate) fn quantize_4bit<T: QuantElement>(
         .for_each(|((bytes, am), block)| {
             let (stored, scale) = block_scale(max_abs(block), block.len() < blocksize);
             *am = stored;
-            let code = |v: T| code4(scale.apply(v.to_f32()), qt);
-            for (k, byte) in bytes.iter_mut().enumerate() {
-                let hi = code(block[2 * k]);
-                let lo = block.get(2 * k + 1).map_or(pad, |&v| code(v));
-                *byte = (hi << 4) | lo;
+            // Scale and bucket SUB elements at a time, threshold by threshold, so the
+            // comparisons vectorize across elements.
+            const SUB: usize = 64;
+            let mut xs = [0f32; SUB];
+            let mut counts = [0u8; SUB];
+            for (part, out) in block.chunks(SUB).zip(bytes.chunks_mut(SUB / 2)) {
+                let xs = &mut xs[..part.len()];
+                let counts = &mut counts[..part.len()];
+                for (x, &v) in xs.iter_mut().zip(part) {
+                    *x = scale.apply(v.to_f32());
+                }
+                counts.fill(0);
+                for &t in thresholds {
+                    for (c, &x) in counts.iter_mut().zip(xs.iter()) {
+                        *c += u8::from(below(t, x));
+                    }
+                }
+                for (k, byte) in out.iter_mut().enumerate() {
+                    let hi = to_code[usize::from(counts[2 * k])];
+                    let lo = counts
+                        .get(2 * k + 1)
+                        .map_or(pad, |&c| to_code[usize::from(c)]);
+                    *byte = (hi << 4) | lo;
+                }
             }
         });
 }
@@ -184,7 +205,7 @@ pub(crate) fn quantize_8bit(src: &[f32], code: &[f32], blocksize: usize) -> (Vec
         for &v in block {
             let x = scale.apply(v);
             // A u8 code can only index 256 entries; callers pass a 256-entry map.
-            q.push(bounds.partition_point(|&t| !(t >= x)).min(255) as u8);
+            q.push(bounds.partition_point(|&t| below(t, x)).min(255) as u8);
         }
     }
     (q, absmax)
