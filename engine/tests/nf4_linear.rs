@@ -1,7 +1,8 @@
 //! The 4-bit linear op against dequantize-then-matmul in float64.
 
 use engine::nf4::{
-    linear_backward_input, linear_forward, QuantConfig, QuantType, QuantizedWeight, TILE_ROWS,
+    linear_backward_input, linear_forward, tile_rows, QuantConfig, QuantType, QuantizedWeight,
+    TILE_ROWS,
 };
 use proptest::prelude::*;
 
@@ -114,6 +115,9 @@ fn linear_matches_f64_reference_across_tiles() {
         },
         3,
     );
+    // Wide input: the tile shrinks below TILE_ROWS to bound its buffer.
+    assert!(tile_rows(20000) < 120);
+    check(2, 120, 20000, QuantConfig::default(), 5);
     // Large enough for gemm's multithreaded path.
     check(64, 600, 300, QuantConfig::default(), 4);
 }

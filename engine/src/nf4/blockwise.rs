@@ -60,17 +60,19 @@ impl QuantElement for f16 {
 
 /// `max |x|` over a block; NaN if any element is NaN (torch's `max` propagates NaN).
 fn max_abs<T: QuantElement>(block: &[T]) -> f32 {
+    // Branch-free so it vectorizes: track NaN separately from the max of the numbers.
     let mut m = 0.0f32;
+    let mut nan = false;
     for &v in block {
         let a = v.to_f32().abs();
-        if a.is_nan() {
-            return f32::NAN;
-        }
-        if a > m {
-            m = a;
-        }
+        nan |= a.is_nan();
+        m = if a > m { a } else { m };
     }
-    m
+    if nan {
+        f32::NAN
+    } else {
+        m
+    }
 }
 
 /// `torch.clamp(x, min=lo)`: NaN passes through.
@@ -172,8 +174,17 @@ pub(crate) fn quantize_4bit<T: QuantElement>(
             for (part, out) in block.chunks(SUB).zip(bytes.chunks_mut(SUB / 2)) {
                 let xs = &mut xs[..part.len()];
                 let counts = &mut counts[..part.len()];
-                for (x, &v) in xs.iter_mut().zip(part) {
-                    *x = scale.apply(v.to_f32());
+                match scale {
+                    Scale::Reciprocal(inv) => {
+                        for (x, &v) in xs.iter_mut().zip(part) {
+                            *x = clamp_unit(v.to_f32() * inv);
+                        }
+                    }
+                    Scale::Divide(am) => {
+                        for (x, &v) in xs.iter_mut().zip(part) {
+                            *x = clamp_unit(v.to_f32() / am);
+                        }
+                    }
                 }
                 counts.fill(0);
                 for &t in thresholds {

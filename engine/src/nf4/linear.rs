@@ -4,13 +4,44 @@
 //! into one reusable fp32 buffer, and each tile is multiplied with the `gemm` crate.
 //! There is no gradient for W (the frozen QLoRA base).
 
+use std::cell::RefCell;
+
 use rayon::prelude::*;
 
 use super::error::Nf4Error;
 use super::weight::QuantizedWeight;
 
-/// Rows of W dequantized per tile (256 × 4544 fp32 = 4.6 MB for Falcon-7B's widest input).
+/// Most rows of W dequantized per tile.
 pub const TILE_ROWS: usize = 256;
+
+/// Cap on one tile's fp32 buffer: 256 rows while `in_features <= 4096`, fewer rows for wider
+/// inputs (57 for Falcon-7B's 18176-wide dense_4h_to_h), never fewer than 16.
+const TILE_BYTES: usize = 4 << 20;
+
+/// Rows per tile for a weight with `in_features` columns.
+pub fn tile_rows(in_features: usize) -> usize {
+    (TILE_BYTES / (4 * in_features.max(1))).clamp(16, TILE_ROWS)
+}
+
+thread_local! {
+    /// The tile buffer, kept per calling thread so repeated calls neither allocate nor
+    /// fault in fresh pages.
+    static TILE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's tile buffer of at least `len` elements.
+fn with_tile<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    TILE.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < len {
+                buf.resize(len, 0.0);
+            }
+            f(&mut buf[..len])
+        }
+        // Re-entered on this thread (rayon work stealing inside `f`): use a fresh buffer.
+        Err(_) => f(&mut vec![0.0; len]),
+    })
+}
 
 fn check_len(what: &str, expected: usize, got: usize) -> Result<(), Nf4Error> {
     if expected == got {
@@ -67,15 +98,26 @@ pub fn linear_forward(
         y.fill(0.0);
         return Ok(());
     }
-    let tile = TILE_ROWS.min(n_out);
-    let mut buf = vec![0f32; tile * k];
+    let tile = tile_rows(k).min(n_out);
+    with_tile(tile * k, |buf| forward_tiles(x, m, w, y, tile, buf))
+}
+
+fn forward_tiles(
+    x: &[f32],
+    m: usize,
+    w: &QuantizedWeight,
+    y: &mut [f32],
+    tile: usize,
+    buf: &mut [f32],
+) -> Result<(), Nf4Error> {
+    let (n_out, k) = (w.out_features(), w.in_features());
     for r0 in (0..n_out).step_by(tile) {
         let rows = tile.min(n_out - r0);
-        dequantize_tile(w, r0, rows, &mut buf)?;
+        dequantize_tile(w, r0, rows, buf)?;
         // y[:, r0..r0+rows] = x · tileᵀ, where tileᵀ[c, j] = buf[j·k + c].
         // SAFETY: dst covers y[i·n_out + r0 + j] for i < m, j < rows: inside y because
         // r0 + rows <= n_out and y.len() == m·n_out. lhs reads x[i·k + c] for i < m, c < k
-        // (x.len() == m·k); rhs reads buf[j·k + c] for j < rows, c < k (buf.len() >= rows·k).
+        // (x.len() == m·k); rhs reads buf[j·k + c] for j < rows, c < k (buf.len() == tile·k >= rows·k).
         // dst does not alias lhs or rhs (distinct borrows).
         unsafe {
             gemm::gemm(
@@ -124,11 +166,22 @@ pub fn linear_backward_input(
         dx.fill(0.0);
         return Ok(());
     }
-    let tile = TILE_ROWS.min(n_out);
-    let mut buf = vec![0f32; tile * k];
+    let tile = tile_rows(k).min(n_out);
+    with_tile(tile * k, |buf| backward_tiles(dy, m, w, dx, tile, buf))
+}
+
+fn backward_tiles(
+    dy: &[f32],
+    m: usize,
+    w: &QuantizedWeight,
+    dx: &mut [f32],
+    tile: usize,
+    buf: &mut [f32],
+) -> Result<(), Nf4Error> {
+    let (n_out, k) = (w.out_features(), w.in_features());
     for r0 in (0..n_out).step_by(tile) {
         let rows = tile.min(n_out - r0);
-        dequantize_tile(w, r0, rows, &mut buf)?;
+        dequantize_tile(w, r0, rows, buf)?;
         // dx (+)= dy[:, r0..r0+rows] · tile, tile[j, c] = buf[j·k + c].
         // SAFETY: dst covers dx[i·k + c] for i < m, c < k (dx.len() == m·k). lhs reads
         // dy[i·n_out + r0 + j] for i < m, j < rows (r0 + rows <= n_out, dy.len() == m·n_out);

@@ -24,7 +24,7 @@ mod weight;
 
 pub use blockwise::QuantElement;
 pub use error::Nf4Error;
-pub use linear::{linear_backward_input, linear_forward, TILE_ROWS};
+pub use linear::{linear_backward_input, linear_forward, tile_rows, TILE_ROWS};
 pub use serialize::{StateTensor, TensorRef};
 pub use tables::{create_dynamic_map, QuantType, DYNAMIC_MAP, FP4, NF4, NF4_THRESHOLDS};
 pub use weight::{
