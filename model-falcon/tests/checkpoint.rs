@@ -177,6 +177,10 @@ fn writer_round_trip_sharded_half_precision() {
             let bytes: usize = st.tensors().map(|t| t.size_in_bytes()).sum();
             assert!(bytes <= max || st.tensors().count() == 1);
             assert_eq!(st.metadata().get("format").map(String::as_str), Some("pt"));
+            // The reference parser (the one Python's safetensors wraps) accepts the file.
+            let bytes = fs::read(f).unwrap();
+            let parsed = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+            assert_eq!(parsed.len(), st.tensors().count());
         }
         let index = common::read_json(&out.path().join(INDEX_FILE));
         let total: usize = specs.iter().map(|s| s.size_in_bytes()).sum();

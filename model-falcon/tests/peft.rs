@@ -109,6 +109,20 @@ fn saved_adapter_matches_peft_files() {
                 .collect()
         };
         assert_eq!(desc(&ours), desc(&peft_file));
+        // The reference parser (the one Python's safetensors wraps) accepts our file.
+        let bytes = fs::read(out.path().join(ADAPTER_WEIGHTS_FILE)).unwrap();
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+        assert_eq!(
+            meta.metadata()
+                .as_ref()
+                .and_then(|m| m.get("format"))
+                .map(String::as_str),
+            Some("pt")
+        );
+        assert_eq!(
+            safetensors::SafeTensors::deserialize(&bytes).unwrap().len(),
+            16
+        );
         for t in peft_file.tensors() {
             assert_eq!(
                 ours.bytes(ours.get(&t.name).unwrap()),

@@ -102,10 +102,11 @@ pub(crate) fn group_modules(
         expect_dtype(state_info, &[StDType::U8])?;
         let need = |suffix: &str| -> Result<&TensorInfo> {
             let name = format!("{module}.weight{suffix}");
-            store.get(&name).ok_or_else(|| FalconError::MissingTensor {
-                dir: store.dir().to_path_buf(),
-                tensor: name,
-                expected: Vec::new(),
+            store.get(&name).ok_or_else(|| FalconError::Header {
+                path: state_info.file.clone(),
+                message: format!(
+                    "module `{module}` is 4-bit quantized but its component `{name}` is missing"
+                ),
             })
         };
         let weight = need("")?;
