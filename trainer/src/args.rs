@@ -1,0 +1,383 @@
+//! Command-line flags, named like Hugging Face `TrainingArguments`, `LoraConfig` and
+//! `BitsAndBytesConfig` in kebab case, with the seed tutorial's values as defaults.
+//!
+//! Boolean flags accept `--flag`, `--flag true` and `--flag false` (as HF's argument parser);
+//! list flags take comma-separated values. `--config FILE` reads a TOML file with the same
+//! names (snake_case or kebab-case keys); flags on the command line override it.
+
+use anyhow::{bail, Context, Result};
+use clap::{ArgAction, Args, Parser, Subcommand};
+use std::path::{Path, PathBuf};
+
+#[derive(Parser, Debug)]
+#[command(name = "trainer", version, args_override_self = true, about = "QLoRA fine-tuning of Falcon models on FinQA (or any prompt/completion data), in one binary.", long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Fine-tune a model with QLoRA (or plain LoRA with --quant none).
+    Train(Box<TrainArgs>),
+    /// Answer a FinQA-style question with a model and adapter (greedy, as the seed's ask_model).
+    Ask(AskArgs),
+    /// Continue a raw prompt.
+    Generate(GenerateArgs),
+    /// Evaluation loss and answer accuracy on a data file.
+    Eval(EvalArgs),
+    /// Show what the model will see: summary of formatted and tokenized examples.
+    Data(DataArgs),
+    /// Merge an adapter into the base and write a bf16 Hugging Face checkpoint.
+    Merge(MergeArgs),
+    /// Quantize a checkpoint to NF4 in the bitsandbytes serialization.
+    Quantize(QuantizeArgs),
+    /// Config summary, parameter counts and a memory estimate.
+    Info(InfoArgs),
+    /// The built-in demonstration (the default when no subcommand is given).
+    Demo(DemoArgs),
+}
+
+/// Options of every subcommand that loads a base model.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer.json).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// How the frozen base is stored: nf4, fp4 or none (f32, plain LoRA).
+    #[arg(long, default_value = "nf4")]
+    pub quant: String,
+    /// Double quantization of the 4-bit statistics.
+    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set)]
+    pub double_quant: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TrainArgs {
+    /// Read flags from a TOML file (same names; command-line flags win).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Base model directory; omit to train the built-in tiny model.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Training data (FinQA JSON, HF export JSON/JSONL, or prompt/completion JSONL); omit for
+    /// synthetic FinQA-style data.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Validation data (default: a --val-fraction split of --data).
+    #[arg(long)]
+    pub eval_data: Option<PathBuf>,
+    #[arg(long, default_value = "output")]
+    pub output_dir: PathBuf,
+    #[arg(long, default_value = "auto", value_parser = ["auto", "finqa", "hf", "jsonl"])]
+    pub data_format: String,
+    #[arg(long, default_value_t = 0.1)]
+    pub val_fraction: f64,
+    #[arg(long, default_value_t = 512)]
+    pub max_length: usize,
+    /// keep-answer (cut the context, never the answer), seed (right truncation), evidence.
+    #[arg(long, default_value = "keep-answer")]
+    pub truncation: String,
+    /// Fail on the first bad record instead of skipping it with a warning.
+    #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set)]
+    pub strict_data: bool,
+    #[arg(long, default_value_t = 2)]
+    pub per_device_train_batch_size: usize,
+    #[arg(long, default_value_t = 2)]
+    pub per_device_eval_batch_size: usize,
+    #[arg(long, default_value_t = 8)]
+    pub gradient_accumulation_steps: usize,
+    #[arg(long, default_value_t = 10.0)]
+    pub num_train_epochs: f64,
+    /// Total optimizer steps; overrides --num-train-epochs when > 0.
+    #[arg(long, default_value_t = -1)]
+    pub max_steps: i64,
+    #[arg(long, default_value_t = 2e-5)]
+    pub learning_rate: f64,
+    #[arg(long, default_value = "linear", value_parser = ["linear", "cosine", "constant", "constant_with_warmup"])]
+    pub lr_scheduler_type: String,
+    #[arg(long, default_value_t = 0)]
+    pub warmup_steps: u64,
+    #[arg(long, default_value_t = 0.0)]
+    pub warmup_ratio: f64,
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f64,
+    #[arg(long, default_value_t = 0.9)]
+    pub adam_beta1: f64,
+    #[arg(long, default_value_t = 0.999)]
+    pub adam_beta2: f64,
+    #[arg(long, default_value_t = 1e-8)]
+    pub adam_epsilon: f64,
+    /// Global gradient-norm clipping; 0 disables it.
+    #[arg(long, default_value_t = 1.0)]
+    pub max_grad_norm: f64,
+    #[arg(long, default_value_t = 10)]
+    pub logging_steps: u64,
+    #[arg(long, default_value_t = 10)]
+    pub eval_steps: u64,
+    #[arg(long, default_value_t = 200)]
+    pub save_steps: u64,
+    /// Keep at most this many checkpoint-* folders (0 keeps all).
+    #[arg(long, default_value_t = 2)]
+    pub save_total_limit: usize,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// bf16 compute on the GPU (the CPU backend always computes in fp32).
+    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set)]
+    pub bf16: bool,
+    /// Recompute each decoder layer in backward instead of storing its activations.
+    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set)]
+    pub gradient_checkpointing: bool,
+    /// Batch examples of similar length together.
+    #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set)]
+    pub group_by_length: bool,
+    #[arg(long, default_value_t = 8)]
+    pub lora_r: usize,
+    #[arg(long, default_value_t = 16.0)]
+    pub lora_alpha: f64,
+    #[arg(long, default_value_t = 0.05)]
+    pub lora_dropout: f64,
+    /// Comma-separated module names, or all-linear.
+    #[arg(long, default_value = "query_key_value")]
+    pub target_modules: String,
+    #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set)]
+    pub use_rslora: bool,
+    /// nf4, fp4 or none.
+    #[arg(long, default_value = "nf4")]
+    pub quant: String,
+    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set)]
+    pub double_quant: bool,
+    /// Start from an existing PEFT adapter directory.
+    #[arg(long)]
+    pub init_adapter: Option<PathBuf>,
+    /// Resume from the newest checkpoint in --output-dir.
+    #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set)]
+    pub resume: bool,
+    /// Resume from this checkpoint directory.
+    #[arg(long)]
+    pub resume_from: Option<PathBuf>,
+    /// Stop (with a checkpoint) after this many optimizer steps of this invocation; for tests
+    /// and time-boxed runs. 0 = no limit.
+    #[arg(long, default_value_t = 0, hide = true)]
+    pub stop_after_steps: u64,
+    /// Do not draw a progress bar (log lines only).
+    #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set)]
+    pub no_progress: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct AskArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+    #[arg(long)]
+    pub question: String,
+    /// A FinQA record (JSON) or plain text file giving the context.
+    #[arg(long)]
+    pub context_file: Option<PathBuf>,
+    #[arg(long, default_value = "")]
+    pub pre_text: String,
+    /// Table rows separated by newlines, cells by '|'.
+    #[arg(long, default_value = "")]
+    pub table: String,
+    #[arg(long, default_value = "")]
+    pub post_text: String,
+    #[arg(long, default_value_t = 15)]
+    pub max_new_tokens: usize,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+    #[arg(long)]
+    pub prompt: String,
+    #[arg(long, default_value_t = 32)]
+    pub max_new_tokens: usize,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f64,
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f64,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Print one JSON object {"token_ids": [...], "text": "..."}.
+    #[arg(long, default_value_t = false)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+    #[arg(long)]
+    pub data: PathBuf,
+    #[arg(long, default_value = "auto", value_parser = ["auto", "finqa", "hf", "jsonl"])]
+    pub data_format: String,
+    #[arg(long, default_value_t = 512)]
+    pub max_length: usize,
+    #[arg(long, default_value = "keep-answer")]
+    pub truncation: String,
+    #[arg(long, default_value_t = 2)]
+    pub batch_size: usize,
+    /// Generate answers and score accuracy (FinQA data only).
+    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set)]
+    pub generate: bool,
+    #[arg(long, default_value_t = 15)]
+    pub max_new_tokens: usize,
+    /// Evaluate only the first N examples (0 = all).
+    #[arg(long, default_value_t = 0)]
+    pub limit: usize,
+    /// Per-example predictions (JSONL); default: predictions.jsonl next to the adapter or in the working directory.
+    #[arg(long)]
+    pub predictions: Option<PathBuf>,
+    #[arg(long, default_value_t = false)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DataArgs {
+    #[arg(long)]
+    pub data: PathBuf,
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    #[arg(long, default_value = "auto", value_parser = ["auto", "finqa", "hf", "jsonl"])]
+    pub data_format: String,
+    #[arg(long, default_value_t = 512)]
+    pub max_length: usize,
+    #[arg(long, default_value = "keep-answer")]
+    pub truncation: String,
+    /// Write every formatted example as JSONL here.
+    #[arg(long)]
+    pub dump: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct MergeArgs {
+    #[arg(long)]
+    pub model: PathBuf,
+    #[arg(long)]
+    pub adapter: PathBuf,
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct QuantizeArgs {
+    #[arg(long)]
+    pub model: PathBuf,
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value = "nf4")]
+    pub quant: String,
+    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set)]
+    pub double_quant: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct InfoArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long, default_value_t = 2)]
+    pub per_device_train_batch_size: usize,
+    #[arg(long, default_value_t = 512)]
+    pub max_length: usize,
+    #[arg(long, default_value_t = 8)]
+    pub lora_r: usize,
+    #[arg(long, default_value = "query_key_value")]
+    pub target_modules: String,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DemoArgs {
+    #[arg(long, default_value = "output/demo")]
+    pub output_dir: PathBuf,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+/// Turns a TOML config file into command-line tokens (`--key value`) placed before the real
+/// arguments, so clap applies one set of rules and later (command-line) flags win.
+pub fn config_file_tokens(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    let table: toml::Table = text
+        .parse()
+        .with_context(|| format!("{}: invalid TOML", path.display()))?;
+    let mut out = Vec::new();
+    for (key, value) in table {
+        let flag = format!("--{}", key.replace('_', "-"));
+        let v = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            toml::Value::Array(items) => items
+                .iter()
+                .map(|i| match i {
+                    toml::Value::String(s) => Ok(s.clone()),
+                    other => bail!(
+                        "{}: `{key}`: list items must be strings, got {other}",
+                        path.display()
+                    ),
+                })
+                .collect::<Result<Vec<_>>>()?
+                .join(","),
+            other => bail!("{}: `{key}`: unsupported value {other}", path.display()),
+        };
+        if key == "config" {
+            bail!(
+                "{}: a config file cannot name another config file",
+                path.display()
+            );
+        }
+        out.push(flag);
+        out.push(v);
+    }
+    Ok(out)
+}
+
+/// Expands `--config FILE` in `argv` (for the train subcommand) into the file's flags.
+pub fn expand_config(argv: Vec<String>) -> Result<Vec<String>> {
+    let Some(pos) = argv
+        .iter()
+        .position(|a| a == "--config" || a.starts_with("--config="))
+    else {
+        return Ok(argv);
+    };
+    let (path, consumed) = if let Some(p) = argv[pos].strip_prefix("--config=") {
+        (PathBuf::from(p), 1)
+    } else {
+        let p = argv.get(pos + 1).context("--config needs a file path")?;
+        (PathBuf::from(p), 2)
+    };
+    let sub = argv
+        .iter()
+        .position(|a| a == "train")
+        .context("--config is an option of `trainer train`")?;
+    let tokens = config_file_tokens(&path)?;
+    let mut out: Vec<String> = argv[..=sub].to_vec();
+    out.extend(tokens);
+    out.extend(argv[sub + 1..pos].iter().cloned());
+    out.extend(argv[pos + consumed..].iter().cloned());
+    Ok(out)
+}
+
+impl TrainArgs {
+    /// Every flag at its default (the seed's values).
+    pub fn defaults() -> Self {
+        #[derive(Parser)]
+        struct Wrap {
+            #[command(flatten)]
+            t: TrainArgs,
+        }
+        Wrap::parse_from(["trainer"]).t
+    }
+}
