@@ -324,3 +324,35 @@ fn bad_arguments_are_errors() {
     assert!(w.dequantize_rows_into(0..1, &mut out).is_err());
     assert!(w.dequantize_rows_into(1..3, &mut out).is_ok());
 }
+
+#[test]
+fn quantize_from_unaligned_le_bytes_equals_typed() {
+    let x = weights(5, 37 * 41, Dist::Heavy, 0.1);
+    let cfg = QuantConfig::default();
+    // One leading byte so the element bytes are misaligned for their dtype.
+    let mut raw = vec![0u8];
+    raw.extend(x.iter().flat_map(|v| v.to_le_bytes()));
+    let typed = QuantizedWeight::quantize(&x, 37, 41, cfg).unwrap();
+    let from_bytes =
+        QuantizedWeight::quantize_le_bytes(&raw[1..], engine::DType::F32, 37, 41, cfg).unwrap();
+    assert_eq!(typed, from_bytes);
+    let xb: Vec<bf16> = x.iter().map(|&v| bf16::from_f32(v)).collect();
+    let mut raw = vec![0u8];
+    raw.extend(xb.iter().flat_map(|v| v.to_le_bytes()));
+    let typed = QuantizedWeight::quantize(&xb, 37, 41, cfg).unwrap();
+    let from_bytes =
+        QuantizedWeight::quantize_le_bytes(&raw[1..], engine::DType::BF16, 37, 41, cfg).unwrap();
+    assert_eq!(typed, from_bytes);
+    let xh: Vec<f16> = x.iter().map(|&v| f16::from_f32(v)).collect();
+    let raw: Vec<u8> = xh.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let typed = QuantizedWeight::quantize(&xh, 37, 41, cfg).unwrap();
+    assert_eq!(
+        typed,
+        QuantizedWeight::quantize_le_bytes(&raw, engine::DType::F16, 37, 41, cfg).unwrap()
+    );
+    assert_eq!(typed.dtype(), engine::DType::F16);
+    assert!(
+        QuantizedWeight::quantize_le_bytes(&raw[1..], engine::DType::F16, 37, 41, cfg).is_err()
+    );
+    assert!(QuantizedWeight::quantize_le_bytes(&raw, engine::DType::U8, 37, 82, cfg).is_err());
+}

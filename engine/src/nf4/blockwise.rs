@@ -59,12 +59,12 @@ impl QuantElement for f16 {
 }
 
 /// `max |x|` over a block; NaN if any element is NaN (torch's `max` propagates NaN).
-fn max_abs<T: QuantElement>(block: &[T]) -> f32 {
+fn max_abs<S: Copy>(block: &[S], to_f32: impl Fn(S) -> f32) -> f32 {
     // Branch-free so it vectorizes: track NaN separately from the max of the numbers.
     let mut m = 0.0f32;
     let mut nan = false;
     for &v in block {
-        let a = v.to_f32().abs();
+        let a = to_f32(v).abs();
         nan |= a.is_nan();
         m = if a > m { a } else { m };
     }
@@ -138,15 +138,16 @@ pub(crate) fn code4(x: f32, qt: QuantType) -> u8 {
     qt.bucket_to_code()[bucket4(x, qt.thresholds())]
 }
 
-/// Quantizes `src` (flattened row-major) to packed 4-bit codes and fp32 absmax per block.
+/// Quantizes `src` (flattened row-major, read through `to_f32`) to packed 4-bit codes and fp32 absmax per block.
 ///
 /// `packed.len() == ceil(n / 2)`, `absmax.len() == ceil(n / blocksize)`. Byte k holds the
 /// code of element 2k in its high nibble and of element 2k+1 in its low nibble; an odd
 /// tail is padded with the code of 0.0. `blocksize` must be even (callers validate it), so
 /// every block starts on a byte boundary and blocks are quantized independently (in
 /// parallel, with results independent of the thread count).
-pub(crate) fn quantize_4bit<T: QuantElement>(
-    src: &[T],
+pub(crate) fn quantize_4bit<S: Copy + Sync>(
+    src: &[S],
+    to_f32: impl Fn(S) -> f32 + Sync,
     qt: QuantType,
     blocksize: usize,
     packed: &mut [u8],
@@ -164,7 +165,7 @@ pub(crate) fn quantize_4bit<T: QuantElement>(
         .zip(src.par_chunks(blocksize))
         .with_min_len(16)
         .for_each(|((bytes, am), block)| {
-            let (stored, scale) = block_scale(max_abs(block), block.len() < blocksize);
+            let (stored, scale) = block_scale(max_abs(block, &to_f32), block.len() < blocksize);
             *am = stored;
             // Scale and bucket SUB elements at a time, threshold by threshold, so the
             // comparisons vectorize across elements.
@@ -177,12 +178,12 @@ pub(crate) fn quantize_4bit<T: QuantElement>(
                 match scale {
                     Scale::Reciprocal(inv) => {
                         for (x, &v) in xs.iter_mut().zip(part) {
-                            *x = clamp_unit(v.to_f32() * inv);
+                            *x = clamp_unit(to_f32(v) * inv);
                         }
                     }
                     Scale::Divide(am) => {
                         for (x, &v) in xs.iter_mut().zip(part) {
-                            *x = clamp_unit(v.to_f32() / am);
+                            *x = clamp_unit(to_f32(v) / am);
                         }
                     }
                 }
@@ -211,7 +212,7 @@ pub(crate) fn quantize_8bit(src: &[f32], code: &[f32], blocksize: usize) -> (Vec
     let mut q = Vec::with_capacity(src.len());
     let mut absmax = Vec::with_capacity(src.len().div_ceil(blocksize));
     for block in src.chunks(blocksize) {
-        let (stored, scale) = block_scale(max_abs(block), block.len() < blocksize);
+        let (stored, scale) = block_scale(max_abs(block, |v| v), block.len() < blocksize);
         absmax.push(stored);
         for &v in block {
             let x = scale.apply(v);

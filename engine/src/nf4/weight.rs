@@ -168,7 +168,77 @@ impl QuantizedWeight {
         in_features: usize,
         cfg: QuantConfig,
     ) -> Result<Self, Nf4Error> {
-        Self::quantize_impl(src, out_features, in_features, cfg, None)
+        Self::quantize_impl(
+            src,
+            T::to_f32,
+            T::DTYPE,
+            out_features,
+            in_features,
+            cfg,
+            None,
+        )
+    }
+
+    /// As [`quantize`](Self::quantize) from little-endian bytes of `dtype` (f32, bf16 or f16)
+    /// with no alignment requirement, e.g. a tensor inside a memory-mapped safetensors file.
+    pub fn quantize_le_bytes(
+        bytes: &[u8],
+        dtype: DType,
+        out_features: usize,
+        in_features: usize,
+        cfg: QuantConfig,
+    ) -> Result<Self, Nf4Error> {
+        let size = dtype.size_in_bytes();
+        if !matches!(dtype, DType::F32 | DType::BF16 | DType::F16) {
+            return Err(Nf4Error::UnsupportedDtype(dtype));
+        }
+        let expected = numel(out_features, in_features)?.saturating_mul(size);
+        if bytes.len() != expected {
+            return Err(Nf4Error::Length {
+                what: format!("{dtype} source bytes for shape [{out_features}, {in_features}]"),
+                expected,
+                got: bytes.len(),
+            });
+        }
+        let (o, i) = (out_features, in_features);
+        match dtype {
+            DType::F32 => {
+                let src = bytes.as_chunks::<4>().0;
+                Self::quantize_impl(
+                    src,
+                    |b: [u8; 4]| f32::from_le_bytes(b),
+                    dtype,
+                    o,
+                    i,
+                    cfg,
+                    None,
+                )
+            }
+            DType::BF16 => {
+                let src = bytes.as_chunks::<2>().0;
+                Self::quantize_impl(
+                    src,
+                    |b: [u8; 2]| half::bf16::from_le_bytes(b).to_f32(),
+                    dtype,
+                    o,
+                    i,
+                    cfg,
+                    None,
+                )
+            }
+            _ => {
+                let src = bytes.as_chunks::<2>().0;
+                Self::quantize_impl(
+                    src,
+                    |b: [u8; 2]| half::f16::from_le_bytes(b).to_f32(),
+                    dtype,
+                    o,
+                    i,
+                    cfg,
+                    None,
+                )
+            }
+        }
     }
 
     /// As [`quantize`](Self::quantize) with double quantization around a given `offset`
@@ -182,6 +252,8 @@ impl QuantizedWeight {
     ) -> Result<Self, Nf4Error> {
         Self::quantize_impl(
             src,
+            T::to_f32,
+            T::DTYPE,
             out_features,
             in_features,
             QuantConfig {
@@ -192,8 +264,11 @@ impl QuantizedWeight {
         )
     }
 
-    fn quantize_impl<T: QuantElement>(
-        src: &[T],
+    #[allow(clippy::too_many_arguments)]
+    fn quantize_impl<S: Copy + Sync>(
+        src: &[S],
+        to_f32: impl Fn(S) -> f32 + Sync,
+        dtype: DType,
         out_features: usize,
         in_features: usize,
         cfg: QuantConfig,
@@ -211,7 +286,14 @@ impl QuantizedWeight {
         }
         let mut packed = vec![0u8; n.div_ceil(2)];
         let mut absmax = vec![0f32; n.div_ceil(cfg.blocksize)];
-        quantize_4bit(src, cfg.quant_type, cfg.blocksize, &mut packed, &mut absmax);
+        quantize_4bit(
+            src,
+            to_f32,
+            cfg.quant_type,
+            cfg.blocksize,
+            &mut packed,
+            &mut absmax,
+        );
         let absmax = if cfg.double_quant {
             let offset = offset.unwrap_or_else(|| DoubleQuantState::mean_offset(&absmax));
             Absmax::Double(DoubleQuantState::quantize(&absmax, offset))
@@ -225,7 +307,7 @@ impl QuantizedWeight {
             quant_type: cfg.quant_type,
             blocksize: cfg.blocksize,
             absmax,
-            dtype: T::DTYPE,
+            dtype,
         })
     }
 
