@@ -1,1 +1,151 @@
-//! CUDA C++ kernel sources, their host emulator and the compile gates.
+//! CUDA C++ kernel sources, their host emulator, the compile and resource gates, and the device
+//! interface (real driver or emulator) that the engine's CUDA device launches through.
+//!
+//! # Layout
+//!
+//! | path | what |
+//! | --- | --- |
+//! | `cuda/common.cuh` | the one header: bf16/f16 conversion and packing, vector loads, warp reductions, PTX wrappers (`mma.sync` m16n8k16 bf16, `ldmatrix` x1/x2/x4 (.trans), `cp.async` + commit/wait, fences). No toolkit includes. |
+//! | `cuda/<family>.cu` | one kernel family per file; every entry point `extern "C" __global__` |
+//! | `ptx/<family>.ptx` | PTX built ahead (NVRTC 12.4, `compute_80`), embedded with `include_str!` |
+//! | `emu/kc_emu.h`, `emu/runtime.cpp` | the host emulator of the CUDA execution model |
+//! | `ptxas-report.txt` | the resource report (registers, shared memory, stack, spills per kernel, sm_80 and sm_90) |
+//!
+//! [`FAMILIES`] and [`KERNELS`] list the sources and entry points (name, family, hot flag);
+//! [`kernels`] has one constant per entry point.
+//!
+//! # How users get PTX
+//!
+//! The PTX is generated ahead of time and embedded in the binary; the CUDA backend loads it with
+//! `cuModuleLoadData` and the driver JIT-compiles it for the GPU. A user needs only the NVIDIA
+//! driver (R550 or newer: the embedded PTX is ISA 8.4), never NVRTC or a toolkit. The compile
+//! gate regenerates the PTX from the sources and fails if the embedded copy is stale.
+//!
+//! # Device interface
+//!
+//! [`Device`] is a handle over a [`Backend`]; there are two: the CUDA driver and the emulator.
+//!
+//! ```no_run
+//! use kernels_cu::{kernels, Arg, DType, Device, Dim3, Launch};
+//! # fn main() -> Result<(), kernels_cu::Error> {
+//! let dev = Device::cuda(0).or_else(|_| Device::emulator())?; // never panics without a GPU
+//! let a = dev.htod(&[1.0f32, 2.0, 3.0])?;
+//! let b = dev.htod(&[10.0f32, 20.0, 30.0])?;
+//! let mut out = dev.alloc(DType::F32, 3)?;
+//! // SAFETY: out, a and b hold 3 elements; add_f32 touches indices < n only.
+//! unsafe {
+//!     dev.launch(&Launch {
+//!         kernel: kernels::ADD_F32,
+//!         grid: Dim3::x(1),
+//!         block: Dim3::x(256),
+//!         shared_bytes: 0,
+//!         args: &[out.arg_mut(), a.arg(), b.arg(), Arg::I32(3)],
+//!     })?;
+//! }
+//! assert_eq!(dev.dtoh::<f32>(&out)?, vec![11.0, 22.0, 33.0]);
+//! # Ok(()) }
+//! ```
+//!
+//! - Constructors: [`Device::cuda`]`(ordinal)` (an [`Error`], never a panic, when the driver
+//!   library, the GPU or the context is missing), [`Device::emulator`],
+//!   [`Device::emulator_with`]. [`cuda_driver_present`] tells whether libcuda loads at all.
+//! - Memory: [`Device::alloc`] (uninitialised; the emulator fills it with 0xff, NaN as floats),
+//!   [`Device::alloc_zeros`], [`Device::htod`], [`Device::write`], [`Device::dtoh`],
+//!   [`Device::read_into`], [`Device::copy`]. A [`Buffer`] knows its dtype and length and goes
+//!   back to the device's pool on drop. The CUDA backend serves allocations from a
+//!   [`pool::CachingPool`] (size classes, reuse, release-and-retry on out-of-memory), so a
+//!   training step does no `cuMemAlloc` after warm-up; [`Device::memory`] reports its counters.
+//! - Launch: `unsafe` [`Device::launch`] of a [`Launch`] row (kernel, grid, block, dynamic
+//!   shared bytes, args). [`Arg::Ref`] / [`Arg::Mut`] pass buffers as `const T*` / `T*`.
+//!   Checked before launching: buffers belong to the device, CUDA's grid/block/shared limits;
+//!   on the emulator the argument count and each argument's kind (pointer to const / mutable /
+//!   value) and element type against the kernel's C++ signature, so swapped or missing
+//!   arguments fail in CI; on CUDA the argument count and sizes against the PTX entry.
+//!   The CUDA backend loads each family's module on first use and caches modules and functions,
+//!   opting functions in to more than 48 KiB of dynamic shared memory when a launch asks.
+//! - Safe launchers for the first families: [`ops::elementwise`] (add, scale, axpy; f32, bf16)
+//!   and [`ops::reduce`] (deterministic two-pass sum and sum of squares).
+//!
+//! # The emulator
+//!
+//! `emu/` plus the family sources are compiled as C++17 with the system compiler (cc crate,
+//! feature `emulator`, on by default; each family in its own namespace as NVRTC compiles each
+//! file alone). Execution model:
+//! - one ucontext fiber per CUDA thread; a block's fibers run on one OS thread, so `__shared__`
+//!   is a function-local `static thread_local`; dynamic shared memory ([`KC_DYNAMIC_SHARED`
+//!   in common.cuh]) is a per-block allocation of exactly the launch's size, poisoned with 0xff;
+//!   blocks run in parallel on a pool of OS threads (`KERNELS_CU_EMU_THREADS`, default: cores,
+//!   at most 16); fiber stacks are reused per OS thread, 64 KiB each (`KERNELS_CU_EMU_STACK_KB`)
+//!   with a guard page;
+//! - `__syncthreads` blocks until every thread of the block arrives; a thread that exited while
+//!   others wait is a **divergent barrier**, reported as [`Error::Emulator`];
+//! - warp collectives (`__shfl*_sync` with width, `__ballot/__any/__all_sync`, `__syncwarp`,
+//!   `__activemask`) complete when every non-exited lane of the mask arrives, with the PTX
+//!   `shfl.sync` semantics; mismatched collectives, a lane missing from its own mask, reading a
+//!   non-participating lane, and deadlocks are errors;
+//! - `mma.sync` m16n8k16 bf16 and `ldmatrix` follow the PTX ISA fragment layouts (all 32 lanes
+//!   must execute them; ldmatrix rows must be 16-byte aligned); `cp.async` keeps a per-thread
+//!   queue of groups and copies only at `cp.async.wait_group`, so a missing wait shows stale
+//!   data; atomics are real atomics (blocks run concurrently).
+//! - AddressSanitizer: `cargo test -p kernels-cu --release --features asan` builds the emulator
+//!   with `-fsanitize=address` (fiber switches annotated) and links the ASan runtime into the
+//!   test binaries; a test then checks that an out-of-bounds kernel write is reported. `.ci/run`
+//!   runs this.
+//!
+//! # Gates and their environment variables
+//!
+//! - Gate 1, compile (`tests/gates.rs`): every family compiles with NVRTC for sm_80, sm_86, sm_89
+//!   and sm_90 with an empty log (no warnings), and the embedded PTX equals a fresh compile.
+//! - Gate 2, resources: `ptxas -v` on the embedded PTX for sm_80 and sm_90; hot kernels may not
+//!   spill or use a stack frame; `ptxas-report.txt` must equal the fresh report.
+//! - Gate 3, emulator self-tests (`tests/emulator.rs`, `tests/device.rs`).
+//! - `KERNELS_CU_NVRTC` = path of `libnvrtc.so.12`, `KERNELS_CU_PTXAS` = path of `ptxas`
+//!   (`scripts/install-cuda-tools.sh` installs both from pip wheels into `.tools/` and prints
+//!   them; the tests also look in `.tools/` directly). Missing tools: the gate test prints that it
+//!   was skipped, except with `CI=true`, where it fails.
+//! - `KERNELS_CU_UPDATE=1` makes the gate tests rewrite `ptx/*.ptx` and `ptxas-report.txt`
+//!   instead of comparing (`scripts/kernels-cu-regen.sh`).
+//! - `KERNELS_CU_REQUIRE_GPU=1` makes the real-device tests fail instead of skipping when no GPU
+//!   can be opened (used by `scripts/gpu-check.sh`).
+
+pub mod backend;
+mod device;
+mod dtype;
+mod error;
+pub mod nvrtc;
+pub mod ops;
+pub mod pool;
+pub mod ptx;
+pub mod ptxas;
+pub mod scan;
+mod sources;
+pub mod tools;
+
+pub use device::{
+    describe_code, Arg, ArgValue, Backend, BackendKind, Buffer, Device, DeviceInfo, Dim3,
+    EmulatorOptions, Launch,
+};
+pub use dtype::{DType, Elem};
+pub use error::{Error, Result};
+pub use pool::MemoryStats;
+pub use sources::{
+    kernel, kernels, Family, Kernel, COMMON_HEADER, COMMON_HEADER_NAME, FAMILIES, KERNELS,
+};
+pub use sources::{ELEMENTWISE, REDUCE, SELFTEST};
+
+/// True when the CUDA driver library (libcuda) can be loaded. No GPU may be present even then.
+pub fn cuda_driver_present() -> bool {
+    backend::cuda::driver_present()
+}
+
+/// Names and C++ signatures of the kernels compiled into the emulator (empty without it).
+pub fn emulator_kernels() -> Vec<(String, String)> {
+    #[cfg(feature = "emulator")]
+    {
+        backend::emu::registered_kernels()
+    }
+    #[cfg(not(feature = "emulator"))]
+    {
+        Vec::new()
+    }
+}

@@ -1,0 +1,298 @@
+// Common header of every kernel family. It includes no CUDA toolkit header, so the same text
+// compiles under NVRTC (device code, real inline PTX) and under the host C++ compiler for the
+// emulator (kernels-cu/emu/kc_emu.h supplies the CUDA built-ins and emulated PTX wrappers).
+//
+// Everything lives in namespace kc:
+//   types       u8/u16/u32/u64/i32/i64, bf16, f16 (16-bit storage types), f32x4/u32x2/u32x4
+//   conversion  to_f32(bf16|f16), to_bf16(float), to_f16(float), pack_bf16x2(lo, hi)  (lo = bits 15:0)
+//   vectors     load4/store4 (16-byte aligned), load_u32x2/u32x4
+//   warp        warp_sum / warp_max (xor butterfly, result in every lane, fixed order)
+//   PTX         mma_m16n8k16_bf16, ldmatrix_x{1,2,4}[_trans], cp_async_{4,8,16}, cp_async_commit,
+//               cp_async_wait<N>, cp_async_wait_all, fence_block, fence_gpu, smem_u32
+// Fragment layouts follow the PTX ISA (see the lane tables in the kernels-cu crate docs).
+#pragma once
+
+#if defined(__CUDACC_RTC__) || defined(__CUDACC__)
+#define KC_DEVICE 1
+#else
+#include "kc_emu.h"
+#endif
+
+#define KC_FN __device__ __forceinline__
+
+// Loop unrolling hint (the host compiler does not know the CUDA pragma).
+#ifdef KC_DEVICE
+#define KC_UNROLL _Pragma("unroll")
+#else
+#define KC_UNROLL
+#endif
+
+// Dynamic shared memory of the launch, viewed as T[]. One extern array name for every kernel
+// (CUDA requires all `extern __shared__` arrays of a module to agree), 16-byte aligned.
+#ifdef KC_DEVICE
+#define KC_DYNAMIC_SHARED(T, name)                                                                 \
+  extern __shared__ __align__(16) unsigned char kc_dynamic_smem[];                                 \
+  T* name = reinterpret_cast<T*>(kc_dynamic_smem)
+#else
+#define KC_DYNAMIC_SHARED(T, name) T* name = reinterpret_cast<T*>(kc_emu::dynamic_smem())
+#endif
+
+namespace kc {
+
+typedef unsigned char u8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef unsigned long long u64;
+typedef int i32;
+typedef long long i64;
+
+// 16-bit floating-point storage types: raw bits, converted explicitly (no implicit arithmetic).
+struct __align__(2) bf16 {
+  u16 bits;
+};
+struct __align__(2) f16 {
+  u16 bits;
+};
+
+struct __align__(16) f32x4 {
+  float x, y, z, w;
+};
+struct __align__(8) u32x2 {
+  u32 x, y;
+};
+struct __align__(16) u32x4 {
+  u32 x, y, z, w;
+};
+
+KC_FN u32 f32_bits(float f) {
+#ifdef KC_DEVICE
+  return __float_as_uint(f);
+#else
+  u32 u;
+  __builtin_memcpy(&u, &f, 4);
+  return u;
+#endif
+}
+
+KC_FN float f32_from_bits(u32 u) {
+#ifdef KC_DEVICE
+  return __uint_as_float(u);
+#else
+  float f;
+  __builtin_memcpy(&f, &u, 4);
+  return f;
+#endif
+}
+
+// bf16 -> f32 is exact: the bf16 bits are the top half of the f32 bits.
+KC_FN float to_f32(bf16 h) { return f32_from_bits(static_cast<u32>(h.bits) << 16); }
+
+// f32 -> bf16, round to nearest even; NaN stays NaN (quiet bit set).
+KC_FN bf16 to_bf16(float f) {
+  bf16 r;
+#ifdef KC_DEVICE
+  asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r.bits) : "f"(f));
+#else
+  u32 u = f32_bits(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) {
+    r.bits = static_cast<u16>((u >> 16) | 0x40u);
+  } else {
+    u += 0x7fffu + ((u >> 16) & 1u);
+    r.bits = static_cast<u16>(u >> 16);
+  }
+#endif
+  return r;
+}
+
+// f16 -> f32 (exact, including subnormals, infinities and NaN).
+KC_FN float to_f32(f16 h) {
+#ifdef KC_DEVICE
+  float f;
+  asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h.bits));
+  return f;
+#else
+  u32 sign = static_cast<u32>(h.bits & 0x8000u) << 16;
+  u32 exp = (h.bits >> 10) & 0x1fu;
+  u32 man = h.bits & 0x3ffu;
+  if (exp == 0x1fu) return f32_from_bits(sign | 0x7f800000u | (man << 13));
+  if (exp == 0) {
+    if (man == 0) return f32_from_bits(sign);
+    // Subnormal: value = man * 2^-24, exact in f32.
+    float v = static_cast<float>(man) * 5.9604644775390625e-8f;
+    return sign ? -v : v;
+  }
+  return f32_from_bits(sign | ((exp + 112u) << 23) | (man << 13));
+#endif
+}
+
+// f32 -> f16, round to nearest even, overflow to infinity, NaN stays NaN.
+KC_FN f16 to_f16(float f) {
+  f16 r;
+#ifdef KC_DEVICE
+  asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r.bits) : "f"(f));
+#else
+  u32 u = f32_bits(f);
+  u32 sign = (u >> 16) & 0x8000u;
+  u32 a = u & 0x7fffffffu;
+  if (a > 0x7f800000u) {
+    r.bits = static_cast<u16>(sign | 0x7e00u | ((a >> 13) & 0x3ffu));
+    return r;
+  }
+  if (a >= 0x477ff000u) {  // rounds to >= 65520: infinity
+    r.bits = static_cast<u16>(sign | 0x7c00u);
+    return r;
+  }
+  if (a < 0x38800000u) {  // below the smallest normal f16 (2^-14): subnormal or zero
+    // Scale so that one f16 subnormal ulp (2^-24) is 1.0, then round to nearest even.
+    float v = f32_from_bits(a) * 16777216.0f;  // exact (power-of-two scale)
+    u32 q = static_cast<u32>(v);
+    float rem = v - static_cast<float>(q);
+    if (rem > 0.5f || (rem == 0.5f && (q & 1u))) q += 1;
+    r.bits = static_cast<u16>(sign | q);
+    return r;
+  }
+  u32 rounded = a + 0xfffu + ((a >> 13) & 1u);
+  r.bits = static_cast<u16>(sign | ((rounded - 0x38000000u) >> 13));
+#endif
+  return r;
+}
+
+// Two bf16 in one 32-bit register: lo in bits 15:0, hi in bits 31:16 (the mma fragment order;
+// the same as loading a u32 from two consecutive bf16 in memory).
+KC_FN u32 pack_bf16x2(float lo, float hi) {
+#ifdef KC_DEVICE
+  u32 r;
+  // cvt...bf16x2 takes the HIGH element first.
+  asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+  return r;
+#else
+  return static_cast<u32>(to_bf16(lo).bits) | (static_cast<u32>(to_bf16(hi).bits) << 16);
+#endif
+}
+KC_FN float bf16x2_lo(u32 v) { return f32_from_bits(v << 16); }
+KC_FN float bf16x2_hi(u32 v) { return f32_from_bits(v & 0xffff0000u); }
+
+// Vector memory access. The address must be aligned to the vector size.
+KC_FN f32x4 load4(const float* p) { return *reinterpret_cast<const f32x4*>(p); }
+KC_FN void store4(float* p, f32x4 v) { *reinterpret_cast<f32x4*>(p) = v; }
+KC_FN u32x4 load_u32x4(const void* p) { return *reinterpret_cast<const u32x4*>(p); }
+KC_FN void store_u32x4(void* p, u32x4 v) { *reinterpret_cast<u32x4*>(p) = v; }
+KC_FN u32x2 load_u32x2(const void* p) { return *reinterpret_cast<const u32x2*>(p); }
+KC_FN void store_u32x2(void* p, u32x2 v) { *reinterpret_cast<u32x2*>(p) = v; }
+
+// Warp reductions over all 32 lanes (every lane must call). Butterfly with offsets 16..1: the
+// order of additions is fixed, so the result is the same in every lane and on every run.
+KC_FN float warp_sum(float v) {
+KC_UNROLL
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o, 32);
+  return v;
+}
+KC_FN float warp_max(float v) {
+KC_UNROLL
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o, 32));
+  return v;
+}
+
+// ---- PTX wrappers (sm_80+) ----------------------------------------------------------------
+
+// 32-bit shared-state-space address of a generic pointer into shared memory.
+KC_FN u32 smem_u32(const void* p) {
+#ifdef KC_DEVICE
+  u32 r;
+  asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(r) : "l"(p));
+  return r;
+#else
+  return kc_emu::smem_u32(p);
+#endif
+}
+
+// D = A*B + C for one warp: A 16x16 bf16 (row), B 16x8 bf16 (col), C/D 16x8 f32.
+// Lane l (g = l/4, t = l%4) holds a[0]={A[g][2t],A[g][2t+1]}, a[1]={A[g+8][2t],..},
+// a[2]={A[g][2t+8],..}, a[3]={A[g+8][2t+8],..}; b[0]={B[2t][g],B[2t+1][g]}, b[1]={B[2t+8][g],..};
+// c/d[0..3] = C[g][2t], C[g][2t+1], C[g+8][2t], C[g+8][2t+1]. All 32 lanes must execute it.
+KC_FN void mma_m16n8k16_bf16(float d[4], const u32 a[4], const u32 b[2], const float c[4]) {
+#ifdef KC_DEVICE
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+      "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%11,%12,%13};\n"
+      : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]), "f"(c[1]),
+        "f"(c[2]), "f"(c[3]));
+#else
+  kc_emu::mma_m16n8k16_bf16(d, a, b, c);
+#endif
+}
+
+// ldmatrix m8n8 b16: lane 8j+r supplies the 16-byte-aligned shared address of row r of matrix j.
+// Without .trans lane l receives r[j] = {M_j[g][2t], M_j[g][2t+1]}; with .trans
+// r[j] = {M_j[2t][g], M_j[2t+1][g]}. All 32 lanes must execute it.
+#ifdef KC_DEVICE
+#define KC_LDMATRIX(NAME, NUM, TRANS, OUTS, ...)                                                   \
+  KC_FN void NAME(u32 r[NUM], const void* row_ptr) {                                               \
+    asm volatile("ldmatrix.sync.aligned.m8n8.x" #NUM TRANS ".shared.b16 " OUTS ", [%" #NUM "];\n"  \
+                 : __VA_ARGS__                                                                     \
+                 : "r"(smem_u32(row_ptr))                                                          \
+                 : "memory");                                                                      \
+  }
+KC_LDMATRIX(ldmatrix_x1, 1, "", "{%0}", "=r"(r[0]))
+KC_LDMATRIX(ldmatrix_x2, 2, "", "{%0,%1}", "=r"(r[0]), "=r"(r[1]))
+KC_LDMATRIX(ldmatrix_x4, 4, "", "{%0,%1,%2,%3}", "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]))
+KC_LDMATRIX(ldmatrix_x1_trans, 1, ".trans", "{%0}", "=r"(r[0]))
+KC_LDMATRIX(ldmatrix_x2_trans, 2, ".trans", "{%0,%1}", "=r"(r[0]), "=r"(r[1]))
+KC_LDMATRIX(ldmatrix_x4_trans, 4, ".trans", "{%0,%1,%2,%3}", "=r"(r[0]), "=r"(r[1]), "=r"(r[2]),
+            "=r"(r[3]))
+#undef KC_LDMATRIX
+#else
+KC_FN void ldmatrix_x1(u32 r[1], const void* p) { kc_emu::ldmatrix(r, p, 1, false); }
+KC_FN void ldmatrix_x2(u32 r[2], const void* p) { kc_emu::ldmatrix(r, p, 2, false); }
+KC_FN void ldmatrix_x4(u32 r[4], const void* p) { kc_emu::ldmatrix(r, p, 4, false); }
+KC_FN void ldmatrix_x1_trans(u32 r[1], const void* p) { kc_emu::ldmatrix(r, p, 1, true); }
+KC_FN void ldmatrix_x2_trans(u32 r[2], const void* p) { kc_emu::ldmatrix(r, p, 2, true); }
+KC_FN void ldmatrix_x4_trans(u32 r[4], const void* p) { kc_emu::ldmatrix(r, p, 4, true); }
+#endif
+
+// cp.async global -> shared of `cp` bytes (4, 8 or 16; both addresses aligned to it). Only
+// `src_bytes` bytes are read; the rest of the destination is zero-filled (0 = all zeros, the way
+// to predicate off-the-edge tiles). Completes only at cp_async_wait*; __syncthreads does not.
+#ifdef KC_DEVICE
+KC_FN void cp_async_16(void* smem_dst, const void* gmem_src, u32 src_bytes = 16) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(smem_dst)),
+               "l"(gmem_src), "r"(src_bytes)
+               : "memory");
+}
+KC_FN void cp_async_8(void* smem_dst, const void* gmem_src, u32 src_bytes = 8) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(smem_u32(smem_dst)),
+               "l"(gmem_src), "r"(src_bytes)
+               : "memory");
+}
+KC_FN void cp_async_4(void* smem_dst, const void* gmem_src, u32 src_bytes = 4) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_u32(smem_dst)),
+               "l"(gmem_src), "r"(src_bytes)
+               : "memory");
+}
+KC_FN void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+KC_FN void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+KC_FN void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
+KC_FN void fence_block() { __threadfence_block(); }
+KC_FN void fence_gpu() { __threadfence(); }
+#else
+KC_FN void cp_async_16(void* d, const void* s, u32 n = 16) { kc_emu::cp_async(d, s, 16, n); }
+KC_FN void cp_async_8(void* d, const void* s, u32 n = 8) { kc_emu::cp_async(d, s, 8, n); }
+KC_FN void cp_async_4(void* d, const void* s, u32 n = 4) { kc_emu::cp_async(d, s, 4, n); }
+KC_FN void cp_async_commit() { kc_emu::cp_async_commit(); }
+template <int N>
+KC_FN void cp_async_wait() {
+  kc_emu::cp_async_wait(N);
+}
+KC_FN void cp_async_wait_all() {
+  kc_emu::cp_async_commit();
+  kc_emu::cp_async_wait(0);
+}
+KC_FN void fence_block() { __threadfence_block(); }
+KC_FN void fence_gpu() { __threadfence(); }
+#endif
+
+}  // namespace kc

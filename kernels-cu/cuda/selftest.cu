@@ -1,0 +1,144 @@
+// Kernels that exercise the execution model and the PTX wrappers, for the self-tests of the
+// emulator (and, on a GPU, of the wrappers themselves). Not used by the engine.
+#include "common.cuh"
+
+using kc::u32;
+
+// out[t] = shuffle of in[t] with mode 0 idx, 1 up, 2 down, 3 xor; b = srcLane/delta/laneMask.
+// For mode 0 the source lane is per thread: b + lane_step * lane.
+extern "C" __global__ void selftest_shfl(u32* out, const u32* in, int mode, int b, int lane_step, int width) {
+  const int t = blockIdx.x * blockDim.x + threadIdx.x;
+  const int lane = threadIdx.x % 32;
+  const u32 v = in[t];
+  u32 r = 0;
+  if (mode == 0) r = __shfl_sync(0xffffffffu, v, b + lane_step * lane, width);
+  else if (mode == 1) r = __shfl_up_sync(0xffffffffu, v, static_cast<unsigned>(b), width);
+  else if (mode == 2) r = __shfl_down_sync(0xffffffffu, v, static_cast<unsigned>(b), width);
+  else r = __shfl_xor_sync(0xffffffffu, v, b, width);
+  out[t] = r;
+}
+
+// 64-bit payloads move as one value per lane (two 32-bit shuffles on the hardware).
+extern "C" __global__ void selftest_shfl_f64(double* out, const double* in, int lane_mask) {
+  const int t = blockIdx.x * blockDim.x + threadIdx.x;
+  out[t] = __shfl_xor_sync(0xffffffffu, in[t], lane_mask, 32);
+}
+
+// Votes over the full warp: ballot[t], any[t], all[t] for predicate pred[t].
+extern "C" __global__ void selftest_vote(u32* ballot, int* any, int* all, const int* pred) {
+  const int t = blockIdx.x * blockDim.x + threadIdx.x;
+  const int p = pred[t];
+  ballot[t] = __ballot_sync(0xffffffffu, p);
+  any[t] = __any_sync(0xffffffffu, p) != 0;
+  all[t] = __all_sync(0xffffffffu, p) != 0;
+}
+
+// One warp per block. Shared memory holds four 8x8 b16 matrices with a row stride of 24
+// elements (rows are not contiguous); element (j, r, c) = j*64 + r*8 + c + 1 + 256*blockIdx.x.
+// Lane 8j+r supplies row r of matrix j; the other lanes pass an unrelated (aligned) address.
+// out[(block*32 + lane)*4 + j] = destination register j (unused registers stay as poisoned).
+extern "C" __global__ void selftest_ldmatrix(u32* out, int num, int trans) {
+  __shared__ __align__(16) kc::u16 tile[4 * 8 * 24];
+  const int lane = threadIdx.x;
+  for (int e = lane; e < 4 * 64; e += 32) {
+    const int j = e / 64, r = (e / 8) % 8, c = e % 8;
+    tile[(j * 8 + r) * 24 + c] = static_cast<kc::u16>(j * 64 + r * 8 + c + 1 + 256 * blockIdx.x);
+  }
+  __syncthreads();
+  const int j = lane / 8, r = lane % 8;
+  const void* row = lane < 8 * num ? &tile[(j * 8 + r) * 24] : &tile[0];
+  u32 regs[4] = {0, 0, 0, 0};
+  if (num == 1) {
+    if (trans) kc::ldmatrix_x1_trans(regs, row); else kc::ldmatrix_x1(regs, row);
+  } else if (num == 2) {
+    if (trans) kc::ldmatrix_x2_trans(regs, row); else kc::ldmatrix_x2(regs, row);
+  } else {
+    if (trans) kc::ldmatrix_x4_trans(regs, row); else kc::ldmatrix_x4(regs, row);
+  }
+  for (int k = 0; k < num; k++) out[(blockIdx.x * 32 + lane) * 4 + k] = regs[k];
+}
+
+// One mma.sync per warp on fragments given per lane: a[(w*32+l)*4+i], b[(w*32+l)*2+i],
+// c[(w*32+l)*4+i] -> d[(w*32+l)*4+i]. Checks the emulator's fragment layout against the tables.
+extern "C" __global__ void selftest_mma_fragments(float* d, const u32* a, const u32* b, const float* c) {
+  const int t = blockIdx.x * blockDim.x + threadIdx.x;
+  u32 ar[4], br[2];
+  float cr[4], dr[4];
+  for (int i = 0; i < 4; i++) ar[i] = a[t * 4 + i];
+  for (int i = 0; i < 2; i++) br[i] = b[t * 2 + i];
+  for (int i = 0; i < 4; i++) cr[i] = c[t * 4 + i];
+  kc::mma_m16n8k16_bf16(dr, ar, br, cr);
+  for (int i = 0; i < 4; i++) d[t * 4 + i] = dr[i];
+}
+
+// D = A*B + C for one 16x16x8 tile per block (one warp): A 16x16 and B 16x8 row-major bf16,
+// C and D 16x8 row-major f32, tile b at offset b*256 / b*128 / b*128. A and B go to shared memory
+// with cp.async (rows padded to 24 elements), the fragments come from the ldmatrix recipes
+// (A: x4 at &As[l%16][8*(l/16)]; B: x2.trans at &Bs[l%16][0]).
+extern "C" __global__ void selftest_mma_tile(float* d, const kc::bf16* a, const kc::bf16* b, const float* c) {
+  __shared__ __align__(16) kc::bf16 As[16 * 24];
+  __shared__ __align__(16) kc::bf16 Bs[16 * 24];
+  const int l = threadIdx.x;
+  const kc::bf16* at = a + blockIdx.x * 256;
+  const kc::bf16* bt = b + blockIdx.x * 128;
+  // A: 16 rows x 32 bytes = 32 chunks of 16 bytes, one per lane. B: 16 rows x 16 bytes.
+  kc::cp_async_16(&As[(l / 2) * 24 + (l % 2) * 8], at + (l / 2) * 16 + (l % 2) * 8);
+  kc::cp_async_commit();
+  if (l < 16) kc::cp_async_16(&Bs[l * 24], bt + l * 8);
+  kc::cp_async_commit();
+  kc::cp_async_wait<0>();
+  __syncthreads();
+  u32 af[4], bf[2];
+  kc::ldmatrix_x4(af, &As[(l % 16) * 24 + 8 * (l / 16)]);
+  kc::ldmatrix_x2_trans(bf, &Bs[(l % 16) * 24]);
+  const int g = l / 4, q = l % 4;
+  const float* ct = c + blockIdx.x * 128;
+  float cf[4] = {ct[g * 8 + 2 * q], ct[g * 8 + 2 * q + 1], ct[(g + 8) * 8 + 2 * q], ct[(g + 8) * 8 + 2 * q + 1]};
+  float df[4];
+  kc::mma_m16n8k16_bf16(df, af, bf, cf);
+  float* dt = d + blockIdx.x * 128;
+  dt[g * 8 + 2 * q] = df[0];
+  dt[g * 8 + 2 * q + 1] = df[1];
+  dt[(g + 8) * 8 + 2 * q] = df[2];
+  dt[(g + 8) * 8 + 2 * q + 1] = df[3];
+}
+
+// cp.async groups and zero fill. Thread t copies in[4t..4t+4) (16 bytes, only src_bytes of them
+// read, the rest zero) in group 0 and in[4(n+t)..) in group 1; after wait_group 1 the first
+// copy is complete and, after a barrier, visible to the neighbour thread. Then wait_group 0.
+// out[4t..] = first chunk of thread (t+1)%n, out[4(n+t)..] = second chunk of thread (t+1)%n.
+extern "C" __global__ void selftest_cp_async(float* out, const float* in, int src_bytes) {
+  KC_DYNAMIC_SHARED(float, sm);
+  const int n = blockDim.x, t = threadIdx.x;
+  kc::cp_async_16(&sm[4 * t], &in[4 * t], static_cast<u32>(src_bytes));
+  kc::cp_async_commit();
+  kc::cp_async_16(&sm[4 * (n + t)], &in[4 * (n + t)], static_cast<u32>(src_bytes));
+  kc::cp_async_commit();
+  kc::cp_async_wait<1>();
+  __syncthreads();
+  const int u = (t + 1) % n;
+  kc::store4(&out[4 * t], kc::load4(&sm[4 * u]));
+  kc::cp_async_wait_all();
+  __syncthreads();
+  kc::store4(&out[4 * (n + t)], kc::load4(&sm[4 * (n + u)]));
+}
+
+// Misuse, for the emulator's error detection: half of each block returns before __syncthreads.
+extern "C" __global__ void selftest_divergent_barrier(float* out) {
+  if (threadIdx.x < blockDim.x / 2) return;
+  __syncthreads();
+  out[threadIdx.x] = 1.0f;
+}
+
+// Misuse: lanes 0..15 shuffle, lanes 16..31 __syncwarp, both over the full warp.
+extern "C" __global__ void selftest_mismatched_warp(float* out) {
+  float v = static_cast<float>(threadIdx.x);
+  if (threadIdx.x % 32 < 16) v = __shfl_xor_sync(0xffffffffu, v, 1, 32);
+  else __syncwarp(0xffffffffu);
+  out[threadIdx.x] = v;
+}
+
+// Misuse: writes one element past the end of out (n elements); for the AddressSanitizer test.
+extern "C" __global__ void selftest_out_of_bounds(float* out, int n) {
+  if (threadIdx.x == 0 && blockIdx.x == 0) out[n] = 1.0f;
+}

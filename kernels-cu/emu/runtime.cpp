@@ -1,0 +1,741 @@
+// Host emulator runtime: fibers, block scheduler, barriers, warp collectives, the emulated PTX
+// instructions, and the worker pool that runs blocks in parallel.
+//
+// One fiber (ucontext) per CUDA thread. A worker OS thread runs one block at a time: it resumes
+// each runnable fiber until that fiber blocks (at __syncthreads or a warp collective) or exits.
+// - __syncthreads releases when every fiber of the block waits there; if some fibers exited
+//   while the others wait, the launch fails with a divergent-barrier error.
+// - A warp collective (shuffle, vote, __syncwarp, mma.sync, ldmatrix) completes when every
+//   non-exited lane of its mask has arrived at it; the last lane to arrive computes every lane's
+//   result. Mismatched collectives, a lane missing from its own mask, reading a lane that does
+//   not take part, and an mma/ldmatrix with an exited lane are errors.
+// - Nothing runnable and not everything exited: a deadlock, reported as an error.
+// Errors never crash the process: the block is abandoned and the message returned to Rust.
+#include <sys/mman.h>
+#include <ucontext.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <climits>
+#include <condition_variable>
+#include <cstdarg>
+#include <cstdio>
+#include <cstdlib>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "kc_emu.h"
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#define KC_ASAN 1
+// Rust's runtime keeps some allocations alive until exit on purpose; leak reports would only
+// be noise in the emulator's AddressSanitizer build.
+extern "C" const char* __asan_default_options() { return "detect_leaks=0"; }
+#endif
+
+namespace kc_emu {
+
+thread_local ThreadState* tls_current = nullptr;
+
+namespace {
+
+enum FiberState { RUNNABLE, AT_BARRIER, AT_WARP, EXITED };
+enum CollKind { C_SYNCWARP = 1, C_VOTE, C_SHFL, C_MMA, C_LDMATRIX };
+
+const char* kind_name(int k) {
+  switch (k) {
+    case C_SYNCWARP: return "__syncwarp";
+    case C_VOTE: return "vote (__ballot/__any/__all_sync)";
+    case C_SHFL: return "shuffle";
+    case C_MMA: return "mma.sync";
+    case C_LDMATRIX: return "ldmatrix";
+    default: return "?";
+  }
+}
+
+struct CpAsyncOp {
+  unsigned char* dst;
+  const unsigned char* src;
+  unsigned size;
+  unsigned src_size;
+  long group;  // -1: not yet committed
+};
+
+struct Fiber {
+  ThreadState ts;
+  ucontext_t ctx;
+  unsigned char* stack = nullptr;  // usable stack (above the guard page)
+  size_t stack_size = 0;
+  FiberState state = EXITED;
+  int lin = 0;
+  // The warp collective this fiber waits at.
+  int kind = 0;
+  int variant = 0;  // shuffle mode, or ldmatrix num*2+trans
+  unsigned mask = 0;
+  int b = 0, width = 32;
+  unsigned long long vin = 0, vout = 0;
+  const void* ptr = nullptr;
+  unsigned ain[6] = {};
+  unsigned aout[4] = {};
+  float fin[4] = {};
+  float fout[4] = {};
+  std::vector<CpAsyncOp> cp_ops;
+  long cp_committed = 0;
+#ifdef KC_ASAN
+  void* fake_stack = nullptr;
+#endif
+};
+
+struct Job;
+
+struct Worker {
+  std::vector<Fiber> fibers;
+  ucontext_t sched_ctx;
+  Fiber* current = nullptr;
+  Job* job = nullptr;
+  int nthreads = 0;
+  unsigned char* dyn_smem = nullptr;
+  bool failed = false;
+  std::string error;
+  size_t stack_bytes = 0;
+  size_t guard_bytes = 0;
+  bool stacks_dirty = false;  // fibers were abandoned mid-run (ASan stack poisoning may remain)
+#ifdef KC_ASAN
+  const void* sched_bottom = nullptr;
+  size_t sched_size = 0;
+#endif
+  ~Worker() {
+    for (Fiber& f : fibers)
+      if (f.stack) munmap(f.stack - guard_bytes, f.stack_size + guard_bytes);
+  }
+};
+
+thread_local Worker* tls_worker = nullptr;
+
+struct Job {
+  const KernelEntry* kernel = nullptr;
+  dim3 grid{1, 1, 1}, block{1, 1, 1};
+  unsigned smem = 0;
+  void* const* args = nullptr;
+  long nblocks = 0;
+  std::atomic<long> next{0};
+  std::atomic<bool> failed{false};
+  std::mutex m;
+  std::condition_variable cv;
+  int tickets_left = 0;
+  long error_block = LONG_MAX;
+  std::string error;
+};
+
+std::string vformat(const char* fmt, va_list ap) {
+  char buf[1024];
+  vsnprintf(buf, sizeof buf, fmt, ap);
+  return buf;
+}
+
+std::string thread_desc(const Fiber& f) {
+  char buf[160];
+  snprintf(buf, sizeof buf, "block (%u,%u,%u) thread (%u,%u,%u)", f.ts.block_idx.x, f.ts.block_idx.y,
+           f.ts.block_idx.z, f.ts.thread_idx.x, f.ts.thread_idx.y, f.ts.thread_idx.z);
+  return buf;
+}
+
+// ---- fiber switching ----------------------------------------------------------------------
+
+void switch_to_scheduler(Fiber* f, bool exiting) {
+  Worker* w = tls_worker;
+#ifdef KC_ASAN
+  __sanitizer_start_switch_fiber(exiting ? nullptr : &f->fake_stack, w->sched_bottom, w->sched_size);
+#else
+  (void)exiting;
+#endif
+  swapcontext(&f->ctx, &w->sched_ctx);
+#ifdef KC_ASAN
+  __sanitizer_finish_switch_fiber(f->fake_stack, &w->sched_bottom, &w->sched_size);
+#endif
+  tls_current = &f->ts;
+}
+
+void resume(Worker* w, Fiber* f) {
+  w->current = f;
+  tls_current = &f->ts;
+#ifdef KC_ASAN
+  void* fake = nullptr;
+  __sanitizer_start_switch_fiber(&fake, f->stack, f->stack_size);
+#endif
+  swapcontext(&w->sched_ctx, &f->ctx);
+#ifdef KC_ASAN
+  __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
+#endif
+  w->current = nullptr;
+  tls_current = nullptr;
+}
+
+Fiber* self_fiber() {
+  Worker* w = tls_worker;
+  if (!w || !w->current) {
+    fprintf(stderr, "kernels-cu emulator: CUDA built-in called outside a kernel launch\n");
+    abort();
+  }
+  return w->current;
+}
+
+// Records the first error of this block and leaves the fiber for good.
+[[noreturn]] void fail(const char* fmt, ...) {
+  Worker* w = tls_worker;
+  Fiber* f = self_fiber();
+  if (!w->failed) {
+    va_list ap;
+    va_start(ap, fmt);
+    w->error = vformat(fmt, ap) + " (at " + thread_desc(*f) + ")";
+    va_end(ap);
+    w->failed = true;
+  }
+  f->state = EXITED;
+  switch_to_scheduler(f, true);
+  abort();  // never resumed
+}
+
+void on_exit_fiber(Worker* w, Fiber* f);
+
+void fiber_main() {
+  Worker* w = tls_worker;
+  Fiber* f = w->current;
+#ifdef KC_ASAN
+  __sanitizer_finish_switch_fiber(nullptr, &w->sched_bottom, &w->sched_size);
+#endif
+  tls_current = &f->ts;
+  w->job->kernel->run(w->job->args);
+  f = w->current;
+  f->state = EXITED;
+  on_exit_fiber(w, f);
+  switch_to_scheduler(f, true);
+  abort();
+}
+
+// ---- warp collectives ---------------------------------------------------------------------
+
+bool needs_whole_warp(int kind) { return kind == C_MMA || kind == C_LDMATRIX; }
+
+float bf16_to_f32(unsigned bits16) {
+  unsigned u = bits16 << 16;
+  float f;
+  memcpy(&f, &u, 4);
+  return f;
+}
+
+void compute_collective(Worker* w, Fiber* f, int base, unsigned present) {
+  Fiber* lanes = &w->fibers[base];
+  switch (f->kind) {
+    case C_SYNCWARP: break;
+    case C_VOTE: {
+      unsigned ballot = 0;
+      for (int l = 0; l < 32; l++)
+        if ((present >> l & 1) && lanes[l].vin) ballot |= 1u << l;
+      for (int l = 0; l < 32; l++)
+        if (present >> l & 1) lanes[l].vout = ballot | (static_cast<unsigned long long>(present) << 32);
+      break;
+    }
+    case C_SHFL: {
+      for (int l = 0; l < 32; l++) {
+        if (!(present >> l & 1)) continue;
+        Fiber& o = lanes[l];
+        int width = o.width;
+        if (width < 1 || width > 32 || (width & (width - 1)))
+          fail("shuffle width %d is not a power of two in 1..32", width);
+        // The PTX shfl.sync pseudo-code, with the c operand the CUDA headers build from width.
+        unsigned c = (static_cast<unsigned>(32 - width) << 8) | (o.variant == SHFL_UP ? 0u : 0x1fu);
+        int bval = o.b & 31, cval = c & 31, segmask = (c >> 8) & 31;
+        int max_lane = (l & segmask) | (cval & ~segmask);
+        int min_lane = l & segmask;
+        int j = l;
+        bool ok = false;
+        switch (o.variant) {
+          case SHFL_IDX: j = min_lane | (bval & ~segmask); ok = j <= max_lane; break;
+          case SHFL_UP: j = l - bval; ok = j >= max_lane; break;
+          case SHFL_DOWN: j = l + bval; ok = j <= max_lane; break;
+          case SHFL_XOR: j = l ^ bval; ok = j <= max_lane; break;
+        }
+        if (ok) {
+          if (!(present >> j & 1))
+            fail("shuffle: lane %d reads lane %d, which does not take part (mask 0x%08x)", l, j, o.mask);
+          o.vout = lanes[j].vin;
+        } else {
+          o.vout = o.vin;
+        }
+      }
+      break;
+    }
+    case C_MMA: {
+      // Gather the 16x16 A, 16x8 B and 16x8 C tiles from the fragments (PTX ISA layouts).
+      float A[16][16], B[16][8], C[16][8];
+      for (int l = 0; l < 32; l++) {
+        int g = l >> 2, t = l & 3;
+        const Fiber& o = lanes[l];
+        for (int i = 0; i < 8; i++) {
+          int m = g + 8 * ((i >> 1) & 1), k = 2 * t + (i & 1) + 8 * (i >> 2);
+          A[m][k] = bf16_to_f32((o.ain[i >> 1] >> (16 * (i & 1))) & 0xffffu);
+        }
+        for (int i = 0; i < 4; i++) {
+          int k = 2 * t + (i & 1) + 8 * (i >> 1);
+          B[k][g] = bf16_to_f32((o.ain[4 + (i >> 1)] >> (16 * (i & 1))) & 0xffffu);
+        }
+        for (int i = 0; i < 4; i++) C[g + 8 * (i >> 1)][2 * t + (i & 1)] = o.fin[i];
+      }
+      for (int l = 0; l < 32; l++) {
+        int g = l >> 2, t = l & 3;
+        for (int i = 0; i < 4; i++) {
+          int m = g + 8 * (i >> 1), n = 2 * t + (i & 1);
+          // Products of bf16 values are exact; the hardware's summation order is unspecified,
+          // so accumulate in double and round once.
+          double acc = C[m][n];
+          for (int k = 0; k < 16; k++) acc += static_cast<double>(A[m][k]) * B[k][n];
+          lanes[l].fout[i] = static_cast<float>(acc);
+        }
+      }
+      break;
+    }
+    case C_LDMATRIX: {
+      int num = f->variant >> 1;
+      bool trans = f->variant & 1;
+      const unsigned char* rows[4][8];
+      for (int j = 0; j < num; j++)
+        for (int r = 0; r < 8; r++) {
+          const void* p = lanes[8 * j + r].ptr;
+          if (reinterpret_cast<uintptr_t>(p) % 16 != 0)
+            fail("ldmatrix: row address %p from lane %d is not 16-byte aligned", p, 8 * j + r);
+          rows[j][r] = static_cast<const unsigned char*>(p);
+        }
+      auto elem = [&](int j, int r, int c) {
+        unsigned short v;
+        memcpy(&v, rows[j][r] + 2 * c, 2);
+        return static_cast<unsigned>(v);
+      };
+      for (int l = 0; l < 32; l++) {
+        int g = l >> 2, t = l & 3;
+        for (int j = 0; j < num; j++) {
+          unsigned lo = trans ? elem(j, 2 * t, g) : elem(j, g, 2 * t);
+          unsigned hi = trans ? elem(j, 2 * t + 1, g) : elem(j, g, 2 * t + 1);
+          lanes[l].aout[j] = lo | (hi << 16);
+        }
+      }
+      break;
+    }
+  }
+}
+
+// Completes the collective `f` waits at if every non-exited lane of its mask has arrived.
+void try_complete(Worker* w, Fiber* f) {
+  int base = f->lin & ~31;
+  unsigned present = 0;
+  for (int l = 0; l < 32; l++) {
+    if (!(f->mask >> l & 1)) continue;
+    int t = base + l;
+    if (t >= w->nthreads) {
+      if (needs_whole_warp(f->kind))
+        fail("%s in a warp with only %d threads (all 32 lanes must execute it)", kind_name(f->kind),
+             w->nthreads - base);
+      continue;
+    }
+    Fiber& o = w->fibers[t];
+    if (o.state == EXITED) {
+      if (needs_whole_warp(f->kind))
+        fail("%s executed while lane %d of the warp has exited", kind_name(f->kind), l);
+      continue;
+    }
+    if (o.state != AT_WARP) return;
+    if (o.kind != f->kind || o.variant != f->variant || o.mask != f->mask)
+      fail("mismatched warp collectives: lane %d is at %s (mask 0x%08x), lane %d at %s (mask 0x%08x)",
+           f->lin & 31, kind_name(f->kind), f->mask, l, kind_name(o.kind), o.mask);
+    present |= 1u << l;
+  }
+  compute_collective(w, f, base, present);
+  for (int l = 0; l < 32; l++)
+    if (present >> l & 1) w->fibers[base + l].state = RUNNABLE;
+}
+
+void warp_collective(Fiber* f) {
+  Worker* w = tls_worker;
+  int lane = f->lin & 31;
+  if (!(f->mask >> lane & 1))
+    fail("lane %d calls %s with mask 0x%08x, which does not include the lane itself", lane,
+         kind_name(f->kind), f->mask);
+  f->state = AT_WARP;
+  try_complete(w, f);
+  if (f->state == AT_WARP) switch_to_scheduler(f, false);
+  f->kind = 0;
+}
+
+void on_exit_fiber(Worker* w, Fiber* f) {
+  // An exiting lane may be the last one a pending collective of its warp waited for.
+  int base = f->lin & ~31;
+  int lane = f->lin & 31;
+  for (int l = 0; l < 32 && base + l < w->nthreads; l++) {
+    Fiber& o = w->fibers[base + l];
+    if (o.state == AT_WARP && (o.mask >> lane & 1)) try_complete(w, &o);
+  }
+}
+
+}  // namespace
+
+// ---- the built-ins ------------------------------------------------------------------------
+
+void* dynamic_smem() {
+  self_fiber();
+  return tls_worker->dyn_smem;
+}
+
+void syncthreads() {
+  Fiber* f = self_fiber();
+  f->state = AT_BARRIER;
+  switch_to_scheduler(f, false);
+}
+
+void syncwarp(unsigned mask) {
+  Fiber* f = self_fiber();
+  f->kind = C_SYNCWARP;
+  f->variant = 0;
+  f->mask = mask;
+  warp_collective(f);
+}
+
+unsigned long long shfl(int mode, unsigned mask, unsigned long long v, int b, int width) {
+  Fiber* f = self_fiber();
+  f->kind = C_SHFL;
+  f->variant = mode;
+  f->mask = mask;
+  f->vin = v;
+  f->b = b;
+  f->width = width;
+  warp_collective(f);
+  return f->vout;
+}
+
+unsigned vote_ballot(unsigned mask, int pred) {
+  Fiber* f = self_fiber();
+  f->kind = C_VOTE;
+  f->variant = 0;
+  f->mask = mask;
+  f->vin = pred != 0;
+  warp_collective(f);
+  return static_cast<unsigned>(f->vout);
+}
+
+int vote_all(unsigned mask, int pred) {
+  Fiber* f = self_fiber();
+  f->kind = C_VOTE;
+  f->variant = 0;
+  f->mask = mask;
+  f->vin = pred != 0;
+  warp_collective(f);
+  unsigned ballot = static_cast<unsigned>(f->vout);
+  unsigned present = static_cast<unsigned>(f->vout >> 32);
+  return ballot == present;
+}
+
+unsigned activemask() {
+  Fiber* f = self_fiber();
+  Worker* w = tls_worker;
+  int base = f->lin & ~31;
+  unsigned m = 0;
+  for (int l = 0; l < 32 && base + l < w->nthreads; l++)
+    if (w->fibers[base + l].state != EXITED) m |= 1u << l;
+  return m;
+}
+
+void mma_m16n8k16_bf16(float d[4], const unsigned a[4], const unsigned b[2], const float c[4]) {
+  Fiber* f = self_fiber();
+  f->kind = C_MMA;
+  f->variant = 0;
+  f->mask = 0xffffffffu;
+  for (int i = 0; i < 4; i++) f->ain[i] = a[i];
+  f->ain[4] = b[0];
+  f->ain[5] = b[1];
+  for (int i = 0; i < 4; i++) f->fin[i] = c[i];
+  warp_collective(f);
+  for (int i = 0; i < 4; i++) d[i] = f->fout[i];
+}
+
+void ldmatrix(unsigned* r, const void* row_ptr, int num, bool trans) {
+  Fiber* f = self_fiber();
+  f->kind = C_LDMATRIX;
+  f->variant = num * 2 + (trans ? 1 : 0);
+  f->mask = 0xffffffffu;
+  f->ptr = row_ptr;
+  warp_collective(f);
+  for (int j = 0; j < num; j++) r[j] = f->aout[j];
+}
+
+unsigned smem_u32(const void* p) { return static_cast<unsigned>(reinterpret_cast<uintptr_t>(p)); }
+
+void cp_async(void* dst, const void* src, unsigned cp_size, unsigned src_size) {
+  Fiber* f = self_fiber();
+  if (src_size > cp_size) fail("cp.async: src-size %u exceeds cp-size %u", src_size, cp_size);
+  if (reinterpret_cast<uintptr_t>(dst) % cp_size || reinterpret_cast<uintptr_t>(src) % cp_size)
+    fail("cp.async: addresses %p <- %p are not aligned to %u bytes", dst, src, cp_size);
+  f->cp_ops.push_back(CpAsyncOp{static_cast<unsigned char*>(dst),
+                                static_cast<const unsigned char*>(src), cp_size, src_size, -1});
+}
+
+void cp_async_commit() {
+  Fiber* f = self_fiber();
+  for (CpAsyncOp& op : f->cp_ops)
+    if (op.group < 0) op.group = f->cp_committed;
+  f->cp_committed++;  // an empty group counts too, and is complete at once
+}
+
+// Performs (in commit order) every group except the newest n; the copies are deferred until
+// here so that a missing wait shows up as stale shared memory.
+void cp_async_wait(int n) {
+  Fiber* f = self_fiber();
+  long limit = f->cp_committed - n;
+  size_t keep = 0;
+  for (size_t i = 0; i < f->cp_ops.size(); i++) {
+    CpAsyncOp op = f->cp_ops[i];
+    if (op.group >= 0 && op.group < limit) {
+      memcpy(op.dst, op.src, op.src_size);
+      memset(op.dst + op.src_size, 0, op.size - op.src_size);
+    } else {
+      f->cp_ops[keep++] = op;
+    }
+  }
+  f->cp_ops.resize(keep);
+}
+
+void trap(const char* what) { fail("%s", what); }
+
+namespace {
+
+// ---- running one block --------------------------------------------------------------------
+
+size_t env_size(const char* name, size_t dflt) {
+  const char* v = getenv(name);
+  if (!v || !*v) return dflt;
+  long long x = atoll(v);
+  return x > 0 ? static_cast<size_t>(x) : dflt;
+}
+
+bool ensure_fibers(Worker* w, int n, std::string* err) {
+  if (w->stack_bytes == 0) {
+#ifdef KC_ASAN
+    size_t dflt_kb = 256;
+#else
+    size_t dflt_kb = 64;
+#endif
+    w->stack_bytes = env_size("KERNELS_CU_EMU_STACK_KB", dflt_kb) * 1024;
+    w->guard_bytes = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  }
+  size_t old = w->fibers.size();
+  if (old >= static_cast<size_t>(n)) return true;
+  w->fibers.resize(n);
+  for (size_t i = old; i < static_cast<size_t>(n); i++) {
+    size_t total = w->stack_bytes + w->guard_bytes;
+    void* mem = mmap(nullptr, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                     -1, 0);
+    if (mem == MAP_FAILED) {
+      *err = "emulator: could not map a fiber stack";
+      w->fibers.resize(i);
+      return false;
+    }
+    // A guard page below each stack turns an overflow into a fault instead of silent corruption.
+    mprotect(mem, w->guard_bytes, PROT_NONE);
+    w->fibers[i].stack = static_cast<unsigned char*>(mem) + w->guard_bytes;
+    w->fibers[i].stack_size = w->stack_bytes;
+  }
+  return true;
+}
+
+// Runs block `lin` of the job; returns false (with w->error set) on an emulation error.
+bool run_block(Worker* w, Job* job, long lin) {
+  const dim3 g = job->grid, bd = job->block;
+  uint3 bidx{static_cast<unsigned>(lin % g.x), static_cast<unsigned>((lin / g.x) % g.y),
+             static_cast<unsigned>(lin / (static_cast<long>(g.x) * g.y))};
+  int n = static_cast<int>(bd.x * bd.y * bd.z);
+  if (!ensure_fibers(w, n, &w->error)) return false;
+#ifdef KC_ASAN
+  if (w->stacks_dirty) {
+    for (Fiber& f : w->fibers) __asan_unpoison_memory_region(f.stack, f.stack_size);
+    w->stacks_dirty = false;
+  }
+#endif
+  // Dynamic shared memory: its exact size (so AddressSanitizer sees overruns), poisoned with
+  // 0xff bytes (NaN as f32/bf16) because CUDA leaves it uninitialized.
+  std::unique_ptr<unsigned char[]> smem(new unsigned char[job->smem ? job->smem : 1]);
+  memset(smem.get(), 0xff, job->smem);
+  w->dyn_smem = smem.get();
+  w->nthreads = n;
+  w->job = job;
+  w->failed = false;
+  for (int i = 0; i < n; i++) {
+    Fiber& f = w->fibers[i];
+    f.ts.thread_idx = uint3{static_cast<unsigned>(i % bd.x), static_cast<unsigned>((i / bd.x) % bd.y),
+                            static_cast<unsigned>(i / (bd.x * bd.y))};
+    f.ts.block_idx = bidx;
+    f.ts.block_dim = bd;
+    f.ts.grid_dim = g;
+    f.lin = i;
+    f.state = RUNNABLE;
+    f.kind = 0;
+    f.cp_ops.clear();
+    f.cp_committed = 0;
+    getcontext(&f.ctx);
+    f.ctx.uc_stack.ss_sp = f.stack;
+    f.ctx.uc_stack.ss_size = f.stack_size;
+    f.ctx.uc_link = nullptr;
+    makecontext(&f.ctx, fiber_main, 0);
+  }
+  for (;;) {
+    bool ran = true;
+    while (ran) {
+      ran = false;
+      for (int i = 0; i < n; i++) {
+        if (w->fibers[i].state != RUNNABLE) continue;
+        resume(w, &w->fibers[i]);
+        ran = true;
+        if (w->failed) {
+          w->stacks_dirty = true;
+          return false;
+        }
+      }
+    }
+    int exited = 0, at_barrier = 0, at_warp = 0;
+    const Fiber *first_exit = nullptr, *first_barrier = nullptr, *first_warp = nullptr;
+    for (int i = 0; i < n; i++) {
+      const Fiber& f = w->fibers[i];
+      if (f.state == EXITED) {
+        exited++;
+        if (!first_exit) first_exit = &f;
+      } else if (f.state == AT_BARRIER) {
+        at_barrier++;
+        if (!first_barrier) first_barrier = &f;
+      } else if (f.state == AT_WARP) {
+        at_warp++;
+        if (!first_warp) first_warp = &f;
+      }
+    }
+    if (exited == n) return true;
+    w->stacks_dirty = true;
+    if (at_warp > 0) {
+      char buf[512];
+      snprintf(buf, sizeof buf,
+               "deadlock: %d threads wait at warp collectives (first: %s waits at %s with mask 0x%08x), "
+               "%d at __syncthreads, %d exited",
+               at_warp, thread_desc(*first_warp).c_str(), kind_name(first_warp->kind), first_warp->mask,
+               at_barrier, exited);
+      w->error = buf;
+      return false;
+    }
+    if (exited > 0) {
+      char buf[512];
+      snprintf(buf, sizeof buf,
+               "divergent __syncthreads: %d of %d threads wait at the barrier (first: %s) while %d "
+               "threads have exited (first: %s)",
+               at_barrier, n, thread_desc(*first_barrier).c_str(), exited, thread_desc(*first_exit).c_str());
+      w->error = buf;
+      return false;
+    }
+    w->stacks_dirty = false;
+    for (int i = 0; i < n; i++) w->fibers[i].state = RUNNABLE;  // every thread reached the barrier
+  }
+}
+
+// ---- worker pool --------------------------------------------------------------------------
+
+struct Pool {
+  std::mutex m;
+  std::condition_variable cv;
+  std::deque<std::shared_ptr<Job>> tickets;
+  int nthreads = 0;
+};
+
+void run_ticket(Job* job) {
+  if (!tls_worker) tls_worker = new Worker();  // lives as long as the pool thread
+  Worker* w = tls_worker;
+  for (;;) {
+    if (job->failed.load(std::memory_order_relaxed)) break;
+    long b = job->next.fetch_add(1);
+    if (b >= job->nblocks) break;
+    if (!run_block(w, job, b)) {
+      std::lock_guard<std::mutex> lk(job->m);
+      if (b < job->error_block) {
+        job->error_block = b;
+        job->error = w->error;
+      }
+      job->failed.store(true);
+    }
+  }
+  w->job = nullptr;
+  std::lock_guard<std::mutex> lk(job->m);
+  job->tickets_left--;
+  job->cv.notify_all();
+}
+
+void pool_thread(Pool* p) {
+  for (;;) {
+    std::shared_ptr<Job> job;
+    {
+      std::unique_lock<std::mutex> lk(p->m);
+      p->cv.wait(lk, [&] { return !p->tickets.empty(); });
+      job = p->tickets.front();
+      p->tickets.pop_front();
+    }
+    run_ticket(job.get());
+  }
+}
+
+Pool* pool() {
+  // Never destroyed: its threads park on the condition variable until the process exits.
+  static Pool* p = [] {
+    Pool* q = new Pool();
+    unsigned hw = std::thread::hardware_concurrency();
+    size_t n = env_size("KERNELS_CU_EMU_THREADS", hw ? (hw > 16 ? 16 : hw) : 2);
+    q->nthreads = static_cast<int>(n);
+    for (size_t i = 0; i < n; i++) std::thread(pool_thread, q).detach();
+    return q;
+  }();
+  return p;
+}
+
+}  // namespace
+}  // namespace kc_emu
+
+extern "C" {
+
+// Runs a launch to completion. Returns 0, or 1 with a message in err.
+int kc_emu_launch(const kc_emu::KernelEntry* kernel, const unsigned grid[3], const unsigned block[3],
+                  unsigned smem_bytes, void* const* args, char* err, size_t err_len) {
+  using namespace kc_emu;
+  auto job = std::make_shared<Job>();
+  job->kernel = kernel;
+  job->grid = dim3{grid[0], grid[1], grid[2]};
+  job->block = dim3{block[0], block[1], block[2]};
+  job->smem = smem_bytes;
+  job->args = args;
+  job->nblocks = static_cast<long>(grid[0]) * grid[1] * grid[2];
+  Pool* p = pool();
+  int tickets = static_cast<int>(job->nblocks < p->nthreads ? job->nblocks : p->nthreads);
+  job->tickets_left = tickets;
+  {
+    std::lock_guard<std::mutex> lk(p->m);
+    for (int i = 0; i < tickets; i++) p->tickets.push_back(job);
+  }
+  p->cv.notify_all();
+  std::unique_lock<std::mutex> lk(job->m);
+  job->cv.wait(lk, [&] { return job->tickets_left == 0; });
+  if (job->failed.load()) {
+    snprintf(err, err_len, "%s", job->error.c_str());
+    return 1;
+  }
+  return 0;
+}
+
+const char* kc_emu_entry_name(const kc_emu::KernelEntry* k) { return k->name; }
+const char* kc_emu_entry_signature(const kc_emu::KernelEntry* k) { return k->signature(); }
+unsigned kc_emu_entry_nargs(const kc_emu::KernelEntry* k) { return k->nargs; }
+
+}  // extern "C"

@@ -1,0 +1,5 @@
+//! The two implementations of [`crate::Backend`].
+
+pub mod cuda;
+#[cfg(feature = "emulator")]
+pub mod emu;

@@ -1,0 +1,490 @@
+//! The device interface the engine's CUDA device uses: buffers, copies and kernel launches, with
+//! two implementations behind one [`Backend`] trait: the CUDA driver (cudarc, loaded at run
+//! time) and the host emulator.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::pool::MemoryStats;
+use crate::{DType, Elem, Kernel};
+
+/// Grid or block dimensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dim3 {
+    pub x: u32,
+    pub y: u32,
+    pub z: u32,
+}
+
+impl Dim3 {
+    pub const fn x(x: u32) -> Dim3 {
+        Dim3 { x, y: 1, z: 1 }
+    }
+    pub const fn xy(x: u32, y: u32) -> Dim3 {
+        Dim3 { x, y, z: 1 }
+    }
+    pub const fn xyz(x: u32, y: u32, z: u32) -> Dim3 {
+        Dim3 { x, y, z }
+    }
+    pub fn count(self) -> u64 {
+        self.x as u64 * self.y as u64 * self.z as u64
+    }
+}
+
+/// One kernel argument. Buffers pass their device address; `Mut` marks a parameter the kernel
+/// writes (`T*`), `Ref` one it only reads (`const T*`). The emulator checks both, and the dtype,
+/// against the kernel's C++ signature.
+#[derive(Debug)]
+pub enum Arg<'a> {
+    Ref(&'a Buffer),
+    Mut(&'a mut Buffer),
+    I32(i32),
+    U32(u32),
+    I64(i64),
+    U64(u64),
+    F32(f32),
+    F64(f64),
+}
+
+/// A kernel argument reduced to what a backend needs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ArgValue {
+    Ptr {
+        addr: u64,
+        dtype: DType,
+        mutable: bool,
+    },
+    I32(i32),
+    U32(u32),
+    I64(i64),
+    U64(u64),
+    F32(f32),
+    F64(f64),
+}
+
+impl ArgValue {
+    /// The bytes the kernel receives for this parameter (little-endian).
+    pub fn bytes(&self) -> Vec<u8> {
+        match *self {
+            ArgValue::Ptr { addr, .. } => addr.to_le_bytes().to_vec(),
+            ArgValue::I32(v) => v.to_le_bytes().to_vec(),
+            ArgValue::U32(v) => v.to_le_bytes().to_vec(),
+            ArgValue::I64(v) => v.to_le_bytes().to_vec(),
+            ArgValue::U64(v) => v.to_le_bytes().to_vec(),
+            ArgValue::F32(v) => v.to_le_bytes().to_vec(),
+            ArgValue::F64(v) => v.to_le_bytes().to_vec(),
+        }
+    }
+
+    /// The emulator's two-letter parameter code (see `emu/kc_emu.h`).
+    pub fn code(&self) -> String {
+        match *self {
+            ArgValue::Ptr { dtype, mutable, .. } => {
+                format!("{}{}", if mutable { 'P' } else { 'p' }, dtype.code())
+            }
+            ArgValue::I32(_) => "vi".into(),
+            ArgValue::U32(_) => "vu".into(),
+            ArgValue::I64(_) => "vl".into(),
+            ArgValue::U64(_) => "vL".into(),
+            ArgValue::F32(_) => "vf".into(),
+            ArgValue::F64(_) => "vd".into(),
+        }
+    }
+}
+
+/// Describes a two-letter parameter code in C++ terms, for error messages.
+pub fn describe_code(code: &str) -> String {
+    let mut c = code.chars();
+    let (kind, ty) = (c.next().unwrap_or('?'), c.next().unwrap_or('?'));
+    let ty = match ty {
+        'f' => "float",
+        'd' => "double",
+        'b' => "kc::bf16",
+        'h' => "kc::f16",
+        'i' => "int",
+        'u' => "unsigned",
+        'l' => "long long",
+        'L' => "unsigned long long",
+        'c' => "unsigned char",
+        's' => "signed char",
+        'w' => "unsigned short",
+        _ => "(other type)",
+    };
+    match kind {
+        'P' => format!("{ty}* (written)"),
+        'p' => format!("const {ty}* (read)"),
+        _ => ty.to_string(),
+    }
+}
+
+/// One launch, written like a row of a table.
+#[derive(Debug)]
+pub struct Launch<'a> {
+    pub kernel: Kernel,
+    pub grid: Dim3,
+    pub block: Dim3,
+    /// Dynamic shared memory per block, in bytes.
+    pub shared_bytes: u32,
+    pub args: &'a [Arg<'a>],
+}
+
+/// Which implementation a [`Device`] runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    Cuda,
+    Emulator,
+}
+
+/// What a device is.
+#[derive(Debug, Clone)]
+pub struct DeviceInfo {
+    pub kind: BackendKind,
+    /// e.g. "NVIDIA H200" or "host emulator (4 threads)".
+    pub name: String,
+    /// (major, minor); the emulator reports (8, 0), the ISA its PTX wrappers follow.
+    pub compute_capability: (i32, i32),
+    pub total_memory: usize,
+    /// Most dynamic shared memory one block may use.
+    pub max_shared_bytes: u32,
+    /// Driver version as reported by the driver (e.g. 13000), 0 for the emulator.
+    pub driver_version: i32,
+}
+
+/// The operations a backend implements. Addresses are device addresses (host addresses for the
+/// emulator); [`Device`] keeps them inside [`Buffer`]s.
+pub trait Backend: Send + Sync {
+    fn info(&self) -> &DeviceInfo;
+    /// Returns (address, bytes reserved).
+    fn alloc(&self, bytes: usize) -> Result<(u64, usize)>;
+    /// # Safety
+    /// `addr`/`reserved` come from `alloc` of this backend and the block is not used afterwards
+    /// (stream order makes pending kernels safe).
+    unsafe fn free(&self, addr: u64, reserved: usize);
+    /// # Safety
+    /// `dst..dst+src.len()` lies inside one live allocation.
+    unsafe fn htod(&self, dst: u64, src: &[u8]) -> Result<()>;
+    /// # Safety
+    /// `src..src+dst.len()` lies inside one live allocation.
+    unsafe fn dtoh(&self, dst: &mut [u8], src: u64) -> Result<()>;
+    /// # Safety
+    /// Both ranges lie inside live allocations.
+    unsafe fn dtod(&self, dst: u64, src: u64, bytes: usize) -> Result<()>;
+    /// # Safety
+    /// The range lies inside one live allocation.
+    unsafe fn memset_zero(&self, dst: u64, bytes: usize) -> Result<()>;
+    /// # Safety
+    /// The arguments satisfy the kernel's contract (buffer sizes cover every access the grid makes).
+    unsafe fn launch(
+        &self,
+        kernel: Kernel,
+        grid: Dim3,
+        block: Dim3,
+        shared_bytes: u32,
+        args: &[ArgValue],
+    ) -> Result<()>;
+    fn synchronize(&self) -> Result<()>;
+    fn memory(&self) -> MemoryStats;
+}
+
+static NEXT_DEVICE_ID: AtomicU64 = AtomicU64::new(1);
+
+struct Inner {
+    id: u64,
+    backend: Box<dyn Backend>,
+}
+
+/// A handle to one device (cheap to clone).
+#[derive(Clone)]
+pub struct Device {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Device").field("info", self.info()).finish()
+    }
+}
+
+/// Device memory holding `len` elements of `dtype`. Freed (back to the device's pool) on drop.
+pub struct Buffer {
+    addr: u64,
+    len: usize,
+    dtype: DType,
+    reserved: usize,
+    device: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Buffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Buffer({:?} x {}, device {})",
+            self.dtype, self.len, self.device.id
+        )
+    }
+}
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        // SAFETY: the block came from this backend's alloc and this is its only owner.
+        unsafe { self.device.backend.free(self.addr, self.reserved) };
+    }
+}
+
+impl Buffer {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    pub fn bytes(&self) -> usize {
+        self.len * self.dtype.size()
+    }
+    /// The device address (host address on the emulator); for logs and FFI.
+    pub fn addr(&self) -> u64 {
+        self.addr
+    }
+    /// This buffer as a read-only kernel argument.
+    pub fn arg(&self) -> Arg<'_> {
+        Arg::Ref(self)
+    }
+    /// This buffer as a kernel argument the kernel writes.
+    pub fn arg_mut(&mut self) -> Arg<'_> {
+        Arg::Mut(self)
+    }
+}
+
+impl Device {
+    /// Wraps a backend.
+    pub fn from_backend(backend: Box<dyn Backend>) -> Device {
+        Device {
+            inner: Arc::new(Inner {
+                id: NEXT_DEVICE_ID.fetch_add(1, Ordering::Relaxed),
+                backend,
+            }),
+        }
+    }
+
+    /// CUDA device `ordinal` through the driver. An error (never a panic) when there is no
+    /// driver library, no such device, or the driver fails to initialise.
+    pub fn cuda(ordinal: usize) -> Result<Device> {
+        Ok(Device::from_backend(Box::new(
+            crate::backend::cuda::CudaBackend::open(ordinal)?,
+        )))
+    }
+
+    /// The host emulator with default options.
+    pub fn emulator() -> Result<Device> {
+        Device::emulator_with(EmulatorOptions::default())
+    }
+
+    /// The host emulator with the given options.
+    pub fn emulator_with(opts: EmulatorOptions) -> Result<Device> {
+        #[cfg(feature = "emulator")]
+        {
+            Ok(Device::from_backend(Box::new(
+                crate::backend::emu::EmuBackend::new(opts),
+            )))
+        }
+        #[cfg(not(feature = "emulator"))]
+        {
+            let _ = opts;
+            Err(Error::NoEmulator)
+        }
+    }
+
+    pub fn info(&self) -> &DeviceInfo {
+        self.inner.backend.info()
+    }
+
+    pub fn kind(&self) -> BackendKind {
+        self.info().kind
+    }
+
+    pub fn memory(&self) -> MemoryStats {
+        self.inner.backend.memory()
+    }
+
+    pub fn synchronize(&self) -> Result<()> {
+        self.inner.backend.synchronize()
+    }
+
+    /// An uninitialised buffer (the emulator fills it with 0xff bytes: NaN for floats).
+    pub fn alloc(&self, dtype: DType, len: usize) -> Result<Buffer> {
+        let bytes = len.checked_mul(dtype.size()).ok_or(Error::OutOfMemory {
+            bytes: usize::MAX,
+            msg: format!("{len} elements of {dtype:?} overflow the address space"),
+        })?;
+        let (addr, reserved) = self.inner.backend.alloc(bytes)?;
+        Ok(Buffer {
+            addr,
+            len,
+            dtype,
+            reserved,
+            device: self.inner.clone(),
+        })
+    }
+
+    /// A zero-filled buffer.
+    pub fn alloc_zeros(&self, dtype: DType, len: usize) -> Result<Buffer> {
+        let b = self.alloc(dtype, len)?;
+        // SAFETY: the range is exactly the new allocation.
+        unsafe { self.inner.backend.memset_zero(b.addr, b.bytes())? };
+        Ok(b)
+    }
+
+    /// A new buffer holding a copy of `data`.
+    pub fn htod<T: Elem>(&self, data: &[T]) -> Result<Buffer> {
+        let mut b = self.alloc(T::DTYPE, data.len())?;
+        self.write(&mut b, data)?;
+        Ok(b)
+    }
+
+    /// Copies `src` into `dst` (same dtype and length).
+    pub fn write<T: Elem>(&self, dst: &mut Buffer, src: &[T]) -> Result<()> {
+        self.check(dst, "write: destination", T::DTYPE, src.len())?;
+        // SAFETY: checked: dst is a live buffer of this device with exactly these bytes.
+        unsafe { self.inner.backend.htod(dst.addr, bytemuck::cast_slice(src)) }
+    }
+
+    /// Copies a buffer to a new host vector.
+    pub fn dtoh<T: Elem>(&self, src: &Buffer) -> Result<Vec<T>> {
+        let mut out = vec![T::zeroed(); src.len];
+        self.read_into(src, &mut out)?;
+        Ok(out)
+    }
+
+    /// Copies a buffer into `dst` (same dtype and length).
+    pub fn read_into<T: Elem>(&self, src: &Buffer, dst: &mut [T]) -> Result<()> {
+        self.check(src, "read: source", T::DTYPE, dst.len())?;
+        // SAFETY: checked: src is a live buffer of this device with exactly these bytes.
+        unsafe {
+            self.inner
+                .backend
+                .dtoh(bytemuck::cast_slice_mut(dst), src.addr)
+        }
+    }
+
+    /// Device-to-device copy (same dtype and length).
+    pub fn copy(&self, dst: &mut Buffer, src: &Buffer) -> Result<()> {
+        self.check(src, "copy: source", dst.dtype, dst.len)?;
+        self.check(dst, "copy: destination", src.dtype, src.len)?;
+        // SAFETY: checked: both are live buffers of this device with these bytes.
+        unsafe { self.inner.backend.dtod(dst.addr, src.addr, src.bytes()) }
+    }
+
+    fn check(&self, b: &Buffer, what: &'static str, dtype: DType, len: usize) -> Result<()> {
+        if !Arc::ptr_eq(&b.device, &self.inner) {
+            return Err(Error::WrongDevice { what });
+        }
+        if b.dtype != dtype {
+            return Err(Error::DType {
+                what,
+                expected: b.dtype,
+                got: dtype,
+            });
+        }
+        if b.len != len {
+            return Err(Error::Length {
+                what,
+                expected: b.len,
+                got: len,
+            });
+        }
+        Ok(())
+    }
+
+    /// Launches a kernel on the device's stream (the emulator runs it to completion).
+    ///
+    /// Checked here: buffers belong to this device, grid/block/shared-memory limits; on the
+    /// emulator also the argument count and every argument's kind and dtype against the
+    /// kernel's C++ signature; on CUDA the argument count and sizes against the PTX entry.
+    ///
+    /// # Safety
+    /// The kernel reads and writes device memory where its code says; the caller guarantees
+    /// that the buffers are large enough for every index the grid reaches, as documented on
+    /// the kernel.
+    pub unsafe fn launch(&self, l: &Launch<'_>) -> Result<()> {
+        validate_dims(l, self.info().max_shared_bytes)?;
+        let mut values = Vec::with_capacity(l.args.len());
+        for a in l.args {
+            values.push(match a {
+                Arg::Ref(b) => self.ptr_arg(l.kernel, b, false)?,
+                Arg::Mut(b) => self.ptr_arg(l.kernel, b, true)?,
+                Arg::I32(v) => ArgValue::I32(*v),
+                Arg::U32(v) => ArgValue::U32(*v),
+                Arg::I64(v) => ArgValue::I64(*v),
+                Arg::U64(v) => ArgValue::U64(*v),
+                Arg::F32(v) => ArgValue::F32(*v),
+                Arg::F64(v) => ArgValue::F64(*v),
+            });
+        }
+        // SAFETY: forwarded contract of this function.
+        unsafe {
+            self.inner
+                .backend
+                .launch(l.kernel, l.grid, l.block, l.shared_bytes, &values)
+        }
+    }
+}
+
+impl Device {
+    fn ptr_arg(&self, kernel: Kernel, b: &Buffer, mutable: bool) -> Result<ArgValue> {
+        if !Arc::ptr_eq(&b.device, &self.inner) {
+            return Err(Error::WrongDevice { what: kernel.name });
+        }
+        Ok(ArgValue::Ptr {
+            addr: b.addr,
+            dtype: b.dtype,
+            mutable,
+        })
+    }
+}
+
+/// CUDA's launch limits (the same on sm_80..sm_90).
+fn validate_dims(l: &Launch<'_>, max_shared: u32) -> Result<()> {
+    let bad = |reason: String| Error::InvalidLaunch {
+        kernel: l.kernel.name,
+        reason,
+    };
+    let (g, b) = (l.grid, l.block);
+    if g.x == 0 || g.y == 0 || g.z == 0 || b.x == 0 || b.y == 0 || b.z == 0 {
+        return Err(bad(format!("zero dimension in grid {g:?} or block {b:?}")));
+    }
+    if g.x > i32::MAX as u32 || g.y > 65535 || g.z > 65535 {
+        return Err(bad(format!("grid {g:?} exceeds (2^31-1, 65535, 65535)")));
+    }
+    if b.x > 1024 || b.y > 1024 || b.z > 64 || b.count() > 1024 {
+        return Err(bad(format!(
+            "block {b:?} exceeds 1024 threads (x, y <= 1024, z <= 64)"
+        )));
+    }
+    if l.shared_bytes > max_shared {
+        return Err(bad(format!(
+            "{} bytes of dynamic shared memory exceed the device limit of {max_shared}",
+            l.shared_bytes
+        )));
+    }
+    Ok(())
+}
+
+/// Options of the host emulator.
+#[derive(Debug, Clone)]
+pub struct EmulatorOptions {
+    /// Largest dynamic shared memory per block a launch may ask for. Default 101376 bytes
+    /// (99 KiB, the opt-in limit of sm_86/sm_89, the smallest among our targets).
+    pub max_shared_bytes: u32,
+}
+
+impl Default for EmulatorOptions {
+    fn default() -> Self {
+        EmulatorOptions {
+            max_shared_bytes: 101_376,
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! The CUDA C++ sources and the table of kernel entry points.
+
+/// The common header every family includes (`#include "common.cuh"`).
+pub const COMMON_HEADER: &str = include_str!("../cuda/common.cuh");
+/// The name under which kernels include [`COMMON_HEADER`].
+pub const COMMON_HEADER_NAME: &str = "common.cuh";
+
+/// One kernel family: one `.cu` file, compiled on its own (by NVRTC, and by the emulator build).
+#[derive(Debug)]
+pub struct Family {
+    /// File stem, e.g. `"elementwise"`.
+    pub name: &'static str,
+    /// Path relative to the crate root, e.g. `"cuda/elementwise.cu"`.
+    pub file: &'static str,
+    /// The CUDA C++ source text.
+    pub source: &'static str,
+    /// PTX built ahead from `source` for [`crate::ptx::PTX_ARCH`] (see `ptx/`), checked current by
+    /// the compile gate. This is what the CUDA backend loads: no NVRTC is needed at run time.
+    pub ptx: &'static str,
+}
+
+/// A kernel entry point (`extern "C" __global__`).
+#[derive(Debug, Clone, Copy)]
+pub struct Kernel {
+    pub name: &'static str,
+    pub family: &'static Family,
+    /// Hot kernels run in the training step: the resource gate fails if one spills registers or
+    /// uses a stack frame.
+    pub hot: bool,
+}
+
+macro_rules! family {
+    ($id:ident, $name:literal) => {
+        pub static $id: Family = Family {
+            name: $name,
+            file: concat!("cuda/", $name, ".cu"),
+            source: include_str!(concat!("../cuda/", $name, ".cu")),
+            ptx: include_str!(concat!("../ptx/", $name, ".ptx")),
+        };
+    };
+}
+
+family!(ELEMENTWISE, "elementwise");
+family!(REDUCE, "reduce");
+family!(SELFTEST, "selftest");
+
+/// Every family, in file-name order.
+pub static FAMILIES: &[&Family] = &[&ELEMENTWISE, &REDUCE, &SELFTEST];
+
+macro_rules! kernels {
+    ($($id:ident = $fam:ident :: $name:ident, hot = $hot:literal;)*) => {
+        /// Every kernel entry point as a constant, for launch tables.
+        pub mod kernels {
+            use super::*;
+            $(pub const $id: Kernel = Kernel { name: stringify!($name), family: &$fam, hot: $hot };)*
+        }
+        /// Every kernel entry point, in family and source order.
+        pub static KERNELS: &[Kernel] = &[$(kernels::$id),*];
+    };
+}
+
+kernels! {
+    ADD_F32 = ELEMENTWISE::add_f32, hot = true;
+    SCALE_F32 = ELEMENTWISE::scale_f32, hot = true;
+    AXPY_F32 = ELEMENTWISE::axpy_f32, hot = true;
+    ADD_BF16 = ELEMENTWISE::add_bf16, hot = true;
+    SCALE_BF16 = ELEMENTWISE::scale_bf16, hot = true;
+    AXPY_BF16 = ELEMENTWISE::axpy_bf16, hot = true;
+    SUM_F32 = REDUCE::sum_f32, hot = true;
+    SUMSQ_F32 = REDUCE::sumsq_f32, hot = true;
+    SUMSQ_BF16 = REDUCE::sumsq_bf16, hot = true;
+    SUM_PARTIALS_F32 = REDUCE::sum_partials_f32, hot = true;
+    SELFTEST_SHFL = SELFTEST::selftest_shfl, hot = false;
+    SELFTEST_SHFL_F64 = SELFTEST::selftest_shfl_f64, hot = false;
+    SELFTEST_VOTE = SELFTEST::selftest_vote, hot = false;
+    SELFTEST_LDMATRIX = SELFTEST::selftest_ldmatrix, hot = false;
+    SELFTEST_MMA_FRAGMENTS = SELFTEST::selftest_mma_fragments, hot = false;
+    SELFTEST_MMA_TILE = SELFTEST::selftest_mma_tile, hot = false;
+    SELFTEST_CP_ASYNC = SELFTEST::selftest_cp_async, hot = false;
+    SELFTEST_DIVERGENT_BARRIER = SELFTEST::selftest_divergent_barrier, hot = false;
+    SELFTEST_MISMATCHED_WARP = SELFTEST::selftest_mismatched_warp, hot = false;
+    SELFTEST_OUT_OF_BOUNDS = SELFTEST::selftest_out_of_bounds, hot = false;
+}
+
+/// Looks a kernel up by name.
+pub fn kernel(name: &str) -> Option<Kernel> {
+    KERNELS.iter().copied().find(|k| k.name == name)
+}
