@@ -37,7 +37,7 @@ fn bits<T: QuantElement>(v: &[T]) -> Vec<u32> {
     v.iter().map(|x| x.to_f32().to_bits()).collect()
 }
 
-/// Bitwise equality with the first mismatch in the message.
+/// Bitwise equality (NaN matching NaN) with the first mismatch in the message.
 fn assert_same_bits<T: QuantElement>(got: &[T], want: &[T], what: &str) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     if let Some(i) =
@@ -102,10 +102,10 @@ fn check_case<T: QuantElement + bytemuck::Pod>(st: &SafeTensors<'_>, case: &Case
     )
     .expect("quantize");
     assert_eq!(plain.packed(), want_packed, "{name}: packed codes");
-    assert_eq!(
-        bits(&plain.absmax_f32()),
-        bits(&want_absmax),
-        "{name}: fp32 absmax"
+    assert_same_bits(
+        &plain.absmax_f32(),
+        &want_absmax,
+        &format!("{name}: fp32 absmax"),
     );
     assert_eq!(plain.dtype(), T::DTYPE);
 
