@@ -1,7 +1,8 @@
 //! The 4-bit linear op on the CPU: `y = x · dequant(W)ᵀ` and `dx = dy · dequant(W)`.
 //!
-//! The weight is never dequantized whole: rows of W are dequantized [`TILE_ROWS`] at a time
-//! into one reusable fp32 buffer, and each tile is multiplied with the `gemm` crate.
+//! The weight is never dequantized whole: rows of W are dequantized [`tile_rows`] at a time
+//! (at most [`TILE_ROWS`], at most 4 MiB of fp32) into a per-thread reusable buffer, and each
+//! tile is multiplied with the `gemm` crate.
 //! There is no gradient for W (the frozen QLoRA base).
 
 use std::cell::RefCell;
@@ -89,8 +90,8 @@ pub fn linear_forward(
     y: &mut [f32],
 ) -> Result<(), Nf4Error> {
     let (n_out, k) = (w.out_features(), w.in_features());
-    check_len("linear_forward input x", m * k, x.len())?;
-    check_len("linear_forward output y", m * n_out, y.len())?;
+    check_len("linear_forward input x", m.saturating_mul(k), x.len())?;
+    check_len("linear_forward output y", m.saturating_mul(n_out), y.len())?;
     if m == 0 || n_out == 0 {
         return Ok(());
     }
@@ -157,8 +158,16 @@ pub fn linear_backward_input(
     dx: &mut [f32],
 ) -> Result<(), Nf4Error> {
     let (n_out, k) = (w.out_features(), w.in_features());
-    check_len("linear_backward_input gradient dy", m * n_out, dy.len())?;
-    check_len("linear_backward_input output dx", m * k, dx.len())?;
+    check_len(
+        "linear_backward_input gradient dy",
+        m.saturating_mul(n_out),
+        dy.len(),
+    )?;
+    check_len(
+        "linear_backward_input output dx",
+        m.saturating_mul(k),
+        dx.len(),
+    )?;
     if m == 0 || k == 0 {
         return Ok(());
     }
