@@ -1,0 +1,271 @@
+//! The device interface through the full Rust launch path: the elementwise and reduction
+//! families against f64 references (emulator, and CUDA device 0 when it opens), launch checks
+//! (argument order, count, dtypes, limits), the entry table against the sources and the
+//! emulator registry, and device opening without a driver.
+
+mod common;
+
+use common::{devices, emulator, Rng};
+use half::bf16;
+use kernels_cu::ops::{elementwise, reduce};
+use kernels_cu::{kernels::*, Arg, DType, Device, Dim3, Error, Launch, FAMILIES, KERNELS};
+
+fn poisoned(dev: &Device, dtype: DType, n: usize) -> kernels_cu::Buffer {
+    match dtype {
+        DType::F32 => dev.htod(&vec![f32::NAN; n]).unwrap(),
+        _ => dev.htod(&vec![bf16::NAN; n]).unwrap(),
+    }
+}
+
+fn to_bf16(v: &[f32]) -> Vec<bf16> {
+    v.iter().map(|&x| bf16::from_f32(x)).collect()
+}
+
+#[test]
+fn elementwise_f32_matches_the_reference() {
+    let mut rng = Rng::new(10);
+    for dev in devices() {
+        for n in [1usize, 255, 256, 1000, 70_001] {
+            let a = rng.vec_f32(n, -3.0, 3.0);
+            let b = rng.vec_f32(n, -3.0, 3.0);
+            let (s, alpha) = (rng.uniform(-2.0, 2.0), rng.uniform(-2.0, 2.0));
+            let (ab, bb) = (dev.htod(&a).unwrap(), dev.htod(&b).unwrap());
+
+            let mut out = poisoned(&dev, DType::F32, n);
+            elementwise::add(&dev, &mut out, &ab, &bb).unwrap();
+            let got = dev.dtoh::<f32>(&out).unwrap();
+            for i in 0..n {
+                assert_eq!(got[i], a[i] + b[i], "add n={n} i={i}");
+            }
+
+            elementwise::scale(&dev, &mut out, &ab, s).unwrap();
+            let got = dev.dtoh::<f32>(&out).unwrap();
+            for i in 0..n {
+                assert_eq!(got[i], s * a[i], "scale n={n} i={i}");
+            }
+
+            let mut y = dev.htod(&b).unwrap();
+            elementwise::axpy(&dev, &mut y, &ab, alpha).unwrap();
+            let got = dev.dtoh::<f32>(&y).unwrap();
+            for i in 0..n {
+                let want = (alpha as f64 * a[i] as f64 + b[i] as f64) as f32;
+                assert!((got[i] - want).abs() <= 1e-6 * (1.0 + want.abs()), "axpy n={n} i={i}: {} vs {want}", got[i]);
+            }
+        }
+    }
+}
+
+#[test]
+fn elementwise_bf16_rounds_once_to_nearest_even() {
+    let mut rng = Rng::new(11);
+    for dev in devices() {
+        let n = 5000;
+        let a = to_bf16(&rng.vec_f32(n, -100.0, 100.0));
+        let b = to_bf16(&rng.vec_f32(n, -100.0, 100.0));
+        let (s, alpha) = (rng.uniform(-2.0, 2.0), rng.uniform(-2.0, 2.0));
+        let (ab, bb) = (dev.htod(&a).unwrap(), dev.htod(&b).unwrap());
+        let mut out = poisoned(&dev, DType::BF16, n);
+
+        elementwise::add(&dev, &mut out, &ab, &bb).unwrap();
+        let got = dev.dtoh::<bf16>(&out).unwrap();
+        for i in 0..n {
+            let want = bf16::from_f32(a[i].to_f32() + b[i].to_f32());
+            assert_eq!(got[i].to_bits(), want.to_bits(), "add_bf16 i={i}");
+        }
+        elementwise::scale(&dev, &mut out, &ab, s).unwrap();
+        let got = dev.dtoh::<bf16>(&out).unwrap();
+        for i in 0..n {
+            assert_eq!(got[i].to_bits(), bf16::from_f32(s * a[i].to_f32()).to_bits(), "scale_bf16 i={i}");
+        }
+        let mut y = dev.htod(&b).unwrap();
+        elementwise::axpy(&dev, &mut y, &ab, alpha).unwrap();
+        let got = dev.dtoh::<bf16>(&y).unwrap();
+        for i in 0..n {
+            // f32 fma contraction on the GPU may differ from the separate multiply-add in
+            // the last f32 bit, which can move the bf16 rounding by one ulp.
+            let want = alpha as f64 * a[i].to_f64() + b[i].to_f64();
+            let tol = want.abs() / 128.0 + 1e-30;
+            assert!((got[i].to_f64() - want).abs() <= tol, "axpy_bf16 i={i}: {} vs {want}", got[i]);
+        }
+    }
+}
+
+#[test]
+fn reductions_match_f64_and_are_bitwise_reproducible() {
+    let mut rng = Rng::new(12);
+    for dev in devices() {
+        for n in [1usize, 31, 1000, 65_537, 300_000] {
+            let x = rng.vec_f32(n, -1.0, 1.0);
+            let xb = dev.htod(&x).unwrap();
+            let want: f64 = x.iter().map(|&v| v as f64).sum();
+            let abs: f64 = x.iter().map(|&v| (v as f64).abs()).sum();
+            let s1 = dev.dtoh::<f32>(&reduce::sum(&dev, &xb).unwrap()).unwrap()[0];
+            assert!(((s1 as f64) - want).abs() <= 1e-5 * abs + 1e-6, "sum n={n}: {s1} vs {want}");
+            let s2 = dev.dtoh::<f32>(&reduce::sum(&dev, &xb).unwrap()).unwrap()[0];
+            assert_eq!(s1.to_bits(), s2.to_bits(), "sum is not reproducible, n={n}");
+
+            let want2: f64 = x.iter().map(|&v| (v as f64) * (v as f64)).sum();
+            let q = dev.dtoh::<f32>(&reduce::sum_squares(&dev, &xb).unwrap()).unwrap()[0];
+            assert!(((q as f64) - want2).abs() <= 1e-5 * want2 + 1e-6, "sumsq n={n}: {q} vs {want2}");
+
+            let xh = to_bf16(&x);
+            let want3: f64 = xh.iter().map(|v| v.to_f64() * v.to_f64()).sum();
+            let xhb = dev.htod(&xh).unwrap();
+            let q3 = dev.dtoh::<f32>(&reduce::sum_squares(&dev, &xhb).unwrap()).unwrap()[0];
+            assert!(((q3 as f64) - want3).abs() <= 1e-5 * want3 + 1e-6, "sumsq bf16 n={n}: {q3} vs {want3}");
+        }
+    }
+}
+
+#[test]
+fn emulator_runs_hundreds_of_blocks_quickly() {
+    // 512 blocks x 256 threads with barriers and shuffles; timing is printed, not asserted.
+    let dev = emulator();
+    let n = 512 * 256 * 4;
+    let x: Vec<f32> = (0..n).map(|i| ((i % 7) as f32) - 3.0).collect();
+    let xb = dev.htod(&x).unwrap();
+    let mut partial = dev.alloc(DType::F32, 512).unwrap();
+    let t = std::time::Instant::now();
+    // SAFETY: x holds n floats, partial one per block.
+    unsafe {
+        dev.launch(&Launch {
+            kernel: SUM_F32,
+            grid: Dim3::x(512),
+            block: Dim3::x(256),
+            shared_bytes: 0,
+            args: &[partial.arg_mut(), xb.arg(), Arg::I32(n as i32)],
+        })
+        .unwrap();
+    }
+    eprintln!("emulator: 512 blocks x 256 threads of sum_f32 in {:?}", t.elapsed());
+    let p = dev.dtoh::<f32>(&partial).unwrap();
+    let total: f64 = p.iter().map(|&v| v as f64).sum();
+    let want: f64 = x.iter().map(|&v| v as f64).sum();
+    assert_eq!(total, want);
+}
+
+#[test]
+fn launch_checks_argument_order_count_and_dtypes_on_the_emulator() {
+    let dev = emulator();
+    let a = dev.htod(&[1.0f32; 8]).unwrap();
+    let b = dev.htod(&[2.0f32; 8]).unwrap();
+    let mut out = dev.alloc(DType::F32, 8).unwrap();
+    let mut out_bf16 = dev.alloc(DType::BF16, 8).unwrap();
+    fn row<'a>(args: &'a [Arg<'a>]) -> Launch<'a> {
+        Launch {
+            kernel: ADD_F32,
+            grid: Dim3::x(1),
+            block: Dim3::x(32),
+            shared_bytes: 0,
+            args,
+        }
+    }
+    // Output passed where an input belongs (order swapped).
+    // SAFETY (all launches below): buffers hold 8 elements and n = 8; rejected launches do not run.
+    let r = unsafe { dev.launch(&row(&[a.arg(), out.arg_mut(), b.arg(), Arg::I32(8)])) };
+    assert!(
+        matches!(&r, Err(Error::ArgType { index: 0, expected, .. }) if expected == "float* (written)"),
+        "{r:?}"
+    );
+    let r = unsafe { dev.launch(&row(&[out.arg_mut(), a.arg(), b.arg()])) };
+    assert!(matches!(r, Err(Error::ArgCount { expected: 4, got: 3, .. })), "{r:?}");
+    let r = unsafe { dev.launch(&row(&[out_bf16.arg_mut(), a.arg(), b.arg(), Arg::I32(8)])) };
+    assert!(matches!(r, Err(Error::ArgType { index: 0, .. })), "{r:?}");
+    let r = unsafe { dev.launch(&row(&[out.arg_mut(), a.arg(), b.arg(), Arg::U64(8)])) };
+    assert!(matches!(r, Err(Error::ArgType { index: 3, .. })), "{r:?}");
+    // Limits.
+    let mut big = row(&[]);
+    big.block = Dim3::x(2048);
+    let r = unsafe { dev.launch(&big) };
+    assert!(matches!(r, Err(Error::InvalidLaunch { .. })), "{r:?}");
+    let mut shared = row(&[]);
+    shared.shared_bytes = 200_000;
+    let r = unsafe { dev.launch(&shared) };
+    assert!(matches!(r, Err(Error::InvalidLaunch { .. })), "{r:?}");
+    // A buffer of another device.
+    let other = emulator();
+    let foreign = other.htod(&[0.0f32; 8]).unwrap();
+    let r = unsafe { dev.launch(&row(&[out.arg_mut(), foreign.arg(), b.arg(), Arg::I32(8)])) };
+    assert!(matches!(r, Err(Error::WrongDevice { .. })), "{r:?}");
+    // The correct row runs.
+    unsafe { dev.launch(&row(&[out.arg_mut(), a.arg(), b.arg(), Arg::I32(8)])) }.unwrap();
+    assert_eq!(dev.dtoh::<f32>(&out).unwrap(), vec![3.0; 8]);
+    // Safe launchers check lengths and dtypes.
+    let short = dev.htod(&[1.0f32; 7]).unwrap();
+    assert!(matches!(elementwise::add(&dev, &mut out, &a, &short), Err(Error::Length { .. })));
+    assert!(matches!(elementwise::add(&dev, &mut out_bf16, &a, &b), Err(Error::DType { .. })));
+}
+
+#[test]
+fn copies_check_dtype_length_and_roundtrip() {
+    let mut rng = Rng::new(13);
+    for dev in devices() {
+        let x = rng.vec_f32(1234, -5.0, 5.0);
+        let b = dev.htod(&x).unwrap();
+        assert_eq!(dev.dtoh::<f32>(&b).unwrap(), x);
+        let mut c = dev.alloc(DType::F32, 1234).unwrap();
+        dev.copy(&mut c, &b).unwrap();
+        assert_eq!(dev.dtoh::<f32>(&c).unwrap(), x);
+        let z = dev.alloc_zeros(DType::F32, 1234).unwrap();
+        assert!(dev.dtoh::<f32>(&z).unwrap().iter().all(|&v| v == 0.0));
+        assert!(matches!(dev.dtoh::<u32>(&b), Err(Error::DType { .. })));
+        let mut small = vec![0f32; 3];
+        assert!(matches!(dev.read_into(&b, &mut small), Err(Error::Length { .. })));
+    }
+}
+
+#[test]
+fn entry_table_matches_sources_emulator_and_ptx() {
+    // Every extern "C" __global__ in the sources is in KERNELS under its family, and back.
+    for fam in FAMILIES {
+        let names = kernels_cu::scan::kernel_names(fam.source).unwrap();
+        let listed: Vec<&str> = KERNELS.iter().filter(|k| k.family.name == fam.name).map(|k| k.name).collect();
+        assert_eq!(names, listed, "entry table of family {}", fam.name);
+    }
+    // The emulator has exactly these kernels; each one's parameter sizes equal the PTX entry's.
+    let emu = kernels_cu::emulator_kernels();
+    let emu_names: Vec<&str> = emu.iter().map(|(n, _)| n.as_str()).collect();
+    let mut all: Vec<&str> = KERNELS.iter().map(|k| k.name).collect();
+    let mut sorted_emu = emu_names.clone();
+    all.sort();
+    sorted_emu.sort();
+    assert_eq!(sorted_emu, all);
+    for (name, sig) in &emu {
+        let k = kernels_cu::kernel(name).unwrap();
+        let ptx_sizes = kernels_cu::ptx::entry_param_sizes(k.family.ptx, name)
+            .unwrap_or_else(|| panic!("{name} is not in the embedded PTX of {}", k.family.name));
+        let emu_sizes: Vec<usize> = (0..sig.len() / 2)
+            .map(|i| match &sig[2 * i..2 * i + 2] {
+                s if s.starts_with('P') || s.starts_with('p') => 8,
+                "vd" | "vl" | "vL" => 8,
+                "vw" => 2,
+                "vc" | "vs" => 1,
+                _ => 4,
+            })
+            .collect();
+        assert_eq!(ptx_sizes, emu_sizes, "{name}: PTX parameters vs C++ signature {sig}");
+    }
+}
+
+#[test]
+fn cuda_device_without_driver_is_an_error_not_a_panic() {
+    let r = Device::cuda(0);
+    if !kernels_cu::cuda_driver_present() {
+        assert!(matches!(r, Err(Error::NoDriver)), "{r:?}");
+    } else if let Err(e) = r {
+        // A driver without a usable GPU: still an error value.
+        eprintln!("CUDA device 0 does not open: {e}");
+    }
+    // A device ordinal that cannot exist is an error everywhere.
+    assert!(Device::cuda(1_000_000).is_err());
+}
+
+#[test]
+fn emulator_memory_counters_follow_buffers() {
+    let dev = emulator();
+    let before = dev.memory().in_use;
+    let b = dev.alloc(DType::F32, 1000).unwrap();
+    assert_eq!(dev.memory().in_use, before + 4000);
+    drop(b);
+    assert_eq!(dev.memory().in_use, before);
+}
