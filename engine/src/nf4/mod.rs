@@ -10,6 +10,9 @@
 //! 4-bit), which is also the exact-reciprocal semantics a CUDA port should use:
 //! absmax per block in fp32; `x = a · (1/absmax)` (a division for a partial last block);
 //! code = nearest table value, ties to the lower code; byte k = code(2k) << 4 | code(2k+1).
+//! Edge cases follow the same path: an all-zero block stores absmax 0 and packs 0x77 (the
+//! CUDA kernel would pack 0x00; both decode to zero); an all-zero partial last block stores
+//! absmax 1e-38; a NaN makes its block's absmax NaN and its codes the top bucket.
 //! Double quantization subtracts the mean absmax and quantizes the rest with the dynamic map
 //! in blocks of 256, picking the exact nearest code (bitsandbytes' C++ CPU kernel uses an
 //! approximate lookup table there and can differ by one code; its CUDA kernel and its
