@@ -90,7 +90,13 @@ pub fn builtin_session(seed: u64, opts: &BaseOptions) -> Result<Session> {
     let tokenizer = synthetic::build_tokenizer(1024, seed)?;
     let eos = synthetic::eos_id(&tokenizer)?;
     let config = tiny_config(tokenizer.get_vocab_size(true), eos)?;
-    let model = random_model(config, seed, opts)?;
+    let mut model = random_model(config, seed, opts)?;
+    // HF's N(0, 0.02²) embeddings at width 128 cap every logit of the tied lm_head near
+    // 0.02·√128·√128 ≈ 2.6, too flat to ever predict a token confidently (the loss floor
+    // would be ~ln(vocab) − 2.6). A pretrained model has no such limit; the demo's random base
+    // gets embeddings with std 0.1 so that adapters can learn visibly in a minute.
+    let scaled = engine::ops::elementwise::scale_tensor(&model.embed.value(), 5.0)?;
+    model.embed = engine::Var::constant(scaled);
     Ok(Session {
         model,
         tokenizer,
