@@ -41,7 +41,10 @@ fn main() {
         build
             .flag("-fsanitize=address")
             .flag("-fno-omit-frame-pointer");
-        println!("cargo:rustc-link-arg=-fsanitize=address");
+        // The Rust link drives gcc with -nodefaultlibs, so name the runtime explicitly. It is
+        // not first in the library list; emu/runtime.cpp's __asan_default_options turns that
+        // check off (verify_asan_link_order=0).
+        println!("cargo:rustc-link-lib=dylib=asan");
     }
 
     let mut registry =

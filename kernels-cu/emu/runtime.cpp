@@ -35,7 +35,10 @@
 #define KC_ASAN 1
 // Rust's runtime keeps some allocations alive until exit on purpose; leak reports would only
 // be noise in the emulator's AddressSanitizer build.
-extern "C" const char* __asan_default_options() { return "detect_leaks=0"; }
+// The runtime is linked after other libraries by the Rust link; that order is fine here.
+extern "C" __attribute__((used, visibility("default"))) const char* __asan_default_options() {
+  return "detect_leaks=0:verify_asan_link_order=0";
+}
 #endif
 
 namespace kc_emu {

@@ -56,6 +56,27 @@ pub struct Nvrtc {
     error_string: ErrorStringFn,
 }
 
+/// NVRTC opens `libnvrtc-builtins.so.<ver>` by name at compile time and relies on its own
+/// RUNPATH to find it next to itself. That lookup fails when dlopen is intercepted (e.g. under
+/// AddressSanitizer), so load the builtins from the same directory first; NVRTC's later dlopen
+/// then finds the library already loaded.
+fn preload_builtins(nvrtc: &Path) {
+    let Some(dir) = nvrtc.parent() else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("libnvrtc-builtins.so") {
+            if let Ok(c) = CString::new(e.path().as_os_str().as_encoded_bytes()) {
+                // SAFETY: dlopen with a valid C string; the handle is kept for the process life.
+                unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
+            }
+        }
+    }
+}
+
 /// The result of one compile: the PTX text and NVRTC's log (warnings; empty when clean).
 #[derive(Debug)]
 pub struct Compiled {
@@ -65,6 +86,7 @@ pub struct Compiled {
 
 impl Nvrtc {
     pub fn load(path: &Path) -> Result<Nvrtc, NvrtcError> {
+        preload_builtins(path);
         let c_path =
             CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| NvrtcError::Load {
                 path: path.to_path_buf(),

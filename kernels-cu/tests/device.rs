@@ -49,7 +49,11 @@ fn elementwise_f32_matches_the_reference() {
             let got = dev.dtoh::<f32>(&y).unwrap();
             for i in 0..n {
                 let want = (alpha as f64 * a[i] as f64 + b[i] as f64) as f32;
-                assert!((got[i] - want).abs() <= 1e-6 * (1.0 + want.abs()), "axpy n={n} i={i}: {} vs {want}", got[i]);
+                assert!(
+                    (got[i] - want).abs() <= 1e-6 * (1.0 + want.abs()),
+                    "axpy n={n} i={i}: {} vs {want}",
+                    got[i]
+                );
             }
         }
     }
@@ -75,7 +79,11 @@ fn elementwise_bf16_rounds_once_to_nearest_even() {
         elementwise::scale(&dev, &mut out, &ab, s).unwrap();
         let got = dev.dtoh::<bf16>(&out).unwrap();
         for i in 0..n {
-            assert_eq!(got[i].to_bits(), bf16::from_f32(s * a[i].to_f32()).to_bits(), "scale_bf16 i={i}");
+            assert_eq!(
+                got[i].to_bits(),
+                bf16::from_f32(s * a[i].to_f32()).to_bits(),
+                "scale_bf16 i={i}"
+            );
         }
         let mut y = dev.htod(&b).unwrap();
         elementwise::axpy(&dev, &mut y, &ab, alpha).unwrap();
@@ -85,7 +93,11 @@ fn elementwise_bf16_rounds_once_to_nearest_even() {
             // the last f32 bit, which can move the bf16 rounding by one ulp.
             let want = alpha as f64 * a[i].to_f64() + b[i].to_f64();
             let tol = want.abs() / 128.0 + 1e-30;
-            assert!((got[i].to_f64() - want).abs() <= tol, "axpy_bf16 i={i}: {} vs {want}", got[i]);
+            assert!(
+                (got[i].to_f64() - want).abs() <= tol,
+                "axpy_bf16 i={i}: {} vs {want}",
+                got[i]
+            );
         }
     }
 }
@@ -100,19 +112,32 @@ fn reductions_match_f64_and_are_bitwise_reproducible() {
             let want: f64 = x.iter().map(|&v| v as f64).sum();
             let abs: f64 = x.iter().map(|&v| (v as f64).abs()).sum();
             let s1 = dev.dtoh::<f32>(&reduce::sum(&dev, &xb).unwrap()).unwrap()[0];
-            assert!(((s1 as f64) - want).abs() <= 1e-5 * abs + 1e-6, "sum n={n}: {s1} vs {want}");
+            assert!(
+                ((s1 as f64) - want).abs() <= 1e-5 * abs + 1e-6,
+                "sum n={n}: {s1} vs {want}"
+            );
             let s2 = dev.dtoh::<f32>(&reduce::sum(&dev, &xb).unwrap()).unwrap()[0];
             assert_eq!(s1.to_bits(), s2.to_bits(), "sum is not reproducible, n={n}");
 
             let want2: f64 = x.iter().map(|&v| (v as f64) * (v as f64)).sum();
-            let q = dev.dtoh::<f32>(&reduce::sum_squares(&dev, &xb).unwrap()).unwrap()[0];
-            assert!(((q as f64) - want2).abs() <= 1e-5 * want2 + 1e-6, "sumsq n={n}: {q} vs {want2}");
+            let q = dev
+                .dtoh::<f32>(&reduce::sum_squares(&dev, &xb).unwrap())
+                .unwrap()[0];
+            assert!(
+                ((q as f64) - want2).abs() <= 1e-5 * want2 + 1e-6,
+                "sumsq n={n}: {q} vs {want2}"
+            );
 
             let xh = to_bf16(&x);
             let want3: f64 = xh.iter().map(|v| v.to_f64() * v.to_f64()).sum();
             let xhb = dev.htod(&xh).unwrap();
-            let q3 = dev.dtoh::<f32>(&reduce::sum_squares(&dev, &xhb).unwrap()).unwrap()[0];
-            assert!(((q3 as f64) - want3).abs() <= 1e-5 * want3 + 1e-6, "sumsq bf16 n={n}: {q3} vs {want3}");
+            let q3 = dev
+                .dtoh::<f32>(&reduce::sum_squares(&dev, &xhb).unwrap())
+                .unwrap()[0];
+            assert!(
+                ((q3 as f64) - want3).abs() <= 1e-5 * want3 + 1e-6,
+                "sumsq bf16 n={n}: {q3} vs {want3}"
+            );
         }
     }
 }
@@ -137,7 +162,10 @@ fn emulator_runs_hundreds_of_blocks_quickly() {
         })
         .unwrap();
     }
-    eprintln!("emulator: 512 blocks x 256 threads of sum_f32 in {:?}", t.elapsed());
+    eprintln!(
+        "emulator: 512 blocks x 256 threads of sum_f32 in {:?}",
+        t.elapsed()
+    );
     let p = dev.dtoh::<f32>(&partial).unwrap();
     let total: f64 = p.iter().map(|&v| v as f64).sum();
     let want: f64 = x.iter().map(|&v| v as f64).sum();
@@ -168,7 +196,17 @@ fn launch_checks_argument_order_count_and_dtypes_on_the_emulator() {
         "{r:?}"
     );
     let r = unsafe { dev.launch(&row(&[out.arg_mut(), a.arg(), b.arg()])) };
-    assert!(matches!(r, Err(Error::ArgCount { expected: 4, got: 3, .. })), "{r:?}");
+    assert!(
+        matches!(
+            r,
+            Err(Error::ArgCount {
+                expected: 4,
+                got: 3,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
     let r = unsafe { dev.launch(&row(&[out_bf16.arg_mut(), a.arg(), b.arg(), Arg::I32(8)])) };
     assert!(matches!(r, Err(Error::ArgType { index: 0, .. })), "{r:?}");
     let r = unsafe { dev.launch(&row(&[out.arg_mut(), a.arg(), b.arg(), Arg::U64(8)])) };
@@ -192,8 +230,14 @@ fn launch_checks_argument_order_count_and_dtypes_on_the_emulator() {
     assert_eq!(dev.dtoh::<f32>(&out).unwrap(), vec![3.0; 8]);
     // Safe launchers check lengths and dtypes.
     let short = dev.htod(&[1.0f32; 7]).unwrap();
-    assert!(matches!(elementwise::add(&dev, &mut out, &a, &short), Err(Error::Length { .. })));
-    assert!(matches!(elementwise::add(&dev, &mut out_bf16, &a, &b), Err(Error::DType { .. })));
+    assert!(matches!(
+        elementwise::add(&dev, &mut out, &a, &short),
+        Err(Error::Length { .. })
+    ));
+    assert!(matches!(
+        elementwise::add(&dev, &mut out_bf16, &a, &b),
+        Err(Error::DType { .. })
+    ));
 }
 
 #[test]
@@ -210,7 +254,10 @@ fn copies_check_dtype_length_and_roundtrip() {
         assert!(dev.dtoh::<f32>(&z).unwrap().iter().all(|&v| v == 0.0));
         assert!(matches!(dev.dtoh::<u32>(&b), Err(Error::DType { .. })));
         let mut small = vec![0f32; 3];
-        assert!(matches!(dev.read_into(&b, &mut small), Err(Error::Length { .. })));
+        assert!(matches!(
+            dev.read_into(&b, &mut small),
+            Err(Error::Length { .. })
+        ));
     }
 }
 
@@ -219,7 +266,11 @@ fn entry_table_matches_sources_emulator_and_ptx() {
     // Every extern "C" __global__ in the sources is in KERNELS under its family, and back.
     for fam in FAMILIES {
         let names = kernels_cu::scan::kernel_names(fam.source).unwrap();
-        let listed: Vec<&str> = KERNELS.iter().filter(|k| k.family.name == fam.name).map(|k| k.name).collect();
+        let listed: Vec<&str> = KERNELS
+            .iter()
+            .filter(|k| k.family.name == fam.name)
+            .map(|k| k.name)
+            .collect();
         assert_eq!(names, listed, "entry table of family {}", fam.name);
     }
     // The emulator has exactly these kernels; each one's parameter sizes equal the PTX entry's.
@@ -243,7 +294,10 @@ fn entry_table_matches_sources_emulator_and_ptx() {
                 _ => 4,
             })
             .collect();
-        assert_eq!(ptx_sizes, emu_sizes, "{name}: PTX parameters vs C++ signature {sig}");
+        assert_eq!(
+            ptx_sizes, emu_sizes,
+            "{name}: PTX parameters vs C++ signature {sig}"
+        );
     }
 }
 

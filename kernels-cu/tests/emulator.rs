@@ -48,7 +48,16 @@ fn shuffles_follow_the_documented_semantics() {
         let n = threads * blocks;
         for width in [1, 2, 4, 8, 16, 32] {
             let mut cases: Vec<(i32, i32, i32)> = Vec::new(); // (mode, b, lane_step)
-            for (b, step) in [(0, 0), (5, 0), (31, 0), (33, 0), (-1, 0), (0, 1), (3, 7), (-5, 3)] {
+            for (b, step) in [
+                (0, 0),
+                (5, 0),
+                (31, 0),
+                (33, 0),
+                (-1, 0),
+                (0, 1),
+                (3, 7),
+                (-5, 3),
+            ] {
                 cases.push((0, b, step));
             }
             for d in [0, 1, 2, 3, 5, 8, 16, 31, 32, 33] {
@@ -69,7 +78,14 @@ fn shuffles_follow_the_documented_semantics() {
                         grid: Dim3::x(blocks as u32),
                         block: Dim3::x(threads as u32),
                         shared_bytes: 0,
-                        args: &[out.arg_mut(), inp.arg(), Arg::I32(mode), Arg::I32(b), Arg::I32(step), Arg::I32(width)],
+                        args: &[
+                            out.arg_mut(),
+                            inp.arg(),
+                            Arg::I32(mode),
+                            Arg::I32(b),
+                            Arg::I32(step),
+                            Arg::I32(width),
+                        ],
                     })
                     .unwrap();
                 }
@@ -83,7 +99,8 @@ fn shuffles_follow_the_documented_semantics() {
                         None => input[t],
                     };
                     assert_eq!(
-                        got[t], want,
+                        got[t],
+                        want,
                         "{:?}: mode {mode} b {arg} width {width} thread {t}",
                         dev.info().kind
                     );
@@ -97,7 +114,9 @@ fn shuffles_follow_the_documented_semantics() {
 fn shuffles_move_64_bit_values() {
     let mut rng = Rng::new(2);
     for dev in devices() {
-        let input: Vec<f64> = (0..96).map(|_| rng.uniform(-1e3, 1e3) as f64 * 1.000_000_000_1).collect();
+        let input: Vec<f64> = (0..96)
+            .map(|_| rng.uniform(-1e3, 1e3) as f64 * 1.000_000_000_1)
+            .collect();
         let inp = dev.htod(&input).unwrap();
         let mut out = dev.htod(&vec![f64::NAN; 96]).unwrap();
         for mask in [1, 6, 17] {
@@ -114,7 +133,11 @@ fn shuffles_move_64_bit_values() {
             }
             let got = dev.dtoh::<f64>(&out).unwrap();
             for t in 0..96 {
-                assert_eq!(got[t].to_bits(), input[t ^ mask as usize].to_bits(), "thread {t} mask {mask}");
+                assert_eq!(
+                    got[t].to_bits(),
+                    input[t ^ mask as usize].to_bits(),
+                    "thread {t} mask {mask}"
+                );
             }
         }
     }
@@ -156,7 +179,10 @@ fn votes_report_ballot_any_all() {
         );
         for t in 0..n {
             let w = t - t % 32;
-            let want: u32 = (0..32).filter(|&l| pred[w + l] != 0).map(|l| 1u32 << l).sum();
+            let want: u32 = (0..32)
+                .filter(|&l| pred[w + l] != 0)
+                .map(|l| 1u32 << l)
+                .sum();
             assert_eq!(b[t], want, "ballot, thread {t}");
             assert_eq!(an[t], i32::from(want != 0), "any, thread {t}");
             assert_eq!(al[t], i32::from(want == u32::MAX), "all, thread {t}");
@@ -184,7 +210,9 @@ fn ldmatrix_layouts_match_the_ptx_tables() {
                 }
                 let got = dev.dtoh::<u32>(&out).unwrap();
                 // Element (j, r, c) of the loaded matrices, as the kernel stored it.
-                let m = |blk: usize, j: usize, r: usize, c: usize| ((j * 64 + r * 8 + c + 1 + 256 * blk) & 0xffff) as u32;
+                let m = |blk: usize, j: usize, r: usize, c: usize| {
+                    ((j * 64 + r * 8 + c + 1 + 256 * blk) & 0xffff) as u32
+                };
                 for blk in 0..blocks {
                     for lane in 0..32 {
                         let (g, t) = (lane / 4, lane % 4);
@@ -200,7 +228,11 @@ fn ldmatrix_layouts_match_the_ptx_tables() {
                             } else {
                                 (m(blk, j, g, 2 * t), m(blk, j, g, 2 * t + 1))
                             };
-                            assert_eq!(v, lo | (hi << 16), "x{num} trans={trans} block {blk} lane {lane} reg {j}");
+                            assert_eq!(
+                                v,
+                                lo | (hi << 16),
+                                "x{num} trans={trans} block {blk} lane {lane} reg {j}"
+                            );
                         }
                     }
                 }
@@ -233,10 +265,18 @@ fn mma_fragment_layout_matches_the_ptx_tables() {
     for dev in devices() {
         let warps = 8usize;
         let lanes = warps * 32;
-        let a_bits: Vec<u16> = (0..lanes * 8).map(|_| bf16_bits(rng.uniform(-2.0, 2.0))).collect();
-        let b_bits: Vec<u16> = (0..lanes * 4).map(|_| bf16_bits(rng.uniform(-2.0, 2.0))).collect();
+        let a_bits: Vec<u16> = (0..lanes * 8)
+            .map(|_| bf16_bits(rng.uniform(-2.0, 2.0)))
+            .collect();
+        let b_bits: Vec<u16> = (0..lanes * 4)
+            .map(|_| bf16_bits(rng.uniform(-2.0, 2.0)))
+            .collect();
         let c: Vec<f32> = rng.vec_f32(lanes * 4, -4.0, 4.0);
-        let pack = |bits: &[u16]| -> Vec<u32> { bits.chunks(2).map(|p| p[0] as u32 | (p[1] as u32) << 16).collect() };
+        let pack = |bits: &[u16]| -> Vec<u32> {
+            bits.chunks(2)
+                .map(|p| p[0] as u32 | (p[1] as u32) << 16)
+                .collect()
+        };
         let (a_frag, b_frag) = (pack(&a_bits), pack(&b_bits));
         let a = dev.htod(&a_frag).unwrap();
         let b = dev.htod(&b_frag).unwrap();
@@ -277,7 +317,8 @@ fn mma_fragment_layout_matches_the_ptx_tables() {
                 for i in 0..4 {
                     let (m, n) = c16816(lane, i);
                     let want: f64 = cm[m][n] + (0..16).map(|k| am[m][k] * bm[k][n]).sum::<f64>();
-                    let scale: f64 = cm[m][n].abs() + (0..16).map(|k| (am[m][k] * bm[k][n]).abs()).sum::<f64>();
+                    let scale: f64 =
+                        cm[m][n].abs() + (0..16).map(|k| (am[m][k] * bm[k][n]).abs()).sum::<f64>();
                     let g = got[(w * 32 + lane) * 4 + i] as f64;
                     assert!(
                         (g - want).abs() <= 1e-6 * scale + 1e-6,
@@ -294,10 +335,18 @@ fn mma_tile_product_via_cp_async_and_ldmatrix_matches_f64() {
     let mut rng = Rng::new(5);
     for dev in devices() {
         let tiles = 24usize;
-        let a: Vec<bf16> = (0..tiles * 256).map(|_| bf16::from_f32(rng.uniform(-1.0, 1.0))).collect();
-        let b: Vec<bf16> = (0..tiles * 128).map(|_| bf16::from_f32(rng.uniform(-1.0, 1.0))).collect();
+        let a: Vec<bf16> = (0..tiles * 256)
+            .map(|_| bf16::from_f32(rng.uniform(-1.0, 1.0)))
+            .collect();
+        let b: Vec<bf16> = (0..tiles * 128)
+            .map(|_| bf16::from_f32(rng.uniform(-1.0, 1.0)))
+            .collect();
         let c = rng.vec_f32(tiles * 128, -1.0, 1.0);
-        let (ab, bb, cb) = (dev.htod(&a).unwrap(), dev.htod(&b).unwrap(), dev.htod(&c).unwrap());
+        let (ab, bb, cb) = (
+            dev.htod(&a).unwrap(),
+            dev.htod(&b).unwrap(),
+            dev.htod(&c).unwrap(),
+        );
         let mut d = poisoned_f32(&dev, tiles * 128);
         // SAFETY: per tile 256 A, 128 B, 128 C and 128 D elements; one warp per tile.
         unsafe {
@@ -317,12 +366,16 @@ fn mma_tile_product_via_cp_async_and_ldmatrix_matches_f64() {
                     let mut want = c[tile * 128 + m * 8 + n] as f64;
                     let mut scale = want.abs();
                     for k in 0..16 {
-                        let p = a[tile * 256 + m * 16 + k].to_f64() * b[tile * 128 + k * 8 + n].to_f64();
+                        let p = a[tile * 256 + m * 16 + k].to_f64()
+                            * b[tile * 128 + k * 8 + n].to_f64();
                         want += p;
                         scale += p.abs();
                     }
                     let g = got[tile * 128 + m * 8 + n] as f64;
-                    assert!((g - want).abs() <= 1e-6 * scale + 1e-6, "tile {tile} D[{m}][{n}]: got {g}, want {want}");
+                    assert!(
+                        (g - want).abs() <= 1e-6 * scale + 1e-6,
+                        "tile {tile} D[{m}][{n}]: got {g}, want {want}"
+                    );
                 }
             }
         }
@@ -354,9 +407,17 @@ fn cp_async_groups_copy_and_zero_fill() {
                 for t in 0..n {
                     let u = (t + 1) % n;
                     for e in 0..4 {
-                        let want = if (e as i32) * 4 < src_bytes { input[4 * (half * n + u) + e] } else { 0.0 };
+                        let want = if (e as i32) * 4 < src_bytes {
+                            input[4 * (half * n + u) + e]
+                        } else {
+                            0.0
+                        };
                         let g = got[4 * (half * n + t) + e];
-                        assert_eq!(g.to_bits(), want.to_bits(), "src_bytes {src_bytes} half {half} thread {t} elem {e}");
+                        assert_eq!(
+                            g.to_bits(),
+                            want.to_bits(),
+                            "src_bytes {src_bytes} half {half} thread {t} elem {e}"
+                        );
                     }
                 }
             }
@@ -424,5 +485,8 @@ fn a_warp_with_missing_lanes_cannot_run_mma() {
         })
     };
     let msg = emulator_error(r);
-    assert!(msg.contains("mma.sync in a warp with only 16 threads"), "{msg}");
+    assert!(
+        msg.contains("mma.sync in a warp with only 16 threads"),
+        "{msg}"
+    );
 }

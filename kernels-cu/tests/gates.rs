@@ -1,0 +1,175 @@
+//! Gate 1 (compile) and gate 2 (resources).
+//!
+//! Tools: `KERNELS_CU_NVRTC` (libnvrtc.so.12) and `KERNELS_CU_PTXAS` (ptxas), or the copies that
+//! scripts/install-cuda-tools.sh puts in .tools/. Without a tool a gate prints that it was
+//! skipped; under CI (`CI=true`) it fails instead. `KERNELS_CU_UPDATE=1` rewrites the embedded
+//! PTX and the ptxas report instead of comparing (scripts/kernels-cu-regen.sh).
+
+use std::path::PathBuf;
+
+use kernels_cu::nvrtc::Nvrtc;
+use kernels_cu::ptx::PTX_ARCH;
+use kernels_cu::{ptxas, tools, FAMILIES, KERNELS};
+
+/// Targets every kernel must compile for.
+const TARGETS: &[&str] = &["sm_80", "sm_86", "sm_89", "sm_90"];
+
+fn updating() -> bool {
+    std::env::var("KERNELS_CU_UPDATE").is_ok_and(|v| v == "1")
+}
+
+fn crate_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The tool's path, or None after printing that the gate is skipped (a failure under CI).
+fn tool(name: &str, var: &str, path: Option<PathBuf>) -> Option<PathBuf> {
+    match path {
+        Some(p) => Some(p),
+        None if tools::in_ci() => panic!(
+            "{name} not found under CI: set {var} (scripts/install-cuda-tools.sh installs it; .ci/run exports it)"
+        ),
+        None => {
+            eprintln!("SKIPPED: {name} not found (set {var} or run scripts/install-cuda-tools.sh)");
+            None
+        }
+    }
+}
+
+fn nvrtc() -> Option<Nvrtc> {
+    let path = tool("NVRTC", "KERNELS_CU_NVRTC", tools::nvrtc_path())?;
+    Some(Nvrtc::load(&path).unwrap_or_else(|e| panic!("{e}")))
+}
+
+#[test]
+fn gate1_every_family_compiles_for_every_target_without_warnings() {
+    let Some(nvrtc) = nvrtc() else { return };
+    eprintln!(
+        "NVRTC {:?} from {}",
+        nvrtc.version(),
+        nvrtc.path().display()
+    );
+    for fam in FAMILIES {
+        for arch in TARGETS {
+            let out = nvrtc.compile(fam, arch).unwrap_or_else(|e| panic!("{e}"));
+            assert!(
+                out.log.is_empty(),
+                "{} for {arch}: NVRTC warnings:\n{}",
+                fam.file,
+                out.log
+            );
+            for k in KERNELS.iter().filter(|k| k.family.name == fam.name) {
+                assert!(
+                    out.ptx.contains(&format!(".entry {}(", k.name)),
+                    "{} for {arch}: no entry {}",
+                    fam.file,
+                    k.name
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn gate1_embedded_ptx_is_current() {
+    let Some(nvrtc) = nvrtc() else { return };
+    let mut stale = Vec::new();
+    for fam in FAMILIES {
+        let out = nvrtc
+            .compile(fam, PTX_ARCH)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let path = crate_dir().join("ptx").join(format!("{}.ptx", fam.name));
+        if updating() {
+            std::fs::write(&path, &out.ptx)
+                .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        } else if out.ptx != fam.ptx {
+            stale.push(path.display().to_string());
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "embedded PTX differs from the sources: {stale:?}; run scripts/kernels-cu-regen.sh"
+    );
+}
+
+#[test]
+fn gate2_hot_kernels_do_not_spill_and_the_report_is_current() {
+    let Some(ptxas_path) = tool("ptxas", "KERNELS_CU_PTXAS", tools::ptxas_path()) else {
+        return;
+    };
+    let version = ptxas::version(&ptxas_path).unwrap_or_else(|e| panic!("{e}"));
+    let mut rows = Vec::new();
+    for fam in FAMILIES {
+        for arch in ptxas::REPORT_ARCHS {
+            rows.extend(
+                ptxas::run(&ptxas_path, fam, fam.ptx, arch).unwrap_or_else(|e| panic!("{e}")),
+            );
+        }
+    }
+    for k in KERNELS {
+        for arch in ptxas::REPORT_ARCHS {
+            let r = rows
+                .iter()
+                .find(|r| r.kernel == k.name && r.arch == *arch)
+                .unwrap_or_else(|| panic!("ptxas reported nothing for {} on {arch}", k.name));
+            if k.hot {
+                assert!(
+                    r.spill_stores == 0 && r.spill_loads == 0 && r.stack_bytes == 0,
+                    "hot kernel {} on {arch}: {} bytes stack, {} / {} bytes spill stores / loads",
+                    k.name,
+                    r.stack_bytes,
+                    r.spill_stores,
+                    r.spill_loads
+                );
+            }
+        }
+    }
+    let report = ptxas::format_report(&version, &rows);
+    let path = crate_dir().join("ptxas-report.txt");
+    if updating() {
+        std::fs::write(&path, &report).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        return;
+    }
+    let kept = std::fs::read_to_string(&path).unwrap_or_default();
+    assert_eq!(
+        kept,
+        report,
+        "{} is stale; run scripts/kernels-cu-regen.sh",
+        path.display()
+    );
+}
+
+#[test]
+fn ptxas_output_parser_reads_every_field() {
+    let log = "ptxas info    : 0 bytes gmem\n\
+ptxas info    : Compiling entry function 'k1' for 'sm_90'\n\
+ptxas info    : Function properties for k1\n\
+    16 bytes stack frame, 8 bytes spill stores, 4 bytes spill loads\n\
+ptxas info    : Used 255 registers, used 1 barriers, 4096 bytes smem, 400 bytes cmem[0]\n\
+ptxas info    : Compiling entry function 'k2' for 'sm_90'\n\
+ptxas info    : Function properties for k2\n\
+    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads\n\
+ptxas info    : Used 12 registers, used 0 barriers, 356 bytes cmem[0]\n";
+    let rows = ptxas::parse(log, "sm_90").unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(
+        (
+            rows[0].kernel.as_str(),
+            rows[0].registers,
+            rows[0].shared_bytes,
+            rows[0].stack_bytes,
+            rows[0].spill_stores,
+            rows[0].spill_loads
+        ),
+        ("k1", 255, 4096, 16, 8, 4)
+    );
+    assert_eq!(
+        (
+            rows[1].kernel.as_str(),
+            rows[1].registers,
+            rows[1].shared_bytes
+        ),
+        ("k2", 12, 0)
+    );
+    assert!(ptxas::parse("garbage", "sm_80").is_err());
+}
