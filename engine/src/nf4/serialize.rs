@@ -296,7 +296,7 @@ impl QuantizedWeight {
 
         let map_name = format!("{w}.quant_map");
         let quant_map = read_f32(&map_name, &require(&map_name)?, 16)?;
-        // Compared by value: only the sign of FP4's second zero varies between versions.
+        // Compared by value: bitsandbytes' own tables disagree on the sign of FP4 code 8.
         if quant_map
             .iter()
             .zip(json.quant_type.table())
