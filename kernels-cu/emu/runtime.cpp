@@ -41,6 +41,43 @@ extern "C" __attribute__((used, visibility("default"))) const char* __asan_defau
 }
 #endif
 
+// Context switch. On x86-64 a hand-written switch (callee-saved registers, MXCSR and the x87
+// control word; no signal-mask syscall as in swapcontext), elsewhere ucontext.
+#if defined(__x86_64__) && !defined(KC_EMU_UCONTEXT)
+#define KC_FAST_SWITCH 1
+// kc_emu_switch(save, next): saves the current stack pointer to *save and resumes `next`.
+extern "C" void kc_emu_switch(void** save, void* next);
+asm(R"(
+  .text
+  .globl kc_emu_switch
+  .hidden kc_emu_switch
+  .type kc_emu_switch,@function
+kc_emu_switch:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  subq $8, %rsp
+  stmxcsr (%rsp)
+  fnstcw 4(%rsp)
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  ldmxcsr (%rsp)
+  fldcw 4(%rsp)
+  addq $8, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size kc_emu_switch, .-kc_emu_switch
+)");
+#endif
+
 namespace kc_emu {
 
 thread_local ThreadState* tls_current = nullptr;
@@ -71,7 +108,11 @@ struct CpAsyncOp {
 
 struct Fiber {
   ThreadState ts;
+#ifdef KC_FAST_SWITCH
+  void* sp = nullptr;
+#else
   ucontext_t ctx;
+#endif
   unsigned char* stack = nullptr;  // usable stack (above the guard page)
   size_t stack_size = 0;
   FiberState state = EXITED;
@@ -98,7 +139,11 @@ struct Job;
 
 struct Worker {
   std::vector<Fiber> fibers;
+#ifdef KC_FAST_SWITCH
+  void* sched_sp = nullptr;
+#else
   ucontext_t sched_ctx;
+#endif
   Fiber* current = nullptr;
   Job* job = nullptr;
   int nthreads = 0;
@@ -157,7 +202,11 @@ void switch_to_scheduler(Fiber* f, bool exiting) {
 #else
   (void)exiting;
 #endif
+#ifdef KC_FAST_SWITCH
+  kc_emu_switch(&f->sp, w->sched_sp);
+#else
   swapcontext(&f->ctx, &w->sched_ctx);
+#endif
 #ifdef KC_ASAN
   __sanitizer_finish_switch_fiber(f->fake_stack, &w->sched_bottom, &w->sched_size);
 #endif
@@ -171,7 +220,11 @@ void resume(Worker* w, Fiber* f) {
   void* fake = nullptr;
   __sanitizer_start_switch_fiber(&fake, f->stack, f->stack_size);
 #endif
+#ifdef KC_FAST_SWITCH
+  kc_emu_switch(&w->sched_sp, f->sp);
+#else
   swapcontext(&w->sched_ctx, &f->ctx);
+#endif
 #ifdef KC_ASAN
   __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
 #endif
@@ -553,6 +606,30 @@ bool ensure_fibers(Worker* w, int n, std::string* err) {
   return true;
 }
 
+// Prepares a fiber to start in fiber_main on its own stack.
+void start_context(Fiber* f) {
+#ifdef KC_FAST_SWITCH
+  // The frame kc_emu_switch pops, from the top of the stack down: a zero return address for
+  // fiber_main (it never returns), the address `ret` jumps to, six callee-saved registers, and
+  // MXCSR + x87 control word.
+  uintptr_t top = (reinterpret_cast<uintptr_t>(f->stack) + f->stack_size) & ~static_cast<uintptr_t>(15);
+  uint64_t* p = reinterpret_cast<uint64_t*>(top);
+  *--p = 0;  // at top-8: fiber_main's return slot, so its entry rsp is 8 mod 16 as after a call
+  *--p = reinterpret_cast<uint64_t>(&fiber_main);
+  for (int i = 0; i < 6; i++) *--p = 0;
+  --p;
+  uint32_t csr[2] = {0x1f80u, 0x037fu};  // default MXCSR; x87 control word (in the low half)
+  memcpy(p, csr, 8);
+  f->sp = p;
+#else
+  getcontext(&f->ctx);
+  f->ctx.uc_stack.ss_sp = f->stack;
+  f->ctx.uc_stack.ss_size = f->stack_size;
+  f->ctx.uc_link = nullptr;
+  makecontext(&f->ctx, fiber_main, 0);
+#endif
+}
+
 // Runs block `lin` of the job; returns false (with w->error set) on an emulation error.
 bool run_block(Worker* w, Job* job, long lin) {
   const dim3 g = job->grid, bd = job->block;
@@ -586,11 +663,7 @@ bool run_block(Worker* w, Job* job, long lin) {
     f.kind = 0;
     f.cp_ops.clear();
     f.cp_committed = 0;
-    getcontext(&f.ctx);
-    f.ctx.uc_stack.ss_sp = f.stack;
-    f.ctx.uc_stack.ss_size = f.stack_size;
-    f.ctx.uc_link = nullptr;
-    makecontext(&f.ctx, fiber_main, 0);
+    start_context(&f);
   }
   for (;;) {
     bool ran = true;
