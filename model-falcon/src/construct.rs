@@ -10,7 +10,7 @@ use crate::lora::LoraAdapter;
 use crate::model::{DecoderLayer, FalconModel, Norms};
 use crate::peft::{LoraConfig, LoraPair, LoraWeights};
 use crate::FalconCheckpoint;
-use engine::nf4::{QuantConfig, QuantType, QuantizedWeight};
+use engine::nf4::{Nf4Error, QuantConfig, QuantType, QuantizedWeight, TensorRef};
 use engine::{rng, Tensor, Var};
 use std::rc::Rc;
 use std::str::FromStr;
@@ -186,14 +186,100 @@ fn assemble(
     })
 }
 
-struct CheckpointSource<'a>(&'a FalconCheckpoint);
+struct CheckpointSource<'a> {
+    ckpt: &'a FalconCheckpoint,
+    opts: &'a BaseOptions,
+}
+
+/// Parses the bitsandbytes components of one pre-quantized linear into a [`QuantizedWeight`]
+/// (nf4-spec §4.3), without re-quantizing: codes, absmax (or its double-quantized codes,
+/// nested absmax, offset and nested map) are taken as stored, so dequantization reproduces
+/// bitsandbytes' `dequantize_4bit` exactly. `Ok(None)` when `module` is not stored 4-bit.
+/// Errors name the module and the component that is missing or malformed.
+pub fn prequantized_weight(
+    ckpt: &FalconCheckpoint,
+    module: &str,
+) -> Result<Option<QuantizedWeight>> {
+    let Some(parts) = ckpt.bnb4bit_module(module)? else {
+        return Ok(None);
+    };
+    let mut components = vec![
+        parts.weight,
+        parts.absmax,
+        parts.quant_map,
+        parts.quant_state,
+    ];
+    components.extend(parts.nested_absmax);
+    components.extend(parts.nested_quant_map);
+    let get = |name: &str| -> std::result::Result<Option<TensorRef<'_>>, Nf4Error> {
+        let Some(raw) = components.iter().find(|t| t.info.name == name) else {
+            return Ok(None);
+        };
+        let dtype = raw
+            .dtype()
+            .to_engine()
+            .ok_or_else(|| Nf4Error::TensorData {
+                name: name.to_string(),
+                reason: format!("unsupported dtype {}", raw.dtype()),
+            })?;
+        Ok(Some(TensorRef {
+            dtype,
+            shape: raw.shape().to_vec(),
+            data: raw.bytes,
+        }))
+    };
+    let q = QuantizedWeight::from_state_dict(module, get).map_err(|source| FalconError::Quant {
+        tensor: format!("{module}.weight"),
+        source,
+    })?;
+    if q.shape() != parts.module.shape {
+        return Err(FalconError::ShapeMismatch {
+            path: parts.quant_state.info.file.clone(),
+            tensor: parts.quant_state.info.name.clone(),
+            found: q.shape().to_vec(),
+            expected: parts.module.shape.to_vec(),
+        });
+    }
+    Ok(Some(q))
+}
+
+/// Dequantizes as bitsandbytes' `dequantize_4bit` does: `fp32(table[code] · absmax)` rounded
+/// once to the state's dtype (the JSON `dtype`, e.g. bfloat16), returned widened to f32
+/// (exact). Merges and dense loads of 4-bit checkpoints use this, so they see the values
+/// transformers sees.
+pub fn dequantize_like_bnb(q: &QuantizedWeight) -> Vec<f32> {
+    match q.dtype() {
+        engine::DType::BF16 => q.dequantize_bf16().iter().map(|x| x.to_f32()).collect(),
+        engine::DType::F16 => q
+            .dequantize_all::<half::f16>()
+            .iter()
+            .map(|x| x.to_f32())
+            .collect(),
+        _ => q.dequantize_f32(),
+    }
+}
 
 impl WeightSource for CheckpointSource<'_> {
+    /// A 4-bit module is kept as stored (whatever `opts` asks for: re-quantizing would only
+    /// lose precision), except with `QuantMode::None`, where it is dequantized to an f32 base.
+    fn prequantized(&mut self, module: &str) -> Result<Option<QuantizedWeight>> {
+        if self.opts.quant == QuantMode::None {
+            return Ok(None);
+        }
+        prequantized_weight(self.ckpt, module)
+    }
+
     fn get(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-        let (data, found) = self.0.tensor_f32(name)?;
+        if let Some(module) = name.strip_suffix(".weight") {
+            // Only reached for a 4-bit module with `QuantMode::None`: an f32 dense base.
+            if let Some(q) = prequantized_weight(self.ckpt, module)? {
+                return Ok(dequantize_like_bnb(&q));
+            }
+        }
+        let (data, found) = self.ckpt.tensor_f32(name)?;
         if found != shape {
             return Err(FalconError::ShapeMismatch {
-                path: self.0.tensor_info(name)?.file.clone(),
+                path: self.ckpt.tensor_info(name)?.file.clone(),
                 tensor: name.to_string(),
                 found,
                 expected: shape.to_vec(),
@@ -203,9 +289,16 @@ impl WeightSource for CheckpointSource<'_> {
     }
 }
 
-/// Loads a checkpoint, quantizing each linear weight as soon as it is read.
+/// Loads a checkpoint, quantizing each linear weight as soon as it is read. Linears of a
+/// bitsandbytes pre-quantized checkpoint are taken as stored (no re-quantization; see
+/// [`prequantized_weight`]), or dequantized to f32 ([`dequantize_like_bnb`]) when `opts.quant`
+/// is `QuantMode::None`.
 pub fn load_model(ckpt: &FalconCheckpoint, opts: &BaseOptions) -> Result<FalconModel> {
-    assemble(ckpt.config().clone(), &mut CheckpointSource(ckpt), opts)
+    assemble(
+        ckpt.config().clone(),
+        &mut CheckpointSource { ckpt, opts },
+        opts,
+    )
 }
 
 struct RandomSource {

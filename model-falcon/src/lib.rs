@@ -7,14 +7,20 @@ pub mod error;
 pub mod generate;
 pub mod layers;
 pub mod lora;
+pub mod merge;
 pub mod model;
 pub mod peft;
+pub mod quantize_export;
 pub mod tokenizer;
 
 pub use checkpoint::FalconCheckpoint;
 pub use config::{AttentionLayout, BnbQuantizationConfig, FalconConfig, NormLayout};
 pub use error::{FalconError, Result};
 pub use tokenizer::FalconTokenizer;
-pub use construct::{attach_lora, load_lora, load_model, lora_weights, random_model, BaseOptions, QuantMode};
+pub use construct::{
+    attach_lora, dequantize_like_bnb, load_lora, load_model, lora_weights, prequantized_weight,
+    random_model,
+    BaseOptions, QuantMode,
+};
 pub use model::FalconModel;
 pub use generate::{GenerationConfig, Generated, Sampling};
