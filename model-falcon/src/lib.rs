@@ -1,8 +1,8 @@
 //! Falcon-family causal LMs on top of `engine`.
 
 pub mod checkpoint;
-pub mod construct;
 pub mod config;
+pub mod construct;
 pub mod error;
 pub mod generate;
 pub mod layers;
@@ -15,12 +15,11 @@ pub mod tokenizer;
 
 pub use checkpoint::FalconCheckpoint;
 pub use config::{AttentionLayout, BnbQuantizationConfig, FalconConfig, NormLayout};
-pub use error::{FalconError, Result};
-pub use tokenizer::FalconTokenizer;
 pub use construct::{
     attach_lora, dequantize_like_bnb, load_lora, load_model, lora_weights, prequantized_weight,
-    random_model,
-    BaseOptions, QuantMode,
+    random_model, BaseOptions, QuantMode,
 };
+pub use error::{FalconError, Result};
+pub use generate::{Generated, GenerationConfig, Sampling};
 pub use model::FalconModel;
-pub use generate::{GenerationConfig, Generated, Sampling};
+pub use tokenizer::FalconTokenizer;
