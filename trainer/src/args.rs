@@ -169,43 +169,59 @@ pub struct TrainArgs {
 pub struct AskArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    /// PEFT adapter directory (adapter_config.json + adapter_model.safetensors), e.g. the
+    /// output of `trainer train`; omit to ask the base model.
     #[arg(long)]
     pub adapter: Option<PathBuf>,
+    /// The question; defaults to the question of the --context-file record.
     #[arg(long)]
-    pub question: String,
-    /// A FinQA record (JSON) or plain text file giving the context.
-    #[arg(long)]
+    pub question: Option<String>,
+    /// The context: a FinQA record as JSON (original release or Hugging Face flat columns;
+    /// a file holding exactly one record), or a plain text file used as pre_text.
+    #[arg(long, conflicts_with_all = ["pre_text", "table", "post_text"])]
     pub context_file: Option<PathBuf>,
+    /// Text before the table (pre_text).
     #[arg(long, default_value = "")]
     pub pre_text: String,
     /// Table rows separated by newlines, cells by '|'.
     #[arg(long, default_value = "")]
     pub table: String,
+    /// Text after the table (post_text).
     #[arg(long, default_value = "")]
     pub post_text: String,
+    /// Most tokens to generate (the seed's ask_model uses 15).
     #[arg(long, default_value_t = 15)]
     pub max_new_tokens: usize,
+    /// Also print the prompt (to stderr) and the full generated text.
+    #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set)]
+    pub verbose: bool,
 }
 
 #[derive(Args, Debug, Clone)]
 pub struct GenerateArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    /// PEFT adapter directory to apply on top of the base (optional).
     #[arg(long)]
     pub adapter: Option<PathBuf>,
+    /// Raw text to continue (no template, no special tokens added).
     #[arg(long)]
     pub prompt: String,
+    /// Most tokens to generate; generation also stops at the end-of-sequence token.
     #[arg(long, default_value_t = 32)]
     pub max_new_tokens: usize,
-    /// 0 = greedy.
+    /// Sampling temperature; 0 = greedy (argmax).
     #[arg(long, default_value_t = 0.0)]
     pub temperature: f64,
+    /// Nucleus sampling: sample from the smallest set of tokens whose probability reaches
+    /// this mass (with --temperature > 0).
     #[arg(long, default_value_t = 1.0)]
     pub top_p: f64,
+    /// Seed of the sampling random numbers (with --temperature > 0).
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
-    /// Print one JSON object {"token_ids": [...], "text": "..."}.
-    #[arg(long, default_value_t = false)]
+    /// Print exactly one JSON object {"token_ids": [new ids], "text": "..."} on stdout.
+    #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set)]
     pub json: bool,
 }
 
@@ -213,50 +229,72 @@ pub struct GenerateArgs {
 pub struct EvalArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    /// PEFT adapter directory to evaluate (omit to evaluate the base model).
     #[arg(long)]
     pub adapter: Option<PathBuf>,
+    /// Evaluation data (FinQA JSON, HF export JSON/JSONL, or prompt/completion JSONL).
     #[arg(long)]
     pub data: PathBuf,
+    /// Record layout of --data; auto decides from the first record.
     #[arg(long, default_value = "auto", value_parser = ["auto", "finqa", "hf", "jsonl"])]
     pub data_format: String,
+    /// Longest tokenized example (prompt + answer + EOS), as in training.
     #[arg(long, default_value_t = 512)]
     pub max_length: usize,
+    /// keep-answer (cut the context, never the answer), seed (right truncation), evidence.
     #[arg(long, default_value = "keep-answer")]
     pub truncation: String,
+    /// Examples per forward pass (loss) and prompts per generation batch (left-padded).
     #[arg(long, default_value_t = 2)]
     pub batch_size: usize,
     /// Generate answers and score accuracy (FinQA data only).
     #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set)]
     pub generate: bool,
+    /// Most tokens generated per answer (greedy).
     #[arg(long, default_value_t = 15)]
     pub max_new_tokens: usize,
     /// Evaluate only the first N examples (0 = all).
     #[arg(long, default_value_t = 0)]
     pub limit: usize,
-    /// Per-example predictions (JSONL); default: predictions.jsonl next to the adapter or in the working directory.
+    /// Per-example predictions (JSONL); default: predictions.jsonl in the adapter directory,
+    /// or in the working directory without --adapter.
     #[arg(long)]
     pub predictions: Option<PathBuf>,
-    #[arg(long, default_value_t = false)]
+    /// Print one JSON object with the results on stdout (and nothing else).
+    #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set)]
     pub json: bool,
 }
 
 #[derive(Args, Debug, Clone)]
 pub struct DataArgs {
+    /// Data file (FinQA JSON, HF export JSON/JSONL, or prompt/completion JSONL).
     #[arg(long)]
     pub data: PathBuf,
-    #[arg(long)]
+    /// Model directory whose tokenizer.json (and eos id) to use.
+    #[arg(
+        long,
+        conflicts_with = "tokenizer",
+        required_unless_present = "tokenizer"
+    )]
     pub model: Option<PathBuf>,
+    /// A tokenizer.json file (eos = its `<|endoftext|>` token).
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
+    /// Record layout of --data; auto decides from the first record.
     #[arg(long, default_value = "auto", value_parser = ["auto", "finqa", "hf", "jsonl"])]
     pub data_format: String,
+    /// Longest tokenized example (prompt + answer + EOS).
     #[arg(long, default_value_t = 512)]
     pub max_length: usize,
+    /// keep-answer (cut the context, never the answer), seed (right truncation), evidence.
     #[arg(long, default_value = "keep-answer")]
     pub truncation: String,
-    /// Write every formatted example as JSONL here.
+    /// Write every formatted example (prompt, target, token counts) as JSONL here.
     #[arg(long)]
     pub dump: Option<PathBuf>,
+    /// Print the summary as one JSON object on stdout.
+    #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -283,16 +321,30 @@ pub struct QuantizeArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct InfoArgs {
-    #[command(flatten)]
-    pub model: ModelArgs,
+    /// Hugging Face checkpoint directory; only config.json is read (no weights are loaded).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// How the frozen base would be stored: nf4, fp4 or none (f32).
+    #[arg(long, default_value = "nf4")]
+    pub quant: String,
+    /// Double quantization of the 4-bit statistics.
+    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set)]
+    pub double_quant: bool,
+    /// Micro-batch size of the memory estimate.
     #[arg(long, default_value_t = 2)]
     pub per_device_train_batch_size: usize,
+    /// Sequence length of the memory estimate.
     #[arg(long, default_value_t = 512)]
     pub max_length: usize,
+    /// LoRA rank for the trainable-parameter count.
     #[arg(long, default_value_t = 8)]
     pub lora_r: usize,
+    /// Comma-separated LoRA target module names, or all-linear.
     #[arg(long, default_value = "query_key_value")]
     pub target_modules: String,
+    /// Print one JSON object on stdout.
+    #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -124,7 +124,8 @@ fn check_args(a: &TrainArgs) -> Result<()> {
     if !(a.learning_rate.is_finite() && a.learning_rate >= 0.0) {
         bail!("--learning-rate must be a non-negative number");
     }
-    if a.max_steps <= 0 && a.num_train_epochs.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
+    if a.max_steps <= 0 && a.num_train_epochs.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)
+    {
         bail!("give --max-steps > 0 or --num-train-epochs > 0");
     }
     if a.logging_steps == 0 || a.eval_steps == 0 || a.save_steps == 0 {
