@@ -142,3 +142,14 @@ extern "C" __global__ void selftest_mismatched_warp(float* out) {
 extern "C" __global__ void selftest_out_of_bounds(float* out, int n) {
   if (threadIdx.x == 0 && blockIdx.x == 0) out[n] = 1.0f;
 }
+
+// Conversions of common.cuh: h[i] = to_f16(x[i]), h_back[i] = to_f32(h[i]), b[i] = to_bf16(x[i]),
+// packed[i/2] = pack_bf16x2(x[i], x[i+1]) for even i (n even).
+extern "C" __global__ void selftest_convert(kc::f16* h, float* h_back, kc::bf16* b, u32* packed, const float* x, int n) {
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+    h[i] = kc::to_f16(x[i]);
+    h_back[i] = kc::to_f32(h[i]);
+    b[i] = kc::to_bf16(x[i]);
+    if (i % 2 == 0) packed[i / 2] = kc::pack_bf16x2(x[i], x[i + 1]);
+  }
+}

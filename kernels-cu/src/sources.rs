@@ -80,6 +80,7 @@ kernels! {
     SELFTEST_DIVERGENT_BARRIER = SELFTEST::selftest_divergent_barrier, hot = false;
     SELFTEST_MISMATCHED_WARP = SELFTEST::selftest_mismatched_warp, hot = false;
     SELFTEST_OUT_OF_BOUNDS = SELFTEST::selftest_out_of_bounds, hot = false;
+    SELFTEST_CONVERT = SELFTEST::selftest_convert, hot = false;
 }
 
 /// Looks a kernel up by name.

@@ -146,7 +146,7 @@ fn reductions_match_f64_and_are_bitwise_reproducible() {
 fn emulator_runs_hundreds_of_blocks_quickly() {
     // 512 blocks x 256 threads with barriers and shuffles; timing is printed, not asserted.
     let dev = emulator();
-    let n = 512 * 256 * 4;
+    let n: usize = 512 * 256 * 4;
     let x: Vec<f32> = (0..n).map(|i| ((i % 7) as f32) - 3.0).collect();
     let xb = dev.htod(&x).unwrap();
     let mut partial = dev.alloc(DType::F32, 512).unwrap();

@@ -34,7 +34,7 @@ fn shfl_expected(mode: i32, lane: i32, b: i32, width: i32) -> Option<i32> {
         }
         _ => {
             let j = lane ^ (b & 31);
-            (j <= seg + width - 1).then_some(j)
+            (j < seg + width).then_some(j)
         }
     }
 }
@@ -489,4 +489,91 @@ fn a_warp_with_missing_lanes_cannot_run_mma() {
         msg.contains("mma.sync in a warp with only 16 threads"),
         "{msg}"
     );
+}
+
+#[test]
+fn conversions_round_to_nearest_even_and_pack_low_first() {
+    let mut rng = Rng::new(7);
+    for dev in devices() {
+        // Random magnitudes over the f16 range and beyond, plus the edge cases.
+        let mut x: Vec<f32> = (0..4000)
+            .map(|_| {
+                let e = rng.uniform(-30.0, 20.0);
+                let s = if rng.below(2) == 0 { 1.0 } else { -1.0 };
+                s * 2f32.powf(e) * rng.uniform(1.0, 2.0)
+            })
+            .collect();
+        x.extend([
+            0.0,
+            -0.0,
+            65504.0,
+            65519.99,
+            65520.0,
+            1e6,
+            -1e6,
+            6.0e-8,
+            2.98e-8,
+            2.99e-8,
+            6.1e-5,
+            6.09e-5,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            1.0 + 1.0 / 2048.0,
+            1.0 + 3.0 / 2048.0,
+            1.0 + 1.0 / 256.0,
+            1.0 + 3.0 / 256.0,
+            f32::MAX,
+            f32::MIN_POSITIVE,
+            1e-40,
+        ]);
+        if x.len() % 2 == 1 {
+            x.push(0.5);
+        }
+        let n = x.len();
+        let xb = dev.htod(&x).unwrap();
+        let mut h = dev.htod(&vec![half::f16::NAN; n]).unwrap();
+        let mut back = dev.htod(&vec![f32::NAN; n]).unwrap();
+        let mut b = dev.htod(&vec![bf16::NAN; n]).unwrap();
+        let mut packed = poisoned_u32(&dev, n / 2);
+        // SAFETY: all arrays hold n (packed n/2) elements; n is even.
+        unsafe {
+            dev.launch(&Launch {
+                kernel: SELFTEST_CONVERT,
+                grid: Dim3::x(4),
+                block: Dim3::x(128),
+                shared_bytes: 0,
+                args: &[
+                    h.arg_mut(),
+                    back.arg_mut(),
+                    b.arg_mut(),
+                    packed.arg_mut(),
+                    xb.arg(),
+                    Arg::I32(n as i32),
+                ],
+            })
+            .unwrap();
+        }
+        let (hg, backg, bg, pg) = (
+            dev.dtoh::<half::f16>(&h).unwrap(),
+            dev.dtoh::<f32>(&back).unwrap(),
+            dev.dtoh::<bf16>(&b).unwrap(),
+            dev.dtoh::<u32>(&packed).unwrap(),
+        );
+        for i in 0..n {
+            let wh = half::f16::from_f32(x[i]);
+            assert_eq!(hg[i].to_bits(), wh.to_bits(), "to_f16({:e})", x[i]);
+            assert_eq!(
+                backg[i].to_bits(),
+                wh.to_f32().to_bits(),
+                "to_f32(f16 of {:e})",
+                x[i]
+            );
+            let wb = bf16::from_f32(x[i]);
+            assert_eq!(bg[i].to_bits(), wb.to_bits(), "to_bf16({:e})", x[i]);
+            if i % 2 == 0 {
+                let want = wb.to_bits() as u32 | (bf16::from_f32(x[i + 1]).to_bits() as u32) << 16;
+                assert_eq!(pg[i / 2], want, "pack_bf16x2({:e}, {:e})", x[i], x[i + 1]);
+            }
+        }
+    }
 }
