@@ -197,7 +197,8 @@ fn base_tensor_f32(ckpt: &FalconCheckpoint, name: &str) -> Result<Vec<f32>> {
 }
 
 /// Merges `weights` (targets and scaling from `lora`) into `ckpt` and writes a bf16
-/// checkpoint to `out`: weights sharded like the source (the same number of files) unless
+/// checkpoint to `out`: weights sharded like the source (as many files, or fewer when
+/// very unequal tensor sizes make that impossible) unless
 /// `max_shard_bytes` is given, HF shard names and index, `config.json` with `dtype: bfloat16`
 /// and no `quantization_config`, and the tokenizer and generation config files copied.
 /// config.json is written last, so an interrupted merge leaves no loadable half checkpoint.

@@ -59,7 +59,8 @@ fn state_spec(t: &StateTensor) -> TensorSpec {
 
 /// Quantizes every decoder linear of `ckpt` with `cfg` (bitsandbytes' `quantize_4bit`
 /// semantics, from the stored bf16/f16/f32 values) and writes the 4-bit checkpoint to `out`:
-/// sharded like the source (the same number of files) unless `max_shard_bytes` is given,
+/// sharded like the source (as many files, or fewer when
+/// very unequal tensor sizes make that impossible) unless `max_shard_bytes` is given,
 /// config.json with `quantization_config` (compute dtype: the source's `dtype`, bfloat16 when
 /// it has none), tokenizer and generation config copied; config.json last. A checkpoint that
 /// is already 4-bit is refused.

@@ -272,3 +272,141 @@ fn mis_shaped_components_name_the_module() {
         "{msg}"
     );
 }
+
+// ---- Writing 4-bit checkpoints (`quantize_export`) ----
+
+use engine::nf4::{QuantConfig, QuantType, QuantizedWeight};
+use model_falcon::merge::merge_adapter;
+use model_falcon::peft::load_adapter;
+use model_falcon::quantize_export::{quantize_checkpoint, quantize_checkpoint_dir};
+
+/// All tensors of a checkpoint directory (every shard) by name: (dtype, shape, bytes).
+fn all_tensors(dir: &std::path::Path) -> BTreeMap<String, (StDType, Vec<usize>, Vec<u8>)> {
+    let ckpt = FalconCheckpoint::open(dir).unwrap();
+    ckpt.files()
+        .iter()
+        .flat_map(|f| read_all(f))
+        .map(|(s, b)| (s.name.clone(), (s.dtype, s.shape, b)))
+        .collect()
+}
+
+/// Our export of the new_arch model in bf16 must be byte-identical to what bitsandbytes
+/// wrote for it (the bnb4 fixture): codes, absmax codes, nested absmax, maps, the JSON
+/// string, and the unquantized bf16 tensors.
+#[test]
+fn quantized_export_equals_bitsandbytes_serialization() {
+    let scratch = Scratch::new("export-vs-bnb");
+    // A bf16 copy of new_arch: merging an all-zero adapter rounds every tensor to bf16.
+    let src = fixtures().join("new_arch");
+    let ckpt = FalconCheckpoint::open(src.join("checkpoint")).unwrap();
+    let (lora, mut weights) = load_adapter(src.join("adapter"), ckpt.config()).unwrap();
+    for p in weights.modules.values_mut() {
+        p.b.iter_mut().for_each(|x| *x = 0.0);
+    }
+    let bf16_dir = scratch.path().join("bf16");
+    merge_adapter(&ckpt, &lora, &weights, &bf16_dir, None).unwrap();
+
+    let out = scratch.path().join("nf4");
+    let summary = quantize_checkpoint_dir(&bf16_dir, &out, QuantType::Nf4, true, None).unwrap();
+    assert_eq!(summary.modules, 8);
+    let ours = all_tensors(&out);
+    let bnb = all_tensors(&bnb4_dir());
+    assert_eq!(
+        ours.keys().collect::<Vec<_>>(),
+        bnb.keys().collect::<Vec<_>>()
+    );
+    for (name, (dtype, shape, bytes)) in &bnb {
+        let (d, s, b) = &ours[name];
+        assert_eq!((d, s), (dtype, shape), "{name}");
+        if name.contains("quant_state") {
+            assert_eq!(
+                String::from_utf8_lossy(b),
+                String::from_utf8_lossy(bytes),
+                "{name}"
+            );
+        }
+        let differing = b.iter().zip(bytes).filter(|(x, y)| x != y).count();
+        assert_eq!(differing, 0, "{name}: {differing} bytes differ");
+    }
+    let config = common::read_json(&out.join("config.json"));
+    let want = common::read_json(&bnb4_dir().join("config.json"));
+    assert_eq!(config["quantization_config"], want["quantization_config"]);
+}
+
+/// Quantize → load: the loader takes the written weights as pre-quantized, with codes and
+/// statistics bit-identical to quantizing the source directly.
+#[test]
+fn quantized_export_round_trips_through_the_loader() {
+    for (layout, qt, dq) in [
+        ("falcon7b_style", QuantType::Nf4, true),
+        ("new_arch", QuantType::Fp4, false),
+    ] {
+        let scratch = Scratch::new("export-roundtrip");
+        let src_dir = fixtures().join(layout).join("checkpoint");
+        let src = FalconCheckpoint::open(&src_dir).unwrap();
+        let cfg = QuantConfig {
+            quant_type: qt,
+            blocksize: 64,
+            double_quant: dq,
+        };
+        let out = scratch.path().join("q");
+        let summary = quantize_checkpoint(&src, &out, cfg, None).unwrap();
+        let loaded = FalconCheckpoint::open(&out).unwrap();
+        assert!(loaded.is_prequantized());
+        // At most the source's shard count: a greedy split of very unequal tensors (the
+        // embedding dwarfs the 4-bit linears here) cannot always hit it exactly.
+        assert!(
+            loaded.files().len() <= src.files().len(),
+            "{layout}: shards"
+        );
+        assert_eq!(summary.shards, loaded.files().len());
+        let q = loaded.config().quantization.as_ref().unwrap();
+        assert_eq!(q.quant_type, qt.name());
+        assert_eq!(q.use_double_quant, dq);
+        assert_eq!(loaded.bnb4bit_modules().len(), 8);
+        for module in loaded.bnb4bit_modules().keys() {
+            let name = format!("{module}.weight");
+            let (w, shape) = src.tensor_f32(&name).unwrap();
+            let direct = QuantizedWeight::quantize(&w, shape[0], shape[1], cfg).unwrap();
+            let read = prequantized_weight(&loaded, module).unwrap().unwrap();
+            assert_eq!(read, direct, "{layout} {module}");
+        }
+        // Unquantized tensors are kept in their stored dtype, bit for bit.
+        for t in src.manifest() {
+            if !loaded
+                .bnb4bit_modules()
+                .contains_key(t.name.trim_end_matches(".weight"))
+            {
+                assert_eq!(
+                    loaded.tensor_raw(&t.name).unwrap().bytes,
+                    src.tensor_raw(&t.name).unwrap().bytes,
+                    "{}",
+                    t.name
+                );
+            }
+        }
+        // The model loads from it without re-quantizing.
+        let model = load_model(&loaded, &BaseOptions::default()).unwrap();
+        for layer in &model.layers {
+            for lin in layer.linears() {
+                let BaseWeight::Quantized(w) = &lin.base else {
+                    panic!("{} not 4-bit", lin.name)
+                };
+                assert_eq!(w.quant_type(), qt);
+            }
+        }
+    }
+}
+
+#[test]
+fn quantizing_a_4bit_checkpoint_is_refused() {
+    let scratch = Scratch::new("export-twice");
+    let msg = err_msg(quantize_checkpoint_dir(
+        &bnb4_dir(),
+        &scratch.path().join("q"),
+        QuantType::Nf4,
+        true,
+        None,
+    ));
+    assert!(msg.contains("already"), "{msg}");
+}

@@ -1,8 +1,46 @@
-//! `trainer quantize`.
+//! `trainer quantize`: write a 4-bit (NF4 or FP4, double quantization on by default)
+//! checkpoint in the bitsandbytes serialization, with the `quantization_config` transformers
+//! writes, so that both this tool and transformers + bitsandbytes load it pre-quantized
+//! (see `model_falcon::quantize_export`).
 
+use super::merge::{parse_size, print_summary};
 use crate::args::QuantizeArgs;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
+use engine::nf4::{QuantConfig, QuantType};
+use model_falcon::quantize_export::quantize_checkpoint;
+use model_falcon::FalconCheckpoint;
+use std::time::Instant;
 
-pub fn quantize(_a: &QuantizeArgs) -> Result<()> {
-    bail!("`trainer quantize` is not available in this build yet")
+pub fn quantize(a: &QuantizeArgs) -> Result<()> {
+    let quant_type = match a.quant.as_str() {
+        "nf4" => QuantType::Nf4,
+        "fp4" => QuantType::Fp4,
+        o => bail!("--quant `{o}`: a 4-bit checkpoint is nf4 or fp4"),
+    };
+    let max_shard = a.max_shard_size.as_deref().map(parse_size).transpose()?;
+    if !a.model.is_dir() {
+        bail!("model directory {} does not exist", a.model.display());
+    }
+    let start = Instant::now();
+    let ckpt = FalconCheckpoint::open(&a.model)
+        .with_context(|| format!("opening the checkpoint {}", a.model.display()))?;
+    let cfg = QuantConfig {
+        quant_type,
+        blocksize: 64,
+        double_quant: a.double_quant,
+    };
+    let summary = quantize_checkpoint(&ckpt, &a.out, cfg, max_shard)
+        .with_context(|| format!("writing the 4-bit checkpoint to {}", a.out.display()))?;
+    println!(
+        "quantized {} linear modules to {}{} (blocksize 64)",
+        summary.modules,
+        quant_type.name(),
+        if a.double_quant {
+            " with double quantization"
+        } else {
+            ""
+        }
+    );
+    print_summary("quantize", &a.out, &summary, start.elapsed().as_secs_f64());
+    Ok(())
 }
