@@ -153,3 +153,17 @@ extern "C" __global__ void selftest_convert(kc::f16* h, float* h_back, kc::bf16*
     if (i % 2 == 0) packed[i / 2] = kc::pack_bf16x2(x[i], x[i + 1]);
   }
 }
+
+// For the emulator's cp.async model only (on hardware reading before the wait is undefined):
+// each thread stores -1 to its shared slot, issues a cp.async into it, and reads the slot
+// before waiting (out[t]) and after waiting (out[n + t]).
+extern "C" __global__ void selftest_cp_async_read_before_wait(float* out, const float* in) {
+  __shared__ __align__(16) float slot[4 * 128];
+  const int t = threadIdx.x, n = blockDim.x;
+  for (int e = 0; e < 4; e++) slot[4 * t + e] = -1.0f;
+  kc::cp_async_16(&slot[4 * t], &in[4 * t]);
+  kc::cp_async_commit();
+  out[t] = slot[4 * t];
+  kc::cp_async_wait<0>();
+  out[n + t] = slot[4 * t];
+}

@@ -72,8 +72,8 @@
 //! feature `emulator`, on by default; each family in its own namespace as NVRTC compiles each
 //! file alone). Execution model:
 //! - one ucontext fiber per CUDA thread; a block's fibers run on one OS thread, so `__shared__`
-//!   is a function-local `static thread_local`; dynamic shared memory ([`KC_DYNAMIC_SHARED`
-//!   in common.cuh]) is a per-block allocation of exactly the launch's size, poisoned with 0xff;
+//!   is a function-local `static thread_local`; dynamic shared memory (`KC_DYNAMIC_SHARED(T, name)`
+//!   in common.cuh) is a per-block allocation of exactly the launch's size, poisoned with 0xff;
 //!   blocks run in parallel on a pool of OS threads (`KERNELS_CU_EMU_THREADS`, default: cores,
 //!   at most 16); fiber stacks are reused per OS thread, 64 KiB each (`KERNELS_CU_EMU_STACK_KB`)
 //!   with a guard page;

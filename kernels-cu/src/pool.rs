@@ -16,6 +16,9 @@ pub trait RawAlloc {
     /// # Safety
     /// `ptr` came from `raw_alloc(bytes)` and is not in use.
     unsafe fn raw_free(&mut self, ptr: u64, bytes: usize);
+    /// Called before cached blocks are given back: waits for pending work that may still use
+    /// them (a freed block can still be read by a kernel queued before it was freed).
+    fn before_release(&mut self) {}
 }
 
 /// Counters of a [`CachingPool`].
@@ -89,6 +92,10 @@ impl CachingPool {
 
     /// Gives every cached block back to the raw allocator.
     pub fn release_cached(&mut self, raw: &mut dyn RawAlloc) {
+        if self.free.is_empty() {
+            return;
+        }
+        raw.before_release();
         for (class, ptrs) in std::mem::take(&mut self.free) {
             for p in ptrs {
                 // SAFETY: cached blocks came from raw_alloc(class) and are not in use.

@@ -40,3 +40,18 @@ pub fn entry_param_sizes(ptx: &str, name: &str) -> Option<Vec<usize>> {
     }
     Some(sizes)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_parameters_are_read_from_ptx() {
+        let ptx = ".visible .entry k(\n\t.param .u64 k_param_0,\n\t.param .f32 k_param_1,\n\t\
+                   .param .align 8 .b8 k_param_2[24],\n\t.param .u16 k_param_3\n)\n{\n}\n\
+                   .visible .entry empty(\n)\n{\n}\n";
+        assert_eq!(entry_param_sizes(ptx, "k"), Some(vec![8, 4, 24, 2]));
+        assert_eq!(entry_param_sizes(ptx, "empty"), Some(vec![]));
+        assert_eq!(entry_param_sizes(ptx, "missing"), None);
+    }
+}

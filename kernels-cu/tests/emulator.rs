@@ -577,3 +577,30 @@ fn conversions_round_to_nearest_even_and_pack_low_first() {
         }
     }
 }
+
+#[test]
+fn emulated_cp_async_lands_only_at_the_wait() {
+    // The emulator defers cp.async copies to cp.async.wait_group, so a kernel that reads the
+    // destination too early sees the old contents instead of racing silently.
+    let dev = emulator();
+    let mut rng = Rng::new(8);
+    let input = rng.vec_f32(4 * 128, 1.0, 2.0);
+    let inp = dev.htod(&input).unwrap();
+    let mut out = poisoned_f32(&dev, 2 * 128);
+    // SAFETY: in holds 4*128 floats, out 2*128; 128 threads.
+    unsafe {
+        dev.launch(&Launch {
+            kernel: SELFTEST_CP_ASYNC_READ_BEFORE_WAIT,
+            grid: Dim3::x(1),
+            block: Dim3::x(128),
+            shared_bytes: 0,
+            args: &[out.arg_mut(), inp.arg()],
+        })
+        .unwrap();
+    }
+    let got = dev.dtoh::<f32>(&out).unwrap();
+    for t in 0..128 {
+        assert_eq!(got[t], -1.0, "thread {t} saw the copy before waiting");
+        assert_eq!(got[128 + t], input[4 * t], "thread {t} after the wait");
+    }
+}

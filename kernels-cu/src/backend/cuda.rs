@@ -65,6 +65,9 @@ impl RawAlloc for DriverAlloc<'_> {
             Err(e) => Err(driver("cuMemAlloc")(e)),
         }
     }
+    fn before_release(&mut self) {
+        let _ = self.0.synchronize();
+    }
     unsafe fn raw_free(&mut self, ptr: u64, _bytes: usize) {
         let _ = self.0.bind_to_thread();
         // SAFETY: ptr came from malloc_sync and is no longer used (caller's contract). The
