@@ -92,6 +92,19 @@
 //!   test binaries; a test then checks that an out-of-bounds kernel write is reported. `.ci/run`
 //!   runs this.
 //!
+//! # Adding a kernel family
+//!
+//! 1. Write `cuda/<family>.cu`: `#include "common.cuh"`, entry points `extern "C" __global__`,
+//!    helpers `__device__` (each family is its own namespace in the emulator build, so helper
+//!    names may repeat across families; entry point names may not). Dynamic shared memory via
+//!    `KC_DYNAMIC_SHARED(T, name)`. The host build uses `-Wall -Wextra -Werror`, NVRTC must give
+//!    an empty log.
+//! 2. In `src/sources.rs`: a `family!` line, the family in [`FAMILIES`], one `kernels!` line per
+//!    entry point with its hot flag (a test checks this table against the sources).
+//! 3. `scripts/kernels-cu-regen.sh` writes `ptx/<family>.ptx` and the ptxas report; commit both.
+//! 4. A safe launcher in `src/ops/` that checks dtypes/lengths and documents the reference math;
+//!    tests that run it on [`Device::emulator`] (and CUDA when present) against a CPU reference.
+//!
 //! # Gates and their environment variables
 //!
 //! - Gate 1, compile (`tests/gates.rs`): every family compiles with NVRTC for sm_80, sm_86, sm_89

@@ -173,3 +173,31 @@ ptxas info    : Used 12 registers, used 0 barriers, 356 bytes cmem[0]\n";
     );
     assert!(ptxas::parse("garbage", "sm_80").is_err());
 }
+
+#[test]
+fn gate1_reports_errors_and_warnings() {
+    let Some(nvrtc) = nvrtc() else { return };
+    let broken = kernels_cu::Family {
+        name: "broken",
+        file: "cuda/broken.cu",
+        source: "#include \"common.cuh\"\nextern \"C\" __global__ void k(float* x) { x[0] = undefined_name; }\n",
+        ptx: "",
+    };
+    let err = nvrtc.compile(&broken, "sm_80").unwrap_err().to_string();
+    assert!(
+        err.contains("cuda/broken.cu") && err.contains("undefined_name"),
+        "{err}"
+    );
+    let warns = kernels_cu::Family {
+        name: "warns",
+        file: "cuda/warns.cu",
+        source: "#include \"common.cuh\"\nextern \"C\" __global__ void k(float* x) { int unused = 3; x[0] = 1.0f; }\n",
+        ptx: "",
+    };
+    let out = nvrtc.compile(&warns, "sm_80").unwrap();
+    assert!(
+        out.log.contains("unused"),
+        "expected a warning in the log, got {:?}",
+        out.log
+    );
+}
