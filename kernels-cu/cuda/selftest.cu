@@ -167,3 +167,18 @@ extern "C" __global__ void selftest_cp_async_read_before_wait(float* out, const 
   kc::cp_async_wait<0>();
   out[n + t] = slot[4 * t];
 }
+
+// Divergent half-warps with disjoint masks: lanes 0..15 butterfly with mask 0x0000ffff, lanes
+// 16..31 synchronise and shift down by 2 with mask 0xffff0000 (both width 16).
+extern "C" __global__ void selftest_half_warps(u32* out, const u32* in) {
+  const int t = blockIdx.x * blockDim.x + threadIdx.x;
+  const int lane = threadIdx.x % 32;
+  u32 v = in[t];
+  if (lane < 16) {
+    v = __shfl_xor_sync(0x0000ffffu, v, 1, 16);
+  } else {
+    __syncwarp(0xffff0000u);
+    v = __shfl_down_sync(0xffff0000u, v, 2, 16);
+  }
+  out[t] = v;
+}

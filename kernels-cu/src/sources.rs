@@ -82,6 +82,7 @@ kernels! {
     SELFTEST_OUT_OF_BOUNDS = SELFTEST::selftest_out_of_bounds, hot = false;
     SELFTEST_CONVERT = SELFTEST::selftest_convert, hot = false;
     SELFTEST_CP_ASYNC_READ_BEFORE_WAIT = SELFTEST::selftest_cp_async_read_before_wait, hot = false;
+    SELFTEST_HALF_WARPS = SELFTEST::selftest_half_warps, hot = false;
 }
 
 /// Looks a kernel up by name.

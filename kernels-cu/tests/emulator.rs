@@ -604,3 +604,37 @@ fn emulated_cp_async_lands_only_at_the_wait() {
         assert_eq!(got[128 + t], input[4 * t], "thread {t} after the wait");
     }
 }
+
+#[test]
+fn divergent_half_warps_with_disjoint_masks() {
+    let mut rng = Rng::new(9);
+    for dev in devices() {
+        let n = 128;
+        let input: Vec<u32> = (0..n).map(|_| rng.next_u32()).collect();
+        let inp = dev.htod(&input).unwrap();
+        let mut out = poisoned_u32(&dev, n);
+        // SAFETY: n u32 in and out, one per thread.
+        unsafe {
+            dev.launch(&Launch {
+                kernel: SELFTEST_HALF_WARPS,
+                grid: Dim3::x(2),
+                block: Dim3::x(64),
+                shared_bytes: 0,
+                args: &[out.arg_mut(), inp.arg()],
+            })
+            .unwrap();
+        }
+        let got = dev.dtoh::<u32>(&out).unwrap();
+        for t in 0..n {
+            let (w, lane) = (t - t % 32, t % 32);
+            let want = if lane < 16 {
+                input[w + (lane ^ 1)]
+            } else if lane % 16 + 2 < 16 {
+                input[t + 2]
+            } else {
+                input[t]
+            };
+            assert_eq!(got[t], want, "thread {t}");
+        }
+    }
+}
