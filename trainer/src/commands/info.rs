@@ -32,7 +32,7 @@
 //! Allocator slack, the CUDA context and framework buffers are not included.
 
 use crate::args::InfoArgs;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use model_falcon::checkpoint::linear_modules;
 use model_falcon::peft::{LoraConfig, TargetModules};
 use model_falcon::{AttentionLayout, FalconConfig, NormLayout};
@@ -224,8 +224,7 @@ pub fn info(a: &InfoArgs) -> Result<()> {
     if !a.model.is_dir() {
         bail!("model directory {} does not exist", a.model.display());
     }
-    let cfg = FalconConfig::from_dir(&a.model)
-        .with_context(|| format!("reading the model config in {}", a.model.display()))?;
+    let cfg = FalconConfig::from_dir(&a.model)?;
     let i = model_info(&cfg, a)?;
     if a.json {
         println!("{}", serde_json::to_string(&i)?);

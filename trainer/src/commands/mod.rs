@@ -55,8 +55,9 @@ pub fn create_output_file(path: &Path, what: &str) -> Result<BufWriter<File>> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).with_context(|| {
             format!(
-                "cannot create the directory {} for the {what} file",
-                parent.display()
+                "cannot create the directory {} for the {what} file {}",
+                parent.display(),
+                path.display()
             )
         })?;
     }
