@@ -39,6 +39,10 @@ impl Dim3 {
 pub enum Arg<'a> {
     Ref(&'a Buffer),
     Mut(&'a mut Buffer),
+    /// `const T*` to element `offset` of the buffer (`offset <= len`).
+    RefAt(&'a Buffer, usize),
+    /// `T*` to element `offset` of the buffer (`offset <= len`).
+    MutAt(&'a mut Buffer, usize),
     I32(i32),
     U32(u32),
     I64(i64),
@@ -185,6 +189,8 @@ pub trait Backend: Send + Sync {
     ) -> Result<()>;
     fn synchronize(&self) -> Result<()>;
     fn memory(&self) -> MemoryStats;
+    /// Gives cached (free) device memory back to the driver; a no-op where nothing is cached.
+    fn release_cached(&self) {}
 }
 
 static NEXT_DEVICE_ID: AtomicU64 = AtomicU64::new(1);
@@ -310,6 +316,12 @@ impl Device {
         self.inner.backend.memory()
     }
 
+    /// Gives the allocator's cached free blocks back to the driver (e.g. before a phase that
+    /// needs a different mix of sizes).
+    pub fn release_cached(&self) {
+        self.inner.backend.release_cached()
+    }
+
     pub fn synchronize(&self) -> Result<()> {
         self.inner.backend.synchronize()
     }
@@ -414,8 +426,10 @@ impl Device {
         let mut values = Vec::with_capacity(l.args.len());
         for a in l.args {
             values.push(match a {
-                Arg::Ref(b) => self.ptr_arg(l.kernel, b, false)?,
-                Arg::Mut(b) => self.ptr_arg(l.kernel, b, true)?,
+                Arg::Ref(b) => self.ptr_arg(l.kernel, b, 0, false)?,
+                Arg::Mut(b) => self.ptr_arg(l.kernel, b, 0, true)?,
+                Arg::RefAt(b, off) => self.ptr_arg(l.kernel, b, *off, false)?,
+                Arg::MutAt(b, off) => self.ptr_arg(l.kernel, b, *off, true)?,
                 Arg::I32(v) => ArgValue::I32(*v),
                 Arg::U32(v) => ArgValue::U32(*v),
                 Arg::I64(v) => ArgValue::I64(*v),
@@ -434,12 +448,27 @@ impl Device {
 }
 
 impl Device {
-    fn ptr_arg(&self, kernel: Kernel, b: &Buffer, mutable: bool) -> Result<ArgValue> {
+    fn ptr_arg(
+        &self,
+        kernel: Kernel,
+        b: &Buffer,
+        offset: usize,
+        mutable: bool,
+    ) -> Result<ArgValue> {
         if !Arc::ptr_eq(&b.device, &self.inner) {
             return Err(Error::WrongDevice { what: kernel.name });
         }
+        if offset > b.len {
+            return Err(Error::InvalidLaunch {
+                kernel: kernel.name,
+                reason: format!(
+                    "argument offset {offset} is past the end of a buffer of {} elements",
+                    b.len
+                ),
+            });
+        }
         Ok(ArgValue::Ptr {
-            addr: b.addr,
+            addr: b.addr + (offset * b.dtype.size()) as u64,
             dtype: b.dtype,
             mutable,
         })

@@ -323,3 +323,76 @@ fn emulator_memory_counters_follow_buffers() {
     drop(b);
     assert_eq!(dev.memory().in_use, before);
 }
+
+#[test]
+fn offset_arguments_address_part_of_a_buffer() {
+    let mut rng = Rng::new(14);
+    for dev in devices() {
+        let x = rng.vec_f32(100, -1.0, 1.0);
+        let xb = dev.htod(&x).unwrap();
+        let mut out = dev.htod(&vec![f32::NAN; 100]).unwrap();
+        // SAFETY: 40 elements from offset 50 (out) and 10 (x) stay inside 100-element buffers.
+        unsafe {
+            dev.launch(&Launch {
+                kernel: SCALE_F32,
+                grid: Dim3::x(1),
+                block: Dim3::x(64),
+                shared_bytes: 0,
+                args: &[
+                    Arg::MutAt(&mut out, 50),
+                    Arg::RefAt(&xb, 10),
+                    Arg::F32(2.0),
+                    Arg::I32(40),
+                ],
+            })
+            .unwrap();
+        }
+        let got = dev.dtoh::<f32>(&out).unwrap();
+        for i in 0..100 {
+            if (50..90).contains(&i) {
+                assert_eq!(got[i], 2.0 * x[i - 40], "element {i}");
+            } else {
+                assert!(got[i].is_nan(), "element {i} outside the range was written");
+            }
+        }
+        // SAFETY: rejected before launching.
+        let r = unsafe {
+            dev.launch(&Launch {
+                kernel: SCALE_F32,
+                grid: Dim3::x(1),
+                block: Dim3::x(64),
+                shared_bytes: 0,
+                args: &[
+                    Arg::MutAt(&mut out, 101),
+                    xb.arg(),
+                    Arg::F32(2.0),
+                    Arg::I32(0),
+                ],
+            })
+        };
+        assert!(matches!(r, Err(Error::InvalidLaunch { .. })), "{r:?}");
+    }
+}
+
+#[test]
+fn devices_and_buffers_can_be_shared_across_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Device>();
+    assert_send_sync::<kernels_cu::Buffer>();
+    let dev = emulator();
+    let handles: Vec<_> = (0..4)
+        .map(|k| {
+            let dev = dev.clone();
+            std::thread::spawn(move || {
+                let x: Vec<f32> = (0..5000).map(|i| (i % 10) as f32 + k as f32).collect();
+                let b = dev.htod(&x).unwrap();
+                let s = reduce::sum(&dev, &b).unwrap();
+                let want: f64 = x.iter().map(|&v| v as f64).sum();
+                assert_eq!(dev.dtoh::<f32>(&s).unwrap()[0] as f64, want);
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+}

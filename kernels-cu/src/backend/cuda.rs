@@ -302,6 +302,11 @@ impl Backend for CudaBackend {
     fn memory(&self) -> MemoryStats {
         self.state().pool.stats()
     }
+
+    fn release_cached(&self) {
+        let mut st = self.state();
+        st.pool.release_cached(&mut DriverAlloc(&self.ctx));
+    }
 }
 
 impl Drop for CudaBackend {
