@@ -54,9 +54,13 @@
 //!   [`Device::read_into`], [`Device::copy`]. A [`Buffer`] knows its dtype and length and goes
 //!   back to the device's pool on drop. The CUDA backend serves allocations from a
 //!   [`pool::CachingPool`] (size classes, reuse, release-and-retry on out-of-memory), so a
-//!   training step does no `cuMemAlloc` after warm-up; [`Device::memory`] reports its counters.
+//!   training step does no `cuMemAlloc` after warm-up; [`Device::memory`] reports its counters,
+//!   [`Device::release_cached`] gives the cache back. All work runs on the device's one stream;
+//!   copies to and from the host synchronize it, launches do not ([`Device::synchronize`]).
 //! - Launch: `unsafe` [`Device::launch`] of a [`Launch`] row (kernel, grid, block, dynamic
-//!   shared bytes, args). [`Arg::Ref`] / [`Arg::Mut`] pass buffers as `const T*` / `T*`.
+//!   shared bytes, args). [`Arg::Ref`] / [`Arg::Mut`] pass buffers as `const T*` / `T*`,
+//!   [`Arg::RefAt`] / [`Arg::MutAt`] a pointer to an element offset inside a buffer; scalars as
+//!   [`Arg::I32`], [`Arg::U32`], [`Arg::I64`], [`Arg::U64`], [`Arg::F32`], [`Arg::F64`].
 //!   Checked before launching: buffers belong to the device, CUDA's grid/block/shared limits;
 //!   on the emulator the argument count and each argument's kind (pointer to const / mutable /
 //!   value) and element type against the kernel's C++ signature, so swapped or missing

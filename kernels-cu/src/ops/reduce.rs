@@ -42,7 +42,7 @@ fn two_pass(dev: &Device, kernel: Kernel, x: &Buffer) -> Result<Buffer> {
     Ok(out)
 }
 
-/// Σ x[i] of an f32 buffer, as a one-element f32 buffer.
+/// `Σ x[i]` of an f32 buffer, as a one-element f32 buffer.
 pub fn sum(dev: &Device, x: &Buffer) -> Result<Buffer> {
     match x.dtype() {
         DType::F32 => two_pass(dev, SUM_F32, x),
@@ -54,7 +54,7 @@ pub fn sum(dev: &Device, x: &Buffer) -> Result<Buffer> {
     }
 }
 
-/// Σ x[i]² of an f32 or bf16 buffer, as a one-element f32 buffer.
+/// `Σ x[i]²` of an f32 or bf16 buffer, as a one-element f32 buffer.
 pub fn sum_squares(dev: &Device, x: &Buffer) -> Result<Buffer> {
     match x.dtype() {
         DType::F32 => two_pass(dev, SUMSQ_F32, x),
