@@ -100,8 +100,10 @@ fn norm(weight: Vec<f32>, bias: Vec<f32>, eps: f64) -> Result<LayerNorm> {
 /// Source of the model's tensors by checkpoint name.
 trait WeightSource {
     fn get(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>>;
-    /// A pre-quantized 4-bit weight, when the source holds one for this module.
-    fn prequantized(&mut self, _module: &str) -> Result<Option<QuantizedWeight>> {
+    /// The 4-bit weight of a linear module when the source produces it itself (a
+    /// pre-quantized weight, or one quantized straight from stored bytes); `None` to have
+    /// [`Self::get`]'s f32 values quantized (or kept dense) by the caller.
+    fn linear_4bit(&mut self, _module: &str) -> Result<Option<QuantizedWeight>> {
         Ok(None)
     }
 }
@@ -139,7 +141,7 @@ fn assemble(
         let mut lin = |kind: LinearKind| -> Result<Linear> {
             let name = format!("{p}.{}", kind.path_in_layer());
             let (in_f, out_f) = kind.features(&config);
-            let base = match src.prequantized(&name)? {
+            let base = match src.linear_4bit(&name)? {
                 Some(q) => {
                     if q.shape() != [out_f, in_f] {
                         return Err(FalconError::InvalidArgument(format!(
@@ -262,11 +264,38 @@ pub fn dequantize_like_bnb(q: &QuantizedWeight) -> Vec<f32> {
 impl WeightSource for CheckpointSource<'_> {
     /// A 4-bit module is kept as stored (whatever `opts` asks for: re-quantizing would only
     /// lose precision), except with `QuantMode::None`, where it is dequantized to an f32 base.
-    fn prequantized(&mut self, module: &str) -> Result<Option<QuantizedWeight>> {
-        if self.opts.quant == QuantMode::None {
-            return Ok(None);
+    /// Other linears are quantized directly from the mapped bf16/f16/f32 bytes (the same
+    /// values as from an f32 copy, without the transient f32 copy of the whole weight).
+    fn linear_4bit(&mut self, module: &str) -> Result<Option<QuantizedWeight>> {
+        let quant_type = match self.opts.quant {
+            QuantMode::None => return Ok(None),
+            QuantMode::Nf4 => QuantType::Nf4,
+            QuantMode::Fp4 => QuantType::Fp4,
+        };
+        if let Some(q) = prequantized_weight(self.ckpt, module)? {
+            return Ok(Some(q));
         }
-        prequantized_weight(self.ckpt, module)
+        let name = format!("{module}.weight");
+        let raw = self.ckpt.tensor_raw(&name)?;
+        let (Some(dtype), [out_f, in_f]) = (raw.dtype().to_engine(), raw.shape()) else {
+            return Err(FalconError::WrongDType {
+                path: raw.info.file.clone(),
+                tensor: name,
+                found: format!("{} {:?}", raw.dtype(), raw.shape()),
+                expected: "a 2-D F32, F16 or BF16 weight".into(),
+            });
+        };
+        let cfg = QuantConfig {
+            quant_type,
+            blocksize: self.opts.blocksize,
+            double_quant: self.opts.double_quant,
+        };
+        QuantizedWeight::quantize_le_bytes(raw.bytes, dtype, *out_f, *in_f, cfg)
+            .map(Some)
+            .map_err(|source| FalconError::Quant {
+                tensor: name,
+                source,
+            })
     }
 
     fn get(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {

@@ -410,3 +410,61 @@ fn quantizing_a_4bit_checkpoint_is_refused() {
     ));
     assert!(msg.contains("already"), "{msg}");
 }
+
+/// Loading with NF4/FP4 quantizes each linear straight from the stored bytes (f32 here, bf16
+/// for a merged checkpoint); the result must equal quantizing the f32 values.
+#[test]
+fn load_time_quantization_from_bytes_equals_quantizing_f32() {
+    let scratch = Scratch::new("load-bytes");
+    let src = fixtures().join("new_arch");
+    let bf16_dir = scratch.path().join("bf16");
+    model_falcon::merge::merge_adapter_dirs(
+        &src.join("checkpoint"),
+        &src.join("adapter"),
+        &bf16_dir,
+        None,
+    )
+    .unwrap();
+    for dir in [src.join("checkpoint"), bf16_dir] {
+        let ckpt = FalconCheckpoint::open(&dir).unwrap();
+        for (quant, quant_type, double_quant) in [
+            (QuantMode::Nf4, QuantType::Nf4, true),
+            (QuantMode::Fp4, QuantType::Fp4, false),
+        ] {
+            let opts = BaseOptions {
+                quant,
+                double_quant,
+                blocksize: 64,
+            };
+            let model = load_model(&ckpt, &opts).unwrap();
+            for layer in &model.layers {
+                for lin in layer.linears() {
+                    let BaseWeight::Quantized(q) = &lin.base else {
+                        panic!("{} not quantized", lin.name)
+                    };
+                    let (w, shape) = ckpt.tensor_f32(&format!("{}.weight", lin.name)).unwrap();
+                    let cfg = QuantConfig {
+                        quant_type,
+                        blocksize: 64,
+                        double_quant,
+                    };
+                    let mut want = QuantizedWeight::quantize(&w, shape[0], shape[1], cfg).unwrap();
+                    if q.dtype() != want.dtype() {
+                        // Same codes and statistics; only the recorded source dtype differs.
+                        want = QuantizedWeight::from_parts(
+                            want.packed().to_vec(),
+                            shape[0],
+                            shape[1],
+                            quant_type,
+                            64,
+                            want.absmax().clone(),
+                            q.dtype(),
+                        )
+                        .unwrap();
+                    }
+                    assert_eq!(**q, want, "{} in {}", lin.name, dir.display());
+                }
+            }
+        }
+    }
+}
