@@ -180,6 +180,10 @@ pub struct AskArgs {
     /// a file holding exactly one record), or a plain text file used as pre_text.
     #[arg(long, conflicts_with_all = ["pre_text", "table", "post_text"])]
     pub context_file: Option<PathBuf>,
+    /// With --context-file naming a data file of many records (any format `trainer train`
+    /// reads): the id of the record to use.
+    #[arg(long, requires = "context_file")]
+    pub record_id: Option<String>,
     /// Text before the table (pre_text).
     #[arg(long, default_value = "")]
     pub pre_text: String,
@@ -192,6 +196,11 @@ pub struct AskArgs {
     /// Most tokens to generate (the seed's ask_model uses 15).
     #[arg(long, default_value_t = 15)]
     pub max_new_tokens: usize,
+    /// Cut the context as training's keep-answer policy does so that prompt plus
+    /// --max-new-tokens fit in this many tokens (e.g. the --max-length used in training);
+    /// 0 keeps the whole context, as the seed's ask_model does.
+    #[arg(long, default_value_t = 0)]
+    pub max_length: usize,
     /// Also print the prompt (to stderr) and the full generated text.
     #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set)]
     pub verbose: bool,
@@ -253,7 +262,7 @@ pub struct EvalArgs {
     /// Most tokens generated per answer (greedy).
     #[arg(long, default_value_t = 15)]
     pub max_new_tokens: usize,
-    /// Evaluate only the first N examples (0 = all).
+    /// Evaluate only the first N records of --data (0 = all).
     #[arg(long, default_value_t = 0)]
     pub limit: usize,
     /// Per-example predictions (JSONL); default: predictions.jsonl in the adapter directory,
@@ -299,24 +308,39 @@ pub struct DataArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct MergeArgs {
+    /// Base checkpoint directory (bf16/f16/f32, or bitsandbytes 4-bit: dequantized first).
     #[arg(long)]
     pub model: PathBuf,
+    /// PEFT adapter directory (adapter_config.json + adapter_model.safetensors).
     #[arg(long)]
     pub adapter: PathBuf,
+    /// Output directory for the merged bf16 checkpoint (must not be the base directory).
     #[arg(long)]
     pub out: PathBuf,
+    /// Largest weight shard, e.g. 5GB, 500MB, 2GiB or a byte count (default: as many shards
+    /// as the base checkpoint has).
+    #[arg(long)]
+    pub max_shard_size: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]
 pub struct QuantizeArgs {
+    /// Checkpoint directory to quantize (bf16/f16/f32 safetensors).
     #[arg(long)]
     pub model: PathBuf,
+    /// Output directory for the 4-bit checkpoint (must not be the source directory).
     #[arg(long)]
     pub out: PathBuf,
+    /// 4-bit data type: nf4 or fp4 (bnb_4bit_quant_type).
     #[arg(long, default_value = "nf4")]
     pub quant: String,
+    /// Double quantization of the absmax statistics (bnb_4bit_use_double_quant).
     #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set)]
     pub double_quant: bool,
+    /// Largest weight shard, e.g. 5GB, 500MB, 2GiB or a byte count (default: as many shards
+    /// as the source checkpoint has).
+    #[arg(long)]
+    pub max_shard_size: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]

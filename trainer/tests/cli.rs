@@ -206,6 +206,33 @@ fn ask_with_flags_builds_the_training_prompt() {
         run.stdout.trim_end_matches('\n'),
         answer_from_generation(&text)
     );
+
+    // The same record picked from the data file by id gives the same prompt, hence answer.
+    let by_id = trainer(&[
+        "ask",
+        "--model",
+        s(&f.base),
+        "--adapter",
+        s(&f.adapter),
+        "--context-file",
+        s(&f.data),
+        "--record-id",
+        &r.id,
+        "--max-new-tokens",
+        "6",
+    ]);
+    by_id.ok();
+    assert_eq!(by_id.stdout, run.stdout);
+    trainer(&[
+        "ask",
+        "--model",
+        s(&f.base),
+        "--context-file",
+        s(&f.data),
+        "--record-id",
+        "no-such-id",
+    ])
+    .fails_naming("no-such-id");
 }
 
 #[test]

@@ -3,12 +3,13 @@
 //! trained on), the answer is generated greedily (at most `--max-new-tokens`, stopping at EOS)
 //! and its first line is printed.
 
-use super::{decode, encode, load_model_with_adapter};
+use super::{decode, load_model_with_adapter};
 use crate::args::AskArgs;
 use anyhow::{bail, Context, Result};
 use data_finqa::metrics::answer_from_generation;
 use data_finqa::prompt::{context_pieces, prompt_from_pieces};
-use data_finqa::Record;
+use data_finqa::tokenize::tokenize_record;
+use data_finqa::{load_file, LoadOptions, Record, TokenizeOptions, TruncationPolicy};
 use model_falcon::{GenerationConfig, Sampling};
 use serde_json::Value;
 use std::path::Path;
@@ -44,6 +45,25 @@ impl AskContext {
         }
     }
 
+    /// The record `id` of a data file (FinQA original, HF flat JSON or JSON lines), loaded
+    /// as `trainer train` loads it (records that are bad for training are skipped).
+    pub fn from_data_file(path: &Path, id: &str) -> Result<Self> {
+        let report = load_file(path, &LoadOptions::default())?;
+        let Some(r) = report.records.iter().find(|r| r.id == id) else {
+            bail!(
+                "{}: no record with id `{id}` ({} records read)",
+                path.display(),
+                report.records.len()
+            );
+        };
+        Ok(AskContext {
+            pre_text: r.pre_text.clone(),
+            table: r.table.clone(),
+            post_text: r.post_text.clone(),
+            question: Some(r.question.clone()),
+        })
+    }
+
     /// From `--context-file`: a JSON object (or a one-element array) in the original FinQA
     /// layout (`pre_text`, `table`, `post_text`, `qa.question`) or the flat HF layout
     /// (`question` at the top level); any other text is used whole as `pre_text`.
@@ -57,16 +77,23 @@ impl AskContext {
                 ..AskContext::default()
             });
         }
-        let v: Value = serde_json::from_str(trimmed).with_context(|| {
+        let mut values = serde_json::Deserializer::from_str(trimmed).into_iter::<Value>();
+        let v = values.next().transpose().ok().flatten().with_context(|| {
             format!(
                 "{}: looks like JSON but does not parse (expected one FinQA record)",
                 path.display()
             )
         })?;
+        if values.next().is_some() {
+            bail!(
+                "{}: holds several JSON values (JSON lines?); pick one record with --record-id",
+                path.display()
+            );
+        }
         let obj = match &v {
             Value::Array(items) if items.len() == 1 => &items[0],
             Value::Array(items) => bail!(
-                "{}: holds {} records; give a file with exactly one FinQA record",
+                "{}: holds {} records; pick one with --record-id",
                 path.display(),
                 items.len()
             ),
@@ -157,10 +184,71 @@ pub fn ask_prompt(ctx: &AskContext, question: &str) -> String {
     prompt_from_pieces(&context_pieces(&record), question)
 }
 
+/// The prompt tokens for a question, with the context cut by the keep-answer policy so that
+/// the prompt has at most `max_length − reserve` tokens (`max_length` 0: never cut).
+///
+/// Training cuts contexts so that prompt + answer + EOS fit `max_length`; at inference the
+/// answer is unknown, so `reserve` (the generation budget) stands in for it. The cut is the
+/// training pipeline's own: the record is tokenized with a one-token stand-in answer whose
+/// target length (answer + EOS) is added to the limit, so exactly `reserve` tokens are kept
+/// free.
+pub fn ask_prompt_ids(
+    tokenizer: &tokenizers::Tokenizer,
+    eos_id: u32,
+    ctx: &AskContext,
+    question: &str,
+    max_length: usize,
+    reserve: usize,
+) -> Result<Vec<u32>> {
+    let prompt = ask_prompt(ctx, question);
+    let full = tokenizer
+        .encode(prompt.as_str(), false)
+        .map_err(|e| anyhow::anyhow!("cannot tokenize the prompt: {e}"))?
+        .get_ids()
+        .to_vec();
+    if max_length == 0 || full.len() + reserve <= max_length {
+        return Ok(full);
+    }
+    if reserve >= max_length {
+        bail!("--max-length {max_length} leaves no room for a prompt after --max-new-tokens {reserve}");
+    }
+    let stand_in = "0";
+    let target_len = tokenizer
+        .encode(format!(" {stand_in}"), false)
+        .map_err(|e| anyhow::anyhow!("cannot tokenize: {e}"))?
+        .len()
+        + 1;
+    let record = Record {
+        id: "ask".into(),
+        pre_text: ctx.pre_text.clone(),
+        post_text: ctx.post_text.clone(),
+        table: ctx.table.clone(),
+        question: question.to_string(),
+        answer: stand_in.into(),
+        final_result: None,
+        exe_ans: None,
+        program: None,
+        gold_inds: None,
+    };
+    let opts = TokenizeOptions {
+        max_length: max_length - reserve + target_len,
+        eos_id,
+        policy: TruncationPolicy::KeepAnswer,
+    };
+    match tokenize_record(tokenizer, &record, &opts)? {
+        Ok(ex) => Ok(ex.prompt_ids().to_vec()),
+        Err(d) => bail!(
+            "the question does not fit in --max-length {max_length} with --max-new-tokens {reserve}: {}",
+            d.reason
+        ),
+    }
+}
+
 pub fn ask(a: &AskArgs) -> Result<()> {
-    let ctx = match &a.context_file {
-        Some(p) => AskContext::from_file(p)?,
-        None => AskContext::from_flags(&a.pre_text, &a.table, &a.post_text),
+    let ctx = match (&a.context_file, &a.record_id) {
+        (Some(p), Some(id)) => AskContext::from_data_file(p, id)?,
+        (Some(p), None) => AskContext::from_file(p)?,
+        (None, _) => AskContext::from_flags(&a.pre_text, &a.table, &a.post_text),
     };
     let question = match (&a.question, &ctx.question) {
         (Some(q), _) => q.clone(),
@@ -174,15 +262,25 @@ pub fn ask(a: &AskArgs) -> Result<()> {
         bail!("--max-new-tokens must be at least 1");
     }
     let session = load_model_with_adapter(&a.model, a.adapter.as_deref())?;
-    let prompt = ask_prompt(&ctx, &question);
-    let ids = encode(&session, &prompt)?;
+    let ids = ask_prompt_ids(
+        &session.tokenizer,
+        session.eos_id,
+        &ctx,
+        &question,
+        a.max_length,
+        a.max_new_tokens,
+    )?;
     if a.verbose {
-        eprintln!("prompt ({} tokens):\n{prompt}", ids.len());
+        eprintln!(
+            "prompt ({} tokens):\n{}",
+            ids.len(),
+            decode(&session, &ids)?
+        );
     }
     let max_pos = session.model.config.max_position_embeddings;
     if ids.len() + a.max_new_tokens > max_pos {
         eprintln!(
-            "warning: the prompt has {} tokens; with {} new tokens it exceeds the model's {max_pos} positions",
+            "warning: the prompt has {} tokens; with {} new tokens it exceeds the model's {max_pos} positions (--max-length cuts the context as training does)",
             ids.len(),
             a.max_new_tokens
         );
@@ -217,6 +315,43 @@ mod tests {
             ask_prompt(&ctx, "what?"),
             "Context:\nrevenue rose .\n|2019\nsales|$ 5\n\nQuestion: what?\nAnswer:"
         );
+    }
+
+    #[test]
+    fn max_length_cuts_the_context_as_training_does() {
+        let tok = data_finqa::synthetic::build_tokenizer(1024, 3).unwrap();
+        let eos = data_finqa::synthetic::eos_id(&tok).unwrap();
+        let rec = data_finqa::synthetic::generate(1, 5).remove(0);
+        let ctx = AskContext {
+            pre_text: rec.pre_text.clone(),
+            table: rec.table.clone(),
+            post_text: rec.post_text.clone(),
+            question: None,
+        };
+        let full = ask_prompt_ids(&tok, eos, &ctx, &rec.question, 0, 15).unwrap();
+        let seed = tok
+            .encode(data_finqa::seed_prompt(&rec), false)
+            .unwrap()
+            .get_ids()
+            .to_vec();
+        assert_eq!(full, seed);
+        let limit = full.len() / 2 + 15;
+        let cut = ask_prompt_ids(&tok, eos, &ctx, &rec.question, limit, 15).unwrap();
+        assert!(cut.len() <= limit - 15 && cut.len() > 10, "{}", cut.len());
+        // The training pipeline cuts a record with a one-token answer to the same prompt when
+        // its limit leaves the same room.
+        let mut r = rec.clone();
+        r.answer = "7".into();
+        let target = tok.encode(" 7", false).unwrap().len() + 1;
+        let opts = TokenizeOptions {
+            max_length: limit - 15 + target,
+            eos_id: eos,
+            policy: TruncationPolicy::KeepAnswer,
+        };
+        let ex = tokenize_record(&tok, &r, &opts).unwrap().unwrap();
+        assert!(ex.context_trimmed);
+        assert_eq!(cut, ex.prompt_ids());
+        assert!(ask_prompt_ids(&tok, eos, &ctx, &rec.question, 15, 15).is_err());
     }
 
     #[test]

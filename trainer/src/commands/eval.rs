@@ -105,7 +105,13 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
             bail!("adapter directory {} does not exist", ad.display());
         }
     }
-    let report = load_data(&a.data, &a.data_format, false)?;
+    let mut report = load_data(&a.data, &a.data_format, false)?;
+    if a.limit > 0 {
+        // Only the first N records are tokenized (a few of them may still be dropped as too
+        // long; the examples are cut to N again below).
+        report.records.truncate(a.limit);
+        report.pairs.truncate(a.limit);
+    }
     let finqa = report.pairs.is_empty();
     let score_answers = a.generate && finqa;
     if a.generate && !finqa {
