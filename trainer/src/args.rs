@@ -67,12 +67,16 @@ pub struct TrainArgs {
     /// Validation data (default: a --val-fraction split of --data).
     #[arg(long)]
     pub eval_data: Option<PathBuf>,
+    /// Where checkpoints, metrics.jsonl, loss.png and the final adapter go.
     #[arg(long, default_value = "output")]
     pub output_dir: PathBuf,
+    /// Data layout: auto (detect), finqa (original release), hf (flat export columns), jsonl (prompt/completion).
     #[arg(long, default_value = "auto", value_parser = ["auto", "finqa", "hf", "jsonl"])]
     pub data_format: String,
+    /// Fraction of --data held out for evaluation when --eval-data is not given (deterministic by --seed).
     #[arg(long, default_value_t = 0.1)]
     pub val_fraction: f64,
+    /// Longest training sequence in tokens (prompt + answer + EOS).
     #[arg(long, default_value_t = 512)]
     pub max_length: usize,
     /// keep-answer (cut the context, never the answer), seed (right truncation), evidence.
@@ -81,45 +85,61 @@ pub struct TrainArgs {
     /// Fail on the first bad record instead of skipping it with a warning.
     #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set)]
     pub strict_data: bool,
+    /// Examples per micro-batch.
     #[arg(long, default_value_t = 2)]
     pub per_device_train_batch_size: usize,
+    /// Examples per evaluation batch.
     #[arg(long, default_value_t = 2)]
     pub per_device_eval_batch_size: usize,
+    /// Micro-batches per optimizer step; the loss is the token-level mean over the whole window.
     #[arg(long, default_value_t = 8)]
     pub gradient_accumulation_steps: usize,
+    /// Epochs to train (fractional values allowed); ignored when --max-steps > 0.
     #[arg(long, default_value_t = 10.0)]
     pub num_train_epochs: f64,
     /// Total optimizer steps; overrides --num-train-epochs when > 0.
     #[arg(long, default_value_t = -1)]
     pub max_steps: i64,
+    /// Peak learning rate of AdamW.
     #[arg(long, default_value_t = 2e-5)]
     pub learning_rate: f64,
+    /// Learning-rate schedule (HF semantics: the first step uses lr 0 when warming up).
     #[arg(long, default_value = "linear", value_parser = ["linear", "cosine", "constant", "constant_with_warmup"])]
     pub lr_scheduler_type: String,
+    /// Linear warmup steps (takes precedence over --warmup-ratio).
     #[arg(long, default_value_t = 0)]
     pub warmup_steps: u64,
+    /// Warmup as a fraction of the total steps (ceil), used when --warmup-steps is 0.
     #[arg(long, default_value_t = 0.0)]
     pub warmup_ratio: f64,
+    /// Decoupled AdamW weight decay.
     #[arg(long, default_value_t = 0.0)]
     pub weight_decay: f64,
+    /// AdamW beta1.
     #[arg(long, default_value_t = 0.9)]
     pub adam_beta1: f64,
+    /// AdamW beta2.
     #[arg(long, default_value_t = 0.999)]
     pub adam_beta2: f64,
+    /// AdamW epsilon (added after the bias-corrected square root, as torch).
     #[arg(long, default_value_t = 1e-8)]
     pub adam_epsilon: f64,
     /// Global gradient-norm clipping; 0 disables it.
     #[arg(long, default_value_t = 1.0)]
     pub max_grad_norm: f64,
+    /// Log train loss, grad norm, lr and tokens/s every N optimizer steps.
     #[arg(long, default_value_t = 10)]
     pub logging_steps: u64,
+    /// Evaluate on the validation set every N optimizer steps (and at the end).
     #[arg(long, default_value_t = 10)]
     pub eval_steps: u64,
+    /// Write checkpoint-N every N optimizer steps (and at the end).
     #[arg(long, default_value_t = 200)]
     pub save_steps: u64,
     /// Keep at most this many checkpoint-* folders (0 keeps all).
     #[arg(long, default_value_t = 2)]
     pub save_total_limit: usize,
+    /// Seed of LoRA init, dropout, shuffling and the train/validation split.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     /// bf16 compute on the GPU (the CPU backend always computes in fp32).
@@ -131,20 +151,25 @@ pub struct TrainArgs {
     /// Batch examples of similar length together.
     #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set)]
     pub group_by_length: bool,
+    /// LoRA rank r.
     #[arg(long, default_value_t = 8)]
     pub lora_r: usize,
+    /// LoRA alpha (scaling = alpha / r, or alpha / sqrt(r) with --use-rslora).
     #[arg(long, default_value_t = 16.0)]
     pub lora_alpha: f64,
+    /// Dropout on the input of lora_A during training.
     #[arg(long, default_value_t = 0.05)]
     pub lora_dropout: f64,
     /// Comma-separated module names, or all-linear.
     #[arg(long, default_value = "query_key_value")]
     pub target_modules: String,
+    /// Rank-stabilized LoRA scaling alpha / sqrt(r).
     #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set)]
     pub use_rslora: bool,
     /// nf4, fp4 or none.
     #[arg(long, default_value = "nf4")]
     pub quant: String,
+    /// Double quantization of the 4-bit statistics (bitsandbytes bnb_4bit_use_double_quant).
     #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set)]
     pub double_quant: bool,
     /// Start from an existing PEFT adapter directory.
@@ -373,8 +398,10 @@ pub struct InfoArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct DemoArgs {
+    /// Where the demo writes its base model, checkpoints and adapter.
     #[arg(long, default_value = "output/demo")]
     pub output_dir: PathBuf,
+    /// Seed of the built-in model, data, tokenizer and training.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
 }

@@ -48,6 +48,13 @@ pub fn load_data(path: &Path, format: &str, strict: bool) -> Result<LoadReport> 
 
 pub fn run(args: &TrainArgs, stop: Arc<AtomicBool>) -> Result<()> {
     let opts = base_options(&args.quant, args.double_quant)?;
+    // Fail on an unusable output directory before spending minutes loading a model.
+    std::fs::create_dir_all(&args.output_dir).with_context(|| {
+        format!(
+            "cannot create output directory {}",
+            args.output_dir.display()
+        )
+    })?;
     let mut session = match &args.model {
         Some(dir) => load_session(dir, &opts)?,
         None => {
