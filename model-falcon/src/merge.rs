@@ -227,12 +227,16 @@ pub fn merge_adapter(
     let limit =
         max_shard_bytes.unwrap_or_else(|| shard_limit_for_count(&specs, ckpt.files().len()));
     let mut fetch = |spec: &TensorSpec| -> Result<Vec<u8>> {
-        let mut w = base_tensor_f32(ckpt, &spec.name)?;
-        if let Some(pair) = spec
+        let pair = spec
             .name
             .strip_suffix(".weight")
-            .and_then(|m| weights.modules.get(m))
-        {
+            .and_then(|m| weights.modules.get(m));
+        if pair.is_none() && ckpt.tensor_info(&spec.name)?.dtype == StDType::BF16 {
+            // Already bf16 and unchanged: the stored bytes are the result, no f32 round trip.
+            return Ok(ckpt.tensor_raw(&spec.name)?.bytes.to_vec());
+        }
+        let mut w = base_tensor_f32(ckpt, &spec.name)?;
+        if let Some(pair) = pair {
             add_lora_delta(&mut w, pair, scaling).map_err(|e| {
                 FalconError::InvalidArgument(format!("merging into `{}`: {e}", spec.name))
             })?;
