@@ -250,15 +250,7 @@ pub fn prequantized_weight(
 /// (exact). Merges and dense loads of 4-bit checkpoints use this, so they see the values
 /// transformers sees.
 pub fn dequantize_like_bnb(q: &QuantizedWeight) -> Vec<f32> {
-    match q.dtype() {
-        engine::DType::BF16 => q.dequantize_bf16().iter().map(|x| x.to_f32()).collect(),
-        engine::DType::F16 => q
-            .dequantize_all::<half::f16>()
-            .iter()
-            .map(|x| x.to_f32())
-            .collect(),
-        _ => q.dequantize_f32(),
-    }
+    q.dequantize_stored_f32()
 }
 
 impl WeightSource for CheckpointSource<'_> {

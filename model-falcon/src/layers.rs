@@ -38,7 +38,7 @@ impl BaseWeight {
     pub fn to_f32(&self) -> Result<Vec<f32>> {
         match self {
             BaseWeight::Dense(w) => w.value().to_f32_vec(),
-            BaseWeight::Quantized(q) => Ok(q.dequantize_f32()),
+            BaseWeight::Quantized(q) => Ok(q.dequantize_stored_f32()),
         }
     }
 }

@@ -284,7 +284,7 @@ fn quantized_base_equals_dense_model_on_dequantized_weights() {
             let BaseWeight::Quantized(w) = &qq.base else {
                 panic!("{} is not quantized", qq.name)
             };
-            let t = Tensor::from_vec(w.dequantize_f32(), w.shape().to_vec()).unwrap();
+            let t = Tensor::from_vec(w.dequantize_stored_f32(), w.shape().to_vec()).unwrap();
             d.base = BaseWeight::Dense(engine::Var::constant(t));
         }
     }

@@ -140,7 +140,7 @@ pub fn save_base(session: &Session, dir: &Path) -> Result<PathBuf> {
             let [o, inp] = lin.base.shape();
             let w = match &lin.base {
                 BaseWeight::Dense(w) => w.value().to_f32_vec()?,
-                BaseWeight::Quantized(q) => q.dequantize_f32(),
+                BaseWeight::Quantized(q) => q.dequantize_stored_f32(),
             };
             tensors.push((format!("{}.weight", lin.name), vec![o, inp], w));
         }

@@ -67,7 +67,12 @@ fn dequantize_tile(
     buf[..rows * k]
         .par_chunks_mut(k)
         .enumerate()
-        .try_for_each(|(j, row)| w.dequantize_rows_into(r0 + j..r0 + j + 1, row))
+        .try_for_each(|(j, row)| {
+            w.dequantize_rows_into(r0 + j..r0 + j + 1, row)?;
+            // Match bitsandbytes, whose dequantized weight is in the stored dtype.
+            w.round_to_stored(row);
+            Ok(())
+        })
 }
 
 fn parallelism(flops: usize) -> gemm::Parallelism {

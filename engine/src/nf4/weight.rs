@@ -449,6 +449,29 @@ impl QuantizedWeight {
         self.dequantize_all()
     }
 
+    /// Rounds fp32 dequantized values through the weight's stored dtype (bf16/f16), in place:
+    /// bitsandbytes' `dequantize_4bit` returns the weight in that dtype, so a matmul against it
+    /// sees these rounded values. f32-sourced weights are left as they are.
+    pub fn round_to_stored(&self, values: &mut [f32]) {
+        match self.dtype {
+            DType::BF16 => values
+                .iter_mut()
+                .for_each(|v| *v = half::bf16::from_f32(*v).to_f32()),
+            DType::F16 => values
+                .iter_mut()
+                .for_each(|v| *v = half::f16::from_f32(*v).to_f32()),
+            _ => {}
+        }
+    }
+
+    /// The weight bitsandbytes would hand to a matmul: dequantized in its stored dtype, widened
+    /// to fp32 (exactly), row-major `[out_features, in_features]`.
+    pub fn dequantize_stored_f32(&self) -> Vec<f32> {
+        let mut v = self.dequantize_f32();
+        self.round_to_stored(&mut v);
+        v
+    }
+
     /// Dequantizes the whole weight to bf16 (each fp32 product rounded to nearest even).
     pub fn dequantize_bf16(&self) -> Vec<half::bf16> {
         self.dequantize_all()

@@ -22,7 +22,11 @@ fn forward_tensor(x: &Tensor, w: &QuantizedWeight) -> Result<Tensor> {
             Ok(Tensor::from_vec(y, Shape::new(od))?)
         }
         DType::F64 => {
-            let wd: Vec<f64> = w.dequantize_f32().into_iter().map(f64::from).collect();
+            let wd: Vec<f64> = w
+                .dequantize_stored_f32()
+                .into_iter()
+                .map(f64::from)
+                .collect();
             let mut y = vec![0f64; m * n_out];
             gemm(
                 false,
@@ -56,7 +60,11 @@ fn backward_tensor(dy: &Tensor, w: &QuantizedWeight, x_shape: &Shape) -> Result<
             Ok(Tensor::from_vec(dx, x_shape.clone())?)
         }
         DType::F64 => {
-            let wd: Vec<f64> = w.dequantize_f32().into_iter().map(f64::from).collect();
+            let wd: Vec<f64> = w
+                .dequantize_stored_f32()
+                .into_iter()
+                .map(f64::from)
+                .collect();
             let mut dx = vec![0f64; m * k];
             gemm(
                 false,
