@@ -43,9 +43,19 @@ macro_rules! family {
 family!(ELEMENTWISE, "elementwise");
 family!(REDUCE, "reduce");
 family!(SELFTEST, "selftest");
+family!(LAYERNORM, "layernorm");
+family!(POINTWISE, "pointwise");
+family!(ADAMW, "adamw");
 
 /// Every family, in file-name order.
-pub static FAMILIES: &[&Family] = &[&ELEMENTWISE, &REDUCE, &SELFTEST];
+pub static FAMILIES: &[&Family] = &[
+    &ADAMW,
+    &ELEMENTWISE,
+    &LAYERNORM,
+    &POINTWISE,
+    &REDUCE,
+    &SELFTEST,
+];
 
 macro_rules! kernels {
     ($($id:ident = $fam:ident :: $name:ident, hot = $hot:literal;)*) => {
@@ -83,6 +93,25 @@ kernels! {
     SELFTEST_CONVERT = SELFTEST::selftest_convert, hot = false;
     SELFTEST_CP_ASYNC_READ_BEFORE_WAIT = SELFTEST::selftest_cp_async_read_before_wait, hot = false;
     SELFTEST_HALF_WARPS = SELFTEST::selftest_half_warps, hot = false;
+    LAYERNORM_FWD_F32 = LAYERNORM::layernorm_fwd_f32, hot = true;
+    LAYERNORM_FWD_BF16 = LAYERNORM::layernorm_fwd_bf16, hot = true;
+    LAYERNORM_BWD_F32 = LAYERNORM::layernorm_bwd_f32, hot = true;
+    LAYERNORM_BWD_BF16 = LAYERNORM::layernorm_bwd_bf16, hot = true;
+    LAYERNORM_BWD_REDUCE = LAYERNORM::layernorm_bwd_reduce, hot = true;
+    GELU_FWD_F32 = POINTWISE::gelu_fwd_f32, hot = true;
+    GELU_FWD_BF16 = POINTWISE::gelu_fwd_bf16, hot = true;
+    GELU_BWD_F32 = POINTWISE::gelu_bwd_f32, hot = true;
+    GELU_BWD_BF16 = POINTWISE::gelu_bwd_bf16, hot = true;
+    RESIDUAL_ADD3_F32 = POINTWISE::residual_add3_f32, hot = true;
+    RESIDUAL_ADD3_BF16 = POINTWISE::residual_add3_bf16, hot = true;
+    EMBEDDING_FWD_F32 = POINTWISE::embedding_fwd_f32, hot = true;
+    EMBEDDING_FWD_BF16 = POINTWISE::embedding_fwd_bf16, hot = true;
+    EMBEDDING_ZERO_F32 = POINTWISE::embedding_zero_f32, hot = false;
+    EMBEDDING_BWD_F32 = POINTWISE::embedding_bwd_f32, hot = false;
+    EMBEDDING_BWD_BF16 = POINTWISE::embedding_bwd_bf16, hot = false;
+    ADAMW_F32 = ADAMW::adamw_f32, hot = true;
+    GRAD_SUMSQ_PARTIALS = ADAMW::grad_sumsq_partials, hot = true;
+    GRAD_NORM_FINALIZE = ADAMW::grad_norm_finalize, hot = true;
 }
 
 /// Looks a kernel up by name.

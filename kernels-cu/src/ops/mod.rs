@@ -1,7 +1,10 @@
 //! Safe launchers of the kernel families: they check dtypes and lengths, choose the launch
 //! shape, and launch. The engine's CUDA device calls these.
 
+pub mod adamw;
 pub mod elementwise;
+pub mod layernorm;
+pub mod pointwise;
 pub mod reduce;
 
 use crate::error::{Error, Result};
