@@ -5,8 +5,11 @@
 //! - [`checkpoint`]: activation recompute of a segment (one decoder layer).
 //! - [`optim`]: AdamW, gradient clipping, LR schedules with HF Trainer semantics.
 //! - [`nf4`]: 4-bit NormalFloat quantization, bit-compatible with bitsandbytes.
+//! - [`cuda`]: the CUDA device (a GPU through the driver, or the host emulator): device
+//!   tensors, host<->device copies, and the ops that run there.
 
 pub mod autograd;
+pub mod cuda;
 pub mod device;
 pub mod dtype;
 pub mod element;

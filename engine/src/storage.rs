@@ -1,4 +1,4 @@
-//! Owned element buffers, one variant per dtype.
+//! Owned element buffers: host buffers (one variant per dtype) and device buffers.
 
 use crate::memory::Charge;
 use crate::DType;
@@ -147,10 +147,11 @@ impl CpuStorage {
     }
 }
 
-/// Device buffers behind a tensor.
+/// The buffer behind a tensor: host memory, or memory of a CUDA device (GPU or emulator).
 #[derive(Debug)]
 pub enum Storage {
     Cpu(CpuStorage),
+    Cuda(crate::cuda::CudaStorage),
 }
 
 /// A buffer plus the memory charge that accounts for it.
@@ -166,6 +167,21 @@ impl Buffer {
         Buffer {
             storage: Storage::Cpu(s),
             _charge: Charge::new(bytes),
+        }
+    }
+
+    /// A device buffer, charged to its device's counter (see [`crate::memory::device_counter`]).
+    pub(crate) fn cuda(s: crate::cuda::CudaStorage) -> Self {
+        let bytes = s.len() * s.dtype().size_in_bytes();
+        let charge = match crate::memory::device_counter(s.device()) {
+            Some(counter) => Charge::on(counter, bytes),
+            // Storage is only built for registered devices; count it on the host rather than
+            // lose it if that ever changes.
+            None => Charge::new(bytes),
+        };
+        Buffer {
+            storage: Storage::Cuda(s),
+            _charge: charge,
         }
     }
 }
