@@ -272,3 +272,48 @@ fn quant_linear_input_gradient_and_f32_path() {
         .unwrap();
     assert_eq!(g.len(), 1);
 }
+
+#[test]
+fn quant_linear_uses_weights_rounded_to_the_stored_dtype() {
+    use engine::nf4::{QuantConfig, QuantizedWeight};
+    use std::sync::Arc;
+    let (out_f, in_f, m) = (5, 192, 3);
+    let w: Vec<half::bf16> = randn([out_f, in_f], DType::F32, 60, 0.3)
+        .to_vec::<f32>()
+        .unwrap()
+        .into_iter()
+        .map(half::bf16::from_f32)
+        .collect();
+    let q = Arc::new(QuantizedWeight::quantize(&w, out_f, in_f, QuantConfig::default()).unwrap());
+    let stored = q.dequantize_stored_f32();
+    let raw = q.dequantize_f32();
+    assert!(
+        stored.iter().zip(&raw).any(|(a, b)| a != b),
+        "bf16 rounding must change some values"
+    );
+    assert!(stored
+        .iter()
+        .all(|v| half::bf16::from_f32(*v).to_f32() == *v));
+    let x = randn([m, in_f], DType::F32, 61, 1.0);
+    let y = ops::quant_linear(&Var::constant(x.clone()), &q)
+        .unwrap()
+        .value()
+        .to_f64_vec()
+        .unwrap();
+    let xs = x.to_f64_vec().unwrap();
+    for i in 0..m {
+        for o in 0..out_f {
+            let want: f64 = (0..in_f)
+                .map(|k| xs[i * in_f + k] * stored[o * in_f + k] as f64)
+                .sum();
+            let mag: f64 = (0..in_f)
+                .map(|k| (xs[i * in_f + k] * stored[o * in_f + k] as f64).abs())
+                .sum();
+            let got = y[i * out_f + o];
+            assert!(
+                (got - want).abs() <= 1e-6 * mag,
+                "[{i},{o}] {got} vs {want}"
+            );
+        }
+    }
+}
