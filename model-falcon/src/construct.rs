@@ -282,12 +282,12 @@ impl WeightSource for CheckpointSource<'_> {
             blocksize: self.opts.blocksize,
             double_quant: self.opts.double_quant,
         };
-        QuantizedWeight::quantize_le_bytes(raw.bytes, dtype, *out_f, *in_f, cfg)
-            .map(Some)
-            .map_err(|source| FalconError::Quant {
-                tensor: name,
-                source,
-            })
+        let q = QuantizedWeight::quantize_le_bytes(raw.bytes, dtype, *out_f, *in_f, cfg);
+        self.ckpt.release(&name);
+        q.map(Some).map_err(|source| FalconError::Quant {
+            tensor: name,
+            source,
+        })
     }
 
     fn get(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
@@ -298,6 +298,7 @@ impl WeightSource for CheckpointSource<'_> {
             }
         }
         let (data, found) = self.ckpt.tensor_f32(name)?;
+        self.ckpt.release(name);
         if found != shape {
             return Err(FalconError::ShapeMismatch {
                 path: self.ckpt.tensor_info(name)?.file.clone(),

@@ -217,6 +217,11 @@ impl FalconCheckpoint {
     }
 
     /// A tensor's stored bytes, without conversion.
+    /// Releases the resident pages of a tensor the caller has finished reading.
+    pub fn release(&self, name: &str) {
+        self.store.release(self.resolve(name));
+    }
+
     pub fn tensor_raw(&self, name: &str) -> Result<RawTensor<'_>> {
         let (info, bytes) = self.store.bytes(self.resolve(name))?;
         Ok(RawTensor { info, bytes })

@@ -181,4 +181,14 @@ impl TensorStore {
             .ok_or_else(|| FalconError::UnknownTensor(name.to_string()))?;
         Ok((info, file.bytes(info)))
     }
+
+    /// Drops the resident pages of a tensor that has been consumed (see
+    /// [`SafetensorsFile::release`]).
+    pub fn release(&self, name: &str) {
+        if let Some(&i) = self.index.get(name) {
+            if let Some(info) = self.files[i].get(name) {
+                self.files[i].release(info);
+            }
+        }
+    }
 }
