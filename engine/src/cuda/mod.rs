@@ -31,7 +31,7 @@
 //! # Ops
 //!
 //! On CUDA tensors `ops::add` (same shapes), `ops::scale` (f32, bf16) and `ops::sum_all` (f32)
-//! launch the kernels-cu kernels ([`ops`] lists them); their backward passes run on the device
+//! launch the kernels-cu kernels (the table in `engine/src/cuda/ops.rs` lists them); their backward passes run on the device
 //! too, so gradients of CUDA leaves are CUDA tensors. Inputs on different devices are
 //! [`Error::DeviceMismatch`]. An op or dtype without a CUDA kernel is [`Error::Unsupported`]
 //! naming the op and the device (ops outside `ops::elementwise` report [`Error::NotOnHost`]
