@@ -249,7 +249,7 @@ fn quant_linear_input_gradient_and_f32_path() {
         .unwrap();
     let q = Arc::new(QuantizedWeight::quantize(&w, out_f, in_f, QuantConfig::default()).unwrap());
     let x = f64n(&[2, 3, in_f], 51);
-    check(|v| ops::quant_linear(&v[0], &q), &[x.clone()]);
+    check(|v| ops::quant_linear(&v[0], &q), std::slice::from_ref(&x));
     // The f32 tile-by-tile path equals the f64 dequantize-then-matmul path to f32 precision.
     let y64 = ops::quant_linear(&Var::constant(x.clone()), &q)
         .unwrap()
