@@ -46,12 +46,14 @@ family!(SELFTEST, "selftest");
 family!(LAYERNORM, "layernorm");
 family!(POINTWISE, "pointwise");
 family!(ADAMW, "adamw");
+family!(NF4_GEMM, "nf4_gemm");
 
 /// Every family, in file-name order.
 pub static FAMILIES: &[&Family] = &[
     &ADAMW,
     &ELEMENTWISE,
     &LAYERNORM,
+    &NF4_GEMM,
     &POINTWISE,
     &REDUCE,
     &SELFTEST,
@@ -112,6 +114,18 @@ kernels! {
     ADAMW_F32 = ADAMW::adamw_f32, hot = true;
     GRAD_SUMSQ_PARTIALS = ADAMW::grad_sumsq_partials, hot = true;
     GRAD_NORM_FINALIZE = ADAMW::grad_norm_finalize, hot = true;
+    NF4_DEQUANT_BF16 = NF4_GEMM::nf4_dequant_bf16, hot = false;
+    NF4_DEQUANT_F32 = NF4_GEMM::nf4_dequant_f32, hot = false;
+    GEMM_BF16_NT_BF16 = NF4_GEMM::gemm_bf16_nt_bf16, hot = true;
+    GEMM_BF16_NT_F32 = NF4_GEMM::gemm_bf16_nt_f32, hot = true;
+    GEMM_BF16_NN_BF16 = NF4_GEMM::gemm_bf16_nn_bf16, hot = true;
+    GEMM_BF16_NN_F32 = NF4_GEMM::gemm_bf16_nn_f32, hot = true;
+    GEMM_BF16_TN_BF16 = NF4_GEMM::gemm_bf16_tn_bf16, hot = true;
+    GEMM_BF16_TN_F32 = NF4_GEMM::gemm_bf16_tn_f32, hot = true;
+    NF4_GEMM_FWD_BF16 = NF4_GEMM::nf4_gemm_fwd_bf16, hot = true;
+    NF4_GEMM_FWD_F32 = NF4_GEMM::nf4_gemm_fwd_f32, hot = true;
+    NF4_GEMM_BWD_BF16 = NF4_GEMM::nf4_gemm_bwd_bf16, hot = true;
+    NF4_GEMM_BWD_F32 = NF4_GEMM::nf4_gemm_bwd_f32, hot = true;
 }
 
 /// Looks a kernel up by name.

@@ -4,6 +4,7 @@
 pub mod adamw;
 pub mod elementwise;
 pub mod layernorm;
+pub mod nf4_gemm;
 pub mod pointwise;
 pub mod reduce;
 
