@@ -46,10 +46,9 @@ using kc::u8;
 #define ATT_THREADS (ATT_WARPS * 32)
 #define ATT_LOG2E 1.4426950408889634f
 #define ATT_LN2 0.6931471805599453f
+#define kNegInf (kc::f32_from_bits(0xff800000u))  // -inf
 
 namespace {
-
-constexpr float kNegInf = -__builtin_huge_valf();
 
 // Starts a cp.async copy of `rows` rows of `D` bf16 (row `r0` onwards of a [n, D] matrix) into
 // shared memory with row stride D + 8. Rows at or past `n` are zero-filled (the source address
