@@ -47,6 +47,7 @@ family!(LAYERNORM, "layernorm");
 family!(POINTWISE, "pointwise");
 family!(ADAMW, "adamw");
 family!(NF4_GEMM, "nf4_gemm");
+family!(ROPE, "rope");
 
 /// Every family, in file-name order.
 pub static FAMILIES: &[&Family] = &[
@@ -56,6 +57,7 @@ pub static FAMILIES: &[&Family] = &[
     &NF4_GEMM,
     &POINTWISE,
     &REDUCE,
+    &ROPE,
     &SELFTEST,
 ];
 
@@ -114,6 +116,11 @@ kernels! {
     ADAMW_F32 = ADAMW::adamw_f32, hot = true;
     GRAD_SUMSQ_PARTIALS = ADAMW::grad_sumsq_partials, hot = true;
     GRAD_NORM_FINALIZE = ADAMW::grad_norm_finalize, hot = true;
+    ROPE_TABLE = ROPE::rope_table, hot = false;
+    ROPE_QKV_FWD_F32 = ROPE::rope_qkv_fwd_f32, hot = true;
+    ROPE_QKV_FWD_BF16 = ROPE::rope_qkv_fwd_bf16, hot = true;
+    ROPE_QKV_BWD_F32 = ROPE::rope_qkv_bwd_f32, hot = true;
+    ROPE_QKV_BWD_BF16 = ROPE::rope_qkv_bwd_bf16, hot = true;
     NF4_DEQUANT_BF16 = NF4_GEMM::nf4_dequant_bf16, hot = false;
     NF4_DEQUANT_F32 = NF4_GEMM::nf4_dequant_f32, hot = false;
     GEMM_BF16_NT_BF16 = NF4_GEMM::gemm_bf16_nt_bf16, hot = true;

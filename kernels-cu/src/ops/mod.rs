@@ -7,6 +7,7 @@ pub mod layernorm;
 pub mod nf4_gemm;
 pub mod pointwise;
 pub mod reduce;
+pub mod rope;
 
 use crate::error::{Error, Result};
 use crate::{Buffer, DType};
