@@ -79,6 +79,13 @@ __device__ __forceinline__ void store_out(float* p, float v) { *p = v; }
 __device__ __forceinline__ void store_out(bf16* p, float v) { *p = kc::to_bf16(v); }
 __device__ __forceinline__ float load_out(const float* p) { return *p; }
 __device__ __forceinline__ float load_out(const bf16* p) { return kc::to_f32(*p); }
+// Two adjacent outputs; p is aligned to the pair.
+__device__ __forceinline__ void store_pair(float* p, float a, float b) {
+  kc::store_u32x2(p, kc::u32x2{kc::f32_bits(a), kc::f32_bits(b)});
+}
+__device__ __forceinline__ void store_pair(bf16* p, float a, float b) {
+  *reinterpret_cast<u32*>(p) = kc::pack_bf16x2(a, b);
+}
 
 // ---- NF4 dequantize ------------------------------------------------------------------------
 
@@ -182,25 +189,39 @@ KC_UNROLL
   }
 }
 
-// out[m][n] = alpha*acc + beta*out for the in-range elements of the warp's 64x32 tile.
+// out[m][n] = alpha*acc + beta*out for the in-range elements of the warp's 64x32 tile. A lane
+// holds column pairs (2t, 2t+1): stored as one 4-byte (bf16) or 8-byte (f32) store when the row
+// length is even (then the pair is aligned) and both columns are inside.
 template <typename T>
 __device__ __forceinline__ void epilogue(T* out, const float acc[4][4][4], int bm, int bn, int wm, int wn,
                                          int lane, int m_rows, int n_cols, float alpha, float beta) {
   const int g = lane / 4, t = lane % 4;
+  const bool pairs = n_cols % 2 == 0;
 KC_UNROLL
   for (int i = 0; i < 4; ++i)
 KC_UNROLL
     for (int j = 0; j < 4; ++j)
 KC_UNROLL
-      for (int e = 0; e < 4; ++e) {
-        const int m = bm + wm * 64 + i * 16 + g + 8 * (e / 2);
-        const int n = bn + wn * 32 + j * 8 + 2 * t + (e % 2);
-        if (m < m_rows && n < n_cols) {
-          T* p = out + static_cast<long long>(m) * n_cols + n;
-          float v = alpha * acc[i][j][e];
-          // beta == 0 never reads the output (it may hold garbage).
-          if (beta != 0.0f) v += beta * load_out(p);
-          store_out(p, v);
+      for (int h = 0; h < 2; ++h) {
+        const int m = bm + wm * 64 + i * 16 + g + 8 * h;
+        const int n = bn + wn * 32 + j * 8 + 2 * t;
+        if (m >= m_rows || n >= n_cols) continue;
+        T* p = out + static_cast<long long>(m) * n_cols + n;
+        float v0 = alpha * acc[i][j][2 * h], v1 = alpha * acc[i][j][2 * h + 1];
+        // beta == 0 never reads the output (it may hold garbage).
+        if (pairs) {
+          if (beta != 0.0f) {
+            v0 += beta * load_out(p);
+            v1 += beta * load_out(p + 1);
+          }
+          store_pair(p, v0, v1);
+        } else {
+          if (beta != 0.0f) v0 += beta * load_out(p);
+          store_out(p, v0);
+          if (n + 1 < n_cols) {
+            if (beta != 0.0f) v1 += beta * load_out(p + 1);
+            store_out(p + 1, v1);
+          }
         }
       }
 }

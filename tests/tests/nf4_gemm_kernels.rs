@@ -373,6 +373,9 @@ fn bf16_gemm_deep_k_and_multi_block() {
     check_gemm(Layout::Nt, 131, 136, 200, DType::F32, 1.0, 0.0, 31);
     check_gemm(Layout::Nn, 64, 129, 200, DType::BF16, 1.0, 0.0, 32);
     check_gemm(Layout::Tn, 136, 40, 200, DType::F32, 1.0, 0.5, 33);
+    // Odd N: unpaired stores in the epilogue, with β reading the old values.
+    check_gemm(Layout::Nt, 37, 51, 45, DType::BF16, 1.0, 0.25, 34);
+    check_gemm(Layout::Nn, 20, 9, 70, DType::F32, -1.0, 2.0, 35);
 }
 
 #[test]
