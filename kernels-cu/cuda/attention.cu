@@ -33,8 +33,14 @@
 //    query heads happens in registers in head order.
 //  - attn_bwd_dq_d{64,128}: grid (⌈t/64⌉, hq, b); the block owns 64 query rows and loops over
 //    KV tiles: S = Q·Kᵀ, P, dP = dO·Vᵀ, dS, dQ += dS·K. Deterministic (one writer per row).
+//  - Both backward kernels stream their moving operand (Q/dO/lse/D tiles, resp. K/V tiles and
+//    key flags) through two shared-memory stages: tile i+1 is in flight (cp.async) while tile i
+//    is computed. Operands of the mma come from shared memory by ldmatrix (x4, .trans where
+//    the B operand is stored [k][n]); only accumulators live in registers.
 //  - d = 128 uses 32-row tiles for the streamed operand of the backward kernels so the fp32
 //    accumulators (2·16·128/32 = 128 registers per lane for dK+dV) leave room without spills.
+//  Shared memory per block: forward 18.7 KB (d 64) / 35.1 KB (d 128); dK/dV 56.6 / 70.4 KB;
+//  dQ 55.8 / 69.9 KB (above 48 KB: the launch opts in to the device maximum).
 //  Gradients are written in fp32 (dQ [b,hq,t,d], dK/dV [b,hkv,tk,d]).
 #include "common.cuh"
 
@@ -264,11 +270,12 @@ __device__ __forceinline__ void attn_bwd_dkdv(float* dk, float* dv, const bf16* 
   KC_DYNAMIC_SHARED(bf16, smem);
   bf16* sK = smem;
   bf16* sV = sK + BK * SR;
-  bf16* sQ = sV + BK * SR;
-  bf16* sO = sQ + BQ * SR;  // dO
-  float* sL = reinterpret_cast<float*>(sO + BQ * SR);  // lse·log2(e), -inf for no row
-  float* sD = sL + BQ;
-  int* sOk = reinterpret_cast<int*>(sD + BQ);
+  // Two stages of the streamed query tile: Q, dO, lse·log2(e) (-inf: no row), D.
+  bf16* sQb = sV + BK * SR;                                   // [2][BQ][SR]
+  bf16* sOb = sQb + 2 * BQ * SR;                              // [2][BQ][SR] (dO)
+  float* sLb = reinterpret_cast<float*>(sOb + 2 * BQ * SR);  // [2][BQ]
+  float* sDb = sLb + 2 * BQ;                                  // [2][BQ]
+  int* sOk = reinterpret_cast<int*>(sDb + 2 * BQ);
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
   const int kvh = blockIdx.y, b = blockIdx.z, k0 = blockIdx.x * BK;
@@ -292,24 +299,33 @@ __device__ __forceinline__ void attn_bwd_dkdv(float* dk, float* dv, const bf16* 
   const int i_first = causal ? max(0, k0 - off) : 0;
   const int qt_first = i_first / BQ, n_qt = (t + BQ - 1) / BQ;
 
-  for (int j = 0; j < r; ++j) {
-    const long long bh = (long long)b * hq + kvh * r + j;
-    const bf16* qg = q + bh * t * D;
-    const bf16* og = dout + bh * t * D;
-    for (int qt = qt_first; qt < n_qt; ++qt) {
-      const int q0 = qt * BQ;
-      __syncthreads();  // every warp is done with the previous Q/dO tile
-      load_rows<D>(sQ, qg, q0, BQ, t);
-      load_rows<D>(sO, og, q0, BQ, t);
-      kc::cp_async_commit();
-      for (int i = threadIdx.x; i < BQ; i += ATT_THREADS) {
-        const bool ok = q0 + i < t;
-        const float lv = ok ? lse[bh * t + q0 + i] : kNegInf;
-        sL[i] = lv == kNegInf ? kNegInf : lv * ATT_LOG2E;
-        sD[i] = ok ? dd[bh * t + q0 + i] : 0.f;
-      }
-      kc::cp_async_wait_all();
-      __syncthreads();
+  // Work items: (query head j of the group, query tile qt), heads in order. Item it+1 is
+  // fetched (cp.async) into the other stage while item it is computed.
+  const int per_head = n_qt - qt_first, n_items = r * per_head;
+  auto fetch = [&](int it) {
+    const int st = it & 1, q0 = (qt_first + it % per_head) * BQ;
+    const long long bh = (long long)b * hq + kvh * r + it / per_head;
+    load_rows<D>(sQb + st * BQ * SR, q + bh * t * D, q0, BQ, t);
+    load_rows<D>(sOb + st * BQ * SR, dout + bh * t * D, q0, BQ, t);
+    kc::cp_async_commit();
+    for (int i = threadIdx.x; i < BQ; i += ATT_THREADS) {
+      const bool ok = q0 + i < t;
+      const float lv = ok ? lse[bh * t + q0 + i] : kNegInf;
+      sLb[st * BQ + i] = lv == kNegInf ? kNegInf : lv * ATT_LOG2E;
+      sDb[st * BQ + i] = ok ? dd[bh * t + q0 + i] : 0.f;
+    }
+  };
+  if (n_items > 0) fetch(0);
+  for (int it = 0; it < n_items; ++it) {
+    {
+      const int st = it & 1, q0 = (qt_first + it % per_head) * BQ;
+      const bf16* sQ = sQb + st * BQ * SR;
+      const bf16* sO = sOb + st * BQ * SR;
+      const float* sL = sLb + st * BQ;
+      const float* sD = sDb + st * BQ;
+      kc::cp_async_wait_all();  // item it (and K/V on the first pass)
+      __syncthreads();          // visible to all; every warp is done with item it-1's stage
+      if (it + 1 < n_items) fetch(it + 1);
 
       // Sᵀ = K·Qᵀ (rows: this warp's 16 keys, columns: BQ queries) and dPᵀ = V·dOᵀ.
       float s[NT][4], dp[NT][4];
@@ -396,9 +412,10 @@ __device__ __forceinline__ void attn_bwd_dq(float* dq, const bf16* q, const bf16
   KC_DYNAMIC_SHARED(bf16, smem);
   bf16* sQ = smem;
   bf16* sO = sQ + BQ * SR;  // dO
-  bf16* sK = sO + BQ * SR;
-  bf16* sV = sK + BK * SR;
-  int* sOk = reinterpret_cast<int*>(sV + BK * SR);
+  // Two stages of the streamed KV tile: K, V, key flags.
+  bf16* sKb = sO + BQ * SR;                            // [2][BK][SR]
+  bf16* sVb = sKb + 2 * BK * SR;                       // [2][BK][SR]
+  int* sOkb = reinterpret_cast<int*>(sVb + 2 * BK * SR);  // [2][BK]
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
   const int h = blockIdx.y, b = blockIdx.z, q0 = blockIdx.x * BQ;
@@ -428,15 +445,23 @@ __device__ __forceinline__ void attn_bwd_dq(float* dq, const bf16* q, const bf16
   KC_UNROLL
   for (int n = 0; n < DT; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
 
-  for (int kt = 0; kt < n_kt; ++kt) {
-    const int k0 = kt * BK;
-    __syncthreads();  // every warp is done with the previous K/V tile and flags
-    load_rows<D>(sK, kg, k0, BK, tk);
-    load_rows<D>(sV, vg, k0, BK, tk);
+  // KV tile kt+1 is fetched (cp.async) into the other stage while tile kt is computed.
+  auto fetch = [&](int kt) {
+    const int st = kt & 1, k0 = kt * BK;
+    load_rows<D>(sKb + st * BK * SR, kg, k0, BK, tk);
+    load_rows<D>(sVb + st * BK * SR, vg, k0, BK, tk);
     kc::cp_async_commit();
-    key_flags(sOk, mk, has_mask, k0, BK, tk);
-    kc::cp_async_wait_all();
-    __syncthreads();
+    key_flags(sOkb + st * BK, mk, has_mask, k0, BK, tk);
+  };
+  fetch(0);
+  for (int kt = 0; kt < n_kt; ++kt) {
+    const int st = kt & 1, k0 = kt * BK;
+    const bf16* sK = sKb + st * BK * SR;
+    const bf16* sV = sVb + st * BK * SR;
+    const int* sOk = sOkb + st * BK;
+    kc::cp_async_wait_all();  // tile kt (and Q/dO on the first pass)
+    __syncthreads();          // visible to all; every warp is done with tile kt-1's stage
+    if (kt + 1 < n_kt) fetch(kt + 1);
 
     float s[NT][4], dp[NT][4];
     KC_UNROLL
