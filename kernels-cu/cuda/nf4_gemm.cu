@@ -228,8 +228,11 @@ KC_UNROLL
 
 template <int BK, bool A_T, bool B_KN>
 struct Tiles {
-  static constexpr int A_ELEMS = A_T ? BK * (GEMM_BM + PAD) : GEMM_BM * (BK + PAD);
-  static constexpr int B_ELEMS = B_KN ? BK * (GEMM_BN + PAD) : GEMM_BN * (BK + PAD);
+  // Enumerators, not static members: no storage is emitted for them.
+  enum : int {
+    A_ELEMS = A_T ? BK * (GEMM_BM + PAD) : GEMM_BM * (BK + PAD),
+    B_ELEMS = B_KN ? BK * (GEMM_BN + PAD) : GEMM_BN * (BK + PAD)
+  };
 };
 
 // Loads the A operand's k-tile kt: A logical [M][R]; stored [M][R] (lda) or, A_T, [R][M].
