@@ -4,7 +4,7 @@
 //! KV head, t = 512, d = 64) and the FlashAttention-2 paper's sweep points (16k tokens, 2048
 //! long, hidden 2048, d = 64 and 128). Skipped without a GPU.
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use half::bf16;
 use kernels_cu::ops::attention::{self, AttnShape};
 use kernels_cu::{DType, Device};
@@ -12,7 +12,11 @@ use std::time::Instant;
 
 fn flops_fwd(s: &AttnShape) -> f64 {
     let f = 4.0 * (s.batch * s.q_heads * s.q_len * s.kv_len * s.head_dim) as f64;
-    if s.causal { f / 2.0 } else { f }
+    if s.causal {
+        f / 2.0
+    } else {
+        f
+    }
 }
 
 fn shapes() -> Vec<(&'static str, AttnShape)> {

@@ -15,7 +15,7 @@
 //! - Rows with no visible key: O = 0, lse = −∞, dQ = 0 exactly (the bounds above are 10⁻⁶).
 //! - The backward is bitwise reproducible (two runs compared).
 
-use engine::ops::attention::{AttnDims, attention_backward, attention_forward};
+use engine::ops::attention::{attention_backward, attention_forward, AttnDims};
 use engine::rng;
 use half::bf16;
 use kernels_cu::ops::attention::{self, AttnShape};

@@ -141,7 +141,11 @@ fn smem_fwd(d: usize) -> u32 {
     (2 * TILE * (d + 8) * 2 + TILE * 4) as u32
 }
 fn bwd_tile(d: usize) -> usize {
-    if d == 64 { 64 } else { 32 }
+    if d == 64 {
+        64
+    } else {
+        32
+    }
 }
 fn smem_dkdv(d: usize) -> u32 {
     let bq = bwd_tile(d);
@@ -153,7 +157,11 @@ fn smem_dq(d: usize) -> u32 {
 }
 
 fn pick(d: usize, k64: Kernel, k128: Kernel) -> Kernel {
-    if d == 64 { k64 } else { k128 }
+    if d == 64 {
+        k64
+    } else {
+        k128
+    }
 }
 
 /// The mask argument pair: the buffer (or a one-byte placeholder, never read, when absent) and
