@@ -48,10 +48,12 @@ family!(POINTWISE, "pointwise");
 family!(ADAMW, "adamw");
 family!(NF4_GEMM, "nf4_gemm");
 family!(ROPE, "rope");
+family!(CROSS_ENTROPY, "cross_entropy");
 
 /// Every family, in file-name order.
 pub static FAMILIES: &[&Family] = &[
     &ADAMW,
+    &CROSS_ENTROPY,
     &ELEMENTWISE,
     &LAYERNORM,
     &NF4_GEMM,
@@ -121,6 +123,11 @@ kernels! {
     ROPE_QKV_FWD_BF16 = ROPE::rope_qkv_fwd_bf16, hot = true;
     ROPE_QKV_BWD_F32 = ROPE::rope_qkv_bwd_f32, hot = true;
     ROPE_QKV_BWD_BF16 = ROPE::rope_qkv_bwd_bf16, hot = true;
+    LCE_FWD_PARTIAL = CROSS_ENTROPY::lce_fwd_partial, hot = true;
+    LCE_FWD_FINALIZE = CROSS_ENTROPY::lce_fwd_finalize, hot = true;
+    LCE_BWD_DLOGITS = CROSS_ENTROPY::lce_bwd_dlogits, hot = true;
+    LCE_BWD_DHIDDEN = CROSS_ENTROPY::lce_bwd_dhidden, hot = true;
+    LCE_BWD_DW = CROSS_ENTROPY::lce_bwd_dw, hot = false;
     NF4_DEQUANT_BF16 = NF4_GEMM::nf4_dequant_bf16, hot = false;
     NF4_DEQUANT_F32 = NF4_GEMM::nf4_dequant_f32, hot = false;
     GEMM_BF16_NT_BF16 = NF4_GEMM::gemm_bf16_nt_bf16, hot = true;
