@@ -46,6 +46,7 @@ family!(SELFTEST, "selftest");
 family!(LAYERNORM, "layernorm");
 family!(POINTWISE, "pointwise");
 family!(ADAMW, "adamw");
+family!(ATTENTION, "attention");
 family!(NF4_GEMM, "nf4_gemm");
 family!(ROPE, "rope");
 family!(CROSS_ENTROPY, "cross_entropy");
@@ -53,6 +54,7 @@ family!(CROSS_ENTROPY, "cross_entropy");
 /// Every family, in file-name order.
 pub static FAMILIES: &[&Family] = &[
     &ADAMW,
+    &ATTENTION,
     &CROSS_ENTROPY,
     &ELEMENTWISE,
     &LAYERNORM,
@@ -140,6 +142,13 @@ kernels! {
     NF4_GEMM_FWD_F32 = NF4_GEMM::nf4_gemm_fwd_f32, hot = true;
     NF4_GEMM_BWD_BF16 = NF4_GEMM::nf4_gemm_bwd_bf16, hot = true;
     NF4_GEMM_BWD_F32 = NF4_GEMM::nf4_gemm_bwd_f32, hot = true;
+    ATTN_FWD_D64 = ATTENTION::attn_fwd_d64, hot = true;
+    ATTN_FWD_D128 = ATTENTION::attn_fwd_d128, hot = true;
+    ATTN_BWD_DKDV_D64 = ATTENTION::attn_bwd_dkdv_d64, hot = true;
+    ATTN_BWD_DKDV_D128 = ATTENTION::attn_bwd_dkdv_d128, hot = true;
+    ATTN_BWD_DQ_D64 = ATTENTION::attn_bwd_dq_d64, hot = true;
+    ATTN_BWD_DQ_D128 = ATTENTION::attn_bwd_dq_d128, hot = true;
+    ATTN_BWD_DOT = ATTENTION::attn_bwd_dot, hot = true;
 }
 
 /// Looks a kernel up by name.

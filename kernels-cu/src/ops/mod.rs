@@ -2,6 +2,7 @@
 //! shape, and launch. The engine's CUDA device calls these.
 
 pub mod adamw;
+pub mod attention;
 pub mod cross_entropy;
 pub mod elementwise;
 pub mod layernorm;
