@@ -115,6 +115,79 @@ extern "C" __global__ void __launch_bounds__(256)
   nf4_dequant(out, packed, am_codes, nested, code_map, table, offset, n, blocksize);
 }
 
+// ---- NF4 quantize (blockwise absmax + 4-bit codes; double quantization stays on the host) ----
+//
+// One warp per absmax block, as bitsandbytes' reference path (engine::nf4 blockwise.rs):
+// full block: absmax = max|a|, x = clamp(a * fp32(1 / max(absmax, 1e-38)), -1, 1);
+// partial last block: absmax = max(max|a|, 1e-38), x = clamp(a / absmax, -1, 1);
+// code = number of thresholds t with !(t >= x) (NaN -> 15); a NaN input makes absmax NaN.
+// An odd tail is padded with the code of 0.0.
+
+__device__ __forceinline__ float src_f32(float v) { return v; }
+__device__ __forceinline__ float src_f32(bf16 v) { return kc::to_f32(v); }
+
+__device__ __forceinline__ u32 nf4_code(float x, const float* thr) {
+  u32 c = 0;
+KC_UNROLL
+  for (int j = 0; j < 15; ++j) c += (thr[j] < x || x != x) ? 1u : 0u;
+  return c;
+}
+
+template <typename T>
+__device__ __forceinline__ void nf4_quantize(u8* packed, float* absmax, const T* src, const float* thr,
+                                             long long n, int blocksize) {
+  const long long blk = (static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  const int lane = threadIdx.x % 32;
+  const long long nblocks = (n + blocksize - 1) / blocksize;
+  if (blk >= nblocks) return;  // whole warps exit together (blk is uniform per warp)
+  const long long base = blk * blocksize;
+  const long long len = n - base < blocksize ? n - base : blocksize;
+  float m = 0.0f;
+  bool nan = false;
+  for (long long i = lane; i < len; i += 32) {
+    const float a = kc::f32_from_bits(kc::f32_bits(src_f32(src[base + i])) & 0x7fffffffu);
+    nan = nan || a != a;
+    m = a > m ? a : m;
+  }
+  m = kc::warp_max(m);
+  const bool any_nan = __any_sync(0xffffffffu, nan);
+  const float maxabs = any_nan ? kc::f32_from_bits(0x7fc00000u) : m;
+  const bool partial = len < blocksize;
+  // clamp_min(x, 1e-38): NaN passes through.
+  const float clamped = maxabs < 1e-38f ? 1e-38f : maxabs;
+  const float inv = 1.0f / clamped;
+  if (lane == 0) absmax[blk] = partial ? clamped : maxabs;
+  const u32 pad = nf4_code(0.0f, thr);
+  for (long long p = lane; 2 * p < len; p += 32) {
+    u32 q[2];
+KC_UNROLL
+    for (int h = 0; h < 2; ++h) {
+      const long long i = 2 * p + h;
+      if (i < len) {
+        const float a = src_f32(src[base + i]);
+        float x = partial ? a / clamped : mul_rn(a, inv);
+        x = x < -1.0f ? -1.0f : (x > 1.0f ? 1.0f : x);
+        q[h] = nf4_code(x, thr);
+      } else {
+        q[h] = pad;
+      }
+    }
+    packed[base / 2 + p] = static_cast<u8>((q[0] << 4) | q[1]);
+  }
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+    nf4_quantize_f32(u8* packed, float* absmax, const float* src, const float* thresholds, long long n,
+                     int blocksize) {
+  nf4_quantize(packed, absmax, src, thresholds, n, blocksize);
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+    nf4_quantize_bf16(u8* packed, float* absmax, const bf16* src, const float* thresholds, long long n,
+                      int blocksize) {
+  nf4_quantize(packed, absmax, src, thresholds, n, blocksize);
+}
+
 // ---- GEMM building blocks ------------------------------------------------------------------
 
 // Copies a ROWS x COLS bf16 tile whose top-left element is (r0, c0) of a row-major matrix with

@@ -132,6 +132,8 @@ kernels! {
     LCE_BWD_DW = CROSS_ENTROPY::lce_bwd_dw, hot = false;
     NF4_DEQUANT_BF16 = NF4_GEMM::nf4_dequant_bf16, hot = false;
     NF4_DEQUANT_F32 = NF4_GEMM::nf4_dequant_f32, hot = false;
+    NF4_QUANTIZE_F32 = NF4_GEMM::nf4_quantize_f32, hot = false;
+    NF4_QUANTIZE_BF16 = NF4_GEMM::nf4_quantize_bf16, hot = false;
     GEMM_BF16_NT_BF16 = NF4_GEMM::gemm_bf16_nt_bf16, hot = true;
     GEMM_BF16_NT_F32 = NF4_GEMM::gemm_bf16_nt_f32, hot = true;
     GEMM_BF16_NN_BF16 = NF4_GEMM::gemm_bf16_nn_bf16, hot = true;

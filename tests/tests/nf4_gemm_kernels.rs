@@ -11,7 +11,7 @@
 //! - Outputs start poisoned (the emulator fills fresh buffers with NaN bytes; β = 0 must not
 //!   read them), shapes are ragged in M and N (and K for the bf16 GEMM), inputs fresh per case.
 
-use engine::nf4::{Absmax, QuantConfig, QuantizedWeight};
+use engine::nf4::{Absmax, QuantConfig, QuantizedWeight, NF4_THRESHOLDS};
 use half::bf16;
 use kernels_cu::ops::nf4_gemm::{self, Layout, Nf4Parts, Nf4Weight};
 use kernels_cu::{DType, Device, Error};
@@ -341,6 +341,72 @@ fn check_gemm(
     }
 }
 
+/// GPU quantize (packed codes + fp32 absmax) against the CPU without double quantization.
+fn check_quantize(n: usize, blocksize: usize, seed: u64, bf16_src: bool) {
+    let mut rng = Rng(seed);
+    let mut vals: Vec<f32> = (0..n)
+        .map(|i| (rng.unit() * 0.05 * (1.0 + (i / 61) as f64 % 5.0)) as f32)
+        .collect();
+    // Exact zeros, threshold-sized values, an all-zero block and a NaN block.
+    for (i, v) in vals.iter_mut().enumerate() {
+        match i % 97 {
+            3 => *v = 0.0,
+            5 => *v = -0.0,
+            _ => {}
+        }
+    }
+    if n > 3 * blocksize {
+        vals[blocksize..2 * blocksize].fill(0.0);
+        vals[2 * blocksize + 1] = f32::NAN;
+    }
+    let cfg = QuantConfig {
+        blocksize,
+        double_quant: false,
+        ..QuantConfig::default()
+    };
+    for dev in devices() {
+        let (q, src) = if bf16_src {
+            let v: Vec<bf16> = vals.iter().map(|&x| bf16::from_f32(x)).collect();
+            (
+                QuantizedWeight::quantize(&v, 1, n, cfg).unwrap(),
+                dev.htod(&v).unwrap(),
+            )
+        } else {
+            (
+                QuantizedWeight::quantize(&vals, 1, n, cfg).unwrap(),
+                dev.htod(&vals).unwrap(),
+            )
+        };
+        let Absmax::Plain(want_am) = q.absmax() else {
+            panic!("no double quantization requested")
+        };
+        let (packed, absmax) = nf4_gemm::quantize(&dev, &src, blocksize, &NF4_THRESHOLDS).unwrap();
+        let got_p = dev.dtoh::<u8>(&packed).unwrap();
+        assert_eq!(
+            got_p,
+            q.packed(),
+            "packed codes n{n} bs{blocksize} bf16 {bf16_src}"
+        );
+        let got_am: Vec<u32> = dev
+            .dtoh::<f32>(&absmax)
+            .unwrap()
+            .iter()
+            .map(|v| v.to_bits())
+            .collect();
+        let want: Vec<u32> = want_am.iter().map(|v| v.to_bits()).collect();
+        assert_eq!(got_am, want, "absmax n{n} bs{blocksize} bf16 {bf16_src}");
+    }
+}
+
+#[test]
+fn quantize_is_bit_identical() {
+    check_quantize(64 * 5, 64, 51, false);
+    check_quantize(64 * 5 + 37, 64, 52, true);
+    check_quantize(1001, 128, 53, false);
+    check_quantize(7, 64, 54, true);
+    check_quantize(4096 + 64 * 3 + 1, 4096, 55, false);
+}
+
 #[test]
 fn dequantize_is_bit_identical() {
     // Odd element counts (a half byte), partial last blocks, several blocksizes, f32/bf16 sources.
@@ -456,5 +522,10 @@ proptest! {
     #[test]
     fn dequantize_matches_cpu(n in 1usize..40, k in 1usize..200, bs in prop_oneof![Just(64usize), Just(128), Just(256)], seed in any::<u64>()) {
         check_dequant(n, k, bs, seed);
+    }
+
+    #[test]
+    fn quantize_matches_cpu(n in 1usize..700, bs in prop_oneof![Just(64usize), Just(128), Just(256)], bf in any::<bool>(), seed in any::<u64>()) {
+        check_quantize(n, bs, seed, bf);
     }
 }

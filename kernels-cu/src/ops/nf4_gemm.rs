@@ -5,6 +5,8 @@
 //! - [`dequantize`]: `w[i] = round_T(fp32(table[code(i)] · absmax[i / blocksize]))`, bit-identical
 //!   to `QuantizedWeight::dequantize_bf16` / `dequantize_f32`, with
 //!   `absmax[b] = fp32(fp32(code_map[am_codes[b]] · nested[b / 256]) + offset)` (no FMA).
+//! - [`quantize`]: blockwise absmax and packed NF4 codes, bit-identical to the CPU (double
+//!   quantization of the small absmax vector stays on the host).
 //! - [`nf4_forward`]: `Y[M][N] = α·X[M][K]·Wᵀ + β·Y`; [`nf4_backward_input`]:
 //!   `dX[M][K] = α·dY[M][N]·W + β·dX`, with W dequantized to bf16 tile by tile in shared memory
 //!   (the values of `dequantize_bf16`), never as a whole in global memory.
@@ -202,6 +204,67 @@ pub fn dequantize(dev: &Device, w: &Nf4Weight, dtype: DType) -> Result<Buffer> {
         })?;
     }
     Ok(out)
+}
+
+/// Blockwise 4-bit quantization of `src` (f32 or bf16, `n` elements, flattened row-major):
+/// returns `(packed, absmax)` with `ceil(n/2)` bytes and `ceil(n/blocksize)` fp32 absmax,
+/// bit-identical to engine's `QuantizedWeight::quantize` without double quantization (the
+/// small absmax vector is double-quantized on the host). `thresholds`: the 15 ascending
+/// decision thresholds of the NF4 table (engine's `NF4_THRESHOLDS`); the code is the number of
+/// thresholds below the scaled value, which is the stored nibble for NF4.
+pub fn quantize(
+    dev: &Device,
+    src: &Buffer,
+    blocksize: usize,
+    thresholds: &[f32; 15],
+) -> Result<(Buffer, Buffer)> {
+    let kernel = match src.dtype() {
+        DType::F32 => NF4_QUANTIZE_F32,
+        DType::BF16 => NF4_QUANTIZE_BF16,
+        got => {
+            return Err(Error::DType {
+                what: "nf4 quantize: source",
+                expected: DType::BF16,
+                got,
+            })
+        }
+    };
+    if blocksize == 0 || !blocksize.is_multiple_of(2) {
+        return Err(invalid(
+            kernel,
+            format!("blocksize {blocksize} must be even and > 0"),
+        ));
+    }
+    let n = src.len();
+    let blocks = n.div_ceil(blocksize);
+    let mut packed = dev.alloc(DType::U8, n.div_ceil(2).max(1))?;
+    let mut absmax = dev.alloc(DType::F32, blocks.max(1))?;
+    if n == 0 {
+        return Ok((packed, absmax));
+    }
+    let thr = dev.htod(&thresholds[..])?;
+    let grid = u32::try_from(blocks.div_ceil(8))
+        .map_err(|_| invalid(kernel, format!("{n} elements need too many blocks")))?;
+    let bs = n_i32("nf4 quantize: blocksize", blocksize)?;
+    // SAFETY: one warp per absmax block b < ceil(n/blocksize) reads src[b·bs .. min(n, (b+1)·bs))
+    // and writes absmax[b] and packed bytes (b·bs/2 ..) < ceil(n/2); thr holds 15 floats.
+    unsafe {
+        dev.launch(&Launch {
+            kernel,
+            grid: Dim3::x(grid),
+            block: Dim3::x(256),
+            shared_bytes: 0,
+            args: &[
+                packed.arg_mut(),
+                absmax.arg_mut(),
+                src.arg(),
+                thr.arg(),
+                Arg::I64(n as i64),
+                Arg::I32(bs),
+            ],
+        })?;
+    }
+    Ok((packed, absmax))
 }
 
 /// Storage layouts of [`gemm`]'s operands (row-major), for `C[M][N] = Σ_k A[m][k]·B[k][n]`.
