@@ -47,7 +47,7 @@ fn run(s: LceShape, seed: u64, want_dw: bool, dev: &Device) {
     let labels: Vec<i32> = (0..rows)
         .map(|i| {
             let b = rng::bits(seed ^ 2, i as u64);
-            if b % 4 == 0 {
+            if b.is_multiple_of(4) {
                 IGNORE_INDEX
             } else {
                 ((b >> 8) % vocab as u64) as i32

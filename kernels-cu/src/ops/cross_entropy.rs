@@ -55,7 +55,7 @@ impl LceShape {
             && self.d > 0
             && self.vocab > 0
             && self.fwd_chunk > 0
-            && self.fwd_chunk % T == 0
+            && self.fwd_chunk.is_multiple_of(T)
             && self.bwd_chunk > 0
             && self.rows <= i32::MAX as usize
             && self.d <= i32::MAX as usize

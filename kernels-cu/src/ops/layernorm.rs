@@ -59,7 +59,7 @@ fn rows_of(x: &Buffer, d: usize) -> Result<usize> {
             got: x.dtype(),
         });
     }
-    if d == 0 || x.len() % d != 0 || x.is_empty() {
+    if d == 0 || !x.len().is_multiple_of(d) || x.is_empty() {
         return Err(Error::Length {
             what: "layer_norm: x (a positive multiple of d)",
             expected: d.max(1) * (x.len() / d.max(1)).max(1),

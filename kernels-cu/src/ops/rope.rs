@@ -67,7 +67,7 @@ impl QkvLayout {
                 self.head_dim
             )));
         }
-        if self.grouped && self.heads % self.kv_heads != 0 {
+        if self.grouped && !self.heads.is_multiple_of(self.kv_heads) {
             return Err(bad(format!(
                 "{} query heads do not split into {} groups",
                 self.heads, self.kv_heads
