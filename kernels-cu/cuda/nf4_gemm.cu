@@ -10,6 +10,8 @@
 // Kernels
 //   nf4_dequant_{bf16,f32}: one thread per packed byte (two elements). Memory bound:
 //     0.5 B read + 2 B (bf16) or 4 B (f32) written per element; absmax/code map are cached.
+//   nf4_quantize_{f32,bf16}: one warp per absmax block (max|a|, scale, 15-threshold bucketing,
+//     packing); fp32 absmax out, double-quantized on the host (it is 1/64 of the elements).
 //   gemm_bf16_{nt,nn,tn}_{bf16,f32}: C[M][N] = alpha*op(A)·op(B) + beta*C, bf16 in, fp32 accumulate.
 //     nt: A[M][K], B[N][K] (C = A·Bᵀ, the forward of x·Wᵀ);
 //     nn: A[M][K], B[K][N] (C = A·B, the input gradient dY·W);
