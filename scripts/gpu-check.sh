@@ -24,7 +24,7 @@ PER_BINARY_TIMEOUT="${GPU_CHECK_TIMEOUT:-240}"
 build() {
   cd "$(dirname "$0")/.."
   local bundle="$PWD/.gpu-bundle"
-  local tests="${GPU_CHECK_TEST_PACKAGES:-kernels-cu}"
+  local tests="${GPU_CHECK_TEST_PACKAGES:-kernels-cu integration-tests}"
   local bins="${GPU_CHECK_BIN_PACKAGES:-trainer}"
   rm -rf "$bundle"
   mkdir -p "$bundle/tests" "$bundle/bin" "$bundle/bench"
@@ -60,6 +60,16 @@ PY
   echo "== building benchmarks"
   cargo build --release -p kernels-cu --example kc_bench
   cp target/release/examples/kc_bench "$bundle/bench/"
+  # The criterion benchmarks of the kernel families (benches/benches/*_gpu.rs; they skip
+  # without a GPU).
+  for f in benches/benches/*_gpu.rs; do
+    local name exe
+    name=$(basename "$f" .rs)
+    exe=$(cargo bench --no-run -p benches --bench "$name" 2>&1 | sed -n 's/.*Executable.*(\(.*\)).*/\1/p' | tail -1)
+    if [ -n "$exe" ] && [ -x "$exe" ]; then cp "$exe" "$bundle/bench/$name"; else
+      echo "WARNING: benchmark $name does not build; it is not in the bundle" >&2
+    fi
+  done
 
   for p in $bins; do
     echo "== building release binaries of $p"
@@ -132,7 +142,9 @@ run() {
   log '```'
   for b in bench/*; do
     [ -x "$b" ] || continue
-    timeout "$PER_BINARY_TIMEOUT" "$b" 2>&1 | tee -a "$report" || { failed=1; log "$(basename "$b") failed"; }
+    # --bench: criterion runs the measurements (kc_bench ignores the flags); short windows keep
+    # the whole run within the time budget.
+    timeout "$PER_BINARY_TIMEOUT" "$b" --bench --warm-up-time 1 --measurement-time 2 2>&1 | tee -a "$report" || { failed=1; log "$(basename "$b") failed"; }
   done
   log '```'
   log ""
