@@ -100,7 +100,7 @@ fn upload(dev: &Device, q: &QuantizedWeight) -> Nf4Weight {
 
 fn check_dequant(n: usize, k: usize, blocksize: usize, seed: u64) {
     let mut rng = Rng(seed);
-    let q = quantize(&mut rng, n, k, blocksize, seed % 2 == 0);
+    let q = quantize(&mut rng, n, k, blocksize, seed.is_multiple_of(2));
     let want_bf: Vec<u16> = q.dequantize_bf16().iter().map(|v| v.to_bits()).collect();
     let want_f: Vec<u32> = q.dequantize_f32().iter().map(|v| v.to_bits()).collect();
     for dev in devices() {
