@@ -13,6 +13,7 @@
 //! over the query heads of a KV group runs in head order inside one block (no atomics).
 //! `head_dim` must be 64 or 128.
 
+use super::check;
 use crate::device::{Dim3, Launch};
 use crate::error::{Error, Result};
 use crate::kernels::*;
@@ -97,24 +98,6 @@ impl AttnShape {
             Arg::I32(self.kv_len as i32),
         ]
     }
-}
-
-fn check(what: &'static str, b: &Buffer, dtype: DType, len: usize) -> Result<()> {
-    if b.dtype() != dtype {
-        return Err(Error::DType {
-            what,
-            expected: dtype,
-            got: b.dtype(),
-        });
-    }
-    if b.len() != len {
-        return Err(Error::Length {
-            what,
-            expected: len,
-            got: b.len(),
-        });
-    }
-    Ok(())
 }
 
 fn check_inputs(

@@ -15,6 +15,7 @@
 //! (not the tensor-core GEMM): correct and memory-lean, but far from the GEMM's rate on Falcon's
 //! 65024 x 4544 lm_head.
 
+use super::check;
 use crate::device::{Dim3, Launch};
 use crate::error::{Error, Result};
 use crate::kernels::*;
@@ -79,24 +80,6 @@ impl LceShape {
 pub struct LceForward {
     pub loss: Buffer,
     pub lse: Buffer,
-}
-
-fn check(what: &'static str, b: &Buffer, dtype: DType, len: usize) -> Result<()> {
-    if b.dtype() != dtype {
-        return Err(Error::DType {
-            what,
-            expected: dtype,
-            got: b.dtype(),
-        });
-    }
-    if b.len() != len {
-        return Err(Error::Length {
-            what,
-            expected: len,
-            got: b.len(),
-        });
-    }
-    Ok(())
 }
 
 fn inputs(s: &LceShape, hidden: &Buffer, w: &Buffer, labels: &Buffer, count: f64) -> Result<()> {

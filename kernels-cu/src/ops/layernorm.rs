@@ -9,6 +9,7 @@
 //! `x`); `mean`, `rstd` are `[rows]` f32; `dγ`, `dβ` are `[d]` f32. dγ/dβ are reduced without
 //! atomics (per-block partial rows, then a fixed-order sum), so they are bitwise reproducible.
 
+use super::check;
 use crate::device::{Dim3, Launch};
 use crate::error::{Error, Result};
 use crate::kernels::*;
@@ -30,24 +31,6 @@ pub struct LayerNormStats {
 /// on the device).
 pub fn bwd_blocks(rows: usize) -> usize {
     rows.clamp(1, MAX_BWD_BLOCKS)
-}
-
-fn check(what: &'static str, b: &Buffer, dtype: DType, len: usize) -> Result<()> {
-    if b.dtype() != dtype {
-        return Err(Error::DType {
-            what,
-            expected: dtype,
-            got: b.dtype(),
-        });
-    }
-    if b.len() != len {
-        return Err(Error::Length {
-            what,
-            expected: len,
-            got: b.len(),
-        });
-    }
-    Ok(())
 }
 
 /// Rows of `x` for row length `d`, checking `x` is a whole number of rows of f32 or bf16.

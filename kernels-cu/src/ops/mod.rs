@@ -25,6 +25,25 @@ fn n_i32(what: &'static str, n: usize) -> Result<i32> {
     })
 }
 
+/// Checks a launcher argument's dtype and element count, naming it in the error.
+pub(crate) fn check(what: &'static str, b: &Buffer, dtype: DType, len: usize) -> Result<()> {
+    if b.dtype() != dtype {
+        return Err(Error::DType {
+            what,
+            expected: dtype,
+            got: b.dtype(),
+        });
+    }
+    if b.len() != len {
+        return Err(Error::Length {
+            what,
+            expected: len,
+            got: b.len(),
+        });
+    }
+    Ok(())
+}
+
 fn same(what: &'static str, a: &Buffer, b: &Buffer) -> Result<()> {
     if a.dtype() != b.dtype() {
         return Err(Error::DType {

@@ -8,6 +8,7 @@
 //! `embedding: out[r, :] = table[ids[r], :]`, backward `dtable[v, :] = Σ_{ids[r]=v} dy[r, :]` in
 //! token order (rows of unused ids are 0).
 
+use super::check;
 use super::BLOCK;
 use crate::device::{Dim3, Launch};
 use crate::error::{Error, Result};
@@ -17,24 +18,6 @@ use crate::{Arg, Buffer, DType, Device, Kernel};
 /// Grid of a grid-stride loop over `n` elements handled `per_thread` at a time.
 fn grid(n: usize, per_thread: usize) -> Dim3 {
     Dim3::x(n.div_ceil(BLOCK as usize * per_thread).clamp(1, 8192) as u32)
-}
-
-fn check(what: &'static str, b: &Buffer, dtype: DType, len: usize) -> Result<()> {
-    if b.dtype() != dtype {
-        return Err(Error::DType {
-            what,
-            expected: dtype,
-            got: b.dtype(),
-        });
-    }
-    if b.len() != len {
-        return Err(Error::Length {
-            what,
-            expected: len,
-            got: b.len(),
-        });
-    }
-    Ok(())
 }
 
 /// The kernel for f32 or bf16 `x`, and the elements one thread handles per vector access.

@@ -12,6 +12,7 @@
 //! recompute and the backward share the positions, hence the table).
 //! Reference: `engine::ops::rope::rope` after `narrow`/`permute` of the fused projection.
 
+use super::check;
 use crate::device::{Dim3, Launch};
 use crate::error::{Error, Result};
 use crate::kernels::*;
@@ -91,24 +92,6 @@ pub fn inv_freq(head_dim: usize, base: f64) -> Vec<f32> {
     (0..head_dim / 2)
         .map(|i| 1.0f32 / (base as f32).powf((2 * i) as f32 / head_dim as f32))
         .collect()
-}
-
-fn check(what: &'static str, b: &Buffer, dtype: DType, len: usize) -> Result<()> {
-    if b.dtype() != dtype {
-        return Err(Error::DType {
-            what,
-            expected: dtype,
-            got: b.dtype(),
-        });
-    }
-    if b.len() != len {
-        return Err(Error::Length {
-            what,
-            expected: len,
-            got: b.len(),
-        });
-    }
-    Ok(())
 }
 
 fn common(l: &QkvLayout, dt: DType, table: &Buffer) -> Result<()> {
