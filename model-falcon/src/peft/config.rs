@@ -27,6 +27,23 @@ pub enum TargetModules {
     AllLinear,
 }
 
+impl TargetModules {
+    /// Parses a command-line value: `all-linear`, or comma-separated module names (blank
+    /// entries and surrounding spaces ignored).
+    pub fn from_flag(s: &str) -> Self {
+        if s.trim() == "all-linear" {
+            TargetModules::AllLinear
+        } else {
+            TargetModules::Names(
+                s.split(',')
+                    .map(|t| t.trim().to_string())
+                    .filter(|t| !t.is_empty())
+                    .collect(),
+            )
+        }
+    }
+}
+
 /// `init_lora_weights`.
 #[derive(Clone, Debug, PartialEq)]
 pub enum InitLoraWeights {

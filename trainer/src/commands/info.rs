@@ -101,17 +101,7 @@ pub fn linear_storage_bytes(m: usize, quant: &str, double_quant: bool) -> usize 
 /// Computes everything `trainer info` reports.
 pub fn model_info(cfg: &FalconConfig, a: &InfoArgs) -> Result<ModelInfo> {
     let path = a.model.join("config.json");
-    let targets = if a.target_modules.trim() == "all-linear" {
-        TargetModules::AllLinear
-    } else {
-        TargetModules::Names(
-            a.target_modules
-                .split(',')
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-                .collect(),
-        )
-    };
+    let targets = TargetModules::from_flag(&a.target_modules);
     let lora = LoraConfig::new(a.lora_r, 2.0 * a.lora_r as f64, 0.0, targets);
     let trainable: usize = lora
         .targets(cfg, &path)?
