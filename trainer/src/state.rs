@@ -39,6 +39,21 @@ pub struct LogEntry {
     pub tokens_per_second: Option<f64>,
 }
 
+impl LogEntry {
+    /// An evaluation record.
+    pub fn eval(step: u64, epoch: f64, eval_loss: f64) -> Self {
+        LogEntry {
+            step,
+            epoch,
+            loss: None,
+            grad_norm: None,
+            learning_rate: None,
+            eval_loss: Some(eval_loss),
+            tokens_per_second: None,
+        }
+    }
+}
+
 /// `trainer_state.json` (HF's fields plus what an exact resume needs).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct TrainerState {

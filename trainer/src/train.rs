@@ -91,17 +91,7 @@ pub fn evaluate(
 
 /// The LoRA config the flags describe.
 pub fn lora_config(args: &TrainArgs, base_name: &str) -> Result<LoraConfig> {
-    let targets = if args.target_modules.trim() == "all-linear" {
-        TargetModules::AllLinear
-    } else {
-        TargetModules::Names(
-            args.target_modules
-                .split(',')
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-                .collect(),
-        )
-    };
+    let targets = TargetModules::from_flag(&args.target_modules);
     if !(0.0..1.0).contains(&args.lora_dropout) {
         bail!(
             "--lora-dropout must be in [0, 1), got {}",
@@ -258,15 +248,7 @@ pub fn train(
         let (l, n) = evaluate(session, eval_set, args.per_device_eval_batch_size)?;
         println!("eval before training: eval_loss {l:.4} over {n} target tokens");
         first_eval = Some(l);
-        let e = LogEntry {
-            step: 0,
-            epoch: 0.0,
-            loss: None,
-            grad_norm: None,
-            learning_rate: None,
-            eval_loss: Some(l),
-            tokens_per_second: None,
-        };
+        let e = LogEntry::eval(0, 0.0, l);
         log.write(&e)?;
         st.log_history.push(e);
     }
@@ -357,15 +339,7 @@ pub fn train(
         if !eval_set.is_empty() && (st.global_step.is_multiple_of(args.eval_steps) || at_end) {
             let (l, _) = evaluate(session, eval_set, args.per_device_eval_batch_size)?;
             last_eval = Some(l);
-            let e = LogEntry {
-                step: st.global_step,
-                epoch: st.epoch,
-                loss: None,
-                grad_norm: None,
-                learning_rate: None,
-                eval_loss: Some(l),
-                tokens_per_second: None,
-            };
+            let e = LogEntry::eval(st.global_step, st.epoch, l);
             progress.log(&e);
             log.write(&e)?;
             st.log_history.push(e);

@@ -10,6 +10,14 @@ use crate::nf4::{self, QuantizedWeight};
 use crate::{DType, Error, Result, Shape, Tensor, Var};
 use std::sync::Arc;
 
+/// The weight as the matmul sees it (stored-dtype rounding), widened to f64 for the reference path.
+fn dequantized_f64(w: &QuantizedWeight) -> Vec<f64> {
+    w.dequantize_stored_f32()
+        .into_iter()
+        .map(f64::from)
+        .collect()
+}
+
 fn forward_tensor(x: &Tensor, w: &QuantizedWeight) -> Result<Tensor> {
     let (n_out, k) = (w.out_features(), w.in_features());
     let m = x.elem_count() / k.max(1);
@@ -22,11 +30,7 @@ fn forward_tensor(x: &Tensor, w: &QuantizedWeight) -> Result<Tensor> {
             Ok(Tensor::from_vec(y, Shape::new(od))?)
         }
         DType::F64 => {
-            let wd: Vec<f64> = w
-                .dequantize_stored_f32()
-                .into_iter()
-                .map(f64::from)
-                .collect();
+            let wd = dequantized_f64(w);
             let mut y = vec![0f64; m * n_out];
             gemm(
                 false,
@@ -60,11 +64,7 @@ fn backward_tensor(dy: &Tensor, w: &QuantizedWeight, x_shape: &Shape) -> Result<
             Ok(Tensor::from_vec(dx, x_shape.clone())?)
         }
         DType::F64 => {
-            let wd: Vec<f64> = w
-                .dequantize_stored_f32()
-                .into_iter()
-                .map(f64::from)
-                .collect();
+            let wd = dequantized_f64(w);
             let mut dx = vec![0f64; m * k];
             gemm(
                 false,
