@@ -2,6 +2,8 @@
 //! two implementations behind one [`Backend`] trait: the CUDA driver (cudarc, loaded at run
 //! time) and the host emulator.
 
+use std::marker::PhantomData;
+use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -212,13 +214,36 @@ impl std::fmt::Debug for Device {
     }
 }
 
-/// Device memory holding `len` elements of `dtype`. Freed (back to the device's pool) on drop.
+/// Device memory holding `len` elements of `dtype`. Freed (back to the device's pool) when the
+/// buffer and every view of it are dropped.
+///
+/// A `Buffer` is either an allocation of its own ([`Device::alloc`]) or a view of a range of
+/// another buffer ([`Buffer::view`], [`Buffer::view_mut`]); both hold the allocation's
+/// [`Block`], which frees the memory when its last holder goes.
 pub struct Buffer {
+    /// Address of element 0 (inside `block`).
     addr: u64,
     len: usize,
     dtype: DType,
+    device: Arc<Inner>,
+    block: Arc<Block>,
+}
+
+/// One allocation from a backend; freed exactly once, when the last buffer or view holding it
+/// drops. Views share it, so memory stays valid while any of them exists, even one moved out
+/// of its view with `std::mem::swap` (a view never frees, and never dangles).
+struct Block {
+    addr: u64,
     reserved: usize,
     device: Arc<Inner>,
+}
+
+impl Drop for Block {
+    fn drop(&mut self) {
+        // SAFETY: the block came from this backend's alloc; this is its only owner and it is
+        // dropped once (the last Arc reference).
+        unsafe { self.device.backend.free(self.addr, self.reserved) };
+    }
 }
 
 impl std::fmt::Debug for Buffer {
@@ -228,13 +253,6 @@ impl std::fmt::Debug for Buffer {
             "Buffer({:?} x {}, device {})",
             self.dtype, self.len, self.device.id
         )
-    }
-}
-
-impl Drop for Buffer {
-    fn drop(&mut self) {
-        // SAFETY: the block came from this backend's alloc and this is its only owner.
-        unsafe { self.device.backend.free(self.addr, self.reserved) };
     }
 }
 
@@ -262,6 +280,108 @@ impl Buffer {
     /// This buffer as a kernel argument the kernel writes.
     pub fn arg_mut(&mut self) -> Arg<'_> {
         Arg::Mut(self)
+    }
+}
+
+/// Views: a range of a buffer as a [`Buffer`] of its own, for launchers that take whole buffers
+/// (e.g. one LoRA parameter inside the packed parameter buffer). A view does not allocate or
+/// free device memory and leaves the allocator's counters ([`Device::memory`]) unchanged.
+///
+/// Alignment: a view starts `offset * dtype.size()` bytes into its parent, while device
+/// allocations are 256-byte aligned. Kernels that use 16-byte vector loads (e.g. the pointwise
+/// family) need views whose byte offset is a multiple of 16; callers that pack tensors into one
+/// buffer should align each tensor's offset (64 elements is enough for every dtype here).
+impl Buffer {
+    /// Read-only view of elements `offset..offset + len` (a [`Buffer`] through `Deref`).
+    /// A range past the end is an [`Error::Length`] naming it.
+    pub fn view(&self, offset: usize, len: usize) -> Result<BufferView<'_>> {
+        Ok(BufferView {
+            buf: self.range(offset, len)?,
+            _parent: PhantomData,
+        })
+    }
+
+    /// Mutable view of elements `offset..offset + len` (a [`Buffer`] through `DerefMut`); the
+    /// parent is borrowed mutably while the view lives. A range past the end is an
+    /// [`Error::Length`] naming it.
+    pub fn view_mut(&mut self, offset: usize, len: usize) -> Result<BufferViewMut<'_>> {
+        Ok(BufferViewMut {
+            buf: self.range(offset, len)?,
+            _parent: PhantomData,
+        })
+    }
+
+    /// True when element 0 starts at a multiple of `bytes` (a power of two), e.g. 16 for
+    /// kernels that use 16-byte vector loads. Always true for `bytes <= 256` on a whole
+    /// allocation; views may start anywhere.
+    pub fn is_aligned(&self, bytes: usize) -> bool {
+        bytes != 0 && self.addr.is_multiple_of(bytes as u64)
+    }
+
+    /// A buffer over `offset..offset + len` of this one, sharing its allocation.
+    fn range(&self, offset: usize, len: usize) -> Result<Buffer> {
+        let end = offset.checked_add(len);
+        match end {
+            Some(end) if end <= self.len => {}
+            _ => {
+                return Err(Error::Length {
+                    what: "buffer view: range end (offset + len) past the buffer length",
+                    expected: self.len,
+                    got: end.unwrap_or(usize::MAX),
+                })
+            }
+        }
+        Ok(Buffer {
+            addr: self.addr + (offset * self.dtype.size()) as u64,
+            len,
+            dtype: self.dtype,
+            device: self.device.clone(),
+            block: self.block.clone(),
+        })
+    }
+}
+
+/// A read-only view of a range of a [`Buffer`] (see [`Buffer::view`]); derefs to a `Buffer`.
+pub struct BufferView<'a> {
+    buf: Buffer,
+    _parent: PhantomData<&'a Buffer>,
+}
+
+/// A mutable view of a range of a [`Buffer`] (see [`Buffer::view_mut`]); derefs to a `Buffer`.
+pub struct BufferViewMut<'a> {
+    buf: Buffer,
+    _parent: PhantomData<&'a mut Buffer>,
+}
+
+impl Deref for BufferView<'_> {
+    type Target = Buffer;
+    fn deref(&self) -> &Buffer {
+        &self.buf
+    }
+}
+
+impl Deref for BufferViewMut<'_> {
+    type Target = Buffer;
+    fn deref(&self) -> &Buffer {
+        &self.buf
+    }
+}
+
+impl DerefMut for BufferViewMut<'_> {
+    fn deref_mut(&mut self) -> &mut Buffer {
+        &mut self.buf
+    }
+}
+
+impl std::fmt::Debug for BufferView<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "view of {:?}", self.buf)
+    }
+}
+
+impl std::fmt::Debug for BufferViewMut<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "mutable view of {:?}", self.buf)
     }
 }
 
@@ -337,8 +457,12 @@ impl Device {
             addr,
             len,
             dtype,
-            reserved,
             device: self.inner.clone(),
+            block: Arc::new(Block {
+                addr,
+                reserved,
+                device: self.inner.clone(),
+            }),
         })
     }
 

@@ -52,7 +52,8 @@
 //! - Memory: [`Device::alloc`] (uninitialised; the emulator fills it with 0xff, NaN as floats),
 //!   [`Device::alloc_zeros`], [`Device::htod`], [`Device::write`], [`Device::dtoh`],
 //!   [`Device::read_into`], [`Device::copy`]. A [`Buffer`] knows its dtype and length and goes
-//!   back to the device's pool on drop. The CUDA backend serves allocations from a
+//!   back to the device's pool on drop. [`Buffer::view`] / [`Buffer::view_mut`] give a range
+//!   of a buffer as a `Buffer` (no allocation; mind 16-byte alignment for vectorized kernels). The CUDA backend serves allocations from a
 //!   [`pool::CachingPool`] (size classes, reuse, release-and-retry on out-of-memory), so a
 //!   training step does no `cuMemAlloc` after warm-up; [`Device::memory`] reports its counters,
 //!   [`Device::release_cached`] gives the cache back. All work runs on the device's one stream;
@@ -139,8 +140,8 @@ mod sources;
 pub mod tools;
 
 pub use device::{
-    describe_code, Arg, ArgValue, Backend, BackendKind, Buffer, Device, DeviceInfo, Dim3,
-    EmulatorOptions, Launch,
+    describe_code, Arg, ArgValue, Backend, BackendKind, Buffer, BufferView, BufferViewMut, Device,
+    DeviceInfo, Dim3, EmulatorOptions, Launch,
 };
 pub use dtype::{DType, Elem};
 pub use error::{Error, Result};

@@ -396,3 +396,152 @@ fn devices_and_buffers_can_be_shared_across_threads() {
         h.join().unwrap();
     }
 }
+
+#[test]
+fn kernels_write_through_a_mutable_view_and_only_inside_its_range() {
+    let mut rng = Rng::new(15);
+    for dev in devices() {
+        let n = 1000;
+        let x = rng.vec_f32(n, -2.0, 2.0);
+        let y = rng.vec_f32(n, -2.0, 2.0);
+        let xb = dev.htod(&x).unwrap();
+        let mut yb = dev.htod(&y).unwrap();
+        // Offsets that are multiples of 16 bytes and ragged lengths, then an unaligned offset
+        // (the elementwise kernels use scalar accesses, so any offset is fine for them).
+        for (off, len, src_off) in [(64usize, 333usize, 128usize), (0, 1, 999), (517, 483, 3)] {
+            let before = dev.dtoh::<f32>(&yb).unwrap();
+            {
+                let src = xb.view(src_off, len).unwrap();
+                let mut dst = yb.view_mut(off, len).unwrap();
+                assert_eq!((dst.len(), dst.dtype()), (len, DType::F32));
+                elementwise::scale(&dev, &mut dst, &src, 3.0).unwrap();
+                // A view reads back exactly its range.
+                let got = dev.dtoh::<f32>(&dst).unwrap();
+                for i in 0..len {
+                    assert_eq!(got[i], 3.0 * x[src_off + i], "view element {i}");
+                }
+            }
+            let after = dev.dtoh::<f32>(&yb).unwrap();
+            for i in 0..n {
+                if (off..off + len).contains(&i) {
+                    assert_eq!(after[i], 3.0 * x[src_off + i - off], "element {i}");
+                } else {
+                    assert_eq!(
+                        after[i].to_bits(),
+                        before[i].to_bits(),
+                        "element {i} changed"
+                    );
+                }
+            }
+        }
+        // A view of a view addresses its parent's range; a length check still applies to it.
+        let mut outer = yb.view_mut(100, 200).unwrap();
+        let mut inner = outer.view_mut(50, 10).unwrap();
+        dev.write(&mut inner, &[7.0f32; 10]).unwrap();
+        assert!(dev.write(&mut inner, &[7.0f32; 11]).is_err());
+        drop(inner);
+        drop(outer);
+        let got = dev.dtoh::<f32>(&yb).unwrap();
+        assert!(got[150..160].iter().all(|&v| v == 7.0));
+        assert_ne!(got[149], 7.0);
+        assert_ne!(got[160], 7.0);
+    }
+}
+
+#[test]
+fn views_outside_the_buffer_are_errors() {
+    let dev = emulator();
+    let mut b = dev.alloc(DType::BF16, 100).unwrap();
+    assert!(b.view(0, 100).is_ok());
+    assert!(b.view(100, 0).is_ok());
+    assert!(b.view(37, 63).is_ok());
+    for (off, len) in [
+        (0usize, 101usize),
+        (90, 11),
+        (101, 0),
+        (usize::MAX, 2),
+        (1, usize::MAX),
+    ] {
+        let r = b.view(off, len);
+        assert!(
+            matches!(r, Err(Error::Length { expected: 100, .. })),
+            "view({off}, {len}): {r:?}"
+        );
+        let r = b.view_mut(off, len);
+        assert!(
+            matches!(r, Err(Error::Length { .. })),
+            "view_mut({off}, {len}): {r:?}"
+        );
+    }
+    let v = b.view(10, 20).unwrap();
+    assert!(matches!(
+        v.view(5, 16),
+        Err(Error::Length { expected: 20, .. })
+    ));
+    // Alignment is reported for vectorized launchers: 8 bf16 = 16 bytes.
+    assert!(b.is_aligned(16));
+    assert!(b.view(8, 8).unwrap().is_aligned(16));
+    assert!(!b.view(4, 8).unwrap().is_aligned(16));
+}
+
+#[test]
+fn views_neither_allocate_nor_free() {
+    for dev in devices() {
+        let mut parent = dev.alloc(DType::F32, 4096).unwrap();
+        let stats = dev.memory();
+        for k in 0..10 {
+            let v = parent.view(64 * k, 64).unwrap();
+            let whole = parent.view(0, 4096).unwrap();
+            assert_eq!(whole.view(128, 64).unwrap().len() + v.len(), 128);
+            drop((v, whole));
+            let mut m = parent.view_mut(64 * k, 128).unwrap();
+            dev.write(&mut m, &vec![k as f32; 128]).unwrap();
+        }
+        assert_eq!(dev.memory(), stats, "views changed the allocator counters");
+        // The parent's memory is intact after its views dropped: nothing was freed early.
+        let got = dev.dtoh::<f32>(&parent.view(0, 704).unwrap()).unwrap();
+        for (i, &v) in got.iter().enumerate() {
+            // Element i was last written by the view starting at 64·min(i/64, 9).
+            assert_eq!(v, (i / 64).min(9) as f32, "element {i}");
+        }
+        drop(parent);
+        let freed = dev.memory();
+        assert_eq!(
+            freed.in_use + 4096 * 4,
+            stats.in_use,
+            "dropping the parent frees its memory once"
+        );
+        // Allocating again works and the counters return to the same state.
+        let again = dev.alloc(DType::F32, 4096).unwrap();
+        assert_eq!(dev.memory().in_use, stats.in_use);
+        drop(again);
+        assert_eq!(dev.memory().in_use, freed.in_use);
+    }
+}
+
+#[test]
+fn a_view_moved_out_of_its_wrapper_keeps_the_memory_alive() {
+    // `DerefMut` lets safe code swap a view's buffer out; the allocation is shared, so the
+    // moved-out buffer neither frees its parent's memory nor dangles after the parent drops.
+    let dev = emulator();
+    let before = dev.memory().in_use;
+    let mut parent = dev.htod(&[1.0f32, 2.0, 3.0, 4.0]).unwrap();
+    let mut other = dev.htod(&[9.0f32]).unwrap();
+    {
+        let mut v = parent.view_mut(2, 1).unwrap();
+        std::mem::swap(&mut *v, &mut other);
+    }
+    // `other` is now the one-element view of parent[2]; the original `other` was freed with
+    // the view wrapper.
+    assert_eq!(dev.dtoh::<f32>(&other).unwrap(), vec![3.0]);
+    assert_eq!(dev.dtoh::<f32>(&parent).unwrap(), vec![1.0, 2.0, 3.0, 4.0]);
+    drop(parent);
+    assert_eq!(
+        dev.memory().in_use,
+        before + 16,
+        "the view holds the allocation"
+    );
+    assert_eq!(dev.dtoh::<f32>(&other).unwrap(), vec![3.0]);
+    drop(other);
+    assert_eq!(dev.memory().in_use, before);
+}
