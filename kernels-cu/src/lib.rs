@@ -55,9 +55,10 @@
 //!   back to the device's pool on drop. [`Buffer::view`] / [`Buffer::view_mut`] give a range
 //!   of a buffer as a `Buffer` (no allocation; mind 16-byte alignment for vectorized kernels).
 //!   The CUDA backend serves allocations from a [`pool::CachingPool`] (size classes, reuse,
-//!   release-and-retry on out-of-memory), so a training step does no `cuMemAlloc` after warm-up; [`Device::memory`] reports its counters,
-//!   [`Device::release_cached`] gives the cache back. All work runs on the device's one stream;
-//!   copies to and from the host synchronize it, launches do not ([`Device::synchronize`]).
+//!   release-and-retry on out-of-memory), so a training step does no `cuMemAlloc` after warm-up;
+//!   [`Device::memory`] reports its counters, [`Device::release_cached`] gives the cache back.
+//!   All work runs on the device's one stream; copies to and from the host synchronize it,
+//!   launches do not ([`Device::synchronize`]).
 //! - Launch: `unsafe` [`Device::launch`] of a [`Launch`] row (kernel, grid, block, dynamic
 //!   shared bytes, args). [`Arg::Ref`] / [`Arg::Mut`] pass buffers as `const T*` / `T*`,
 //!   [`Arg::RefAt`] / [`Arg::MutAt`] a pointer to an element offset inside a buffer; scalars as
