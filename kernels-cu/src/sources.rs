@@ -50,11 +50,13 @@ family!(ATTENTION, "attention");
 family!(NF4_GEMM, "nf4_gemm");
 family!(ROPE, "rope");
 family!(CROSS_ENTROPY, "cross_entropy");
+family!(CONVERT, "convert");
 
 /// Every family, in file-name order.
 pub static FAMILIES: &[&Family] = &[
     &ADAMW,
     &ATTENTION,
+    &CONVERT,
     &CROSS_ENTROPY,
     &ELEMENTWISE,
     &LAYERNORM,
@@ -151,6 +153,10 @@ kernels! {
     ATTN_BWD_DQ_D64 = ATTENTION::attn_bwd_dq_d64, hot = true;
     ATTN_BWD_DQ_D128 = ATTENTION::attn_bwd_dq_d128, hot = true;
     ATTN_BWD_DOT = ATTENTION::attn_bwd_dot, hot = true;
+    CAST_F32_BF16 = CONVERT::cast_f32_bf16, hot = true;
+    CAST_BF16_F32 = CONVERT::cast_bf16_f32, hot = true;
+    SWAP_AXES12_BF16 = CONVERT::swap_axes12_bf16, hot = true;
+    SWAP_AXES12_F32 = CONVERT::swap_axes12_f32, hot = true;
 }
 
 /// Looks a kernel up by name.

@@ -3,6 +3,7 @@
 
 pub mod adamw;
 pub mod attention;
+pub mod convert;
 pub mod cross_entropy;
 pub mod elementwise;
 pub mod layernorm;
