@@ -51,6 +51,7 @@ family!(NF4_GEMM, "nf4_gemm");
 family!(ROPE, "rope");
 family!(CROSS_ENTROPY, "cross_entropy");
 family!(CONVERT, "convert");
+family!(DROPOUT, "dropout");
 
 /// Every family, in file-name order.
 pub static FAMILIES: &[&Family] = &[
@@ -58,6 +59,7 @@ pub static FAMILIES: &[&Family] = &[
     &ATTENTION,
     &CONVERT,
     &CROSS_ENTROPY,
+    &DROPOUT,
     &ELEMENTWISE,
     &LAYERNORM,
     &NF4_GEMM,
@@ -157,6 +159,10 @@ kernels! {
     CAST_BF16_F32 = CONVERT::cast_bf16_f32, hot = true;
     SWAP_AXES12_BF16 = CONVERT::swap_axes12_bf16, hot = true;
     SWAP_AXES12_F32 = CONVERT::swap_axes12_f32, hot = true;
+    DROPOUT_FWD_F32 = DROPOUT::dropout_fwd_f32, hot = true;
+    DROPOUT_FWD_BF16 = DROPOUT::dropout_fwd_bf16, hot = true;
+    DROPOUT_BWD_ADD_F32 = DROPOUT::dropout_bwd_add_f32, hot = true;
+    DROPOUT_BWD_ADD_BF16 = DROPOUT::dropout_bwd_add_bf16, hot = true;
 }
 
 /// Looks a kernel up by name.

@@ -5,6 +5,7 @@ pub mod adamw;
 pub mod attention;
 pub mod convert;
 pub mod cross_entropy;
+pub mod dropout;
 pub mod elementwise;
 pub mod layernorm;
 pub mod nf4_gemm;
