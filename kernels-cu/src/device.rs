@@ -219,7 +219,7 @@ impl std::fmt::Debug for Device {
 ///
 /// A `Buffer` is either an allocation of its own ([`Device::alloc`]) or a view of a range of
 /// another buffer ([`Buffer::view`], [`Buffer::view_mut`]); both hold the allocation's
-/// [`Block`], which frees the memory when its last holder goes.
+/// block (shared, reference-counted), which frees the memory when its last holder goes.
 pub struct Buffer {
     /// Address of element 0 (inside `block`).
     addr: u64,
