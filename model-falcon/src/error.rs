@@ -119,6 +119,14 @@ pub enum FalconError {
     #[error(transparent)]
     Engine(#[from] engine::Error),
 
+    /// The CUDA training step failed on the device (launch checks, out of memory, driver).
+    #[error("CUDA step: {what}: {source}")]
+    Cuda {
+        what: String,
+        #[source]
+        source: kernels_cu::Error,
+    },
+
     /// A 4-bit weight could not be quantized or parsed.
     #[error("tensor `{tensor}`: {source}")]
     Quant {

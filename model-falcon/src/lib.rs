@@ -3,6 +3,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod construct;
+pub mod cuda;
 pub mod error;
 pub mod generate;
 pub mod layers;
@@ -15,6 +16,7 @@ pub mod tokenizer;
 
 pub use checkpoint::FalconCheckpoint;
 pub use config::{AttentionLayout, BnbQuantizationConfig, FalconConfig, NormLayout};
+pub use cuda::CudaFalcon;
 pub use construct::{
     attach_lora, dequantize_like_bnb, load_lora, load_model, lora_weights, prequantized_weight,
     random_model, BaseOptions, QuantMode,
