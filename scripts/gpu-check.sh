@@ -8,11 +8,13 @@
 #   .gpu-bundle/gpu-check.sh run          on the GPU machine (copy .gpu-bundle/ there): prints the
 #                                         device, runs every test binary against the real GPU
 #                                         (KERNELS_CU_REQUIRE_GPU=1: a GPU that does not open
-#                                         fails), runs the benchmarks, writes report.md.
+#                                         fails), a Falcon-7B-shaped QLoRA step at batch 2 x 512
+#                                         (tokens/s, MFU, peak device memory), the benchmarks,
+#                                         and writes report.md.
 #   scripts/gpu-check.sh                  both, on a machine that has Rust and a GPU.
 #
 # Packages whose tests are bundled: GPU_CHECK_TEST_PACKAGES (default "kernels-cu integration-tests
-# engine", GPU tests only); release
+# engine model-falcon", GPU tests only); release
 # binaries: GPU_CHECK_BIN_PACKAGES (default "trainer"; skipped with a warning if they do not
 # build). The binaries load libcuda.so.1 from the driver at run time and need no NVRTC or
 # toolkit: the kernels are embedded as PTX. Everything must finish within 8 minutes on an H200.
@@ -25,10 +27,10 @@ PER_BINARY_TIMEOUT="${GPU_CHECK_TIMEOUT:-240}"
 build() {
   cd "$(dirname "$0")/.."
   local bundle="$PWD/.gpu-bundle"
-  local tests="${GPU_CHECK_TEST_PACKAGES:-kernels-cu integration-tests engine}"
+  local tests="${GPU_CHECK_TEST_PACKAGES:-kernels-cu integration-tests engine model-falcon}"
   local bins="${GPU_CHECK_BIN_PACKAGES:-trainer}"
   rm -rf "$bundle"
-  mkdir -p "$bundle/tests" "$bundle/bin" "$bundle/bench"
+  mkdir -p "$bundle/tests" "$bundle/bin" "$bundle/bench" "$bundle/step"
 
   local pargs=()
   for p in $tests; do pargs+=(-p "$p"); done
@@ -57,11 +59,18 @@ for line in open(os.path.join(bundle, ".cargo-tests.json")):
     # Of the engine's tests only the CUDA device's run on the GPU.
     if pkg == "engine" and m["target"]["name"] != "cuda_device":
         continue
+    # Of the model's, only the training step on the device.
+    if pkg == "model-falcon" and m["target"]["name"] != "cuda_step":
+        continue
     seen.add(name)
     shutil.copy2(m["executable"], os.path.join(bundle, "tests", name))
     print("  test binary:", name)
 PY
   rm -f "$bundle/.cargo-tests.json"
+
+  echo "== building the Falcon-7B step benchmark"
+  cargo build --release -p model-falcon --example falcon_step_gpu
+  cp target/release/examples/falcon_step_gpu "$bundle/step/"
 
   echo "== building benchmarks"
   cargo build --release -p kernels-cu --example kc_bench
@@ -86,9 +95,9 @@ PY
     fi
   done
 
-  strip "$bundle"/tests/* "$bundle"/bench/* "$bundle"/bin/* 2>/dev/null || true
+  strip "$bundle"/tests/* "$bundle"/bench/* "$bundle"/bin/* "$bundle"/step/* 2>/dev/null || true
   # Compressed, the binaries travel in a third of the space; `run` unpacks them.
-  gzip -9 "$bundle"/tests/* "$bundle"/bench/* "$bundle"/bin/*
+  gzip -9 "$bundle"/tests/* "$bundle"/bench/* "$bundle"/bin/* "$bundle"/step/*
   cp "$0" "$bundle/gpu-check.sh"
   chmod +x "$bundle/gpu-check.sh"
   cp kernels-cu/ptxas-report.txt "$bundle/"
@@ -112,10 +121,10 @@ run() {
   local report="$bundle/report.md"
   local failed=0
   cd "$bundle"
-  for z in tests/*.gz bench/*.gz bin/*.gz; do
+  for z in tests/*.gz bench/*.gz bin/*.gz step/*.gz; do
     [ -e "$z" ] && gunzip -f "$z"
   done
-  chmod +x tests/* bench/* bin/* 2>/dev/null || true
+  chmod +x tests/* bench/* bin/* step/* 2>/dev/null || true
   : >"$report"
   log() { echo "$@" | tee -a "$report"; }
 
@@ -148,6 +157,15 @@ run() {
     if timeout "$PER_BINARY_TIMEOUT" "$t" >"$t.log" 2>&1; then status=pass; else status="FAIL (see $t.log)"; failed=1; fi
     log "| $(basename "$t") | $status $(grep -E '^test result' "$t.log" | tail -1 | sed 's/test result: //') | $(($(date +%s) - start)) |"
   done
+  log ""
+  log "## Falcon-7B-shaped QLoRA step (random NF4 base, LoRA r=8, recompute, AdamW every step)"
+  log ""
+  log '```'
+  for targets in query_key_value query_key_value,dense,dense_h_to_4h,dense_4h_to_h; do
+    log "targets: $targets"
+    timeout "$PER_BINARY_TIMEOUT" step/falcon_step_gpu --batch 2 --seq 512 --steps 5 --targets "$targets" 2>&1 | tee -a "$report" || { failed=1; log "falcon_step_gpu failed"; }
+  done
+  log '```'
   log ""
   log "## Benchmarks"
   log ""

@@ -16,11 +16,11 @@ pub mod tokenizer;
 
 pub use checkpoint::FalconCheckpoint;
 pub use config::{AttentionLayout, BnbQuantizationConfig, FalconConfig, NormLayout};
-pub use cuda::CudaFalcon;
 pub use construct::{
     attach_lora, dequantize_like_bnb, load_lora, load_model, lora_weights, prequantized_weight,
     random_model, BaseOptions, QuantMode,
 };
+pub use cuda::CudaFalcon;
 pub use error::{FalconError, Result};
 pub use generate::{Generated, GenerationConfig, Sampling};
 pub use model::FalconModel;

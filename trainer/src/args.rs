@@ -188,6 +188,14 @@ pub struct TrainArgs {
     /// Do not draw a progress bar (log lines only).
     #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set)]
     pub no_progress: bool,
+    /// Train on the CPU even when a CUDA GPU works (TrainingArguments.use_cpu).
+    #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set)]
+    pub use_cpu: bool,
+    /// Where the step runs: auto (GPU 0 when it works and the model runs there, else the CPU),
+    /// cpu, cuda, cuda:N, or emulator (the CUDA step on a host emulator of the GPU: slow, for
+    /// testing the GPU path without one).
+    #[arg(long, default_value = "auto")]
+    pub device: String,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -40,7 +40,6 @@ pub fn run_demo(a: &DemoArgs, stop: Arc<AtomicBool>) -> Result<()> {
     println!("QLoRA demo: a tiny Falcon-shaped model (random weights, NF4 + double quantization),");
     println!("LoRA on every linear layer, synthetic FinQA-style questions. The real job is");
     println!("  trainer train --model ./falcon-7b-instruct --data ./finqa/train.json\n");
-    println!("{}", crate::train_cmd::device_notice());
     let args = demo_train_args(a);
     let mut session = builtin_session(a.seed, &BaseOptions::default())?;
     let base_dir = save_base(&session, &a.output_dir.join("base-model"))?;

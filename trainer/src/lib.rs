@@ -4,6 +4,7 @@
 pub mod args;
 pub mod commands;
 pub mod demo;
+pub mod device;
 pub mod metrics;
 pub mod session;
 pub mod state;

@@ -115,10 +115,11 @@ impl Progress {
         Progress { bar }
     }
 
-    pub fn step(&mut self, step: u64, loss: f64, lr: f64, grad_norm: f64) {
+    /// Advances the bar; `peak_bytes` is the peak memory of the device training runs on.
+    pub fn step(&mut self, step: u64, loss: f64, lr: f64, grad_norm: f64, peak_bytes: usize) {
         if let Some(b) = &self.bar {
             b.set_position(step);
-            let mem = engine::memory::global_counter().peak_bytes() as f64 / (1u64 << 20) as f64;
+            let mem = peak_bytes as f64 / (1u64 << 20) as f64;
             b.set_message(format!(
                 "loss {loss:.4}  lr {lr:.2e}  grad {grad_norm:.3}  peak {mem:.0} MiB"
             ));

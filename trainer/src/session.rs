@@ -63,7 +63,7 @@ pub fn tiny_config(vocab_size: usize, eos: u32) -> Result<FalconConfig> {
         "vocab_size": vocab_size,
         "hidden_size": 128,
         "num_hidden_layers": 2,
-        "num_attention_heads": 4,
+        "num_attention_heads": 2,
         "multi_query": true,
         "new_decoder_architecture": false,
         "parallel_attn": true,

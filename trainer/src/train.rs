@@ -10,6 +10,7 @@
 //!   adapter is bit-identical to an uninterrupted run.
 
 use crate::args::TrainArgs;
+use crate::device::{self, DeviceRequest};
 use crate::metrics::{MetricsLog, Progress};
 use crate::session::Session;
 use crate::state::{self, LogEntry, RngFile, TrainerState};
@@ -18,7 +19,7 @@ use data_finqa::{Batch, Sampler, SamplerConfig, TokenizedExample};
 use engine::optim::{clip_grad_norm, AdamW, AdamWConfig, LrSchedule, SchedulerKind};
 use engine::{rng, GradStore, Tensor, Var};
 use model_falcon::peft::{load_adapter, LoraConfig, TargetModules};
-use model_falcon::{attach_lora, load_lora};
+use model_falcon::{attach_lora, load_lora, CudaFalcon};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -37,6 +38,8 @@ pub struct TrainSummary {
     pub seconds: f64,
     pub tokens_seen: u64,
     pub peak_host_bytes: usize,
+    /// Peak bytes in use on the CUDA device, when training ran there.
+    pub peak_device_bytes: Option<usize>,
 }
 
 /// Tensors of one collated micro-batch.
@@ -60,9 +63,11 @@ pub fn micro_batch(examples: &[&TokenizedExample], pad_id: u32) -> Result<MicroB
     })
 }
 
-/// Token-level mean eval loss over `examples` (no gradients, no dropout).
+/// Token-level mean eval loss over `examples` (no gradients, no dropout), on the CUDA device
+/// when `cuda` is given.
 pub fn evaluate(
     session: &Session,
+    cuda: Option<&CudaFalcon>,
     examples: &[TokenizedExample],
     batch_size: usize,
 ) -> Result<(f64, usize)> {
@@ -75,12 +80,16 @@ pub fn evaluate(
             continue;
         }
         // Dividing by 1 gives the summed CE; the mean is taken over all tokens at the end.
-        let loss = engine::no_grad(|| {
-            session
-                .model
-                .loss(&mb.ids, Some(&mb.mask), &mb.labels, 1.0, false)
-        })?;
-        sum += loss.value().to_scalar()?;
+        sum += match cuda {
+            Some(c) => c.loss(&mb.ids, Some(&mb.mask), &mb.labels, 1.0)?,
+            None => engine::no_grad(|| {
+                session
+                    .model
+                    .loss(&mb.ids, Some(&mb.mask), &mb.labels, 1.0, false)
+            })?
+            .value()
+            .to_scalar()?,
+        };
         count += mb.targets;
     }
     if count == 0 {
@@ -177,6 +186,8 @@ pub fn train(
             weight_decay: args.weight_decay,
         },
     )?;
+    let (mut cuda, where_) = device::select(DeviceRequest::from_args(args)?, &session.model)?;
+    println!("{where_}");
 
     // Data order and step count.
     let lengths: Vec<usize> = train_set.iter().map(|e| e.input_ids.len()).collect();
@@ -195,6 +206,9 @@ pub fn train(
     let (mut st, mut sampler, schedule) = if let Some(dir) = &resume_dir {
         let r = state::load_checkpoint_meta(dir)?;
         state::load_optimizer(&dir.join(state::OPTIMIZER_FILE), &mut opt, &names)?;
+        if let Some(c) = cuda.as_mut() {
+            c.set_optimizer_state(opt.state())?;
+        }
         let sampler = Sampler::resume(lengths, sampler_cfg, &r.rng.sampler)?;
         rng::set_state(r.rng.dropout);
         println!(
@@ -245,7 +259,12 @@ pub fn train(
     let mut first_eval = st.log_history.iter().find_map(|e| e.eval_loss);
     let mut last_eval = st.log_history.iter().rev().find_map(|e| e.eval_loss);
     if first_eval.is_none() && !eval_set.is_empty() {
-        let (l, n) = evaluate(session, eval_set, args.per_device_eval_batch_size)?;
+        let (l, n) = evaluate(
+            session,
+            cuda.as_ref(),
+            eval_set,
+            args.per_device_eval_batch_size,
+        )?;
         println!("eval before training: eval_loss {l:.4} over {n} target tokens");
         first_eval = Some(l);
         let e = LogEntry::eval(0, 0.0, l);
@@ -287,13 +306,20 @@ pub fn train(
         let mut grads = GradStore::default();
         let mut step_loss = 0.0;
         for mb in &micro {
-            let loss =
-                session
-                    .model
-                    .loss(&mb.ids, Some(&mb.mask), &mb.labels, count as f64, true)?;
-            step_loss += loss.value().to_scalar()?;
-            let g = loss.backward()?;
-            grads.merge(g)?;
+            step_loss += match cuda.as_mut() {
+                Some(c) => c.forward_backward(&mb.ids, Some(&mb.mask), &mb.labels, count as f64)?,
+                None => {
+                    let loss = session.model.loss(
+                        &mb.ids,
+                        Some(&mb.mask),
+                        &mb.labels,
+                        count as f64,
+                        true,
+                    )?;
+                    grads.merge(loss.backward()?)?;
+                    loss.value().to_scalar()?
+                }
+            };
             st.num_input_tokens_seen += mb.tokens as u64;
             tokens_since_log += mb.tokens as u64;
         }
@@ -303,9 +329,15 @@ pub fn train(
                 st.global_step + 1
             );
         }
-        let grad_norm = clip_grad_norm(&mut grads, &params, args.max_grad_norm)?;
         let lr = schedule.lr(st.global_step);
-        opt.step(&grads, lr)?;
+        let grad_norm = match cuda.as_mut() {
+            Some(c) => c.optimizer_step(lr, opt.config(), args.max_grad_norm)?,
+            None => {
+                let n = clip_grad_norm(&mut grads, &params, args.max_grad_norm)?;
+                opt.step(&grads, lr)?;
+                n
+            }
+        };
         drop(grads);
         st.global_step += 1;
         steps_this_run += 1;
@@ -314,7 +346,13 @@ pub fn train(
         st.loss_since_log += step_loss;
         st.steps_since_log += 1;
         st.total_loss += step_loss;
-        progress.step(st.global_step, step_loss, lr, grad_norm);
+        progress.step(
+            st.global_step,
+            step_loss,
+            lr,
+            grad_norm,
+            device::peak_bytes(cuda.as_ref()),
+        );
 
         let at_end = st.global_step == max_steps;
         if st.global_step.is_multiple_of(args.logging_steps) || at_end {
@@ -337,7 +375,12 @@ pub fn train(
             tokens_window_start = Instant::now();
         }
         if !eval_set.is_empty() && (st.global_step.is_multiple_of(args.eval_steps) || at_end) {
-            let (l, _) = evaluate(session, eval_set, args.per_device_eval_batch_size)?;
+            let (l, _) = evaluate(
+                session,
+                cuda.as_ref(),
+                eval_set,
+                args.per_device_eval_batch_size,
+            )?;
             last_eval = Some(l);
             let e = LogEntry::eval(st.global_step, st.epoch, l);
             progress.log(&e);
@@ -349,6 +392,11 @@ pub fn train(
             || (args.stop_after_steps > 0 && steps_this_run >= args.stop_after_steps && !at_end);
         if st.global_step.is_multiple_of(args.save_steps) || at_end || interrupted {
             let dir = out.join(format!("checkpoint-{}", st.global_step));
+            if let Some(c) = &cuda {
+                // The checkpoint is written from the host model and optimizer.
+                c.store_adapters_to_host()?;
+                opt.set_state(c.optimizer_state()?)?;
+            }
             let rngf = RngFile {
                 dropout: rng::state(),
                 sampler: sampler.state(),
@@ -377,6 +425,9 @@ pub fn train(
     let adapter_dir = if interrupted {
         last_saved.clone().unwrap_or_else(|| out.clone())
     } else {
+        if let Some(c) = &cuda {
+            c.store_adapters_to_host()?;
+        }
         model_falcon::peft::save_adapter(out, &lora, &model_falcon::lora_weights(&session.model)?)?;
         out.clone()
     };
@@ -391,5 +442,6 @@ pub fn train(
         seconds: start.elapsed().as_secs_f64(),
         tokens_seen: st.num_input_tokens_seen,
         peak_host_bytes: engine::memory::global_counter().peak_bytes(),
+        peak_device_bytes: cuda.as_ref().map(|c| c.memory().peak_in_use),
     })
 }

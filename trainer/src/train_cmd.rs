@@ -46,25 +46,7 @@ pub fn load_data(path: &Path, format: &str, strict: bool) -> Result<LoadReport> 
     Ok(report)
 }
 
-/// The one line that says where training runs. A CUDA device is looked for (GPU 0 through the
-/// driver, loaded at run time), but not every op of the model has a CUDA kernel yet, so the
-/// step runs on the CPU either way; the line says so, and why when there is no GPU.
-pub fn device_notice() -> String {
-    match engine::cuda::open(0).and_then(engine::cuda::info) {
-        Ok(info) => format!(
-            "CUDA device found ({}) but the full training step does not run on the GPU yet; \
-             training on the CPU",
-            info.name
-        ),
-        Err(engine::Error::DeviceUnavailable { reason, .. }) => {
-            format!("no CUDA device: {reason}; training on the CPU")
-        }
-        Err(e) => format!("no CUDA device: {e}; training on the CPU"),
-    }
-}
-
 pub fn run(args: &TrainArgs, stop: Arc<AtomicBool>) -> Result<()> {
-    println!("{}", device_notice());
     let opts = base_options(&args.quant, args.double_quant)?;
     // Fail on an unusable output directory before spending minutes loading a model.
     std::fs::create_dir_all(&args.output_dir).with_context(|| {
@@ -83,7 +65,7 @@ pub fn run(args: &TrainArgs, stop: Arc<AtomicBool>) -> Result<()> {
     for n in &session.notes {
         eprintln!("note: {n}");
     }
-    if args.bf16 {
+    if args.bf16 && args.use_cpu {
         eprintln!("note: the CPU backend computes in fp32 (bf16 applies on the GPU)");
     }
     let tok_opts = TokenizeOptions {
@@ -163,25 +145,4 @@ pub fn run(args: &TrainArgs, stop: Arc<AtomicBool>) -> Result<()> {
         println!("adapter written to {}", s.adapter_dir.display());
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::device_notice;
-
-    #[test]
-    fn device_notice_says_where_training_runs() {
-        let line = device_notice();
-        assert!(line.ends_with("; training on the CPU"), "{line}");
-        if engine::cuda::open(0).is_err() {
-            assert!(line.starts_with("no CUDA device: "), "{line}");
-            // The reason is there, not an empty message.
-            assert!(
-                line.len() > "no CUDA device: ; training on the CPU".len() + 5,
-                "{line}"
-            );
-        } else {
-            assert!(line.starts_with("CUDA device found ("), "{line}");
-        }
-    }
 }

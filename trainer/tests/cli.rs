@@ -336,7 +336,7 @@ fn eval_json_reports_loss_accuracy_and_predictions() {
         policy: TruncationPolicy::KeepAnswer,
     };
     let set = tokenize_records(&session.tokenizer, &f.records[..5], &opts).unwrap();
-    let (want, n) = trainer::train::evaluate(&session, &set.examples, 1).unwrap();
+    let (want, n) = trainer::train::evaluate(&session, None, &set.examples, 1).unwrap();
     assert_eq!(tokens, n);
     assert!((loss - want).abs() <= 1e-6 * want.abs(), "{loss} vs {want}");
 

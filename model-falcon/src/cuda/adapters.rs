@@ -221,7 +221,8 @@ impl AdapterStore {
     }
 
     /// Adds the adapter of slot `i` to the base output `y [M, out]` (bf16) for input
-    /// `x [M, in]` (bf16). A dropout mask is drawn from `rng` when training with p > 0.
+    /// `x [M, in]` (bf16). When training (`rng` given) with p > 0, a dropout mask is drawn
+    /// from `rng`.
     pub fn forward(
         &self,
         dev: &Dev,
@@ -229,12 +230,14 @@ impl AdapterStore {
         x: &Buffer,
         y: &mut Buffer,
         m: usize,
-        train: bool,
-        rng: &mut RngCursor,
+        rng: Option<&mut RngCursor>,
     ) -> Result<LoraActs> {
         let s = &self.slots[i];
         let err = |what: &str| cuda_err(format!("{} LoRA {what}", s.module));
-        let mask = (train && s.dropout > 0.0).then(|| rng.take((m * s.in_f) as u64));
+        let mask = match rng {
+            Some(r) if s.dropout > 0.0 => Some(r.take((m * s.in_f) as u64)),
+            _ => None,
+        };
         let xd = match mask {
             Some(st) => {
                 let mut xd = alloc(dev, "LoRA dropout", DType::BF16, m * s.in_f)?;
@@ -249,8 +252,7 @@ impl AdapterStore {
         let mut u = alloc(dev, "LoRA u", DType::BF16, m * s.r)?;
         let xin = xd.as_ref().unwrap_or(x);
         gemm(dev, Layout::Nt, xin, &a, &mut u, m, s.r, s.in_f, 1.0, 0.0).map_err(err("x·Aᵀ"))?;
-        gemm(dev, Layout::Nt, &u, &b, y, m, s.out_f, s.r, s.scaling, 1.0)
-            .map_err(err("u·Bᵀ"))?;
+        gemm(dev, Layout::Nt, &u, &b, y, m, s.out_f, s.r, s.scaling, 1.0).map_err(err("u·Bᵀ"))?;
         Ok(LoraActs { xd, u, mask })
     }
 
@@ -312,8 +314,9 @@ impl AdapterStore {
         }
         let a = self.view_bf16(s.a_off, s.a_len())?;
         match acts.mask {
-            None => gemm(dev, Layout::Nn, &du, &a, dx, m, s.in_f, s.r, 1.0, 1.0)
-                .map_err(err("dx"))?,
+            None => {
+                gemm(dev, Layout::Nn, &du, &a, dx, m, s.in_f, s.r, 1.0, 1.0).map_err(err("dx"))?
+            }
             Some(st) => {
                 let mut t = alloc(dev, "LoRA dx", DType::BF16, m * s.in_f)?;
                 gemm(dev, Layout::Nn, &du, &a, &mut t, m, s.in_f, s.r, 1.0, 0.0)

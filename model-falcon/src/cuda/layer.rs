@@ -99,8 +99,16 @@ impl LayerActs {
 
 fn norm_forward(ctx: &StepCtx, n: &DeviceNorm, x: &Buffer) -> Result<(Buffer, LayerNormStats)> {
     let mut h = alloc(ctx.dev, "LayerNorm output", DType::BF16, x.len())?;
-    let st = layernorm::forward(ctx.dev, &mut h, x, &n.gamma, &n.beta, ctx.g.hidden, ctx.g.eps)
-        .map_err(cuda_err("LayerNorm".into()))?;
+    let st = layernorm::forward(
+        ctx.dev,
+        &mut h,
+        x,
+        &n.gamma,
+        &n.beta,
+        ctx.g.hidden,
+        ctx.g.eps,
+    )
+    .map_err(cuda_err("LayerNorm".into()))?;
     Ok((h, st))
 }
 
@@ -117,7 +125,10 @@ fn linear_forward(
         .forward(ctx.dev, x, &mut y, m, lin.shape, 0.0)
         .map_err(cuda_err(lin.name.clone()))?;
     let acts = match lin.lora {
-        Some(i) => Some(store.forward(ctx.dev, i, x, &mut y, m, ctx.train, rng)?),
+        Some(i) => {
+            let rng = if ctx.train { Some(rng) } else { None };
+            Some(store.forward(ctx.dev, i, x, &mut y, m, rng)?)
+        }
         None => None,
     };
     Ok((y, acts))

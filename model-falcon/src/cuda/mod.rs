@@ -141,7 +141,12 @@ impl CudaFalcon {
         self.dev.memory()
     }
 
-    fn upload_batch(&self, ids: &Tensor, mask: Option<&Tensor>, labels: &[i32]) -> Result<DeviceBatch> {
+    fn upload_batch(
+        &self,
+        ids: &Tensor,
+        mask: Option<&Tensor>,
+        labels: &[i32],
+    ) -> Result<DeviceBatch> {
         if ids.rank() != 2 || ids.dtype() != EDType::U32 {
             return Err(FalconError::InvalidArgument(format!(
                 "input ids must be u32 [batch, seq], got {} {}",
@@ -503,8 +508,16 @@ fn final_norm(
 ) -> Result<(Buffer, layernorm::LayerNormStats)> {
     let n = &base.ln_f;
     let mut h = alloc(ctx.dev, "ln_f output", DType::BF16, x.len())?;
-    let st = layernorm::forward(ctx.dev, &mut h, x, &n.gamma, &n.beta, ctx.g.hidden, ctx.g.eps)
-        .map_err(cuda_err("ln_f".into()))?;
+    let st = layernorm::forward(
+        ctx.dev,
+        &mut h,
+        x,
+        &n.gamma,
+        &n.beta,
+        ctx.g.hidden,
+        ctx.g.eps,
+    )
+    .map_err(cuda_err("ln_f".into()))?;
     Ok((h, st))
 }
 

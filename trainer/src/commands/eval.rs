@@ -153,7 +153,7 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
     if examples.is_empty() {
         bail!("{}: no example to evaluate", a.data.display());
     }
-    let (eval_loss, target_tokens) = evaluate(&session, &examples, a.batch_size)
+    let (eval_loss, target_tokens) = evaluate(&session, None, &examples, a.batch_size)
         .with_context(|| format!("evaluating the loss on {}", a.data.display()))?;
     if !a.json {
         println!(
