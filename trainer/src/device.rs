@@ -50,24 +50,29 @@ impl DeviceRequest {
 /// with one line saying where training runs and why.
 pub fn select(req: DeviceRequest, model: &FalconModel) -> Result<(Option<CudaFalcon>, String)> {
     match req {
-        DeviceRequest::Cpu => Ok((None, "training on the CPU (as requested)".into())),
+        DeviceRequest::Cpu => Ok((None, "training on the CPU (fp32, as requested)".into())),
         DeviceRequest::Auto => {
             let dev = match engine::cuda::open(0) {
                 Ok(d) => d,
                 Err(engine::Error::DeviceUnavailable { reason, .. }) => {
                     return Ok((
                         None,
-                        format!("no CUDA device: {reason}; training on the CPU"),
+                        format!("no CUDA device: {reason}; training on the CPU (fp32)"),
                     ))
                 }
-                Err(e) => return Ok((None, format!("no CUDA device: {e}; training on the CPU"))),
+                Err(e) => {
+                    return Ok((
+                        None,
+                        format!("no CUDA device: {e}; training on the CPU (fp32)"),
+                    ))
+                }
             };
             let name = device_name(dev);
             match CudaFalcon::new(model, dev) {
-                Ok(c) => Ok((Some(c), format!("training on {name}"))),
+                Ok(c) => Ok((Some(c), format!("training on {name} (bf16 activations)"))),
                 Err(e) => Ok((
                     None,
-                    format!("CUDA device found ({name}) but this model cannot train there: {e}; training on the CPU"),
+                    format!("CUDA device found ({name}) but this model cannot train there: {e}; training on the CPU (fp32)"),
                 )),
             }
         }
@@ -76,7 +81,7 @@ pub fn select(req: DeviceRequest, model: &FalconModel) -> Result<(Option<CudaFal
             let name = device_name(dev);
             let c = CudaFalcon::new(model, dev)
                 .with_context(|| format!("--device cuda:{n}: cannot train this model on {name}"))?;
-            Ok((Some(c), format!("training on {name}")))
+            Ok((Some(c), format!("training on {name} (bf16 activations)")))
         }
         DeviceRequest::Emulator => {
             let dev = engine::cuda::open_emulator()?;

@@ -188,6 +188,12 @@ pub fn train(
     )?;
     let (mut cuda, where_) = device::select(DeviceRequest::from_args(args)?, &session.model)?;
     println!("{where_}");
+    if cuda.is_some() && !args.bf16 {
+        eprintln!(
+            "note: the CUDA step computes in bf16 with fp32 accumulation and fp32 adapters; \
+             for fp32 activations train with --device cpu"
+        );
+    }
 
     // Data order and step count.
     let lengths: Vec<usize> = train_set.iter().map(|e| e.input_ids.len()).collect();

@@ -65,9 +65,6 @@ pub fn run(args: &TrainArgs, stop: Arc<AtomicBool>) -> Result<()> {
     for n in &session.notes {
         eprintln!("note: {n}");
     }
-    if args.bf16 && args.use_cpu {
-        eprintln!("note: the CPU backend computes in fp32 (bf16 applies on the GPU)");
-    }
     let tok_opts = TokenizeOptions {
         max_length: args.max_length,
         eos_id: session.eos_id,
@@ -136,6 +133,12 @@ pub fn run(args: &TrainArgs, stop: Arc<AtomicBool>) -> Result<()> {
         "peak host tensor memory: {:.1} MiB",
         s.peak_host_bytes as f64 / (1 << 20) as f64
     );
+    if let Some(d) = s.peak_device_bytes {
+        println!(
+            "peak device memory (allocator, in use): {:.1} MiB",
+            d as f64 / (1 << 20) as f64
+        );
+    }
     if s.interrupted {
         println!(
             "stopped early; resume with --resume (checkpoint {})",
