@@ -52,6 +52,7 @@ family!(ROPE, "rope");
 family!(CROSS_ENTROPY, "cross_entropy");
 family!(CONVERT, "convert");
 family!(DROPOUT, "dropout");
+family!(SKINNY, "skinny");
 
 /// Every family, in file-name order.
 pub static FAMILIES: &[&Family] = &[
@@ -67,6 +68,7 @@ pub static FAMILIES: &[&Family] = &[
     &REDUCE,
     &ROPE,
     &SELFTEST,
+    &SKINNY,
 ];
 
 macro_rules! kernels {
@@ -163,6 +165,8 @@ kernels! {
     DROPOUT_FWD_BF16 = DROPOUT::dropout_fwd_bf16, hot = true;
     DROPOUT_BWD_ADD_F32 = DROPOUT::dropout_bwd_add_f32, hot = true;
     DROPOUT_BWD_ADD_BF16 = DROPOUT::dropout_bwd_add_bf16, hot = true;
+    SKINNY_NT_F32 = SKINNY::skinny_nt_f32, hot = true;
+    SKINNY_NT_BF16 = SKINNY::skinny_nt_bf16, hot = true;
 }
 
 /// Looks a kernel up by name.

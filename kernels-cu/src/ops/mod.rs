@@ -12,6 +12,7 @@ pub mod nf4_gemm;
 pub mod pointwise;
 pub mod reduce;
 pub mod rope;
+pub mod skinny;
 
 use crate::error::{Error, Result};
 use crate::{Buffer, DType};

@@ -8,6 +8,11 @@
 //! `u = dropout(x)·Aᵀ` (`[M, r]`, bf16) and `y += s·u·Bᵀ` (accumulated into the base output).
 //! Backward, with `dy [M, out]`:
 //! `dB += s·dyᵀ·u`, `du = s·dy·B`, `dA += duᵀ·dropout(x)`, `dx += dropout_mask(du·A)`.
+//!
+//! The two products with r output columns (`u` and `du`) run on the skinny kernel (one warp per
+//! row, memory-bound) rather than the tensor-core GEMM, whose 128-wide tiles would leave a
+//! 1024-token product with 8 blocks walking all of K; `du = dy·B` reads a transposed bf16 copy
+//! `Bᵀ [r, out]` kept next to the weights. The other three are wide and use the GEMM.
 
 use super::weights::alloc;
 use super::{cuda_err, Dev, RngCursor};
@@ -16,7 +21,7 @@ use crate::{FalconError, Result};
 use engine::rng::RngState;
 use engine::{Tensor, Var};
 use kernels_cu::ops::nf4_gemm::{gemm, Layout};
-use kernels_cu::ops::{convert, dropout};
+use kernels_cu::ops::{convert, dropout, skinny};
 use kernels_cu::{Buffer, DType};
 
 /// Alignment of each matrix in the packed buffers, in elements.
@@ -64,6 +69,8 @@ pub(crate) struct AdapterStore {
     pub params: Buffer,
     /// bf16 copy of `params` for the GEMMs; refreshed after every change of `params`.
     pub params_bf16: Buffer,
+    /// The B matrices of `params_bf16` transposed (`[r, out]` at each B's offset).
+    pub b_t_bf16: Buffer,
     /// f32 gradients (packed), accumulated over micro-batches until [`Self::zero_grads`].
     pub grads: Buffer,
 }
@@ -109,6 +116,9 @@ impl AdapterStore {
         let store = AdapterStore {
             params: alloc(dev, "adapter weights", DType::F32, packed_len)?,
             params_bf16: alloc(dev, "adapter weights (bf16)", DType::BF16, packed_len)?,
+            b_t_bf16: dev
+                .alloc_zeros(DType::BF16, packed_len)
+                .map_err(cuda_err("allocate transposed adapter weights".into()))?,
             grads: dev
                 .alloc_zeros(DType::F32, packed_len)
                 .map_err(cuda_err("allocate adapter gradients".into()))?,
@@ -144,10 +154,18 @@ impl AdapterStore {
         self.refresh_bf16(dev)
     }
 
-    /// `params_bf16 = bf16(params)`.
+    /// `params_bf16 = bf16(params)`, and the transposed copies of the B matrices.
     pub fn refresh_bf16(&mut self, dev: &Dev) -> Result<()> {
         convert::cast(dev, &mut self.params_bf16, &self.params)
-            .map_err(cuda_err("round adapter weights to bf16".into()))
+            .map_err(cuda_err("round adapter weights to bf16".into()))?;
+        let err = || cuda_err("transpose adapter B".into());
+        for s in &self.slots {
+            let b = self.params_bf16.view(s.b_off, s.b_len()).map_err(err())?;
+            let mut bt = self.b_t_bf16.view_mut(s.b_off, s.b_len()).map_err(err())?;
+            // [out, r] as [1, out, r, 1] -> [1, r, out, 1].
+            convert::swap_axes12(dev, &mut bt, &b, [1, s.out_f, s.r, 1]).map_err(err())?;
+        }
+        Ok(())
     }
 
     /// Writes the device parameters back into the slots' host Vars.
@@ -251,7 +269,7 @@ impl AdapterStore {
         let b = self.view_bf16(s.b_off, s.b_len())?;
         let mut u = alloc(dev, "LoRA u", DType::BF16, m * s.r)?;
         let xin = xd.as_ref().unwrap_or(x);
-        gemm(dev, Layout::Nt, xin, &a, &mut u, m, s.r, s.in_f, 1.0, 0.0).map_err(err("x·Aᵀ"))?;
+        down_projection(dev, xin, &a, &mut u, m, s.r, s.in_f, 1.0).map_err(err("x·Aᵀ"))?;
         gemm(dev, Layout::Nt, &u, &b, y, m, s.out_f, s.r, s.scaling, 1.0).map_err(err("u·Bᵀ"))?;
         Ok(LoraActs { xd, u, mask })
     }
@@ -291,20 +309,13 @@ impl AdapterStore {
         }
         let mut du = alloc(dev, "LoRA du", DType::BF16, m * s.r)?;
         {
-            let b = self.view_bf16(s.b_off, s.b_len())?;
-            gemm(
-                dev,
-                Layout::Nn,
-                dy,
-                &b,
-                &mut du,
-                m,
-                s.r,
-                s.out_f,
-                s.scaling,
-                0.0,
-            )
-            .map_err(err("du"))?;
+            // du[M, r] = s·dy·B = s·dy·(Bᵀ)ᵀ
+            let bt = self
+                .b_t_bf16
+                .view(s.b_off, s.b_len())
+                .map_err(cuda_err("adapter weight view".into()))?;
+            down_projection(dev, dy, &bt, &mut du, m, s.r, s.out_f, s.scaling)
+                .map_err(err("du"))?;
         }
         {
             // dA[r, in] += duᵀ·dropout(x)
@@ -338,5 +349,25 @@ impl AdapterStore {
         self.grads
             .view_mut(off, len)
             .map_err(cuda_err("adapter gradient view".into()))
+    }
+}
+
+/// `c[m, n] = α·a[m, k]·b[n, k]ᵀ` for the rank-wide products: the skinny kernel up to its
+/// width, the tensor-core GEMM beyond (rank > 32).
+#[allow(clippy::too_many_arguments)]
+fn down_projection(
+    dev: &Dev,
+    a: &Buffer,
+    b: &Buffer,
+    c: &mut Buffer,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+) -> kernels_cu::Result<()> {
+    if n <= skinny::MAX_N {
+        skinny::nt(dev, a, b, c, m, n, k, alpha, 0.0)
+    } else {
+        gemm(dev, Layout::Nt, a, b, c, m, n, k, alpha, 0.0)
     }
 }
