@@ -97,7 +97,12 @@ impl LayerActs {
     }
 }
 
-fn norm_forward(ctx: &StepCtx, n: &DeviceNorm, x: &Buffer) -> Result<(Buffer, LayerNormStats)> {
+/// `LayerNorm(x)` over rows of `hidden` (bf16) and the statistics its backward needs.
+pub(crate) fn norm_forward(
+    ctx: &StepCtx,
+    n: &DeviceNorm,
+    x: &Buffer,
+) -> Result<(Buffer, LayerNormStats)> {
     let mut h = alloc(ctx.dev, "LayerNorm output", DType::BF16, x.len())?;
     let st = layernorm::forward(
         ctx.dev,

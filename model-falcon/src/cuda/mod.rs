@@ -223,7 +223,7 @@ impl CudaFalcon {
         for layer in &self.base.layers {
             x = layer::forward(&ctx, layer, &self.adapters, &x, &mut rng)?.0;
         }
-        let (h, _) = final_norm(&ctx, &self.base, &x)?;
+        let (h, _) = layer::norm_forward(&ctx, &self.base.ln_f, &x)?;
         let f = cross_entropy::forward(
             &self.dev,
             &h,
@@ -442,7 +442,7 @@ fn run_step(
         inputs.push((x, at, (!recompute).then_some(acts)));
         x = out;
     }
-    let (h, st) = final_norm(ctx, base, &x)?;
+    let (h, st) = layer::norm_forward(ctx, &base.ln_f, &x)?;
     let shape = ctx.lce_shape();
     let f = cross_entropy::forward(dev, &h, &base.embed, &db.labels, &shape, count)
         .map_err(cuda_err("cross-entropy".into()))?;
@@ -499,26 +499,6 @@ fn embed_tokens(ctx: &StepCtx, base: &DeviceBaseModel, db: &DeviceBatch) -> Resu
     pointwise::embedding_forward(ctx.dev, &mut x, &db.ids, &base.embed, g.vocab, g.hidden)
         .map_err(cuda_err("embedding".into()))?;
     Ok(x)
-}
-
-fn final_norm(
-    ctx: &StepCtx,
-    base: &DeviceBaseModel,
-    x: &Buffer,
-) -> Result<(Buffer, layernorm::LayerNormStats)> {
-    let n = &base.ln_f;
-    let mut h = alloc(ctx.dev, "ln_f output", DType::BF16, x.len())?;
-    let st = layernorm::forward(
-        ctx.dev,
-        &mut h,
-        x,
-        &n.gamma,
-        &n.beta,
-        ctx.g.hidden,
-        ctx.g.eps,
-    )
-    .map_err(cuda_err("ln_f".into()))?;
-    Ok((h, st))
 }
 
 /// Element 0 of an f32 device buffer (synchronizes).
