@@ -11,21 +11,10 @@
 
 use engine::optim::{adamw_update, AdamWConfig};
 use engine::rng;
+use integration_tests::devices;
 use kernels_cu::ops::adamw::{self, AdamWHyper, AdamWScalars};
 use kernels_cu::{DType, Device};
 use proptest::prelude::*;
-
-fn devices() -> Vec<Device> {
-    let mut v = vec![Device::emulator().expect("the emulator is built into the tests")];
-    match Device::cuda(0) {
-        Ok(d) => v.push(d),
-        Err(e) if std::env::var_os("KERNELS_CU_REQUIRE_GPU").is_some() => {
-            panic!("KERNELS_CU_REQUIRE_GPU is set but no GPU: {e}")
-        }
-        Err(_) => {}
-    }
-    v
-}
 
 /// Packed flat buffer of several tensors of the given sizes (offsets = prefix sums).
 fn packed(sizes: &[usize], seed: u64, scale: f64) -> Vec<f32> {

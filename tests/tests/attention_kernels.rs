@@ -21,6 +21,7 @@
 use engine::ops::attention::{attention_backward, attention_forward, AttnDims};
 use engine::rng;
 use half::bf16;
+use integration_tests::devices;
 use kernels_cu::ops::attention::{self, AttnShape};
 use kernels_cu::{Buffer, Device};
 use proptest::prelude::*;
@@ -28,18 +29,6 @@ use proptest::prelude::*;
 const EPS: f64 = 1.0 / 256.0;
 const ABS: f64 = 1e-6;
 const U: f64 = 1.0 / 16_777_216.0;
-
-fn devices() -> Vec<Device> {
-    let mut v = vec![Device::emulator().expect("the emulator is built into the tests")];
-    match Device::cuda(0) {
-        Ok(d) => v.push(d),
-        Err(e) if std::env::var_os("KERNELS_CU_REQUIRE_GPU").is_some() => {
-            panic!("KERNELS_CU_REQUIRE_GPU is set but no GPU: {e}")
-        }
-        Err(_) => {}
-    }
-    v
-}
 
 fn assert_close(what: &str, got: &[f64], want: &[f64], tol: &[f64]) {
     assert_eq!(got.len(), want.len(), "{what}: length");

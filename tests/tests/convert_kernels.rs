@@ -6,21 +6,10 @@
 //! buffers and unaligned views. Outputs are poisoned before every launch.
 
 use half::bf16;
+use integration_tests::devices;
 use kernels_cu::ops::convert;
 use kernels_cu::{Buffer, DType, Device, Error};
 use proptest::prelude::*;
-
-fn devices() -> Vec<Device> {
-    let mut v = vec![Device::emulator().expect("the emulator is built into the tests")];
-    match Device::cuda(0) {
-        Ok(d) => v.push(d),
-        Err(e) if std::env::var_os("KERNELS_CU_REQUIRE_GPU").is_some() => {
-            panic!("KERNELS_CU_REQUIRE_GPU is set but no GPU: {e}")
-        }
-        Err(_) => {}
-    }
-    v
-}
 
 /// SplitMix64 for fresh, reproducible inputs.
 struct Rng(u64);

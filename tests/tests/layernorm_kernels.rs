@@ -13,23 +13,12 @@
 use engine::ops::layernorm::{layer_norm_backward, layer_norm_forward};
 use engine::rng;
 use half::bf16;
+use integration_tests::devices;
 use kernels_cu::ops::layernorm;
 use kernels_cu::{DType, Device};
 use proptest::prelude::*;
 
 const U: f64 = 1.0 / 16_777_216.0;
-
-fn devices() -> Vec<Device> {
-    let mut v = vec![Device::emulator().expect("the emulator is built into the tests")];
-    match Device::cuda(0) {
-        Ok(d) => v.push(d),
-        Err(e) if std::env::var_os("KERNELS_CU_REQUIRE_GPU").is_some() => {
-            panic!("KERNELS_CU_REQUIRE_GPU is set but no GPU: {e}")
-        }
-        Err(_) => {}
-    }
-    v
-}
 
 fn assert_close(what: &str, got: &[f64], want: &[f64], tol: &[f64]) {
     assert_eq!(got.len(), want.len(), "{what}: length");

@@ -13,23 +13,12 @@
 
 use engine::nf4::{Absmax, QuantConfig, QuantizedWeight, NF4_THRESHOLDS};
 use half::bf16;
+use integration_tests::devices;
 use kernels_cu::ops::nf4_gemm::{self, Layout, Nf4Parts, Nf4Weight};
 use kernels_cu::{DType, Device, Error};
 use proptest::prelude::*;
 
 const U: f64 = 1.0 / 16_777_216.0;
-
-fn devices() -> Vec<Device> {
-    let mut v = vec![Device::emulator().expect("the emulator is built into the tests")];
-    match Device::cuda(0) {
-        Ok(d) => v.push(d),
-        Err(e) if std::env::var_os("KERNELS_CU_REQUIRE_GPU").is_some() => {
-            panic!("KERNELS_CU_REQUIRE_GPU is set but no GPU: {e}")
-        }
-        Err(_) => {}
-    }
-    v
-}
 
 /// SplitMix64 stream: fresh, reproducible inputs per seed.
 struct Rng(u64);

@@ -13,23 +13,12 @@ use engine::ops;
 use engine::rng;
 use engine::{Tensor, Var};
 use half::bf16;
+use integration_tests::devices;
 use kernels_cu::ops::rope::{self, QkvLayout};
 use kernels_cu::{DType, Device};
 use proptest::prelude::*;
 
 const U: f64 = 1.0 / 16_777_216.0;
-
-fn devices() -> Vec<Device> {
-    let mut v = vec![Device::emulator().expect("the emulator is built into the tests")];
-    match Device::cuda(0) {
-        Ok(d) => v.push(d),
-        Err(e) if std::env::var_os("KERNELS_CU_REQUIRE_GPU").is_some() => {
-            panic!("KERNELS_CU_REQUIRE_GPU is set but no GPU: {e}")
-        }
-        Err(_) => {}
-    }
-    v
-}
 
 /// The engine's split (as model-falcon's split_qkv) and rope, on f32 Vars.
 fn engine_split_rope(qkv: &Var, l: &QkvLayout, pos: &Tensor, base: f64) -> (Var, Var, Var) {
