@@ -490,6 +490,26 @@ fn info_counts_parameters_from_config_alone() {
     let v: Value = serde_json::from_str(run.stdout.trim()).unwrap();
     assert_eq!(v["trainable_parameters"], 2_359_296);
     assert_eq!(v["total_parameters"], 6_921_720_704u64);
+    // The GPU estimate: 4-bit linears plus the bf16 embedding and norms, its parts summing
+    // to its total, under the 6 GiB the Falcon-7B step is meant to fit in.
+    let g = &v["gpu_memory"];
+    let unquantized = v["unquantized_parameters"].as_u64().unwrap();
+    assert_eq!(
+        g["base"].as_u64().unwrap(),
+        v["linear_bytes"].as_u64().unwrap() + 2 * unquantized
+    );
+    let parts: u64 = [
+        "base",
+        "lora_state",
+        "stored_activations",
+        "layer_working_set",
+        "loss_chunk",
+    ]
+    .iter()
+    .map(|k| g[k].as_u64().unwrap())
+    .sum();
+    assert_eq!(g["total"].as_u64().unwrap(), parts);
+    assert!(parts < 6 << 30, "{parts}");
     let human = trainer(&["info", "--model", s(tmp.path())]);
     human.ok();
     assert!(human.stdout.contains("4.127 bits"), "{}", human.stdout);

@@ -29,7 +29,22 @@
 //! loss        = 8·min(c, b·T)·V  one chunk of c = 256 rows of logits and their gradient
 //! total       = base + lora + stored + layer + loss
 //! ```
-//! Allocator slack, the CUDA context and framework buffers are not included.
+//!
+//! # GPU training memory estimate (the CUDA step: bf16 activations, flash attention)
+//! ```text
+//! base        = quantized linears (bf16 when unquantized) + 2·(embedding + norms + biases)
+//! lora        = 20·P            f32 weight, grad, exp_avg, exp_avg_sq + bf16 copy and Bᵀ
+//! stored      = 2·L·b·T·h       each layer's input (bf16), + 2·b·T·h the final hidden state
+//! layer       = 2·b·T·(k·h + 3·n·d + 2·g·d + 2f) + 4·b·n·T     saved forward of one layer
+//!               (k LN outputs, q / attention out / its transpose, k and v of g kv heads,
+//!               MLP up and GELU out, logsumexp; no T² term)
+//!             + 4·b·T·f + 4·b·T·(n + 2g)·d + 6·b·T·qkv_out       backward temporaries (GELU
+//!               grads, f32 attention grads, qkv grad in f32 and bf16)
+//! loss        = 6·b·T·C + 6·b·T·h   one vocab chunk of C = 8192 logits (f32) and their bf16
+//!               gradient, dhidden (f32) and its bf16 copy
+//! ```
+//! Allocator slack (size classes), the CUDA context and the LoRA dropout copies are not
+//! included.
 
 use crate::args::InfoArgs;
 use anyhow::{bail, Result};
@@ -69,6 +84,8 @@ pub struct ModelInfo {
     pub linear_bytes: usize,
     pub bits_per_linear_parameter: f64,
     pub memory: MemoryEstimate,
+    /// The same for the CUDA step.
+    pub gpu_memory: MemoryEstimate,
 }
 
 /// The training memory estimate (see the module docs), in bytes.
@@ -188,7 +205,59 @@ pub fn model_info(cfg: &FalconConfig, a: &InfoArgs) -> Result<ModelInfo> {
             8.0 * linear_bytes as f64 / quantized as f64
         },
         memory,
+        gpu_memory: gpu_memory_estimate(cfg, a, trainable, unquantized, quantized, linear_bytes),
     })
+}
+
+/// Vocab columns of the CUDA cross-entropy's logits chunk.
+const GPU_LOSS_CHUNK: usize = 8192;
+
+/// The GPU training memory estimate (see the module docs).
+fn gpu_memory_estimate(
+    cfg: &FalconConfig,
+    a: &InfoArgs,
+    trainable: usize,
+    unquantized: usize,
+    quantized: usize,
+    linear_bytes: usize,
+) -> MemoryEstimate {
+    let (b, t) = (a.per_device_train_batch_size, a.max_length);
+    let bt = b * t;
+    let (h, f, n, g, d) = (
+        cfg.hidden_size,
+        cfg.ffn_hidden_size,
+        cfg.num_attention_heads,
+        cfg.num_kv_heads(),
+        cfg.head_dim(),
+    );
+    let norms = match cfg.norms {
+        NormLayout::Single => 1,
+        NormLayout::Separate => 2,
+    };
+    let linears = if a.quant == "none" {
+        2 * quantized
+    } else {
+        linear_bytes
+    };
+    let base = linears + 2 * unquantized;
+    let lora_state = 20 * trainable;
+    let stored_activations = 2 * cfg.num_hidden_layers * bt * h + 2 * bt * h;
+    let layer_working_set = 2 * bt * (norms * h + 3 * n * d + 2 * g * d + 2 * f)
+        + 4 * b * n * t
+        + 4 * bt * f
+        + 4 * bt * (n + 2 * g) * d
+        + 6 * bt * cfg.qkv_out_features();
+    let loss_chunk = 6 * bt * GPU_LOSS_CHUNK.min(cfg.vocab_size) + 6 * bt * h;
+    MemoryEstimate {
+        batch_size: b,
+        seq_len: t,
+        base,
+        lora_state,
+        stored_activations,
+        layer_working_set,
+        loss_chunk,
+        total: base + lora_state + stored_activations + layer_working_set + loss_chunk,
+    }
 }
 
 fn gib(bytes: usize) -> String {
@@ -278,20 +347,24 @@ pub fn info(a: &InfoArgs) -> Result<()> {
         gib(i.linear_bytes),
         i.bits_per_linear_parameter
     );
-    let m = &i.memory;
-    println!(
-        "training memory estimate (batch {} x length {}, recompute, fp32 activations):",
-        m.batch_size, m.seq_len
-    );
-    for (name, bytes) in [
-        ("frozen base", m.base),
-        ("LoRA weights, grads, AdamW state", m.lora_state),
-        ("stored layer inputs", m.stored_activations),
-        ("one layer's working set", m.layer_working_set),
-        ("loss chunk", m.loss_chunk),
-        ("total", m.total),
+    for (m, what) in [
+        (&i.memory, "on the CPU, fp32 activations"),
+        (&i.gpu_memory, "on a GPU, bf16 activations"),
     ] {
-        println!("  {name:<33} {:>12}", gib(bytes));
+        println!(
+            "training memory estimate {what} (batch {} x length {}, recompute):",
+            m.batch_size, m.seq_len
+        );
+        for (name, bytes) in [
+            ("frozen base", m.base),
+            ("LoRA weights, grads, AdamW state", m.lora_state),
+            ("stored layer inputs", m.stored_activations),
+            ("one layer's working set", m.layer_working_set),
+            ("loss chunk", m.loss_chunk),
+            ("total", m.total),
+        ] {
+            println!("  {name:<33} {:>12}", gib(bytes));
+        }
     }
     Ok(())
 }
