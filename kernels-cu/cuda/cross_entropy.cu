@@ -1,105 +1,146 @@
-// Cross-entropy fused with the lm_head, in vocab chunks: the rows x vocab logits (or
-// probabilities) never exist in global memory beyond one rows x chunk scratch in the backward.
+// Cross-entropy fused with the lm_head, in vocab chunks: the rows x V logits (or
+// probabilities) never exist in global memory beyond one rows x chunk scratch.
 //
 //   z = hidden·Wᵀ (hidden [rows, d] bf16, W [V, d] bf16, f32 accumulation)
 //   lse_r = logsumexp(z_r),  loss = Σ_{r: label_r ≠ −100} (lse_r − z_r[label_r]) · inv_count
 //   dz_r = scale·(exp(z_r − lse_r) − onehot(label_r)) (0 for ignored rows), scale = g/count
 //   dhidden = dz·W,  dW = dzᵀ·hidden
 //
-// Kernels:
-//  - lce_fwd_partial: grid (⌈rows/16⌉, n_chunks), block 16x16. Each block walks its vocab chunk
-//    in 16-column tiles, computes the 16x16 logit tile (shared-memory tiled dot products over d)
-//    and folds it into a running (max, Σexp) per row: online logsumexp. Writes one (m, s) pair per
-//    (row, chunk) and the label's logit (exactly one thread in the grid owns it).
-//  - lce_fwd_finalize: one block; per row combines the chunks in chunk order
-//    (M = max m_c, S = Σ s_c·e^{m_c−M}, lse = M + ln S), and sums the kept rows' losses in a fixed
-//    order (no atomics): deterministic.
-//  - lce_bwd_dlogits: dz for one vocab chunk [rows, vc] (f32 scratch), recomputing its logits.
-//  - lce_bwd_dhidden: dh (+)= dz_chunk·W_chunk, chunks applied in order (deterministic).
-//  - lce_bwd_dw: dW rows of the chunk = dz_chunkᵀ·hidden (each row written by one chunk only).
+// Division of work: the three lm_head products run on the tensor-core bf16 GEMM
+// (nf4_gemm.cu gemm_bf16_{nt,nn,tn}_f32, launched by ops::cross_entropy per vocab chunk of C
+// columns); this family holds only the per-chunk row reductions and pointwise maps between them.
 //
-// Cost (Falcon-7B, rows = 1024, d = 4544, V = 65024): the three products are 3 x 2·rows·d·V =
-// 1.8 TFLOP per step plus one recompute (2.4 TFLOP with the forward). They are GEMM-shaped and
-// belong on tensor cores; these kernels compute them with a plain f32 shared-memory tiled dot
-// product (16x16 tiles) so the family stands alone. The fused structure (online logsumexp per
-// chunk, chunked dz scratch, ordered accumulation) is what the tensor-core GEMM would feed: its
-// logits chunk replaces the tile loop of lce_fwd_partial / lce_bwd_dlogits.
+//   forward, per chunk [v0, v0 + vc):  Z = hidden·W_chunkᵀ (GEMM, f32 [rows, vc])
+//                                      lce_fwd_fold: Z -> running (max, Σexp) per row
+//            then once:                lce_fwd_finalize: lse, loss
+//   backward, per chunk:               Z = hidden·W_chunkᵀ (GEMM recompute)
+//                                      lce_bwd_dz: dZ = bf16(exp(Z − lse) − onehot) [rows, vc]
+//                                      dh (+)= scale·dZ·W_chunk  (GEMM, f32, β = 0 then 1)
+//                                      dW[chunk] = scale·dZᵀ·hidden  (GEMM, f32, when wanted)
+//
+// Kernels:
+//  - lce_fwd_fold: grid rows, block 256 (one block per row). Each thread folds its columns
+//    (16-byte loads when the row is 16-byte aligned) into an online (max, Σexp) pair; pairs are
+//    merged by a warp butterfly and then in warp order, and merged after the running pair of the
+//    previous chunks (chunks in order): deterministic, no atomics. Thread 0 also copies the
+//    label's logit when the label falls in the chunk (exactly one chunk owns it; the first chunk
+//    writes NaN otherwise, so an out-of-range label gives a NaN loss).
+//  - lce_fwd_finalize: one block; lse_r = m_r + ln s_r, and sums the kept rows' losses in a
+//    fixed order (no atomics): deterministic.
+//  - lce_bwd_dz: grid rows, block 256. dZ rounded once to bf16 (8 columns per 16-byte store
+//    when aligned); ignored rows are written as zeros. The scale g/count is applied as the
+//    GEMMs' α, so dZ stays O(1) and never reaches the bf16 subnormal range through the scale.
+//
+// Cost (Falcon-7B, rows = 1024, d = 4544, V = 65024, C = 8192 -> 8 chunks): the products are
+// 2·rows·d·V = 605 GFLOP each: forward 1, backward 2 (recompute + dhidden) or 3 with dW, i.e.
+// 1.8 TFLOP per training step without dW; at ~600 TFLOP/s of bf16 mma.sync that is ~3 ms. The
+// GEMMs stream W once per product (590 MB bf16) and write/read the Z scratch (32 MiB f32 per
+// chunk) in L2-sized pieces. This family's kernels are memory bound and small beside them:
+// fold reads Z once (4 B/logit: 266 MB per pass over V), dz reads Z and writes dZ (6 B/logit:
+// 400 MB), ~0.1 ms each at ~3.5 TB/s. Where the time goes: the GEMMs (~95%); the dhidden GEMM
+// per chunk has only ⌈rows/128⌉·⌈d/128⌉ = 288 output tiles (K = C), a partial second wave on a
+// 132-SM part, which larger chunks do not change (it would take split-K).
 #include "common.cuh"
 
 using kc::bf16;
+using kc::u32;
 
-#define CE_T 16
+#define CE_THREADS 256
+#define CE_WARPS (CE_THREADS / 32)
 #define CE_IGNORE (-100)
 
 __device__ __forceinline__ float neg_inf() { return kc::f32_from_bits(0xff800000u); }
 
-// z[i0+ty][j0+tx] = Σ_k h[i0+ty][k]·w[j0+tx][k] (both K-contiguous, loads coalesced along k).
-// Out-of-range rows/columns contribute zeros. All threads of the 16x16 block must call it.
-__device__ __forceinline__ float dot_tile_nt(const bf16* a, int na, const bf16* b, int nb, int k,
-                                             int i0, int j0) {
-  __shared__ float sa[CE_T][CE_T + 1];
-  __shared__ float sb[CE_T][CE_T + 1];
-  const int tx = threadIdx.x, ty = threadIdx.y;
-  float acc = 0.0f;
-  for (int k0 = 0; k0 < k; k0 += CE_T) {
-    const int kk = k0 + tx;
-    sa[ty][tx] = (i0 + ty < na && kk < k) ? kc::to_f32(a[static_cast<long long>(i0 + ty) * k + kk]) : 0.0f;
-    sb[ty][tx] = (j0 + ty < nb && kk < k) ? kc::to_f32(b[static_cast<long long>(j0 + ty) * k + kk]) : 0.0f;
-    __syncthreads();
-KC_UNROLL
-    for (int q = 0; q < CE_T; ++q) acc += sa[ty][q] * sb[tx][q];
-    __syncthreads();
-  }
-  return acc;
-}
+// A partial logsumexp: s = Σ exp(z − m) over the folded values, m their max (−inf, 0: none).
+struct MaxSum {
+  float m, s;
+};
 
-// grid (⌈rows/16⌉, n_chunks), block (16, 16). part_m/part_s: [rows, n_chunks].
-extern "C" __global__ void __launch_bounds__(256)
-    lce_fwd_partial(float* part_m, float* part_s, float* zlab, const bf16* hidden, const bf16* w,
-                    const int* labels, int rows, int d, int vocab, int vchunk) {
-  const int tx = threadIdx.x, ty = threadIdx.y;
-  const int r0 = blockIdx.x * CE_T, c = blockIdx.y, nchunks = gridDim.y;
-  const int v_begin = c * vchunk;
-  const int v_end = min(vocab, v_begin + vchunk);
-  const int row = r0 + ty;
-  const int label = row < rows ? labels[row] : CE_IGNORE;
-  float m = neg_inf(), s = 0.0f;
-  for (int v0 = v_begin; v0 < v_end; v0 += CE_T) {
-    float z = dot_tile_nt(hidden, rows, w, v_end, d, r0, v0);
-    const int col = v0 + tx;
-    if (col == label && col < v_end) zlab[row] = z;
-    if (col >= v_end) z = neg_inf();
-    // Row reductions over the 16 lanes of this row (a half-warp: xor offsets < 16 stay inside).
-    float tm = z;
-KC_UNROLL
-    for (int o = 8; o > 0; o >>= 1) tm = fmaxf(tm, __shfl_xor_sync(0xffffffffu, tm, o, 32));
-    const float mn = fmaxf(m, tm);
-    float e = expf(z - mn);
-KC_UNROLL
-    for (int o = 8; o > 0; o >>= 1) e += __shfl_xor_sync(0xffffffffu, e, o, 32);
-    s = s * expf(m - mn) + e;
-    m = mn;
-  }
-  if (tx == 0 && row < rows) {
-    part_m[static_cast<long long>(row) * nchunks + c] = m;
-    part_s[static_cast<long long>(row) * nchunks + c] = s;
+// Folds one value in. z = −inf cannot occur for finite inputs; a NaN makes s NaN (the loss is
+// then NaN, as it should be).
+__device__ __forceinline__ void fold(MaxSum& a, float z) {
+  if (z > a.m) {
+    a.s = a.s * expf(a.m - z) + 1.0f;  // m = −inf: s = 0 and exp(−inf) = 0
+    a.m = z;
+  } else {
+    a.s += expf(z - a.m);
   }
 }
 
-// One block of 256 threads. loss[0] = Σ kept (lse − z_label) · inv_count; lse [rows].
-extern "C" __global__ void __launch_bounds__(256)
-    lce_fwd_finalize(float* loss, float* lse, const float* part_m, const float* part_s,
-                     const float* zlab, const int* labels, int rows, int nchunks, float inv_count) {
-  __shared__ float ws[32];
+// Merges two partials; symmetric in its arguments (bit-identical either way round), and an empty
+// side contributes nothing (avoids exp(−inf − (−inf)) = NaN).
+__device__ __forceinline__ MaxSum merge(MaxSum a, MaxSum b) {
+  MaxSum r;
+  r.m = fmaxf(a.m, b.m);
+  const float ea = a.m == neg_inf() ? 0.0f : a.s * expf(a.m - r.m);
+  const float eb = b.m == neg_inf() ? 0.0f : b.s * expf(b.m - r.m);
+  r.s = ea + eb;
+  return r;
+}
+
+// z: [rows, vc] f32 logits of vocab columns [v0, v0 + vc); run_m/run_s: [rows] running partials
+// (read unless first); zlab: [rows] the label's logit. vec != 0: z is 16-byte aligned and
+// vc % 4 == 0. grid rows, block CE_THREADS.
+extern "C" __global__ void __launch_bounds__(CE_THREADS)
+    lce_fwd_fold(float* run_m, float* run_s, float* zlab, const float* z, const int* labels, int vc,
+                 int v0, int first, int vec) {
+  __shared__ MaxSum ws[CE_WARPS];
+  const int row = blockIdx.x, tid = threadIdx.x;
+  const float* zr = z + static_cast<long long>(row) * vc;
+  MaxSum a;
+  a.m = neg_inf();
+  a.s = 0.0f;
+  if (vec) {
+    for (int i = tid; i < vc / 4; i += CE_THREADS) {
+      const kc::f32x4 v = kc::load4(zr + 4 * i);
+      fold(a, v.x);
+      fold(a, v.y);
+      fold(a, v.z);
+      fold(a, v.w);
+    }
+  } else {
+    for (int i = tid; i < vc; i += CE_THREADS) fold(a, zr[i]);
+  }
+KC_UNROLL
+  for (int o = 16; o > 0; o >>= 1) {
+    MaxSum b;
+    b.m = __shfl_xor_sync(0xffffffffu, a.m, o, 32);
+    b.s = __shfl_xor_sync(0xffffffffu, a.s, o, 32);
+    a = merge(a, b);
+  }
+  const int lane = tid % 32, warp = tid / 32;
+  if (lane == 0) ws[warp] = a;
+  __syncthreads();
+  if (tid == 0) {
+    MaxSum t;
+    if (first) {
+      t = ws[0];
+    } else {
+      t.m = run_m[row];
+      t.s = run_s[row];
+      t = merge(t, ws[0]);
+    }
+    for (int w = 1; w < CE_WARPS; ++w) t = merge(t, ws[w]);
+    run_m[row] = t.m;
+    run_s[row] = t.s;
+    // The first chunk writes NaN, so a label outside [0, V) yields a NaN loss, not garbage.
+    const int j = labels[row] - v0;
+    if (j >= 0 && j < vc) {
+      zlab[row] = zr[j];
+    } else if (first) {
+      zlab[row] = kc::f32_from_bits(0x7fc00000u);
+    }
+  }
+}
+
+// One block of CE_THREADS. loss[0] = Σ kept (lse − z_label) · inv_count; lse [rows].
+extern "C" __global__ void __launch_bounds__(CE_THREADS)
+    lce_fwd_finalize(float* loss, float* lse, const float* run_m, const float* run_s,
+                     const float* zlab, const int* labels, int rows, float inv_count) {
+  __shared__ float ws[CE_WARPS];
   float acc = 0.0f;
-  for (int r = threadIdx.x; r < rows; r += blockDim.x) {
-    const float* pm = part_m + static_cast<long long>(r) * nchunks;
-    const float* ps = part_s + static_cast<long long>(r) * nchunks;
-    float mx = neg_inf();
-    for (int c = 0; c < nchunks; ++c) mx = fmaxf(mx, pm[c]);
-    float sum = 0.0f;
-    for (int c = 0; c < nchunks; ++c) sum += ps[c] * expf(pm[c] - mx);
-    const float l = mx + logf(sum);
+  for (int r = threadIdx.x; r < rows; r += CE_THREADS) {
+    const float l = run_m[r] + logf(run_s[r]);
     lse[r] = l;
     if (labels[r] != CE_IGNORE) acc += l - zlab[r];
   }
@@ -109,70 +150,45 @@ extern "C" __global__ void __launch_bounds__(256)
   __syncthreads();
   if (threadIdx.x == 0) {
     float t = 0.0f;
-    for (int i = 0; i < static_cast<int>(blockDim.x / 32); ++i) t += ws[i];
+    for (int i = 0; i < CE_WARPS; ++i) t += ws[i];
     loss[0] = t * inv_count;
   }
 }
 
-// dz [rows, vc] for vocab columns [v0, v0 + vc). grid (⌈rows/16⌉, ⌈vc/16⌉), block (16, 16).
-extern "C" __global__ void __launch_bounds__(256)
-    lce_bwd_dlogits(float* dz, const bf16* hidden, const bf16* w, const int* labels,
-                    const float* lse, int rows, int d, int v0, int vc, float scale) {
-  const int r0 = blockIdx.x * CE_T, j0 = blockIdx.y * CE_T;
-  const float z = dot_tile_nt(hidden, rows, w + static_cast<long long>(v0) * d, vc, d, r0, j0);
-  const int row = r0 + threadIdx.y, j = j0 + threadIdx.x;
-  if (row >= rows || j >= vc) return;
+// dz[r][j] = bf16(exp(z[r][j] − lse[r]) − [v0 + j == label_r]), 0 for ignored rows; z, dz
+// [rows, vc]. vec != 0: z and dz are 16-byte aligned and vc % 8 == 0. grid rows, block CE_THREADS.
+extern "C" __global__ void __launch_bounds__(CE_THREADS)
+    lce_bwd_dz(bf16* dz, const float* z, const int* labels, const float* lse, int vc, int v0,
+               int vec) {
+  const int row = blockIdx.x, tid = threadIdx.x;
+  const long long base = static_cast<long long>(row) * vc;
   const int label = labels[row];
-  float g = 0.0f;
-  if (label != CE_IGNORE) g = scale * (expf(z - lse[row]) - (v0 + j == label ? 1.0f : 0.0f));
-  dz[static_cast<long long>(row) * vc + j] = g;
-}
-
-// dh[r][j] (+)= Σ_{v<vc} dz[r][v]·W[v0+v][j]. grid (⌈rows/16⌉, ⌈d/16⌉), block (16, 16).
-extern "C" __global__ void __launch_bounds__(256)
-    lce_bwd_dhidden(float* dh, const float* dz, const bf16* w, int rows, int d, int v0, int vc,
-                    int accumulate) {
-  __shared__ float sa[CE_T][CE_T + 1];
-  __shared__ float sb[CE_T][CE_T + 1];
-  const int tx = threadIdx.x, ty = threadIdx.y;
-  const int r0 = blockIdx.x * CE_T, j0 = blockIdx.y * CE_T;
-  float acc = 0.0f;
-  for (int k0 = 0; k0 < vc; k0 += CE_T) {
-    sa[ty][tx] = (r0 + ty < rows && k0 + tx < vc) ? dz[static_cast<long long>(r0 + ty) * vc + k0 + tx] : 0.0f;
-    sb[ty][tx] = (k0 + ty < vc && j0 + tx < d)
-                     ? kc::to_f32(w[static_cast<long long>(v0 + k0 + ty) * d + j0 + tx])
-                     : 0.0f;
-    __syncthreads();
+  const bool keep = label != CE_IGNORE;
+  const float l = lse[row];
+  // The label column, relative to the chunk (outside [0, vc) when another chunk owns it).
+  const int jl = keep ? label - v0 : -1;
+  if (vec) {
+    for (int i = tid; i < vc / 8; i += CE_THREADS) {
+      const int j = 8 * i;
+      kc::u32x4 o;
+      if (keep) {
+        const kc::f32x4 a = kc::load4(z + base + j), b = kc::load4(z + base + j + 4);
+        float p[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
 KC_UNROLL
-    for (int q = 0; q < CE_T; ++q) acc += sa[ty][q] * sb[q][tx];
-    __syncthreads();
+        for (int e = 0; e < 8; ++e) p[e] = expf(p[e] - l) - (j + e == jl ? 1.0f : 0.0f);
+        o.x = kc::pack_bf16x2(p[0], p[1]);
+        o.y = kc::pack_bf16x2(p[2], p[3]);
+        o.z = kc::pack_bf16x2(p[4], p[5]);
+        o.w = kc::pack_bf16x2(p[6], p[7]);
+      } else {
+        o.x = o.y = o.z = o.w = 0u;
+      }
+      kc::store_u32x4(dz + base + j, o);
+    }
+  } else {
+    for (int j = tid; j < vc; j += CE_THREADS) {
+      const float g = keep ? expf(z[base + j] - l) - (j == jl ? 1.0f : 0.0f) : 0.0f;
+      dz[base + j] = kc::to_bf16(g);
+    }
   }
-  const int row = r0 + ty, j = j0 + tx;
-  if (row >= rows || j >= d) return;
-  const long long o = static_cast<long long>(row) * d + j;
-  dh[o] = accumulate ? dh[o] + acc : acc;
-}
-
-// dW[v0+v][j] = Σ_r dz[r][v]·hidden[r][j]. grid (⌈vc/16⌉, ⌈d/16⌉), block (16, 16).
-extern "C" __global__ void __launch_bounds__(256)
-    lce_bwd_dw(float* dw, const float* dz, const bf16* hidden, int rows, int d, int v0, int vc) {
-  __shared__ float sa[CE_T][CE_T + 1];
-  __shared__ float sb[CE_T][CE_T + 1];
-  const int tx = threadIdx.x, ty = threadIdx.y;
-  const int i0 = blockIdx.x * CE_T, j0 = blockIdx.y * CE_T;
-  float acc = 0.0f;
-  for (int k0 = 0; k0 < rows; k0 += CE_T) {
-    // sa[r][v] = dz[k0+r][i0+v] (coalesced along v); used transposed below.
-    sa[ty][tx] = (k0 + ty < rows && i0 + tx < vc) ? dz[static_cast<long long>(k0 + ty) * vc + i0 + tx] : 0.0f;
-    sb[ty][tx] = (k0 + ty < rows && j0 + tx < d)
-                     ? kc::to_f32(hidden[static_cast<long long>(k0 + ty) * d + j0 + tx])
-                     : 0.0f;
-    __syncthreads();
-KC_UNROLL
-    for (int q = 0; q < CE_T; ++q) acc += sa[q][ty] * sb[q][tx];
-    __syncthreads();
-  }
-  const int v = i0 + ty, j = j0 + tx;
-  if (v >= vc || j >= d) return;
-  dw[static_cast<long long>(v0 + v) * d + j] = acc;
 }

@@ -131,11 +131,9 @@ kernels! {
     ROPE_QKV_FWD_BF16 = ROPE::rope_qkv_fwd_bf16, hot = true;
     ROPE_QKV_BWD_F32 = ROPE::rope_qkv_bwd_f32, hot = true;
     ROPE_QKV_BWD_BF16 = ROPE::rope_qkv_bwd_bf16, hot = true;
-    LCE_FWD_PARTIAL = CROSS_ENTROPY::lce_fwd_partial, hot = true;
+    LCE_FWD_FOLD = CROSS_ENTROPY::lce_fwd_fold, hot = true;
     LCE_FWD_FINALIZE = CROSS_ENTROPY::lce_fwd_finalize, hot = true;
-    LCE_BWD_DLOGITS = CROSS_ENTROPY::lce_bwd_dlogits, hot = true;
-    LCE_BWD_DHIDDEN = CROSS_ENTROPY::lce_bwd_dhidden, hot = true;
-    LCE_BWD_DW = CROSS_ENTROPY::lce_bwd_dw, hot = false;
+    LCE_BWD_DZ = CROSS_ENTROPY::lce_bwd_dz, hot = true;
     NF4_DEQUANT_BF16 = NF4_GEMM::nf4_dequant_bf16, hot = false;
     NF4_DEQUANT_F32 = NF4_GEMM::nf4_dequant_f32, hot = false;
     NF4_QUANTIZE_F32 = NF4_GEMM::nf4_quantize_f32, hot = false;
