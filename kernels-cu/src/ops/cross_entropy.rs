@@ -17,7 +17,7 @@
 //!   accumulate in order); with `want_dw`, `dW[v0..v0+C] = (g/count)·dZᵀ·hidden`.
 //!
 //! Precision: logits as any bf16 GEMM (exact bf16 products, f32 sums over d). The gradients use
-//! `dZ` rounded once to bf16 (relative error ≤ 2⁻⁹ per element) before the two products, which
+//! `dZ` rounded once to bf16 (relative error ≤ 2⁻⁸ per element: bf16 keeps 8 significant bits) before the two products, which
 //! accumulate in f32; the scale `g/count` is the GEMMs' α, applied to the f32 sums.
 //!
 //! Determinism: no atomics; the GEMMs have a fixed reduction order, the row reductions a fixed
@@ -162,7 +162,18 @@ pub fn forward(
         {
             let wc = w.view(v0 * s.d, vc * s.d)?;
             let mut zc = z.view_mut(0, s.rows * vc)?;
-            gemm(dev, Layout::Nt, hidden, &wc, &mut zc, s.rows, vc, s.d, 1.0, 0.0)?;
+            gemm(
+                dev,
+                Layout::Nt,
+                hidden,
+                &wc,
+                &mut zc,
+                s.rows,
+                vc,
+                s.d,
+                1.0,
+                0.0,
+            )?;
         }
         // z is a whole allocation: 16-byte aligned, and each row is when vc % 4 == 0.
         let vec = z.is_aligned(16) && vc.is_multiple_of(4);
@@ -245,7 +256,18 @@ pub fn backward(
         let wc = w.view(v0 * s.d, vc * s.d)?;
         {
             let mut zc = z.view_mut(0, s.rows * vc)?;
-            gemm(dev, Layout::Nt, hidden, &wc, &mut zc, s.rows, vc, s.d, 1.0, 0.0)?;
+            gemm(
+                dev,
+                Layout::Nt,
+                hidden,
+                &wc,
+                &mut zc,
+                s.rows,
+                vc,
+                s.d,
+                1.0,
+                0.0,
+            )?;
         }
         // Whole allocations: rows are 16-byte aligned when vc % 8 == 0.
         let vec = z.is_aligned(16) && dz.is_aligned(16) && vc.is_multiple_of(8);
@@ -271,10 +293,32 @@ pub fn backward(
         let dzc = dz.view(0, s.rows * vc)?;
         // Chunks accumulate into dh in order: the first overwrites (β = 0 never reads dh).
         let beta = if v0 == 0 { 0.0 } else { 1.0 };
-        gemm(dev, Layout::Nn, &dzc, &wc, &mut dh, s.rows, s.d, vc, scale, beta)?;
+        gemm(
+            dev,
+            Layout::Nn,
+            &dzc,
+            &wc,
+            &mut dh,
+            s.rows,
+            s.d,
+            vc,
+            scale,
+            beta,
+        )?;
         if let Some(dw) = dw.as_mut() {
             let mut dwc = dw.view_mut(v0 * s.d, vc * s.d)?;
-            gemm(dev, Layout::Tn, &dzc, hidden, &mut dwc, vc, s.d, s.rows, scale, 0.0)?;
+            gemm(
+                dev,
+                Layout::Tn,
+                &dzc,
+                hidden,
+                &mut dwc,
+                vc,
+                s.d,
+                s.rows,
+                scale,
+                0.0,
+            )?;
         }
         v0 += vc;
     }
