@@ -24,8 +24,8 @@
 //! tree, and chunks are combined in order, so repeated calls give bit-identical results.
 //!
 //! Memory: besides the outputs, the forward holds `rows x min(fwd_chunk, V)` f32 (Z) and three
-//! f32 per row; the backward `rows x min(bwd_chunk, V)` f32 (Z) plus the same in bf16 (dZ): 32 MiB
-//! + 16 MiB at rows = 1024 and the default chunk 8192. Labels are validated on the host before
+//! f32 per row; the backward `rows x min(bwd_chunk, V)` f32 (Z) plus the same in bf16 (dZ), i.e.
+//! 32 MiB and 16 MiB at rows = 1024 and the default chunk 8192. Labels are validated on the host before
 //! upload (as the engine does); a label outside `[0, V)` other than −100 makes the loss NaN.
 //!
 //! Alignment: W chunk views start at `v0·d` elements with `v0` a multiple of 16, so they are
