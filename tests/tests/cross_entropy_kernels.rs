@@ -29,23 +29,12 @@ use engine::ops::{linear_cross_entropy, IGNORE_INDEX};
 use engine::rng;
 use engine::{Tensor, Var};
 use half::bf16;
+use integration_tests::devices;
 use kernels_cu::ops::cross_entropy::{self, LceShape};
 use kernels_cu::{DType, Device};
 use proptest::prelude::*;
 
 const U: f64 = 1.0 / 16_777_216.0;
-
-fn devices() -> Vec<Device> {
-    let mut v = vec![Device::emulator().expect("the emulator is built into the tests")];
-    match Device::cuda(0) {
-        Ok(d) => v.push(d),
-        Err(e) if std::env::var_os("KERNELS_CU_REQUIRE_GPU").is_some() => {
-            panic!("KERNELS_CU_REQUIRE_GPU is set but no GPU: {e}")
-        }
-        Err(_) => {}
-    }
-    v
-}
 
 fn bf(v: f64) -> f64 {
     bf16::from_f64(v).to_f64()
