@@ -198,6 +198,34 @@ pub fn training_positions(batch: usize, seq: usize) -> Tensor {
     Tensor::from_vec(p, [batch, seq]).expect("length matches")
 }
 
+/// Checks `ids` is u32 `[batch, seq]` and `mask` (if any) u8 of the same shape; `(batch, seq)`.
+pub(crate) fn check_ids(ids: &Tensor, mask: Option<&Tensor>) -> Result<(usize, usize)> {
+    if ids.rank() != 2 || ids.dtype() != DType::U32 {
+        return Err(Error::Invalid {
+            op: "falcon forward",
+            detail: format!(
+                "input ids must be u32 [batch, seq], got {} {}",
+                ids.dtype(),
+                ids.shape()
+            ),
+        });
+    }
+    if let Some(m) = mask {
+        if m.dims() != ids.dims() || m.dtype() != DType::U8 {
+            return Err(Error::Invalid {
+                op: "falcon forward",
+                detail: format!(
+                    "attention mask must be u8 {}, got {} {}",
+                    ids.shape(),
+                    m.dtype(),
+                    m.shape()
+                ),
+            });
+        }
+    }
+    Ok((ids.dims()[0], ids.dims()[1]))
+}
+
 impl FalconModel {
     fn geometry(&self) -> Geometry {
         let c = &self.config;
@@ -210,36 +238,9 @@ impl FalconModel {
         }
     }
 
-    fn check_ids(&self, ids: &Tensor, mask: Option<&Tensor>) -> Result<(usize, usize)> {
-        if ids.rank() != 2 || ids.dtype() != DType::U32 {
-            return Err(Error::Invalid {
-                op: "falcon forward",
-                detail: format!(
-                    "input ids must be u32 [batch, seq], got {} {}",
-                    ids.dtype(),
-                    ids.shape()
-                ),
-            });
-        }
-        if let Some(m) = mask {
-            if m.dims() != ids.dims() || m.dtype() != DType::U8 {
-                return Err(Error::Invalid {
-                    op: "falcon forward",
-                    detail: format!(
-                        "attention mask must be u8 {}, got {} {}",
-                        ids.shape(),
-                        m.dtype(),
-                        m.shape()
-                    ),
-                });
-            }
-        }
-        Ok((ids.dims()[0], ids.dims()[1]))
-    }
-
     /// Final hidden states `[b, t, hidden]` (after ln_f) for a training or evaluation forward.
     pub fn forward_hidden(&self, ids: &Tensor, mask: Option<&Tensor>, train: bool) -> Result<Var> {
-        let (b, t) = self.check_ids(ids, mask)?;
+        let (b, t) = check_ids(ids, mask)?;
         let g = self.geometry();
         let ctx = ForwardCtx {
             positions: training_positions(b, t),
@@ -268,7 +269,7 @@ impl FalconModel {
         count: f64,
         train: bool,
     ) -> Result<Var> {
-        let (b, t) = self.check_ids(ids, mask)?;
+        let (b, t) = check_ids(ids, mask)?;
         if labels.len() != b * t {
             return Err(Error::Invalid {
                 op: "falcon loss",
@@ -304,7 +305,7 @@ impl FalconModel {
         key_mask: &Tensor,
         caches: &mut [LayerCache],
     ) -> Result<Tensor> {
-        let (b, t) = self.check_ids(ids, None)?;
+        let (b, t) = check_ids(ids, None)?;
         if caches.len() != self.layers.len() {
             return Err(Error::Invalid {
                 op: "falcon forward_cached",

@@ -428,6 +428,22 @@ fn data_dump_writes_every_formatted_example() {
     assert_eq!(v["answers_truncated"], 0);
 }
 
+/// Checks a memory estimate's parts add up to its total; returns the total.
+fn memory_parts_sum_to_total(mem: &Value) -> u64 {
+    let parts: u64 = [
+        "base",
+        "lora_state",
+        "stored_activations",
+        "layer_working_set",
+        "loss_chunk",
+    ]
+    .iter()
+    .map(|k| mem[k].as_u64().unwrap())
+    .sum();
+    assert_eq!(mem["total"].as_u64().unwrap(), parts);
+    parts
+}
+
 #[test]
 fn info_counts_parameters_from_config_alone() {
     let f = fixture();
@@ -462,17 +478,7 @@ fn info_counts_parameters_from_config_alone() {
     let bits = v["bits_per_linear_parameter"].as_f64().unwrap();
     assert!((4.12..4.14).contains(&bits), "{bits}");
     let mem = &v["memory"];
-    let parts: u64 = [
-        "base",
-        "lora_state",
-        "stored_activations",
-        "layer_working_set",
-        "loss_chunk",
-    ]
-    .iter()
-    .map(|k| mem[k].as_u64().unwrap())
-    .sum();
-    assert_eq!(mem["total"].as_u64().unwrap(), parts);
+    memory_parts_sum_to_total(mem);
 
     // Falcon-7B's published config: PEFT reports 2,359,296 trainable parameters for r = 8 on
     // query_key_value and transformers 6,921,720,704 parameters.
@@ -498,18 +504,8 @@ fn info_counts_parameters_from_config_alone() {
         g["base"].as_u64().unwrap(),
         v["linear_bytes"].as_u64().unwrap() + 2 * unquantized
     );
-    let parts: u64 = [
-        "base",
-        "lora_state",
-        "stored_activations",
-        "layer_working_set",
-        "loss_chunk",
-    ]
-    .iter()
-    .map(|k| g[k].as_u64().unwrap())
-    .sum();
-    assert_eq!(g["total"].as_u64().unwrap(), parts);
-    assert!(parts < 6 << 30, "{parts}");
+    let total = memory_parts_sum_to_total(g);
+    assert!(total < 6 << 30, "{total}");
     let human = trainer(&["info", "--model", s(tmp.path())]);
     human.ok();
     assert!(human.stdout.contains("4.127 bits"), "{}", human.stdout);

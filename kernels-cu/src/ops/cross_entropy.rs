@@ -139,6 +139,33 @@ fn row_grid(rows: usize) -> Dim3 {
     Dim3::x(rows as u32)
 }
 
+/// `z[:, 0..vc] = hidden·W[v0..v0+vc]ᵀ` (f32, `[rows, vc]` at the start of the scratch) on the
+/// tensor-core GEMM.
+fn logits_chunk(
+    dev: &Device,
+    s: &LceShape,
+    hidden: &Buffer,
+    w: &Buffer,
+    z: &mut Buffer,
+    v0: usize,
+    vc: usize,
+) -> Result<()> {
+    let wc = w.view(v0 * s.d, vc * s.d)?;
+    let mut zc = z.view_mut(0, s.rows * vc)?;
+    gemm(
+        dev,
+        Layout::Nt,
+        hidden,
+        &wc,
+        &mut zc,
+        s.rows,
+        vc,
+        s.d,
+        1.0,
+        0.0,
+    )
+}
+
 /// Loss and per-row logsumexp of `hidden·Wᵀ` against `labels`, divided by `count`.
 pub fn forward(
     dev: &Device,
@@ -159,22 +186,7 @@ pub fn forward(
     let mut v0 = 0;
     while v0 < s.vocab {
         let vc = cmax.min(s.vocab - v0);
-        {
-            let wc = w.view(v0 * s.d, vc * s.d)?;
-            let mut zc = z.view_mut(0, s.rows * vc)?;
-            gemm(
-                dev,
-                Layout::Nt,
-                hidden,
-                &wc,
-                &mut zc,
-                s.rows,
-                vc,
-                s.d,
-                1.0,
-                0.0,
-            )?;
-        }
+        logits_chunk(dev, s, hidden, w, &mut z, v0, vc)?;
         // z is a whole allocation: 16-byte aligned, and each row is when vc % 4 == 0.
         let vec = z.is_aligned(16) && vc.is_multiple_of(4);
         // SAFETY: z holds rows·vc f32 [rows, vc] (written by the GEMM above); block r reads row
@@ -253,22 +265,8 @@ pub fn backward(
     let mut v0 = 0;
     while v0 < s.vocab {
         let vc = cmax.min(s.vocab - v0);
+        logits_chunk(dev, s, hidden, w, &mut z, v0, vc)?;
         let wc = w.view(v0 * s.d, vc * s.d)?;
-        {
-            let mut zc = z.view_mut(0, s.rows * vc)?;
-            gemm(
-                dev,
-                Layout::Nt,
-                hidden,
-                &wc,
-                &mut zc,
-                s.rows,
-                vc,
-                s.d,
-                1.0,
-                0.0,
-            )?;
-        }
         // Whole allocations: rows are 16-byte aligned when vc % 8 == 0.
         let vec = z.is_aligned(16) && dz.is_aligned(16) && vc.is_multiple_of(8);
         // SAFETY: z and dz hold rows·vc elements [rows, vc]; block r reads z row r, labels[r],

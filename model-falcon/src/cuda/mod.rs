@@ -30,12 +30,12 @@ mod adapters;
 mod layer;
 mod weights;
 
-use crate::model::{shift_labels, FalconModel};
+use crate::model::{check_ids, shift_labels, FalconModel};
 use crate::{FalconError, Result};
 use adapters::AdapterStore;
 use engine::optim::{AdamWConfig, AdamWState};
 use engine::rng::{self, RngState};
-use engine::{DType as EDType, Tensor};
+use engine::Tensor;
 use kernels_cu::ops::adamw::{self, AdamWHyper, AdamWScalars};
 use kernels_cu::ops::{convert, cross_entropy, layernorm, pointwise, rope};
 use kernels_cu::{Buffer, DType, MemoryStats};
@@ -147,14 +147,7 @@ impl CudaFalcon {
         mask: Option<&Tensor>,
         labels: &[i32],
     ) -> Result<DeviceBatch> {
-        if ids.rank() != 2 || ids.dtype() != EDType::U32 {
-            return Err(FalconError::InvalidArgument(format!(
-                "input ids must be u32 [batch, seq], got {} {}",
-                ids.dtype(),
-                ids.shape()
-            )));
-        }
-        let (b, t) = (ids.dims()[0], ids.dims()[1]);
+        let (b, t) = check_ids(ids, mask)?;
         if b * t == 0 {
             return Err(FalconError::InvalidArgument("empty batch".into()));
         }
@@ -177,17 +170,7 @@ impl CudaFalcon {
         }
         let up = |what: &str| cuda_err(format!("upload {what}"));
         let mask = match mask {
-            Some(m) => {
-                if m.dims() != ids.dims() || m.dtype() != EDType::U8 {
-                    return Err(FalconError::InvalidArgument(format!(
-                        "attention mask must be u8 {}, got {} {}",
-                        ids.shape(),
-                        m.dtype(),
-                        m.shape()
-                    )));
-                }
-                Some(self.dev.htod(m.as_slice::<u8>()?).map_err(up("mask"))?)
-            }
+            Some(m) => Some(self.dev.htod(m.as_slice::<u8>()?).map_err(up("mask"))?),
             None => None,
         };
         let positions: Vec<u32> = (0..b).flat_map(|_| 0..t as u32).collect();

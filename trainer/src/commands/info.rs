@@ -101,6 +101,24 @@ pub struct MemoryEstimate {
     pub total: usize,
 }
 
+impl MemoryEstimate {
+    /// From `[batch, seq]` and the parts `[base, lora_state, stored_activations,
+    /// layer_working_set, loss_chunk]`; the total is their sum.
+    fn new([batch_size, seq_len]: [usize; 2], parts: [usize; 5]) -> Self {
+        let [base, lora_state, stored_activations, layer_working_set, loss_chunk] = parts;
+        MemoryEstimate {
+            batch_size,
+            seq_len,
+            base,
+            lora_state,
+            stored_activations,
+            layer_working_set,
+            loss_chunk,
+            total: parts.iter().sum(),
+        }
+    }
+}
+
 /// Bytes of one `m`-element linear weight stored as `quant`.
 pub fn linear_storage_bytes(m: usize, quant: &str, double_quant: bool) -> usize {
     if quant == "none" {
@@ -149,16 +167,16 @@ pub fn model_info(cfg: &FalconConfig, a: &InfoArgs) -> Result<ModelInfo> {
         let layer_working_set =
             8 * bt * (4 * h + cfg.qkv_out_features() + 2 * f) + 8 * b * n * t * t;
         let loss_chunk = 8 * LOSS_CHUNK_ROWS.min(bt) * v;
-        MemoryEstimate {
-            batch_size: b,
-            seq_len: t,
-            base,
-            lora_state,
-            stored_activations,
-            layer_working_set,
-            loss_chunk,
-            total: base + lora_state + stored_activations + layer_working_set + loss_chunk,
-        }
+        MemoryEstimate::new(
+            [b, t],
+            [
+                base,
+                lora_state,
+                stored_activations,
+                layer_working_set,
+                loss_chunk,
+            ],
+        )
     };
     Ok(ModelInfo {
         model_type: cfg.model_type.clone(),
@@ -248,16 +266,16 @@ fn gpu_memory_estimate(
         + 4 * bt * (n + 2 * g) * d
         + 6 * bt * cfg.qkv_out_features();
     let loss_chunk = 6 * bt * GPU_LOSS_CHUNK.min(cfg.vocab_size) + 6 * bt * h;
-    MemoryEstimate {
-        batch_size: b,
-        seq_len: t,
-        base,
-        lora_state,
-        stored_activations,
-        layer_working_set,
-        loss_chunk,
-        total: base + lora_state + stored_activations + layer_working_set + loss_chunk,
-    }
+    MemoryEstimate::new(
+        [b, t],
+        [
+            base,
+            lora_state,
+            stored_activations,
+            layer_working_set,
+            loss_chunk,
+        ],
+    )
 }
 
 fn gib(bytes: usize) -> String {
