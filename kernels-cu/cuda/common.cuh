@@ -4,7 +4,9 @@
 //
 // Everything lives in namespace kc:
 //   types       u8/u16/u32/u64/i32/i64, bf16, f16 (16-bit storage types), f32x4/u32x2/u32x4
-//   conversion  to_f32(bf16|f16), to_bf16(float), to_f16(float), pack_bf16x2(lo, hi)  (lo = bits 15:0)
+//   conversion  to_f32(bf16|f16), to_bf16(float), to_f16(float), pack_bf16x2(lo, hi)  (lo = bits 15:0),
+//               unpack_bf16x8 / pack_bf16x8 (8 bf16 in a u32x4 <-> 8 f32)
+//   indexing    grid_thread / grid_threads (1-D grid-stride loops)
 //   vectors     load4/store4 (16-byte aligned), load_u32x2/u32x4
 //   warp        warp_sum / warp_max (xor butterfly, result in every lane, fixed order)
 //   PTX         mma_m16n8k16_bf16, ldmatrix_x{1,2,4}[_trans], cp_async_{4,8,16}, cp_async_commit,
@@ -171,6 +173,30 @@ KC_FN u32 pack_bf16x2(float lo, float hi) {
 }
 KC_FN float bf16x2_lo(u32 v) { return f32_from_bits(v << 16); }
 KC_FN float bf16x2_hi(u32 v) { return f32_from_bits(v & 0xffff0000u); }
+
+// Eight bf16 <-> eight f32 through one 16-byte vector (element 0 in bits 15:0 of .x).
+KC_FN void unpack_bf16x8(u32x4 v, float f[8]) {
+  const u32 w[4] = {v.x, v.y, v.z, v.w};
+  KC_UNROLL
+  for (int k = 0; k < 4; ++k) {
+    f[2 * k] = bf16x2_lo(w[k]);
+    f[2 * k + 1] = bf16x2_hi(w[k]);
+  }
+}
+KC_FN u32x4 pack_bf16x8(const float f[8]) {
+  u32x4 v;
+  v.x = pack_bf16x2(f[0], f[1]);
+  v.y = pack_bf16x2(f[2], f[3]);
+  v.z = pack_bf16x2(f[4], f[5]);
+  v.w = pack_bf16x2(f[6], f[7]);
+  return v;
+}
+
+// Grid-stride loops over 1-D launches: this thread's global index and the grid's thread count.
+KC_FN long long grid_thread() {
+  return static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
+}
+KC_FN long long grid_threads() { return static_cast<long long>(gridDim.x) * blockDim.x; }
 
 // Vector memory access. The address must be aligned to the vector size.
 KC_FN f32x4 load4(const float* p) { return *reinterpret_cast<const f32x4*>(p); }

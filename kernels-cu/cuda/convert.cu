@@ -23,13 +23,6 @@ using kc::bf16;
 using kc::u32;
 using kc::u32x4;
 
-__device__ __forceinline__ long long gtid() {
-  return static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
-}
-__device__ __forceinline__ long long gstride() {
-  return static_cast<long long>(gridDim.x) * blockDim.x;
-}
-
 // Round-to-nearest-even f32 -> bf16 bits; NaN: keep sign and payload top bits, set quiet bit.
 __device__ __forceinline__ u32 bf16_bits(float f) {
   const u32 u = kc::f32_bits(f);
@@ -45,7 +38,7 @@ extern "C" __global__ void cast_f32_bf16(bf16* out, const float* x, long long n,
   long long done = 0;
   if (vec) {
     const long long nv = n / 8;
-    for (long long i = gtid(); i < nv; i += gstride()) {
+    for (long long i = kc::grid_thread(); i < nv; i += kc::grid_threads()) {
       const kc::f32x4 a = kc::load4(x + 8 * i), b = kc::load4(x + 8 * i + 4);
       u32x4 v;
       v.x = pack2(a.x, a.y);
@@ -56,7 +49,7 @@ extern "C" __global__ void cast_f32_bf16(bf16* out, const float* x, long long n,
     }
     done = 8 * nv;
   }
-  for (long long i = done + gtid(); i < n; i += gstride()) {
+  for (long long i = done + kc::grid_thread(); i < n; i += kc::grid_threads()) {
     out[i].bits = static_cast<kc::u16>(bf16_bits(x[i]));
   }
 }
@@ -66,7 +59,7 @@ extern "C" __global__ void cast_bf16_f32(float* out, const bf16* x, long long n,
   long long done = 0;
   if (vec) {
     const long long nv = n / 8;
-    for (long long i = gtid(); i < nv; i += gstride()) {
+    for (long long i = kc::grid_thread(); i < nv; i += kc::grid_threads()) {
       const u32x4 v = kc::load_u32x4(x + 8 * i);
       kc::f32x4 a, b;
       a.x = kc::bf16x2_lo(v.x);
@@ -82,7 +75,8 @@ extern "C" __global__ void cast_bf16_f32(float* out, const bf16* x, long long n,
     }
     done = 8 * nv;
   }
-  for (long long i = done + gtid(); i < n; i += gstride()) out[i] = kc::to_f32(x[i]);
+  for (long long i = done + kc::grid_thread(); i < n; i += kc::grid_threads())
+    out[i] = kc::to_f32(x[i]);
 }
 
 // Moves `chunks` units of type U (a 16-byte vector, or one element) where each row of d3
@@ -90,7 +84,8 @@ extern "C" __global__ void cast_bf16_f32(float* out, const bf16* x, long long n,
 // r_in = (a·d1 + b)·d2 + c.
 template <class U>
 __device__ __forceinline__ void swap12(U* out, const U* x, u32 d1, u32 d2, u32 upr, u32 chunks) {
-  for (u32 u = static_cast<u32>(gtid()); u < chunks; u += static_cast<u32>(gstride())) {
+  for (u32 u = static_cast<u32>(kc::grid_thread()); u < chunks;
+       u += static_cast<u32>(kc::grid_threads())) {
     const u32 r_out = u / upr;
     const u32 e = u - r_out * upr;
     const u32 t = r_out / d1;  // a·d2 + c

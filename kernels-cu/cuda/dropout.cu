@@ -33,13 +33,6 @@ using kc::u64;
 #define FADD(a, b) ((a) + (b))
 #endif
 
-__device__ __forceinline__ long long gtid() {
-  return static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
-}
-__device__ __forceinline__ long long gstride() {
-  return static_cast<long long>(gridDim.x) * blockDim.x;
-}
-
 __device__ __forceinline__ u64 splitmix64(u64 z) {
   z += 0x9E3779B97F4A7C15ull;
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
@@ -59,30 +52,13 @@ __device__ __forceinline__ float drop(float v, u64 seed, u64 idx, float p, float
   return kept(seed, idx, p) ? FMUL(v, s) : 0.0f;
 }
 
-__device__ __forceinline__ void unpack8(u32x4 v, float f[8]) {
-  const u32 w[4] = {v.x, v.y, v.z, v.w};
-KC_UNROLL
-  for (int k = 0; k < 4; ++k) {
-    f[2 * k] = kc::bf16x2_lo(w[k]);
-    f[2 * k + 1] = kc::bf16x2_hi(w[k]);
-  }
-}
-__device__ __forceinline__ u32x4 pack8(const float f[8]) {
-  u32x4 v;
-  v.x = kc::pack_bf16x2(f[0], f[1]);
-  v.y = kc::pack_bf16x2(f[2], f[3]);
-  v.z = kc::pack_bf16x2(f[4], f[5]);
-  v.w = kc::pack_bf16x2(f[6], f[7]);
-  return v;
-}
-
 // vec != 0: out and x are 16-byte aligned. Element i uses stream index offset + i (wrapping).
 extern "C" __global__ void dropout_fwd_f32(float* out, const float* x, long long n, float p,
                                            float s, u64 seed, u64 offset, int vec) {
   long long done = 0;
   if (vec) {
     const long long nv = n / 4;
-    for (long long i = gtid(); i < nv; i += gstride()) {
+    for (long long i = kc::grid_thread(); i < nv; i += kc::grid_threads()) {
       const u64 base = offset + static_cast<u64>(4 * i);
       kc::f32x4 v = kc::load4(x + 4 * i);
       v.x = drop(v.x, seed, base, p, s);
@@ -93,7 +69,7 @@ extern "C" __global__ void dropout_fwd_f32(float* out, const float* x, long long
     }
     done = 4 * nv;
   }
-  for (long long i = done + gtid(); i < n; i += gstride())
+  for (long long i = done + kc::grid_thread(); i < n; i += kc::grid_threads())
     out[i] = drop(x[i], seed, offset + static_cast<u64>(i), p, s);
 }
 
@@ -102,17 +78,17 @@ extern "C" __global__ void dropout_fwd_bf16(bf16* out, const bf16* x, long long 
   long long done = 0;
   if (vec) {
     const long long nv = n / 8;
-    for (long long i = gtid(); i < nv; i += gstride()) {
+    for (long long i = kc::grid_thread(); i < nv; i += kc::grid_threads()) {
       const u64 base = offset + static_cast<u64>(8 * i);
       float f[8];
-      unpack8(kc::load_u32x4(x + 8 * i), f);
+      kc::unpack_bf16x8(kc::load_u32x4(x + 8 * i), f);
 KC_UNROLL
       for (int k = 0; k < 8; ++k) f[k] = drop(f[k], seed, base + k, p, s);
-      kc::store_u32x4(out + 8 * i, pack8(f));
+      kc::store_u32x4(out + 8 * i, kc::pack_bf16x8(f));
     }
     done = 8 * nv;
   }
-  for (long long i = done + gtid(); i < n; i += gstride())
+  for (long long i = done + kc::grid_thread(); i < n; i += kc::grid_threads())
     out[i] = kc::to_bf16(drop(kc::to_f32(x[i]), seed, offset + static_cast<u64>(i), p, s));
 }
 
@@ -121,7 +97,7 @@ extern "C" __global__ void dropout_bwd_add_f32(float* dx, const float* g, long l
   long long done = 0;
   if (vec) {
     const long long nv = n / 4;
-    for (long long i = gtid(); i < nv; i += gstride()) {
+    for (long long i = kc::grid_thread(); i < nv; i += kc::grid_threads()) {
       const u64 base = offset + static_cast<u64>(4 * i);
       const kc::f32x4 v = kc::load4(g + 4 * i);
       kc::f32x4 d = kc::load4(dx + 4 * i);
@@ -133,7 +109,7 @@ extern "C" __global__ void dropout_bwd_add_f32(float* dx, const float* g, long l
     }
     done = 4 * nv;
   }
-  for (long long i = done + gtid(); i < n; i += gstride())
+  for (long long i = done + kc::grid_thread(); i < n; i += kc::grid_threads())
     dx[i] = FADD(dx[i], drop(g[i], seed, offset + static_cast<u64>(i), p, s));
 }
 
@@ -142,18 +118,18 @@ extern "C" __global__ void dropout_bwd_add_bf16(bf16* dx, const bf16* g, long lo
   long long done = 0;
   if (vec) {
     const long long nv = n / 8;
-    for (long long i = gtid(); i < nv; i += gstride()) {
+    for (long long i = kc::grid_thread(); i < nv; i += kc::grid_threads()) {
       const u64 base = offset + static_cast<u64>(8 * i);
       float f[8], d[8];
-      unpack8(kc::load_u32x4(g + 8 * i), f);
-      unpack8(kc::load_u32x4(dx + 8 * i), d);
+      kc::unpack_bf16x8(kc::load_u32x4(g + 8 * i), f);
+      kc::unpack_bf16x8(kc::load_u32x4(dx + 8 * i), d);
 KC_UNROLL
       for (int k = 0; k < 8; ++k) d[k] = FADD(d[k], drop(f[k], seed, base + k, p, s));
-      kc::store_u32x4(dx + 8 * i, pack8(d));
+      kc::store_u32x4(dx + 8 * i, kc::pack_bf16x8(d));
     }
     done = 8 * nv;
   }
-  for (long long i = done + gtid(); i < n; i += gstride()) {
+  for (long long i = done + kc::grid_thread(); i < n; i += kc::grid_threads()) {
     const float d = kc::to_f32(dx[i]);
     dx[i] = kc::to_bf16(FADD(d, drop(kc::to_f32(g[i]), seed, offset + static_cast<u64>(i), p, s)));
   }

@@ -39,34 +39,9 @@ __device__ __forceinline__ float gelu_grad_f(float x) {
 __device__ __forceinline__ float ld(const float* p, long long i) { return p[i]; }
 __device__ __forceinline__ float ld(const bf16* p, long long i) { return kc::to_f32(p[i]); }
 
-__device__ __forceinline__ long long gtid() {
-  return static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
-}
-__device__ __forceinline__ long long gstride() {
-  return static_cast<long long>(gridDim.x) * blockDim.x;
-}
-
-// 8 bf16 <-> 8 f32 through one 16-byte vector.
-__device__ __forceinline__ void unpack8(u32x4 v, float f[8]) {
-  const u32 w[4] = {v.x, v.y, v.z, v.w};
-KC_UNROLL
-  for (int k = 0; k < 4; ++k) {
-    f[2 * k] = kc::bf16x2_lo(w[k]);
-    f[2 * k + 1] = kc::bf16x2_hi(w[k]);
-  }
-}
-__device__ __forceinline__ u32x4 pack8(const float f[8]) {
-  u32x4 v;
-  v.x = kc::pack_bf16x2(f[0], f[1]);
-  v.y = kc::pack_bf16x2(f[2], f[3]);
-  v.z = kc::pack_bf16x2(f[4], f[5]);
-  v.w = kc::pack_bf16x2(f[6], f[7]);
-  return v;
-}
-
 extern "C" __global__ void gelu_fwd_f32(float* y, const float* x, long long n) {
   const long long nv = n / 4;
-  for (long long i = gtid(); i < nv; i += gstride()) {
+  for (long long i = kc::grid_thread(); i < nv; i += kc::grid_threads()) {
     kc::f32x4 v = kc::load4(x + 4 * i);
     v.x = gelu_f(v.x);
     v.y = gelu_f(v.y);
@@ -74,25 +49,26 @@ extern "C" __global__ void gelu_fwd_f32(float* y, const float* x, long long n) {
     v.w = gelu_f(v.w);
     kc::store4(y + 4 * i, v);
   }
-  for (long long i = 4 * nv + gtid(); i < n; i += gstride()) y[i] = gelu_f(x[i]);
+  for (long long i = 4 * nv + kc::grid_thread(); i < n; i += kc::grid_threads())
+    y[i] = gelu_f(x[i]);
 }
 
 extern "C" __global__ void gelu_fwd_bf16(bf16* y, const bf16* x, long long n) {
   const long long nv = n / 8;
-  for (long long i = gtid(); i < nv; i += gstride()) {
+  for (long long i = kc::grid_thread(); i < nv; i += kc::grid_threads()) {
     float f[8];
-    unpack8(kc::load_u32x4(x + 8 * i), f);
+    kc::unpack_bf16x8(kc::load_u32x4(x + 8 * i), f);
 KC_UNROLL
     for (int k = 0; k < 8; ++k) f[k] = gelu_f(f[k]);
-    kc::store_u32x4(y + 8 * i, pack8(f));
+    kc::store_u32x4(y + 8 * i, kc::pack_bf16x8(f));
   }
-  for (long long i = 8 * nv + gtid(); i < n; i += gstride())
+  for (long long i = 8 * nv + kc::grid_thread(); i < n; i += kc::grid_threads())
     y[i] = kc::to_bf16(gelu_f(kc::to_f32(x[i])));
 }
 
 extern "C" __global__ void gelu_bwd_f32(float* dx, const float* x, const float* dy, long long n) {
   const long long nv = n / 4;
-  for (long long i = gtid(); i < nv; i += gstride()) {
+  for (long long i = kc::grid_thread(); i < nv; i += kc::grid_threads()) {
     const kc::f32x4 v = kc::load4(x + 4 * i);
     kc::f32x4 g = kc::load4(dy + 4 * i);
     g.x *= gelu_grad_f(v.x);
@@ -101,27 +77,28 @@ extern "C" __global__ void gelu_bwd_f32(float* dx, const float* x, const float* 
     g.w *= gelu_grad_f(v.w);
     kc::store4(dx + 4 * i, g);
   }
-  for (long long i = 4 * nv + gtid(); i < n; i += gstride()) dx[i] = dy[i] * gelu_grad_f(x[i]);
+  for (long long i = 4 * nv + kc::grid_thread(); i < n; i += kc::grid_threads())
+    dx[i] = dy[i] * gelu_grad_f(x[i]);
 }
 
 extern "C" __global__ void gelu_bwd_bf16(bf16* dx, const bf16* x, const bf16* dy, long long n) {
   const long long nv = n / 8;
-  for (long long i = gtid(); i < nv; i += gstride()) {
+  for (long long i = kc::grid_thread(); i < nv; i += kc::grid_threads()) {
     float f[8], g[8];
-    unpack8(kc::load_u32x4(x + 8 * i), f);
-    unpack8(kc::load_u32x4(dy + 8 * i), g);
+    kc::unpack_bf16x8(kc::load_u32x4(x + 8 * i), f);
+    kc::unpack_bf16x8(kc::load_u32x4(dy + 8 * i), g);
 KC_UNROLL
     for (int k = 0; k < 8; ++k) g[k] *= gelu_grad_f(f[k]);
-    kc::store_u32x4(dx + 8 * i, pack8(g));
+    kc::store_u32x4(dx + 8 * i, kc::pack_bf16x8(g));
   }
-  for (long long i = 8 * nv + gtid(); i < n; i += gstride())
+  for (long long i = 8 * nv + kc::grid_thread(); i < n; i += kc::grid_threads())
     dx[i] = kc::to_bf16(kc::to_f32(dy[i]) * gelu_grad_f(kc::to_f32(x[i])));
 }
 
 extern "C" __global__ void residual_add3_f32(float* out, const float* x, const float* a,
                                              const float* b, long long n) {
   const long long nv = n / 4;
-  for (long long i = gtid(); i < nv; i += gstride()) {
+  for (long long i = kc::grid_thread(); i < nv; i += kc::grid_threads()) {
     kc::f32x4 v = kc::load4(x + 4 * i);
     const kc::f32x4 u = kc::load4(a + 4 * i), w = kc::load4(b + 4 * i);
     v.x = v.x + u.x + w.x;
@@ -130,22 +107,23 @@ extern "C" __global__ void residual_add3_f32(float* out, const float* x, const f
     v.w = v.w + u.w + w.w;
     kc::store4(out + 4 * i, v);
   }
-  for (long long i = 4 * nv + gtid(); i < n; i += gstride()) out[i] = x[i] + a[i] + b[i];
+  for (long long i = 4 * nv + kc::grid_thread(); i < n; i += kc::grid_threads())
+    out[i] = x[i] + a[i] + b[i];
 }
 
 extern "C" __global__ void residual_add3_bf16(bf16* out, const bf16* x, const bf16* a,
                                               const bf16* b, long long n) {
   const long long nv = n / 8;
-  for (long long i = gtid(); i < nv; i += gstride()) {
+  for (long long i = kc::grid_thread(); i < nv; i += kc::grid_threads()) {
     float f[8], u[8], w[8];
-    unpack8(kc::load_u32x4(x + 8 * i), f);
-    unpack8(kc::load_u32x4(a + 8 * i), u);
-    unpack8(kc::load_u32x4(b + 8 * i), w);
+    kc::unpack_bf16x8(kc::load_u32x4(x + 8 * i), f);
+    kc::unpack_bf16x8(kc::load_u32x4(a + 8 * i), u);
+    kc::unpack_bf16x8(kc::load_u32x4(b + 8 * i), w);
 KC_UNROLL
     for (int k = 0; k < 8; ++k) f[k] = f[k] + u[k] + w[k];
-    kc::store_u32x4(out + 8 * i, pack8(f));
+    kc::store_u32x4(out + 8 * i, kc::pack_bf16x8(f));
   }
-  for (long long i = 8 * nv + gtid(); i < n; i += gstride())
+  for (long long i = 8 * nv + kc::grid_thread(); i < n; i += kc::grid_threads())
     out[i] = kc::to_bf16(kc::to_f32(x[i]) + kc::to_f32(a[i]) + kc::to_f32(b[i]));
 }
 
@@ -184,7 +162,7 @@ extern "C" __global__ void embedding_fwd_bf16(bf16* out, int* bad, const u32* id
 
 // Grid-stride zero fill of the f32 gradient table (n elements).
 extern "C" __global__ void embedding_zero_f32(float* dtable, long long n) {
-  for (long long i = gtid(); i < n; i += gstride()) dtable[i] = 0.0f;
+  for (long long i = kc::grid_thread(); i < n; i += kc::grid_threads()) dtable[i] = 0.0f;
 }
 
 // grid = tokens n, block = 128..1024. dtable is [vocab, d] f32, zeroed before.

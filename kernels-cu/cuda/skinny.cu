@@ -22,17 +22,6 @@ using kc::u32x4;
 
 #define SKINNY_GROUP 8
 
-KC_FN void unpack8(u32x4 v, float f[8]) {
-  f[0] = kc::bf16x2_lo(v.x);
-  f[1] = kc::bf16x2_hi(v.x);
-  f[2] = kc::bf16x2_lo(v.y);
-  f[3] = kc::bf16x2_hi(v.y);
-  f[4] = kc::bf16x2_lo(v.z);
-  f[5] = kc::bf16x2_hi(v.z);
-  f[6] = kc::bf16x2_lo(v.w);
-  f[7] = kc::bf16x2_hi(v.w);
-}
-
 KC_FN void store_c(float* c, float v) { *c = v; }
 KC_FN void store_c(bf16* c, float v) { *c = kc::to_bf16(v); }
 KC_FN float load_c(const float* c) { return *c; }
@@ -57,12 +46,12 @@ KC_FN void skinny_nt(TC* c, const bf16* a, const bf16* b, int m, int n, int k, f
     if (vec) {
       for (int k0 = lane * 8; k0 < k; k0 += 256) {
         float av[8];
-        unpack8(kc::load_u32x4(arow + k0), av);
+        kc::unpack_bf16x8(kc::load_u32x4(arow + k0), av);
         KC_UNROLL
         for (int j = 0; j < SKINNY_GROUP; ++j) {
           if (j < ng) {
             float bv[8];
-            unpack8(kc::load_u32x4(bg + static_cast<long long>(j) * k + k0), bv);
+            kc::unpack_bf16x8(kc::load_u32x4(bg + static_cast<long long>(j) * k + k0), bv);
             float s = acc[j];
             KC_UNROLL
             for (int e = 0; e < 8; ++e) s += av[e] * bv[e];
