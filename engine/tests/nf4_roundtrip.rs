@@ -2,28 +2,9 @@
 //! dequantization, thread-count independence and memory accounting.
 
 use engine::nf4::{Absmax, QuantConfig, QuantElement, QuantType, QuantizedWeight, BLOCKSIZES};
+use engine::testing::Rng;
 use half::{bf16, f16};
 use proptest::prelude::*;
-
-/// A small deterministic generator (SplitMix64) so proptest only has to shrink a seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    /// Uniform in (0, 1].
-    fn uniform(&mut self) -> f64 {
-        ((self.next_u64() >> 11) + 1) as f64 / (1u64 << 53) as f64
-    }
-    fn normal(&mut self) -> f64 {
-        (-2.0 * self.uniform().ln()).sqrt() * (2.0 * std::f64::consts::PI * self.uniform()).cos()
-    }
-}
 
 #[derive(Clone, Copy, Debug)]
 enum Dist {
@@ -33,13 +14,13 @@ enum Dist {
 }
 
 fn weights(seed: u64, n: usize, dist: Dist, scale: f64) -> Vec<f32> {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::from_state(seed);
     (0..n)
         .map(|_| {
             let z = rng.normal();
             let v = match dist {
                 Dist::Normal => z,
-                Dist::Heavy => z / rng.uniform().max(1e-4).sqrt(),
+                Dist::Heavy => z / rng.open_unit_f64().max(1e-4).sqrt(),
             };
             (v * scale) as f32
         })

@@ -214,6 +214,13 @@ impl std::fmt::Debug for Device {
     }
 }
 
+/// The device's name ("NVIDIA H200", "host emulator (4 threads)"), for messages.
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.info().name)
+    }
+}
+
 /// Device memory holding `len` elements of `dtype`. Freed (back to the device's pool) when the
 /// buffer and every view of it are dropped.
 ///
@@ -420,6 +427,23 @@ impl Device {
         #[cfg(not(feature = "emulator"))]
         {
             let _ = opts;
+            Err(Error::NoEmulator)
+        }
+    }
+
+    /// The host emulator (default options) behind the same caching pool a GPU's memory goes
+    /// through, to test allocator behaviour; its size-class rounding hides overruns inside a
+    /// class, so bounds checks want [`Device::emulator`].
+    pub fn emulator_pooled() -> Result<Device> {
+        #[cfg(feature = "emulator")]
+        {
+            let emu = crate::backend::emu::EmuBackend::new(EmulatorOptions::default());
+            Ok(Device::from_backend(Box::new(
+                crate::backend::pooled::PooledBackend::new(Box::new(emu)),
+            )))
+        }
+        #[cfg(not(feature = "emulator"))]
+        {
             Err(Error::NoEmulator)
         }
     }

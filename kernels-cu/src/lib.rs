@@ -138,6 +138,7 @@ pub mod ptx;
 pub mod ptxas;
 pub mod scan;
 mod sources;
+pub mod testing;
 pub mod tools;
 
 pub use device::{

@@ -184,7 +184,7 @@ fn assemble(
         layers,
         ln_f,
         recompute: true,
-        loss_chunk_rows: 256,
+        loss_chunk_rows: crate::model::DEFAULT_LOSS_CHUNK_ROWS,
     })
 }
 

@@ -148,6 +148,9 @@ pub struct FalconModel {
     pub loss_chunk_rows: usize,
 }
 
+/// Rows of logits the host model's fused loss materializes at once, by default.
+pub const DEFAULT_LOSS_CHUNK_ROWS: usize = 256;
+
 /// Parameter counts as PEFT's `print_trainable_parameters` reports them (a 4-bit weight counts
 /// as half its elements, as bitsandbytes' packed `Params4bit` does).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

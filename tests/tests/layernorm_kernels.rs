@@ -12,27 +12,12 @@
 
 use engine::ops::layernorm::{layer_norm_backward, layer_norm_forward};
 use engine::rng;
+use engine::testing::{assert_close, F32_UNIT_ROUNDOFF as U};
 use half::bf16;
 use integration_tests::devices;
 use kernels_cu::ops::layernorm;
 use kernels_cu::{DType, Device};
 use proptest::prelude::*;
-
-const U: f64 = 1.0 / 16_777_216.0;
-
-fn assert_close(what: &str, got: &[f64], want: &[f64], tol: &[f64]) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    for i in 0..got.len() {
-        let err = (got[i] - want[i]).abs();
-        assert!(
-            err <= tol[i],
-            "{what}[{i}]: got {} want {} (|Δ| {err:e} > tol {:e})",
-            got[i],
-            want[i],
-            tol[i]
-        );
-    }
-}
 
 struct Case {
     rows: usize,

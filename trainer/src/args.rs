@@ -396,6 +396,10 @@ pub struct InfoArgs {
     /// LoRA rank for the trainable-parameter count.
     #[arg(long, default_value_t = 8)]
     pub lora_r: usize,
+    /// LoRA dropout of the memory estimate (the device step keeps a dropped-out copy of each
+    /// adapted linear's input when it is above 0).
+    #[arg(long, default_value_t = 0.05)]
+    pub lora_dropout: f64,
     /// Comma-separated LoRA target module names, or all-linear.
     #[arg(long, default_value = "query_key_value")]
     pub target_modules: String,

@@ -28,7 +28,11 @@
 
 mod adapters;
 mod layer;
+pub mod memory_plan;
 mod weights;
+
+pub use memory_plan::{BaseStorage, MemoryPlan, StepShape};
+pub use weights::nf4_parts;
 
 use crate::model::{check_ids, shift_labels, FalconModel};
 use crate::{FalconError, Result};
@@ -70,7 +74,6 @@ struct DeviceAdamW {
 /// A Falcon model with LoRA adapters, resident on one CUDA device, that trains the adapters.
 pub struct CudaFalcon {
     dev: Dev,
-    device: engine::Device,
     g: Geometry,
     base: DeviceBaseModel,
     adapters: AdapterStore,
@@ -93,9 +96,8 @@ struct DeviceBatch {
 
 impl CudaFalcon {
     /// Uploads `model` (its frozen base and its LoRA adapters, which must be attached) to
-    /// `device` (`engine::cuda::open(0)` or an emulator id).
-    pub fn new(model: &FalconModel, device: engine::Device) -> Result<CudaFalcon> {
-        let dev = engine::cuda::handle(device)?;
+    /// `dev` (`kernels_cu::Device::cuda(0)`, or the emulator).
+    pub fn new(model: &FalconModel, dev: Dev) -> Result<CudaFalcon> {
         let g = Geometry::of(model)?;
         let adapters = AdapterStore::upload(&dev, model)?;
         let base = DeviceBaseModel::upload(&dev, model, |name| {
@@ -117,7 +119,6 @@ impl CudaFalcon {
         };
         Ok(CudaFalcon {
             dev,
-            device,
             g,
             base,
             adapters,
@@ -127,8 +128,8 @@ impl CudaFalcon {
         })
     }
 
-    pub fn device(&self) -> engine::Device {
-        self.device
+    pub fn device(&self) -> &Dev {
+        &self.dev
     }
 
     /// Bytes of the frozen base on the device.

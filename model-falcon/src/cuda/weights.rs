@@ -142,21 +142,18 @@ impl DeviceBase {
     }
 }
 
-fn upload_4bit(dev: &Dev, name: &str, q: &QuantizedWeight) -> Result<Nf4Weight> {
+/// The parts of a double-quantized 4-bit weight as the device GEMM takes them (`name` is
+/// the tensor's, for errors): packed codes, 8-bit absmax codes with their nested absmax,
+/// dynamic map and offset, the 4-bit code table. A single-quantized weight is an error naming
+/// the tensor.
+pub fn nf4_parts<'q>(name: &str, q: &'q QuantizedWeight) -> Result<Nf4Parts<'q>> {
     let Absmax::Double(dq) = q.absmax() else {
         return Err(FalconError::InvalidArgument(format!(
             "`{name}`: the CUDA step's 4-bit GEMM reads double-quantized statistics; load the \
              model with double quantization on (--double-quant true)"
         )));
     };
-    if q.blocksize() != nf4_gemm::NF4_GEMM_BLOCKSIZE {
-        return Err(FalconError::InvalidArgument(format!(
-            "`{name}`: the CUDA step's 4-bit GEMM needs blocksize {}, the weight has {}",
-            nf4_gemm::NF4_GEMM_BLOCKSIZE,
-            q.blocksize()
-        )));
-    }
-    let parts = Nf4Parts {
+    Ok(Nf4Parts {
         packed: q.packed(),
         absmax_codes: &dq.codes,
         nested_absmax: &dq.nested_absmax,
@@ -166,7 +163,18 @@ fn upload_4bit(dev: &Dev, name: &str, q: &QuantizedWeight) -> Result<Nf4Weight> 
         out_features: q.out_features(),
         in_features: q.in_features(),
         blocksize: q.blocksize(),
-    };
+    })
+}
+
+fn upload_4bit(dev: &Dev, name: &str, q: &QuantizedWeight) -> Result<Nf4Weight> {
+    let parts = nf4_parts(name, q)?;
+    if q.blocksize() != nf4_gemm::NF4_GEMM_BLOCKSIZE {
+        return Err(FalconError::InvalidArgument(format!(
+            "`{name}`: the CUDA step's 4-bit GEMM needs blocksize {}, the weight has {}",
+            nf4_gemm::NF4_GEMM_BLOCKSIZE,
+            q.blocksize()
+        )));
+    }
     Nf4Weight::upload(dev, &parts).map_err(cuda_err(format!("upload `{name}`")))
 }
 
