@@ -35,13 +35,14 @@
 
 use super::check;
 use super::nf4_gemm::{gemm, Layout};
+use crate::defines;
 use crate::device::{Dim3, Launch};
 use crate::error::{Error, Result};
 use crate::kernels::*;
 use crate::{Arg, Buffer, DType, Device};
 
 /// Threads per block of the row kernels (`CE_THREADS`).
-const THREADS: u32 = 256;
+const THREADS: u32 = defines::cross_entropy::CE_THREADS as u32;
 /// Chunks must be a multiple of this many columns.
 const CHUNK_MULTIPLE: usize = 16;
 /// Default vocab columns per forward chunk (the Z scratch is `rows x FWD_CHUNK` f32: 32 MiB at
