@@ -1,7 +1,7 @@
 //! Fused lm_head + cross-entropy on a GPU at Falcon-7B's shape (rows = 2·512, d = 4544,
 //! V = 65024, bf16), as TFLOP/s of the logit products (forward 2·rows·d·V; backward without dW
 //! 2 x that: dlogits recompute + dhidden), all three on the tensor-core GEMM in vocab chunks;
-//! compare with the bf16 GEMM rate of nf4_gemm_gpu. Skipped without a GPU.
+//! compare with the bf16 GEMM rate of gemm_gpu. Skipped without a GPU.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use half::bf16;

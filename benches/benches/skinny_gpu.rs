@@ -5,7 +5,7 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use half::bf16;
-use kernels_cu::ops::nf4_gemm::{gemm, Layout};
+use kernels_cu::ops::gemm::{gemm, Layout};
 use kernels_cu::ops::skinny;
 use kernels_cu::{DType, Device};
 

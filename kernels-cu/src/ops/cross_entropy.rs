@@ -1,5 +1,5 @@
 //! Cross-entropy fused with the lm_head in vocab chunks (cuda/cross_entropy.cu and the
-//! tensor-core GEMM of cuda/nf4_gemm.cu).
+//! tensor-core GEMM of cuda/gemm.cu).
 //!
 //! With `hidden [rows, d]` bf16, the lm_head `W [V, d]` bf16 and `labels [rows]` i32
 //! (`−100` = ignored), `z = hidden·Wᵀ` (bf16 products, f32 accumulation):
@@ -34,7 +34,7 @@
 //! every `d ≥ 1` is correct.
 
 use super::check;
-use super::nf4_gemm::{gemm, Layout};
+use super::gemm::{gemm, Layout};
 use crate::defines;
 use crate::device::{Dim3, Launch};
 use crate::error::{Error, Result};

@@ -20,7 +20,7 @@ use crate::model::FalconModel;
 use crate::{FalconError, Result};
 use engine::rng::RngState;
 use engine::{Tensor, Var};
-use kernels_cu::ops::nf4_gemm::{gemm, Layout};
+use kernels_cu::ops::gemm::{gemm, Layout};
 use kernels_cu::ops::{convert, dropout, skinny};
 use kernels_cu::{Buffer, DType};
 

@@ -28,7 +28,7 @@ use crate::config::NormLayout;
 use crate::peft::LoraConfig;
 use crate::{FalconConfig, FalconError, Result};
 use kernels_cu::ops::cross_entropy::{BWD_CHUNK, FWD_CHUNK};
-use kernels_cu::ops::{adamw, layernorm, nf4_gemm};
+use kernels_cu::ops::{adamw, gemm, layernorm};
 use serde::Serialize;
 
 /// How the frozen linears are stored on the device.
@@ -410,7 +410,7 @@ fn linear_bytes(elems: usize, base: BaseStorage) -> usize {
     match base {
         BaseStorage::Bf16 => BF16 * elems,
         BaseStorage::FourBit => {
-            let blocks = elems.div_ceil(nf4_gemm::NF4_GEMM_BLOCKSIZE);
+            let blocks = elems.div_ceil(gemm::NF4_GEMM_BLOCKSIZE);
             elems.div_ceil(2)
                 + blocks
                 + F32 * blocks.div_ceil(engine::nf4::NESTED_BLOCKSIZE)

@@ -8,7 +8,7 @@ use crate::model::{FalconModel, Norms};
 use crate::{FalconError, Result};
 use engine::nf4::{Absmax, QuantizedWeight};
 use half::bf16;
-use kernels_cu::ops::nf4_gemm::{self, Layout, Nf4Parts, Nf4Weight};
+use kernels_cu::ops::gemm::{self, Layout, Nf4Parts, Nf4Weight};
 use kernels_cu::{Buffer, DType};
 
 /// Shapes the step needs from the config.
@@ -103,9 +103,9 @@ impl DeviceBase {
         beta: f32,
     ) -> kernels_cu::Result<()> {
         match self {
-            DeviceBase::FourBit(w) => nf4_gemm::nf4_forward(dev, x, w, y, m, 1.0, beta),
+            DeviceBase::FourBit(w) => gemm::nf4_forward(dev, x, w, y, m, 1.0, beta),
             DeviceBase::Bf16(w) => {
-                nf4_gemm::gemm(dev, Layout::Nt, x, w, y, m, shape[0], shape[1], 1.0, beta)
+                gemm::gemm(dev, Layout::Nt, x, w, y, m, shape[0], shape[1], 1.0, beta)
             }
         }
     }
@@ -121,9 +121,9 @@ impl DeviceBase {
         beta: f32,
     ) -> kernels_cu::Result<()> {
         match self {
-            DeviceBase::FourBit(w) => nf4_gemm::nf4_backward_input(dev, dy, w, dx, m, 1.0, beta),
+            DeviceBase::FourBit(w) => gemm::nf4_backward_input(dev, dy, w, dx, m, 1.0, beta),
             DeviceBase::Bf16(w) => {
-                nf4_gemm::gemm(dev, Layout::Nn, dy, w, dx, m, shape[1], shape[0], 1.0, beta)
+                gemm::gemm(dev, Layout::Nn, dy, w, dx, m, shape[1], shape[0], 1.0, beta)
             }
         }
     }
@@ -168,10 +168,10 @@ pub fn nf4_parts<'q>(name: &str, q: &'q QuantizedWeight) -> Result<Nf4Parts<'q>>
 
 fn upload_4bit(dev: &Dev, name: &str, q: &QuantizedWeight) -> Result<Nf4Weight> {
     let parts = nf4_parts(name, q)?;
-    if q.blocksize() != nf4_gemm::NF4_GEMM_BLOCKSIZE {
+    if q.blocksize() != gemm::NF4_GEMM_BLOCKSIZE {
         return Err(FalconError::InvalidArgument(format!(
             "`{name}`: the CUDA step's 4-bit GEMM needs blocksize {}, the weight has {}",
-            nf4_gemm::NF4_GEMM_BLOCKSIZE,
+            gemm::NF4_GEMM_BLOCKSIZE,
             q.blocksize()
         )));
     }

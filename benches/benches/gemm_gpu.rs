@@ -1,4 +1,4 @@
-//! GPU microbenchmarks of kernels-cu `nf4_gemm.cu` at Falcon-7B shapes (M = batch·seq = 1024):
+//! GPU microbenchmarks of kernels-cu `gemm.cu` at Falcon-7B shapes (M = batch·seq = 1024):
 //! the NF4-dequantizing GEMM forward `Y = X·Wᵀ` and input backward `dX = dY·W`, the plain bf16
 //! GEMM `C = A·Bᵀ` at the same shapes (the dense rate the NF4 GEMM is measured against), and
 //! NF4 dequantization. Throughput is reported as FLOP/s (elements = 2·M·N·K) for the GEMMs and
@@ -8,7 +8,7 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use engine::nf4::{DYNAMIC_MAP, NF4};
 use half::bf16;
-use kernels_cu::ops::nf4_gemm::{self, Layout, Nf4Parts, Nf4Weight};
+use kernels_cu::ops::gemm::{self, Layout, Nf4Parts, Nf4Weight};
 use kernels_cu::{DType, Device};
 
 const M: usize = 1024;
@@ -67,11 +67,11 @@ fn bench(c: &mut Criterion) {
     let dev = match Device::cuda(0) {
         Ok(d) => d,
         Err(e) => {
-            println!("nf4_gemm_gpu: skipped, no CUDA device ({e})");
+            println!("gemm_gpu: skipped, no CUDA device ({e})");
             return;
         }
     };
-    let mut g = c.benchmark_group("nf4_gemm_gpu");
+    let mut g = c.benchmark_group("gemm_gpu");
     g.sample_size(10);
     for (name, n, k) in SHAPES {
         let w = weight(&dev, n, k);
@@ -83,7 +83,7 @@ fn bench(c: &mut Criterion) {
             BenchmarkId::new("nf4_forward", format!("{name}_{M}x{n}x{k}")),
             |b| {
                 b.iter(|| {
-                    nf4_gemm::nf4_forward(&dev, &x, &w, &mut y, M, 1.0, 0.0).expect("launch");
+                    gemm::nf4_forward(&dev, &x, &w, &mut y, M, 1.0, 0.0).expect("launch");
                     dev.synchronize().expect("sync");
                 })
             },
@@ -94,18 +94,17 @@ fn bench(c: &mut Criterion) {
             BenchmarkId::new("nf4_backward_input", format!("{name}_{M}x{n}x{k}")),
             |b| {
                 b.iter(|| {
-                    nf4_gemm::nf4_backward_input(&dev, &dy, &w, &mut dx, M, 1.0, 0.0)
-                        .expect("launch");
+                    gemm::nf4_backward_input(&dev, &dy, &w, &mut dx, M, 1.0, 0.0).expect("launch");
                     dev.synchronize().expect("sync");
                 })
             },
         );
-        let wd = nf4_gemm::dequantize(&dev, &w, DType::BF16).expect("dequantize");
+        let wd = gemm::dequantize(&dev, &w, DType::BF16).expect("dequantize");
         g.bench_function(
             BenchmarkId::new("bf16_gemm_nt", format!("{name}_{M}x{n}x{k}")),
             |b| {
                 b.iter(|| {
-                    nf4_gemm::gemm(&dev, Layout::Nt, &x, &wd, &mut y, M, n, k, 1.0, 0.0)
+                    gemm::gemm(&dev, Layout::Nt, &x, &wd, &mut y, M, n, k, 1.0, 0.0)
                         .expect("launch");
                     dev.synchronize().expect("sync");
                 })
@@ -117,7 +116,7 @@ fn bench(c: &mut Criterion) {
             BenchmarkId::new("dequantize_bf16", format!("{name}_{n}x{k}")),
             |b| {
                 b.iter(|| {
-                    let out = nf4_gemm::dequantize(&dev, &w, DType::BF16).expect("launch");
+                    let out = gemm::dequantize(&dev, &w, DType::BF16).expect("launch");
                     dev.synchronize().expect("sync");
                     drop(out);
                 })

@@ -1,4 +1,4 @@
-//! NF4 dequantization and the tensor-core GEMMs (kernels-cu `nf4_gemm.cu`) on the emulator (and a
+//! NF4 dequantization and the tensor-core GEMMs (kernels-cu `gemm.cu`) on the emulator (and a
 //! GPU when one is present) against the engine's NF4 implementation and float64 references.
 //!
 //! - Dequantize: bit-identical to `QuantizedWeight::dequantize_bf16` / `dequantize_f32`.
@@ -15,7 +15,7 @@ use engine::nf4::{Absmax, QuantConfig, QuantizedWeight, NF4_THRESHOLDS};
 use engine::testing::{assert_close, Rng, F32_UNIT_ROUNDOFF as U};
 use half::bf16;
 use integration_tests::devices;
-use kernels_cu::ops::nf4_gemm::{self, Layout, Nf4Weight};
+use kernels_cu::ops::gemm::{self, Layout, Nf4Weight};
 use kernels_cu::{DType, Device, Error};
 use model_falcon::cuda::nf4_parts;
 use proptest::prelude::*;
@@ -74,7 +74,7 @@ fn check_dequant(n: usize, k: usize, blocksize: usize, seed: u64) {
     let want_f: Vec<u32> = q.dequantize_f32().iter().map(|v| v.to_bits()).collect();
     for dev in devices() {
         let w = upload(&dev, &q);
-        let got_bf = nf4_gemm::dequantize(&dev, &w, DType::BF16).unwrap();
+        let got_bf = gemm::dequantize(&dev, &w, DType::BF16).unwrap();
         let got_bf: Vec<u16> = dev
             .dtoh::<bf16>(&got_bf)
             .unwrap()
@@ -82,7 +82,7 @@ fn check_dequant(n: usize, k: usize, blocksize: usize, seed: u64) {
             .map(|v| v.to_bits())
             .collect();
         assert_eq!(got_bf, want_bf, "bf16 dequantize {n}x{k} bs {blocksize}");
-        let got_f = nf4_gemm::dequantize(&dev, &w, DType::F32).unwrap();
+        let got_f = gemm::dequantize(&dev, &w, DType::F32).unwrap();
         let got_f: Vec<u32> = dev
             .dtoh::<f32>(&got_f)
             .unwrap()
@@ -194,7 +194,7 @@ fn check_nf4_gemm(
         let ab = dev.htod(&a).unwrap();
         let (mut c, c0) = output(&dev, &mut rng, dtype, m * n_out, beta);
         let (want, tol) = if backward {
-            nf4_gemm::nf4_backward_input(&dev, &ab, &w, &mut c, m, alpha, beta).unwrap();
+            gemm::nf4_backward_input(&dev, &ab, &w, &mut c, m, alpha, beta).unwrap();
             // dX[i][j] = Σ_r dY[i][r]·W[r][j]
             reference(
                 m,
@@ -208,7 +208,7 @@ fn check_nf4_gemm(
                 dtype == DType::BF16,
             )
         } else {
-            nf4_gemm::nf4_forward(&dev, &ab, &w, &mut c, m, alpha, beta).unwrap();
+            gemm::nf4_forward(&dev, &ab, &w, &mut c, m, alpha, beta).unwrap();
             // Y[i][j] = Σ_r X[i][r]·W[j][r]
             reference(
                 m,
@@ -251,7 +251,7 @@ fn check_gemm(
         let ab = dev.htod(&a).unwrap();
         let bb = dev.htod(&b).unwrap();
         let (mut c, c0) = output(&dev, &mut rng, dtype, m * n, beta);
-        nf4_gemm::gemm(&dev, layout, &ab, &bb, &mut c, m, n, k, alpha, beta).unwrap();
+        gemm::gemm(&dev, layout, &ab, &bb, &mut c, m, n, k, alpha, beta).unwrap();
         let bfo = dtype == DType::BF16;
         let (want, tol) = match layout {
             Layout::Nt => reference(
@@ -335,7 +335,7 @@ fn check_quantize(n: usize, blocksize: usize, seed: u64, bf16_src: bool) {
         let Absmax::Plain(want_am) = q.absmax() else {
             panic!("no double quantization requested")
         };
-        let (packed, absmax) = nf4_gemm::quantize(&dev, &src, blocksize, &NF4_THRESHOLDS).unwrap();
+        let (packed, absmax) = gemm::quantize(&dev, &src, blocksize, &NF4_THRESHOLDS).unwrap();
         let got_p = dev.dtoh::<u8>(&packed).unwrap();
         assert_eq!(
             got_p,
@@ -408,20 +408,20 @@ fn launchers_reject_unsupported_weights() {
     let w = upload(&dev, &q);
     let x = dev.htod(&rng.bf16s(2 * 96)).unwrap();
     let mut y = dev.alloc(DType::F32, 2 * 8).unwrap();
-    let e = nf4_gemm::nf4_forward(&dev, &x, &w, &mut y, 2, 1.0, 0.0).unwrap_err();
+    let e = gemm::nf4_forward(&dev, &x, &w, &mut y, 2, 1.0, 0.0).unwrap_err();
     assert!(matches!(e, Error::InvalidLaunch { .. }), "{e}");
     assert!(e.to_string().contains("blocksize 64"), "{e}");
     let q = quantize(&mut rng, 8, 96, 64, true);
     let w = upload(&dev, &q);
-    let e = nf4_gemm::nf4_forward(&dev, &x, &w, &mut y, 2, 1.0, 0.0).unwrap_err();
+    let e = gemm::nf4_forward(&dev, &x, &w, &mut y, 2, 1.0, 0.0).unwrap_err();
     assert!(e.to_string().contains("multiple of 64"), "{e}");
     // Wrong activation length and dtype.
     let q = quantize(&mut rng, 8, 64, 64, true);
     let w = upload(&dev, &q);
-    let e = nf4_gemm::nf4_forward(&dev, &x, &w, &mut y, 2, 1.0, 0.0).unwrap_err();
+    let e = gemm::nf4_forward(&dev, &x, &w, &mut y, 2, 1.0, 0.0).unwrap_err();
     assert!(matches!(e, Error::Length { .. }), "{e}");
     let xf = dev.htod(&vec![0.5f32; 2 * 64]).unwrap();
-    let e = nf4_gemm::nf4_forward(&dev, &xf, &w, &mut y, 2, 1.0, 0.0).unwrap_err();
+    let e = gemm::nf4_forward(&dev, &xf, &w, &mut y, 2, 1.0, 0.0).unwrap_err();
     assert!(matches!(e, Error::DType { .. }), "{e}");
     // Inconsistent parts.
     let mut parts = nf4_parts("test weight", &q).unwrap();
