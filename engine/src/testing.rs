@@ -196,6 +196,25 @@ pub fn mixed_tolerance(want: &[f64], atol: f64, rtol: f64) -> Vec<f64> {
     want.iter().map(|w| atol + rtol * w.abs()).collect()
 }
 
+/// Asserts that `r` is an error whose message contains `needle`: a test of a refusal checks
+/// which refusal it is, not just that something failed.
+#[track_caller]
+pub fn assert_err_contains<T: std::fmt::Debug, E: std::fmt::Display>(
+    r: std::result::Result<T, E>,
+    needle: &str,
+) {
+    match r {
+        Ok(v) => panic!("expected an error containing {needle:?}, got Ok({v:?})"),
+        Err(e) => {
+            let msg = e.to_string();
+            assert!(
+                msg.contains(needle),
+                "the error {msg:?} does not contain {needle:?}"
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,6 +4,7 @@ use engine::nf4::{
     linear_backward_input, linear_forward, tile_rows, QuantConfig, QuantType, QuantizedWeight,
     TILE_ROWS,
 };
+use engine::testing::assert_err_contains;
 use engine::testing::{self, Rng};
 use proptest::prelude::*;
 
@@ -149,10 +150,19 @@ fn degenerate_and_bad_shapes() {
     )
     .unwrap();
     let mut y = vec![f32::NAN; 4];
-    assert!(linear_forward(&[1.0; 5], 2, &w, &mut y).is_err());
-    assert!(linear_forward(&[1.0; 6], 2, &w, &mut y[..3]).is_err());
+    assert_err_contains(
+        linear_forward(&[1.0; 5], 2, &w, &mut y),
+        "input x: expected 6 elements",
+    );
+    assert_err_contains(
+        linear_forward(&[1.0; 6], 2, &w, &mut y[..3]),
+        "output y: expected 4 elements",
+    );
     let mut dx = vec![f32::NAN; 6];
-    assert!(linear_backward_input(&[1.0; 3], 2, &w, &mut dx).is_err());
+    assert_err_contains(
+        linear_backward_input(&[1.0; 3], 2, &w, &mut dx),
+        "gradient dy: expected 4 elements",
+    );
     linear_forward(&[], 0, &w, &mut []).unwrap();
     // in_features == 0: y is an empty sum, all zeros.
     let empty_in = QuantizedWeight::quantize::<f32>(&[], 3, 0, QuantConfig::default()).unwrap();

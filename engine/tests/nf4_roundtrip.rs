@@ -2,6 +2,7 @@
 //! dequantization, thread-count independence and memory accounting.
 
 use engine::nf4::{Absmax, QuantConfig, QuantElement, QuantType, QuantizedWeight, BLOCKSIZES};
+use engine::testing::assert_err_contains;
 use engine::testing::Rng;
 use half::{bf16, f16};
 use proptest::prelude::*;
@@ -278,31 +279,41 @@ fn memory_accounting() {
 fn bad_arguments_are_errors() {
     let x = vec![0.5f32; 12];
     let cfg = QuantConfig::default();
-    assert!(QuantizedWeight::quantize(&x, 3, 5, cfg).is_err());
-    assert!(QuantizedWeight::quantize(
-        &x,
-        3,
-        4,
-        QuantConfig {
-            blocksize: 48,
-            ..cfg
-        }
-    )
-    .is_err());
-    assert!(QuantizedWeight::quantize(
-        &x,
-        3,
-        4,
-        QuantConfig {
-            blocksize: 16,
-            ..cfg
-        }
-    )
-    .is_err());
+    assert_err_contains(QuantizedWeight::quantize(&x, 3, 5, cfg), "needs 15");
+    assert_err_contains(
+        QuantizedWeight::quantize(
+            &x,
+            3,
+            4,
+            QuantConfig {
+                blocksize: 48,
+                ..cfg
+            },
+        ),
+        "blocksize 48 is not one bitsandbytes accepts",
+    );
+    assert_err_contains(
+        QuantizedWeight::quantize(
+            &x,
+            3,
+            4,
+            QuantConfig {
+                blocksize: 16,
+                ..cfg
+            },
+        ),
+        "blocksize 16 is not one",
+    );
     let w = QuantizedWeight::quantize(&x, 3, 4, cfg).unwrap();
     let mut out = vec![0.0f32; 8];
-    assert!(w.dequantize_rows_into(2..4, &mut out).is_err());
-    assert!(w.dequantize_rows_into(0..1, &mut out).is_err());
+    assert_err_contains(
+        w.dequantize_rows_into(2..4, &mut out),
+        "row range 2..4 is outside",
+    );
+    assert_err_contains(
+        w.dequantize_rows_into(0..1, &mut out),
+        "dequantize output: expected 4",
+    );
     assert!(w.dequantize_rows_into(1..3, &mut out).is_ok());
 }
 
@@ -332,8 +343,12 @@ fn quantize_from_unaligned_le_bytes_equals_typed() {
         QuantizedWeight::quantize_le_bytes(&raw, engine::DType::F16, 37, 41, cfg).unwrap()
     );
     assert_eq!(typed.dtype(), engine::DType::F16);
-    assert!(
-        QuantizedWeight::quantize_le_bytes(&raw[1..], engine::DType::F16, 37, 41, cfg).is_err()
+    assert_err_contains(
+        QuantizedWeight::quantize_le_bytes(&raw[1..], engine::DType::F16, 37, 41, cfg),
+        "expected 3034 elements",
     );
-    assert!(QuantizedWeight::quantize_le_bytes(&raw, engine::DType::U8, 37, 82, cfg).is_err());
+    assert_err_contains(
+        QuantizedWeight::quantize_le_bytes(&raw, engine::DType::U8, 37, 82, cfg),
+        "dtype u8 cannot be",
+    );
 }

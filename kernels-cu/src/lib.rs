@@ -1,5 +1,5 @@
 //! CUDA C++ kernel sources, their host emulator, the compile and resource gates, and the device
-//! interface (real driver or emulator) that the engine's CUDA device launches through.
+//! interface (real driver or emulator) that the model's CUDA training step launches through.
 //!
 //! # Layout
 //!
@@ -69,8 +69,9 @@
 //!   arguments fail in CI; on CUDA the argument count and sizes against the PTX entry.
 //!   The CUDA backend loads each family's module on first use and caches modules and functions,
 //!   opting functions in to more than 48 KiB of dynamic shared memory when a launch asks.
-//! - Safe launchers for the first families: [`ops::elementwise`] (add, scale, axpy; f32, bf16)
-//!   and [`ops::reduce`] (deterministic two-pass sum and sum of squares).
+//! - Safe launchers, one module of [`ops`] per family: they check dtypes and lengths, document
+//!   the reference math, and hold the launch geometry (from [`defines`], the sources'
+//!   `#define`s). The model's CUDA training step is written on these.
 //!
 //! # The emulator
 //!
@@ -152,7 +153,6 @@ pub use pool::MemoryStats;
 pub use sources::{
     kernel, kernels, Family, Kernel, COMMON_HEADER, COMMON_HEADER_NAME, FAMILIES, KERNELS,
 };
-pub use sources::{ELEMENTWISE, REDUCE, SELFTEST};
 
 /// True when the CUDA driver library (libcuda) can be loaded. No GPU may be present even then.
 pub fn cuda_driver_present() -> bool {

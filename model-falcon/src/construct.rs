@@ -194,7 +194,7 @@ struct CheckpointSource<'a> {
 }
 
 /// Parses the bitsandbytes components of one pre-quantized linear into a [`QuantizedWeight`]
-/// (nf4-spec §4.3), without re-quantizing: codes, absmax (or its double-quantized codes,
+/// (docs/nf4-spec.md §4.3), without re-quantizing: codes, absmax (or its double-quantized codes,
 /// nested absmax, offset and nested map) are taken as stored, so dequantization reproduces
 /// bitsandbytes' `dequantize_4bit` exactly. `Ok(None)` when `module` is not stored 4-bit.
 /// Errors name the module and the component that is missing or malformed.

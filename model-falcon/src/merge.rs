@@ -1,11 +1,11 @@
 //! Merging a LoRA adapter into its base and writing the result as a bf16 Hugging Face
-//! checkpoint (PEFT's `merge_and_unload` followed by `save_pretrained`, hf-semantics §4.7).
+//! checkpoint (PEFT's `merge_and_unload` followed by `save_pretrained`, docs/hf-semantics.md §4.7).
 //!
 //! For every adapted linear `W ← W + s·B·A` in fp32 (`W [out, in]`, `B [out, r]`,
 //! `A [r, in]`, `s = lora_alpha/r`, or `lora_alpha/√r` with rsLoRA), then one rounding to bf16
 //! (round to nearest even). A 4-bit base (a bitsandbytes pre-quantized checkpoint) is
 //! dequantized exactly as bitsandbytes does first; the result is **not** re-quantized, since
-//! that would lose the precision the merge added (hf-semantics §6.19).
+//! that would lose the precision the merge added (docs/hf-semantics.md §6.19).
 //!
 //! Every other tensor (embedding, LayerNorms, biases, an untied lm_head) is converted to bf16
 //! as is. A tied lm_head is not written, as transformers does not write it.

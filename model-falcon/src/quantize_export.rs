@@ -1,4 +1,4 @@
-//! Writing a 4-bit checkpoint in the bitsandbytes serialization (nf4-spec §4), as
+//! Writing a 4-bit checkpoint in the bitsandbytes serialization (docs/nf4-spec.md §4), as
 //! transformers' `save_pretrained` writes a model loaded with `load_in_4bit`.
 //!
 //! Every decoder linear `m` becomes the six tensors of `Linear4bit._save_to_state_dict`, in

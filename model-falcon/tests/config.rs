@@ -1,4 +1,4 @@
-//! FalconConfig from real Hub configs (hf-semantics §1.2), legacy key names, the fixture
+//! FalconConfig from real Hub configs (docs/hf-semantics.md §1.2), legacy key names, the fixture
 //! configs written by transformers 5.24, and configs that must be refused.
 
 mod common;
@@ -175,7 +175,7 @@ fn falcon_7b_layout_and_derived_sizes() {
         assert_eq!(c.bos_token_id, Some(11));
         assert_eq!(c.torch_dtype.as_deref(), Some("bfloat16"));
         assert!(c.quantization.is_none());
-        // hf-semantics §0: 6,921,720,704 parameters.
+        // docs/hf-semantics.md §0: 6,921,720,704 parameters.
         assert_eq!(c.num_parameters(), 6_921_720_704);
     }
 }

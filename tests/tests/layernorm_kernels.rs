@@ -12,6 +12,7 @@
 
 use engine::ops::layernorm::{layer_norm_backward, layer_norm_forward};
 use engine::rng;
+use engine::testing::assert_err_contains;
 use engine::testing::{assert_close, F32_UNIT_ROUNDOFF as U};
 use half::bf16;
 use integration_tests::devices;
@@ -231,11 +232,20 @@ fn layernorm_rejects_bad_shapes() {
     let x = dev.htod(&[1.0f32; 10]).unwrap();
     let g = dev.htod(&[1.0f32; 3]).unwrap();
     let mut y = dev.alloc(DType::F32, 10).unwrap();
-    assert!(layernorm::forward(&dev, &mut y, &x, &g, &g, 3, 1e-5).is_err());
+    assert_err_contains(
+        layernorm::forward(&dev, &mut y, &x, &g, &g, 3, 1e-5),
+        "x (a positive multiple of d)",
+    );
     let g4 = dev.htod(&[1.0f32; 4]).unwrap();
     let g5 = dev.htod(&[1.0f32; 5]).unwrap();
-    assert!(layernorm::forward(&dev, &mut y, &x, &g4, &g5, 5, 1e-5).is_err());
+    assert_err_contains(
+        layernorm::forward(&dev, &mut y, &x, &g4, &g5, 5, 1e-5),
+        "gamma: expected 5 elements",
+    );
     let xb = dev.htod(&[bf16::ONE; 10]).unwrap();
     let g5b = dev.htod(&[bf16::ONE; 5]).unwrap();
-    assert!(layernorm::forward(&dev, &mut y, &xb, &g5b, &g5b, 5, 1e-5).is_err());
+    assert_err_contains(
+        layernorm::forward(&dev, &mut y, &xb, &g5b, &g5b, 5, 1e-5),
+        "y: expected dtype BF16",
+    );
 }

@@ -1,4 +1,4 @@
-//! The training loop with Hugging Face Trainer semantics (hf-semantics §2):
+//! The training loop with Hugging Face Trainer semantics (docs/hf-semantics.md §2):
 //! - one step = one optimizer update over `gradient_accumulation_steps` micro-batches; the last
 //!   window of an epoch may be shorter (HF ≥ 4.57); `max_steps = ceil(epochs · windows/epoch)`;
 //! - the loss backpropagated per micro-batch is `Σ token CE / N` where N counts the target

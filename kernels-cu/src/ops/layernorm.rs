@@ -23,6 +23,7 @@ pub const LN_BLOCK: u32 = defines::layernorm::LN_BLOCK as u32;
 pub const MAX_BWD_BLOCKS: usize = 264;
 
 /// The per-row statistics saved by [`forward`]: `[rows]` f32 each.
+#[derive(Debug)]
 pub struct LayerNormStats {
     pub mean: Buffer,
     pub rstd: Buffer,
