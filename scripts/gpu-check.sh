@@ -14,7 +14,7 @@
 #   scripts/gpu-check.sh                  both, on a machine that has Rust and a GPU.
 #
 # Packages whose tests are bundled: GPU_CHECK_TEST_PACKAGES (default "kernels-cu integration-tests
-# engine model-falcon", GPU tests only); release
+# model-falcon", GPU tests only); release
 # binaries: GPU_CHECK_BIN_PACKAGES (default "trainer"; skipped with a warning if they do not
 # build). The binaries load libcuda.so.1 from the driver at run time and need no NVRTC or
 # toolkit: the kernels are embedded as PTX. Everything must finish within 8 minutes on an H200.
@@ -27,7 +27,7 @@ PER_BINARY_TIMEOUT="${GPU_CHECK_TIMEOUT:-240}"
 build() {
   cd "$(dirname "$0")/.."
   local bundle="$PWD/.gpu-bundle"
-  local tests="${GPU_CHECK_TEST_PACKAGES:-kernels-cu integration-tests engine model-falcon}"
+  local tests="${GPU_CHECK_TEST_PACKAGES:-kernels-cu integration-tests model-falcon}"
   local bins="${GPU_CHECK_BIN_PACKAGES:-trainer}"
   rm -rf "$bundle"
   mkdir -p "$bundle/tests" "$bundle/bin" "$bundle/bench" "$bundle/step"
@@ -55,9 +55,6 @@ for line in open(os.path.join(bundle, ".cargo-tests.json")):
     # Tests that never touch a GPU stay home: the compile/resource gates (they need NVRTC and
     # ptxas, which the GPU machine lacks), the AddressSanitizer build, CPU-only property tests.
     if name in seen or name in ("kernels-cu-gates", "kernels-cu-asan", "tests-matmul_props"):
-        continue
-    # Of the engine's tests only the CUDA device's run on the GPU.
-    if pkg == "engine" and m["target"]["name"] != "cuda_device":
         continue
     # Of the model's, only the training step on the device.
     if pkg == "model-falcon" and m["target"]["name"] != "cuda_step":
