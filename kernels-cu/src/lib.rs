@@ -133,6 +133,7 @@ mod dtype;
 mod error;
 pub mod nvrtc;
 pub mod ops;
+pub mod perf;
 pub mod pool;
 pub mod ptx;
 pub mod ptxas;
