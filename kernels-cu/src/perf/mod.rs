@@ -16,6 +16,7 @@
 pub mod cost;
 pub mod gpu;
 pub mod model;
+pub mod report;
 pub mod trace;
 pub mod validate;
 

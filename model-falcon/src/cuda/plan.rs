@@ -26,6 +26,9 @@ use engine::rng::RngState;
 use kernels_cu::perf::{DryRun, Gpu, LaunchRecord};
 use kernels_cu::DType;
 
+/// The performance model these plans feed (re-exported for crates without kernels-cu).
+pub use kernels_cu::perf;
+
 /// The optimizer part of a planned step.
 #[derive(Debug, Clone)]
 pub struct OptimizerShape {

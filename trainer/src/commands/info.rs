@@ -384,6 +384,9 @@ pub fn info(a: &InfoArgs) -> Result<()> {
             println!("  {name:<33} {:>12}", gib(bytes));
         }
     }
+    if let Some(gpu) = &a.gpu {
+        super::info_gpu::print(&cfg, a, &i.gpu_memory, gpu)?;
+    }
     Ok(())
 }
 
