@@ -275,3 +275,34 @@ fn recording_and_dry_run_log_the_same_launch() {
     };
     assert!(e.is_err());
 }
+
+/// The calibration table in BENCHMARKS.md: each published measurement predicted within the
+/// stated error, and the sign of each error as stated (the model is optimistic for attention
+/// backward, pessimistic for cuBLAS's wgmma GEMM).
+#[test]
+fn calibration_errors_stay_within_the_stated_bounds() {
+    let refs = kernels_cu::perf::calibration::references();
+    assert!(refs.len() >= 10);
+    for r in &refs {
+        let e = r.error();
+        eprintln!(
+            "{:<28} {:<5} published {:>6.0} predicted {:>6.0} error {:+.0} %",
+            r.what,
+            r.gpu,
+            r.published_tflops,
+            r.predicted_tflops,
+            100.0 * e
+        );
+        assert!(
+            e.abs() < kernels_cu::perf::calibration::stated_bound(r),
+            "{}: error {e:+.2}",
+            r.what
+        );
+    }
+    let gemm = &refs[0];
+    assert!(gemm.error() < 0.0, "mma.sync model vs a wgmma library GEMM");
+    assert!(refs
+        .iter()
+        .filter(|r| r.what.contains("backward"))
+        .all(|r| r.error() > 0.0));
+}

@@ -18,6 +18,11 @@ pub struct Cost {
     /// copy of its weight tile): CUDA-core work that the current kernel does between barriers,
     /// not overlapped with its `mma.sync`.
     pub decoded_elements: f64,
+    /// Special-function operations (`ex2` on the SFUs): the softmax exponentials.
+    pub special_ops: f64,
+    /// Other fp32 operations on CUDA cores inside a tensor-core loop (softmax scaling, row
+    /// max and sum, dS = P∘(dP − D)), serial with the products in FlashAttention-2-style code.
+    pub fp32_ops: f64,
     /// Compulsory DRAM traffic, bytes.
     pub bytes: f64,
     /// Which formula gave these numbers (a kernel family, or "generic").
@@ -103,6 +108,7 @@ pub fn cost(r: &LaunchRecord) -> Cost {
                 + n * k * (0.5 + 1.0 / 64.0)
                 + out * m * y_cols * if beta != 0.0 { 2.0 } else { 1.0 },
             formula: "nf4 gemm",
+            ..Cost::default()
         };
     }
     if name.starts_with("attn_fwd_")
@@ -136,8 +142,20 @@ pub fn cost(r: &LaunchRecord) -> Cost {
             // q, dO, lse, D, k, v in; dQ out (f32).
             2.0 * q + 8.0 * b * hq * t + 2.0 * kv + 2.0 * q
         };
+        // Per score element: one exponential (forward, and each backward kernel recomputes
+        // P); fp32 work: forward scale-and-subtract, row max, row sum, bf16 pack (~4);
+        // backward the recomputed P, dS = P∘(dP − D), the bf16 packs and shared stores of P
+        // and dS (~8, `calibration::BWD_FP32_PER_SCORE`).
+        let scores = 64.0 * 64.0 * tiles * b * hq;
         return Cost {
             tensor_flops: products * 2.0 * 64.0 * 64.0 * d * tiles * b * hq,
+            special_ops: scores,
+            fp32_ops: scores
+                * if name.starts_with("attn_fwd_") {
+                    4.0
+                } else {
+                    super::calibration::BWD_FP32_PER_SCORE
+                },
             bytes,
             formula: "flash attention",
             ..Cost::default()

@@ -13,6 +13,7 @@
 //! Every time this module gives is PREDICTED from datasheet peaks and the stated
 //! efficiencies; none is measured.
 
+pub mod calibration;
 pub mod cost;
 pub mod gpu;
 pub mod model;

@@ -8,8 +8,10 @@
 //! t_tensor    = tensor FLOPs / (bf16 peak · mma efficiency) / wave efficiency
 //! t_decode    = decoded NF4 elements · DECODE_SLOTS / 32 lanes / (4 schedulers · SMs · clock)
 //!               / wave efficiency       (serial with t_tensor: the decode sits between barriers)
+//! t_softmax   = (exponentials / (16 per SM per clock · SMs · clock)
+//!               + fp32 ops / (fp32 peak / 2)) / wave efficiency     (serial with t_tensor)
 //! t_memory    = bytes / (DRAM bandwidth · DRAM efficiency) / min(1, 2 · busy SMs / SMs)
-//! time        = max(t_tensor + t_decode, t_memory) + launch gap
+//! time        = max(t_tensor + t_decode + t_softmax, t_memory) + launch gap
 //! ```
 //! The SM-wave count assumes that one resident block keeps an SM's tensor cores as busy as
 //! several (8-warp GEMM blocks); the memory term lets one SM draw at most twice its share of
@@ -28,6 +30,10 @@ use super::trace::LaunchRecord;
 /// absmax decode amortized over 64 elements. An estimate from reading the kernel, to be replaced
 /// by the SASS count of its main loop.
 pub const DECODE_SLOTS: f64 = 5.0;
+
+/// `ex2` throughput of the special-function units: 16 per SM per clock on sm_80..sm_90
+/// (CUDA C++ Programming Guide, arithmetic instruction throughput table).
+pub const SFU_OPS_PER_SM_CLOCK: f64 = 16.0;
 
 /// The embedded ptxas report (registers, static shared memory per kernel and target).
 const REPORT: &str = include_str!("../../ptxas-report.txt");
@@ -122,11 +128,44 @@ pub struct LaunchEstimate {
     pub waves: Waves,
     pub t_tensor_us: f64,
     pub t_decode_us: f64,
+    pub t_softmax_us: f64,
     pub t_memory_us: f64,
     /// Predicted time including the launch gap.
     pub time_us: f64,
     /// "tensor", "tensor+decode", "memory" or "launch".
     pub bound: &'static str,
+}
+
+/// The time terms of the module docs, seconds, for `c` spread over `grid_blocks` blocks.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Times {
+    pub tensor: f64,
+    pub decode: f64,
+    pub softmax: f64,
+    pub memory: f64,
+}
+
+impl Times {
+    /// The launch's time without the launch gap, seconds.
+    pub fn bound(&self) -> f64 {
+        (self.tensor + self.decode + self.softmax).max(self.memory)
+    }
+}
+
+pub fn times(gpu: &Gpu, c: &Cost, grid_blocks: u64) -> Times {
+    let eff = waves(gpu, grid_blocks, 1).efficiency.max(1e-9);
+    let clock = gpu.boost_mhz as f64 * 1e6;
+    let issue_rate = 4.0 * gpu.sms as f64 * clock; // warp instructions per second
+    let busy = grid_blocks.min(gpu.sms as u64) as f64;
+    let bw_share = (2.0 * busy / gpu.sms as f64).min(1.0);
+    Times {
+        tensor: c.tensor_flops / (gpu.bf16_tflops * 1e12 * gpu.mma_efficiency) / eff,
+        decode: c.decoded_elements * DECODE_SLOTS / 32.0 / issue_rate / eff,
+        softmax: (c.special_ops / (SFU_OPS_PER_SM_CLOCK * gpu.sms as f64 * clock)
+            + c.fp32_ops / (gpu.fp32_tflops * 1e12 / 2.0))
+            / eff,
+        memory: c.bytes / (gpu.dram_gbs * 1e9 * gpu.dram_efficiency) / bw_share,
+    }
 }
 
 /// Predicts one recorded launch on `gpu`.
@@ -143,23 +182,21 @@ pub fn estimate(gpu: &Gpu, r: &LaunchRecord) -> LaunchEstimate {
     };
     let grid_blocks = r.grid.count();
     let w = waves(gpu, grid_blocks, occ.blocks_per_sm);
-    let eff = w.efficiency.max(1e-9);
-    let t_tensor = c.tensor_flops / (gpu.bf16_tflops * 1e12 * gpu.mma_efficiency) / eff;
-    let issue_rate = 4.0 * gpu.sms as f64 * gpu.boost_mhz as f64 * 1e6; // warp instr / s
-    let t_decode = c.decoded_elements * DECODE_SLOTS / 32.0 / issue_rate / eff;
-    let busy = grid_blocks.min(gpu.sms as u64) as f64;
-    let bw_share = (2.0 * busy / gpu.sms as f64).min(1.0);
-    let t_memory = c.bytes / (gpu.dram_gbs * 1e9 * gpu.dram_efficiency) / bw_share;
-    let work = (t_tensor + t_decode).max(t_memory) * 1e6;
+    let t = times(gpu, &c, grid_blocks);
+    let compute = t.tensor + t.decode + t.softmax;
+    let work = compute.max(t.memory) * 1e6;
     let bound = if work < gpu.launch_gap_us {
         "launch"
-    } else if t_memory >= t_tensor + t_decode {
+    } else if t.memory >= compute {
         "memory"
-    } else if t_decode > 0.0 {
+    } else if t.decode > 0.0 {
         "tensor+decode"
+    } else if t.softmax > 0.0 {
+        "tensor+softmax"
     } else {
         "tensor"
     };
+    let (t_tensor, t_decode, t_softmax, t_memory) = (t.tensor, t.decode, t.softmax, t.memory);
     LaunchEstimate {
         kernel: r.kernel.name,
         grid_blocks,
@@ -171,6 +208,7 @@ pub fn estimate(gpu: &Gpu, r: &LaunchRecord) -> LaunchEstimate {
         waves: w,
         t_tensor_us: t_tensor * 1e6,
         t_decode_us: t_decode * 1e6,
+        t_softmax_us: t_softmax * 1e6,
         t_memory_us: t_memory * 1e6,
         time_us: work + gpu.launch_gap_us,
         bound,
