@@ -18,6 +18,7 @@ pub mod cost;
 pub mod gpu;
 pub mod model;
 pub mod report;
+pub mod sass;
 pub mod trace;
 pub mod validate;
 
