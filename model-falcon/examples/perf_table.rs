@@ -5,9 +5,12 @@
 //! ```text
 //! cargo run -p model-falcon --release --example perf_table -- \
 //!     [--model falcon-7b|falcon-40b|falcon-180b|CONFIG_DIR] [--batch 2] [--seq 512] \
-//!     [--targets query_key_value|all-linear] [--r 8] [--gpu h200] [--top 0]
+//!     [--targets query_key_value|all-linear] [--r 8] [--gpu h200] [--top 0] [--launches]
 //! ```
-//! Prints the per-kernel table on `--gpu` and a one-line summary on every GPU of the table.
+//! Prints the per-kernel table on `--gpu` and a one-line summary on every GPU of the table;
+//! `--launches` adds the predicted time of each distinct launch (kernel and shape), which
+//! `scripts/gpu-check.sh` prints beside the measured benchmarks. `--gpu` also takes a name
+//! as `nvidia-smi` prints it (e.g. "NVIDIA H200").
 
 use kernels_cu::perf::{gpu, gpu::gpu_keys, report, StepEstimate, GPUS};
 use model_falcon::cuda::plan::{self, StepShape};
@@ -19,6 +22,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (mut batch, mut seq, mut r, mut top) = (2usize, 512usize, 8usize, 0usize);
     let mut targets = "query_key_value".to_string();
     let mut gpu_name = "h200".to_string();
+    let mut launches = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut v = || args.next().ok_or(format!("{a} needs a value"));
@@ -30,6 +34,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--top" => top = v()?.parse()?,
             "--targets" => targets = v()?,
             "--gpu" => gpu_name = v()?,
+            "--launches" => launches = true,
             other => return Err(format!("unknown flag {other}").into()),
         }
     }
@@ -57,6 +62,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let est = StepEstimate::new(g, &p.launches);
     println!("\nper kernel on {}:\n", g.name);
     print!("{}", report::kernel_table(&est, top));
+    if launches {
+        println!("\nper distinct launch on {}:\n", g.name);
+        print!("{}", report::launch_table(&est, &p.launches));
+    }
     println!("\ntime by bound on {}:", g.key);
     for (b, us) in report::time_by_bound(&est) {
         println!("  {b:<14} {:>8.2} ms", us / 1e3);

@@ -95,7 +95,44 @@ pub fn time_by_bound(est: &StepEstimate) -> Vec<(&'static str, f64)> {
         }
     }
     out.push(("launch gaps", gaps));
-    out.retain(|(_, us)| *us >= 0.5);
+    out.retain(|(_, us)| *us >= 5.0);
     out.sort_by(|a, b| b.1.total_cmp(&a.1));
     out
+}
+
+/// A launch's shape for people: `m x n x k` for the GEMMs, otherwise its grid.
+pub fn shape_label(r: &super::trace::LaunchRecord) -> String {
+    let name = r.kernel.name;
+    if name.starts_with("gemm_bf16_") || name.starts_with("skinny_nt_") {
+        format!("{}x{}x{}", r.int(0), r.int(1), r.int(2))
+    } else if name.starts_with("nf4_gemm_") {
+        format!("{}x{}x{}", r.int(1), r.int(2), r.int(3))
+    } else {
+        let g = r.grid;
+        format!("grid {}x{}x{}", g.x, g.y, g.z)
+    }
+}
+
+/// One row per distinct launch (kernel and shape), largest total time first: the predicted
+/// time of one launch, to set beside a benchmark of that kernel at that shape.
+pub fn launch_table(est: &StepEstimate, trace: &[super::trace::LaunchRecord]) -> String {
+    let mut rows: Vec<(&'static str, String, usize, f64, &'static str)> = Vec::new();
+    for (l, r) in est.launches.iter().zip(trace) {
+        let shape = shape_label(r);
+        match rows.iter_mut().find(|x| x.0 == l.kernel && x.1 == shape) {
+            Some(x) => {
+                x.2 += 1;
+                x.3 += l.time_us;
+            }
+            None => rows.push((l.kernel, shape, 1, l.time_us, l.bound)),
+        }
+    }
+    rows.sort_by(|a, b| b.3.total_cmp(&a.3));
+    let mut s = String::new();
+    let _ = writeln!(s, "| kernel | shape | launches | predicted µs per launch | bound |");
+    let _ = writeln!(s, "|---|---|---:|---:|---|");
+    for (k, shape, n, t, b) in rows {
+        let _ = writeln!(s, "| {k} | {shape} | {n} | {:.1} | {b} |", t / n as f64);
+    }
+    s
 }
