@@ -129,7 +129,10 @@ pub fn launch_table(est: &StepEstimate, trace: &[super::trace::LaunchRecord]) ->
     }
     rows.sort_by(|a, b| b.3.total_cmp(&a.3));
     let mut s = String::new();
-    let _ = writeln!(s, "| kernel | shape | launches | predicted µs per launch | bound |");
+    let _ = writeln!(
+        s,
+        "| kernel | shape | launches | predicted µs per launch | bound |"
+    );
     let _ = writeln!(s, "|---|---|---:|---:|---|");
     for (k, shape, n, t, b) in rows {
         let _ = writeln!(s, "| {k} | {shape} | {n} | {:.1} | {b} |", t / n as f64);
