@@ -186,3 +186,24 @@ fn model_flops_of_falcon_7b_at_2x512_are_42_5_tflop() {
     assert_eq!(f, want);
     assert!((f / 1e12 - 42.5).abs() < 0.1, "{f}");
 }
+
+/// The planned step's NF4 GEMM work is exactly three passes (forward, recomputed forward,
+/// input gradient) of 2 FLOPs per weight per token over the decoder linears.
+#[test]
+fn planned_nf4_gemm_flops_are_three_passes_over_the_linears() {
+    let cfg = plan::falcon_config("falcon-7b").unwrap();
+    let p = plan::dry_run(&cfg, &StepShape::new(2, 512), &GPUS[0]).unwrap();
+    let nf4: f64 = p
+        .launches
+        .iter()
+        .filter(|r| r.kernel.name.starts_with("nf4_gemm_"))
+        .map(|r| kernels_cu::perf::cost(r).tensor_flops)
+        .sum();
+    let linear = 32.0 * (4672.0 * 4544.0 + 4544.0 * 4544.0 + 2.0 * 18176.0 * 4544.0);
+    assert_eq!(nf4, 3.0 * 2.0 * linear * 1024.0);
+    // 4 linears x 32 layers x (forward, recomputed forward, input gradient).
+    let n = p.launches.iter().filter(|r| r.kernel.name.starts_with("nf4_gemm_")).count();
+    assert_eq!(n, 4 * 32 * 3);
+    // The dry run's allocator peak is the step's device memory: base, adapters, activations.
+    assert!(p.peak_bytes > 4 << 30 && p.peak_bytes < 6 << 30, "{}", p.peak_bytes);
+}
