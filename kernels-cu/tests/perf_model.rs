@@ -306,3 +306,19 @@ fn calibration_errors_stay_within_the_stated_bounds() {
         .filter(|r| r.what.contains("backward"))
         .all(|r| r.error() > 0.0));
 }
+
+/// Every hot kernel (the ones a training step launches) has its own cost formula, so that a
+/// new kernel cannot enter the step costed by the generic fallback unnoticed.
+#[test]
+fn every_hot_kernel_has_a_cost_formula() {
+    let missing: Vec<&str> = kernels_cu::KERNELS
+        .iter()
+        .filter(|k| k.hot)
+        .filter(|k| cost(&record(**k, Dim3::x(1), 32, 0, Vec::new())).formula == "generic")
+        .map(|k| k.name)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "hot kernels without a cost formula: {missing:?}"
+    );
+}

@@ -202,8 +202,16 @@ fn planned_nf4_gemm_flops_are_three_passes_over_the_linears() {
     let linear = 32.0 * (4672.0 * 4544.0 + 4544.0 * 4544.0 + 2.0 * 18176.0 * 4544.0);
     assert_eq!(nf4, 3.0 * 2.0 * linear * 1024.0);
     // 4 linears x 32 layers x (forward, recomputed forward, input gradient).
-    let n = p.launches.iter().filter(|r| r.kernel.name.starts_with("nf4_gemm_")).count();
+    let n = p
+        .launches
+        .iter()
+        .filter(|r| r.kernel.name.starts_with("nf4_gemm_"))
+        .count();
     assert_eq!(n, 4 * 32 * 3);
     // The dry run's allocator peak is the step's device memory: base, adapters, activations.
-    assert!(p.peak_bytes > 4 << 30 && p.peak_bytes < 6 << 30, "{}", p.peak_bytes);
+    assert!(
+        p.peak_bytes > 4 << 30 && p.peak_bytes < 6 << 30,
+        "{}",
+        p.peak_bytes
+    );
 }
