@@ -47,10 +47,11 @@ pub struct Gpu {
     pub max_threads_per_sm: u32,
     pub max_blocks_per_sm: u32,
     pub launch_gap_us: f64,
-    /// Fraction of the dense bf16 peak a well-tuned `mma.sync` GEMM reaches (calibrated, see
-    /// [`crate::perf::calibration`]).
+    /// Fraction of the dense bf16 peak a well-tuned `mma.sync` GEMM reaches (checked against
+    /// published measurements in [`crate::perf::calibration`]).
     pub mma_efficiency: f64,
-    /// Fraction of DRAM bandwidth a streaming kernel reaches (calibrated likewise).
+    /// Fraction of DRAM bandwidth a streaming kernel reaches: 0.85 everywhere (a
+    /// device-to-device copy on an H200 of the project's GPU pool moved 4.3 TB/s, 0.90).
     pub dram_efficiency: f64,
 }
 
@@ -176,11 +177,14 @@ pub const GPUS: &[Gpu] = &[
 ];
 
 /// `mma.sync` on Hopper: the warp-level instruction cannot feed the SM's tensor cores at the
-/// rate the warpgroup `wgmma` path does; tuned `mma.sync` GEMMs are reported near 60-65 % of
-/// the dense peak. 0.62 is the middle of that range (calibration: see `perf::calibration`).
+/// rate the warpgroup `wgmma` path does; tuned `mma.sync` code is reported near 60-65 % of
+/// the dense peak, and the SASS of our GEMM loops (12-16 instructions per HMMA against 8
+/// issue slots, [`crate::perf::sass`]) caps them at 50-66 %. 0.62; FlashAttention-2 forward on
+/// H100 is predicted within -1..+33 % with it (`perf::calibration`).
 pub const HOPPER_MMA_SYNC_EFFICIENCY: f64 = 0.62;
 /// `mma.sync` on Ampere/Ada, where it is the native path: tuned GEMMs reach ~80-90 % of peak
-/// at large sizes; 0.85 (calibration: see `perf::calibration`).
+/// at large sizes; 0.85 (FlashAttention-2 forward on A100 is predicted 19 % low with it; no
+/// published A100 GEMM figure was at hand to check it directly).
 pub const AMPERE_MMA_EFFICIENCY: f64 = 0.85;
 
 /// The GPU with `key` or whose name contains it (case-insensitive), e.g. "h200", "A100".

@@ -8,7 +8,10 @@
 //! - [`gpu`]: the GPU table (published peaks, per-SM limits);
 //! - [`model`]: occupancy from the ptxas report, waves, per-launch time bounds, step totals;
 //! - [`validate`]: launch limits at real sizes (grid, block, shared memory per target, 32-bit
-//!   indices).
+//!   indices);
+//! - [`sass`]: the SASS instruction mix of a kernel's main loop and its issue-slot bound;
+//! - [`calibration`]: predictions for published measurements, and their error;
+//! - [`report`]: the per-kernel and per-launch tables.
 //!
 //! Every time this module gives is PREDICTED from datasheet peaks and the stated
 //! efficiencies; none is measured.
