@@ -140,6 +140,8 @@ pub struct Launch<'a> {
 pub enum BackendKind {
     Cuda,
     Emulator,
+    /// Records launches without executing them ([`crate::perf::trace::DryRun`]).
+    DryRun,
 }
 
 /// What a device is.

@@ -10,6 +10,7 @@
 //! | `ptx/<family>.ptx` | PTX built ahead (NVRTC 12.4, `compute_80`), embedded with `include_str!` |
 //! | `emu/kc_emu.h`, `emu/runtime.cpp` | the host emulator of the CUDA execution model |
 //! | `ptxas-report.txt` | the resource report (registers, shared memory, stack, spills per kernel, sm_80 and sm_90) |
+//! | `src/perf/` | the GPU performance model: launch recording and dry-run backends, per-kernel cost, GPU table, occupancy/waves/time bounds, launch validation, SASS loop counts, calibration (all predictions, none measured) |
 //!
 //! [`FAMILIES`] and [`KERNELS`] list the sources and entry points (name, family, hot flag);
 //! [`kernels`] has one constant per entry point.
@@ -135,6 +136,7 @@ mod dtype;
 mod error;
 pub mod nvrtc;
 pub mod ops;
+pub mod perf;
 pub mod pool;
 pub mod ptx;
 pub mod ptxas;

@@ -406,6 +406,10 @@ pub struct InfoArgs {
     /// Print one JSON object on stdout.
     #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set)]
     pub json: bool,
+    /// Also print the performance model's PREDICTED speed of the CUDA training step on this
+    /// GPU (h200, h100, a100, rtx4090, rtx3090).
+    #[arg(long)]
+    pub gpu: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]

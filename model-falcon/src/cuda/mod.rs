@@ -29,6 +29,7 @@
 mod adapters;
 mod layer;
 pub mod memory_plan;
+pub mod plan;
 mod weights;
 
 pub use memory_plan::{BaseStorage, MemoryPlan, StepShape};
@@ -54,7 +55,7 @@ pub(crate) fn cuda_err(what: String) -> impl FnOnce(kernels_cu::Error) -> Falcon
 
 /// A position in the dropout stream, advanced as [`rng::reserve`] advances the host's.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct RngCursor(RngState);
+pub(crate) struct RngCursor(pub(crate) RngState);
 
 impl RngCursor {
     pub fn take(&mut self, n: u64) -> RngState {
@@ -65,7 +66,7 @@ impl RngCursor {
 }
 
 /// Adapter moments and the step count.
-struct DeviceAdamW {
+pub(crate) struct DeviceAdamW {
     exp_avg: Buffer,
     exp_avg_sq: Buffer,
     step: u64,
@@ -85,7 +86,7 @@ pub struct CudaFalcon {
 }
 
 /// Inputs of one micro-batch on the device.
-struct DeviceBatch {
+pub(crate) struct DeviceBatch {
     batch: usize,
     seq: usize,
     ids: Buffer,
@@ -169,26 +170,19 @@ impl CudaFalcon {
                 self.g.vocab
             )));
         }
-        let up = |what: &str| cuda_err(format!("upload {what}"));
         let mask = match mask {
-            Some(m) => Some(self.dev.htod(m.as_slice::<u8>()?).map_err(up("mask"))?),
+            Some(m) => Some(m.as_slice::<u8>()?),
             None => None,
         };
-        let positions: Vec<u32> = (0..b).flat_map(|_| 0..t as u32).collect();
-        let pos = self.dev.htod(&positions).map_err(up("positions"))?;
-        let rope = rope::table(&self.dev, &pos, &self.inv_freq, self.g.head_dim)
-            .map_err(cuda_err("rotary table".into()))?;
-        Ok(DeviceBatch {
-            batch: b,
-            seq: t,
-            ids: self.dev.htod(host_ids).map_err(up("ids"))?,
+        device_batch(
+            &self.dev,
+            &self.inv_freq,
+            self.g,
+            [b, t],
+            host_ids,
             mask,
-            labels: self
-                .dev
-                .htod(&shift_labels(labels, b, t))
-                .map_err(up("labels"))?,
-            rope,
-        })
+            &shift_labels(labels, b, t),
+        )
     }
 
     /// The summed-over-`count` cross-entropy loss of `ids` (`Σ CE / count`), forward only,
@@ -287,35 +281,15 @@ impl CudaFalcon {
         config: &AdamWConfig,
         max_grad_norm: f64,
     ) -> Result<f64> {
-        let dev = &self.dev;
-        let a = &mut self.adapters;
-        let norm = adamw::grad_norm(dev, &a.grads, max_grad_norm.max(0.0) as f32)
-            .map_err(cuda_err("gradient norm".into()))?;
-        self.opt.step += 1;
-        let scalars = AdamWScalars::new(
-            &AdamWHyper {
-                lr,
-                beta1: config.beta1,
-                beta2: config.beta2,
-                eps: config.eps,
-                weight_decay: config.weight_decay,
-            },
-            self.opt.step,
-        );
-        adamw::step(
-            dev,
-            &mut a.params,
-            &mut self.opt.exp_avg,
-            &mut self.opt.exp_avg_sq,
-            &a.grads,
-            &norm,
-            1,
-            &scalars,
-        )
-        .map_err(cuda_err("AdamW".into()))?;
-        a.refresh_bf16(dev)?;
-        a.zero_grads(dev)?;
-        read_scalar(dev, &norm, "gradient norm")
+        let norm = optimizer_launches(
+            &self.dev,
+            &mut self.adapters,
+            &mut self.opt,
+            lr,
+            config,
+            max_grad_norm,
+        )?;
+        read_scalar(&self.dev, &norm, "gradient norm")
     }
 
     /// Writes the device adapter weights into the host model's LoRA parameters (for saving,
@@ -399,6 +373,74 @@ impl CudaFalcon {
         self.opt.step = step;
         Ok(())
     }
+}
+
+/// The batch's ids, key mask and shifted labels on the device, and its rotary table.
+fn device_batch(
+    dev: &Dev,
+    inv_freq: &Buffer,
+    g: Geometry,
+    [b, t]: [usize; 2],
+    ids: &[u32],
+    mask: Option<&[u8]>,
+    shifted_labels: &[i32],
+) -> Result<DeviceBatch> {
+    let up = |what: &str| cuda_err(format!("upload {what}"));
+    let mask = match mask {
+        Some(m) => Some(dev.htod(m).map_err(up("mask"))?),
+        None => None,
+    };
+    let positions: Vec<u32> = (0..b).flat_map(|_| 0..t as u32).collect();
+    let pos = dev.htod(&positions).map_err(up("positions"))?;
+    let rope =
+        rope::table(dev, &pos, inv_freq, g.head_dim).map_err(cuda_err("rotary table".into()))?;
+    Ok(DeviceBatch {
+        batch: b,
+        seq: t,
+        ids: dev.htod(ids).map_err(up("ids"))?,
+        mask,
+        labels: dev.htod(shifted_labels).map_err(up("labels"))?,
+        rope,
+    })
+}
+
+/// Gradient norm and clipping, one AdamW update of every adapter, the bf16 refresh and the
+/// cleared gradients; returns the device buffer holding the norm.
+fn optimizer_launches(
+    dev: &Dev,
+    a: &mut AdapterStore,
+    opt: &mut DeviceAdamW,
+    lr: f64,
+    config: &AdamWConfig,
+    max_grad_norm: f64,
+) -> Result<Buffer> {
+    let norm = adamw::grad_norm(dev, &a.grads, max_grad_norm.max(0.0) as f32)
+        .map_err(cuda_err("gradient norm".into()))?;
+    opt.step += 1;
+    let scalars = AdamWScalars::new(
+        &AdamWHyper {
+            lr,
+            beta1: config.beta1,
+            beta2: config.beta2,
+            eps: config.eps,
+            weight_decay: config.weight_decay,
+        },
+        opt.step,
+    );
+    adamw::step(
+        dev,
+        &mut a.params,
+        &mut opt.exp_avg,
+        &mut opt.exp_avg_sq,
+        &a.grads,
+        &norm,
+        1,
+        &scalars,
+    )
+    .map_err(cuda_err("AdamW".into()))?;
+    a.refresh_bf16(dev)?;
+    a.zero_grads(dev)?;
+    Ok(norm)
 }
 
 /// Forward and backward of one micro-batch; returns the loss and the dropout stream position

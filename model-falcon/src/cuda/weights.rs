@@ -25,7 +25,10 @@ pub(crate) struct Geometry {
 
 impl Geometry {
     pub fn of(model: &FalconModel) -> Result<Geometry> {
-        let c = &model.config;
+        Geometry::from_config(&model.config)
+    }
+
+    pub fn from_config(c: &crate::FalconConfig) -> Result<Geometry> {
         let g = Geometry {
             hidden: c.hidden_size,
             heads: c.num_attention_heads,
@@ -278,4 +281,106 @@ impl DeviceBaseModel {
 pub(crate) fn alloc(dev: &Dev, what: &str, dtype: DType, len: usize) -> Result<Buffer> {
     dev.alloc(dtype, len)
         .map_err(cuda_err(format!("allocate {what}")))
+}
+
+/// Unset device memory shaped like a weight, for a launch plan (on the dry-run device it
+/// costs no memory).
+fn placeholder(dev: &Dev, what: &str, dtype: DType, len: usize) -> Result<Buffer> {
+    alloc(dev, what, dtype, len.max(1))
+}
+
+impl DeviceNorm {
+    fn placeholder(dev: &Dev, hidden: usize) -> Result<DeviceNorm> {
+        Ok(DeviceNorm {
+            gamma: placeholder(dev, "LayerNorm weight", DType::BF16, hidden)?,
+            beta: placeholder(dev, "LayerNorm bias", DType::BF16, hidden)?,
+        })
+    }
+}
+
+impl DeviceBase {
+    /// A frozen weight `[out, in]` with the buffers [`Nf4Weight::upload`] would make
+    /// (double-quantized, blocksize [`gemm::NF4_GEMM_BLOCKSIZE`]), or bf16.
+    fn placeholder(dev: &Dev, out_f: usize, in_f: usize, four_bit: bool) -> Result<DeviceBase> {
+        if !four_bit {
+            return Ok(DeviceBase::Bf16(placeholder(
+                dev,
+                "bf16 weight",
+                DType::BF16,
+                out_f * in_f,
+            )?));
+        }
+        let n = out_f * in_f;
+        let blocks = n.div_ceil(gemm::NF4_GEMM_BLOCKSIZE);
+        Ok(DeviceBase::FourBit(Nf4Weight {
+            packed: placeholder(dev, "4-bit codes", DType::U8, n.div_ceil(2))?,
+            absmax_codes: placeholder(dev, "absmax codes", DType::U8, blocks)?,
+            nested_absmax: placeholder(
+                dev,
+                "nested absmax",
+                DType::F32,
+                blocks.div_ceil(gemm::NESTED_BLOCKSIZE),
+            )?,
+            code_map: placeholder(dev, "absmax code map", DType::F32, 256)?,
+            table: placeholder(dev, "4-bit table", DType::F32, 16)?,
+            offset: 0.0,
+            out_features: out_f,
+            in_features: in_f,
+            blocksize: gemm::NF4_GEMM_BLOCKSIZE,
+        }))
+    }
+}
+
+impl DeviceBaseModel {
+    /// The frozen base of `config` with unset weights, for a launch plan: the buffers
+    /// [`Self::upload`] would make, 4-bit when `four_bit` (else bf16); `slot_of(name)` gives
+    /// the adapter slot of a module.
+    pub fn placeholder(
+        dev: &Dev,
+        config: &crate::FalconConfig,
+        four_bit: bool,
+        slot_of: impl Fn(&str) -> Option<usize>,
+    ) -> Result<DeviceBaseModel> {
+        use crate::checkpoint::{linear_modules, LinearKind};
+        use crate::config::NormLayout;
+        let h = config.hidden_size;
+        let embed = placeholder(dev, "embedding", DType::BF16, config.vocab_size * h)?;
+        let modules = linear_modules(config);
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for i in 0..config.num_hidden_layers {
+            let norms = match config.norms {
+                NormLayout::Single => DeviceNorms::Single(DeviceNorm::placeholder(dev, h)?),
+                NormLayout::Separate => DeviceNorms::Separate {
+                    attn: DeviceNorm::placeholder(dev, h)?,
+                    mlp: DeviceNorm::placeholder(dev, h)?,
+                },
+            };
+            let lin = |kind: LinearKind| -> Result<DeviceLinear> {
+                let m = modules
+                    .iter()
+                    .find(|m| m.layer == i && m.kind == kind)
+                    .ok_or_else(|| {
+                        FalconError::InvalidArgument(format!("layer {i} has no {kind:?} linear"))
+                    })?;
+                Ok(DeviceLinear {
+                    name: m.name.clone(),
+                    base: DeviceBase::placeholder(dev, m.out_features, m.in_features, four_bit)?,
+                    shape: [m.out_features, m.in_features],
+                    lora: slot_of(&m.name),
+                })
+            };
+            layers.push(DeviceLayer {
+                norms,
+                qkv: lin(LinearKind::QueryKeyValue)?,
+                dense: lin(LinearKind::Dense)?,
+                h_to_4h: lin(LinearKind::DenseHTo4h)?,
+                four_h_to_h: lin(LinearKind::Dense4hToH)?,
+            });
+        }
+        Ok(DeviceBaseModel {
+            embed,
+            layers,
+            ln_f: DeviceNorm::placeholder(dev, h)?,
+        })
+    }
 }

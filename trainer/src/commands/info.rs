@@ -373,6 +373,9 @@ pub fn info(a: &InfoArgs) -> Result<()> {
         (None, Some(why)) => println!("the CUDA step cannot train this configuration: {why}"),
         (None, None) => {}
     }
+    if let Some(gpu) = &a.gpu {
+        super::info_gpu::print(&cfg, a, i.gpu_memory.as_ref(), gpu)?;
+    }
     Ok(())
 }
 
