@@ -12,11 +12,12 @@
 use crate::args::TrainArgs;
 use crate::device::{self, DeviceRequest};
 use crate::metrics::{MetricsLog, Progress};
+use crate::nonfinite;
 use crate::session::Session;
 use crate::state::{self, LogEntry, RngFile, TrainerState};
 use anyhow::{bail, Context, Result};
 use data_finqa::{Batch, Sampler, SamplerConfig, TokenizedExample};
-use engine::optim::{clip_grad_norm, AdamW, AdamWConfig, LrSchedule, SchedulerKind};
+use engine::optim::{AdamW, AdamWConfig, LrSchedule, SchedulerKind};
 use engine::{rng, GradStore, Tensor, Var};
 use model_falcon::peft::{load_adapter, LoraConfig, TargetModules};
 use model_falcon::{attach_lora, load_lora, CudaFalcon};
@@ -245,6 +246,7 @@ pub fn train(
             loss_since_log: 0.0,
             steps_since_log: 0,
             total_loss: 0.0,
+            skipped_updates: 0,
         };
         let schedule = LrSchedule::new(
             kind,
@@ -283,6 +285,7 @@ pub fn train(
     let mut empty_windows = 0usize;
     let mut interrupted = false;
     let mut last_saved = None;
+    let mut guard = crate::nonfinite::Guard::new(&args.on_nonfinite)?;
 
     while st.global_step < max_steps {
         // The window: up to GA micro-batches, not crossing the epoch end.
@@ -329,21 +332,19 @@ pub fn train(
             st.num_input_tokens_seen += mb.tokens as u64;
             tokens_since_log += mb.tokens as u64;
         }
-        if !step_loss.is_finite() {
-            bail!(
-                "the loss became {step_loss} at step {}; lower --learning-rate or check the data",
-                st.global_step + 1
-            );
-        }
         let lr = schedule.lr(st.global_step);
-        let grad_norm = match cuda.as_mut() {
-            Some(c) => c.optimizer_step(lr, opt.config(), args.max_grad_norm)?,
-            None => {
-                let n = clip_grad_norm(&mut grads, &params, args.max_grad_norm)?;
-                opt.step(&grads, lr)?;
-                n
+        let (step, mgn) = (st.global_step + 1, args.max_grad_norm);
+        let (grad_norm, action) = match cuda.as_mut() {
+            Some(c) => {
+                nonfinite::cuda_update(&mut guard, step, step_loss, c, lr, opt.config(), mgn)?
             }
+            None => nonfinite::cpu_update(
+                &mut guard, step, step_loss, &mut grads, &params, &names, &mut opt, lr, mgn,
+            )?,
         };
+        st.skipped_updates += u64::from(action == nonfinite::StepAction::Skip);
+        let step_loss =
+            nonfinite::loss_for_logging(step_loss, st.loss_since_log, st.steps_since_log);
         drop(grads);
         st.global_step += 1;
         steps_this_run += 1;

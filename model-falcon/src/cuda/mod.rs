@@ -279,7 +279,9 @@ impl CudaFalcon {
 
     /// Clips the accumulated gradients to global norm `max_grad_norm` (no clipping when it is
     /// ≤ 0), applies one AdamW update with learning rate `lr`, and clears the gradients.
-    /// Returns the gradient norm before clipping.
+    /// Returns the gradient norm before clipping. When that norm is NaN or infinite nothing is
+    /// applied: the gradients are cleared, the adapters, moments and step count stay as they
+    /// were, and the non-finite norm is returned for the caller to report.
     pub fn optimizer_step(
         &mut self,
         lr: f64,
@@ -290,6 +292,13 @@ impl CudaFalcon {
         let a = &mut self.adapters;
         let norm = adamw::grad_norm(dev, &a.grads, max_grad_norm.max(0.0) as f32)
             .map_err(cuda_err("gradient norm".into()))?;
+        // Read the norm before updating: a NaN or infinite norm must not reach the adapters
+        // or the AdamW moments (the caller decides whether to skip the step or stop).
+        let value = read_scalar(dev, &norm, "gradient norm")?;
+        if !value.is_finite() {
+            a.zero_grads(dev)?;
+            return Ok(value);
+        }
         self.opt.step += 1;
         let scalars = AdamWScalars::new(
             &AdamWHyper {
@@ -314,7 +323,7 @@ impl CudaFalcon {
         .map_err(cuda_err("AdamW".into()))?;
         a.refresh_bf16(dev)?;
         a.zero_grads(dev)?;
-        read_scalar(dev, &norm, "gradient norm")
+        Ok(value)
     }
 
     /// Writes the device adapter weights into the host model's LoRA parameters (for saving,
