@@ -425,3 +425,18 @@ fn nan_base_weights_and_nan_adapters_are_refused_naming_the_tensor() {
     ])
     .fails_naming(key);
 }
+
+#[test]
+fn generate_beyond_the_models_positions_is_refused() {
+    let f = fixture();
+    trainer(&[
+        "generate",
+        "--model",
+        s(&f.base),
+        "--prompt",
+        "the revenue",
+        "--max-new-tokens",
+        "1000000",
+    ])
+    .fails_naming("max_position_embeddings");
+}
