@@ -22,6 +22,9 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Fine-tune a model with QLoRA (or plain LoRA with --quant none).
+    // Negative values reach the range checks (`--max-grad-norm -1` is reported as out of
+    // range, `--max-steps -1` is HF's "use the epochs") instead of being taken for flags.
+    #[command(allow_negative_numbers = true)]
     Train(Box<TrainArgs>),
     /// Answer a FinQA-style question with a model and adapter (greedy, as the seed's ask_model).
     Ask(AskArgs),

@@ -301,7 +301,7 @@ mod tests {
         );
         assert!(e.contains("--lora-r is 8 here but 16"), "{e}");
         assert!(
-            !e.contains("batch-size") && !e.contains("output-dir"),
+            !e.contains("batch-size") && !e.contains("--output-dir is"),
             "{e}"
         );
     }
