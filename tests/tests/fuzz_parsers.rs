@@ -214,8 +214,8 @@ fn small_safetensors(dir: &Path) -> Vec<u8> {
     use model_falcon::checkpoint::{write_safetensors_file, StDType, TensorSpec};
     let path = dir.join("seed.safetensors");
     let specs = vec![
-        TensorSpec::new("a".into(), StDType::F32, vec![2, 3]),
-        TensorSpec::new("b".into(), StDType::BF16, vec![4]),
+        TensorSpec::new("a", StDType::F32, vec![2, 3]),
+        TensorSpec::new("b", StDType::BF16, vec![4]),
     ];
     let mut meta = BTreeMap::new();
     meta.insert("format".to_string(), "pt".to_string());
