@@ -55,7 +55,7 @@ fn monotonic_ns() -> i64 {
     };
     // SAFETY: clock_gettime writes into the timespec we own; it is async-signal-safe.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as i64 * 1_000_000_000 + ts.tv_nsec as i64
+    ts.tv_sec * 1_000_000_000 + ts.tv_nsec
 }
 
 fn write_stderr(msg: &[u8]) {
