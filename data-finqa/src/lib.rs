@@ -35,7 +35,7 @@ pub use batch::Batch;
 pub use error::{BadRecord, DataError, Result};
 pub use load::{
     load_file, load_file_limited, parse_bytes, BadRecordPolicy, DataFormat, LoadOptions,
-    LoadReport, DEFAULT_MAX_DATA_BYTES,
+    LoadReport, DEFAULT_MAX_DATA_BYTES, MAX_RECORD_TEXT_BYTES,
 };
 pub use prompt::{seed_example, seed_prompt, Example};
 pub use record::{AnswerSource, ExeAns, GoldFact, PromptCompletion, Record};

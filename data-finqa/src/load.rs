@@ -290,6 +290,19 @@ pub fn parse_bytes(path: &Path, bytes: &[u8], options: &LoadOptions) -> Result<L
                 }
             }
         };
+        let outcome = outcome.and_then(|item| match item.text_bytes() {
+            n if n > MAX_RECORD_TEXT_BYTES => Err(BadRecord {
+                path: path.to_path_buf(),
+                index: el.index,
+                line: el.line,
+                id: item.id().map(str::to_string),
+                reason: format!(
+                    "{n} bytes of text, more than the {MAX_RECORD_TEXT_BYTES} a record may \
+                     hold (tokenizing it would take memory out of proportion)"
+                ),
+            }),
+            _ => Ok(item),
+        });
         match outcome {
             Ok(Item::Record(r)) => report.records.push(r),
             Ok(Item::Pair(p)) => report.pairs.push(p),
@@ -312,6 +325,35 @@ pub fn parse_bytes(path: &Path, bytes: &[u8], options: &LoadOptions) -> Result<L
 enum Item {
     Record(Record),
     Pair(PromptCompletion),
+}
+
+/// The most text one record may hold (all its fields together): 1 MiB, a few hundred times a
+/// FinQA record. Tokenizing takes several hundred bytes of memory per byte of text, and
+/// anything longer can never fit a training sequence, so such a record is a bad record
+/// (skipped with a warning, or an error with --strict-data) instead of gigabytes of memory.
+pub const MAX_RECORD_TEXT_BYTES: usize = 1 << 20;
+
+impl Item {
+    fn text_bytes(&self) -> usize {
+        match self {
+            Item::Record(r) => {
+                let lines = |v: &[String]| v.iter().map(String::len).sum::<usize>();
+                lines(&r.pre_text)
+                    + lines(&r.post_text)
+                    + r.table.iter().map(|row| lines(row)).sum::<usize>()
+                    + r.question.len()
+                    + r.answer.len()
+            }
+            Item::Pair(p) => p.prompt.len() + p.completion.len(),
+        }
+    }
+
+    fn id(&self) -> Option<&str> {
+        match self {
+            Item::Record(r) => Some(&r.id),
+            Item::Pair(p) => Some(&p.id),
+        }
+    }
 }
 
 struct Element {
