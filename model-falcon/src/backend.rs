@@ -221,19 +221,45 @@ impl<'m> Backend<'m> {
     }
 
     /// Clips the accumulated gradients to global norm `max_grad_norm` (none when ≤ 0), applies
-    /// one AdamW update at learning rate `lr` and clears the gradients. Returns the norm
-    /// before clipping.
-    pub fn optimizer_step(&mut self, lr: f64, max_grad_norm: f64) -> Result<f64> {
+    /// one AdamW update at learning rate `lr` and clears the gradients. A step whose loss
+    /// (`loss_finite` false) or gradient norm is NaN or infinite applies nothing: adapters and
+    /// optimizer moments keep their values, the gradients are dropped.
+    pub fn optimizer_step(
+        &mut self,
+        lr: f64,
+        max_grad_norm: f64,
+        loss_finite: bool,
+    ) -> Result<Update> {
         match &mut self.device {
             StepDevice::Host(h) => {
                 let mut grads = std::mem::take(&mut h.grads);
-                let norm = clip_grad_norm(&mut grads, &h.params, max_grad_norm)?;
-                self.opt.step(&grads, lr)?;
-                Ok(norm)
+                let names = lora_names(h.model);
+                guarded_update(
+                    &mut grads,
+                    &h.params,
+                    &names,
+                    &mut self.opt,
+                    lr,
+                    max_grad_norm,
+                    loss_finite,
+                )
             }
             StepDevice::Cuda(c) => {
                 self.opt_in_sync = false;
-                c.step.optimizer_step(lr, self.opt.config(), max_grad_norm)
+                // The device step reads the norm before its update and applies nothing when
+                // it is not finite.
+                let grad_norm = if loss_finite {
+                    c.step
+                        .optimizer_step(lr, self.opt.config(), max_grad_norm)?
+                } else {
+                    c.step.zero_grads()?;
+                    f64::NAN
+                };
+                Ok(Update {
+                    grad_norm,
+                    applied: loss_finite && grad_norm.is_finite(),
+                    first_nonfinite_grad: None,
+                })
             }
         }
     }
@@ -322,13 +348,110 @@ impl<'m> Backend<'m> {
     }
 }
 
+/// What an optimizer step did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Update {
+    /// The global gradient norm before clipping (NaN when the loss was not finite on a
+    /// device, where no norm is computed then).
+    pub grad_norm: f64,
+    /// Whether AdamW ran.
+    pub applied: bool,
+    /// The first parameter (PEFT key) whose gradient holds a NaN or infinity, where known
+    /// (the CPU step; the device only knows the norm).
+    pub first_nonfinite_grad: Option<String>,
+}
+
+/// The host update: clip, then AdamW only when the loss and the norm are finite.
+pub fn guarded_update(
+    grads: &mut GradStore,
+    params: &[Var],
+    names: &[String],
+    opt: &mut AdamW,
+    lr: f64,
+    max_grad_norm: f64,
+    loss_finite: bool,
+) -> Result<Update> {
+    let grad_norm = clip_grad_norm(grads, params, max_grad_norm)?;
+    let applied = loss_finite && grad_norm.is_finite();
+    if applied {
+        opt.step(grads, lr)?;
+    }
+    let first_nonfinite_grad = if grad_norm.is_finite() {
+        None
+    } else {
+        names.iter().zip(params).find_map(|(n, p)| {
+            let g = grads.get(p)?.to_f64_vec().ok()?;
+            g.iter().any(|x| !x.is_finite()).then(|| n.clone())
+        })
+    };
+    Ok(Update {
+        grad_norm,
+        applied,
+        first_nonfinite_grad,
+    })
+}
+
+/// PEFT keys of the model's LoRA parameters, in optimizer order.
+fn lora_names(model: &FalconModel) -> Vec<String> {
+    model
+        .lora_parameters()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect()
+}
+
 fn device_name(dev: &kernels_cu::Device, ordinal: usize) -> String {
     format!("{} (cuda:{ordinal})", dev.info().name)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::DeviceRequest;
+    use super::{guarded_update, DeviceRequest};
+    use engine::optim::{AdamW, AdamWConfig};
+    use engine::{GradStore, Tensor, Var};
+
+    fn param(v: Vec<f32>) -> Var {
+        let n = v.len();
+        Var::parameter(Tensor::from_vec(v, [n]).unwrap())
+    }
+
+    #[test]
+    fn a_nan_gradient_changes_neither_the_parameters_nor_the_optimizer() {
+        let good = param(vec![0.3, -1.2, 0.7]);
+        let bad = param(vec![2.0, 0.5]);
+        let params = vec![good.clone(), bad.clone()];
+        let names = vec!["layer.lora_A".to_string(), "layer.lora_B".to_string()];
+        let mut opt = AdamW::new(params.clone(), AdamWConfig::default()).unwrap();
+        let mut grads = GradStore::default();
+        grads.insert(
+            &good,
+            Tensor::from_vec(vec![0.1f32, 0.2, -0.3], [3]).unwrap(),
+        );
+        grads.insert(&bad, Tensor::from_vec(vec![f32::NAN, 1.0], [2]).unwrap());
+        let u = guarded_update(&mut grads, &params, &names, &mut opt, 1e-2, 1.0, true).unwrap();
+        assert!(u.grad_norm.is_nan());
+        assert!(!u.applied);
+        assert_eq!(u.first_nonfinite_grad.as_deref(), Some("layer.lora_B"));
+        assert_eq!(good.value().to_f32_vec().unwrap(), vec![0.3, -1.2, 0.7]);
+        assert_eq!(bad.value().to_f32_vec().unwrap(), vec![2.0, 0.5]);
+        assert!(
+            opt.state().iter().all(|s| s.is_none()),
+            "moments were created"
+        );
+        // A finite norm after a non-finite loss applies nothing either.
+        let mut grads = GradStore::default();
+        grads.insert(
+            &good,
+            Tensor::from_vec(vec![0.1f32, 0.2, 0.3], [3]).unwrap(),
+        );
+        let u = guarded_update(&mut grads, &params, &names, &mut opt, 1e-2, 1.0, false).unwrap();
+        assert!(u.grad_norm.is_finite() && !u.applied);
+        assert_eq!(good.value().to_f32_vec().unwrap(), vec![0.3, -1.2, 0.7]);
+        // And a finite step applies.
+        let u = guarded_update(&mut grads, &params, &names, &mut opt, 1e-2, 1.0, true).unwrap();
+        assert!(u.applied);
+        assert_ne!(good.value().to_f32_vec().unwrap(), vec![0.3, -1.2, 0.7]);
+    }
 
     #[test]
     fn device_flags_parse() {

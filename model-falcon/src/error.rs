@@ -89,6 +89,14 @@ pub enum FalconError {
         expected: Vec<usize>,
     },
 
+    #[error("{path}: tensor `{tensor}` holds {value} at element {index}: weights must be finite (a diverged run, or a corrupt or badly converted file)")]
+    NonFinite {
+        path: PathBuf,
+        tensor: String,
+        index: usize,
+        value: f32,
+    },
+
     #[error("tensor `{tensor}` is stored twice: in {first} and in {second}")]
     DuplicateTensor {
         tensor: String,

@@ -346,6 +346,49 @@ fn bad_values_name_the_field() {
 }
 
 #[test]
+fn sizes_no_machine_could_hold_are_refused_before_any_allocation() {
+    // 2^62 x 4544 wraps a usize product; the checked count refuses it.
+    let e = parse(&with_field(
+        FALCON_7B,
+        "vocab_size",
+        Some("4611686018427387904"),
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("vocab_size 4611686018427387904") && e.contains("parameters"),
+        "{e}"
+    );
+    let e = parse(&with_field(
+        FALCON_7B,
+        "num_hidden_layers",
+        Some("1000000000"),
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("`num_hidden_layers`"), "{e}");
+    let e = parse(&with_field(
+        FALCON_7B,
+        "ffn_hidden_size",
+        Some("100000000000"),
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("parameters"), "{e}");
+    let e = parse(&with_field(
+        FALCON_7B,
+        "max_position_embeddings",
+        Some("1000000000000"),
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("`max_position_embeddings`"), "{e}");
+    // Falcon-7B's own count is accepted and agrees with the unchecked formula.
+    let c = parse(FALCON_7B).unwrap();
+    assert_eq!(c.checked_num_parameters(), Some(c.num_parameters() as u64));
+}
+
+#[test]
 fn missing_file_names_the_path() {
     let e = FalconConfig::from_dir("/nonexistent/falcon")
         .unwrap_err()

@@ -390,3 +390,58 @@ fn unsupported_models_and_bad_batches_are_clear_errors() {
         .expect_err("id 152 is out of range");
     assert!(e.to_string().contains("152"), "{e}");
 }
+
+#[test]
+fn a_non_finite_gradient_norm_applies_nothing_on_the_device() {
+    let m = model(false, 8, 0.0, 37);
+    let b = batch(16, 8);
+    let mut c = CudaFalcon::new(&m, Device::emulator().unwrap()).unwrap();
+    let cfg = AdamWConfig::default();
+    // One good step first, so that there are moments that a bad step could corrupt.
+    c.forward_backward(&b.ids, Some(&b.mask), &b.labels, b.count)
+        .unwrap();
+    c.optimizer_step(1e-3, &cfg, 1.0).unwrap();
+    c.store_adapters_to_host().unwrap();
+    let params: Vec<Var> = m.lora_parameters().into_iter().map(|(_, p)| p).collect();
+    let before: Vec<Vec<u32>> = params
+        .iter()
+        .map(|p| bits(&p.value().to_f32_vec().unwrap()))
+        .collect();
+    let moments = |c: &CudaFalcon| -> Vec<(u64, Vec<u32>, Vec<u32>)> {
+        c.optimizer_state()
+            .unwrap()
+            .into_iter()
+            .map(|s| {
+                let s = s.expect("state after one step");
+                (
+                    s.step,
+                    bits(&s.exp_avg.to_f32_vec().unwrap()),
+                    bits(&s.exp_avg_sq.to_f32_vec().unwrap()),
+                )
+            })
+            .collect()
+    };
+    let state_before = moments(&c);
+    // A token count so small that 1/count overflows f32 makes the gradients infinite or NaN.
+    c.forward_backward(&b.ids, Some(&b.mask), &b.labels, 1e-300)
+        .unwrap();
+    let norm = c.optimizer_step(1e-3, &cfg, 1.0).unwrap();
+    assert!(!norm.is_finite(), "the norm is {norm}");
+    c.store_adapters_to_host().unwrap();
+    for (p, want) in params.iter().zip(&before) {
+        assert!(
+            bits(&p.value().to_f32_vec().unwrap()) == *want,
+            "an adapter changed"
+        );
+    }
+    assert!(moments(&c) == state_before, "the AdamW state changed");
+    assert!(c.gradients().unwrap().iter().all(|(_, g)| g
+        .to_f32_vec()
+        .unwrap()
+        .iter()
+        .all(|&x| x == 0.0)));
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}

@@ -12,6 +12,7 @@
 use crate::args::TrainArgs;
 use crate::device::device_request;
 use crate::metrics::{MetricsLog, Progress};
+use crate::nonfinite::{self, Guard, StepAction};
 use crate::session::Session;
 use crate::state::{self, LogEntry, RngFile, TrainerState};
 use anyhow::{bail, Context, Result};
@@ -229,6 +230,8 @@ struct Run {
     log_window_start: Instant,
     empty_windows: usize,
     last_saved: Option<PathBuf>,
+    /// What a non-finite loss or gradient norm does (`--on-nonfinite`).
+    guard: Guard,
 }
 
 /// What one optimizer step did.
@@ -299,6 +302,7 @@ impl Run {
             log_window_start: Instant::now(),
             empty_windows: 0,
             last_saved: None,
+            guard: Guard::new(&args.on_nonfinite)?,
         })
     }
 
@@ -331,7 +335,8 @@ impl Run {
 
     /// One optimizer step over a window: every micro-batch's loss `Σ CE / N` with N the
     /// window's target count (so the gradient is the window's token-level mean), then
-    /// clipping and AdamW at the schedule's rate for this step.
+    /// clipping and AdamW at the schedule's rate for this step. A non-finite loss or norm
+    /// applies nothing and is skipped or stops the run, as `--on-nonfinite` says.
     fn step(
         &mut self,
         backend: &mut Backend,
@@ -345,18 +350,21 @@ impl Run {
             self.st.num_input_tokens_seen += mb.tokens as u64;
             self.tokens_since_log += mb.tokens as u64;
         }
-        if !loss.is_finite() {
-            bail!(
-                "the loss became {loss} at step {}; lower --learning-rate or check the data",
-                self.st.global_step + 1
-            );
-        }
         let lr = self.schedule.lr(self.st.global_step);
-        let grad_norm = backend.optimizer_step(lr, max_grad_norm)?;
+        let update = backend.optimizer_step(lr, max_grad_norm, loss.is_finite())?;
+        let step = self.st.global_step + 1;
+        let action = self
+            .guard
+            .check_update(step, loss, update.grad_norm, || update.first_nonfinite_grad)?;
+        self.st.skipped_updates += u64::from(action == StepAction::Skip);
         Ok(StepOutcome {
-            loss,
+            loss: nonfinite::loss_for_logging(
+                loss,
+                self.st.loss_since_log,
+                self.st.steps_since_log,
+            ),
             lr,
-            grad_norm,
+            grad_norm: update.grad_norm,
         })
     }
 
@@ -471,6 +479,7 @@ fn fresh_state(args: &TrainArgs, max_steps: u64) -> TrainerState {
         loss_since_log: 0.0,
         steps_since_log: 0,
         total_loss: 0.0,
+        skipped_updates: 0,
     }
 }
 

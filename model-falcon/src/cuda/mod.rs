@@ -274,22 +274,32 @@ impl CudaFalcon {
 
     /// Clips the accumulated gradients to global norm `max_grad_norm` (no clipping when it is
     /// ≤ 0), applies one AdamW update with learning rate `lr`, and clears the gradients.
-    /// Returns the gradient norm before clipping.
+    /// Returns the gradient norm before clipping. When that norm is NaN or infinite nothing is
+    /// applied: the gradients are cleared, the adapters, moments and step count stay as they
+    /// were, and the non-finite norm is returned for the caller to report.
     pub fn optimizer_step(
         &mut self,
         lr: f64,
         config: &AdamWConfig,
         max_grad_norm: f64,
     ) -> Result<f64> {
-        let norm = optimizer_launches(
+        let norm = grad_norm_launch(&self.dev, &self.adapters, max_grad_norm)?;
+        // Read the norm before updating: a NaN or infinite norm must not reach the adapters
+        // or the AdamW moments (the caller decides whether to skip the step or stop).
+        let value = read_scalar(&self.dev, &norm, "gradient norm")?;
+        if !value.is_finite() {
+            self.adapters.zero_grads(&self.dev)?;
+            return Ok(value);
+        }
+        update_launches(
             &self.dev,
             &mut self.adapters,
             &mut self.opt,
+            &norm,
             lr,
             config,
-            max_grad_norm,
         )?;
-        read_scalar(&self.dev, &norm, "gradient norm")
+        Ok(value)
     }
 
     /// Writes the device adapter weights into the host model's LoRA parameters (for saving,
@@ -404,18 +414,22 @@ fn device_batch(
     })
 }
 
-/// Gradient norm and clipping, one AdamW update of every adapter, the bf16 refresh and the
-/// cleared gradients; returns the device buffer holding the norm.
-fn optimizer_launches(
+/// The global gradient norm and clipping coefficient (`[‖g‖₂, c]` on the device).
+fn grad_norm_launch(dev: &Dev, a: &AdapterStore, max_grad_norm: f64) -> Result<Buffer> {
+    adamw::grad_norm(dev, &a.grads, max_grad_norm.max(0.0) as f32)
+        .map_err(cuda_err("gradient norm".into()))
+}
+
+/// One AdamW update of every adapter with the clipping of `norm`, the bf16 refresh and the
+/// cleared gradients.
+fn update_launches(
     dev: &Dev,
     a: &mut AdapterStore,
     opt: &mut DeviceAdamW,
+    norm: &Buffer,
     lr: f64,
     config: &AdamWConfig,
-    max_grad_norm: f64,
-) -> Result<Buffer> {
-    let norm = adamw::grad_norm(dev, &a.grads, max_grad_norm.max(0.0) as f32)
-        .map_err(cuda_err("gradient norm".into()))?;
+) -> Result<()> {
     opt.step += 1;
     let scalars = AdamWScalars::new(
         &AdamWHyper {
@@ -433,14 +447,13 @@ fn optimizer_launches(
         &mut opt.exp_avg,
         &mut opt.exp_avg_sq,
         &a.grads,
-        &norm,
+        norm,
         1,
         &scalars,
     )
     .map_err(cuda_err("AdamW".into()))?;
     a.refresh_bf16(dev)?;
-    a.zero_grads(dev)?;
-    Ok(norm)
+    a.zero_grads(dev)
 }
 
 /// Forward and backward of one micro-batch; returns the loss and the dropout stream position

@@ -16,7 +16,8 @@
 use super::adapters::AdapterStore;
 use super::weights::{DeviceBaseModel, Geometry};
 use super::{
-    cuda_err, device_batch, optimizer_launches, run_step, step_ctx, DeviceAdamW, RngCursor,
+    cuda_err, device_batch, grad_norm_launch, run_step, step_ctx, update_launches, DeviceAdamW,
+    RngCursor,
 };
 use crate::checkpoint::linear_modules;
 use crate::peft::{LoraConfig, TargetModules};
@@ -174,14 +175,9 @@ pub fn record_step(
         shape.count,
     )?;
     if let Some(o) = &shape.optimizer {
-        optimizer_launches(
-            dev,
-            &mut adapters,
-            &mut opt,
-            o.lr,
-            &o.config,
-            o.max_grad_norm,
-        )?;
+        // The plan of a step whose gradient norm is finite (the update is applied).
+        let norm = grad_norm_launch(dev, &adapters, o.max_grad_norm)?;
+        update_launches(dev, &mut adapters, &mut opt, &norm, o.lr, &o.config)?;
     }
     Ok(dev.memory().peak_in_use)
 }
