@@ -3,7 +3,9 @@
 //! check of one run against the CPU reference with the kernel tests' tolerances.
 
 pub mod adamw;
+pub mod attention;
 pub mod convert;
+pub mod cross_entropy;
 pub mod gemm;
 pub mod layernorm;
 pub mod pointwise;
