@@ -4,9 +4,11 @@
 //! the exact probabilities, ε_P = 4·(d + 8)·u·(scale·Σ_x|q_ix·k_jx| + |lse_i| + 1)):
 //! - O: Σ_j (ε + 2ε_P)·P_ij·|V_jc| + ε·|O_ic| + 10⁻⁶; lse: 10⁻⁵·(1 + |lse|);
 //! - backward, the reference given the kernel's O, with a = 4·(tk·r + t + d)·u:
-//!   dV_jc: Σ_i (ε + 2ε_P + a)·P_ij·|dO_ic|; with e_ij = (ε + 2ε_P + a)·scale·P_ij·|dP_ij − D_i|
-//!   + (1 + a)·8·(d + 2)·u·scale·P_ij·Σ_c|dO_ic|(|V_jc| + |O_ic|): dQ_ic: Σ_j e_ij·|K_jc|,
-//!   dK_jc: Σ_i e_ij·|Q_ic| (over the group's query heads), each + 10⁻⁶.
+//!   dV_jc: Σ_i (ε + 2ε_P + a)·P_ij·|dO_ic|; and with
+//!   e_ij = (ε + 2ε_P + a)·scale·P_ij·|dP_ij − D_i| + (1 + a)·8·(d + 2)·u·scale·P_ij·
+//!   Σ_c|dO_ic|(|V_jc| + |O_ic|) (the kernel's dS before and after its bf16 rounding):
+//!   dQ_ic: Σ_j e_ij·|K_jc| and dK_jc: Σ_i e_ij·|Q_ic| (over the group's query heads);
+//!   each + 10⁻⁶.
 //!
 //! Sampled, not complete: the reference runs on one KV group (the last batch row's last KV
 //! head with all its query heads: for Falcon-7B's MQA that is 71 heads of 512 x 512), which
