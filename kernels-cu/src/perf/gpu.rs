@@ -22,6 +22,9 @@ pub struct Gpu {
     /// Short name used on command lines (`h200`, `a100`, ...).
     pub key: &'static str,
     pub name: &'static str,
+    /// The model part of the name the CUDA driver reports for this exact part (vendor and
+    /// brand prefixes removed, see [`gpu_for_device`]).
+    pub driver_name: &'static str,
     /// ptxas target whose resource report applies (sm_86/sm_89 use the sm_80 report).
     pub arch: &'static str,
     pub compute_capability: (i32, i32),
@@ -50,8 +53,8 @@ pub struct Gpu {
     /// Fraction of the dense bf16 peak a well-tuned `mma.sync` GEMM reaches (checked against
     /// published measurements in [`crate::perf::calibration`]).
     pub mma_efficiency: f64,
-    /// Fraction of DRAM bandwidth a streaming kernel reaches: 0.85 everywhere (a
-    /// device-to-device copy on an H200 of the project's GPU pool moved 4.3 TB/s, 0.90).
+    /// Fraction of DRAM bandwidth a streaming kernel reaches: 0.85 everywhere (an assumption,
+    /// to be calibrated by the first measured run).
     pub dram_efficiency: f64,
 }
 
@@ -62,6 +65,7 @@ pub const GPUS: &[Gpu] = &[
     Gpu {
         key: "h200",
         name: "NVIDIA H200 SXM (141 GB)",
+        driver_name: "H200",
         arch: "sm_90",
         compute_capability: (9, 0),
         sms: 132,
@@ -85,6 +89,7 @@ pub const GPUS: &[Gpu] = &[
     Gpu {
         key: "h100",
         name: "NVIDIA H100 SXM5 (80 GB)",
+        driver_name: "H100 80GB HBM3",
         arch: "sm_90",
         compute_capability: (9, 0),
         sms: 132,
@@ -108,6 +113,7 @@ pub const GPUS: &[Gpu] = &[
     Gpu {
         key: "a100",
         name: "NVIDIA A100-SXM4-80GB",
+        driver_name: "A100-SXM4-80GB",
         arch: "sm_80",
         compute_capability: (8, 0),
         sms: 108,
@@ -131,6 +137,7 @@ pub const GPUS: &[Gpu] = &[
     Gpu {
         key: "rtx4090",
         name: "NVIDIA GeForce RTX 4090",
+        driver_name: "RTX 4090",
         arch: "sm_89",
         compute_capability: (8, 9),
         sms: 128,
@@ -154,6 +161,7 @@ pub const GPUS: &[Gpu] = &[
     Gpu {
         key: "rtx3090",
         name: "NVIDIA GeForce RTX 3090",
+        driver_name: "RTX 3090",
         arch: "sm_86",
         compute_capability: (8, 6),
         sms: 82,
@@ -198,6 +206,21 @@ pub fn gpu(name: &str) -> Option<&'static Gpu> {
                 .contains(&n)
         })
     })
+}
+
+/// The table entry of an opened device: the driver-reported name must match an entry's
+/// [`Gpu::driver_name`] exactly, with its compute capability, so variants with other clocks or
+/// memory (an "H200 NVL", an "RTX 3090 Ti", a 40 GB A100) get no entry rather than a wrong
+/// one. `None` for the emulator and other backends.
+pub fn gpu_for_device(info: &crate::DeviceInfo) -> Option<&'static Gpu> {
+    if info.kind != crate::BackendKind::Cuda {
+        return None;
+    }
+    let n = info.name.trim();
+    let n = n.strip_prefix("NVIDIA ").unwrap_or(n);
+    let model = n.strip_prefix("GeForce ").unwrap_or(n).trim();
+    GPUS.iter()
+        .find(|g| g.driver_name == model && g.compute_capability == info.compute_capability)
 }
 
 /// The keys of [`GPUS`], for error messages.

@@ -26,6 +26,6 @@ pub mod trace;
 pub mod validate;
 
 pub use cost::{cost, Cost};
-pub use gpu::{gpu, Gpu, GPUS};
+pub use gpu::{gpu, gpu_for_device, Gpu, GPUS};
 pub use model::{estimate, KernelRow, LaunchEstimate, StepEstimate};
 pub use trace::{DryRun, LaunchRecord, Recording, Trace};
