@@ -2,8 +2,9 @@
 //! the error. The references (all from the sources named per row; none measured by this
 //! project):
 //!
-//! - bf16 GEMM 8192³ on an H200 through PyTorch (cuBLAS): 788 TFLOP/s on random data, measured
-//!   on an H200 of the GPU pool this project is checked on (2026-10-28, the pool's notes). cuBLAS
+//! - bf16 GEMM 8192³ on an H200 through PyTorch (cuBLAS): 788 TFLOP/s on random data (an
+//!   observed run, mean of ten products after three warm-ups, 2026-10-28; not measured by this
+//!   project's code). cuBLAS
 //!   uses Hopper's `wgmma`, our kernels `mma.sync`: the model (which is for `mma.sync` code)
 //!   predicts less, by the gap between the two paths.
 //! - FlashAttention-2 on A100-80GB: forward up to ~230 TFLOP/s at head dim 128, long
@@ -40,7 +41,7 @@ impl Reference {
     }
 }
 
-const POOL_NOTES: &str = "measured on the project's GPU pool H200 (cuBLAS via PyTorch)";
+const CUBLAS_H200: &str = "observed cuBLAS run on an H200 via PyTorch (2026-10-28)";
 const FA2_PAPER: &str = "FA2 paper (arXiv 2307.08691)";
 const FA3_PAPER: &str = "FA3 paper figures, FA2 curve (arXiv 2407.08608)";
 
@@ -100,7 +101,7 @@ pub fn references() -> Vec<Reference> {
         gpu: h200.key,
         published_tflops: 788.0,
         predicted_tflops: gemm_tflops(h200, 8192.0),
-        source: POOL_NOTES,
+        source: CUBLAS_H200,
     }];
     out.push(Reference {
         what: "FA2 forward, d=128, seq 16k".into(),
