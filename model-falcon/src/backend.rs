@@ -79,16 +79,14 @@ pub struct Backend<'m> {
     opt: AdamW,
     /// Whether `opt` holds the device optimizer's latest state (always on the CPU).
     opt_in_sync: bool,
+    /// PEFT keys of the LoRA parameters, in optimizer order.
+    names: Vec<String>,
 }
 
 impl<'m> Backend<'m> {
     /// The CPU backend for `model` (adapters attached).
     pub fn host(model: &'m FalconModel, adamw: AdamWConfig) -> Result<Backend<'m>> {
-        let params: Vec<Var> = model
-            .lora_parameters()
-            .into_iter()
-            .map(|(_, v)| v)
-            .collect();
+        let (names, params): (Vec<String>, Vec<Var>) = model.lora_parameters().into_iter().unzip();
         let opt = AdamW::new(params.clone(), adamw)?;
         Ok(Backend {
             device: StepDevice::Host(HostStep {
@@ -98,6 +96,7 @@ impl<'m> Backend<'m> {
             }),
             opt,
             opt_in_sync: true,
+            names,
         })
     }
 
@@ -196,6 +195,11 @@ impl<'m> Backend<'m> {
         }
     }
 
+    /// PEFT keys of the LoRA parameters, in the optimizer's (and checkpoint's) order.
+    pub fn parameter_names(&self) -> &[String] {
+        &self.names
+    }
+
     /// The AdamW hyper-parameters.
     pub fn adamw_config(&self) -> &AdamWConfig {
         self.opt.config()
@@ -233,11 +237,10 @@ impl<'m> Backend<'m> {
         match &mut self.device {
             StepDevice::Host(h) => {
                 let mut grads = std::mem::take(&mut h.grads);
-                let names = lora_names(h.model);
                 guarded_update(
                     &mut grads,
                     &h.params,
-                    &names,
+                    &self.names,
                     &mut self.opt,
                     lr,
                     max_grad_norm,
@@ -389,15 +392,6 @@ pub fn guarded_update(
         applied,
         first_nonfinite_grad,
     })
-}
-
-/// PEFT keys of the model's LoRA parameters, in optimizer order.
-fn lora_names(model: &FalconModel) -> Vec<String> {
-    model
-        .lora_parameters()
-        .into_iter()
-        .map(|(n, _)| n)
-        .collect()
 }
 
 fn device_name(dev: &kernels_cu::Device, ordinal: usize) -> String {

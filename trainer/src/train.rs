@@ -254,7 +254,7 @@ impl Run {
         let (st, sampler, schedule) = match resume_dir {
             Some(dir) => {
                 let r = state::load_checkpoint_meta(dir)?;
-                let names = lora_names(backend);
+                let names = backend.parameter_names().to_vec();
                 backend.restore_optimizer(|opt| {
                     state::load_optimizer(&dir.join(state::OPTIMIZER_FILE), opt, &names)
                 })?;
@@ -431,7 +431,7 @@ impl Run {
         let dir = args
             .output_dir
             .join(format!("checkpoint-{}", self.st.global_step));
-        let names = lora_names(backend);
+        let names = backend.parameter_names().to_vec();
         let model = backend.model();
         let opt = backend.checkpoint_state()?;
         let rngf = RngFile {
@@ -481,16 +481,6 @@ fn fresh_state(args: &TrainArgs, max_steps: u64) -> TrainerState {
         total_loss: 0.0,
         skipped_updates: 0,
     }
-}
-
-/// PEFT keys of the model's LoRA parameters, in optimizer order.
-fn lora_names(backend: &Backend) -> Vec<String> {
-    backend
-        .model()
-        .lora_parameters()
-        .into_iter()
-        .map(|(n, _)| n)
-        .collect()
 }
 
 /// Runs training on already tokenized data. `stop` is polled after every step (Ctrl-C).
