@@ -244,7 +244,9 @@ impl MemoryPlan {
                 "the memory plan needs a batch of at least one token".into(),
             ));
         }
-        let (hq, hkv, hd) = (c.num_attention_heads, c.num_kv_heads(), c.head_dim());
+        // The shapes the step takes (an error for a head size its kernels do not have).
+        let g = super::weights::Geometry::from_config(c)?;
+        let (hq, hkv, hd) = (g.heads, g.kv_heads, g.head_dim);
         // Every product below is at most one of these times a small constant.
         let largest = [
             [b, t, c.qkv_out_features().max(c.ffn_hidden_size), 8],
