@@ -9,6 +9,7 @@ pub mod lock;
 pub mod manifest;
 pub mod metrics;
 pub mod nonfinite;
+pub mod plot;
 pub mod resume_args;
 pub mod session;
 pub mod sha256;

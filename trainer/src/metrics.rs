@@ -43,54 +43,27 @@ impl MetricsLog {
     }
 }
 
-/// Draws train loss and eval loss against the step into a PNG.
+/// Draws `loss.png` (see [`crate::plot`]) from the log history.
 pub fn plot_losses(path: &Path, history: &[LogEntry]) -> Result<()> {
-    use plotters::prelude::*;
-    let train: Vec<(f64, f64)> = history
+    let rows = history
         .iter()
-        .filter_map(|e| e.loss.map(|l| (e.step as f64, l)))
-        .collect();
-    let eval: Vec<(f64, f64)> = history
-        .iter()
-        .filter_map(|e| e.eval_loss.map(|l| (e.step as f64, l)))
-        .collect();
-    if train.is_empty() && eval.is_empty() {
-        return Ok(());
+        .map(entry_fields)
+        .collect::<Result<Vec<_>>>()?;
+    let run = path
+        .parent()
+        .and_then(|p| p.file_name())
+        .map(|n| format!(": {}", n.to_string_lossy()))
+        .unwrap_or_default();
+    crate::plot::plot_history(path, &rows, &format!("Training run{run}"))
+}
+
+/// A log entry as the JSON object written to `metrics.jsonl`, so that readers (the plot,
+/// TensorBoard) see every scalar it has, whatever its name.
+pub fn entry_fields(e: &LogEntry) -> Result<serde_json::Map<String, serde_json::Value>> {
+    match serde_json::to_value(e)? {
+        serde_json::Value::Object(m) => Ok(m),
+        _ => anyhow::bail!("a log entry is not a JSON object"),
     }
-    let all = train.iter().chain(&eval);
-    let max_x = all.clone().map(|p| p.0).fold(1.0, f64::max);
-    let (lo, hi) = all
-        .map(|p| p.1)
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), y| {
-            (a.min(y), b.max(y))
-        });
-    let pad = ((hi - lo) * 0.05).max(1e-3);
-    let root = BitMapBackend::new(path, (800, 500)).into_drawing_area();
-    let draw = || -> std::result::Result<(), Box<dyn std::error::Error>> {
-        root.fill(&WHITE)?;
-        let mut chart = ChartBuilder::on(&root)
-            .margin(15)
-            .x_label_area_size(35)
-            .y_label_area_size(55)
-            .build_cartesian_2d(0.0..max_x, (lo - pad)..(hi + pad))?;
-        // Built without a font engine (no system fonts are guaranteed): grid lines only; train
-        // loss is blue, eval loss red with dots, the x axis is the optimizer step.
-        chart
-            .configure_mesh()
-            .disable_x_axis()
-            .disable_y_axis()
-            .draw()?;
-        if !train.is_empty() {
-            chart.draw_series(LineSeries::new(train.clone(), &BLUE))?;
-        }
-        if !eval.is_empty() {
-            chart.draw_series(LineSeries::new(eval.clone(), &RED))?;
-            chart.draw_series(eval.iter().map(|&p| Circle::new(p, 3, RED.filled())))?;
-        }
-        root.present()?;
-        Ok(())
-    };
-    draw().map_err(|e| anyhow::anyhow!("cannot draw {}: {e}", path.display()))
 }
 
 /// The progress bar (or plain log lines when disabled / not a terminal).

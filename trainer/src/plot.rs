@@ -1,0 +1,400 @@
+//! `loss.png`: the run's curves as a person reads them at a glance.
+//!
+//! Top panel: train loss and eval loss against the optimizer step, the y axis fitted to the
+//! points of training (steps > 0) so that a loss moving by 1 % fills the panel as well as one
+//! moving by 70 %. The evaluation before training (step 0) is drawn when it lies near that
+//! range; far above it (a random base starts far higher than anything after step 10) it is
+//! marked at the top edge with its value in the legend instead of squashing the curve.
+//! Middle panel: the learning rate. Bottom panel, only when the history has any: every other
+//! evaluation scalar (`eval_accuracy`, ...), whatever its name.
+//!
+//! The text is drawn with DejaVu Sans, embedded in the binary (licence in
+//! `trainer/assets/fonts/LICENSE-DejaVu.txt`), so the plot never depends on system fonts.
+
+use anyhow::Result;
+use plotters::prelude::*;
+use serde_json::{Map, Value};
+use std::path::Path;
+use std::sync::Once;
+
+const FONT: &[u8] = include_bytes!("../assets/fonts/DejaVuSans.ttf");
+const FAMILY: &str = "sans-serif";
+
+/// Evaluation fields that are not a metric of the model (timings) or are drawn elsewhere.
+const NOT_EVAL_METRICS: &[&str] = &[
+    "eval_loss",
+    "eval_runtime",
+    "eval_samples_per_second",
+    "eval_steps_per_second",
+];
+
+fn register_font() -> Result<()> {
+    static ONCE: Once = Once::new();
+    let mut ok = true;
+    ONCE.call_once(|| {
+        ok = plotters::style::register_font(FAMILY, FontStyle::Normal, FONT).is_ok();
+    });
+    anyhow::ensure!(ok, "the embedded DejaVu Sans font could not be parsed");
+    Ok(())
+}
+
+/// `(step, value)` of every history row that has the numeric field `key`.
+pub fn series(history: &[Map<String, Value>], key: &str) -> Vec<(i64, f64)> {
+    history
+        .iter()
+        .filter_map(|row| {
+            let step = row.get("step")?.as_i64()?;
+            let v = row.get(key)?.as_f64()?;
+            v.is_finite().then_some((step, v))
+        })
+        .collect()
+}
+
+/// Names of the evaluation scalars to draw in the bottom panel, in first-seen order.
+pub fn extra_eval_metrics(history: &[Map<String, Value>]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for row in history {
+        for (k, v) in row {
+            if k.starts_with("eval_")
+                && v.is_number()
+                && !NOT_EVAL_METRICS.contains(&k.as_str())
+                && !out.contains(k)
+            {
+                out.push(k.clone());
+            }
+        }
+    }
+    out
+}
+
+/// The y range of the loss panel and whether the step-0 evaluation lies outside it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LossRange {
+    pub lo: f64,
+    pub hi: f64,
+    /// The pre-training evaluation, when it is drawn as an off-scale marker.
+    pub off_scale_start: Option<f64>,
+}
+
+/// Fits the loss axis to the points after step 0; the step-0 evaluation is kept in range
+/// when it is at most half the trained range above it (and always when it is the only point).
+pub fn loss_range(train: &[(i64, f64)], eval: &[(i64, f64)]) -> Option<LossRange> {
+    let all: Vec<(i64, f64)> = train.iter().chain(eval).copied().collect();
+    let trained: Vec<f64> = all.iter().filter(|p| p.0 > 0).map(|p| p.1).collect();
+    let start = eval.iter().find(|p| p.0 == 0).map(|p| p.1);
+    let values: Vec<f64> = if trained.is_empty() {
+        all.iter().map(|p| p.1).collect()
+    } else {
+        trained
+    };
+    let (mut lo, mut hi) = values
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &y| {
+            (a.min(y), b.max(y))
+        });
+    if !lo.is_finite() {
+        return None;
+    }
+    let mut off_scale_start = None;
+    if let Some(s) = start {
+        let span = (hi - lo).max(1e-3 * hi.abs().max(1e-6));
+        if s > hi + 0.5 * span {
+            off_scale_start = Some(s);
+        } else {
+            lo = lo.min(s);
+            hi = hi.max(s);
+        }
+    }
+    // A flat curve still gets a visible band around it.
+    let span = (hi - lo).max(1e-3 * hi.abs().max(1e-6));
+    let pad = 0.08 * span;
+    Some(LossRange {
+        lo: lo - pad,
+        hi: hi + pad,
+        off_scale_start,
+    })
+}
+
+/// Decimals that tell apart ticks about a tenth of `span` apart.
+fn decimals(span: f64) -> usize {
+    if span <= 0.0 || !span.is_finite() {
+        return 3;
+    }
+    (-(span / 8.0).log10()).ceil().clamp(0.0, 8.0) as usize
+}
+
+type DrawResult = std::result::Result<(), Box<dyn std::error::Error>>;
+
+const TRAIN_COLOR: RGBColor = RGBColor(31, 119, 180);
+const EVAL_COLOR: RGBColor = RGBColor(214, 39, 40);
+const LR_COLOR: RGBColor = RGBColor(44, 160, 44);
+const EXTRA_COLORS: [RGBColor; 4] = [
+    RGBColor(148, 103, 189),
+    RGBColor(255, 127, 14),
+    RGBColor(140, 86, 75),
+    RGBColor(23, 190, 207),
+];
+
+/// Draws `loss.png` from the log history rows (as written to `metrics.jsonl`).
+pub fn plot_history(path: &Path, history: &[Map<String, Value>], title: &str) -> Result<()> {
+    let train = series(history, "loss");
+    let eval = series(history, "eval_loss");
+    let lr = series(history, "learning_rate");
+    let extras: Vec<(String, Vec<(i64, f64)>)> = extra_eval_metrics(history)
+        .into_iter()
+        .map(|k| {
+            let s = series(history, &k);
+            (k, s)
+        })
+        .collect();
+    let Some(range) = loss_range(&train, &eval) else {
+        return Ok(());
+    };
+    register_font()?;
+    let max_x = history
+        .iter()
+        .filter_map(|r| r.get("step")?.as_i64())
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    let (w, loss_h, lr_h, extra_h) = (1000u32, 430u32, 210u32, 230u32);
+    let height = 50
+        + loss_h
+        + if lr.is_empty() { 0 } else { lr_h }
+        + if extras.is_empty() { 0 } else { extra_h };
+    let root = BitMapBackend::new(path, (w, height)).into_drawing_area();
+    let draw = || -> DrawResult {
+        root.fill(&WHITE)?;
+        let root = root.titled(title, (FAMILY, 24))?;
+        let (loss_area, rest) = root.split_vertically(loss_h);
+        draw_loss(&loss_area, &train, &eval, range, max_x)?;
+        let rest = if lr.is_empty() {
+            rest
+        } else {
+            let (lr_area, rest) = rest.split_vertically(lr_h);
+            draw_lr(&lr_area, &lr, max_x)?;
+            rest
+        };
+        if !extras.is_empty() {
+            draw_extras(&rest, &extras, max_x)?;
+        }
+        root.present()?;
+        Ok(())
+    };
+    draw().map_err(|e| anyhow::anyhow!("cannot draw {}: {e}", path.display()))
+}
+
+fn draw_loss<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    train: &[(i64, f64)],
+    eval: &[(i64, f64)],
+    range: LossRange,
+    max_x: i64,
+) -> DrawResult
+where
+    DB::ErrorType: 'static,
+{
+    let dec = decimals(range.hi - range.lo);
+    let mut chart = ChartBuilder::on(area)
+        .margin(12)
+        .margin_right(30)
+        .x_label_area_size(45)
+        .y_label_area_size(80)
+        .build_cartesian_2d(0i64..max_x, range.lo..range.hi)?;
+    chart
+        .configure_mesh()
+        .light_line_style(WHITE.mix(0.0))
+        .bold_line_style(BLACK.mix(0.12))
+        .x_desc("optimizer step")
+        .y_desc("loss")
+        .label_style((FAMILY, 15))
+        .axis_desc_style((FAMILY, 17))
+        .y_label_formatter(&|y| format!("{y:.dec$}"))
+        .x_label_formatter(&|x| x.to_string())
+        .draw()?;
+    if !train.is_empty() {
+        chart
+            .draw_series(LineSeries::new(
+                train.iter().copied(),
+                TRAIN_COLOR.stroke_width(2),
+            ))?
+            .label("train loss")
+            .legend(|(x, y)| PathElement::new([(x, y), (x + 22, y)], TRAIN_COLOR.stroke_width(2)));
+    }
+    let shown: Vec<(i64, f64)> = eval
+        .iter()
+        .copied()
+        .filter(|p| !(p.0 == 0 && range.off_scale_start.is_some()))
+        .collect();
+    if !shown.is_empty() {
+        chart
+            .draw_series(LineSeries::new(
+                shown.iter().copied(),
+                EVAL_COLOR.stroke_width(2),
+            ))?
+            .label("eval loss")
+            .legend(|(x, y)| {
+                EmptyElement::at((x, y))
+                    + PathElement::new([(0, 0), (22, 0)], EVAL_COLOR.stroke_width(2))
+                    + Circle::new((11, 0), 4, EVAL_COLOR.filled())
+            });
+        chart.draw_series(
+            shown
+                .iter()
+                .map(|&p| Circle::new(p, 4, EVAL_COLOR.filled())),
+        )?;
+    }
+    if let Some(s) = range.off_scale_start {
+        // A downward triangle on the top edge at step 0: the value is above the panel.
+        let top = range.hi - 0.03 * (range.hi - range.lo);
+        chart
+            .draw_series(std::iter::once(TriangleMarker::new(
+                (0i64, top),
+                7,
+                EVAL_COLOR.filled(),
+            )))?
+            .label(format!("eval before training: {s:.4} (above the axis)"))
+            .legend(|(x, y)| TriangleMarker::new((x + 11, y), 6, EVAL_COLOR.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK.mix(0.4))
+        .label_font((FAMILY, 15))
+        .draw()?;
+    Ok(())
+}
+
+fn draw_lr<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    lr: &[(i64, f64)],
+    max_x: i64,
+) -> DrawResult
+where
+    DB::ErrorType: 'static,
+{
+    let hi = lr.iter().map(|p| p.1).fold(0.0, f64::max);
+    let hi = if hi > 0.0 { hi * 1.08 } else { 1.0 };
+    let mut chart = ChartBuilder::on(area)
+        .margin(12)
+        .margin_right(30)
+        .x_label_area_size(45)
+        .y_label_area_size(80)
+        .build_cartesian_2d(0i64..max_x, 0.0..hi)?;
+    chart
+        .configure_mesh()
+        .light_line_style(WHITE.mix(0.0))
+        .bold_line_style(BLACK.mix(0.12))
+        .x_desc("optimizer step")
+        .y_desc("learning rate")
+        .y_labels(5)
+        .label_style((FAMILY, 15))
+        .axis_desc_style((FAMILY, 17))
+        .y_label_formatter(&|y| format!("{y:.1e}"))
+        .x_label_formatter(&|x| x.to_string())
+        .draw()?;
+    chart
+        .draw_series(LineSeries::new(
+            lr.iter().copied(),
+            LR_COLOR.stroke_width(2),
+        ))?
+        .label("learning rate (as logged)")
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 22, y)], LR_COLOR.stroke_width(2)));
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK.mix(0.4))
+        .label_font((FAMILY, 15))
+        .draw()?;
+    Ok(())
+}
+
+fn draw_extras<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    extras: &[(String, Vec<(i64, f64)>)],
+    max_x: i64,
+) -> DrawResult
+where
+    DB::ErrorType: 'static,
+{
+    let (mut lo, mut hi) = extras
+        .iter()
+        .flat_map(|(_, s)| s.iter().map(|p| p.1))
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), y| {
+            (a.min(y), b.max(y))
+        });
+    if !lo.is_finite() {
+        return Ok(());
+    }
+    // Fractions (accuracy) read best on their whole scale.
+    if lo >= 0.0 && hi <= 1.0 {
+        (lo, hi) = (0.0, 1.0);
+    }
+    let pad = 0.06 * (hi - lo).max(1e-6);
+    let (lo, hi) = (lo - pad, hi + pad);
+    let dec = decimals(hi - lo);
+    let mut chart = ChartBuilder::on(area)
+        .margin(12)
+        .margin_right(30)
+        .x_label_area_size(45)
+        .y_label_area_size(80)
+        .build_cartesian_2d(0i64..max_x, lo..hi)?;
+    chart
+        .configure_mesh()
+        .light_line_style(WHITE.mix(0.0))
+        .bold_line_style(BLACK.mix(0.12))
+        .x_desc("optimizer step")
+        .y_desc("eval metric")
+        .label_style((FAMILY, 15))
+        .axis_desc_style((FAMILY, 17))
+        .y_label_formatter(&|y| format!("{y:.dec$}"))
+        .x_label_formatter(&|x| x.to_string())
+        .draw()?;
+    for (i, (name, s)) in extras.iter().enumerate() {
+        let c = EXTRA_COLORS[i % EXTRA_COLORS.len()];
+        chart
+            .draw_series(LineSeries::new(s.iter().copied(), c.stroke_width(2)))?
+            .label(name.replace('_', " "))
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 22, y)], c.stroke_width(2)));
+        chart.draw_series(s.iter().map(|&p| Circle::new(p, 4, c.filled())))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK.mix(0.4))
+        .label_font((FAMILY, 15))
+        .draw()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_start_eval_far_above_the_trained_range_is_off_scale() {
+        let train = [(10, 2.10), (20, 2.05), (30, 2.02)];
+        let eval = [(0, 6.9), (10, 2.2), (30, 2.1)];
+        let r = loss_range(&train, &eval).unwrap();
+        assert_eq!(r.off_scale_start, Some(6.9));
+        assert!(
+            r.lo < 2.02 && r.lo > 1.9 && r.hi > 2.2 && r.hi < 2.3,
+            "{r:?}"
+        );
+        // Near the trained range it stays on the axis.
+        let eval = [(0, 2.25), (10, 2.2)];
+        let r = loss_range(&train, &eval).unwrap();
+        assert_eq!(r.off_scale_start, None);
+        assert!(r.hi > 2.25);
+    }
+
+    #[test]
+    fn tick_decimals_follow_the_span() {
+        assert_eq!(decimals(2.5), 1);
+        assert_eq!(decimals(0.03), 3);
+        assert_eq!(decimals(400.0), 0);
+    }
+}
