@@ -147,6 +147,10 @@ pub struct TokenizedExample {
     pub context_trimmed: bool,
     /// True when the prompt's context is the gold evidence.
     pub used_evidence: bool,
+    /// Tokens of the whole example (prompt + target + EOS) before any cut, so that
+    /// `full_len - input_ids.len()` is what truncation removed.
+    #[serde(default)]
+    pub full_len: usize,
     /// The prompt text the ids come from (after any cut).
     pub prompt_text: String,
     /// The target text (without EOS).
@@ -157,6 +161,11 @@ impl TokenizedExample {
     /// The prompt ids (what generation starts from).
     pub fn prompt_ids(&self) -> &[u32] {
         &self.input_ids[..self.prompt_len.min(self.input_ids.len())]
+    }
+
+    /// Tokens truncation removed from this example (context, or answer under `seed`).
+    pub fn tokens_cut(&self) -> usize {
+        self.full_len.saturating_sub(self.input_ids.len())
     }
 
     /// Number of learned labels (target tokens incl. EOS that were kept).
@@ -324,6 +333,7 @@ fn build_example(
     target_text: String,
 ) -> TokenizedExample {
     let full_target_len = target_ids.len() + 1;
+    let full_len = prompt_ids.len() + full_target_len;
     let mut input_ids = prompt_ids;
     let prompt_len = input_ids.len().min(max_length);
     input_ids.extend_from_slice(target_ids);
@@ -350,6 +360,7 @@ fn build_example(
         answer_truncated,
         context_trimmed: false,
         used_evidence: false,
+        full_len,
         prompt_text,
         target_text,
     }
@@ -546,6 +557,7 @@ fn keep_answer(
                 target,
             );
             ex.context_trimmed = true;
+            ex.full_len = prompt_enc.ids.len() + full_target;
             return Ok(Ok(ex));
         }
         if context_budget == 0 {
@@ -601,6 +613,7 @@ fn tokenize_pair(
         pair.completion.clone(),
     );
     ex.context_trimmed = trimmed;
+    ex.full_len = full;
     Ok(Ok(ex))
 }
 

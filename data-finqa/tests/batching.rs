@@ -31,6 +31,7 @@ fn example(id: &str, prompt: &[u32], target: &[u32]) -> TokenizedExample {
         answer_truncated: false,
         context_trimmed: false,
         used_evidence: false,
+        full_len: prompt.len() + target.len(),
         prompt_text: String::new(),
         target_text: String::new(),
     }

@@ -108,6 +108,7 @@ proptest! {
                     answer_truncated: false,
                     context_trimmed: false,
                     used_evidence: false,
+                    full_len: np + nt,
                     prompt_text: String::new(),
                     target_text: String::new(),
                 }

@@ -125,6 +125,12 @@ fn keep_answer_never_loses_the_answer_and_seed_does() {
     let trimmed = keep.examples.iter().filter(|e| e.context_trimmed).count();
     assert!(trimmed >= 150, "trimmed {trimmed}");
     check_labels(tok, &records, &keep);
+    // What the cut removed is the untruncated length minus the kept one, trimmed or not.
+    for (e, full) in keep.examples.iter().zip(&lengths) {
+        assert_eq!(e.full_len, *full, "{}", e.id);
+        assert_eq!(e.tokens_cut(), full - e.input_ids.len(), "{}", e.id);
+        assert_eq!(e.tokens_cut() > 0, e.context_trimmed, "{}", e.id);
+    }
     for (e, r) in keep.examples.iter().zip(&records) {
         // The question is intact and the cut happened only in the context.
         assert!(e
@@ -142,6 +148,9 @@ fn keep_answer_never_loses_the_answer_and_seed_does() {
     }
     let seed = tokenize_records(tok, &records, &opts(max_length, TruncationPolicy::Seed)).unwrap();
     check_labels(tok, &records, &seed);
+    for (e, full) in seed.examples.iter().zip(&lengths) {
+        assert_eq!(e.full_len, *full, "{}", e.id);
+    }
     let cut = lengths.iter().filter(|&&l| l > max_length).count();
     assert_eq!(seed.answers_truncated(), cut);
     assert!(cut >= 150);
@@ -307,6 +316,9 @@ fn real_records_under_each_policy() {
     }
     let seed = tokenize_records(tok, &records, &opts(max_length, TruncationPolicy::Seed)).unwrap();
     check_labels(tok, &records, &seed);
+    for (e, full) in seed.examples.iter().zip(&lengths) {
+        assert_eq!(e.full_len, *full, "{}", e.id);
+    }
     // With a 512 limit the seed loses the answer in most FinQA examples.
     assert!(
         seed.answers_truncated() > 300,

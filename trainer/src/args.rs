@@ -137,6 +137,14 @@ pub struct TrainArgs {
     /// Log train loss, grad norm, lr and tokens/s every N optimizer steps.
     #[arg(long, default_value_t = 10)]
     pub logging_steps: u64,
+    /// Where the metrics also go besides metrics.jsonl: none, or tensorboard (event files
+    /// under --logging-dir); all means every integration built in (tensorboard).
+    #[arg(long, default_value = "none", value_parser = ["none", "tensorboard", "all"])]
+    pub report_to: String,
+    /// TensorBoard log directory (default: <output-dir>/runs/<Mon DD_HH-MM-SS>_<hostname>, a
+    /// new one per invocation, as Hugging Face names it; the time is UTC).
+    #[arg(long)]
+    pub logging_dir: Option<PathBuf>,
     /// Evaluate on the validation set every N optimizer steps (and at the end).
     #[arg(long, default_value_t = 10)]
     pub eval_steps: u64,
@@ -182,9 +190,14 @@ pub struct TrainArgs {
     /// Start from an existing PEFT adapter directory.
     #[arg(long)]
     pub init_adapter: Option<PathBuf>,
-    /// Resume from the newest checkpoint in --output-dir.
+    /// Resume from the newest checkpoint in --output-dir: `--resume` (or true) requires one,
+    /// `--resume auto` resumes when there is one and starts a new run otherwise.
+    #[arg(long, value_enum, default_value = "false", num_args = 0..=1, default_missing_value = "true")]
+    pub resume: ResumeMode,
+    /// Start a new run even though --output-dir holds checkpoints of another run (they and
+    /// its final adapter are deleted first); without it such a directory is refused.
     #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set)]
-    pub resume: bool,
+    pub overwrite_output_dir: bool,
     /// Resume from this checkpoint directory.
     #[arg(long)]
     pub resume_from: Option<PathBuf>,
@@ -218,6 +231,23 @@ pub struct TrainArgs {
     #[arg(skip)]
     #[serde(skip)]
     pub explicit: BTreeSet<String>,
+}
+
+/// `--resume`: whether a run continues from a checkpoint of its --output-dir.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ResumeMode {
+    /// Start a new run.
+    #[value(name = "false")]
+    #[serde(rename = "false")]
+    No,
+    /// Continue from the newest checkpoint; there must be one.
+    #[value(name = "true")]
+    #[serde(rename = "true")]
+    Newest,
+    /// Continue from the newest checkpoint when there is one, else start a new run.
+    #[value(name = "auto")]
+    #[serde(rename = "auto")]
+    Auto,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -259,6 +289,10 @@ pub struct AskArgs {
     /// Also print the prompt (to stderr) and the full generated text.
     #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set)]
     pub verbose: bool,
+    /// Flags given on the command line (clap ids): the others may take the values of the
+    /// adapter's run (`training_args.json`).
+    #[arg(skip)]
+    pub explicit: BTreeSet<String>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -320,13 +354,20 @@ pub struct EvalArgs {
     /// Evaluate only the first N records of --data (0 = all).
     #[arg(long, default_value_t = 0)]
     pub limit: usize,
-    /// Per-example predictions (JSONL); default: predictions.jsonl in the adapter directory,
-    /// or in the working directory without --adapter.
+    /// Per-example predictions (JSONL); default: predictions.jsonl in --output-dir, else in
+    /// the adapter directory, or in the working directory without --adapter.
     #[arg(long)]
     pub predictions: Option<PathBuf>,
+    /// Directory for predictions.jsonl (created when missing).
+    #[arg(long)]
+    pub output_dir: Option<PathBuf>,
     /// Print one JSON object with the results on stdout (and nothing else).
     #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set)]
     pub json: bool,
+    /// Flags given on the command line (clap ids): the others may take the values of the
+    /// adapter's run (`training_args.json`).
+    #[arg(skip)]
+    pub explicit: BTreeSet<String>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -370,8 +411,8 @@ pub struct MergeArgs {
     #[arg(long)]
     pub adapter: PathBuf,
     /// Output directory for the merged bf16 checkpoint (must not be the base directory).
-    #[arg(long)]
-    pub out: PathBuf,
+    #[arg(long = "output-dir", visible_alias = "out")]
+    pub output_dir: PathBuf,
     /// Largest weight shard, e.g. 5GB, 500MB, 2GiB or a byte count (default: as many shards
     /// as the base checkpoint has).
     #[arg(long)]
@@ -384,8 +425,8 @@ pub struct QuantizeArgs {
     #[arg(long)]
     pub model: PathBuf,
     /// Output directory for the 4-bit checkpoint (must not be the source directory).
-    #[arg(long)]
-    pub out: PathBuf,
+    #[arg(long = "output-dir", visible_alias = "out")]
+    pub output_dir: PathBuf,
     /// 4-bit data type: nf4 or fp4 (bnb_4bit_quant_type).
     #[arg(long, default_value = "nf4")]
     pub quant: String,
@@ -517,10 +558,11 @@ pub fn parse_cli(argv: Vec<String>) -> Result<Cli> {
     use clap::{CommandFactory, FromArgMatches};
     let matches = Cli::command().get_matches_from(argv);
     let mut cli = Cli::from_arg_matches(&matches).map_err(|e| anyhow::anyhow!("{e}"))?;
-    if let (Some(Command::Train(t)), Some(("train", sub))) =
-        (&mut cli.command, matches.subcommand())
-    {
-        t.explicit = explicit_ids(sub);
+    match (&mut cli.command, matches.subcommand()) {
+        (Some(Command::Train(t)), Some(("train", sub))) => t.explicit = explicit_ids(sub),
+        (Some(Command::Ask(a)), Some(("ask", sub))) => a.explicit = explicit_ids(sub),
+        (Some(Command::Eval(e)), Some(("eval", sub))) => e.explicit = explicit_ids(sub),
+        _ => {}
     }
     Ok(cli)
 }

@@ -33,6 +33,8 @@ fn demo_train_args(a: &DemoArgs) -> TrainArgs {
     t.lora_alpha = 32.0;
     t.lora_dropout = 0.05;
     t.target_modules = "all-linear".into();
+    // Each demo is a new run: the previous demo's checkpoints are replaced, not mixed in.
+    t.overwrite_output_dir = true;
     t
 }
 
@@ -51,6 +53,8 @@ pub fn run_demo(a: &DemoArgs, stop: Arc<AtomicBool>) -> Result<()> {
         eos_id: session.eos_id,
         policy: TruncationPolicy::KeepAnswer,
     };
+    std::fs::create_dir_all(&args.output_dir)?;
+    crate::output_dir::prepare_new_run(&args)?;
     let train_set = tokenize_records(&session.tokenizer, &train_records, &opts)?;
     let val_set = tokenize_records(&session.tokenizer, &val_records, &opts)?;
     let base = &session.model;

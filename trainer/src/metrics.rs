@@ -12,11 +12,16 @@ pub struct MetricsLog {
     file: File,
     path: PathBuf,
     png: PathBuf,
+    tensorboard: Option<crate::tensorboard::EventWriter>,
 }
 
 impl MetricsLog {
-    /// Opens `dir/metrics.jsonl` (appending when resuming, else truncating).
-    pub fn open(dir: &Path, append: bool) -> Result<Self> {
+    /// Opens `dir/metrics.jsonl` (appending when resuming, else truncating) and, with
+    /// `tensorboard_dir`, a new TensorBoard event file there that gets every row too.
+    pub fn open(dir: &Path, append: bool, tensorboard_dir: Option<&Path>) -> Result<Self> {
+        let tensorboard = tensorboard_dir
+            .map(crate::tensorboard::EventWriter::create)
+            .transpose()?;
         let path = dir.join("metrics.jsonl");
         let file = OpenOptions::new()
             .create(true)
@@ -29,12 +34,23 @@ impl MetricsLog {
             file,
             path,
             png: dir.join("loss.png"),
+            tensorboard,
         })
     }
 
+    /// The TensorBoard event file being written, if any.
+    pub fn tensorboard_file(&self) -> Option<&Path> {
+        self.tensorboard.as_ref().map(|t| t.path())
+    }
+
+    /// Appends a row to `metrics.jsonl` (and the TensorBoard file).
     pub fn write(&mut self, e: &LogEntry) -> Result<()> {
         writeln!(self.file, "{}", serde_json::to_string(e)?)
-            .with_context(|| format!("cannot write {}", self.path.display()))
+            .with_context(|| format!("cannot write {}", self.path.display()))?;
+        if let Some(tb) = &mut self.tensorboard {
+            tb.write_row(&entry_fields(e)?)?;
+        }
+        Ok(())
     }
 
     /// Redraws the loss curve (train and eval) from the log history.

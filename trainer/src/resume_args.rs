@@ -13,7 +13,7 @@
 //! since files may move. With `--init-adapter`, explicit LoRA flags must agree with the
 //! adapter's `adapter_config.json`, whose values are the ones trained.
 
-use crate::args::TrainArgs;
+use crate::args::{ResumeMode, TrainArgs};
 use crate::state::{list_checkpoints, TRAINING_ARGS_FILE};
 use anyhow::{bail, Context, Result};
 use serde_json::{Map, Value};
@@ -78,10 +78,10 @@ fn same(a: &Value, b: &Value) -> bool {
 pub fn resume_dir(args: &TrainArgs) -> Option<PathBuf> {
     match (&args.resume_from, args.resume) {
         (Some(d), _) => Some(d.clone()),
-        (None, true) => list_checkpoints(&args.output_dir)
+        (None, ResumeMode::No) => None,
+        (None, ResumeMode::Newest | ResumeMode::Auto) => list_checkpoints(&args.output_dir)
             .last()
             .map(|(_, d)| d.clone()),
-        (None, false) => None,
     }
 }
 
@@ -246,11 +246,14 @@ pub fn resolve(args: &TrainArgs) -> Result<TrainArgs> {
     merge_saved(args, &saved, &path)
 }
 
-/// Writes the resolved flags as `output_dir/training_args.json` (each checkpoint copies it).
-pub fn write(args: &TrainArgs) -> Result<()> {
+/// Writes the resolved flags, followed by the `record` keys (digests, versions, command;
+/// see [`crate::run_record`]), as `output_dir/training_args.json` (each checkpoint copies it).
+pub fn write(args: &TrainArgs, record: &Map<String, Value>) -> Result<()> {
     let path = args.output_dir.join(TRAINING_ARGS_FILE);
     let tmp = args.output_dir.join(format!(".{TRAINING_ARGS_FILE}.tmp"));
-    std::fs::write(&tmp, serde_json::to_string_pretty(args)?)
+    let mut all = as_map(args)?;
+    all.extend(record.clone());
+    std::fs::write(&tmp, serde_json::to_string_pretty(&Value::Object(all))?)
         .with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))
 }

@@ -21,6 +21,9 @@ pub struct Session {
     pub stop_ids: Vec<u32>,
     /// Where the base came from (a directory, or "built-in").
     pub source: String,
+    /// What adapters record as their base (`base_model_name_or_path`): the config's
+    /// `_name_or_path` (the Hub id a saved model came from) when it has one, else `source`.
+    pub name_or_path: String,
     /// Notes about special tokens worth telling the user (e.g. a corrected eos).
     pub notes: Vec<String>,
 }
@@ -50,6 +53,8 @@ pub fn load_session(dir: &Path, opts: &BaseOptions) -> Result<Session> {
         pad_id: tok.pad_id(),
         stop_ids: tok.stop_ids().to_vec(),
         source: dir.display().to_string(),
+        name_or_path: crate::run_record::config_name_or_path(dir)
+            .unwrap_or_else(|| dir.display().to_string()),
         notes: tok.notes().to_vec(),
     })
 }
@@ -104,6 +109,7 @@ pub fn builtin_session(seed: u64, opts: &BaseOptions) -> Result<Session> {
         pad_id: eos,
         stop_ids: vec![eos],
         source: "built-in tiny model".into(),
+        name_or_path: "built-in tiny model".into(),
         notes: Vec::new(),
     })
 }

@@ -24,8 +24,10 @@ pub const SCHEDULER_FILE: &str = "scheduler.json";
 /// The run's resolved flags; kept in the output directory and copied into each checkpoint.
 pub const TRAINING_ARGS_FILE: &str = "training_args.json";
 
-/// One entry of `log_history`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+/// One entry of `log_history` (and one row of `metrics.jsonl`), with Hugging Face's field
+/// names: train rows (`loss`, `grad_norm`, `learning_rate`), evaluation rows (`eval_*`) and
+/// the final row (`train_runtime`, `train_samples_per_second`, ...).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct LogEntry {
     pub step: u64,
     pub epoch: f64,
@@ -39,6 +41,23 @@ pub struct LogEntry {
     pub eval_loss: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub tokens_per_second: Option<f64>,
+    /// Seconds the evaluation took, and its throughput (HF's `speed_metrics("eval", ...)`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub eval_runtime: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub eval_samples_per_second: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub eval_steps_per_second: Option<f64>,
+    /// The final row: seconds this process trained, examples and optimizer steps per second
+    /// over that time, and the mean loss of all steps of the run.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub train_runtime: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub train_samples_per_second: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub train_steps_per_second: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub train_loss: Option<f64>,
 }
 
 impl LogEntry {
@@ -47,11 +66,8 @@ impl LogEntry {
         LogEntry {
             step,
             epoch,
-            loss: None,
-            grad_norm: None,
-            learning_rate: None,
             eval_loss: Some(eval_loss),
-            tokens_per_second: None,
+            ..LogEntry::default()
         }
     }
 }

@@ -9,7 +9,7 @@
 //! - resume restores adapter, optimizer, scheduler, dropout RNG and data position, so the final
 //!   adapter is bit-identical to an uninterrupted run.
 
-use crate::args::TrainArgs;
+use crate::args::{ResumeMode, TrainArgs};
 use crate::device::device_request;
 use crate::metrics::{MetricsLog, Progress};
 use crate::nonfinite::{self, Guard, StepAction};
@@ -137,17 +137,14 @@ fn check_args(a: &TrainArgs) -> Result<()> {
 /// The checkpoint to resume from: `--resume-from DIR`, or the newest `checkpoint-*` of the
 /// output dir with `--resume`.
 fn resume_point(args: &TrainArgs) -> Result<Option<PathBuf>> {
-    Ok(match (&args.resume_from, args.resume) {
-        (Some(d), _) => Some(d.clone()),
-        (None, true) => match state::list_checkpoints(&args.output_dir).last() {
-            Some((_, d)) => Some(d.clone()),
-            None => bail!(
-                "--resume: no checkpoint-* folder in {}",
-                args.output_dir.display()
-            ),
-        },
-        (None, false) => None,
-    })
+    let dir = crate::resume_args::resume_dir(args);
+    if dir.is_none() && args.resume == ResumeMode::Newest {
+        bail!(
+            "--resume: no checkpoint-* folder in {} (--resume auto starts a new run then)",
+            args.output_dir.display()
+        );
+    }
+    Ok(dir)
 }
 
 /// Attaches the run's adapters to the model: those of the checkpoint or `--init-adapter`,
@@ -164,7 +161,7 @@ fn attach_adapters(
             cfg
         }
         None => {
-            let cfg = lora_config(args, &session.source)?;
+            let cfg = lora_config(args, &session.name_or_path)?;
             attach_lora(&mut session.model, &cfg, args.seed)?;
             cfg
         }
@@ -226,6 +223,8 @@ struct Run {
     first_eval: Option<f64>,
     last_eval: Option<f64>,
     steps_this_run: u64,
+    /// Examples of the steps of this process, for `train_samples_per_second`.
+    samples_this_run: u64,
     tokens_since_log: u64,
     log_window_start: Instant,
     empty_windows: usize,
@@ -287,7 +286,19 @@ impl Run {
                 plan.max_steps
             );
         }
-        let log = MetricsLog::open(&args.output_dir, resume_dir.is_some())?;
+        let tensorboard = (args.report_to != "none").then(|| {
+            args.logging_dir
+                .clone()
+                .unwrap_or_else(|| crate::tensorboard::default_logging_dir(&args.output_dir))
+        });
+        let log = MetricsLog::open(
+            &args.output_dir,
+            resume_dir.is_some(),
+            tensorboard.as_deref(),
+        )?;
+        if let Some(f) = log.tensorboard_file() {
+            println!("TensorBoard event file: {}", f.display());
+        }
         let progress = Progress::new(plan.max_steps, st.global_step, args.no_progress);
         Ok(Run {
             first_eval: st.log_history.iter().find_map(|e| e.eval_loss),
@@ -298,6 +309,7 @@ impl Run {
             log,
             progress,
             steps_this_run: 0,
+            samples_this_run: 0,
             tokens_since_log: 0,
             log_window_start: Instant::now(),
             empty_windows: 0,
@@ -348,6 +360,7 @@ impl Run {
         for mb in window {
             loss += backend.forward_backward(&mb.ids, Some(&mb.mask), &mb.labels, count as f64)?;
             self.st.num_input_tokens_seen += mb.tokens as u64;
+            self.samples_this_run += mb.ids.dims()[0] as u64;
             self.tokens_since_log += mb.tokens as u64;
         }
         let lr = self.schedule.lr(self.st.global_step);
@@ -390,7 +403,9 @@ impl Run {
         Ok(())
     }
 
-    /// The logging hook: mean loss since the last log, learning rate, norm, tokens/s.
+    /// The logging hook: mean loss since the last log, learning rate, norm, tokens/s. The
+    /// learning rate is logged as Hugging Face logs it: the scheduler's rate after this
+    /// step's update, i.e. the rate the next step will use.
     fn log_train(&mut self, out: &StepOutcome) -> Result<()> {
         let secs = self.log_window_start.elapsed().as_secs_f64().max(1e-9);
         let st = &self.st;
@@ -399,9 +414,9 @@ impl Run {
             epoch: (st.epoch * 1e4).round() / 1e4,
             loss: Some(((st.loss_since_log / st.steps_since_log as f64) * 1e4).round() / 1e4),
             grad_norm: Some(out.grad_norm),
-            learning_rate: Some(out.lr),
-            eval_loss: None,
+            learning_rate: Some(self.schedule.lr(st.global_step)),
             tokens_per_second: Some(self.tokens_since_log as f64 / secs),
+            ..LogEntry::default()
         };
         self.push_log(e)?;
         self.st.loss_since_log = 0.0;
@@ -419,9 +434,16 @@ impl Run {
         eval_set: &[TokenizedExample],
         batch_size: usize,
     ) -> Result<()> {
-        let (l, _) = evaluate(backend, pad_id, eval_set, batch_size)?;
-        self.last_eval = Some(l);
-        self.push_log(LogEntry::eval(self.st.global_step, self.st.epoch, l))?;
+        let e = timed_eval(
+            backend,
+            pad_id,
+            eval_set,
+            batch_size,
+            self.st.global_step,
+            self.st.epoch,
+        )?;
+        self.last_eval = e.eval_loss;
+        self.push_log(e)?;
         self.log.plot(&self.st.log_history)
     }
 
@@ -455,6 +477,28 @@ impl Run {
         self.last_saved = Some(dir);
         Ok(())
     }
+}
+
+/// An evaluation row with Hugging Face's speed fields (`eval_runtime`, per-second rates).
+fn timed_eval(
+    backend: &Backend,
+    pad_id: u32,
+    eval_set: &[TokenizedExample],
+    batch_size: usize,
+    step: u64,
+    epoch: f64,
+) -> Result<LogEntry> {
+    let t = Instant::now();
+    let (l, _) = evaluate(backend, pad_id, eval_set, batch_size)?;
+    let secs = t.elapsed().as_secs_f64().max(1e-9);
+    let batches = eval_set.len().div_ceil(batch_size.max(1));
+    let round = |x: f64| (x * 1e3).round() / 1e3;
+    Ok(LogEntry {
+        eval_runtime: Some(round(secs)),
+        eval_samples_per_second: Some(round(eval_set.len() as f64 / secs)),
+        eval_steps_per_second: Some(round(batches as f64 / secs)),
+        ..LogEntry::eval(step, epoch, l)
+    })
 }
 
 /// `trainer_state.json` at step 0.
@@ -518,10 +562,20 @@ pub fn train(
     let mut run = Run::start(args, &plan, resume_dir.as_deref(), &mut backend)?;
     println!("{}", backend.model().param_counts());
     if run.first_eval.is_none() && !eval_set.is_empty() {
-        let (l, n) = evaluate(&backend, pad_id, eval_set, args.per_device_eval_batch_size)?;
-        println!("eval before training: eval_loss {l:.4} over {n} target tokens");
+        let e = timed_eval(
+            &backend,
+            pad_id,
+            eval_set,
+            args.per_device_eval_batch_size,
+            0,
+            0.0,
+        )?;
+        let l = e.eval_loss.unwrap_or(f64::NAN);
+        println!(
+            "eval before training: eval_loss {l:.4} over {} examples",
+            eval_set.len()
+        );
         run.first_eval = Some(l);
-        let e = LogEntry::eval(0, 0.0, l);
         run.log.write(&e)?;
         run.st.log_history.push(e);
     }
@@ -555,6 +609,23 @@ pub fn train(
         }
     }
     run.progress.finish();
+    if !interrupted {
+        // Hugging Face's closing row: this process's runtime and throughput, the run's loss.
+        let secs = start.elapsed().as_secs_f64().max(1e-9);
+        let round = |x: f64| (x * 1e4).round() / 1e4;
+        let st = &run.st;
+        let e = LogEntry {
+            step: st.global_step,
+            epoch: round(st.epoch),
+            train_runtime: Some(round(secs)),
+            train_samples_per_second: Some(round(run.samples_this_run as f64 / secs)),
+            train_steps_per_second: Some(round(run.steps_this_run as f64 / secs)),
+            train_loss: Some(st.total_loss / st.global_step.max(1) as f64),
+            ..LogEntry::default()
+        };
+        run.log.write(&e)?;
+        run.st.log_history.push(e);
+    }
     run.log.plot(&run.st.log_history)?;
     let adapter_dir = if interrupted {
         run.last_saved.clone().unwrap_or_else(|| out.clone())
@@ -564,6 +635,17 @@ pub fn train(
             out,
             &lora,
             &model_falcon::lora_weights(backend.model())?,
+        )?;
+        crate::model_card::write(
+            out,
+            &crate::model_card::CardInputs {
+                args,
+                lora: &lora,
+                history: &run.st.log_history,
+                train_examples: train_set.len(),
+                eval_examples: eval_set.len(),
+                params: backend.model().param_counts(),
+            },
         )?;
         out.clone()
     };

@@ -47,8 +47,9 @@ pub fn load_data_limited(
         },
     };
     let report = load_file_limited(path, &opts, max_bytes)?;
+    // The report's text starts with its own "warning:".
     if let Some(w) = report.skipped_warning(5) {
-        eprintln!("warning: {w}");
+        eprintln!("{w}");
     }
     if report.is_empty() {
         bail!("{}: no usable examples", path.display());
@@ -67,9 +68,17 @@ pub fn run(args: &TrainArgs, stop: Arc<AtomicBool>) -> Result<()> {
     })?;
     // Held until the run ends; the kernel releases it however the process ends.
     let _lock = crate::lock::lock_output_dir(&args.output_dir)?;
+    crate::output_dir::prepare_new_run(args)?;
+    if args.resume == crate::args::ResumeMode::Auto
+        && crate::resume_args::resume_dir(args).is_none()
+    {
+        println!(
+            "--resume auto: no checkpoint in {}; starting a new run",
+            args.output_dir.display()
+        );
+    }
     let resolved = crate::resume_args::resolve(args)?;
     let args = &resolved;
-    crate::resume_args::write(args)?;
     let max_data = crate::validate::parse_size_flag("--max-data-size", &args.max_data_size)?;
     let opts = base_options(&args.quant, args.double_quant)?;
     let mut session = match &args.model {
@@ -140,6 +149,17 @@ pub fn run(args: &TrainArgs, stop: Arc<AtomicBool>) -> Result<()> {
         set.dropped.len(),
         args.truncation
     );
+    println!("{}", truncation_summary(&train_set, args.max_length));
+    let record = crate::run_record::provenance(args, &session)?;
+    if let Some(dir) = crate::resume_args::resume_dir(args) {
+        if let Some((_, saved)) = crate::run_record::read_run_args(&dir) {
+            for w in crate::run_record::changed_inputs(&serde_json::Value::Object(saved), &record) {
+                eprintln!("warning: {w}");
+            }
+        }
+    }
+    // Written before the first checkpoint, which copies it.
+    crate::resume_args::write(args, &record)?;
     let s = train(&mut session, args, &train_set, &eval_set, stop)?;
     println!(
         "done: {} / {} steps in {:.1} s, train loss {:.4}{}",
@@ -170,4 +190,28 @@ pub fn run(args: &TrainArgs, stop: Arc<AtomicBool>) -> Result<()> {
         println!("adapter written to {}", s.adapter_dir.display());
     }
     Ok(())
+}
+
+/// One line on what `--max-length` cost the training examples: how many had their context
+/// (or, under `seed`, their sequence) shortened, and by how many tokens.
+pub fn truncation_summary(train_set: &[data_finqa::TokenizedExample], max_length: usize) -> String {
+    let cut: Vec<usize> = train_set
+        .iter()
+        .map(|e| e.tokens_cut())
+        .filter(|&c| c > 0)
+        .collect();
+    if cut.is_empty() {
+        return format!(
+            "truncation: no training example was shortened (all fit in --max-length {max_length})"
+        );
+    }
+    let mean = cut.iter().sum::<usize>() as f64 / cut.len() as f64;
+    let max = cut.iter().max().copied().unwrap_or(0);
+    format!(
+        "truncation: {} of {} training examples ({:.1}%) shortened to fit --max-length {max_length}, \
+         by {mean:.1} tokens on average (at most {max})",
+        cut.len(),
+        train_set.len(),
+        100.0 * cut.len() as f64 / train_set.len().max(1) as f64
+    )
 }

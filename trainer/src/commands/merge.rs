@@ -46,8 +46,13 @@ pub fn merge(a: &MergeArgs) -> Result<()> {
         .with_context(|| format!("opening the base checkpoint {}", a.model.display()))?;
     let (lora, weights) = load_adapter(&a.adapter, ckpt.config())
         .with_context(|| format!("loading the adapter in {}", a.adapter.display()))?;
-    let summary = merge_adapter(&ckpt, &lora, &weights, &a.out, max_shard)
-        .with_context(|| format!("writing the merged checkpoint to {}", a.out.display()))?;
+    let summary =
+        merge_adapter(&ckpt, &lora, &weights, &a.output_dir, max_shard).with_context(|| {
+            format!(
+                "writing the merged checkpoint to {}",
+                a.output_dir.display()
+            )
+        })?;
     println!(
         "merged {} adapted modules (r={}, scaling {}){}",
         summary.modules,
@@ -59,7 +64,12 @@ pub fn merge(a: &MergeArgs) -> Result<()> {
             ""
         }
     );
-    print_summary("merge", &a.out, &summary, start.elapsed().as_secs_f64());
+    print_summary(
+        "merge",
+        &a.output_dir,
+        &summary,
+        start.elapsed().as_secs_f64(),
+    );
     Ok(())
 }
 

@@ -30,15 +30,15 @@ pub fn quantize(a: &QuantizeArgs) -> Result<()> {
         blocksize: 64,
         double_quant: a.double_quant,
     };
-    let summary = quantize_checkpoint(&ckpt, &a.out, cfg, max_shard)
-        .with_context(|| format!("writing the 4-bit checkpoint to {}", a.out.display()))?;
-    if let Err(e) = read_back(&a.out) {
+    let summary = quantize_checkpoint(&ckpt, &a.output_dir, cfg, max_shard)
+        .with_context(|| format!("writing the 4-bit checkpoint to {}", a.output_dir.display()))?;
+    if let Err(e) = read_back(&a.output_dir) {
         // config.json is what makes the folder a loadable checkpoint: take it away.
-        let _ = std::fs::remove_file(a.out.join("config.json"));
+        let _ = std::fs::remove_file(a.output_dir.join("config.json"));
         return Err(e.context(format!(
             "the 4-bit checkpoint written to {} does not read back; its config.json was \
              removed so that nothing loads it",
-            a.out.display()
+            a.output_dir.display()
         )));
     }
     println!(
@@ -51,7 +51,12 @@ pub fn quantize(a: &QuantizeArgs) -> Result<()> {
             ""
         }
     );
-    print_summary("quantize", &a.out, &summary, start.elapsed().as_secs_f64());
+    print_summary(
+        "quantize",
+        &a.output_dir,
+        &summary,
+        start.elapsed().as_secs_f64(),
+    );
     Ok(())
 }
 
