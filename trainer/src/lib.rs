@@ -13,6 +13,7 @@ pub mod nonfinite;
 pub mod output_dir;
 pub mod plot;
 pub mod resume_args;
+pub mod run_defaults;
 pub mod run_record;
 pub mod session;
 pub mod sha256;

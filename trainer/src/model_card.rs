@@ -168,12 +168,7 @@ pub fn render(c: &CardInputs, record: Option<&serde_json::Map<String, Value>>) -
     for (k, v) in rows {
         let _ = writeln!(s, "| {k} | {v} |");
     }
-    let _ = writeln!(
-        s,
-        "\n{} (PEFT's `print_trainable_parameters` count: a 4-bit base weight counts as half a \
-         parameter, as bitsandbytes packs two in a byte).",
-        c.params
-    );
+    let _ = writeln!(s, "\n{} {}.", c.params, crate::commands::PARAM_COUNT_NOTE);
 
     let _ = writeln!(s, "\n## Results\n");
     let evals: Vec<serde_json::Map<String, Value>> = c

@@ -560,7 +560,11 @@ pub fn train(
 
     let plan = StepPlan::new(args, train_set)?;
     let mut run = Run::start(args, &plan, resume_dir.as_deref(), &mut backend)?;
-    println!("{}", backend.model().param_counts());
+    println!(
+        "{}\n  {}",
+        backend.model().param_counts(),
+        crate::commands::PARAM_COUNT_NOTE
+    );
     if run.first_eval.is_none() && !eval_set.is_empty() {
         let e = timed_eval(
             &backend,

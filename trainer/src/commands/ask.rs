@@ -245,6 +245,11 @@ pub fn ask_prompt_ids(
 }
 
 pub fn ask(a: &AskArgs) -> Result<()> {
+    let mut a = a.clone();
+    if let Some(run) = crate::run_defaults::RunDefaults::of(a.adapter.as_deref(), &a.explicit) {
+        run.usize("max_length", &mut a.max_length);
+    }
+    let a = &a;
     let ctx = match (&a.context_file, &a.record_id) {
         (Some(p), Some(id)) => AskContext::from_data_file(p, id)?,
         (Some(p), None) => AskContext::from_file(p)?,

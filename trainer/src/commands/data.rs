@@ -7,7 +7,7 @@ use crate::args::DataArgs;
 use crate::train_cmd::{load_data, truncation};
 use anyhow::{bail, Context, Result};
 use data_finqa::summary::write_jsonl;
-use data_finqa::{dump_rows, summary, tokenize_report, TokenizeOptions};
+use data_finqa::{dump_rows, summary, tokenize_report, TokenizeOptions, TokenizedExample};
 use model_falcon::tokenizer::FALCON_EOS_TOKEN;
 use model_falcon::FalconTokenizer;
 use std::io::Write;
@@ -68,6 +68,9 @@ pub fn data(a: &DataArgs) -> Result<()> {
             report.total
         );
         println!("{s}");
+        if let Some(e) = set.examples.first() {
+            print_example(e);
+        }
     }
     if let (Some(out), Some(p)) = (dump.as_mut(), &a.dump) {
         let rows = dump_rows(&set);
@@ -79,4 +82,26 @@ pub fn data(a: &DataArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The first example exactly as the model sees it: the prompt (not learned) and the target
+/// (learned, followed by the end-of-sequence token), with its token counts.
+fn print_example(e: &TokenizedExample) {
+    let cut = if e.tokens_cut() > 0 {
+        format!(", {} tokens cut to fit --max-length", e.tokens_cut())
+    } else {
+        String::new()
+    };
+    println!(
+        "\nfirst example (`{}`): {} tokens = {} prompt (masked) + {} learned (answer + EOS){cut}",
+        e.id,
+        e.input_ids.len(),
+        e.prompt_len.min(e.input_ids.len()),
+        e.learned_len()
+    );
+    println!("----- prompt -----\n{}", e.prompt_text);
+    println!(
+        "----- target -----\n{}<EOS>\n------------------",
+        e.target_text
+    );
 }

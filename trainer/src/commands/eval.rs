@@ -94,6 +94,13 @@ fn records_of<'a>(examples: &[TokenizedExample], records: &'a [Record]) -> Resul
 
 pub fn eval(a: &EvalArgs) -> Result<()> {
     let start = Instant::now();
+    let mut a = a.clone();
+    if let Some(run) = crate::run_defaults::RunDefaults::of(a.adapter.as_deref(), &a.explicit) {
+        run.usize("max_length", &mut a.max_length);
+        run.string("truncation", &mut a.truncation);
+        run.string("data_format", &mut a.data_format);
+    }
+    let a = &a;
     if a.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
@@ -122,10 +129,13 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
         );
     }
     let pred_path: Option<PathBuf> = score_answers.then(|| {
-        a.predictions.clone().unwrap_or_else(|| match &a.adapter {
-            Some(ad) => ad.join("predictions.jsonl"),
-            None => PathBuf::from("predictions.jsonl"),
-        })
+        a.predictions
+            .clone()
+            .unwrap_or_else(|| match (&a.output_dir, &a.adapter) {
+                (Some(d), _) => d.join("predictions.jsonl"),
+                (None, Some(ad)) => ad.join("predictions.jsonl"),
+                (None, None) => PathBuf::from("predictions.jsonl"),
+            })
     });
     let mut pred_file = match &pred_path {
         Some(p) => Some(create_output_file(p, "predictions")?),
@@ -190,6 +200,7 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
         let mut acc = Accuracy::default();
         let mut correct = 0usize;
         let mut done = 0;
+        let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
         for (chunk, recs) in examples
             .chunks(a.batch_size)
             .zip(records.chunks(a.batch_size))
@@ -222,12 +233,17 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
                     .with_context(|| format!("cannot write {}", path.display()))?;
             }
             done += chunk.len();
-            if !a.json {
+            // A counter redrawn in place only on a terminal: a log file gets one line.
+            if !a.json && tty {
                 eprint!("\rgenerated answers: {done}/{}", examples.len());
             }
         }
         if !a.json {
-            eprintln!();
+            if tty {
+                eprintln!();
+            } else {
+                eprintln!("generated answers: {done}/{}", examples.len());
+            }
         }
         file.flush()
             .with_context(|| format!("cannot write {}", path.display()))?;

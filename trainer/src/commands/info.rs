@@ -125,6 +125,20 @@ pub fn linear_storage_bytes(m: usize, quant: &str, double_quant: bool) -> usize 
     m.div_ceil(2) + stats
 }
 
+/// The count `train` prints for this configuration (model_falcon's `param_counts` of the
+/// loaded model with its adapters), from the config alone.
+pub fn peft_counts(i: &ModelInfo) -> model_falcon::model::ParamCounts {
+    let linear = if i.quant == "none" {
+        i.quantized_linear_parameters
+    } else {
+        i.quantized_linear_parameters / 2
+    };
+    model_falcon::model::ParamCounts {
+        trainable: i.trainable_parameters,
+        all: i.unquantized_parameters + linear + i.trainable_parameters,
+    }
+}
+
 /// Computes everything `trainer info` reports.
 pub fn model_info(cfg: &FalconConfig, a: &InfoArgs) -> Result<ModelInfo> {
     let path = a.model.join("config.json");
@@ -304,17 +318,17 @@ pub fn info(a: &InfoArgs) -> Result<()> {
         (
             "trainable",
             i.trainable_parameters,
-            format!(
-                " (LoRA r={} on {}: {:.4}% of total)",
-                a.lora_r,
-                a.target_modules,
-                100.0 * i.trainable_parameters as f64 / i.total_parameters.max(1) as f64
-            ),
+            format!(" (LoRA r={} on {})", a.lora_r, a.target_modules),
         ),
     ];
     for (name, n, note) in rows {
         println!("  {name:<18} {:>26}{note}", millions(n));
     }
+    println!("{}", peft_counts(&i));
+    println!(
+        "  {}; the table above counts every weight once",
+        super::PARAM_COUNT_NOTE
+    );
     println!(
         "base linears as {}{}: {} ({:.3} bits per weight)",
         i.quant,

@@ -6,6 +6,7 @@ mod data;
 mod eval;
 mod generate;
 mod info;
+
 mod info_gpu;
 mod merge;
 mod quantize;
@@ -17,6 +18,11 @@ pub use generate::generate;
 pub use info::{info, ModelInfo};
 pub use merge::merge;
 pub use quantize::quantize;
+
+/// How the one parameter count `train` and `info` print is made (said once, beside it).
+pub const PARAM_COUNT_NOTE: &str =
+    "(counted as PEFT's print_trainable_parameters counts: a 4-bit base weight as half a \
+     parameter, since bitsandbytes packs two per byte)";
 
 use crate::args::ModelArgs;
 use crate::session::{base_options, load_session, Session};
