@@ -152,6 +152,9 @@ fn train_rotates_checkpoints_resumes_bit_exactly_and_its_adapter_loads_in_ask() 
         s(&full),
         "--context-file",
         s(&ctx),
+        // The whole context, as the reference below (the run's --max-length would cut it).
+        "--max-length",
+        "0",
     ]);
     ask.ok();
     let session = session_with_adapter(&full);
