@@ -316,9 +316,6 @@ fn real_records_under_each_policy() {
     }
     let seed = tokenize_records(tok, &records, &opts(max_length, TruncationPolicy::Seed)).unwrap();
     check_labels(tok, &records, &seed);
-    for (e, full) in seed.examples.iter().zip(&lengths) {
-        assert_eq!(e.full_len, *full, "{}", e.id);
-    }
     // With a 512 limit the seed loses the answer in most FinQA examples.
     assert!(
         seed.answers_truncated() > 300,

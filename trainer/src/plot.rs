@@ -135,53 +135,111 @@ const EXTRA_COLORS: [RGBColor; 4] = [
     RGBColor(23, 190, 207),
 ];
 
-/// Draws `loss.png` from the log history rows (as written to `metrics.jsonl`).
-pub fn plot_history(path: &Path, history: &[Map<String, Value>], title: &str) -> Result<()> {
-    let train = series(history, "loss");
-    let eval = series(history, "eval_loss");
-    let lr = series(history, "learning_rate");
-    let extras: Vec<(String, Vec<(i64, f64)>)> = extra_eval_metrics(history)
-        .into_iter()
-        .map(|k| {
-            let s = series(history, &k);
-            (k, s)
+/// The curves of a history, and the image size they need.
+struct Figure {
+    train: Vec<(i64, f64)>,
+    eval: Vec<(i64, f64)>,
+    lr: Vec<(i64, f64)>,
+    extras: Vec<(String, Vec<(i64, f64)>)>,
+    range: LossRange,
+    max_x: i64,
+}
+
+const WIDTH: u32 = 1000;
+const TITLE_H: u32 = 50;
+const LOSS_H: u32 = 430;
+const LR_H: u32 = 210;
+const EXTRA_H: u32 = 230;
+
+impl Figure {
+    fn new(history: &[Map<String, Value>]) -> Option<Figure> {
+        let train = series(history, "loss");
+        let eval = series(history, "eval_loss");
+        let range = loss_range(&train, &eval)?;
+        let extras = extra_eval_metrics(history)
+            .into_iter()
+            .map(|k| {
+                let s = series(history, &k);
+                (k, s)
+            })
+            .collect();
+        let max_x = history
+            .iter()
+            .filter_map(|r| r.get("step")?.as_i64())
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        Some(Figure {
+            train,
+            eval,
+            lr: series(history, "learning_rate"),
+            extras,
+            range,
+            max_x,
         })
-        .collect();
-    let Some(range) = loss_range(&train, &eval) else {
-        return Ok(());
-    };
-    register_font()?;
-    let max_x = history
-        .iter()
-        .filter_map(|r| r.get("step")?.as_i64())
-        .max()
-        .unwrap_or(1)
-        .max(1);
-    let (w, loss_h, lr_h, extra_h) = (1000u32, 430u32, 210u32, 230u32);
-    let height = 50
-        + loss_h
-        + if lr.is_empty() { 0 } else { lr_h }
-        + if extras.is_empty() { 0 } else { extra_h };
-    let root = BitMapBackend::new(path, (w, height)).into_drawing_area();
-    let draw = || -> DrawResult {
+    }
+
+    fn size(&self) -> (u32, u32) {
+        let lr = if self.lr.is_empty() { 0 } else { LR_H };
+        let extra = if self.extras.is_empty() { 0 } else { EXTRA_H };
+        (WIDTH, TITLE_H + LOSS_H + lr + extra)
+    }
+
+    fn draw<DB: DrawingBackend>(
+        &self,
+        root: DrawingArea<DB, plotters::coord::Shift>,
+        title: &str,
+    ) -> DrawResult
+    where
+        DB::ErrorType: 'static,
+    {
         root.fill(&WHITE)?;
-        let root = root.titled(title, (FAMILY, 24))?;
-        let (loss_area, rest) = root.split_vertically(loss_h);
-        draw_loss(&loss_area, &train, &eval, range, max_x)?;
-        let rest = if lr.is_empty() {
+        let area = root.titled(title, (FAMILY, 24))?;
+        let (loss_area, rest) = area.split_vertically(LOSS_H);
+        draw_loss(&loss_area, &self.train, &self.eval, self.range, self.max_x)?;
+        let rest = if self.lr.is_empty() {
             rest
         } else {
-            let (lr_area, rest) = rest.split_vertically(lr_h);
-            draw_lr(&lr_area, &lr, max_x)?;
+            let (lr_area, rest) = rest.split_vertically(LR_H);
+            draw_lr(&lr_area, &self.lr, self.max_x)?;
             rest
         };
-        if !extras.is_empty() {
-            draw_extras(&rest, &extras, max_x)?;
+        if !self.extras.is_empty() {
+            draw_extras(&rest, &self.extras, self.max_x)?;
         }
         root.present()?;
         Ok(())
+    }
+}
+
+/// Draws `loss.png` from the log history rows (as written to `metrics.jsonl`).
+pub fn plot_history(path: &Path, history: &[Map<String, Value>], title: &str) -> Result<()> {
+    let Some(fig) = Figure::new(history) else {
+        return Ok(());
     };
-    draw().map_err(|e| anyhow::anyhow!("cannot draw {}: {e}", path.display()))
+    register_font()?;
+    let root = BitMapBackend::new(path, fig.size()).into_drawing_area();
+    fig.draw(root, title)
+        .map_err(|e| anyhow::anyhow!("cannot draw {}: {e}", path.display()))
+}
+
+/// The figure as RGB pixels (row-major, 3 bytes each) with its width and height.
+pub fn render_rgb(
+    history: &[Map<String, Value>],
+    title: &str,
+) -> Result<Option<(Vec<u8>, u32, u32)>> {
+    let Some(fig) = Figure::new(history) else {
+        return Ok(None);
+    };
+    register_font()?;
+    let (w, h) = fig.size();
+    let mut buf = vec![0u8; (w * h * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+        fig.draw(root, title)
+            .map_err(|e| anyhow::anyhow!("cannot draw the figure: {e}"))?;
+    }
+    Ok(Some((buf, w, h)))
 }
 
 fn draw_loss<DB: DrawingBackend>(
@@ -389,6 +447,60 @@ mod tests {
         let r = loss_range(&train, &eval).unwrap();
         assert_eq!(r.off_scale_start, None);
         assert!(r.hi > 2.25);
+    }
+
+    fn history(points: &[(i64, Option<f64>, Option<f64>)]) -> Vec<Map<String, Value>> {
+        points
+            .iter()
+            .map(|&(step, loss, eval)| {
+                let mut m = Map::new();
+                m.insert("step".into(), step.into());
+                if let Some(l) = loss {
+                    m.insert("loss".into(), l.into());
+                    m.insert("learning_rate".into(), (1e-4 * (100 - step) as f64).into());
+                }
+                if let Some(l) = eval {
+                    m.insert("eval_loss".into(), l.into());
+                }
+                m
+            })
+            .collect()
+    }
+
+    /// Rows (in the loss panel) holding a pixel of the train-loss colour.
+    fn train_rows(rgb: &[u8], w: u32) -> (usize, usize) {
+        let mut rows = (TITLE_H as usize..(TITLE_H + LOSS_H) as usize).filter(|&y| {
+            (0..w as usize).any(|x| {
+                let i = (y * w as usize + x) * 3;
+                rgb[i..i + 3] == [TRAIN_COLOR.0, TRAIN_COLOR.1, TRAIN_COLOR.2]
+            })
+        });
+        let first = rows.next().unwrap_or(0);
+        let last = rows.next_back().unwrap_or(first);
+        (first, last)
+    }
+
+    #[test]
+    fn a_loss_moving_by_one_percent_or_seventy_fills_the_panel() {
+        // A 1 % move (2.000 → 1.980), and a 70 % one (3.0 → 0.9) with a pre-training
+        // evaluation far above both.
+        let small: Vec<_> = (1..=10)
+            .map(|i| (i * 10, Some(2.0 - 0.002 * i as f64), None))
+            .collect();
+        let mut large: Vec<_> = (1..=10)
+            .map(|i| (i * 10, Some(3.0 - 0.21 * i as f64), None))
+            .collect();
+        large.insert(0, (0, None, Some(11.0)));
+        for points in [small, large] {
+            let (rgb, w, h) = render_rgb(&history(&points), "t").unwrap().unwrap();
+            assert_eq!((w, h), (WIDTH, TITLE_H + LOSS_H + LR_H));
+            let (top, bottom) = train_rows(&rgb, w);
+            // The plotting area is the panel less margins and the x label area (~70 px).
+            assert!(
+                bottom - top > (LOSS_H as usize) * 6 / 10,
+                "the curve spans rows {top}..{bottom} of a {LOSS_H}-row panel"
+            );
+        }
     }
 
     #[test]

@@ -207,11 +207,18 @@ pub fn truncation_summary(train_set: &[data_finqa::TokenizedExample], max_length
     }
     let mean = cut.iter().sum::<usize>() as f64 / cut.len() as f64;
     let max = cut.iter().max().copied().unwrap_or(0);
+    let share = cut.len() as f64 / train_set.len().max(1) as f64;
+    // Most examples losing context usually means the limit, not the data, is wrong.
+    let hint = if share > 0.5 {
+        "; a larger --max-length keeps more of each context (README: what 512 costs on FinQA)"
+    } else {
+        ""
+    };
     format!(
         "truncation: {} of {} training examples ({:.1}%) shortened to fit --max-length {max_length}, \
-         by {mean:.1} tokens on average (at most {max})",
+         by {mean:.1} tokens on average (at most {max}){hint}",
         cut.len(),
         train_set.len(),
-        100.0 * cut.len() as f64 / train_set.len().max(1) as f64
+        100.0 * share
     )
 }

@@ -626,6 +626,23 @@ fn messages_are_consistent_across_subcommands() {
         run.stderr
     );
     assert!(!run.stderr.contains("warning: warning"), "{}", run.stderr);
+    // With the progress bar on, a log file (not a terminal) gets lines, never a redrawn bar.
+    let bar = train_run(
+        &tmp.path().join("bar"),
+        &["--no-progress", "false", "--max-steps", "2"],
+    );
+    bar.ok();
+    assert!(
+        !bar.stdout.contains('\r') && !bar.stderr.contains('\r'),
+        "{:?}",
+        bar.stderr
+    );
+    // Two train log lines (logging every step), printed as lines.
+    assert!(
+        bar.stdout.lines().filter(|l| l.contains("  loss ")).count() >= 2,
+        "{}",
+        bar.stdout
+    );
 
     // The same parameter count in train and info, said how it is counted.
     let counts = |text: &str| {
