@@ -149,6 +149,11 @@ fn probs(c: &Case, dims: &AttnDims, bh: usize, lse: &[f64]) -> (Vec<f64>, Vec<f6
 }
 
 fn run(c: &Case, dev: &Device) {
+    run_split(c, dev, None)
+}
+
+/// `hs`: query heads per dK/dV block (None: the launcher's choice).
+fn run_split(c: &Case, dev: &Device, hs: Option<usize>) {
     let (t, tk, d) = (c.t, c.tk, c.d);
     let scale = 1.0 / (d as f64).sqrt();
     let scale = scale as f32 as f64;
@@ -222,8 +227,23 @@ fn run(c: &Case, dev: &Device) {
     }
 
     // Backward, the reference given the kernel's O.
-    let grads =
-        attention::backward(dev, &shape, &q, &k, &v, mask.as_ref(), &o, &lse, &dout).unwrap();
+    let backward = || {
+        let hs = hs.unwrap_or_else(|| attention::dkdv_heads_per_split(&shape));
+        attention::backward_with_heads_per_split(
+            dev,
+            &shape,
+            hs,
+            &q,
+            &k,
+            &v,
+            mask.as_ref(),
+            &o,
+            &lse,
+            &dout,
+        )
+        .unwrap()
+    };
+    let grads = backward();
     let (dq_ref, dk_ref, dv_ref) = attention_backward(
         &dims,
         &c.q,
@@ -290,8 +310,7 @@ fn run(c: &Case, dev: &Device) {
     }
 
     // Deterministic: the same bits again.
-    let again =
-        attention::backward(dev, &shape, &q, &k, &v, mask.as_ref(), &o, &lse, &dout).unwrap();
+    let again = backward();
     assert_eq!(
         dev.dtoh::<f32>(&grads.dq).unwrap(),
         dev.dtoh::<f32>(&again.dq).unwrap(),
@@ -338,6 +357,76 @@ proptest! {
 fn mqa_many_heads_causal_padded() {
     for dev in devices() {
         run(&case(2, (9, 1), 70, 70, 64, true, true, 0x5eed), &dev);
+    }
+}
+
+/// The dK/dV kernel's split of a KV group's query heads over blocks: one head per block, runs
+/// of 2 and 4 heads (the last run shorter: 9 = 4 + 4 + 1), and the whole group in one block
+/// (no partial sums), for MQA and GQA, at both head sizes.
+#[test]
+fn dkdv_head_splits_even_and_uneven() {
+    for dev in devices() {
+        for hs in [1, 2, 4, 9] {
+            run_split(
+                &case(2, (9, 1), 70, 70, 64, true, true, 0x5b1 ^ hs as u64),
+                &dev,
+                Some(hs),
+            );
+        }
+        for hs in [1, 2, 3] {
+            run_split(
+                &case(1, (6, 2), 40, 45, 128, true, false, 0xd7 ^ hs as u64),
+                &dev,
+                Some(hs),
+            );
+        }
+    }
+}
+
+/// The launcher's split of Falcon-7B's 71 query heads at 2 x 512 (3 heads per block, 24
+/// splits, 384 blocks), and its refusal of an impossible split.
+#[test]
+fn dkdv_split_choice() {
+    let s = AttnShape {
+        batch: 2,
+        q_heads: 71,
+        kv_heads: 1,
+        q_len: 512,
+        kv_len: 512,
+        head_dim: 64,
+        causal: true,
+        scale: 0.125,
+    };
+    assert_eq!(attention::dkdv_heads_per_split(&s), 3);
+    assert_eq!(attention::dkdv_splits(&s), 24);
+    // A GQA group of 1 head: nothing to split.
+    let g = AttnShape {
+        q_heads: 8,
+        kv_heads: 8,
+        ..s
+    };
+    assert_eq!(attention::dkdv_splits(&g), 1);
+    let dev = Device::emulator().unwrap();
+    let (b, hq, t, d) = (1, 4, 8, 64);
+    let s = AttnShape {
+        batch: b,
+        q_heads: hq,
+        kv_heads: 1,
+        q_len: t,
+        kv_len: t,
+        head_dim: d,
+        causal: true,
+        scale: 0.125,
+    };
+    let q = up(&dev, &randn(b * hq * t * d, 1, 1.0));
+    let k = up(&dev, &randn(b * t * d, 2, 1.0));
+    let lse = dev.htod(&vec![0.0f32; b * hq * t]).unwrap();
+    for hs in [0, 5] {
+        let e =
+            attention::backward_with_heads_per_split(&dev, &s, hs, &q, &k, &k, None, &q, &lse, &q)
+                .err()
+                .expect("an impossible split is refused");
+        assert!(e.to_string().contains("query heads per dK/dV block"), "{e}");
     }
 }
 

@@ -318,10 +318,12 @@ pub(crate) fn backward(
     )
     .map_err(cuda_err("attention backward".into()))?;
     drop(d_o);
-    let mut dqkv32 = alloc(dev, "qkv gradient", DType::F32, m * ctx.g.qkv_out())?;
+    // The f32 gradients are rotated back, merged into the fused layout and rounded to bf16 in
+    // one pass.
+    let mut dqkv = alloc(dev, "qkv gradient", DType::BF16, m * ctx.g.qkv_out())?;
     rope::backward(
         dev,
-        &mut dqkv32,
+        &mut dqkv,
         &grads.dq,
         &grads.dk,
         &grads.dv,
@@ -330,9 +332,6 @@ pub(crate) fn backward(
     )
     .map_err(cuda_err("QKV split + RoPE backward".into()))?;
     drop(grads);
-    let mut dqkv = alloc(dev, "qkv gradient", DType::BF16, dqkv32.len())?;
-    convert::cast(dev, &mut dqkv, &dqkv32).map_err(cuda_err("qkv gradient to bf16".into()))?;
-    drop(dqkv32);
 
     let mut dx = match &layer.norms {
         DeviceNorms::Single(n) => {
