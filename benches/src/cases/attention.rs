@@ -85,6 +85,7 @@ impl AttnCase {
             head_dim: d,
             causal: true,
             scale: 1.0 / (d as f32).sqrt(),
+            o_token_major: false,
         };
         let (nq, nk) = (batch * q_heads * t * d, batch * kv_heads * t * d);
         let (q, k, v, dout) = (

@@ -9,6 +9,9 @@
 //! `D = rowsum(dO∘O)`, `dV = Pᵀ·dO`, `dS = scale·P∘(dO·Vᵀ − D)`, `dQ = dS·K`, `dK = dSᵀ·Q`.
 //!
 //! `O` is bf16, `lse` `[b, hq, t]` f32 (natural log), `dQ/dK/dV` f32 in the layouts of q/k/v.
+//! `O` (and `dout`) are `[b, hq, t, d]`, or token-major `[b, t, hq, d]` when
+//! [`AttnShape::o_token_major`]: the `[tokens, hq·d]` rows the output projection reads, so that
+//! neither the output nor its gradient needs a transpose.
 //! The backward is deterministic: every gradient element has exactly one writer. The sum over
 //! the query heads of a KV group runs in head order inside a block over a run of
 //! [`dkdv_heads_per_split`] heads; the runs' partial dK/dV are then added in run order by a
@@ -59,6 +62,8 @@ pub struct AttnShape {
     pub head_dim: usize,
     pub causal: bool,
     pub scale: f32,
+    /// `O` and `dout` are `[b, t, hq, d]` instead of `[b, hq, t, d]` (same number of elements).
+    pub o_token_major: bool,
 }
 
 /// Gradients returned by [`backward`] (f32, layouts of q, k, v).
@@ -200,8 +205,9 @@ pub fn forward(
     let [hq, hkv, t, tk] = s.ints();
     // SAFETY: q/o hold b·hq·t·d bf16, k/v b·hkv·tk·d, the mask b·tk u8 (read only when
     // has_mask), lse b·hq·t f32 (checked above). Block (x, h, b) reads rows of head (b, h) and
-    // its KV head and writes query rows 64x..64x+63 (< t) of head (b, h) only. The dynamic
-    // shared memory matches the kernel's layout.
+    // its KV head and writes query rows 64x..64x+63 (< t) of head (b, h) only, in either O
+    // layout (a permutation of the same b·hq·t rows). The dynamic shared memory matches the
+    // kernel's layout.
     unsafe {
         dev.launch(&Launch {
             kernel,
@@ -226,6 +232,7 @@ pub fn forward(
                 tk,
                 Arg::I32(s.causal as i32),
                 Arg::F32(s.scale),
+                Arg::I32(s.o_token_major as i32),
             ],
         })?;
     }
@@ -284,7 +291,8 @@ pub fn backward_with_heads_per_split(
     check("attention_backward: lse", lse, DType::F32, s.rows())?;
     let rows = s.rows();
     let mut dd = dev.alloc(DType::F32, rows)?;
-    // SAFETY: o/dout hold rows·d bf16, dd rows f32; warp w of block x handles row 8x + w only.
+    // SAFETY: o/dout hold rows·d bf16, dd rows f32; warp w of block x handles row 8x + w only
+    // (of dd; in O and dO the same row's place in the layout o_token_major gives).
     unsafe {
         dev.launch(&Launch {
             kernel: ATTN_BWD_DOT,
@@ -297,6 +305,9 @@ pub fn backward_with_heads_per_split(
                 dout.arg(),
                 Arg::I32(rows as i32),
                 Arg::I32(s.head_dim as i32),
+                Arg::I32(s.q_heads as i32),
+                Arg::I32(s.q_len as i32),
+                Arg::I32(s.o_token_major as i32),
             ],
         })?;
     }
@@ -353,6 +364,7 @@ pub fn backward_with_heads_per_split(
                     Arg::I32(s.causal as i32),
                     Arg::F32(s.scale),
                     Arg::I32(hs as i32),
+                    Arg::I32(s.o_token_major as i32),
                 ],
             })?;
         }
@@ -413,6 +425,7 @@ pub fn backward_with_heads_per_split(
                 tk,
                 Arg::I32(s.causal as i32),
                 Arg::F32(s.scale),
+                Arg::I32(s.o_token_major as i32),
             ],
         })?;
     }

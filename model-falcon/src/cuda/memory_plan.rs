@@ -174,10 +174,9 @@ fn layer_forward(led: &mut Ledger, d: &Dims, lin: &[Linear; 4]) -> usize {
     led.alloc(q + 2 * kv);
     led.free(BF16 * d.m * qkv.out_f); // the fused qkv, split into q, k, v
     kept += q + 2 * kv;
-    led.alloc(q + F32 * d.attn_rows); // o and its logsumexp
+    led.alloc(q + F32 * d.attn_rows); // o (as [b, t, hq·d]) and its logsumexp
     led.scratch(1); // the placeholder key mask
-    led.alloc(q); // o as [b, t, hq·d]
-    kept += 2 * q + F32 * d.attn_rows;
+    kept += q + F32 * d.attn_rows;
     kept += linear_forward(led, d, dense); // attention branch output
     kept += linear_forward(led, d, h4h) + BF16 * d.m * h4h.out_f; // pre-GELU
     led.alloc(BF16 * d.m * d.ffn);
@@ -202,10 +201,8 @@ fn layer_backward(led: &mut Ledger, d: &Dims, lin: &[Linear; 4]) {
     led.alloc(h); // dh_mlp
     linear_backward(led, d, h4h);
     led.free(f);
-    led.alloc(q); // dattn
+    led.alloc(q); // dattn, also the attention's dO (token-major)
     linear_backward(led, d, dense);
-    led.alloc(q); // d_o
-    led.free(q);
     // Attention backward: row dot products and the placeholder mask (scratch), f32 dq, dk, dv,
     // and the dK/dV partial sums of the query-head splits (scratch).
     let grads = F32 * (d.q + 2 * d.kv);
@@ -291,6 +288,7 @@ impl MemoryPlan {
                 head_dim: hd,
                 causal: true,
                 scale: 1.0,
+                o_token_major: true,
             }),
             norms: match c.norms {
                 NormLayout::Single => 1,
