@@ -111,9 +111,11 @@ pub fn cost(r: &LaunchRecord) -> Cost {
             ..Cost::default()
         };
     }
-    if name.starts_with("attn_fwd_")
-        || name.starts_with("attn_bwd_dkdv_")
-        || name.starts_with("attn_bwd_dq_")
+    // The tile kernels end in their head size (`_d64`, `_d128`); `attn_bwd_dkdv_reduce` is a
+    // streaming kernel, costed below.
+    if name.starts_with("attn_fwd_d")
+        || name.starts_with("attn_bwd_dkdv_d")
+        || name.starts_with("attn_bwd_dq_d")
     {
         // (.., has_mask, hq, hkv, t, tk, causal, scale); grid (q or k tiles, heads, batch).
         let (hq, hkv, t, tk, causal) = (i(1), i(2), i(3), i(4), r.int(5) != 0);
