@@ -3,7 +3,9 @@
 //! causal (t = tk); backward 2.5x the forward. Shapes: Falcon-7B (b = 2, 71 query heads on one
 //! KV head, t = 512, d = 64) and the FlashAttention-2 paper's sweep points (16k tokens, 2048
 //! long, hidden 2048, d = 64 and 128). Each shape is checked against the CPU reference first
-//! (`benches::cases::attention`, one KV group sampled). Skipped without a GPU.
+//! (`benches::cases::attention`, one KV group sampled). For Falcon-7B's multi-query shape the
+//! backward is also timed with each KV group's query heads in one dK/dV block (the grid before
+//! the heads were split across blocks). Skipped without a GPU.
 
 use benches::cases::attention::AttnCase;
 use benches::{GpuBench, Work};
@@ -92,6 +94,36 @@ fn bench(c: &mut Criterion) {
             )
             .expect("attention backward");
         });
+        // Multi-query: the backward with the whole KV group in one dK/dV block (⌈t/64⌉·b
+        // blocks, the design before the query heads were split across blocks), for comparison.
+        let r = s.q_heads / s.kv_heads;
+        if r > 1 && attention::dkdv_heads_per_split(&s) < r {
+            b.check(
+                &format!("backward, one dK/dV block per KV group, {name}"),
+                |dv| {
+                    case.check_split(dv, r);
+                },
+            );
+            b.time(
+                &format!("bwd_unsplit_{name}"),
+                Work::Flop(2.5 * flop),
+                || {
+                    attention::backward_with_heads_per_split(
+                        &dev,
+                        &s,
+                        r,
+                        &case.q_dev,
+                        &case.k_dev,
+                        &case.v_dev,
+                        None,
+                        &fwd.o,
+                        &fwd.lse,
+                        &case.dout_dev,
+                    )
+                    .expect("attention backward");
+                },
+            );
+        }
     }
     b.finish();
 }

@@ -3,6 +3,9 @@
 // Reference: engine/src/ops/attention.rs (same shapes and semantics).
 //
 //   q [b, hq, t, d], k/v [b, hkv, tk, d] (bf16, row-major), key_mask [b, tk] u8 (0 = padding).
+//   O and dO are [b, hq, t, d] or, with o_tm = 1, token-major [b, t, hq, d]: the layout the
+//   output projection reads and its input gradient comes in, so no transpose is needed on
+//   either side (lse, D, dQ stay [b, hq, t(, d)]).
 //   Query head h reads KV head h / (hq/hkv). Query row i sits at absolute position tk - t + i and,
 //   when causal, sees keys j <= tk - t + i. S = scale·Q·Kᵀ (hidden entries -inf),
 //   lse = logsumexp_rows(S), P = exp(S - lse), O = P·V. A row with no visible key writes O = 0,
@@ -25,12 +28,21 @@
 //    (no shared-memory round trip). exp2 with scale·log2(e) folded into one multiply. Causal
 //    blocks stop at the last visible key tile. Output bf16, lse fp32 (natural log).
 //  - attn_bwd_dot: Dᵢ = rowsum(dO∘O) in fp32, one warp per row.
-//  - attn_bwd_dkdv_d{64,128}: grid (⌈tk/64⌉, hkv, b); the block owns 64 keys of one KV head and
-//    keeps dK/dV for them in registers, looping over the group's query heads in order and over
-//    query tiles (skipping tiles entirely before the first key, when causal): Sᵀ = K·Qᵀ,
-//    Pᵀ = exp(Sᵀ - lse), dV += Pᵀ·dO, dPᵀ = V·dOᵀ, dSᵀ = Pᵀ∘(dPᵀ - D), dK += dSᵀ·Q. Each
-//    key tile is written by exactly one block: deterministic, no atomics. The MQA/GQA sum over
-//    query heads happens in registers in head order.
+//  - attn_bwd_dkdv_d{64,128}: grid (⌈tk/64⌉, hkv·splits, b); the block owns 64 keys of one
+//    KV head and one split: a run of `hs` consecutive query heads of the group (the last split
+//    may hold fewer). It keeps dK/dV for its keys in registers, looping over its heads in order
+//    and over query tiles (skipping tiles entirely before the first key, when causal):
+//    Sᵀ = K·Qᵀ, Pᵀ = exp(Sᵀ - lse), dV += Pᵀ·dO, dPᵀ = V·dOᵀ, dSᵀ = Pᵀ∘(dPᵀ - D),
+//    dK += dSᵀ·Q. With one split per group (hs = r) the block writes dK/dV; otherwise split s
+//    writes its partial sums to slice s of [splits][b, hkv, tk, d] and attn_bwd_dkdv_reduce
+//    adds the slices in split order. Why split: multi-query attention has one KV head, so
+//    without it the grid is ⌈tk/64⌉·b blocks (16 for Falcon-7B at 2 x 512) on a GPU of 132
+//    SMs, each looping over all 71 heads. Each element has exactly one writer per slice and
+//    the reduction order is fixed: deterministic, no atomics.
+//    Dispatch order: blocks start in linear block-index order, so the kernel maps the linear
+//    index to (key tile, split, batch) key-tile-major: with a causal mask key tile 0 sees every
+//    query tile, and the heaviest blocks start first (longest-job-first on the SMs).
+//  - attn_bwd_dkdv_reduce: dK = Σ_s dK_s, dV = Σ_s dV_s in split order, 16-byte accesses.
 //  - attn_bwd_dq_d{64,128}: grid (⌈t/64⌉, hq, b); the block owns 64 query rows and loops over
 //    KV tiles: S = Q·Kᵀ, P, dP = dO·Vᵀ, dS, dQ += dS·K. Deterministic (one writer per row).
 //  - Both backward kernels stream their moving operand (Q/dO/lse/D tiles, resp. K/V tiles and
@@ -51,6 +63,10 @@ using kc::u8;
 #define ATT_WARPS 4
 #define ATT_THREADS (ATT_WARPS * 32)
 #define ATT_TILE 64  // query rows per forward / dQ block, keys per KV tile and dK/dV block
+// Target grid of the dK/dV kernel: the launcher splits each KV group's query heads so that
+// about this many blocks run (3-4 per SM on 108-132 SM GPUs; 2 fit per SM by registers).
+#define ATT_DKDV_BLOCKS 512
+#define ATT_REDUCE_THREADS 256
 #define ATT_LOG2E 1.4426950408889634f
 #define ATT_LN2 0.6931471805599453f
 #define kNegInf (kc::f32_from_bits(0xff800000u))  // -inf
@@ -60,15 +76,25 @@ namespace {
 // Starts a cp.async copy of `rows` rows of `D` bf16 (row `r0` onwards of a [n, D] matrix) into
 // shared memory with row stride D + 8. Rows at or past `n` are zero-filled (the source address
 // stays inside the matrix).
+// `ld`: the matrix's row stride in elements (D when packed).
 template <int D>
-__device__ __forceinline__ void load_rows(bf16* s, const bf16* g, int r0, int rows, int n) {
+__device__ __forceinline__ void load_rows(bf16* s, const bf16* g, int r0, int rows, int n,
+                                          long long ld = D) {
   constexpr int CH = D / 8;  // 16-byte chunks per row
   for (int c = threadIdx.x; c < rows * CH; c += ATT_THREADS) {
     const int r = c / CH, col = (c % CH) * 8;
     const bool ok = r0 + r < n;
-    const bf16* src = g + (long long)(ok ? r0 + r : 0) * D + col;
+    const bf16* src = g + (long long)(ok ? r0 + r : 0) * ld + col;
     kc::cp_async_16(s + r * (D + 8) + col, src, ok ? 16u : 0u);
   }
+}
+
+// Row 0 of query head (b, h) in O / dO, and the stride between its rows (see the header).
+__device__ __forceinline__ long long o_head(int b, int h, int hq, int t, int d, int o_tm) {
+  return o_tm ? ((long long)b * t * hq + h) * d : ((long long)b * hq + h) * t * d;
+}
+__device__ __forceinline__ long long o_stride(int hq, int d, int o_tm) {
+  return o_tm ? (long long)hq * d : d;
 }
 
 // A fragment (16x16) of a row-major [rows][D+8] tile at row r0, column k0.
@@ -128,7 +154,8 @@ __device__ __forceinline__ void key_flags(int* flags, const u8* mask, int has_ma
 template <int D>
 __device__ __forceinline__ void attn_fwd(bf16* o, float* lse, const bf16* q, const bf16* k,
                                          const bf16* v, const u8* mask, int has_mask, int hq,
-                                         int hkv, int t, int tk, int causal, float scale) {
+                                         int hkv, int t, int tk, int causal, float scale,
+                                         int o_tm) {
   constexpr int BQ = ATT_TILE, BK = ATT_TILE, SR = D + 8, NT = BK / 8, DT = D / 8;
   KC_DYNAMIC_SHARED(bf16, smem);
   bf16* sK = smem;  // holds the Q tile first
@@ -249,7 +276,7 @@ __device__ __forceinline__ void attn_fwd(bf16* o, float* lse, const bf16* q, con
     const float sum = quad_sum(l[r]);
     const float inv = sum > 0.f ? 1.f / sum : 0.f;
     if (row[r] < t) {
-      bf16* orow = o + (bh * t + row[r]) * D;
+      bf16* orow = o + o_head(b, h, hq, t, D, o_tm) + row[r] * o_stride(hq, D, o_tm);
       KC_UNROLL
       for (int n = 0; n < DT; ++n)
         *reinterpret_cast<u32*>(orow + n * 8 + 2 * tq) =
@@ -266,7 +293,7 @@ __device__ __forceinline__ void attn_bwd_dkdv(float* dk, float* dv, const bf16* 
                                               const bf16* v, const u8* mask, int has_mask,
                                               const bf16* dout, const float* lse,
                                               const float* dd, int hq, int hkv, int t, int tk,
-                                              int causal, float scale) {
+                                              int causal, float scale, int hs, int o_tm) {
   constexpr int BK = ATT_TILE, SR = D + 8, NT = BQ / 8, DT = D / 8;
   KC_DYNAMIC_SHARED(bf16, smem);
   bf16* sK = smem;
@@ -279,9 +306,17 @@ __device__ __forceinline__ void attn_bwd_dkdv(float* dk, float* dv, const bf16* 
   int* sOk = reinterpret_cast<int*>(sDb + 2 * BQ);
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
-  const int kvh = blockIdx.y, b = blockIdx.z, k0 = blockIdx.x * BK;
-  const int r = hq / hkv, off = tk - t;
+  // Linear block index -> (key tile, KV head·split, batch), key tile slowest (see the header).
+  const int ny = gridDim.y, nyz = gridDim.y * gridDim.z;
+  const int lin = blockIdx.x + gridDim.x * (blockIdx.y + ny * blockIdx.z);
+  const int kt = lin / nyz, yz = lin % nyz;
+  const int r = hq / hkv, splits = ny / hkv, off = tk - t;
+  const int kvh = (yz % ny) / splits, split = (yz % ny) % splits, b = yz / ny, k0 = kt * BK;
+  const int j0 = split * hs, nh = min(r - j0, hs);  // this block's query heads of the group
   const long long gkv = (long long)b * hkv + kvh;
+  // This split's slice of the partial sums (the gradients themselves when splits = 1).
+  dk += (long long)split * gridDim.z * hkv * tk * D;
+  dv += (long long)split * gridDim.z * hkv * tk * D;
   const float sl2 = scale * ATT_LOG2E;
 
   load_rows<D>(sK, k + gkv * tk * D, k0, BK, tk);
@@ -300,14 +335,16 @@ __device__ __forceinline__ void attn_bwd_dkdv(float* dk, float* dv, const bf16* 
   const int i_first = causal ? max(0, k0 - off) : 0;
   const int qt_first = i_first / BQ, n_qt = (t + BQ - 1) / BQ;
 
-  // Work items: (query head j of the group, query tile qt), heads in order. Item it+1 is
+  // Work items: (query head j0 + j of the group, query tile qt), heads in order. Item it+1 is
   // fetched (cp.async) into the other stage while item it is computed.
-  const int per_head = n_qt - qt_first, n_items = r * per_head;
+  const int per_head = n_qt - qt_first, n_items = nh * per_head;
   auto fetch = [&](int it) {
     const int st = it & 1, q0 = (qt_first + it % per_head) * BQ;
-    const long long bh = (long long)b * hq + kvh * r + it / per_head;
+    const int h = kvh * r + j0 + it / per_head;
+    const long long bh = (long long)b * hq + h;
     load_rows<D>(sQb + st * BQ * SR, q + bh * t * D, q0, BQ, t);
-    load_rows<D>(sOb + st * BQ * SR, dout + bh * t * D, q0, BQ, t);
+    load_rows<D>(sOb + st * BQ * SR, dout + o_head(b, h, hq, t, D, o_tm), q0, BQ, t,
+                 o_stride(hq, D, o_tm));
     kc::cp_async_commit();
     for (int i = threadIdx.x; i < BQ; i += ATT_THREADS) {
       const bool ok = q0 + i < t;
@@ -408,7 +445,7 @@ __device__ __forceinline__ void attn_bwd_dq(float* dq, const bf16* q, const bf16
                                             const bf16* v, const u8* mask, int has_mask,
                                             const bf16* dout, const float* lse, const float* dd,
                                             int hq, int hkv, int t, int tk, int causal,
-                                            float scale) {
+                                            float scale, int o_tm) {
   constexpr int BQ = ATT_TILE, SR = D + 8, NT = BK / 8, DT = D / 8;
   KC_DYNAMIC_SHARED(bf16, smem);
   bf16* sQ = smem;
@@ -430,7 +467,7 @@ __device__ __forceinline__ void attn_bwd_dq(float* dq, const bf16* q, const bf16
   const float sl2 = scale * ATT_LOG2E;
 
   load_rows<D>(sQ, q + bh * t * D, q0, BQ, t);
-  load_rows<D>(sO, dout + bh * t * D, q0, BQ, t);
+  load_rows<D>(sO, dout + o_head(b, h, hq, t, D, o_tm), q0, BQ, t, o_stride(hq, D, o_tm));
   kc::cp_async_commit();
 
   const int row[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};
@@ -530,53 +567,57 @@ __device__ __forceinline__ void attn_bwd_dq(float* dq, const bf16* q, const bf16
 
 extern "C" __global__ void __launch_bounds__(ATT_THREADS)
     attn_fwd_d64(bf16* o, float* lse, const bf16* q, const bf16* k, const bf16* v, const u8* mask,
-           int has_mask, int hq, int hkv, int t, int tk, int causal, float scale) {
-  attn_fwd<64>(o, lse, q, k, v, mask, has_mask, hq, hkv, t, tk, causal, scale);
+           int has_mask, int hq, int hkv, int t, int tk, int causal, float scale, int o_tm) {
+  attn_fwd<64>(o, lse, q, k, v, mask, has_mask, hq, hkv, t, tk, causal, scale, o_tm);
 }
 
 extern "C" __global__ void __launch_bounds__(ATT_THREADS)
     attn_fwd_d128(bf16* o, float* lse, const bf16* q, const bf16* k, const bf16* v, const u8* mask,
-           int has_mask, int hq, int hkv, int t, int tk, int causal, float scale) {
-  attn_fwd<128>(o, lse, q, k, v, mask, has_mask, hq, hkv, t, tk, causal, scale);
+           int has_mask, int hq, int hkv, int t, int tk, int causal, float scale, int o_tm) {
+  attn_fwd<128>(o, lse, q, k, v, mask, has_mask, hq, hkv, t, tk, causal, scale, o_tm);
 }
 
 extern "C" __global__ void __launch_bounds__(ATT_THREADS)
     attn_bwd_dkdv_d64(float* dk, float* dv, const bf16* q, const bf16* k, const bf16* v, const u8* mask,
            int has_mask, const bf16* dout, const float* lse, const float* dd, int hq, int hkv,
-           int t, int tk, int causal, float scale) {
+           int t, int tk, int causal, float scale, int hs, int o_tm) {
   attn_bwd_dkdv<64, ATT_TILE>(dk, dv, q, k, v, mask, has_mask, dout, lse, dd, hq, hkv, t, tk, causal,
-                         scale);
+                         scale, hs, o_tm);
 }
 
 extern "C" __global__ void __launch_bounds__(ATT_THREADS)
     attn_bwd_dkdv_d128(float* dk, float* dv, const bf16* q, const bf16* k, const bf16* v, const u8* mask,
            int has_mask, const bf16* dout, const float* lse, const float* dd, int hq, int hkv,
-           int t, int tk, int causal, float scale) {
+           int t, int tk, int causal, float scale, int hs, int o_tm) {
   attn_bwd_dkdv<128, 32>(dk, dv, q, k, v, mask, has_mask, dout, lse, dd, hq, hkv, t, tk, causal,
-                         scale);
+                         scale, hs, o_tm);
 }
 
 extern "C" __global__ void __launch_bounds__(ATT_THREADS)
     attn_bwd_dq_d64(float* dq, const bf16* q, const bf16* k, const bf16* v, const u8* mask, int has_mask,
            const bf16* dout, const float* lse, const float* dd, int hq, int hkv, int t, int tk,
-           int causal, float scale) {
-  attn_bwd_dq<64, ATT_TILE>(dq, q, k, v, mask, has_mask, dout, lse, dd, hq, hkv, t, tk, causal, scale);
+           int causal, float scale, int o_tm) {
+  attn_bwd_dq<64, ATT_TILE>(dq, q, k, v, mask, has_mask, dout, lse, dd, hq, hkv, t, tk, causal, scale, o_tm);
 }
 
 extern "C" __global__ void __launch_bounds__(ATT_THREADS)
     attn_bwd_dq_d128(float* dq, const bf16* q, const bf16* k, const bf16* v, const u8* mask, int has_mask,
            const bf16* dout, const float* lse, const float* dd, int hq, int hkv, int t, int tk,
-           int causal, float scale) {
-  attn_bwd_dq<128, 32>(dq, q, k, v, mask, has_mask, dout, lse, dd, hq, hkv, t, tk, causal, scale);
+           int causal, float scale, int o_tm) {
+  attn_bwd_dq<128, 32>(dq, q, k, v, mask, has_mask, dout, lse, dd, hq, hkv, t, tk, causal, scale, o_tm);
 }
 
-// D[row] = Σ_c dO[row][c]·O[row][c] in fp32; one warp per row, 8 rows per block; d even.
+// D[row] = Σ_c dO[row][c]·O[row][c] in fp32 for row = (b·hq + h)·t + i; one warp per row, 8
+// rows per block; d even. O and dO in the layout o_tm says.
 extern "C" __global__ void __launch_bounds__(256)
-    attn_bwd_dot(float* dd, const bf16* o, const bf16* dout, int rows, int d) {
+    attn_bwd_dot(float* dd, const bf16* o, const bf16* dout, int rows, int d, int hq, int t,
+                 int o_tm) {
   const int row = blockIdx.x * 8 + threadIdx.x / 32, lane = threadIdx.x % 32;
   if (row >= rows) return;
-  const u32* op = reinterpret_cast<const u32*>(o + (long long)row * d);
-  const u32* gp = reinterpret_cast<const u32*>(dout + (long long)row * d);
+  const int i = row % t, h = (row / t) % hq, b = row / (t * hq);
+  const long long at = o_head(b, h, hq, t, d, o_tm) + i * o_stride(hq, d, o_tm);
+  const u32* op = reinterpret_cast<const u32*>(o + at);
+  const u32* gp = reinterpret_cast<const u32*>(dout + at);
   float acc = 0.f;
   for (int c = lane; c < d / 2; c += 32) {
     const u32 a = op[c], g = gp[c];
@@ -584,4 +625,26 @@ extern "C" __global__ void __launch_bounds__(256)
   }
   acc = kc::warp_sum(acc);
   if (lane == 0) dd[row] = acc;
+}
+
+// dk[i] = Σ_s part_k[s·n + i], dv likewise, s = 0..splits-1 in order (fixed order: the result
+// does not depend on the schedule). Grid (⌈n/4 / ATT_REDUCE_THREADS⌉, 2): y = 0 dK, 1 dV; each
+// thread one float4. n is a multiple of 4 (n = b·hkv·tk·d, d 64 or 128) and every slice starts
+// 16-byte aligned.
+extern "C" __global__ void __launch_bounds__(ATT_REDUCE_THREADS)
+    attn_bwd_dkdv_reduce(float* dk, float* dv, const float* part_k, const float* part_v, int n,
+                         int splits) {
+  const int i = blockIdx.x * ATT_REDUCE_THREADS + threadIdx.x;
+  if (i >= n / 4) return;
+  const float* src = blockIdx.y == 0 ? part_k : part_v;
+  float* dst = blockIdx.y == 0 ? dk : dv;
+  kc::f32x4 acc = kc::load4(src + 4LL * i);
+  for (int s = 1; s < splits; ++s) {
+    const kc::f32x4 p = kc::load4(src + (long long)s * n + 4LL * i);
+    acc.x += p.x;
+    acc.y += p.y;
+    acc.z += p.z;
+    acc.w += p.w;
+  }
+  kc::store4(dst + 4LL * i, acc);
 }

@@ -47,11 +47,12 @@ __device__ __forceinline__ void slot_of(int s, int hq, int hkv, int grouped, int
 }
 
 // BWD = false: fused -> (q, k, v) rotating by +θ. BWD = true: (dq, dk, dv) -> fused, by −θ.
-// The source side (fused, or q/k/v) is only read; the entry points cast its const away to share
-// this one body.
-template <class T, bool BWD>
-__device__ __forceinline__ void rope_qkv(T* fused, T* q, T* k, T* v, const float* table, int t,
-                                         int hq, int hkv, int d, int grouped) {
+// TF is the element type of the fused row, TH that of the head rows (they differ only in
+// rope_qkv_bwd_f32_bf16). The source side (fused, or q/k/v) is only read; the entry points
+// cast its const away to share this one body.
+template <class TF, class TH, bool BWD>
+__device__ __forceinline__ void rope_qkv(TF* fused, TH* q, TH* k, TH* v, const float* table,
+                                         int t, int hq, int hkv, int d, int grouped) {
   __shared__ float cs[2][ROPE_MAX_HALF];
   const int tok = blockIdx.x;  // b·t + s
   const int bi = tok / t, si = tok % t;
@@ -64,27 +65,33 @@ __device__ __forceinline__ void rope_qkv(T* fused, T* q, T* k, T* v, const float
   __syncthreads();
   const int slots = hq + 2 * hkv;
   const int per = h + (d & 1);  // work items per slot: h pairs (+1 pass-through for odd d)
-  T* row = fused + static_cast<long long>(tok) * slots * d;
+  TF* row = fused + static_cast<long long>(tok) * slots * d;
   for (int w = threadIdx.x; w < slots * per; w += blockDim.x) {
     const int s = w / per, i = w % per;
     int kind, head;
     slot_of(s, hq, hkv, grouped, kind, head);
     const int nh = kind == 0 ? hq : hkv;
-    T* dst = kind == 0 ? q : (kind == 1 ? k : v);
-    T* hrow = dst + ((static_cast<long long>(bi) * nh + head) * t + si) * d;
-    T* frow = row + static_cast<long long>(s) * d;
-    T* src = BWD ? hrow : frow;
-    T* out = BWD ? frow : hrow;
+    TH* dst = kind == 0 ? q : (kind == 1 ? k : v);
+    TH* hrow = dst + ((static_cast<long long>(bi) * nh + head) * t + si) * d;
+    TF* frow = row + static_cast<long long>(s) * d;
+    // Element e of the source row, and its store to the output row.
+    auto in = [&](int e) { return BWD ? ld(hrow, e) : ld(frow, e); };
+    auto out = [&](int e, float x) {
+      if (BWD)
+        st(frow, e, x);
+      else
+        st(hrow, e, x);
+    };
     if (i == h) {  // odd d: the last element is not rotated
-      st(out, d - 1, ld(src, d - 1));
+      out(d - 1, in(d - 1));
     } else if (kind == 2) {
-      st(out, i, ld(src, i));
-      st(out, i + h, ld(src, i + h));
+      out(i, in(i));
+      out(i + h, in(i + h));
     } else {
       const float c = cs[0][i], sn = cs[1][i];
-      const float x0 = ld(src, i), x1 = ld(src, i + h);
-      st(out, i, x0 * c - x1 * sn);
-      st(out, i + h, x1 * c + x0 * sn);
+      const float x0 = in(i), x1 = in(i + h);
+      out(i, x0 * c - x1 * sn);
+      out(i + h, x1 * c + x0 * sn);
     }
   }
 }
@@ -107,25 +114,35 @@ extern "C" __global__ void rope_table(float* cs, const u32* pos, const float* in
 extern "C" __global__ void __launch_bounds__(ROPE_BLOCK)
     rope_qkv_fwd_f32(float* q, float* k, float* v, const float* qkv, const float* table, int t,
                      int hq, int hkv, int d, int grouped) {
-  rope_qkv<float, false>(const_cast<float*>(qkv), q, k, v, table, t, hq, hkv, d, grouped);
+  rope_qkv<float, float, false>(const_cast<float*>(qkv), q, k, v, table, t, hq, hkv, d, grouped);
 }
 
 extern "C" __global__ void __launch_bounds__(ROPE_BLOCK)
     rope_qkv_fwd_bf16(bf16* q, bf16* k, bf16* v, const bf16* qkv, const float* table, int t,
                       int hq, int hkv, int d, int grouped) {
-  rope_qkv<bf16, false>(const_cast<bf16*>(qkv), q, k, v, table, t, hq, hkv, d, grouped);
+  rope_qkv<bf16, bf16, false>(const_cast<bf16*>(qkv), q, k, v, table, t, hq, hkv, d, grouped);
 }
 
 extern "C" __global__ void __launch_bounds__(ROPE_BLOCK)
     rope_qkv_bwd_f32(float* dqkv, const float* dq, const float* dk, const float* dv,
                      const float* table, int t, int hq, int hkv, int d, int grouped) {
-  rope_qkv<float, true>(dqkv, const_cast<float*>(dq), const_cast<float*>(dk),
+  rope_qkv<float, float, true>(dqkv, const_cast<float*>(dq), const_cast<float*>(dk),
                         const_cast<float*>(dv), table, t, hq, hkv, d, grouped);
 }
 
 extern "C" __global__ void __launch_bounds__(ROPE_BLOCK)
     rope_qkv_bwd_bf16(bf16* dqkv, const bf16* dq, const bf16* dk, const bf16* dv,
                       const float* table, int t, int hq, int hkv, int d, int grouped) {
-  rope_qkv<bf16, true>(dqkv, const_cast<bf16*>(dq), const_cast<bf16*>(dk), const_cast<bf16*>(dv),
+  rope_qkv<bf16, bf16, true>(dqkv, const_cast<bf16*>(dq), const_cast<bf16*>(dk), const_cast<bf16*>(dv),
                        table, t, hq, hkv, d, grouped);
+}
+
+// The backward from the attention's f32 gradients straight to the bf16 fused gradient that the
+// qkv GEMM consumes: one pass instead of an f32 dqkv and a cast (half the written bytes, one
+// launch and one f32 [tokens, S·d] buffer fewer). Rounds once, as the cast did.
+extern "C" __global__ void __launch_bounds__(ROPE_BLOCK)
+    rope_qkv_bwd_f32_bf16(bf16* dqkv, const float* dq, const float* dk, const float* dv,
+                          const float* table, int t, int hq, int hkv, int d, int grouped) {
+  rope_qkv<bf16, float, true>(dqkv, const_cast<float*>(dq), const_cast<float*>(dk),
+                              const_cast<float*>(dv), table, t, hq, hkv, d, grouped);
 }

@@ -131,6 +131,7 @@ kernels! {
     ROPE_QKV_FWD_BF16 = ROPE::rope_qkv_fwd_bf16, hot = true;
     ROPE_QKV_BWD_F32 = ROPE::rope_qkv_bwd_f32, hot = true;
     ROPE_QKV_BWD_BF16 = ROPE::rope_qkv_bwd_bf16, hot = true;
+    ROPE_QKV_BWD_F32_BF16 = ROPE::rope_qkv_bwd_f32_bf16, hot = true;
     LCE_FWD_FOLD = CROSS_ENTROPY::lce_fwd_fold, hot = true;
     LCE_FWD_FINALIZE = CROSS_ENTROPY::lce_fwd_finalize, hot = true;
     LCE_BWD_DZ = CROSS_ENTROPY::lce_bwd_dz, hot = true;
@@ -155,6 +156,7 @@ kernels! {
     ATTN_BWD_DQ_D64 = ATTENTION::attn_bwd_dq_d64, hot = true;
     ATTN_BWD_DQ_D128 = ATTENTION::attn_bwd_dq_d128, hot = true;
     ATTN_BWD_DOT = ATTENTION::attn_bwd_dot, hot = true;
+    ATTN_BWD_DKDV_REDUCE = ATTENTION::attn_bwd_dkdv_reduce, hot = true;
     CAST_F32_BF16 = CONVERT::cast_f32_bf16, hot = true;
     CAST_BF16_F32 = CONVERT::cast_bf16_f32, hot = true;
     SWAP_AXES12_BF16 = CONVERT::swap_axes12_bf16, hot = true;

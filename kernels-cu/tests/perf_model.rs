@@ -124,6 +124,71 @@ fn causal_attention_flops_count_the_lower_triangle_of_tiles() {
 }
 
 #[test]
+fn attention_dkdv_counts_one_partial_slice_per_split_and_the_reduction_reads_them() {
+    // Falcon-7B at 2 x 512: 71 query heads in runs of hs = 3 -> 24 splits, grid 8 x 24 x 2.
+    let mut args = vec![ptr(DType::F32, true), ptr(DType::F32, true)];
+    args.extend([
+        ptr(DType::BF16, false),
+        ptr(DType::BF16, false),
+        ptr(DType::BF16, false),
+        ptr(DType::U8, false),
+    ]);
+    args.extend([ArgValue::I32(1)]);
+    args.extend([
+        ptr(DType::BF16, false),
+        ptr(DType::F32, false),
+        ptr(DType::F32, false),
+    ]);
+    args.extend([
+        ArgValue::I32(71),
+        ArgValue::I32(1),
+        ArgValue::I32(512),
+        ArgValue::I32(512),
+        ArgValue::I32(1),
+        ArgValue::F32(0.125),
+        ArgValue::I32(3),
+        ArgValue::I32(1),
+    ]);
+    let r = record(
+        kernels::ATTN_BWD_DKDV_D64,
+        Dim3::xyz(8, 24, 2),
+        128,
+        0,
+        args,
+    );
+    let c = cost(&r);
+    // The split changes who computes, not what: 36 tiles x 4 products x 2·71 heads.
+    assert_eq!(
+        c.tensor_flops,
+        36.0 * 4.0 * 2.0 * 64.0 * 64.0 * 64.0 * 142.0
+    );
+    let q = 2.0 * 2.0 * 71.0 * 512.0 * 64.0;
+    let kv = 2.0 * 2.0 * 512.0 * 64.0;
+    // q, dO, lse, D and k, v in; dK, dV (f32) out once per split.
+    assert_eq!(
+        c.bytes,
+        2.0 * q + 8.0 * 2.0 * 71.0 * 512.0 + 2.0 * kv + 4.0 * kv * 24.0
+    );
+    let n = 2 * 512 * 64;
+    let red = record(
+        kernels::ATTN_BWD_DKDV_REDUCE,
+        Dim3::xyz((n / 4 / 256) as u32, 2, 1),
+        256,
+        0,
+        vec![
+            ptr(DType::F32, true),
+            ptr(DType::F32, true),
+            ptr(DType::F32, false),
+            ptr(DType::F32, false),
+            ArgValue::I32(n),
+            ArgValue::I32(24),
+        ],
+    );
+    // 24 slices of dK and dV read, dK and dV written (f32).
+    assert_eq!(cost(&red).bytes, 8.0 * n as f64 * 25.0);
+}
+
+#[test]
 fn nf4_gemm_fits_one_block_per_sm_on_hopper_limited_by_registers() {
     let h200 = gpu("h200").unwrap();
     let res = resources("sm_90", "nf4_gemm_fwd_bf16").expect("in the ptxas report");

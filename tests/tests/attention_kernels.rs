@@ -149,6 +149,29 @@ fn probs(c: &Case, dims: &AttnDims, bh: usize, lse: &[f64]) -> (Vec<f64>, Vec<f6
 }
 
 fn run(c: &Case, dev: &Device) {
+    run_split(c, dev, None, false)
+}
+
+/// `[b, hq, t, d]` to token-major `[b, t, hq, d]` (`back`: the other way).
+fn token_major(v: &[f64], c: &Case, back: bool) -> Vec<f64> {
+    let (hq, t, d) = (c.hq, c.t, c.d);
+    let mut out = vec![0.0; v.len()];
+    for b in 0..c.b {
+        for h in 0..hq {
+            for i in 0..t {
+                let hm = ((b * hq + h) * t + i) * d;
+                let tm = ((b * t + i) * hq + h) * d;
+                let (src, dst) = if back { (tm, hm) } else { (hm, tm) };
+                out[dst..dst + d].copy_from_slice(&v[src..src + d]);
+            }
+        }
+    }
+    out
+}
+
+/// `hs`: query heads per dK/dV block (None: the launcher's choice); `o_tm`: O and dO
+/// token-major (the values are the same; only their layout in memory differs).
+fn run_split(c: &Case, dev: &Device, hs: Option<usize>, o_tm: bool) {
     let (t, tk, d) = (c.t, c.tk, c.d);
     let scale = 1.0 / (d as f64).sqrt();
     let scale = scale as f32 as f64;
@@ -161,6 +184,7 @@ fn run(c: &Case, dev: &Device) {
         head_dim: d,
         causal: c.causal,
         scale: scale as f32,
+        o_token_major: o_tm,
     };
     let dims = AttnDims {
         batch: c.b,
@@ -176,14 +200,25 @@ fn run(c: &Case, dev: &Device) {
         up(dev, &c.q),
         up(dev, &c.k),
         up(dev, &c.v),
-        up(dev, &c.dout),
+        up(
+            dev,
+            &if o_tm {
+                token_major(&c.dout, c, false)
+            } else {
+                c.dout.clone()
+            },
+        ),
     );
     let mask = c.mask.as_ref().map(|m| dev.htod(m).expect("upload mask"));
     let mut o = dev.alloc(kernels_cu::DType::BF16, c.q.len()).unwrap();
     let lse = attention::forward(dev, &shape, &mut o, &q, &k, &v, mask.as_ref()).unwrap();
 
     let (o_ref, lse_ref) = attention_forward(&dims, &c.q, &c.k, &c.v, c.mask.as_deref());
-    let o_got = down_bf(dev, &o);
+    let o_got = if o_tm {
+        token_major(&down_bf(dev, &o), c, true)
+    } else {
+        down_bf(dev, &o)
+    };
     let lse_got = down_f32(dev, &lse);
     let group = c.hq / c.hkv;
     let rows = c.b * c.hq;
@@ -222,8 +257,23 @@ fn run(c: &Case, dev: &Device) {
     }
 
     // Backward, the reference given the kernel's O.
-    let grads =
-        attention::backward(dev, &shape, &q, &k, &v, mask.as_ref(), &o, &lse, &dout).unwrap();
+    let backward = || {
+        let hs = hs.unwrap_or_else(|| attention::dkdv_heads_per_split(&shape));
+        attention::backward_with_heads_per_split(
+            dev,
+            &shape,
+            hs,
+            &q,
+            &k,
+            &v,
+            mask.as_ref(),
+            &o,
+            &lse,
+            &dout,
+        )
+        .unwrap()
+    };
+    let grads = backward();
     let (dq_ref, dk_ref, dv_ref) = attention_backward(
         &dims,
         &c.q,
@@ -290,8 +340,7 @@ fn run(c: &Case, dev: &Device) {
     }
 
     // Deterministic: the same bits again.
-    let again =
-        attention::backward(dev, &shape, &q, &k, &v, mask.as_ref(), &o, &lse, &dout).unwrap();
+    let again = backward();
     assert_eq!(
         dev.dtoh::<f32>(&grads.dq).unwrap(),
         dev.dtoh::<f32>(&again.dq).unwrap(),
@@ -324,10 +373,11 @@ proptest! {
         d in prop::sample::select(vec![64usize, 128]),
         causal: bool,
         masked: bool,
+        o_tm: bool,
         seed: u64,
     ) {
         for dev in devices() {
-            run(&case(b, hh, t, tk, d, causal, masked, seed), &dev);
+            run_split(&case(b, hh, t, tk, d, causal, masked, seed), &dev, None, o_tm);
         }
     }
 }
@@ -338,6 +388,106 @@ proptest! {
 fn mqa_many_heads_causal_padded() {
     for dev in devices() {
         run(&case(2, (9, 1), 70, 70, 64, true, true, 0x5eed), &dev);
+    }
+}
+
+/// The dK/dV kernel's split of a KV group's query heads over blocks: one head per block, runs
+/// of 2 and 4 heads (the last run shorter: 9 = 4 + 4 + 1), and the whole group in one block
+/// (no partial sums), for MQA and GQA, at both head sizes.
+#[test]
+fn dkdv_head_splits_even_and_uneven() {
+    for dev in devices() {
+        for hs in [1, 2, 4, 9] {
+            run_split(
+                &case(2, (9, 1), 70, 70, 64, true, true, 0x5b1 ^ hs as u64),
+                &dev,
+                Some(hs),
+                false,
+            );
+        }
+        for hs in [1, 2, 3] {
+            run_split(
+                &case(1, (6, 2), 40, 45, 128, true, false, 0xd7 ^ hs as u64),
+                &dev,
+                Some(hs),
+                false,
+            );
+        }
+    }
+}
+
+/// O written and dO read token-major (`[b, t, hq, d]`, the layout of the output projection's
+/// rows), as the training step runs it: MQA padded at both head sizes, GQA with a KV cache.
+#[test]
+fn token_major_output_and_gradient() {
+    for dev in devices() {
+        run_split(
+            &case(2, (9, 1), 70, 70, 64, true, true, 0x7a),
+            &dev,
+            None,
+            true,
+        );
+        run_split(
+            &case(1, (4, 2), 17, 77, 128, true, false, 0x7b),
+            &dev,
+            None,
+            true,
+        );
+        run_split(
+            &case(2, (3, 3), 33, 33, 64, false, true, 0x7c),
+            &dev,
+            Some(1),
+            true,
+        );
+    }
+}
+
+/// The launcher's split of Falcon-7B's 71 query heads at 2 x 512 (3 heads per block, 24
+/// splits, 384 blocks), and its refusal of an impossible split.
+#[test]
+fn dkdv_split_choice() {
+    let s = AttnShape {
+        batch: 2,
+        q_heads: 71,
+        kv_heads: 1,
+        q_len: 512,
+        kv_len: 512,
+        head_dim: 64,
+        causal: true,
+        scale: 0.125,
+        o_token_major: false,
+    };
+    assert_eq!(attention::dkdv_heads_per_split(&s), 3);
+    assert_eq!(attention::dkdv_splits(&s), 24);
+    // A GQA group of 1 head: nothing to split.
+    let g = AttnShape {
+        q_heads: 8,
+        kv_heads: 8,
+        ..s
+    };
+    assert_eq!(attention::dkdv_splits(&g), 1);
+    let dev = Device::emulator().unwrap();
+    let (b, hq, t, d) = (1, 4, 8, 64);
+    let s = AttnShape {
+        batch: b,
+        q_heads: hq,
+        kv_heads: 1,
+        q_len: t,
+        kv_len: t,
+        head_dim: d,
+        causal: true,
+        scale: 0.125,
+        o_token_major: false,
+    };
+    let q = up(&dev, &randn(b * hq * t * d, 1, 1.0));
+    let k = up(&dev, &randn(b * t * d, 2, 1.0));
+    let lse = dev.htod(&vec![0.0f32; b * hq * t]).unwrap();
+    for hs in [0, 5] {
+        let e =
+            attention::backward_with_heads_per_split(&dev, &s, hs, &q, &k, &k, None, &q, &lse, &q)
+                .err()
+                .expect("an impossible split is refused");
+        assert!(e.to_string().contains("query heads per dK/dV block"), "{e}");
     }
 }
 
@@ -364,6 +514,7 @@ fn rejects_bad_shapes() {
         head_dim: 32,
         causal: true,
         scale: 0.2,
+        o_token_major: false,
     };
     let e = attention::forward(&dev, &s, &mut o, &q, &k, &k, None).unwrap_err();
     assert!(e.to_string().contains("head_dim 32"), "{e}");

@@ -185,6 +185,31 @@ fn run(l: QkvLayout, base: f64, seed: u64, bf: bool, dev: &Device) {
         .chain(&gv)
         .fold(0.0f64, |a, &v| a.max(v.abs() as f64));
     close("dqkv", &download(dev, &dqkv), &dqkv_ref, mg, bf);
+
+    // f32 gradients straight into a bf16 dqkv (the step's path): one rounding on top of the
+    // f32 result. The output starts as NaN so that an unwritten element fails.
+    if !bf {
+        let mut dqkv16 = dev
+            .htod(&vec![bf16::NAN; l.qkv_len()])
+            .expect("upload poison");
+        rope::backward(
+            dev,
+            &mut dqkv16,
+            &upload(dev, &gq, false),
+            &upload(dev, &gk, false),
+            &upload(dev, &gv, false),
+            &tab,
+            &l,
+        )
+        .unwrap();
+        close(
+            "dqkv f32 -> bf16",
+            &download(dev, &dqkv16),
+            &dqkv_ref,
+            mg,
+            true,
+        );
+    }
 }
 
 fn layout() -> impl Strategy<Value = QkvLayout> {

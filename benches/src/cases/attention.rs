@@ -85,6 +85,7 @@ impl AttnCase {
             head_dim: d,
             causal: true,
             scale: 1.0 / (d as f32).sqrt(),
+            o_token_major: false,
         };
         let (nq, nk) = (batch * q_heads * t * d, batch * kv_heads * t * d);
         let (q, k, v, dout) = (
@@ -121,6 +122,12 @@ impl AttnCase {
     /// Runs forward and backward once (into a poisoned O) and checks the sampled group;
     /// returns the forward's outputs for the timed backward.
     pub fn check(&self, dev: &Device) -> AttnForward {
+        self.check_split(dev, attention::dkdv_heads_per_split(&self.shape))
+    }
+
+    /// [`Self::check`] with `hs` query heads per dK/dV block
+    /// ([`attention::backward_with_heads_per_split`]).
+    pub fn check_split(&self, dev: &Device, hs: usize) -> AttnForward {
         let s = &self.shape;
         let (t, tk, d) = (s.q_len, s.kv_len, s.head_dim);
         let r = s.q_heads / s.kv_heads;
@@ -131,9 +138,10 @@ impl AttnCase {
         let mut o = poisoned(dev, DType::BF16, self.q.len());
         let lse = attention::forward(dev, s, &mut o, &self.q_dev, &self.k_dev, &self.v_dev, None)
             .expect("attention forward");
-        let grads = attention::backward(
+        let grads = attention::backward_with_heads_per_split(
             dev,
             s,
+            hs,
             &self.q_dev,
             &self.k_dev,
             &self.v_dev,

@@ -71,6 +71,8 @@ pub struct RopeCase {
     pub qkv_dev: Buffer,
     pub table_dev: Buffer,
     pub grads_dev: [Buffer; 3],
+    /// The same gradients in f32, as the attention backward hands them to the RoPE backward.
+    pub grads32_dev: [Buffer; 3],
 }
 
 impl RopeCase {
@@ -93,6 +95,11 @@ impl RopeCase {
                 upload(dev, &grads[0]),
                 upload(dev, &grads[1]),
                 upload(dev, &grads[2]),
+            ],
+            grads32_dev: [
+                dev.htod(&to_f32(&grads[0])).expect("upload"),
+                dev.htod(&to_f32(&grads[1])).expect("upload"),
+                dev.htod(&to_f32(&grads[2])).expect("upload"),
             ],
             table_dev,
             layout,
@@ -167,6 +174,11 @@ impl RopeCase {
             .flatten()
             .fold(0.0f64, |a, v| a.max(v.abs()));
         close("dqkv", &download_f64(dev, &dqkv), &dqkv_ref, mg);
+        // The step's path: f32 gradients into the bf16 fused gradient in one pass.
+        let mut dqkv = poisoned(dev, DType::BF16, l.qkv_len());
+        let [gq, gk, gv] = &self.grads32_dev;
+        rope::backward(dev, &mut dqkv, gq, gk, gv, &self.table_dev, l).expect("rope backward");
+        close("dqkv from f32", &download_f64(dev, &dqkv), &dqkv_ref, mg);
     }
 }
 

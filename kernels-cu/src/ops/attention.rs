@@ -9,8 +9,14 @@
 //! `D = rowsum(dO∘O)`, `dV = Pᵀ·dO`, `dS = scale·P∘(dO·Vᵀ − D)`, `dQ = dS·K`, `dK = dSᵀ·Q`.
 //!
 //! `O` is bf16, `lse` `[b, hq, t]` f32 (natural log), `dQ/dK/dV` f32 in the layouts of q/k/v.
-//! The backward is deterministic: every gradient element has exactly one writer and the sum
-//! over the query heads of a KV group runs in head order inside one block (no atomics).
+//! `O` (and `dout`) are `[b, hq, t, d]`, or token-major `[b, t, hq, d]` when
+//! [`AttnShape::o_token_major`]: the `[tokens, hq·d]` rows the output projection reads, so that
+//! neither the output nor its gradient needs a transpose.
+//! The backward is deterministic: every gradient element has exactly one writer. The sum over
+//! the query heads of a KV group runs in head order inside a block over a run of
+//! [`dkdv_heads_per_split`] heads; the runs' partial dK/dV are then added in run order by a
+//! second kernel (no atomics). Splitting the heads is what gives multi-query attention
+//! (one KV head) more than `⌈tk/64⌉·b` blocks.
 //! `head_dim` must be 64 or 128.
 
 use super::check;
@@ -24,6 +30,26 @@ use crate::{Arg, Buffer, DType, Device, Kernel};
 pub const THREADS: u32 = defines::attention::ATT_THREADS as u32;
 /// Query rows per forward / dQ block, keys per dK/dV block (`ATT_TILE`).
 pub const TILE: usize = defines::attention::ATT_TILE;
+/// Target grid of the dK/dV kernel (`ATT_DKDV_BLOCKS`).
+pub const DKDV_BLOCKS: usize = defines::attention::ATT_DKDV_BLOCKS;
+/// Threads per block of the partial dK/dV reduction (`ATT_REDUCE_THREADS`).
+const REDUCE_THREADS: usize = defines::attention::ATT_REDUCE_THREADS;
+
+/// Query heads of a KV group that one dK/dV block sums (`hs`): the fewest that keep the grid
+/// (key tiles x KV heads x batch x ⌈r/hs⌉ splits) at about [`DKDV_BLOCKS`] blocks, at least 1
+/// and at most the group size r. The split depends on the shape only, so results are the same
+/// on every GPU.
+pub fn dkdv_heads_per_split(s: &AttnShape) -> usize {
+    let r = (s.q_heads / s.kv_heads.max(1)).max(1);
+    let base = s.kv_len.div_ceil(TILE) * s.kv_heads * s.batch;
+    (r * base).div_ceil(DKDV_BLOCKS).clamp(1, r)
+}
+
+/// Splits of each KV group's query heads in the dK/dV kernel (`⌈r / hs⌉`).
+pub fn dkdv_splits(s: &AttnShape) -> usize {
+    let r = (s.q_heads / s.kv_heads.max(1)).max(1);
+    r.div_ceil(dkdv_heads_per_split(s))
+}
 
 /// Problem geometry.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -36,6 +62,8 @@ pub struct AttnShape {
     pub head_dim: usize,
     pub causal: bool,
     pub scale: f32,
+    /// `O` and `dout` are `[b, t, hq, d]` instead of `[b, hq, t, d]` (same number of elements).
+    pub o_token_major: bool,
 }
 
 /// Gradients returned by [`backward`] (f32, layouts of q, k, v).
@@ -177,8 +205,9 @@ pub fn forward(
     let [hq, hkv, t, tk] = s.ints();
     // SAFETY: q/o hold b·hq·t·d bf16, k/v b·hkv·tk·d, the mask b·tk u8 (read only when
     // has_mask), lse b·hq·t f32 (checked above). Block (x, h, b) reads rows of head (b, h) and
-    // its KV head and writes query rows 64x..64x+63 (< t) of head (b, h) only. The dynamic
-    // shared memory matches the kernel's layout.
+    // its KV head and writes query rows 64x..64x+63 (< t) of head (b, h) only, in either O
+    // layout (a permutation of the same b·hq·t rows). The dynamic shared memory matches the
+    // kernel's layout.
     unsafe {
         dev.launch(&Launch {
             kernel,
@@ -203,6 +232,7 @@ pub fn forward(
                 tk,
                 Arg::I32(s.causal as i32),
                 Arg::F32(s.scale),
+                Arg::I32(s.o_token_major as i32),
             ],
         })?;
     }
@@ -223,18 +253,46 @@ pub fn backward(
     lse: &Buffer,
     dout: &Buffer,
 ) -> Result<AttnGrads> {
+    let hs = dkdv_heads_per_split(s);
+    backward_with_heads_per_split(dev, s, hs, q, k, v, key_mask, o, lse, dout)
+}
+
+/// [`backward`] with `hs` query heads per dK/dV block instead of [`dkdv_heads_per_split`]
+/// (`1 ≤ hs ≤ hq/hkv`): the same gradients up to the order of the fp32 sums over heads. For
+/// tests of uneven splits and for benchmarks of the choice.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_with_heads_per_split(
+    dev: &Device,
+    s: &AttnShape,
+    hs: usize,
+    q: &Buffer,
+    k: &Buffer,
+    v: &Buffer,
+    key_mask: Option<&Buffer>,
+    o: &Buffer,
+    lse: &Buffer,
+    dout: &Buffer,
+) -> Result<AttnGrads> {
     let (kdq, kdkdv) = (
         pick(s.head_dim, ATTN_BWD_DQ_D64, ATTN_BWD_DQ_D128),
         pick(s.head_dim, ATTN_BWD_DKDV_D64, ATTN_BWD_DKDV_D128),
     );
     s.validate(kdq.name)?;
+    let r = s.q_heads / s.kv_heads;
+    if hs == 0 || hs > r {
+        return Err(Error::InvalidLaunch {
+            kernel: kdkdv.name,
+            reason: format!("{hs} query heads per dK/dV block (1 to {r}, the group size)"),
+        });
+    }
     check_inputs(s, q, k, v, key_mask)?;
     check("attention_backward: o", o, DType::BF16, s.q_elems())?;
     check("attention_backward: dout", dout, DType::BF16, s.q_elems())?;
     check("attention_backward: lse", lse, DType::F32, s.rows())?;
     let rows = s.rows();
     let mut dd = dev.alloc(DType::F32, rows)?;
-    // SAFETY: o/dout hold rows·d bf16, dd rows f32; warp w of block x handles row 8x + w only.
+    // SAFETY: o/dout hold rows·d bf16, dd rows f32; warp w of block x handles row 8x + w only
+    // (of dd; in O and dO the same row's place in the layout o_token_major gives).
     unsafe {
         dev.launch(&Launch {
             kernel: ATTN_BWD_DOT,
@@ -247,6 +305,9 @@ pub fn backward(
                 dout.arg(),
                 Arg::I32(rows as i32),
                 Arg::I32(s.head_dim as i32),
+                Arg::I32(s.q_heads as i32),
+                Arg::I32(s.q_len as i32),
+                Arg::I32(s.o_token_major as i32),
             ],
         })?;
     }
@@ -255,23 +316,39 @@ pub fn backward(
     let mut dv = dev.alloc(DType::F32, s.kv_elems())?;
     let none = dev.alloc(DType::U8, 1)?;
     let [hq, hkv, t, tk] = s.ints();
+    let splits = r.div_ceil(hs);
+    // With one split the kernel writes dK/dV; otherwise the splits' partial sums, added below.
+    let mut parts = if splits > 1 {
+        Some((
+            dev.alloc(DType::F32, splits * s.kv_elems())?,
+            dev.alloc(DType::F32, splits * s.kv_elems())?,
+        ))
+    } else {
+        None
+    };
     {
         let [ma, mf] = mask_args(key_mask, &none);
-        // SAFETY: sizes checked above; block (x, g, b) writes keys 64x..64x+63 (< tk) of KV head
-        // (b, g) of dK and dV only, reading the query heads of that group.
+        let (pk, pv) = match parts.as_mut() {
+            Some((pk, pv)) => (pk.arg_mut(), pv.arg_mut()),
+            None => (dk.arg_mut(), dv.arg_mut()),
+        };
+        // SAFETY: sizes checked above; the outputs hold splits·b·hkv·tk·d f32. Block (x, y, b)
+        // (remapped to key tile, KV head, split and batch from its linear index) writes keys
+        // 64·tile.. (< tk) of KV head (b, g) of its split's slice of dK and dV only, reading
+        // its split's hs query heads of that group.
         unsafe {
             dev.launch(&Launch {
                 kernel: kdkdv,
                 grid: Dim3 {
                     x: s.kv_len.div_ceil(TILE) as u32,
-                    y: s.kv_heads as u32,
+                    y: (s.kv_heads * splits) as u32,
                     z: s.batch as u32,
                 },
                 block: Dim3::x(THREADS),
                 shared_bytes: smem_dkdv(s.head_dim),
                 args: &[
-                    dk.arg_mut(),
-                    dv.arg_mut(),
+                    pk,
+                    pv,
                     q.arg(),
                     k.arg(),
                     v.arg(),
@@ -286,10 +363,38 @@ pub fn backward(
                     tk,
                     Arg::I32(s.causal as i32),
                     Arg::F32(s.scale),
+                    Arg::I32(hs as i32),
+                    Arg::I32(s.o_token_major as i32),
                 ],
             })?;
         }
     }
+    if let Some((pk, pv)) = &parts {
+        let n = s.kv_elems();
+        // SAFETY: pk/pv hold splits·n f32, dk/dv n f32, n a multiple of 4 (d is 64 or 128);
+        // thread i of row y writes elements 4i..4i+3 of dK (y = 0) or dV (y = 1) only.
+        unsafe {
+            dev.launch(&Launch {
+                kernel: ATTN_BWD_DKDV_REDUCE,
+                grid: Dim3 {
+                    x: (n / 4).div_ceil(REDUCE_THREADS) as u32,
+                    y: 2,
+                    z: 1,
+                },
+                block: Dim3::x(REDUCE_THREADS as u32),
+                shared_bytes: 0,
+                args: &[
+                    dk.arg_mut(),
+                    dv.arg_mut(),
+                    pk.arg(),
+                    pv.arg(),
+                    Arg::I32(n as i32),
+                    Arg::I32(splits as i32),
+                ],
+            })?;
+        }
+    }
+    drop(parts);
     let [ma, mf] = mask_args(key_mask, &none);
     let [hq, hkv, t, tk] = s.ints();
     // SAFETY: sizes checked above; block (x, h, b) writes query rows 64x..64x+63 (< t) of head
@@ -320,6 +425,7 @@ pub fn backward(
                 tk,
                 Arg::I32(s.causal as i32),
                 Arg::F32(s.scale),
+                Arg::I32(s.o_token_major as i32),
             ],
         })?;
     }

@@ -209,7 +209,8 @@ pub fn forward(
 }
 
 /// Gradient of [`forward`]: `dqkv` (fused layout) from `dq`, `dk`, `dv`; every element of
-/// `dqkv` is written.
+/// `dqkv` is written. `dq`, `dk`, `dv` share one dtype; `dqkv` has the same, or is bf16 when
+/// they are f32 (the attention's f32 gradients rotated and rounded to bf16 in one pass).
 pub fn backward(
     dev: &Device,
     dqkv: &mut Buffer,
@@ -221,14 +222,19 @@ pub fn backward(
 ) -> Result<()> {
     let dt = dq.dtype();
     common(l, dt, table)?;
-    check("rope_qkv_backward: dqkv", dqkv, dt, l.qkv_len())?;
+    let out_dt = if dt == DType::F32 && dqkv.dtype() == DType::BF16 {
+        DType::BF16
+    } else {
+        dt
+    };
+    check("rope_qkv_backward: dqkv", dqkv, out_dt, l.qkv_len())?;
     check("rope_qkv_backward: dq", dq, dt, l.q_len())?;
     check("rope_qkv_backward: dk", dk, dt, l.kv_len())?;
     check("rope_qkv_backward: dv", dv, dt, l.kv_len())?;
-    let kernel = if dt == DType::F32 {
-        ROPE_QKV_BWD_F32
-    } else {
-        ROPE_QKV_BWD_BF16
+    let kernel = match (dt, out_dt) {
+        (DType::F32, DType::F32) => ROPE_QKV_BWD_F32,
+        (DType::F32, _) => ROPE_QKV_BWD_F32_BF16,
+        _ => ROPE_QKV_BWD_BF16,
     };
     let [a, b, c, d, e] = scalars(l);
     // SAFETY: as in forward, with the roles of the fused row and the head rows swapped.

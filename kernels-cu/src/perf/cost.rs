@@ -111,9 +111,11 @@ pub fn cost(r: &LaunchRecord) -> Cost {
             ..Cost::default()
         };
     }
-    if name.starts_with("attn_fwd_")
-        || name.starts_with("attn_bwd_dkdv_")
-        || name.starts_with("attn_bwd_dq_")
+    // The tile kernels end in their head size (`_d64`, `_d128`); `attn_bwd_dkdv_reduce` is a
+    // streaming kernel, costed below.
+    if name.starts_with("attn_fwd_d")
+        || name.starts_with("attn_bwd_dkdv_d")
+        || name.starts_with("attn_bwd_dq_d")
     {
         // (.., has_mask, hq, hkv, t, tk, causal, scale); grid (q or k tiles, heads, batch).
         let (hq, hkv, t, tk, causal) = (i(1), i(2), i(3), i(4), r.int(5) != 0);
@@ -136,8 +138,11 @@ pub fn cost(r: &LaunchRecord) -> Cost {
             // q, k, v in; o out (bf16) and lse (f32).
             2.0 * q + 2.0 * kv + 4.0 * b * hq * t
         } else if name.starts_with("attn_bwd_dkdv_") {
-            // q, dO, lse, D in; k, v in; dK, dV out (f32).
-            2.0 * q + 8.0 * b * hq * t + 2.0 * kv + 4.0 * kv
+            // q, dO, lse, D in; k, v in; dK, dV out (f32), one slice per split of the query
+            // heads (args (.., scale, hs): ⌈(hq/hkv) / hs⌉ splits).
+            let r = (hq / hkv.max(1.0)).max(1.0);
+            let splits = (r / i(7).max(1.0)).ceil();
+            2.0 * q + 8.0 * b * hq * t + 2.0 * kv + 4.0 * kv * splits
         } else {
             // q, dO, lse, D, k, v in; dQ out (f32).
             2.0 * q + 8.0 * b * hq * t + 2.0 * kv + 2.0 * q
@@ -200,16 +205,30 @@ pub fn cost(r: &LaunchRecord) -> Cost {
             )
         }
         "layernorm_bwd_reduce" => stream(8.0 * i(0) * i(1) + 8.0 * i(1), "layernorm"),
-        "rope_qkv_fwd_f32" | "rope_qkv_fwd_bf16" | "rope_qkv_bwd_f32" | "rope_qkv_bwd_bf16" => {
+        "rope_qkv_fwd_f32"
+        | "rope_qkv_fwd_bf16"
+        | "rope_qkv_bwd_f32"
+        | "rope_qkv_bwd_bf16"
+        | "rope_qkv_bwd_f32_bf16" => {
             // (.., t, hq, hkv, d, grouped), one block per token: the fused qkv row in, q/k/v
-            // out (or back), plus the token's cos/sin row.
+            // out (or back), plus the token's cos/sin row. Backward: pointer 0 is the fused
+            // row, 1..3 the head rows (f32 into bf16 for rope_qkv_bwd_f32_bf16).
             let (hq, hkv, d) = (i(1), i(2), i(3));
+            let (fused, heads) = if name.starts_with("rope_qkv_bwd") {
+                (elem(r, 0), elem(r, 1))
+            } else {
+                (elem(r, 3), elem(r, 0))
+            };
             stream(
-                rows * ((hq + 2.0 * hkv) * d * 2.0 * elem(r, 0) + 4.0 * d),
+                rows * ((hq + 2.0 * hkv) * d * (fused + heads) + 4.0 * d),
                 "rope",
             )
         }
         "rope_table" => stream(8.0 * i(0) * i(1), "rope"),
+        "attn_bwd_dkdv_reduce" => {
+            // (dk, dv, part_k, part_v, n, splits): 2·splits·n f32 in, 2·n out.
+            stream(8.0 * i(0) * (i(1) + 1.0), "attention")
+        }
         "attn_bwd_dot" => stream(
             i(0) * i(1) * (elem(r, 1) + elem(r, 2)) + 4.0 * i(0),
             "attention",

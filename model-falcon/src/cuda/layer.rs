@@ -3,7 +3,8 @@
 //! Forward, activations bf16 `[M = b·t, ·]` row-major (docs/hf-semantics.md §1.7):
 //! `h = LN(x)` (one LN, or `ln_attn`/`ln_mlp`), `qkv = h·Wqkvᵀ (+LoRA)`, split + RoPE into
 //! `q [b, hq, t, d]`, `k, v [b, hkv, t, d]` (one fused kernel), flash attention (causal, key
-//! mask) with its logsumexp, `o` to `[b, t, hq·d]`, `dense`; `m = gelu(h·W4hᵀ)`, `4h_to_h`;
+//! mask) with its logsumexp, written as `[b, t, hq·d]` (no transpose), `dense`;
+//! `m = gelu(h·W4hᵀ)`, `4h_to_h`;
 //! `out = x + attn + mlp`. Backward runs the same chain in reverse; the two branches' input
 //! gradients meet in one buffer (the 4-bit GEMM accumulates with β = 1) before the LayerNorm.
 
@@ -14,7 +15,7 @@ use crate::Result;
 use kernels_cu::ops::attention::{self, AttnShape};
 use kernels_cu::ops::layernorm::{self, LayerNormStats};
 use kernels_cu::ops::rope::{self, QkvLayout};
-use kernels_cu::ops::{convert, elementwise, pointwise};
+use kernels_cu::ops::{elementwise, pointwise};
 use kernels_cu::{Buffer, DType};
 
 /// Per-forward inputs shared by all layers.
@@ -54,6 +55,8 @@ impl StepCtx<'_> {
             head_dim: self.g.head_dim,
             causal: true,
             scale: (1.0 / (self.g.head_dim as f64).sqrt()) as f32,
+            // O straight into the `[M, hq·d]` rows `dense` reads; its gradient comes back so.
+            o_token_major: true,
         }
     }
     pub fn lce_shape(&self) -> kernels_cu::ops::cross_entropy::LceShape {
@@ -75,9 +78,8 @@ pub(crate) struct LayerActs {
     q: Buffer,
     k: Buffer,
     v: Buffer,
-    o: Buffer,
     lse: Buffer,
-    /// Attention output as `[M, hq·d]`, the input of `dense`.
+    /// Attention output as `[M, hq·d]` (token-major), the input of `dense`.
     attn: Buffer,
     dense: Option<LoraActs>,
     /// `h_to_4h` output before GELU.
@@ -187,17 +189,9 @@ pub(crate) fn forward(
     rope::forward(dev, &mut q, &mut k, &mut v, &qkv, ctx.rope, &ctx.layout())
         .map_err(cuda_err("QKV split + RoPE".into()))?;
     drop(qkv);
-    let mut o = alloc(dev, "attention output", DType::BF16, ctx.q_elems())?;
-    let lse = attention::forward(dev, &ctx.attn_shape(), &mut o, &q, &k, &v, ctx.mask)
-        .map_err(cuda_err("attention".into()))?;
     let mut attn = alloc(dev, "attention output", DType::BF16, ctx.q_elems())?;
-    convert::swap_axes12(
-        dev,
-        &mut attn,
-        &o,
-        [ctx.batch, ctx.g.heads, ctx.seq, ctx.g.head_dim],
-    )
-    .map_err(cuda_err("attention output to [b, t, h·d]".into()))?;
+    let lse = attention::forward(dev, &ctx.attn_shape(), &mut attn, &q, &k, &v, ctx.mask)
+        .map_err(cuda_err("attention".into()))?;
     let (attn_out, dense_acts) = linear_forward(ctx, &layer.dense, store, &attn, rng)?;
 
     let (pre, h4h_acts) = linear_forward(ctx, &layer.h_to_4h, store, h_mlp, rng)?;
@@ -216,7 +210,6 @@ pub(crate) fn forward(
             q,
             k,
             v,
-            o,
             lse,
             attn,
             dense: dense_acts,
@@ -296,15 +289,6 @@ pub(crate) fn backward(
         &mut dattn,
         0.0,
     )?;
-    let mut d_o = alloc(dev, "attention output gradient", DType::BF16, ctx.q_elems())?;
-    convert::swap_axes12(
-        dev,
-        &mut d_o,
-        &dattn,
-        [ctx.batch, ctx.seq, ctx.g.heads, ctx.g.head_dim],
-    )
-    .map_err(cuda_err("attention gradient to [b, h, t, d]".into()))?;
-    drop(dattn);
     let grads = attention::backward(
         dev,
         &ctx.attn_shape(),
@@ -312,16 +296,18 @@ pub(crate) fn backward(
         &acts.k,
         &acts.v,
         ctx.mask,
-        &acts.o,
+        &acts.attn,
         &acts.lse,
-        &d_o,
+        &dattn,
     )
     .map_err(cuda_err("attention backward".into()))?;
-    drop(d_o);
-    let mut dqkv32 = alloc(dev, "qkv gradient", DType::F32, m * ctx.g.qkv_out())?;
+    drop(dattn);
+    // The f32 gradients are rotated back, merged into the fused layout and rounded to bf16 in
+    // one pass.
+    let mut dqkv = alloc(dev, "qkv gradient", DType::BF16, m * ctx.g.qkv_out())?;
     rope::backward(
         dev,
-        &mut dqkv32,
+        &mut dqkv,
         &grads.dq,
         &grads.dk,
         &grads.dv,
@@ -330,9 +316,6 @@ pub(crate) fn backward(
     )
     .map_err(cuda_err("QKV split + RoPE backward".into()))?;
     drop(grads);
-    let mut dqkv = alloc(dev, "qkv gradient", DType::BF16, dqkv32.len())?;
-    convert::cast(dev, &mut dqkv, &dqkv32).map_err(cuda_err("qkv gradient to bf16".into()))?;
-    drop(dqkv32);
 
     let mut dx = match &layer.norms {
         DeviceNorms::Single(n) => {

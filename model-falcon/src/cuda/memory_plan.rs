@@ -27,6 +27,7 @@ use crate::checkpoint::{linear_modules, LinearKind};
 use crate::config::NormLayout;
 use crate::peft::LoraConfig;
 use crate::{FalconConfig, FalconError, Result};
+use kernels_cu::ops::attention::{dkdv_splits, AttnShape};
 use kernels_cu::ops::cross_entropy::{BWD_CHUNK, FWD_CHUNK};
 use kernels_cu::ops::{adamw, gemm, layernorm};
 use serde::Serialize;
@@ -113,6 +114,8 @@ struct Dims {
     qkv_out: usize,
     /// Rows of attention statistics (`b · q_heads · t`).
     attn_rows: usize,
+    /// Splits of each KV group's query heads in the dK/dV kernel (partial sums when above 1).
+    dkdv_splits: usize,
     norms: usize,
     dropout: bool,
 }
@@ -171,10 +174,9 @@ fn layer_forward(led: &mut Ledger, d: &Dims, lin: &[Linear; 4]) -> usize {
     led.alloc(q + 2 * kv);
     led.free(BF16 * d.m * qkv.out_f); // the fused qkv, split into q, k, v
     kept += q + 2 * kv;
-    led.alloc(q + F32 * d.attn_rows); // o and its logsumexp
+    led.alloc(q + F32 * d.attn_rows); // o (as [b, t, hq·d]) and its logsumexp
     led.scratch(1); // the placeholder key mask
-    led.alloc(q); // o as [b, t, hq·d]
-    kept += 2 * q + F32 * d.attn_rows;
+    kept += q + F32 * d.attn_rows;
     kept += linear_forward(led, d, dense); // attention branch output
     kept += linear_forward(led, d, h4h) + BF16 * d.m * h4h.out_f; // pre-GELU
     led.alloc(BF16 * d.m * d.ffn);
@@ -199,19 +201,19 @@ fn layer_backward(led: &mut Ledger, d: &Dims, lin: &[Linear; 4]) {
     led.alloc(h); // dh_mlp
     linear_backward(led, d, h4h);
     led.free(f);
-    led.alloc(q); // dattn
+    led.alloc(q); // dattn, also the attention's dO (token-major)
     linear_backward(led, d, dense);
-    led.alloc(q); // d_o
-    led.free(q);
-    // Attention backward: row dot products and the placeholder mask (scratch), f32 dq, dk, dv.
+    // Attention backward: row dot products and the placeholder mask (scratch), f32 dq, dk, dv,
+    // and the dK/dV partial sums of the query-head splits (scratch).
     let grads = F32 * (d.q + 2 * d.kv);
     led.alloc(F32 * d.attn_rows + 1 + grads);
+    if d.dkdv_splits > 1 {
+        led.scratch(2 * F32 * d.dkdv_splits * d.kv);
+    }
     led.free(F32 * d.attn_rows + 1);
     led.free(q);
-    led.alloc(F32 * d.m * d.qkv_out); // dqkv f32 (RoPE backward)
+    led.alloc(BF16 * d.m * d.qkv_out); // dqkv bf16 (RoPE backward)
     led.free(grads);
-    led.alloc(BF16 * d.m * d.qkv_out); // dqkv bf16
-    led.free(F32 * d.m * d.qkv_out);
     if d.norms == 1 {
         linear_backward(led, d, qkv); // into dh_mlp
         led.alloc(h); // dx
@@ -277,6 +279,17 @@ impl MemoryPlan {
             kv: m * hkv * hd,
             qkv_out: c.qkv_out_features(),
             attn_rows: m * hq,
+            dkdv_splits: dkdv_splits(&AttnShape {
+                batch: b,
+                q_heads: hq,
+                kv_heads: hkv,
+                q_len: t,
+                kv_len: t,
+                head_dim: hd,
+                causal: true,
+                scale: 1.0,
+                o_token_major: true,
+            }),
             norms: match c.norms {
                 NormLayout::Single => 1,
                 NormLayout::Separate => 2,

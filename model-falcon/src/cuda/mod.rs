@@ -485,9 +485,10 @@ fn run_step(
     let shape = ctx.lce_shape();
     let f = cross_entropy::forward(dev, &h, &base.embed, &db.labels, &shape, count)
         .map_err(cuda_err("cross-entropy".into()))?;
-    let loss = read_scalar(dev, &f.loss, "loss")?;
 
-    // Backward.
+    // Backward. The loss stays on the device until the step's launches are all queued: reading
+    // it here would make the host wait for the forward, leaving the GPU idle while the first
+    // backward launches are issued.
     let (dh32, _) = cross_entropy::backward(
         dev,
         &h,
@@ -517,6 +518,7 @@ fn run_step(
         };
         dx = layer::backward(ctx, l, adapters, &input, &acts, &dx)?;
     }
+    let loss = read_scalar(dev, &f.loss, "loss")?;
     Ok((loss, rng))
 }
 
