@@ -2,7 +2,7 @@
 
 use crate::args::TrainArgs;
 use crate::session::{base_options, builtin_session, load_session};
-use crate::train::train;
+use crate::train::train_with;
 use anyhow::{bail, Context, Result};
 use data_finqa::{
     load_file_limited, split_train_val, synthetic, tokenize_report, BadRecordPolicy, DataFormat,
@@ -56,7 +56,35 @@ pub fn load_data_limited(
     Ok(report)
 }
 
+/// `trainer train`, as one rank of a data-parallel job when an MPI launcher started it. An
+/// error on any rank ends every rank (MPI_Abort) after printing it, so that none waits in a
+/// collective for a rank that is gone.
 pub fn run(args: &TrainArgs, stop: Arc<AtomicBool>) -> Result<()> {
+    let (dist, device) = crate::distributed::init(crate::device::device_request(args)?)?;
+    if dist.size() == 1 {
+        return run_rank(args, stop, dist.as_ref(), device);
+    }
+    if !dist.is_main() {
+        crate::distributed::launch::silence_stdout();
+    }
+    let result = run_rank(args, stop, dist.as_ref(), device);
+    if let Err(e) = &result {
+        eprintln!(
+            "error on rank {} of {}: {e:#}\nending all ranks",
+            dist.rank(),
+            dist.size()
+        );
+        dist.abort(1);
+    }
+    result
+}
+
+fn run_rank(
+    args: &TrainArgs,
+    stop: Arc<AtomicBool>,
+    dist: &dyn crate::distributed::Collective,
+    device: model_falcon::DeviceRequest,
+) -> Result<()> {
     crate::validate::train_args(args)?;
     // Fail on an unusable output directory before spending minutes loading a model.
     std::fs::create_dir_all(&args.output_dir).with_context(|| {
@@ -65,11 +93,17 @@ pub fn run(args: &TrainArgs, stop: Arc<AtomicBool>) -> Result<()> {
             args.output_dir.display()
         )
     })?;
-    // Held until the run ends; the kernel releases it however the process ends.
-    let _lock = crate::lock::lock_output_dir(&args.output_dir)?;
+    // Held until the run ends; the kernel releases it however the process ends. With several
+    // ranks, rank 0 alone holds the lock and writes the output directory.
+    let _lock = match dist.is_main() {
+        true => Some(crate::lock::lock_output_dir(&args.output_dir)?),
+        false => None,
+    };
     let resolved = crate::resume_args::resolve(args)?;
     let args = &resolved;
-    crate::resume_args::write(args)?;
+    if dist.is_main() {
+        crate::resume_args::write(args)?;
+    }
     let max_data = crate::validate::parse_size_flag("--max-data-size", &args.max_data_size)?;
     let opts = base_options(&args.quant, args.double_quant)?;
     let mut session = match &args.model {
@@ -140,7 +174,15 @@ pub fn run(args: &TrainArgs, stop: Arc<AtomicBool>) -> Result<()> {
         set.dropped.len(),
         args.truncation
     );
-    let s = train(&mut session, args, &train_set, &eval_set, stop)?;
+    let s = train_with(
+        &mut session,
+        args,
+        &train_set,
+        &eval_set,
+        stop,
+        dist,
+        device,
+    )?;
     println!(
         "done: {} / {} steps in {:.1} s, train loss {:.4}{}",
         s.global_step,
@@ -151,6 +193,16 @@ pub fn run(args: &TrainArgs, stop: Arc<AtomicBool>) -> Result<()> {
             .map(|l| format!(", eval loss {l:.4}"))
             .unwrap_or_default()
     );
+    if s.ranks > 1 {
+        let total = s.tokens_seen as f64 / s.seconds.max(1e-9);
+        println!(
+            "data parallel: {} ranks, global batch {}, {:.0} tok/s in total, {:.0} tok/s per rank",
+            s.ranks,
+            s.global_batch,
+            total,
+            total / s.ranks as f64
+        );
+    }
     println!(
         "peak host tensor memory: {:.1} MiB",
         s.peak_host_bytes as f64 / (1 << 20) as f64
