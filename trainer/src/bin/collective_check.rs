@@ -3,6 +3,9 @@
 //! equal to the rank-order sum), the counts, the gather of per-rank states, and the NCCL
 //! bootstrap as far as it goes without a GPU (the unique-id broadcast, and a failure on rank 0
 //! reaching every rank instead of leaving them waiting). Exit status 1 on any failure.
+//!
+//! `collective-check bench [ELEMENTS...]` times the gradient all-reduce instead (rank 0 prints
+//! one line per size: median and best of 20 timed calls after 3 untimed ones).
 
 use anyhow::{bail, Result};
 use engine::rng::normal_f64;
@@ -107,6 +110,40 @@ fn check(dist: &MpiCollective) -> Result<()> {
     Ok(())
 }
 
+/// LoRA parameters of Falcon-7B at r = 8 (32 layers, hidden 4544, fused qkv 4672, MLP 18176):
+/// on query_key_value only, and on all four linears; and of the built-in tiny model.
+const BENCH_SIZES: [usize; 3] = [
+    32 * 8 * (4544 + 4672),
+    32 * 8 * ((4544 + 4672) + (4544 + 4544) + 2 * (4544 + 18176)),
+    6_144,
+];
+
+fn bench(dist: &MpiCollective, sizes: &[usize]) -> Result<()> {
+    for &n in sizes {
+        let mut g = gradient(dist.rank(), n);
+        let mut times = Vec::new();
+        for i in 0..23 {
+            dist.barrier();
+            let t = std::time::Instant::now();
+            dist.all_reduce_sum_f32(&mut g)?;
+            if i >= 3 {
+                times.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        if dist.rank() == 0 {
+            println!(
+                "all-reduce {n} f32 ({:.2} MB) over {} ranks: median {:.3} ms, best {:.3} ms",
+                n as f64 * 4.0 / 1e6,
+                dist.size(),
+                times[times.len() / 2],
+                times[0]
+            );
+        }
+    }
+    Ok(())
+}
+
 fn main() {
     let dist = match MpiCollective::init() {
         Ok(d) => d,
@@ -115,7 +152,22 @@ fn main() {
             std::process::exit(1);
         }
     };
-    if let Err(e) = check(&dist) {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("bench") => {
+            let sizes: Result<Vec<usize>, _> = args[1..].iter().map(|a| a.parse()).collect();
+            match sizes {
+                Ok(s) if s.is_empty() => bench(&dist, &BENCH_SIZES),
+                Ok(s) => bench(&dist, &s),
+                Err(e) => Err(anyhow::anyhow!("bench sizes must be element counts: {e}")),
+            }
+        }
+        Some(other) => Err(anyhow::anyhow!(
+            "unknown argument `{other}` (expected bench)"
+        )),
+        None => check(&dist),
+    };
+    if let Err(e) = result {
         eprintln!("error: {e:#}");
         dist.abort(1);
     }

@@ -19,6 +19,7 @@
 //! feature adds MPI (host memory) and NCCL (device memory) implementations.
 
 pub mod launch;
+pub mod plan;
 pub mod ranks;
 pub mod reduce;
 pub mod shard;

@@ -42,6 +42,11 @@ impl MpiCollective {
         })
     }
 
+    /// Waits until every rank is here (benchmarks).
+    pub fn barrier(&self) {
+        self.world.barrier();
+    }
+
     /// Broadcasts `buf` from rank 0 to every rank.
     pub fn broadcast_bytes(&self, buf: &mut [u8]) {
         self.world.process_at_rank(0).broadcast_into(buf);

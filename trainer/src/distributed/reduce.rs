@@ -9,18 +9,21 @@
 //! but is reproducible by construction.
 
 /// `out[i] = Σ_r parts[r·n + i]` for `r = 0..N`, summed in rank order in f64. `parts` holds N
-/// buffers of `out.len()` elements back to back.
+/// buffers of `out.len()` elements back to back. (Rank by rank over whole buffers, so the
+/// memory is read in order; each element still sees the ranks in order 0, 1, ..., N-1.)
 pub fn sum_in_rank_order_f32(parts: &[f32], out: &mut [f32]) {
     let n = out.len();
     if n == 0 {
         return;
     }
-    for (i, o) in out.iter_mut().enumerate() {
-        let mut acc = 0f64;
-        for chunk in parts.chunks_exact(n) {
-            acc += f64::from(chunk[i]);
+    let mut acc = vec![0f64; n];
+    for chunk in parts.chunks_exact(n) {
+        for (a, &x) in acc.iter_mut().zip(chunk) {
+            *a += f64::from(x);
         }
-        *o = acc as f32;
+    }
+    for (o, a) in out.iter_mut().zip(acc) {
+        *o = a as f32;
     }
 }
 
@@ -30,22 +33,26 @@ pub fn sum_in_rank_order_f64(parts: &[f64], out: &mut [f64]) {
     if n == 0 {
         return;
     }
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = parts.chunks_exact(n).map(|c| c[i]).sum();
+    out.fill(0.0);
+    for chunk in parts.chunks_exact(n) {
+        for (o, &x) in out.iter_mut().zip(chunk) {
+            *o += x;
+        }
     }
 }
 
-/// As [`sum_in_rank_order_f32`] for counts (wrapping never happens for token counts; a
-/// saturating sum keeps an absurd input from panicking).
+/// As [`sum_in_rank_order_f32`] for counts (a saturating sum keeps an absurd input from
+/// panicking; token counts never come near it).
 pub fn sum_in_rank_order_u64(parts: &[u64], out: &mut [u64]) {
     let n = out.len();
     if n == 0 {
         return;
     }
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = parts
-            .chunks_exact(n)
-            .fold(0u64, |a, c| a.saturating_add(c[i]));
+    out.fill(0);
+    for chunk in parts.chunks_exact(n) {
+        for (o, &x) in out.iter_mut().zip(chunk) {
+            *o = o.saturating_add(x);
+        }
     }
 }
 
