@@ -224,6 +224,48 @@ impl<'m> Backend<'m> {
         }
     }
 
+    /// Hands the gradients accumulated since the last optimizer step to `reduce` as one flat
+    /// f32 vector and keeps what it leaves there (data parallelism: the sum over ranks). On the
+    /// CPU the vector is the parameters' gradients in optimizer order (zeros for a parameter
+    /// without one, e.g. on a rank that had no example in the window); on a CUDA device it is
+    /// the packed device buffer, brought through host memory.
+    pub fn reduce_gradients<E>(
+        &mut self,
+        reduce: impl FnOnce(&mut [f32]) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E>
+    where
+        E: From<FalconError>,
+    {
+        match &mut self.device {
+            StepDevice::Host(h) => {
+                let mut flat = Vec::new();
+                for p in &h.params {
+                    match h.grads.get(p) {
+                        Some(g) => flat.extend(g.to_f32_vec().map_err(FalconError::from)?),
+                        None => flat.resize(flat.len() + p.value().elem_count(), 0.0),
+                    }
+                }
+                reduce(&mut flat)?;
+                let mut at = 0;
+                for p in &h.params {
+                    let dims = p.value().dims().to_vec();
+                    let n = p.value().elem_count();
+                    let g = Tensor::from_vec(flat[at..at + n].to_vec(), dims)
+                        .map_err(FalconError::from)?;
+                    h.grads.insert(p, g);
+                    at += n;
+                }
+                Ok(())
+            }
+            StepDevice::Cuda(c) => {
+                let mut flat = c.step.gradients_packed()?;
+                reduce(&mut flat)?;
+                c.step.set_gradients_packed(&flat)?;
+                Ok(())
+            }
+        }
+    }
+
     /// Clips the accumulated gradients to global norm `max_grad_norm` (none when ≤ 0), applies
     /// one AdamW update at learning rate `lr` and clears the gradients. A step whose loss
     /// (`loss_finite` false) or gradient norm is NaN or infinite applies nothing: adapters and

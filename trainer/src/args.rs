@@ -473,6 +473,12 @@ pub struct InfoArgs {
     /// GPU (h200, h100, a100, rtx4090, rtx3090).
     #[arg(long)]
     pub gpu: Option<String>,
+    /// Data-parallel ranks (`mpirun -np`) for the global batch and all-reduce volume.
+    #[arg(long, default_value_t = 1)]
+    pub ranks: usize,
+    /// Gradient accumulation of the global batch.
+    #[arg(long, default_value_t = 8)]
+    pub gradient_accumulation_steps: usize,
 }
 
 #[derive(Args, Debug, Clone)]

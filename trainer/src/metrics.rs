@@ -152,6 +152,9 @@ pub fn format_entry(e: &LogEntry) -> String {
     if let Some(t) = e.tokens_per_second {
         s += &format!("  {t:.0} tok/s");
     }
+    if let (Some(n), Some(t)) = (e.ranks, e.tokens_per_second_per_rank) {
+        s += &format!(" ({n} ranks, {t:.0} tok/s per rank)");
+    }
     if let Some(l) = e.eval_loss {
         s += &format!("  eval_loss {l:.4}");
     }

@@ -58,6 +58,12 @@ pub struct LogEntry {
     pub train_steps_per_second: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub train_loss: Option<f64>,
+    /// Data-parallel ranks, and the mean tokens/s of one rank (`tokens_per_second` is the
+    /// total over all ranks); absent for one rank.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub ranks: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub tokens_per_second_per_rank: Option<f64>,
 }
 
 impl LogEntry {
@@ -105,8 +111,12 @@ pub struct TrainerState {
 /// RNG and data position.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct RngFile {
+    /// This (or rank 0's) dropout stream.
     pub dropout: RngState,
     pub sampler: SamplerState,
+    /// Every rank's dropout stream, in a checkpoint written by several ranks.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub data_parallel: Option<crate::distributed::ranks::DataParallelState>,
 }
 
 /// Everything restored on resume.

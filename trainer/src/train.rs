@@ -11,6 +11,7 @@
 
 use crate::args::{ResumeMode, TrainArgs};
 use crate::device::device_request;
+use crate::distributed::{self, Collective, SingleRank};
 use crate::metrics::{MetricsLog, Progress};
 use crate::nonfinite::{self, Guard, StepAction};
 use crate::session::Session;
@@ -20,7 +21,7 @@ use data_finqa::{Batch, Sampler, SamplerConfig, TokenizedExample};
 use engine::optim::{AdamWConfig, LrSchedule, SchedulerKind};
 use engine::{rng, Tensor};
 use model_falcon::peft::{load_adapter, LoraConfig, TargetModules};
-use model_falcon::{attach_lora, load_lora, Backend};
+use model_falcon::{attach_lora, load_lora, Backend, DeviceRequest};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -41,6 +42,10 @@ pub struct TrainSummary {
     pub peak_host_bytes: usize,
     /// Peak bytes in use on the CUDA device, when training ran there.
     pub peak_device_bytes: Option<usize>,
+    /// Data-parallel ranks, and examples per optimizer step over all of them
+    /// (ranks × per-device batch × gradient accumulation).
+    pub ranks: usize,
+    pub global_batch: usize,
 }
 
 /// Tensors of one collated micro-batch.
@@ -179,10 +184,12 @@ struct StepPlan {
 }
 
 impl StepPlan {
-    /// HF's `max_steps = ceil(epochs · windows/epoch)` unless `--max-steps` is given.
-    fn new(args: &TrainArgs, train_set: &[TokenizedExample]) -> Result<StepPlan> {
+    /// HF's `max_steps = ceil(epochs · windows/epoch)` unless `--max-steps` is given. With
+    /// several ranks the sampler hands out global micro-batches of `ranks × per-device batch`
+    /// examples, which [`distributed::shard`] splits.
+    fn new(args: &TrainArgs, train_set: &[TokenizedExample], ranks: usize) -> Result<StepPlan> {
         let lengths: Vec<usize> = train_set.iter().map(|e| e.input_ids.len()).collect();
-        let mut sampler = SamplerConfig::new(args.per_device_train_batch_size, args.seed);
+        let mut sampler = SamplerConfig::new(args.per_device_train_batch_size * ranks, args.seed);
         sampler.group_by_length = args.group_by_length;
         let bpe = Sampler::new(lengths.clone(), sampler)?.batches_per_epoch();
         let ga = args.gradient_accumulation_steps;
@@ -218,7 +225,8 @@ struct Run {
     st: TrainerState,
     sampler: Sampler,
     schedule: LrSchedule,
-    log: MetricsLog,
+    /// The metrics file, on the rank that logs.
+    log: Option<MetricsLog>,
     progress: Progress,
     first_eval: Option<f64>,
     last_eval: Option<f64>,
@@ -231,6 +239,18 @@ struct Run {
     last_saved: Option<PathBuf>,
     /// What a non-finite loss or gradient norm does (`--on-nonfinite`).
     guard: Guard,
+    /// Data-parallel ranks; rank 0 alone logs and saves.
+    ranks: usize,
+    main: bool,
+}
+
+/// One rank's share of an accumulation window, with the window's totals over all ranks.
+struct Window {
+    micro: Vec<MicroBatch>,
+    /// Target tokens of the whole global window: the divisor of the token-level mean loss.
+    targets: usize,
+    /// Real (non-pad) tokens of the whole global window.
+    tokens: u64,
 }
 
 /// What one optimizer step did.
@@ -248,6 +268,7 @@ impl Run {
         plan: &StepPlan,
         resume_dir: Option<&Path>,
         backend: &mut Backend,
+        dist: &dyn Collective,
     ) -> Result<Run> {
         let kind: SchedulerKind = args.lr_scheduler_type.parse().map_err(anyhow::Error::msg)?;
         let (st, sampler, schedule) = match resume_dir {
@@ -257,8 +278,14 @@ impl Run {
                 backend.restore_optimizer(|opt| {
                     state::load_optimizer(&dir.join(state::OPTIMIZER_FILE), opt, &names)
                 })?;
+                let own = distributed::ranks::resume_state(
+                    r.rng.data_parallel.as_ref(),
+                    &dir.display().to_string(),
+                    dist.size(),
+                    dist.rank(),
+                )?;
                 let sampler = Sampler::resume(plan.lengths.clone(), plan.sampler, &r.rng.sampler)?;
-                rng::set_state(r.rng.dropout);
+                rng::set_state(own.unwrap_or(r.rng.dropout));
                 println!(
                     "resuming from {} at step {}",
                     dir.display(),
@@ -267,7 +294,7 @@ impl Run {
                 (r.state, sampler, r.schedule)
             }
             None => {
-                rng::manual_seed(args.seed);
+                rng::manual_seed(distributed::ranks::rank_seed(args.seed, dist.rank()));
                 let schedule = LrSchedule::new(
                     kind,
                     args.learning_rate,
@@ -286,20 +313,24 @@ impl Run {
                 plan.max_steps
             );
         }
+        let main = dist.is_main();
         let tensorboard = (args.report_to != "none").then(|| {
             args.logging_dir
                 .clone()
                 .unwrap_or_else(|| crate::tensorboard::default_logging_dir(&args.output_dir))
         });
-        let log = MetricsLog::open(
-            &args.output_dir,
-            resume_dir.is_some(),
-            tensorboard.as_deref(),
-        )?;
-        if let Some(f) = log.tensorboard_file() {
+        let log = match main {
+            true => Some(MetricsLog::open(
+                &args.output_dir,
+                resume_dir.is_some(),
+                tensorboard.as_deref(),
+            )?),
+            false => None,
+        };
+        if let Some(f) = log.as_ref().and_then(|l| l.tensorboard_file()) {
             println!("TensorBoard event file: {}", f.display());
         }
-        let progress = Progress::new(plan.max_steps, st.global_step, args.no_progress);
+        let progress = Progress::new(plan.max_steps, st.global_step, args.no_progress || !main);
         Ok(Run {
             first_eval: st.log_history.iter().find_map(|e| e.eval_loss),
             last_eval: st.log_history.iter().rev().find_map(|e| e.eval_loss),
@@ -315,25 +346,38 @@ impl Run {
             empty_windows: 0,
             last_saved: None,
             guard: Guard::new(&args.on_nonfinite)?,
+            ranks: dist.size(),
+            main,
         })
     }
 
-    /// The next accumulation window's micro-batches, or `None` for a window without target
-    /// tokens (skipped with a warning, as it would give a 0/0 loss).
+    /// This rank's micro-batches of the next accumulation window (its shard of each global
+    /// micro-batch), or `None` for a window without target tokens on any rank (skipped with a
+    /// warning, as it would give a 0/0 loss).
     fn next_window(
         &mut self,
         plan: &StepPlan,
         train_set: &[TokenizedExample],
         pad_id: u32,
-    ) -> Result<Option<Vec<MicroBatch>>> {
+        dist: &dyn Collective,
+    ) -> Result<Option<Window>> {
         let n_micro = plan.window_len(self.sampler.state().next_batch);
         let mut micro = Vec::with_capacity(n_micro);
         for _ in 0..n_micro {
-            let idx = self.sampler.next_batch();
+            let idx =
+                distributed::shard::shard(&self.sampler.next_batch(), dist.rank(), self.ranks);
+            if idx.is_empty() {
+                continue;
+            }
             let refs: Vec<&TokenizedExample> = idx.iter().map(|&i| &train_set[i]).collect();
             micro.push(micro_batch(&refs, pad_id)?);
         }
-        if micro.iter().all(|m| m.targets == 0) {
+        let mut totals = [
+            micro.iter().map(|m| m.targets as u64).sum::<u64>(),
+            micro.iter().map(|m| m.tokens as u64).sum::<u64>(),
+        ];
+        dist.all_reduce_sum_u64(&mut totals)?;
+        if totals[0] == 0 {
             self.empty_windows += 1;
             eprintln!("warning: an accumulation window has no target tokens; skipped");
             if self.empty_windows > plan.batches_per_epoch {
@@ -342,27 +386,41 @@ impl Run {
             return Ok(None);
         }
         self.empty_windows = 0;
-        Ok(Some(micro))
+        Ok(Some(Window {
+            micro,
+            targets: totals[0] as usize,
+            tokens: totals[1],
+        }))
     }
 
     /// One optimizer step over a window: every micro-batch's loss `Σ CE / N` with N the
     /// window's target count (so the gradient is the window's token-level mean), then
     /// clipping and AdamW at the schedule's rate for this step. A non-finite loss or norm
     /// applies nothing and is skipped or stops the run, as `--on-nonfinite` says.
+    ///
+    /// With several ranks, each runs its shard of the window, then the gradients and the loss
+    /// are summed over the ranks before clipping.
     fn step(
         &mut self,
         backend: &mut Backend,
-        window: &[MicroBatch],
+        window: &Window,
         max_grad_norm: f64,
+        dist: &dyn Collective,
     ) -> Result<StepOutcome> {
-        let count: usize = window.iter().map(|m| m.targets).sum();
+        let count = window.targets;
         let mut loss = 0.0;
-        for mb in window {
+        for mb in &window.micro {
             loss += backend.forward_backward(&mb.ids, Some(&mb.mask), &mb.labels, count as f64)?;
-            self.st.num_input_tokens_seen += mb.tokens as u64;
             self.samples_this_run += mb.ids.dims()[0] as u64;
-            self.tokens_since_log += mb.tokens as u64;
         }
+        if self.ranks > 1 {
+            backend.reduce_gradients(|g| dist.all_reduce_sum_f32(g))?;
+            let mut l = [loss];
+            dist.all_reduce_sum_f64(&mut l)?;
+            loss = l[0];
+        }
+        self.st.num_input_tokens_seen += window.tokens;
+        self.tokens_since_log += window.tokens;
         let lr = self.schedule.lr(self.st.global_step);
         let update = backend.optimizer_step(lr, max_grad_norm, loss.is_finite())?;
         let step = self.st.global_step + 1;
@@ -397,8 +455,10 @@ impl Run {
 
     /// Appends a history entry to the log, the metrics file and the console.
     fn push_log(&mut self, e: LogEntry) -> Result<()> {
-        self.progress.log(&e);
-        self.log.write(&e)?;
+        if let Some(log) = &mut self.log {
+            self.progress.log(&e);
+            log.write(&e)?;
+        }
         self.st.log_history.push(e);
         Ok(())
     }
@@ -416,6 +476,9 @@ impl Run {
             grad_norm: Some(out.grad_norm),
             learning_rate: Some(self.schedule.lr(st.global_step)),
             tokens_per_second: Some(self.tokens_since_log as f64 / secs),
+            ranks: (self.ranks > 1).then_some(self.ranks),
+            tokens_per_second_per_rank: (self.ranks > 1)
+                .then(|| self.tokens_since_log as f64 / secs / self.ranks as f64),
             ..LogEntry::default()
         };
         self.push_log(e)?;
@@ -444,12 +507,38 @@ impl Run {
         )?;
         self.last_eval = e.eval_loss;
         self.push_log(e)?;
-        self.log.plot(&self.st.log_history)
+        self.plot()
+    }
+
+    /// Redraws the loss curve, on the rank that logs.
+    fn plot(&self) -> Result<()> {
+        match &self.log {
+            Some(log) => log.plot(&self.st.log_history),
+            None => Ok(()),
+        }
     }
 
     /// The save hook: `checkpoint-{step}/` with adapter, optimizer, scheduler, RNG and data
     /// position (from the host copies the backend syncs), then rotation.
-    fn save(&mut self, backend: &mut Backend, lora: &LoraConfig, args: &TrainArgs) -> Result<()> {
+    /// Every rank sends its dropout stream to rank 0, which alone writes.
+    fn save(
+        &mut self,
+        backend: &mut Backend,
+        lora: &LoraConfig,
+        args: &TrainArgs,
+        dist: &dyn Collective,
+    ) -> Result<()> {
+        let mine = rng::state();
+        let all = dist.all_gather_u64(&[mine.seed, mine.offset])?;
+        if !self.main {
+            return Ok(());
+        }
+        let data_parallel = (self.ranks > 1).then(|| distributed::ranks::DataParallelState {
+            world_size: self.ranks,
+            per_device_train_batch_size: args.per_device_train_batch_size,
+            global_train_batch_size: global_batch(args, self.ranks),
+            dropout: distributed::ranks::states_from_gather(&all),
+        });
         let dir = args
             .output_dir
             .join(format!("checkpoint-{}", self.st.global_step));
@@ -457,8 +546,9 @@ impl Run {
         let model = backend.model();
         let opt = backend.checkpoint_state()?;
         let rngf = RngFile {
-            dropout: rng::state(),
+            dropout: mine,
             sampler: self.sampler.state(),
+            data_parallel,
         };
         state::save_checkpoint(
             &dir,
@@ -501,6 +591,11 @@ fn timed_eval(
     })
 }
 
+/// Examples per optimizer step over all ranks.
+fn global_batch(args: &TrainArgs, ranks: usize) -> usize {
+    ranks * args.per_device_train_batch_size * args.gradient_accumulation_steps
+}
+
 /// `trainer_state.json` at step 0.
 fn fresh_state(args: &TrainArgs, max_steps: u64) -> TrainerState {
     TrainerState {
@@ -535,7 +630,31 @@ pub fn train(
     eval_set: &[TokenizedExample],
     stop: Arc<AtomicBool>,
 ) -> Result<TrainSummary> {
+    let device = device_request(args)?;
+    train_with(
+        session,
+        args,
+        train_set,
+        eval_set,
+        stop,
+        &SingleRank,
+        device,
+    )
+}
+
+/// [`train`] as one rank of `dist` (every rank calls it with the same data and flags), on
+/// `device`. Rank 0 evaluates alone (the other ranks wait in the next step's all-reduce).
+pub fn train_with(
+    session: &mut Session,
+    args: &TrainArgs,
+    train_set: &[TokenizedExample],
+    eval_set: &[TokenizedExample],
+    stop: Arc<AtomicBool>,
+    dist: &dyn Collective,
+    device: DeviceRequest,
+) -> Result<TrainSummary> {
     check_args(args)?;
+    let eval_set = if dist.is_main() { eval_set } else { &[] };
     if train_set.is_empty() {
         bail!("no training examples");
     }
@@ -548,9 +667,18 @@ pub fn train(
     let lora = attach_adapters(session, args, resume_dir.as_deref())?;
     session.model.recompute = args.gradient_checkpointing;
     let pad_id = session.pad_id;
-    let (mut backend, where_) =
-        Backend::open(device_request(args)?, &session.model, adamw_config(args))?;
+    let (mut backend, where_) = Backend::open(device, &session.model, adamw_config(args))?;
     println!("{where_}");
+    if dist.size() > 1 {
+        println!(
+            "data parallel: {}; global batch {} = {} ranks x {} per device x {} accumulation",
+            dist.describe(),
+            global_batch(args, dist.size()),
+            dist.size(),
+            args.per_device_train_batch_size,
+            args.gradient_accumulation_steps
+        );
+    }
     if backend.is_cuda() && !args.bf16 {
         eprintln!(
             "note: the CUDA step computes in bf16 with fp32 accumulation and fp32 adapters; \
@@ -558,8 +686,8 @@ pub fn train(
         );
     }
 
-    let plan = StepPlan::new(args, train_set)?;
-    let mut run = Run::start(args, &plan, resume_dir.as_deref(), &mut backend)?;
+    let plan = StepPlan::new(args, train_set, dist.size())?;
+    let mut run = Run::start(args, &plan, resume_dir.as_deref(), &mut backend, dist)?;
     println!(
         "{}\n  {}",
         backend.model().param_counts(),
@@ -580,16 +708,18 @@ pub fn train(
             eval_set.len()
         );
         run.first_eval = Some(l);
-        run.log.write(&e)?;
+        if let Some(log) = &mut run.log {
+            log.write(&e)?;
+        }
         run.st.log_history.push(e);
     }
 
     let mut interrupted = false;
     while run.st.global_step < plan.max_steps {
-        let Some(window) = run.next_window(&plan, train_set, pad_id)? else {
+        let Some(window) = run.next_window(&plan, train_set, pad_id, dist)? else {
             continue;
         };
-        let outcome = run.step(&mut backend, &window, args.max_grad_norm)?;
+        let outcome = run.step(&mut backend, &window, args.max_grad_norm, dist)?;
         drop(window);
         run.record(&outcome, &plan, backend.peak_bytes());
 
@@ -601,12 +731,15 @@ pub fn train(
         if !eval_set.is_empty() && (step.is_multiple_of(args.eval_steps) || at_end) {
             run.log_eval(&backend, pad_id, eval_set, args.per_device_eval_batch_size)?;
         }
-        interrupted = stop.load(Ordering::SeqCst)
+        // A signal may reach the ranks at different steps: they stop together if any saw it.
+        let mut stopping = [u64::from(stop.load(Ordering::SeqCst))];
+        dist.all_reduce_sum_u64(&mut stopping)?;
+        interrupted = stopping[0] > 0
             || (args.stop_after_steps > 0
                 && run.steps_this_run >= args.stop_after_steps
                 && !at_end);
         if step.is_multiple_of(args.save_steps) || at_end || interrupted {
-            run.save(&mut backend, &lora, args)?;
+            run.save(&mut backend, &lora, args, dist)?;
         }
         if interrupted {
             break;
@@ -627,11 +760,13 @@ pub fn train(
             train_loss: Some(st.total_loss / st.global_step.max(1) as f64),
             ..LogEntry::default()
         };
-        run.log.write(&e)?;
+        if let Some(log) = &mut run.log {
+            log.write(&e)?;
+        }
         run.st.log_history.push(e);
     }
-    run.log.plot(&run.st.log_history)?;
-    let adapter_dir = if interrupted {
+    run.plot()?;
+    let adapter_dir = if interrupted || !run.main {
         run.last_saved.clone().unwrap_or_else(|| out.clone())
     } else {
         backend.sync_adapters_to_host()?;
@@ -666,5 +801,7 @@ pub fn train(
         tokens_seen: st.num_input_tokens_seen,
         peak_host_bytes: engine::memory::global_counter().peak_bytes(),
         peak_device_bytes: backend.peak_device_bytes(),
+        ranks: dist.size(),
+        global_batch: global_batch(args, dist.size()),
     })
 }

@@ -2,7 +2,7 @@
 
 use crate::args::TrainArgs;
 use crate::session::{base_options, builtin_session, load_session};
-use crate::train::train;
+use crate::train::train_with;
 use anyhow::{bail, Context, Result};
 use data_finqa::{
     load_file_limited, split_train_val, synthetic, tokenize_report, BadRecordPolicy, DataFormat,
@@ -57,7 +57,35 @@ pub fn load_data_limited(
     Ok(report)
 }
 
+/// `trainer train`, as one rank of a data-parallel job when an MPI launcher started it. An
+/// error on any rank ends every rank (MPI_Abort) after printing it, so that none waits in a
+/// collective for a rank that is gone.
 pub fn run(args: &TrainArgs, stop: Arc<AtomicBool>) -> Result<()> {
+    let (dist, device) = crate::distributed::init(crate::device::device_request(args)?)?;
+    if dist.size() == 1 {
+        return run_rank(args, stop, dist.as_ref(), device);
+    }
+    if !dist.is_main() {
+        crate::distributed::launch::silence_stdout();
+    }
+    let result = run_rank(args, stop, dist.as_ref(), device);
+    if let Err(e) = &result {
+        eprintln!(
+            "error on rank {} of {}: {e:#}\nending all ranks",
+            dist.rank(),
+            dist.size()
+        );
+        dist.abort(1);
+    }
+    result
+}
+
+fn run_rank(
+    args: &TrainArgs,
+    stop: Arc<AtomicBool>,
+    dist: &dyn crate::distributed::Collective,
+    device: model_falcon::DeviceRequest,
+) -> Result<()> {
     crate::validate::train_args(args)?;
     // Fail on an unusable output directory before spending minutes loading a model.
     std::fs::create_dir_all(&args.output_dir).with_context(|| {
@@ -66,16 +94,22 @@ pub fn run(args: &TrainArgs, stop: Arc<AtomicBool>) -> Result<()> {
             args.output_dir.display()
         )
     })?;
-    // Held until the run ends; the kernel releases it however the process ends.
-    let _lock = crate::lock::lock_output_dir(&args.output_dir)?;
-    crate::output_dir::prepare_new_run(args)?;
-    if args.resume == crate::args::ResumeMode::Auto
-        && crate::resume_args::resume_dir(args).is_none()
-    {
-        println!(
-            "--resume auto: no checkpoint in {}; starting a new run",
-            args.output_dir.display()
-        );
+    // Held until the run ends; the kernel releases it however the process ends. With several
+    // ranks, rank 0 alone holds the lock and writes the output directory.
+    let _lock = match dist.is_main() {
+        true => Some(crate::lock::lock_output_dir(&args.output_dir)?),
+        false => None,
+    };
+    if dist.is_main() {
+        crate::output_dir::prepare_new_run(args)?;
+        if args.resume == crate::args::ResumeMode::Auto
+            && crate::resume_args::resume_dir(args).is_none()
+        {
+            println!(
+                "--resume auto: no checkpoint in {}; starting a new run",
+                args.output_dir.display()
+            );
+        }
     }
     let resolved = crate::resume_args::resolve(args)?;
     let args = &resolved;
@@ -151,16 +185,28 @@ pub fn run(args: &TrainArgs, stop: Arc<AtomicBool>) -> Result<()> {
     );
     println!("{}", truncation_summary(&train_set, args.max_length));
     let record = crate::run_record::provenance(args, &session)?;
-    if let Some(dir) = crate::resume_args::resume_dir(args) {
-        if let Some((_, saved)) = crate::run_record::read_run_args(&dir) {
-            for w in crate::run_record::changed_inputs(&serde_json::Value::Object(saved), &record) {
-                eprintln!("warning: {w}");
+    if dist.is_main() {
+        if let Some(dir) = crate::resume_args::resume_dir(args) {
+            if let Some((_, saved)) = crate::run_record::read_run_args(&dir) {
+                for w in
+                    crate::run_record::changed_inputs(&serde_json::Value::Object(saved), &record)
+                {
+                    eprintln!("warning: {w}");
+                }
             }
         }
+        // Written before the first checkpoint, which copies it.
+        crate::resume_args::write(args, &record)?;
     }
-    // Written before the first checkpoint, which copies it.
-    crate::resume_args::write(args, &record)?;
-    let s = train(&mut session, args, &train_set, &eval_set, stop)?;
+    let s = train_with(
+        &mut session,
+        args,
+        &train_set,
+        &eval_set,
+        stop,
+        dist,
+        device,
+    )?;
     println!(
         "done: {} / {} steps in {:.1} s, train loss {:.4}{}",
         s.global_step,
@@ -171,6 +217,16 @@ pub fn run(args: &TrainArgs, stop: Arc<AtomicBool>) -> Result<()> {
             .map(|l| format!(", eval loss {l:.4}"))
             .unwrap_or_default()
     );
+    if s.ranks > 1 {
+        let total = s.tokens_seen as f64 / s.seconds.max(1e-9);
+        println!(
+            "data parallel: {} ranks, global batch {}, {:.0} tok/s in total, {:.0} tok/s per rank",
+            s.ranks,
+            s.global_batch,
+            total,
+            total / s.ranks as f64
+        );
+    }
     println!(
         "peak host tensor memory: {:.1} MiB",
         s.peak_host_bytes as f64 / (1 << 20) as f64

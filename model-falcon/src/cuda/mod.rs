@@ -259,6 +259,29 @@ impl CudaFalcon {
         Ok(self.keys().into_iter().zip(tensors).collect())
     }
 
+    /// The accumulated adapter gradients as the device holds them: one packed f32 vector
+    /// (every matrix at its aligned offset, zeros between), for an all-reduce over ranks.
+    pub fn gradients_packed(&self) -> Result<Vec<f32>> {
+        self.dev
+            .dtoh(&self.adapters.grads)
+            .map_err(cuda_err("download adapter gradients".into()))
+    }
+
+    /// Replaces the accumulated gradients with `packed` (the layout of
+    /// [`Self::gradients_packed`]).
+    pub fn set_gradients_packed(&mut self, packed: &[f32]) -> Result<()> {
+        if packed.len() != self.adapters.len() {
+            return Err(FalconError::InvalidArgument(format!(
+                "{} gradient values for a packed adapter buffer of {}",
+                packed.len(),
+                self.adapters.len()
+            )));
+        }
+        self.dev
+            .write(&mut self.adapters.grads, packed)
+            .map_err(cuda_err("upload adapter gradients".into()))
+    }
+
     fn keys(&self) -> Vec<String> {
         self.adapters
             .slots

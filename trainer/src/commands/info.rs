@@ -37,6 +37,7 @@
 //! come on top on a GPU.
 
 use crate::args::InfoArgs;
+use crate::distributed::plan::DataParallelPlan;
 use anyhow::{bail, Result};
 use engine::nf4::{QuantConfig, NESTED_BLOCKSIZE};
 use model_falcon::checkpoint::linear_modules;
@@ -77,6 +78,8 @@ pub struct ModelInfo {
     /// Why the CUDA step cannot, otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gpu_unsupported: Option<String>,
+    /// Global batch and gradient all-reduce volume with `--ranks`.
+    pub data_parallel: DataParallelPlan,
 }
 
 /// The training memory estimate (see the module docs), in bytes.
@@ -232,6 +235,12 @@ pub fn model_info(cfg: &FalconConfig, a: &InfoArgs) -> Result<ModelInfo> {
         memory,
         gpu_memory: gpu_plan.as_ref().ok().cloned(),
         gpu_unsupported: gpu_plan.err(),
+        data_parallel: DataParallelPlan::new(
+            a.ranks,
+            a.per_device_train_batch_size,
+            a.gradient_accumulation_steps,
+            trainable,
+        ),
     })
 }
 
@@ -272,6 +281,9 @@ pub fn info(a: &InfoArgs) -> Result<()> {
     }
     if a.per_device_train_batch_size == 0 || a.max_length == 0 || a.lora_r == 0 {
         bail!("--per-device-train-batch-size, --max-length and --lora-r must be at least 1");
+    }
+    if a.ranks == 0 || a.gradient_accumulation_steps == 0 {
+        bail!("--ranks and --gradient-accumulation-steps must be at least 1");
     }
     if !a.model.is_dir() {
         bail!("model directory {} does not exist", a.model.display());
@@ -380,6 +392,9 @@ pub fn info(a: &InfoArgs) -> Result<()> {
         }
         (None, Some(why)) => println!("the CUDA step cannot train this configuration: {why}"),
         (None, None) => {}
+    }
+    for line in i.data_parallel.lines() {
+        println!("{line}");
     }
     if let Some(gpu) = &a.gpu {
         super::info_gpu::print(&cfg, a, i.gpu_memory.as_ref(), gpu)?;

@@ -63,6 +63,16 @@ pub fn print(
         s.step_ms, p.launches
     );
     println!("  tokens/s             {:>10.0}", s.tokens_per_s);
+    if a.ranks > 1 {
+        // Data parallelism replicates the step; the all-reduce, once per window, is left out
+        // (BENCHMARKS.md puts it below 2 % of a window at the seed's accumulation).
+        println!(
+            "  {:<20} {:>10.0} in total ({:.0} per rank; all-reduce not included)",
+            format!("tokens/s, {} ranks", a.ranks),
+            s.tokens_per_s * a.ranks as f64,
+            s.tokens_per_s
+        );
+    }
     println!("  MFU                  {:>10.1} %", 100.0 * s.mfu);
     let plan_peak = memory.map(|m| m.peak).unwrap_or(p.planned_peak_bytes);
     println!(
