@@ -25,26 +25,42 @@ fn main() {
         .collect();
     families.sort();
 
-    let mut build = cc::Build::new();
+    let asan = std::env::var_os("CARGO_FEATURE_ASAN").is_some();
+    let new_build = || {
+        let mut b = cc::Build::new();
+        b.cpp(true)
+            .std("c++17")
+            .opt_level(2)
+            .include(&cuda)
+            .include(root.join("emu"))
+            .warnings(true)
+            .extra_warnings(true)
+            .warnings_into_errors(true)
+            .flag("-Wno-unused-parameter");
+        if asan {
+            b.flag("-fsanitize=address").flag("-fno-omit-frame-pointer");
+        }
+        b
+    };
+    // The runtime, the memory checker and the registry: not instrumented.
+    let mut build = new_build();
     build
-        .cpp(true)
-        .std("c++17")
-        .opt_level(2)
-        .include(&cuda)
-        .include(root.join("emu"))
-        .warnings(true)
-        .extra_warnings(true)
-        .warnings_into_errors(true)
-        .flag("-Wno-unused-parameter")
-        .file(root.join("emu/runtime.cpp"));
-    if std::env::var_os("CARGO_FEATURE_ASAN").is_some() {
-        build
-            .flag("-fsanitize=address")
-            .flag("-fno-omit-frame-pointer");
+        .file(root.join("emu/runtime.cpp"))
+        .file(root.join("emu/checker.cpp"));
+    // The kernel families: instrumented so that every load and store calls the checker
+    // (emu/checker.cpp implements the -fsanitize=thread entry points; no TSan runtime is
+    // linked). AddressSanitizer cannot be combined with it, so the ASan build runs unchecked.
+    let mut kernels = new_build();
+    if asan {
         // The Rust link drives gcc with -nodefaultlibs, so name the runtime explicitly. It is
         // not first in the library list; emu/runtime.cpp's __asan_default_options turns that
         // check off (verify_asan_link_order=0).
         println!("cargo:rustc-link-lib=dylib=asan");
+    } else {
+        kernels
+            .flag("-fsanitize=thread")
+            .flag("--param=tsan-instrument-func-entry-exit=0");
+        build.define("KC_EMU_CHECKED", None);
     }
 
     let mut registry =
@@ -61,7 +77,7 @@ fn main() {
         let tu = family_unit(&family, path, &names);
         let tu_path = out.join(format!("emu_{family}.cpp"));
         std::fs::write(&tu_path, tu).expect("OUT_DIR is writable");
-        build.file(&tu_path);
+        kernels.file(&tu_path);
         let _ = writeln!(
             registry,
             "extern const kc_emu::KernelEntry {family}[];\nextern const unsigned {family}_len;"
@@ -87,6 +103,7 @@ fn main() {
     let reg_path = out.join("emu_registry.cpp");
     std::fs::write(&reg_path, registry).expect("OUT_DIR is writable");
     build.file(&reg_path);
+    kernels.compile("kc_emu_kernels");
     build.compile("kc_emu");
 }
 

@@ -208,6 +208,8 @@ inline unsigned atomicMax(unsigned* p, unsigned v) {
 inline unsigned atomicMin(unsigned* p, unsigned v) {
   return atomic_update(p, [v](unsigned o) { return o < v ? o : v; });
 }
+inline int atomicOr(int* p, int v) { return __atomic_fetch_or(p, v, __ATOMIC_RELAXED); }
+inline unsigned atomicOr(unsigned* p, unsigned v) { return __atomic_fetch_or(p, v, __ATOMIC_RELAXED); }
 inline unsigned atomicExch(unsigned* p, unsigned v) { return __atomic_exchange_n(p, v, __ATOMIC_RELAXED); }
 inline int atomicExch(int* p, int v) { return __atomic_exchange_n(p, v, __ATOMIC_RELAXED); }
 inline unsigned atomicCAS(unsigned* p, unsigned expected, unsigned desired) {

@@ -414,7 +414,7 @@ impl Device {
         #[cfg(feature = "emulator")]
         {
             Ok(Device::from_backend(Box::new(
-                crate::backend::emu::EmuBackend::new(opts),
+                crate::backend::emu::EmuBackend::try_new(opts)?,
             )))
         }
         #[cfg(not(feature = "emulator"))]
@@ -632,12 +632,34 @@ pub struct EmulatorOptions {
     /// Largest dynamic shared memory per block a launch may ask for. Default 101376 bytes
     /// (99 KiB, the opt-in limit of sm_86/sm_89, the smallest among our targets).
     pub max_shared_bytes: u32,
+    /// Run the memory checker (data races, misaligned and out-of-bounds accesses, cp.async
+    /// reads before their wait; see `emu/checker.h`). `None`: on, unless the environment sets
+    /// `KERNELS_CU_EMU_CHECKS=0`.
+    pub checks: Option<bool>,
+    /// The order of blocks and threads. `None`: from `KERNELS_CU_EMU_ORDER` (`ascending`,
+    /// `descending`, `random[:SEED]` or `all[:SEED]`), else ascending.
+    pub order: Option<ExecOrder>,
+}
+
+/// The order in which the emulator runs the blocks of a launch and, within a block, the threads
+/// between two barriers or warp collectives. Results of a correct kernel do not depend on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecOrder {
+    Ascending,
+    Descending,
+    /// A permutation drawn from the seed (and the launch's position in the run).
+    Random(u64),
+    /// Every launch three times (ascending, descending, random), from the same inputs; any
+    /// difference in the buffers the kernel can reach is an error naming the first byte.
+    All(u64),
 }
 
 impl Default for EmulatorOptions {
     fn default() -> Self {
         EmulatorOptions {
             max_shared_bytes: 101_376,
+            checks: None,
+            order: None,
         }
     }
 }

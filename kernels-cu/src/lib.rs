@@ -142,7 +142,7 @@ pub mod tools;
 
 pub use device::{
     describe_code, Arg, ArgValue, Backend, BackendKind, Buffer, BufferView, BufferViewMut, Device,
-    DeviceInfo, Dim3, EmulatorOptions, Launch,
+    DeviceInfo, Dim3, EmulatorOptions, ExecOrder, Launch,
 };
 pub use dtype::{DType, Elem};
 pub use error::{Error, Result};

@@ -3,3 +3,5 @@
 pub mod cuda;
 #[cfg(feature = "emulator")]
 pub mod emu;
+#[cfg(feature = "emulator")]
+mod order_compare;
