@@ -444,6 +444,13 @@ void mem_release(const void* p, size_t n) {
 }
 
 }  // namespace check
+
+void misaligned(const void* p, unsigned n, bool write) {
+  check::Ctx& c = check::tls_ctx;
+  uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  check::report_misaligned(c, check::page_for(c, a >> check::kPageBits), a, n, write);
+}
+
 }  // namespace kc_emu
 
 // ---- the entry points that GCC's -fsanitize=thread instrumentation calls -----------------

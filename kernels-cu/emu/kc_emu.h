@@ -49,6 +49,11 @@ void cp_async(void* dst, const void* src, unsigned cp_size, unsigned src_size);
 void cp_async_commit();
 void cp_async_wait(int n);
 [[noreturn]] void trap(const char* what);
+// A misaligned `n`-byte access at p: the launch fails with a message naming the memory.
+[[noreturn]] void misaligned(const void* p, unsigned n, bool write);
+inline void check_aligned(const void* p, unsigned n, bool write) {
+  if (reinterpret_cast<uintptr_t>(p) & (n - 1)) misaligned(p, n, write);
+}
 
 enum ShflMode { SHFL_IDX = 0, SHFL_UP = 1, SHFL_DOWN = 2, SHFL_XOR = 3 };
 

@@ -654,6 +654,23 @@ pub enum ExecOrder {
     All(u64),
 }
 
+impl ExecOrder {
+    /// Parses `ascending`, `descending`, `random[:SEED]` or `all[:SEED]` (seed 1 by default).
+    pub fn parse(v: &str) -> Option<ExecOrder> {
+        let (name, seed) = match v.split_once(':') {
+            Some((n, s)) => (n, s.parse::<u64>().ok()?),
+            None => (v, 1),
+        };
+        match name {
+            "" | "ascending" => Some(ExecOrder::Ascending),
+            "descending" => Some(ExecOrder::Descending),
+            "random" => Some(ExecOrder::Random(seed)),
+            "all" => Some(ExecOrder::All(seed)),
+            _ => None,
+        }
+    }
+}
+
 impl Default for EmulatorOptions {
     fn default() -> Self {
         EmulatorOptions {

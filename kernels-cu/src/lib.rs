@@ -157,6 +157,19 @@ pub fn cuda_driver_present() -> bool {
     backend::cuda::driver_present()
 }
 
+/// True when the emulator's memory checker is built in (every emulator build except the
+/// AddressSanitizer one).
+pub fn emulator_checks_available() -> bool {
+    #[cfg(feature = "emulator")]
+    {
+        backend::emu::checks_available()
+    }
+    #[cfg(not(feature = "emulator"))]
+    {
+        false
+    }
+}
+
 /// Names and C++ signatures of the kernels compiled into the emulator (empty without it).
 pub fn emulator_kernels() -> Vec<(String, String)> {
     #[cfg(feature = "emulator")]

@@ -80,26 +80,10 @@ fn env_checks() -> Result<bool> {
     }
 }
 
-/// Parses `ascending`, `descending`, `random[:SEED]` or `all[:SEED]`.
-pub fn parse_order(v: &str) -> Option<ExecOrder> {
-    let (name, seed) = match v.split_once(':') {
-        Some((n, s)) => (n, Some(s.parse::<u64>().ok()?)),
-        None => (v, None),
-    };
-    let seed = seed.unwrap_or(1);
-    match name {
-        "" | "ascending" => Some(ExecOrder::Ascending),
-        "descending" => Some(ExecOrder::Descending),
-        "random" => Some(ExecOrder::Random(seed)),
-        "all" => Some(ExecOrder::All(seed)),
-        _ => None,
-    }
-}
-
 fn env_order() -> Result<ExecOrder> {
     match std::env::var(ORDER_VAR) {
         Err(_) => Ok(ExecOrder::Ascending),
-        Ok(v) => parse_order(&v).ok_or(Error::Env {
+        Ok(v) => ExecOrder::parse(&v).ok_or(Error::Env {
             var: ORDER_VAR,
             value: v,
             expected: "ascending, descending, random[:SEED] or all[:SEED]",
