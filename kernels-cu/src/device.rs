@@ -562,6 +562,7 @@ impl Device {
                 Arg::F64(v) => ArgValue::F64(*v),
             });
         }
+        check_vector_alignment(l.kernel, &values)?;
         // SAFETY: forwarded contract of this function.
         unsafe {
             self.inner
@@ -597,6 +598,30 @@ impl Device {
             mutable,
         })
     }
+}
+
+/// Refuses a launch that passes a kernel's 16-byte-vector parameter a misaligned address (see
+/// [`crate::launch_align`]): on a GPU the first such access kills the context.
+fn check_vector_alignment(kernel: Kernel, values: &[ArgValue]) -> Result<()> {
+    use crate::launch_align::{vector_params, VECTOR_ALIGN};
+    for &i in vector_params(kernel.name) {
+        if let Some(ArgValue::Ptr { addr, dtype, .. }) = values.get(i) {
+            if addr % VECTOR_ALIGN != 0 {
+                return Err(Error::InvalidLaunch {
+                    kernel: kernel.name,
+                    reason: format!(
+                        "argument {i} ({dtype:?}) starts {} bytes past a {VECTOR_ALIGN}-byte \
+                         boundary, but the kernel reads it with {VECTOR_ALIGN}-byte vector \
+                         accesses (a GPU faults with \"misaligned address\"); start the buffer \
+                         view at a multiple of {} elements",
+                        addr % VECTOR_ALIGN,
+                        VECTOR_ALIGN as usize / dtype.size(),
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// CUDA's launch limits (the same on sm_80..sm_90).

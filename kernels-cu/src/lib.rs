@@ -131,6 +131,7 @@ pub mod backend;
 mod device;
 mod dtype;
 mod error;
+pub mod launch_align;
 pub mod nvrtc;
 pub mod ops;
 pub mod pool;

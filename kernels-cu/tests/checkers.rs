@@ -407,14 +407,8 @@ fn every_order_runs_every_block_and_thread_once() {
 
 #[test]
 fn invalid_order_in_the_environment_is_a_clear_error() {
-    assert_eq!(
-        ExecOrder::parse("random:42"),
-        Some(ExecOrder::Random(42))
-    );
-    assert_eq!(
-        ExecOrder::parse("descending"),
-        Some(ExecOrder::Descending)
-    );
+    assert_eq!(ExecOrder::parse("random:42"), Some(ExecOrder::Random(42)));
+    assert_eq!(ExecOrder::parse("descending"), Some(ExecOrder::Descending));
     assert_eq!(ExecOrder::parse("all"), Some(ExecOrder::All(1)));
     assert_eq!(ExecOrder::parse("sideways"), None);
     assert_eq!(ExecOrder::parse("random:x"), None);
