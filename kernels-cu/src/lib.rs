@@ -128,6 +128,7 @@
 //!   can be opened (used by `scripts/gpu-check.sh`).
 
 pub mod backend;
+pub mod cubin;
 mod device;
 mod dtype;
 mod error;
