@@ -37,6 +37,7 @@ inline ThreadState& cur() { return *tls_current; }
 
 void* dynamic_smem();
 void syncthreads();
+void syncthreads_at(const char* file, int line);
 void syncwarp(unsigned mask);
 unsigned long long shfl(int mode, unsigned mask, unsigned long long v, int b, int width);
 unsigned vote_ballot(unsigned mask, int pred);
@@ -156,7 +157,10 @@ struct Trampoline<F> {
 #define gridDim (kc_emu::cur().grid_dim)
 #define warpSize 32
 
-inline void __syncthreads() { kc_emu::syncthreads(); }
+// A macro, so that the barrier knows its source line: KERNELS_CU_EMU_SKIP_BARRIER=FILE:LINE
+// turns that one __syncthreads into a no-op (barrier mutation testing,
+// scripts/barrier-mutations.sh).
+#define __syncthreads() kc_emu::syncthreads_at(__FILE__, __LINE__)
 inline void __syncwarp(unsigned mask = 0xffffffffu) { kc_emu::syncwarp(mask); }
 inline void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 inline void __threadfence_block() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
