@@ -26,13 +26,15 @@ namespace {
 constexpr unsigned kPageBits = 12;
 constexpr uintptr_t kPageSize = uintptr_t{1} << kPageBits;
 
-// Record: serial (28 bits, 0 = no record) | interval (12) | thread (10) | warp epoch (13) | pending.
+// Record: serial (28 bits, 0 = no record) | interval (12) | thread (10) | warp epoch (12) |
+// atomic | cp.async pending.
 // Serials, intervals and warp epochs wrap; a wrapped value can only make an old record look
 // current, which needs 2^12 barriers (or 2^28 blocks) between two accesses to one byte.
 constexpr uint64_t kSerialMod = (uint64_t{1} << 28) - 1;  // serials are 1..kSerialMod
 constexpr uint64_t kSerialMask = (uint64_t{1} << 28) - 1;
 constexpr unsigned kIntervalShift = 28, kTidShift = 40, kEpochShift = 50;
-constexpr uint64_t kIntervalMask = 0xfff, kTidMask = 0x3ff, kEpochMask = 0x1fff;
+constexpr uint64_t kIntervalMask = 0xfff, kTidMask = 0x3ff, kEpochMask = 0xfff;
+constexpr uint64_t kAtomic = uint64_t{1} << 62;  // an atomic operation (never races another)
 constexpr uint64_t kPending = uint64_t{1} << 63;
 
 struct Cell {
@@ -228,7 +230,7 @@ std::string where(const Ctx& c, const Page* pg, uintptr_t a) {
   return buf;
 }
 
-[[noreturn]] void report_race(const Ctx& c, const Page* pg, uintptr_t a, unsigned n, bool write, uint32_t tid,
+[[noreturn]] void report_race(const Ctx& c, const Page* pg, uintptr_t a, unsigned n, const char* verb, uint32_t tid,
                               uint64_t other, bool other_write) {
   char buf[900];
   uint64_t os = rec_serial(other);
@@ -237,9 +239,10 @@ std::string where(const Ctx& c, const Page* pg, uintptr_t a) {
                               " __syncthreads of the block), with no __syncthreads, or warp collective "
                               "of their warp, between them"
                         : "in the same launch; blocks are not ordered (use atomics, or a second launch)";
+  const char* other_verb = (other & kAtomic) ? "updated atomically" : other_write ? "wrote" : "read";
   snprintf(buf, sizeof buf, "data race in kernel %s: %s %s %u bytes at %s, which %s %s %s", c.launch->kernel,
-           who(c, c.serial, tid).c_str(), write ? "writes" : "reads", n, where(c, pg, a).c_str(),
-           who(c, os, rec_tid(other)).c_str(), other_write ? "wrote" : "read", why.c_str());
+           who(c, c.serial, tid).c_str(), verb, n, where(c, pg, a).c_str(), who(c, os, rec_tid(other)).c_str(),
+           other_verb, why.c_str());
   trap(buf);
 }
 
@@ -262,7 +265,7 @@ void read_cell(const Ctx& c, Page* pg, uintptr_t a, unsigned n, uint32_t tid, ui
   if (w & kPending) {
     if (rec_serial(w) == c.serial) report_pending(c, pg, a, false, tid, w);
   } else if (concurrent(c, pg, w, tid)) {
-    report_race(c, pg, a, n, false, tid, w, true);
+    report_race(c, pg, a, n, "reads", tid, w, true);
   }
   uint64_t r1 = load(&x.r1);
   if (r1 == me) return;
@@ -282,13 +285,29 @@ void write_cell(const Ctx& c, Page* pg, uintptr_t a, unsigned n, uint32_t tid, u
   if (w & kPending) {
     if (rec_serial(w) == c.serial) report_pending(c, pg, a, true, tid, w);
   } else if (concurrent(c, pg, w, tid)) {
-    report_race(c, pg, a, n, true, tid, w, true);
+    report_race(c, pg, a, n, "writes", tid, w, true);
   }
   uint64_t r1 = load(&x.r1);
-  if (concurrent(c, pg, r1, tid)) report_race(c, pg, a, n, true, tid, r1, false);
+  if (concurrent(c, pg, r1, tid)) report_race(c, pg, a, n, "writes", tid, r1, false);
   uint64_t r2 = load(&x.r2);
-  if (concurrent(c, pg, r2, tid)) report_race(c, pg, a, n, true, tid, r2, false);
+  if (concurrent(c, pg, r2, tid)) report_race(c, pg, a, n, "writes", tid, r2, false);
   store(&x.w, me);
+}
+
+// An atomic operation: it never races another atomic, but a plain access of the same bytes by
+// another thread, unordered with it, is a race (e.g. a flag cleared by one thread while the
+// others set it atomically, with no barrier in between).
+void atomic_cell(const Ctx& c, Page* pg, uintptr_t a, unsigned n, uint32_t tid, uint64_t me) {
+  Cell& x = pg->cells[a & (kPageSize - 1)];
+  uint64_t w = load(&x.w);
+  if ((w & kPending) && rec_serial(w) == c.serial) report_pending(c, pg, a, true, tid, w);
+  if (!(w & (kAtomic | kPending)) && concurrent(c, pg, w, tid))
+    report_race(c, pg, a, n, "updates atomically", tid, w, true);
+  uint64_t r1 = load(&x.r1);
+  if (concurrent(c, pg, r1, tid)) report_race(c, pg, a, n, "updates atomically", tid, r1, false);
+  uint64_t r2 = load(&x.r2);
+  if (concurrent(c, pg, r2, tid)) report_race(c, pg, a, n, "updates atomically", tid, r2, false);
+  store(&x.w, me | kAtomic);
 }
 
 [[noreturn]] void report_misaligned(const Ctx& c, Page* pg, uintptr_t a, unsigned n, bool write) {
@@ -333,6 +352,21 @@ void access(Ctx& c, uintptr_t a, size_t n, bool write, unsigned align, uint32_t 
     a += part;
     n -= part;
   }
+}
+
+void atomic_access(Ctx& c, uintptr_t a, unsigned n) {
+  if (a & (n - 1)) report_misaligned(c, page_for(c, a >> kPageBits), a, n, true);
+  uint64_t me = record_of(c, c.tid);
+  Page* pg = page_for(c, a >> kPageBits);  // aligned: never crosses a page
+  for (unsigned i = 0; i < n; i++) atomic_cell(c, pg, a + i, n, c.tid, me);
+}
+
+inline __attribute__((always_inline)) void atomic_hook(const volatile void* p, unsigned n) {
+  Ctx& c = tls_ctx;
+  if (!c.active) return;
+  uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  if (a - c.stack_lo < c.stack_size) return;
+  atomic_access(c, a, n);
 }
 
 inline __attribute__((always_inline)) void hook(void* p, unsigned n, bool write, unsigned align) {
@@ -455,6 +489,7 @@ void misaligned(const void* p, unsigned n, bool write) {
 
 // ---- the entry points that GCC's -fsanitize=thread instrumentation calls -----------------
 
+using kc_emu::check::atomic_hook;
 using kc_emu::check::hook;
 
 #define KC_RW(N)                                                                                   \
@@ -488,39 +523,51 @@ extern "C" void __tsan_vptr_read(void*) {}
 // Atomics are real atomic operations and are not recorded: they never race.
 #define KC_ATOMICS(BITS, T)                                                                        \
   extern "C" T __tsan_atomic##BITS##_load(const volatile T* a, int) {                              \
+    atomic_hook(a, sizeof(T));                                                                     \
     return __atomic_load_n(a, __ATOMIC_SEQ_CST);                                                   \
   }                                                                                                \
   extern "C" void __tsan_atomic##BITS##_store(volatile T* a, T v, int) {                           \
+    atomic_hook(a, sizeof(T));                                                                     \
     __atomic_store_n(a, v, __ATOMIC_SEQ_CST);                                                      \
   }                                                                                                \
   extern "C" T __tsan_atomic##BITS##_exchange(volatile T* a, T v, int) {                           \
+    atomic_hook(a, sizeof(T));                                                                     \
     return __atomic_exchange_n(a, v, __ATOMIC_SEQ_CST);                                            \
   }                                                                                                \
   extern "C" T __tsan_atomic##BITS##_fetch_add(volatile T* a, T v, int) {                          \
+    atomic_hook(a, sizeof(T));                                                                     \
     return __atomic_fetch_add(a, v, __ATOMIC_SEQ_CST);                                             \
   }                                                                                                \
   extern "C" T __tsan_atomic##BITS##_fetch_sub(volatile T* a, T v, int) {                          \
+    atomic_hook(a, sizeof(T));                                                                     \
     return __atomic_fetch_sub(a, v, __ATOMIC_SEQ_CST);                                             \
   }                                                                                                \
   extern "C" T __tsan_atomic##BITS##_fetch_and(volatile T* a, T v, int) {                          \
+    atomic_hook(a, sizeof(T));                                                                     \
     return __atomic_fetch_and(a, v, __ATOMIC_SEQ_CST);                                             \
   }                                                                                                \
   extern "C" T __tsan_atomic##BITS##_fetch_or(volatile T* a, T v, int) {                           \
+    atomic_hook(a, sizeof(T));                                                                     \
     return __atomic_fetch_or(a, v, __ATOMIC_SEQ_CST);                                              \
   }                                                                                                \
   extern "C" T __tsan_atomic##BITS##_fetch_xor(volatile T* a, T v, int) {                          \
+    atomic_hook(a, sizeof(T));                                                                     \
     return __atomic_fetch_xor(a, v, __ATOMIC_SEQ_CST);                                             \
   }                                                                                                \
   extern "C" T __tsan_atomic##BITS##_fetch_nand(volatile T* a, T v, int) {                         \
+    atomic_hook(a, sizeof(T));                                                                     \
     return __atomic_fetch_nand(a, v, __ATOMIC_SEQ_CST);                                            \
   }                                                                                                \
   extern "C" int __tsan_atomic##BITS##_compare_exchange_strong(volatile T* a, T* c, T v, int, int) { \
+    atomic_hook(a, sizeof(T));                                                                     \
     return __atomic_compare_exchange_n(a, c, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);        \
   }                                                                                                \
   extern "C" int __tsan_atomic##BITS##_compare_exchange_weak(volatile T* a, T* c, T v, int, int) { \
+    atomic_hook(a, sizeof(T));                                                                     \
     return __atomic_compare_exchange_n(a, c, v, true, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);         \
   }                                                                                                \
   extern "C" T __tsan_atomic##BITS##_compare_exchange_val(volatile T* a, T c, T v, int, int) {     \
+    atomic_hook(a, sizeof(T));                                                                     \
     __atomic_compare_exchange_n(a, &c, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);              \
     return c;                                                                                      \
   }

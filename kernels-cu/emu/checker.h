@@ -8,7 +8,7 @@
 // at least one a write, race unless
 //   - a __syncthreads separates them (they lie in different barrier intervals of the block), or
 //   - both threads are lanes of one warp and a warp collective completed in between, or
-//   - the access is an atomic (atomics are not recorded).
+//   - both accesses are atomics (an atomic and a plain access of the same bytes do race).
 // In global memory, accesses by different blocks of one launch are never ordered (there is no
 // grid-wide barrier), so any write that another block also touches is a race.
 // A cp.async destination is written asynchronously from the issue until the issuing thread's

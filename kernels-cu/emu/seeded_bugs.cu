@@ -74,3 +74,16 @@ extern "C" __global__ void seeded_read_past_end(float* out, const float* in, int
   const int t = threadIdx.x;
   if (t < n) out[t] = in[t + (past_end && t == n - 1 ? 1 : 0)];
 }
+
+// Thread 0 clears a shared flag that the threads holding a match then set atomically; without
+// the barrier between the clear and the atomics the plain store races them.
+extern "C" __global__ void seeded_flag_cleared_without_barrier(int* out, const u32* in, u32 key,
+                                                               int with_barrier) {
+  __shared__ int found;
+  const int t = threadIdx.x;
+  if (t == 0) found = 0;
+  if (with_barrier) __syncthreads();
+  if (in[t] == key) atomicOr(&found, 1);
+  __syncthreads();
+  out[t] = found;
+}

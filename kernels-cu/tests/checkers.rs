@@ -33,6 +33,7 @@ const CP_ASYNC_BEFORE_WAIT: Kernel = seeded("seeded_cp_async_before_wait");
 const BLOCKS_SHARE_AN_ADDRESS: Kernel = seeded("seeded_blocks_share_an_address");
 const WARP_EXCHANGE: Kernel = seeded("seeded_warp_exchange");
 const READ_PAST_END: Kernel = seeded("seeded_read_past_end");
+const FLAG_CLEARED_WITHOUT_BARRIER: Kernel = seeded("seeded_flag_cleared_without_barrier");
 
 fn checked() -> Device {
     Device::emulator_with(EmulatorOptions {
@@ -296,6 +297,41 @@ fn lanes_of_one_warp_need_a_warp_collective_between_write_and_read() {
     for lane in 0..32 {
         assert_eq!(got[lane], x[lane ^ 1], "lane {lane}");
     }
+}
+
+#[test]
+fn a_plain_store_racing_atomics_on_the_same_flag_is_reported() {
+    let dev = checked();
+    let n = 64;
+    let mut rng = Rng::new(9);
+    let mut x: Vec<u32> = (0..n).map(|_| rng.next_u32()).collect();
+    let key = x[37];
+    x[50] = key;
+    let xb = dev.htod(&x).unwrap();
+    let mut out = dev.htod(&vec![-1i32; n]).unwrap();
+    let r = launch(
+        &dev,
+        FLAG_CLEARED_WITHOUT_BARRIER,
+        1,
+        n as u32,
+        0,
+        &[out.arg_mut(), xb.arg(), Arg::U32(key), Arg::I32(0)],
+    );
+    let msg = reported(r, "plain store racing atomics");
+    assert!(
+        msg.contains("data race") && msg.contains("atomically"),
+        "{msg}"
+    );
+    launch(
+        &dev,
+        FLAG_CLEARED_WITHOUT_BARRIER,
+        1,
+        n as u32,
+        0,
+        &[out.arg_mut(), xb.arg(), Arg::U32(key), Arg::I32(1)],
+    )
+    .unwrap();
+    assert_eq!(dev.dtoh::<i32>(&out).unwrap(), vec![1; n]);
 }
 
 #[test]
