@@ -5,3 +5,4 @@ pub mod cuda;
 pub mod emu;
 #[cfg(feature = "emulator")]
 mod order_compare;
+pub mod pooled;

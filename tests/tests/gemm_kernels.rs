@@ -1,0 +1,471 @@
+//! NF4 dequantization and the tensor-core GEMMs (kernels-cu `gemm.cu`) on the emulator (and a
+//! GPU when one is present) against the engine's NF4 implementation and float64 references.
+//!
+//! - Dequantize: bit-identical to `QuantizedWeight::dequantize_bf16` / `dequantize_f32`.
+//! - GEMMs: the reference is the float64 product of the same bf16 inputs (for the NF4 GEMMs, the
+//!   weight `dequantize_bf16` produces). With u = 2⁻²⁴ and mag = Σ_k |a_k·b_k| (f64), products of
+//!   bf16 values are exact in fp32 and the K-term fp32 accumulation (in an unspecified order inside
+//!   mma, then across k-steps) errs by at most K·u·mag; the tolerance is (K + 16)·u·mag (+ the
+//!   α/β epilogue roundings, covered by the +16 and a u·|β·C| term), plus 2⁻⁸·|ref| for one
+//!   rounding to a bf16 output.
+//! - Outputs start poisoned (the emulator fills fresh buffers with NaN bytes; β = 0 must not
+//!   read them), shapes are ragged in M and N (and K for the bf16 GEMM), inputs fresh per case.
+
+use engine::nf4::{Absmax, QuantConfig, QuantizedWeight, NF4_THRESHOLDS};
+use engine::testing::{assert_close, Rng, F32_UNIT_ROUNDOFF as U};
+use half::bf16;
+use integration_tests::devices;
+use kernels_cu::ops::gemm::{self, Layout, Nf4Weight};
+use kernels_cu::{DType, Device, Error};
+use model_falcon::cuda::nf4_parts;
+use proptest::prelude::*;
+
+/// The draws these tests need beyond the shared generator's.
+trait Draws {
+    /// Uniform in [-1, 1).
+    fn unit(&mut self) -> f64;
+    /// bf16 values with varied magnitudes (a per-row scale) and both signs.
+    fn bf16s(&mut self, n: usize) -> Vec<bf16>;
+}
+
+impl Draws for Rng {
+    fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 52) as f64 - 1.0
+    }
+    fn bf16s(&mut self, n: usize) -> Vec<bf16> {
+        (0..n)
+            .map(|i| bf16::from_f64(self.unit() * (1.0 + (i % 7) as f64 * 0.5)))
+            .collect()
+    }
+}
+
+fn quantize(
+    rng: &mut Rng,
+    n: usize,
+    k: usize,
+    blocksize: usize,
+    bf16_src: bool,
+) -> QuantizedWeight {
+    let cfg = QuantConfig {
+        blocksize,
+        ..QuantConfig::default()
+    };
+    // Rows with different scales so absmax (and its double quantization) varies.
+    let vals: Vec<f32> = (0..n * k)
+        .map(|i| (rng.unit() * 0.05 * (1.0 + (i / k.max(1)) as f64 % 5.0)) as f32)
+        .collect();
+    if bf16_src {
+        let v: Vec<bf16> = vals.iter().map(|&x| bf16::from_f32(x)).collect();
+        QuantizedWeight::quantize(&v, n, k, cfg).expect("valid quantization")
+    } else {
+        QuantizedWeight::quantize(&vals, n, k, cfg).expect("valid quantization")
+    }
+}
+
+fn upload(dev: &Device, q: &QuantizedWeight) -> Nf4Weight {
+    let parts = nf4_parts("test weight", q).expect("the default config double-quantizes");
+    Nf4Weight::upload(dev, &parts).expect("consistent weight parts")
+}
+
+fn check_dequant(n: usize, k: usize, blocksize: usize, seed: u64) {
+    let mut rng = Rng::from_state(seed);
+    let q = quantize(&mut rng, n, k, blocksize, seed.is_multiple_of(2));
+    let want_bf: Vec<u16> = q.dequantize_bf16().iter().map(|v| v.to_bits()).collect();
+    let want_f: Vec<u32> = q.dequantize_f32().iter().map(|v| v.to_bits()).collect();
+    for dev in devices() {
+        let w = upload(&dev, &q);
+        let got_bf = gemm::dequantize(&dev, &w, DType::BF16).unwrap();
+        let got_bf: Vec<u16> = dev
+            .dtoh::<bf16>(&got_bf)
+            .unwrap()
+            .iter()
+            .map(|v| v.to_bits())
+            .collect();
+        assert_eq!(got_bf, want_bf, "bf16 dequantize {n}x{k} bs {blocksize}");
+        let got_f = gemm::dequantize(&dev, &w, DType::F32).unwrap();
+        let got_f: Vec<u32> = dev
+            .dtoh::<f32>(&got_f)
+            .unwrap()
+            .iter()
+            .map(|v| v.to_bits())
+            .collect();
+        assert_eq!(got_f, want_f, "f32 dequantize {n}x{k} bs {blocksize}");
+    }
+}
+
+/// Reference `C[m][n] = α·Σ_r a(m, r)·b(r, n) + β·c0[m][n]` in f64 with the tolerance above.
+#[allow(clippy::too_many_arguments)]
+fn reference(
+    m: usize,
+    n: usize,
+    r: usize,
+    a: impl Fn(usize, usize) -> f64,
+    b: impl Fn(usize, usize) -> f64,
+    alpha: f64,
+    beta: f64,
+    c0: &[f64],
+    bf16_out: bool,
+) -> (Vec<f64>, Vec<f64>) {
+    let mut want = vec![0.0; m * n];
+    let mut tol = vec![0.0; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let (mut s, mut mag) = (0.0, 0.0);
+            for t in 0..r {
+                let p = a(i, t) * b(t, j);
+                s += p;
+                mag += p.abs();
+            }
+            let old = if beta != 0.0 {
+                beta * c0[i * n + j]
+            } else {
+                0.0
+            };
+            let v = alpha * s + old;
+            want[i * n + j] = v;
+            let mut e = (r as f64 + 16.0) * U * alpha.abs() * mag + 4.0 * U * old.abs();
+            if bf16_out {
+                e += v.abs() / 256.0;
+            }
+            tol[i * n + j] = e;
+        }
+    }
+    (want, tol)
+}
+
+fn read_out(dev: &Device, c: &kernels_cu::Buffer) -> Vec<f64> {
+    match c.dtype() {
+        DType::F32 => dev
+            .dtoh::<f32>(c)
+            .unwrap()
+            .iter()
+            .map(|&v| f64::from(v))
+            .collect(),
+        _ => dev
+            .dtoh::<bf16>(c)
+            .unwrap()
+            .iter()
+            .map(|v| v.to_f64())
+            .collect(),
+    }
+}
+
+/// A poisoned output (β = 0) or one holding fresh values (β ≠ 0), with those values in f64.
+fn output(
+    dev: &Device,
+    rng: &mut Rng,
+    dtype: DType,
+    len: usize,
+    beta: f32,
+) -> (kernels_cu::Buffer, Vec<f64>) {
+    if beta == 0.0 {
+        return (dev.alloc(dtype, len).unwrap(), vec![f64::NAN; len]);
+    }
+    let v = rng.bf16s(len);
+    let c0: Vec<f64> = v.iter().map(|x| x.to_f64()).collect();
+    let buf = match dtype {
+        DType::F32 => dev
+            .htod(&v.iter().map(|x| x.to_f32()).collect::<Vec<_>>())
+            .unwrap(),
+        _ => dev.htod(&v).unwrap(),
+    };
+    (buf, c0)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_nf4_gemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    backward: bool,
+    dtype: DType,
+    alpha: f32,
+    beta: f32,
+    seed: u64,
+) {
+    let mut rng = Rng::from_state(seed);
+    let q = quantize(&mut rng, n, k, 64, true);
+    let wv: Vec<f64> = q.dequantize_bf16().iter().map(|v| v.to_f64()).collect();
+    let (red, n_out) = if backward { (n, k) } else { (k, n) };
+    let a = rng.bf16s(m * red);
+    let af: Vec<f64> = a.iter().map(|v| v.to_f64()).collect();
+    for dev in devices() {
+        let w = upload(&dev, &q);
+        let ab = dev.htod(&a).unwrap();
+        let (mut c, c0) = output(&dev, &mut rng, dtype, m * n_out, beta);
+        let (want, tol) = if backward {
+            gemm::nf4_backward_input(&dev, &ab, &w, &mut c, m, alpha, beta).unwrap();
+            // dX[i][j] = Σ_r dY[i][r]·W[r][j]
+            reference(
+                m,
+                n_out,
+                red,
+                |i, r| af[i * red + r],
+                |r, j| wv[r * k + j],
+                alpha.into(),
+                beta.into(),
+                &c0,
+                dtype == DType::BF16,
+            )
+        } else {
+            gemm::nf4_forward(&dev, &ab, &w, &mut c, m, alpha, beta).unwrap();
+            // Y[i][j] = Σ_r X[i][r]·W[j][r]
+            reference(
+                m,
+                n_out,
+                red,
+                |i, r| af[i * red + r],
+                |r, j| wv[j * k + r],
+                alpha.into(),
+                beta.into(),
+                &c0,
+                dtype == DType::BF16,
+            )
+        };
+        let what = format!(
+            "nf4 {} {dtype:?} m{m} n{n} k{k} α{alpha} β{beta} on {:?}",
+            if backward { "backward" } else { "forward" },
+            dev.kind()
+        );
+        assert_close(&what, &read_out(&dev, &c), &want, &tol);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_gemm(
+    layout: Layout,
+    m: usize,
+    n: usize,
+    k: usize,
+    dtype: DType,
+    alpha: f32,
+    beta: f32,
+    seed: u64,
+) {
+    let mut rng = Rng::from_state(seed);
+    let a = rng.bf16s(m * k);
+    let b = rng.bf16s(n * k);
+    let af: Vec<f64> = a.iter().map(|v| v.to_f64()).collect();
+    let bf: Vec<f64> = b.iter().map(|v| v.to_f64()).collect();
+    for dev in devices() {
+        let ab = dev.htod(&a).unwrap();
+        let bb = dev.htod(&b).unwrap();
+        let (mut c, c0) = output(&dev, &mut rng, dtype, m * n, beta);
+        gemm::gemm(&dev, layout, &ab, &bb, &mut c, m, n, k, alpha, beta).unwrap();
+        let bfo = dtype == DType::BF16;
+        let (want, tol) = match layout {
+            Layout::Nt => reference(
+                m,
+                n,
+                k,
+                |i, r| af[i * k + r],
+                |r, j| bf[j * k + r],
+                alpha.into(),
+                beta.into(),
+                &c0,
+                bfo,
+            ),
+            Layout::Nn => reference(
+                m,
+                n,
+                k,
+                |i, r| af[i * k + r],
+                |r, j| bf[r * n + j],
+                alpha.into(),
+                beta.into(),
+                &c0,
+                bfo,
+            ),
+            Layout::Tn => reference(
+                m,
+                n,
+                k,
+                |i, r| af[r * m + i],
+                |r, j| bf[r * n + j],
+                alpha.into(),
+                beta.into(),
+                &c0,
+                bfo,
+            ),
+        };
+        let what = format!(
+            "gemm {layout:?} {dtype:?} m{m} n{n} k{k} α{alpha} β{beta} on {:?}",
+            dev.kind()
+        );
+        assert_close(&what, &read_out(&dev, &c), &want, &tol);
+    }
+}
+
+/// GPU quantize (packed codes + fp32 absmax) against the CPU without double quantization.
+fn check_quantize(n: usize, blocksize: usize, seed: u64, bf16_src: bool) {
+    let mut rng = Rng::from_state(seed);
+    let mut vals: Vec<f32> = (0..n)
+        .map(|i| (rng.unit() * 0.05 * (1.0 + (i / 61) as f64 % 5.0)) as f32)
+        .collect();
+    // Exact zeros, threshold-sized values, an all-zero block and a NaN block.
+    for (i, v) in vals.iter_mut().enumerate() {
+        match i % 97 {
+            3 => *v = 0.0,
+            5 => *v = -0.0,
+            _ => {}
+        }
+    }
+    if n > 3 * blocksize {
+        vals[blocksize..2 * blocksize].fill(0.0);
+        vals[2 * blocksize + 1] = f32::NAN;
+    }
+    let cfg = QuantConfig {
+        blocksize,
+        double_quant: false,
+        ..QuantConfig::default()
+    };
+    for dev in devices() {
+        let (q, src) = if bf16_src {
+            let v: Vec<bf16> = vals.iter().map(|&x| bf16::from_f32(x)).collect();
+            (
+                QuantizedWeight::quantize(&v, 1, n, cfg).unwrap(),
+                dev.htod(&v).unwrap(),
+            )
+        } else {
+            (
+                QuantizedWeight::quantize(&vals, 1, n, cfg).unwrap(),
+                dev.htod(&vals).unwrap(),
+            )
+        };
+        let Absmax::Plain(want_am) = q.absmax() else {
+            panic!("no double quantization requested")
+        };
+        let (packed, absmax) = gemm::quantize(&dev, &src, blocksize, &NF4_THRESHOLDS).unwrap();
+        let got_p = dev.dtoh::<u8>(&packed).unwrap();
+        assert_eq!(
+            got_p,
+            q.packed(),
+            "packed codes n{n} bs{blocksize} bf16 {bf16_src}"
+        );
+        let got_am: Vec<u32> = dev
+            .dtoh::<f32>(&absmax)
+            .unwrap()
+            .iter()
+            .map(|v| v.to_bits())
+            .collect();
+        let want: Vec<u32> = want_am.iter().map(|v| v.to_bits()).collect();
+        assert_eq!(got_am, want, "absmax n{n} bs{blocksize} bf16 {bf16_src}");
+    }
+}
+
+#[test]
+fn quantize_is_bit_identical() {
+    check_quantize(64 * 5, 64, 51, false);
+    check_quantize(64 * 5 + 37, 64, 52, true);
+    check_quantize(1001, 128, 53, false);
+    check_quantize(7, 64, 54, true);
+    check_quantize(4096 + 64 * 3 + 1, 4096, 55, false);
+}
+
+#[test]
+fn dequantize_is_bit_identical() {
+    // Odd element counts (a half byte), partial last blocks, several blocksizes, f32/bf16 sources.
+    check_dequant(3, 67, 64, 1);
+    check_dequant(17, 64, 64, 2);
+    check_dequant(5, 301, 128, 3);
+    check_dequant(40, 96, 32, 4);
+    // More than 256 absmax blocks: several nested blocks.
+    check_dequant(33, 640, 64, 5);
+}
+
+#[test]
+fn nf4_gemm_multi_block_and_deep_k() {
+    // 2x2 blocks of 128x128 and more k-tiles than pipeline stages (320 / 64 = 5 > 3).
+    check_nf4_gemm(130, 200, 320, false, DType::F32, 1.0, 0.0, 11);
+    check_nf4_gemm(129, 72, 320, true, DType::F32, 1.0, 0.0, 12);
+    // Backward with K = 192: the last 128-column tile hangs over K.
+    check_nf4_gemm(40, 136, 192, true, DType::BF16, 0.5, 0.0, 13);
+}
+
+#[test]
+fn nf4_gemm_accumulates_with_beta() {
+    check_nf4_gemm(33, 50, 128, false, DType::F32, 0.75, 1.0, 21);
+    check_nf4_gemm(20, 64, 128, true, DType::BF16, 1.0, -0.5, 22);
+}
+
+#[test]
+fn bf16_gemm_deep_k_and_multi_block() {
+    // K = 200: 7 k-tiles of 32 (> 4 stages), ragged last tile; 2 block rows/cols.
+    check_gemm(Layout::Nt, 131, 136, 200, DType::F32, 1.0, 0.0, 31);
+    check_gemm(Layout::Nn, 64, 129, 200, DType::BF16, 1.0, 0.0, 32);
+    check_gemm(Layout::Tn, 136, 40, 200, DType::F32, 1.0, 0.5, 33);
+    // Odd N: unpaired stores in the epilogue, with β reading the old values.
+    check_gemm(Layout::Nt, 37, 51, 45, DType::BF16, 1.0, 0.25, 34);
+    check_gemm(Layout::Nn, 20, 9, 70, DType::F32, -1.0, 2.0, 35);
+}
+
+#[test]
+fn launchers_reject_unsupported_weights() {
+    let dev = Device::emulator().unwrap();
+    let mut rng = Rng::from_state(41);
+    // K not a multiple of 64.
+    let q = quantize(&mut rng, 8, 96, 32, true);
+    let w = upload(&dev, &q);
+    let x = dev.htod(&rng.bf16s(2 * 96)).unwrap();
+    let mut y = dev.alloc(DType::F32, 2 * 8).unwrap();
+    let e = gemm::nf4_forward(&dev, &x, &w, &mut y, 2, 1.0, 0.0).unwrap_err();
+    assert!(matches!(e, Error::InvalidLaunch { .. }), "{e}");
+    assert!(e.to_string().contains("blocksize 64"), "{e}");
+    let q = quantize(&mut rng, 8, 96, 64, true);
+    let w = upload(&dev, &q);
+    let e = gemm::nf4_forward(&dev, &x, &w, &mut y, 2, 1.0, 0.0).unwrap_err();
+    assert!(e.to_string().contains("multiple of 64"), "{e}");
+    // Wrong activation length and dtype.
+    let q = quantize(&mut rng, 8, 64, 64, true);
+    let w = upload(&dev, &q);
+    let e = gemm::nf4_forward(&dev, &x, &w, &mut y, 2, 1.0, 0.0).unwrap_err();
+    assert!(matches!(e, Error::Length { .. }), "{e}");
+    let xf = dev.htod(&vec![0.5f32; 2 * 64]).unwrap();
+    let e = gemm::nf4_forward(&dev, &xf, &w, &mut y, 2, 1.0, 0.0).unwrap_err();
+    assert!(matches!(e, Error::DType { .. }), "{e}");
+    // Inconsistent parts.
+    let mut parts = nf4_parts("test weight", &q).unwrap();
+    parts.packed = &q.packed()[1..];
+    let e = Nf4Weight::upload(&dev, &parts).unwrap_err();
+    assert!(e.to_string().contains("packed"), "{e}");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+    #[test]
+    fn nf4_gemm_matches_f64_reference(
+        m in 1usize..70,
+        n in 1usize..100,
+        kb in 1usize..4,
+        backward in any::<bool>(),
+        bf16_out in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        let dtype = if bf16_out { DType::BF16 } else { DType::F32 };
+        check_nf4_gemm(m, n, 64 * kb, backward, dtype, 1.0, 0.0, seed);
+    }
+
+    #[test]
+    fn bf16_gemm_matches_f64_reference(
+        layout in prop_oneof![Just(Layout::Nt), Just(Layout::Nn), Just(Layout::Tn)],
+        m in 1usize..70,
+        n in 1usize..100,
+        k in 1usize..80,
+        bf16_out in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        let dtype = if bf16_out { DType::BF16 } else { DType::F32 };
+        check_gemm(layout, m, n, k, dtype, 1.0, 0.0, seed);
+    }
+
+    #[test]
+    fn dequantize_matches_cpu(n in 1usize..40, k in 1usize..200, bs in prop_oneof![Just(64usize), Just(128), Just(256)], seed in any::<u64>()) {
+        check_dequant(n, k, bs, seed);
+    }
+
+    #[test]
+    fn quantize_matches_cpu(n in 1usize..700, bs in prop_oneof![Just(64usize), Just(128), Just(256)], bf in any::<bool>(), seed in any::<u64>()) {
+        check_quantize(n, bs, seed, bf);
+    }
+}
