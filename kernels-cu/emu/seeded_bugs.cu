@@ -87,3 +87,28 @@ extern "C" __global__ void seeded_flag_cleared_without_barrier(int* out, const u
   __syncthreads();
   out[t] = found;
 }
+
+// The block reduction of cuda/reduce.cu (no barrier after the read of warp_sums) called twice:
+// the second call's per-warp writes race warp 0's reads of the first unless a barrier separates
+// the calls. out[0] = Σ in, out[1] = Σ in². A multiple of 32 threads, at least 64.
+__device__ float seeded_block_sum(float v) {
+  __shared__ float warp_sums[32];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  v = kc::warp_sum(v);
+  if (lane == 0) warp_sums[warp] = v;
+  __syncthreads();
+  float s = 0.0f;
+  if (warp == 0) s = kc::warp_sum(lane < static_cast<int>(blockDim.x / 32) ? warp_sums[lane] : 0.0f);
+  return s;
+}
+
+extern "C" __global__ void seeded_block_sum_twice(float* out, const float* in, int with_barrier) {
+  const float x = in[threadIdx.x];
+  const float a = seeded_block_sum(x);
+  if (with_barrier) __syncthreads();
+  const float b = seeded_block_sum(x * x);
+  if (threadIdx.x == 0) {
+    out[0] = a;
+    out[1] = b;
+  }
+}

@@ -34,6 +34,7 @@ const BLOCKS_SHARE_AN_ADDRESS: Kernel = seeded("seeded_blocks_share_an_address")
 const WARP_EXCHANGE: Kernel = seeded("seeded_warp_exchange");
 const READ_PAST_END: Kernel = seeded("seeded_read_past_end");
 const FLAG_CLEARED_WITHOUT_BARRIER: Kernel = seeded("seeded_flag_cleared_without_barrier");
+const BLOCK_SUM_TWICE: Kernel = seeded("seeded_block_sum_twice");
 
 fn checked() -> Device {
     Device::emulator_with(EmulatorOptions {
@@ -153,6 +154,49 @@ fn reusing_a_shared_buffer_without_a_barrier_is_a_race() {
     for t in 0..n {
         assert_eq!(got[t], 2.0 * x[(t + 2) % n], "thread {t}");
     }
+}
+
+/// reduce.cu's block_sum has no barrier after its read of the per-warp sums because every
+/// kernel reduces once; a second reduction without a barrier between is reported.
+#[test]
+fn a_second_block_reduction_without_a_barrier_is_a_race() {
+    let dev = checked();
+    let n = 128;
+    let x = Rng::new(9).vec_f32(n, -1.0, 1.0);
+    let xb = dev.htod(&x).unwrap();
+    let mut out = poisoned(&dev, 2);
+    let r = launch(
+        &dev,
+        BLOCK_SUM_TWICE,
+        1,
+        n as u32,
+        0,
+        &[out.arg_mut(), xb.arg(), Arg::I32(0)],
+    );
+    let msg = reported(r, "second reduction without a barrier");
+    assert!(
+        msg.contains("data race") && msg.contains("static __shared__"),
+        "{msg}"
+    );
+    launch(
+        &dev,
+        BLOCK_SUM_TWICE,
+        1,
+        n as u32,
+        0,
+        &[out.arg_mut(), xb.arg(), Arg::I32(1)],
+    )
+    .unwrap();
+    let got = dev.dtoh::<f32>(&out).unwrap();
+    let sum: f64 = x.iter().map(|&v| v as f64).sum();
+    let sumsq: f64 = x.iter().map(|&v| (v as f64) * (v as f64)).sum();
+    // f32 sums of 128 terms of magnitude <= 1: well within 1e-4 of the f64 sums.
+    assert!((got[0] as f64 - sum).abs() < 1e-4, "{} vs {sum}", got[0]);
+    assert!(
+        (got[1] as f64 - sumsq).abs() < 1e-4,
+        "{} vs {sumsq}",
+        got[1]
+    );
 }
 
 #[test]
