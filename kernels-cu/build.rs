@@ -26,32 +26,52 @@ fn main() {
         return;
     }
 
-    let mut build = cc::Build::new();
+    let asan = std::env::var_os("CARGO_FEATURE_ASAN").is_some();
+    let new_build = || {
+        let mut b = cc::Build::new();
+        b.cpp(true)
+            .std("c++17")
+            .opt_level(2)
+            .include(&cuda)
+            .include(root.join("emu"))
+            .warnings(true)
+            .extra_warnings(true)
+            .warnings_into_errors(true)
+            .flag("-Wno-unused-parameter");
+        if asan {
+            b.flag("-fsanitize=address").flag("-fno-omit-frame-pointer");
+        }
+        b
+    };
+    // The runtime, the memory checker and the registry: not instrumented.
+    let mut build = new_build();
     build
-        .cpp(true)
-        .std("c++17")
-        .opt_level(2)
-        .include(&cuda)
-        .include(root.join("emu"))
-        .warnings(true)
-        .extra_warnings(true)
-        .warnings_into_errors(true)
-        .flag("-Wno-unused-parameter")
-        .file(root.join("emu/runtime.cpp"));
-    if std::env::var_os("CARGO_FEATURE_ASAN").is_some() {
-        build
-            .flag("-fsanitize=address")
-            .flag("-fno-omit-frame-pointer");
+        .file(root.join("emu/runtime.cpp"))
+        .file(root.join("emu/checker.cpp"));
+    // The kernel families: instrumented so that every load and store calls the checker
+    // (emu/checker.cpp implements the -fsanitize=thread entry points; no TSan runtime is
+    // linked). AddressSanitizer cannot be combined with it, so the ASan build runs unchecked.
+    let mut kernels = new_build();
+    if asan {
         // The Rust link drives gcc with -nodefaultlibs, so name the runtime explicitly. It is
         // not first in the library list; emu/runtime.cpp's __asan_default_options turns that
         // check off (verify_asan_link_order=0).
         println!("cargo:rustc-link-lib=dylib=asan");
+    } else {
+        kernels
+            .flag("-fsanitize=thread")
+            .flag("--param=tsan-instrument-func-entry-exit=0");
+        build.define("KC_EMU_CHECKED", None);
     }
 
     let mut registry =
         String::from("#include <cstring>\n#include \"kc_emu.h\"\nnamespace kc_emu_tables {\n");
+    // The seeded-bug kernels of the checker's tests are emulator-only: found by name, but not
+    // listed with the CUDA families (kc_emu_kernel_at).
+    let seeded = root.join("emu/seeded_bugs.cu");
     let mut tables = Vec::new();
-    for path in &families {
+    let mut seeded_tables = Vec::new();
+    for path in families.iter().chain(std::iter::once(&seeded)) {
         let family = path
             .file_stem()
             .and_then(|s| s.to_str())
@@ -62,32 +82,48 @@ fn main() {
         let tu = family_unit(&family, path, &names);
         let tu_path = out.join(format!("emu_{family}.cpp"));
         std::fs::write(&tu_path, tu).expect("OUT_DIR is writable");
-        build.file(&tu_path);
+        kernels.file(&tu_path);
         let _ = writeln!(
             registry,
             "extern const kc_emu::KernelEntry {family}[];\nextern const unsigned {family}_len;"
         );
-        tables.push(family);
+        if *path == seeded {
+            seeded_tables.push(family);
+        } else {
+            tables.push(family);
+        }
     }
-    registry.push_str("}  // namespace kc_emu_tables\n\nstatic const kc_emu::KernelEntry* entry_at(unsigned i) {\n");
-    for family in &tables {
+    registry.push_str("}  // namespace kc_emu_tables\n\n");
+    for (func, list) in [("entry_at", &tables), ("seeded_at", &seeded_tables)] {
         let _ = writeln!(
             registry,
-            "  if (i < kc_emu_tables::{family}_len) return &kc_emu_tables::{family}[i];\n  i -= kc_emu_tables::{family}_len;"
+            "static const kc_emu::KernelEntry* {func}(unsigned i) {{"
         );
+        for family in list {
+            let _ = writeln!(
+                registry,
+                "  if (i < kc_emu_tables::{family}_len) return &kc_emu_tables::{family}[i];\n  i -= kc_emu_tables::{family}_len;"
+            );
+        }
+        registry.push_str("  return nullptr;\n}\n\n");
     }
-    registry.push_str("  return nullptr;\n}\n\n");
     registry.push_str(
         "extern \"C\" const kc_emu::KernelEntry* kc_emu_kernel_at(unsigned i) { return entry_at(i); }\n\
          extern \"C\" const kc_emu::KernelEntry* kc_emu_find(const char* name) {\n\
          \x20 for (unsigned i = 0;; i++) {\n\
          \x20   const kc_emu::KernelEntry* e = entry_at(i);\n\
+         \x20   if (!e) break;\n\
+         \x20   if (std::strcmp(e->name, name) == 0) return e;\n\
+         \x20 }\n\
+         \x20 for (unsigned i = 0;; i++) {\n\
+         \x20   const kc_emu::KernelEntry* e = seeded_at(i);\n\
          \x20   if (!e || std::strcmp(e->name, name) == 0) return e;\n\
          \x20 }\n}\n",
     );
     let reg_path = out.join("emu_registry.cpp");
     std::fs::write(&reg_path, registry).expect("OUT_DIR is writable");
     build.file(&reg_path);
+    kernels.compile("kc_emu_kernels");
     build.compile("kc_emu");
 }
 

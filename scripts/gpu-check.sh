@@ -12,13 +12,24 @@
 #                                         (tokens/s, MFU, peak device memory), the performance
 #                                         model's prediction of the same step and of each of its
 #                                         launches, the benchmarks, and writes report.md.
+#   .gpu-bundle/gpu-check.sh sanitize     on the GPU machine: the GPU tests again under
+#                                         compute-sanitizer (memcheck, racecheck, synccheck,
+#                                         initcheck), within GPU_CHECK_SANITIZER_BUDGET seconds
+#                                         (default 420); appends to report.md.
 #   scripts/gpu-check.sh                  both, on a machine that has Rust and a GPU.
+#
+# compute-sanitizer comes from the pip wheel nvidia-cuda-sanitizer-api 13.0 (the cu12 wheels
+# ship only its libraries): scripts/install-cuda-tools.sh --sanitizer. It needs an R580+ driver;
+# on an older one the sanitize step says so and fails. GPU_CHECK_SANITIZER=0 leaves it out of
+# the bundle.
 #
 # Packages whose tests are bundled: GPU_CHECK_TEST_PACKAGES (default "kernels-cu integration-tests
 # model-falcon", GPU tests only); release
 # binaries: GPU_CHECK_BIN_PACKAGES (default "trainer"; skipped with a warning if they do not
 # build). The binaries load libcuda.so.1 from the driver at run time and need no NVRTC or
-# toolkit: the kernels are embedded as PTX. Everything must finish within 8 minutes on an H200.
+# toolkit: the kernels are embedded as cubins (sm_80/86/89/90) and PTX. Everything must finish
+# within 8 minutes on an H200. The binaries travel as one solid xz archive (payload.tar.xz):
+# each embeds the same kernel images, which a solid archive stores once.
 # Record the report's numbers in BENCHMARKS.md (GPU, date, commit).
 set -euo pipefail
 
@@ -94,8 +105,20 @@ PY
   done
 
   strip "$bundle"/tests/* "$bundle"/bench/* "$bundle"/bin/* "$bundle"/step/* 2>/dev/null || true
-  # Compressed, the binaries travel in a third of the space; `run` unpacks them.
-  gzip -9 "$bundle"/tests/* "$bundle"/bench/* "$bundle"/bin/* "$bundle"/step/*
+
+  mkdir -p "$bundle/sanitizer"
+  if [ "${GPU_CHECK_SANITIZER:-1}" != 0 ]; then
+    echo "== compute-sanitizer"
+    local san sandir
+    san=$(scripts/install-cuda-tools.sh --sanitizer)
+    sandir=$(dirname "$(dirname "$san")")
+    # The launcher finds its injection libraries beside itself.
+    cp "$san" "$sandir"/lib/*.so "$bundle/sanitizer/"
+  fi
+
+  # One solid archive: `run` unpacks it.
+  (cd "$bundle" && tar -cf - tests bench bin step sanitizer | xz -9 -T1 >payload.tar.xz)
+  rm -rf "$bundle"/tests "$bundle"/bench "$bundle"/bin "$bundle"/step "$bundle"/sanitizer
   cp "$0" "$bundle/gpu-check.sh"
   chmod +x "$bundle/gpu-check.sh"
   cp kernels-cu/ptxas-report.txt "$bundle/"
@@ -113,15 +136,83 @@ PY
   fi
 }
 
+unpack() {
+  [ -e payload.tar.xz ] || return 0
+  if command -v xz >/dev/null; then
+    tar -xJf payload.tar.xz
+  else
+    python3 -c 'import lzma, tarfile; tarfile.open(fileobj=lzma.open("payload.tar.xz")).extractall()'
+  fi
+  rm -f payload.tar.xz
+}
+
+# The GPU tests under each compute-sanitizer tool: the hazards only a GPU shows. racecheck sees
+# shared-memory races between warps as the hardware schedules them, synccheck barrier misuse,
+# memcheck out-of-bounds and misaligned device accesses, initcheck reads of uninitialised
+# device memory.
+sanitize() {
+  local bundle
+  bundle="$(cd "${1:-$(dirname "$0")}" && pwd)"
+  local report="$bundle/report.md"
+  local budget="${GPU_CHECK_SANITIZER_BUDGET:-420}"
+  local per_run="${GPU_CHECK_SANITIZER_TIMEOUT:-150}"
+  local failed=0
+  cd "$bundle"
+  unpack
+  chmod +x tests/* sanitizer/compute-sanitizer 2>/dev/null || true
+  log() { echo "$@" | tee -a "$report"; }
+  log ""
+  log "## compute-sanitizer"
+  log ""
+  if [ ! -x sanitizer/compute-sanitizer ]; then
+    log "compute-sanitizer is not in the bundle (built with GPU_CHECK_SANITIZER=0): NOT RUN"
+    return 1
+  fi
+  log '```'
+  sanitizer/compute-sanitizer --version 2>&1 | tail -1 | tee -a "$report"
+  log '```'
+  # The kernel tests: every kernel family and the execution-model self-tests.
+  local set=()
+  for t in tests/kernels-cu-device tests/kernels-cu-emulator tests/tests-*_kernels; do
+    [ -x "$t" ] && set+=("$t")
+  done
+  log ""
+  log "| tool | binary | result | seconds |"
+  log "| --- | --- | --- | --- |"
+  export KERNELS_CU_REQUIRE_GPU=1
+  local start_all tool t
+  start_all=$(date +%s)
+  for tool in memcheck racecheck synccheck initcheck; do
+    for t in "${set[@]}"; do
+      local name start status rc
+      name=$(basename "$t")
+      if [ $(($(date +%s) - start_all)) -ge "$budget" ]; then
+        log "| $tool | $name | not run (budget of ${budget}s spent) | 0 |"
+        failed=1
+        continue
+      fi
+      start=$(date +%s)
+      rc=0
+      timeout "$per_run" sanitizer/compute-sanitizer --tool "$tool" --error-exitcode 86 \
+        "$t" --test-threads 4 >"$t.$tool.log" 2>&1 || rc=$?
+      if [ "$rc" = 0 ]; then status=pass; else status="FAIL (exit $rc, see $t.$tool.log)"; failed=1; fi
+      log "| $tool | $name | $status $(grep -E 'ERROR SUMMARY' "$t.$tool.log" | tail -1 | sed 's/^=* *//') | $(($(date +%s) - start)) |"
+    done
+  done
+  if grep -qsi "driver" tests/*.memcheck.log && grep -qsi "insufficient\|not supported\|unsupported" tests/*.memcheck.log; then
+    log ""
+    log "compute-sanitizer reports an unsupported driver: version 13.0 needs R580 or newer."
+  fi
+  return $failed
+}
+
 run() {
   local bundle
   bundle="$(cd "${1:-$(dirname "$0")}" && pwd)"
   local report="$bundle/report.md"
   local failed=0
   cd "$bundle"
-  for z in tests/*.gz bench/*.gz bin/*.gz step/*.gz; do
-    [ -e "$z" ] && gunzip -f "$z"
-  done
+  unpack
   chmod +x tests/* bench/* bin/* step/* 2>/dev/null || true
   : >"$report"
   log() { echo "$@" | tee -a "$report"; }
@@ -197,12 +288,14 @@ run() {
 case "${1:-all}" in
   build) build ;;
   run) run "${2:-}" ;;
+  sanitize) sanitize "${2:-}" ;;
   all)
     build
     "$(dirname "$0")/../.gpu-bundle/gpu-check.sh" run
+    "$(dirname "$0")/../.gpu-bundle/gpu-check.sh" sanitize
     ;;
   *)
-    echo "usage: $0 [build | run [bundle-dir] | all]" >&2
+    echo "usage: $0 [build | run [bundle-dir] | sanitize [bundle-dir] | all]" >&2
     exit 2
     ;;
 esac

@@ -7,6 +7,10 @@
 #   performance model.
 # Both are unpacked into .tools/cuda (ignored by git). Idempotent: a second run does nothing.
 #
+# With --sanitizer it also unpacks compute-sanitizer (for scripts/gpu-check.sh) from the pip wheel
+# nvidia-cuda-sanitizer-api 13.x (the cu12 wheels carry only the sanitizer libraries, not the
+# compute-sanitizer launcher) and prints its path.
+#
 # Prints the environment to export, e.g.
 #   eval "$(scripts/install-cuda-tools.sh --env)"
 # which sets KERNELS_CU_NVRTC (path of libnvrtc.so.12), KERNELS_CU_PTXAS (path of ptxas) and
@@ -18,6 +22,8 @@ cd "$(dirname "$0")/.."
 # R580 / CUDA 13) loads. A newer NVRTC would raise the minimum driver of the embedded PTX.
 NVRTC_VERSION="12.4.127"
 NVCC_VERSION="12.4.131"
+# compute-sanitizer 13.0 (needs an R580+ driver on the GPU machine; not used by any build here).
+SANITIZER_VERSION="13.0.85"
 NVDISASM_VERSION="13.2.51"
 ROOT="$PWD/.tools/cuda"
 NVRTC_LIB="$ROOT/nvrtc/nvidia/cuda_nvrtc/lib/libnvrtc.so.12"
@@ -30,7 +36,8 @@ install_wheel() { # package version target-dir
   rm -rf "$dir" "$ROOT/dl-$pkg"
   mkdir -p "$dir" "$ROOT/dl-$pkg"
   python3 -m pip download --quiet --no-deps --only-binary=:all: \
-    --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_27_x86_64 \
+    --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_25_x86_64 \
+    --platform manylinux_2_27_x86_64 \
     --python-version 3.11 --dest "$ROOT/dl-$pkg" "$pkg==$version" >&2
   # A wheel is a zip file; python's zipfile avoids needing unzip on the machine.
   python3 - "$ROOT/dl-$pkg" "$dir" <<'PY'
@@ -54,6 +61,14 @@ PY
 }
 
 mode="${1:-}"
+if [ "$mode" = "--sanitizer" ]; then
+  install_wheel nvidia-cuda-sanitizer-api "$SANITIZER_VERSION" "$ROOT/sanitizer"
+  bin="$ROOT/sanitizer/nvidia/cu13/bin/compute-sanitizer"
+  chmod +x "$bin"
+  test -x "$bin" || { echo "install-cuda-tools: $bin missing after install" >&2; exit 1; }
+  echo "$bin"
+  exit 0
+fi
 install_wheel nvidia-cuda-nvrtc-cu12 "$NVRTC_VERSION" "$ROOT/nvrtc"
 install_wheel nvidia-cuda-nvcc-cu12 "$NVCC_VERSION" "$ROOT/nvcc"
 install_wheel nvidia-cuda-nvdisasm "$NVDISASM_VERSION" "$ROOT/nvdisasm"

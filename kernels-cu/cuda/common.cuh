@@ -198,13 +198,39 @@ KC_FN long long grid_thread() {
 }
 KC_FN long long grid_threads() { return static_cast<long long>(gridDim.x) * blockDim.x; }
 
-// Vector memory access. The address must be aligned to the vector size.
-KC_FN f32x4 load4(const float* p) { return *reinterpret_cast<const f32x4*>(p); }
-KC_FN void store4(float* p, f32x4 v) { *reinterpret_cast<f32x4*>(p) = v; }
-KC_FN u32x4 load_u32x4(const void* p) { return *reinterpret_cast<const u32x4*>(p); }
-KC_FN void store_u32x4(void* p, u32x4 v) { *reinterpret_cast<u32x4*>(p) = v; }
-KC_FN u32x2 load_u32x2(const void* p) { return *reinterpret_cast<const u32x2*>(p); }
-KC_FN void store_u32x2(void* p, u32x2 v) { *reinterpret_cast<u32x2*>(p) = v; }
+// Vector memory access. The address must be aligned to the vector size: the GPU faults
+// ("misaligned address") otherwise, and the emulator checks it (the host compiler may split
+// the access into scalar ones, which its memory checker alone would not flag).
+#ifdef KC_DEVICE
+#define KC_CHECK_ALIGNED(p, n, write)
+#else
+#define KC_CHECK_ALIGNED(p, n, write) kc_emu::check_aligned(p, n, write)
+#endif
+KC_FN f32x4 load4(const float* p) {
+  KC_CHECK_ALIGNED(p, 16, false);
+  return *reinterpret_cast<const f32x4*>(p);
+}
+KC_FN void store4(float* p, f32x4 v) {
+  KC_CHECK_ALIGNED(p, 16, true);
+  *reinterpret_cast<f32x4*>(p) = v;
+}
+KC_FN u32x4 load_u32x4(const void* p) {
+  KC_CHECK_ALIGNED(p, 16, false);
+  return *reinterpret_cast<const u32x4*>(p);
+}
+KC_FN void store_u32x4(void* p, u32x4 v) {
+  KC_CHECK_ALIGNED(p, 16, true);
+  *reinterpret_cast<u32x4*>(p) = v;
+}
+KC_FN u32x2 load_u32x2(const void* p) {
+  KC_CHECK_ALIGNED(p, 8, false);
+  return *reinterpret_cast<const u32x2*>(p);
+}
+KC_FN void store_u32x2(void* p, u32x2 v) {
+  KC_CHECK_ALIGNED(p, 8, true);
+  *reinterpret_cast<u32x2*>(p) = v;
+}
+#undef KC_CHECK_ALIGNED
 
 // Warp reductions over all 32 lanes (every lane must call). Butterfly with offsets 16..1: the
 // order of additions is fixed, so the result is the same in every lane and on every run.

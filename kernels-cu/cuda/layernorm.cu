@@ -17,8 +17,13 @@
 //    reads back only the shared slots it wrote, so only the reductions need barriers.
 //  - layernorm_bwd_*: a grid of G blocks (G a pure function of rows, see the launcher); block b
 //    takes rows b, b+G, ... For each row: one pass for Σĝ, Σĝx̂ (block reduction), one pass for
-//    dx. dγ/dβ: thread i owns columns i, i+LN_BLOCK, ... and accumulates them in shared memory
-//    (2·d f32) in row order, then writes the block's partial row. No float atomics.
+//    dx. dγ/dβ: thread i owns columns i, i+LN_BLOCK, ... and accumulates them in row order, then
+//    writes the block's partial row. No float atomics. The accumulators of the first
+//    LN_BWD_SMEM_COLS columns live in shared memory (2·min(d, LN_BWD_SMEM_COLS) f32: 96 KiB at
+//    most, under the 99 KiB opt-in maximum of sm_86/sm_89); wider rows (Falcon-180B, d = 14848)
+//    accumulate the rest in place in the block's own partial row in global memory (L2-resident,
+//    owned by one thread per column, so no barrier). Where a column is kept does not change
+//    its sum order, so the results are the same bits either way.
 //  - layernorm_bwd_reduce: dγ[j] = Σ_b partial[b][j] in block order (one thread per column,
 //    coalesced), so dγ/dβ are bitwise reproducible for a given G.
 #include "common.cuh"
@@ -26,6 +31,8 @@
 using kc::bf16;
 
 #define LN_BLOCK 256
+// Columns whose dγ/dβ partials the backward keeps in shared memory (see the design above).
+#define LN_BWD_SMEM_COLS 12288
 
 __device__ __forceinline__ float ld(const float* p, long long i) { return p[i]; }
 __device__ __forceinline__ float ld(const bf16* p, long long i) { return kc::to_f32(p[i]); }
@@ -93,11 +100,21 @@ __device__ __forceinline__ void ln_bwd(T* dx, float* part_dg, float* part_db, co
                                        const T* gamma, const float* mean, const float* rstd,
                                        const T* dy, int rows, int d) {
   KC_DYNAMIC_SHARED(float, acc);
+  const int sc = d < LN_BWD_SMEM_COLS ? d : LN_BWD_SMEM_COLS;
+  const long long poff = static_cast<long long>(blockIdx.x) * d;
+  // Column i's accumulators: shared memory below sc, the block's partial row from sc on.
   float* acc_g = acc;
-  float* acc_b = acc + d;
+  float* acc_b = acc + sc;
+  float* glob_g = part_dg + poff;
+  float* glob_b = part_db + poff;
   for (int i = threadIdx.x; i < d; i += blockDim.x) {
-    acc_g[i] = 0.0f;
-    acc_b[i] = 0.0f;
+    if (i < sc) {
+      acc_g[i] = 0.0f;
+      acc_b[i] = 0.0f;
+    } else {
+      glob_g[i] = 0.0f;
+      glob_b[i] = 0.0f;
+    }
   }
   const float inv_d = 1.0f / static_cast<float>(d);
   for (int r = blockIdx.x; r < rows; r += gridDim.x) {
@@ -110,8 +127,13 @@ __device__ __forceinline__ void ln_bwd(T* dx, float* part_dg, float* part_db, co
       const float gh = g * ld(gamma, i);
       sg += gh;
       sgx += gh * xh;
-      acc_g[i] += g * xh;
-      acc_b[i] += g;
+      if (i < sc) {
+        acc_g[i] += g * xh;
+        acc_b[i] += g;
+      } else {
+        glob_g[i] += g * xh;
+        glob_b[i] += g;
+      }
     }
     const float mg = block_sum_all(sg) * inv_d;
     const float mgx = block_sum_all(sgx) * inv_d;
@@ -121,14 +143,14 @@ __device__ __forceinline__ void ln_bwd(T* dx, float* part_dg, float* part_db, co
       st(dx, off + i, rs * (gh - mg - xh * mgx));
     }
   }
-  const long long poff = static_cast<long long>(blockIdx.x) * d;
-  for (int i = threadIdx.x; i < d; i += blockDim.x) {
-    part_dg[poff + i] = acc_g[i];
-    part_db[poff + i] = acc_b[i];
+  for (int i = threadIdx.x; i < sc; i += blockDim.x) {
+    glob_g[i] = acc_g[i];
+    glob_b[i] = acc_b[i];
   }
 }
 
-// grid = G (≤ rows), block = LN_BLOCK, dynamic shared = 2·d·4 bytes; part_* are [G, d].
+// grid = G (≤ rows), block = LN_BLOCK, dynamic shared = 2·min(d, LN_BWD_SMEM_COLS)·4 bytes;
+// part_* are [G, d].
 extern "C" __global__ void __launch_bounds__(LN_BLOCK)
     layernorm_bwd_f32(float* dx, float* part_dg, float* part_db, const float* x,
                       const float* gamma, const float* mean, const float* rstd, const float* dy,

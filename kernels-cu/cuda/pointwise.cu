@@ -175,7 +175,7 @@ __device__ __forceinline__ void emb_bwd(float* dtable, const u32* ids, const T* 
   if (threadIdx.x == 0) seen_before = 0;
   __syncthreads();
   for (int q = threadIdx.x; q < r; q += blockDim.x)
-    if (ids[q] == id) seen_before = 1;  // benign race: every writer stores 1
+    if (ids[q] == id) atomicOr(&seen_before, 1);  // atomic: several threads may find one
   __syncthreads();
   if (seen_before || id >= vocab) return;
   float* dst = dtable + static_cast<long long>(id) * d;

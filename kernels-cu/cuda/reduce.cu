@@ -7,7 +7,10 @@
 #include "common.cuh"
 
 // Sum over the block; the result is valid in thread 0. Two levels: a warp butterfly, then the
-// first warp reduces the per-warp sums kept in shared memory.
+// first warp reduces the per-warp sums kept in shared memory. Each kernel below reduces once and
+// touches no shared memory afterwards, so no barrier follows the read of warp_sums. A caller
+// that reduced twice would need one before the second call's writes (the emulator's checker
+// reports that write-after-read race: checkers.rs, reused buffer without a barrier).
 __device__ __forceinline__ float block_sum(float v) {
   __shared__ float warp_sums[32];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -20,8 +23,6 @@ __device__ __forceinline__ float block_sum(float v) {
     s = lane < nwarps ? warp_sums[lane] : 0.0f;
     s = kc::warp_sum(s);
   }
-  // Keeps warp_sums intact until warp 0 has read it, should the caller reduce again.
-  __syncthreads();
   return s;
 }
 

@@ -37,6 +37,7 @@ inline ThreadState& cur() { return *tls_current; }
 
 void* dynamic_smem();
 void syncthreads();
+void syncthreads_at(const char* file, int line);
 void syncwarp(unsigned mask);
 unsigned long long shfl(int mode, unsigned mask, unsigned long long v, int b, int width);
 unsigned vote_ballot(unsigned mask, int pred);
@@ -49,6 +50,11 @@ void cp_async(void* dst, const void* src, unsigned cp_size, unsigned src_size);
 void cp_async_commit();
 void cp_async_wait(int n);
 [[noreturn]] void trap(const char* what);
+// A misaligned `n`-byte access at p: the launch fails with a message naming the memory.
+[[noreturn]] void misaligned(const void* p, unsigned n, bool write);
+inline void check_aligned(const void* p, unsigned n, bool write) {
+  if (reinterpret_cast<uintptr_t>(p) & (n - 1)) misaligned(p, n, write);
+}
 
 enum ShflMode { SHFL_IDX = 0, SHFL_UP = 1, SHFL_DOWN = 2, SHFL_XOR = 3 };
 
@@ -151,7 +157,10 @@ struct Trampoline<F> {
 #define gridDim (kc_emu::cur().grid_dim)
 #define warpSize 32
 
-inline void __syncthreads() { kc_emu::syncthreads(); }
+// A macro, so that the barrier knows its source line: KERNELS_CU_EMU_SKIP_BARRIER=FILE:LINE
+// turns that one __syncthreads into a no-op (barrier mutation testing,
+// scripts/barrier-mutations.sh).
+#define __syncthreads() kc_emu::syncthreads_at(__FILE__, __LINE__)
 inline void __syncwarp(unsigned mask = 0xffffffffu) { kc_emu::syncwarp(mask); }
 inline void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 inline void __threadfence_block() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
@@ -208,6 +217,8 @@ inline unsigned atomicMax(unsigned* p, unsigned v) {
 inline unsigned atomicMin(unsigned* p, unsigned v) {
   return atomic_update(p, [v](unsigned o) { return o < v ? o : v; });
 }
+inline int atomicOr(int* p, int v) { return __atomic_fetch_or(p, v, __ATOMIC_RELAXED); }
+inline unsigned atomicOr(unsigned* p, unsigned v) { return __atomic_fetch_or(p, v, __ATOMIC_RELAXED); }
 inline unsigned atomicExch(unsigned* p, unsigned v) { return __atomic_exchange_n(p, v, __ATOMIC_RELAXED); }
 inline int atomicExch(int* p, int v) { return __atomic_exchange_n(p, v, __ATOMIC_RELAXED); }
 inline unsigned atomicCAS(unsigned* p, unsigned expected, unsigned desired) {

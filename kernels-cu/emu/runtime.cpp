@@ -27,6 +27,7 @@
 #include <thread>
 #include <vector>
 
+#include "checker.h"
 #include "kc_emu.h"
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -146,6 +147,7 @@ struct Worker {
 #endif
   Fiber* current = nullptr;
   Job* job = nullptr;
+  std::vector<int> order;  // fiber indices in the order the scheduler visits them
   int nthreads = 0;
   unsigned char* dyn_smem = nullptr;
   bool failed = false;
@@ -165,8 +167,17 @@ struct Worker {
 
 thread_local Worker* tls_worker = nullptr;
 
+// Order in which the scheduler runs blocks and, within a block, runnable fibers. A correct
+// kernel gives bitwise identical results in every order.
+enum Order { ORDER_ASCENDING = 0, ORDER_DESCENDING = 1, ORDER_RANDOM = 2 };
+
 struct Job {
   const KernelEntry* kernel = nullptr;
+  check::LaunchInfo info;
+  bool checks = false;
+  int order = ORDER_ASCENDING;
+  unsigned long long seed = 0;
+  long block_mul = 1, block_add = 0;  // random block order: lin = (b * block_mul + block_add) % nblocks
   dim3 grid{1, 1, 1}, block{1, 1, 1};
   unsigned smem = 0;
   void* const* args = nullptr;
@@ -216,6 +227,7 @@ void switch_to_scheduler(Fiber* f, bool exiting) {
 void resume(Worker* w, Fiber* f) {
   w->current = f;
   tls_current = &f->ts;
+  check::enter_fiber(static_cast<uint32_t>(f->lin), f->stack, f->stack_size);
 #ifdef KC_ASAN
   void* fake = nullptr;
   __sanitizer_start_switch_fiber(&fake, f->stack, f->stack_size);
@@ -228,6 +240,7 @@ void resume(Worker* w, Fiber* f) {
 #ifdef KC_ASAN
   __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
 #endif
+  check::leave_fiber();
   w->current = nullptr;
   tls_current = nullptr;
 }
@@ -365,6 +378,7 @@ void compute_collective(Worker* w, Fiber* f, int base, unsigned present) {
           const void* p = lanes[8 * j + r].ptr;
           if (reinterpret_cast<uintptr_t>(p) % 16 != 0)
             fail("ldmatrix: row address %p from lane %d is not 16-byte aligned", p, 8 * j + r);
+          check::record_read(p, 16, static_cast<uint32_t>(base + 8 * j + r));
           rows[j][r] = static_cast<const unsigned char*>(p);
         }
       auto elem = [&](int j, int r, int c) {
@@ -411,6 +425,7 @@ void try_complete(Worker* w, Fiber* f) {
     present |= 1u << l;
   }
   compute_collective(w, f, base, present);
+  check::on_warp_collective(base >> 5);
   for (int l = 0; l < 32; l++)
     if (present >> l & 1) w->fibers[base + l].state = RUNNABLE;
 }
@@ -450,6 +465,34 @@ void syncthreads() {
   Fiber* f = self_fiber();
   f->state = AT_BARRIER;
   switch_to_scheduler(f, false);
+}
+
+namespace {
+struct SkippedBarrier {
+  std::string file;  // a suffix of the __FILE__ of the barrier
+  int line = -1;
+};
+
+SkippedBarrier skipped_barrier() {
+  SkippedBarrier s;
+  const char* v = getenv("KERNELS_CU_EMU_SKIP_BARRIER");
+  if (!v) return s;
+  std::string spec(v);
+  size_t colon = spec.rfind(':');
+  if (colon == std::string::npos) return s;
+  s.file = spec.substr(0, colon);
+  s.line = atoi(spec.c_str() + colon + 1);
+  return s;
+}
+}  // namespace
+
+void syncthreads_at(const char* file, int line) {
+  static const SkippedBarrier skip = skipped_barrier();
+  if (line == skip.line) {
+    size_t n = strlen(file), m = skip.file.size();
+    if (n >= m && skip.file.compare(0, m, file + n - m) == 0) return;
+  }
+  syncthreads();
 }
 
 void syncwarp(unsigned mask) {
@@ -534,6 +577,7 @@ void cp_async(void* dst, const void* src, unsigned cp_size, unsigned src_size) {
   if (src_size > cp_size) fail("cp.async: src-size %u exceeds cp-size %u", src_size, cp_size);
   if (reinterpret_cast<uintptr_t>(dst) % cp_size || reinterpret_cast<uintptr_t>(src) % cp_size)
     fail("cp.async: addresses %p <- %p are not aligned to %u bytes", dst, src, cp_size);
+  check::cp_async_issue(dst, cp_size, src, src_size, static_cast<uint32_t>(f->lin));
   f->cp_ops.push_back(CpAsyncOp{static_cast<unsigned char*>(dst),
                                 static_cast<const unsigned char*>(src), cp_size, src_size, -1});
 }
@@ -556,6 +600,7 @@ void cp_async_wait(int n) {
     if (op.group >= 0 && op.group < limit) {
       memcpy(op.dst, op.src, op.src_size);
       memset(op.dst + op.src_size, 0, op.size - op.src_size);
+      check::cp_async_land(op.dst, op.size, static_cast<uint32_t>(f->lin));
     } else {
       f->cp_ops[keep++] = op;
     }
@@ -630,6 +675,20 @@ void start_context(Fiber* f) {
 #endif
 }
 
+unsigned long long splitmix64(unsigned long long* s) {
+  unsigned long long z = (*s += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+void set_order(Worker* w, int n, int order, unsigned long long* rng) {
+  w->order.resize(n);
+  for (int i = 0; i < n; i++) w->order[i] = order == ORDER_DESCENDING ? n - 1 - i : i;
+  if (order == ORDER_RANDOM)
+    for (int i = n - 1; i > 0; i--) std::swap(w->order[i], w->order[splitmix64(rng) % (i + 1)]);
+}
+
 // Runs block `lin` of the job; returns false (with w->error set) on an emulation error.
 bool run_block(Worker* w, Job* job, long lin) {
   const dim3 g = job->grid, bd = job->block;
@@ -651,6 +710,12 @@ bool run_block(Worker* w, Job* job, long lin) {
   w->nthreads = n;
   w->job = job;
   w->failed = false;
+  check::begin_block(&job->info, lin, smem.get(), job->checks);
+  struct EndBlock {
+    ~EndBlock() { check::end_block(); }
+  } end_block;
+  unsigned long long rng = job->seed ^ (0x9e3779b97f4a7c15ull * static_cast<unsigned long long>(lin + 1));
+  set_order(w, n, job->order, &rng);
   for (int i = 0; i < n; i++) {
     Fiber& f = w->fibers[i];
     f.ts.thread_idx = uint3{static_cast<unsigned>(i % bd.x), static_cast<unsigned>((i / bd.x) % bd.y),
@@ -669,7 +734,8 @@ bool run_block(Worker* w, Job* job, long lin) {
     bool ran = true;
     while (ran) {
       ran = false;
-      for (int i = 0; i < n; i++) {
+      for (int k = 0; k < n; k++) {
+        int i = w->order[k];
         if (w->fibers[i].state != RUNNABLE) continue;
         resume(w, &w->fibers[i]);
         ran = true;
@@ -717,6 +783,8 @@ bool run_block(Worker* w, Job* job, long lin) {
     }
     w->stacks_dirty = false;
     for (int i = 0; i < n; i++) w->fibers[i].state = RUNNABLE;  // every thread reached the barrier
+    check::on_barrier();
+    if (job->order == ORDER_RANDOM) set_order(w, n, job->order, &rng);
   }
 }
 
@@ -734,8 +802,12 @@ void run_ticket(Job* job) {
   Worker* w = tls_worker;
   for (;;) {
     if (job->failed.load(std::memory_order_relaxed)) break;
-    long b = job->next.fetch_add(1);
-    if (b >= job->nblocks) break;
+    long i = job->next.fetch_add(1);
+    if (i >= job->nblocks) break;
+    long b = job->order == ORDER_DESCENDING ? job->nblocks - 1 - i
+             : job->order == ORDER_RANDOM   ? static_cast<long>((static_cast<unsigned long long>(i) * job->block_mul +
+                                                              job->block_add) % job->nblocks)
+                                            : i;
     if (!run_block(w, job, b)) {
       std::lock_guard<std::mutex> lk(job->m);
       if (b < job->error_block) {
@@ -782,9 +854,12 @@ Pool* pool() {
 
 extern "C" {
 
-// Runs a launch to completion. Returns 0, or 1 with a message in err.
+// Runs a launch to completion. `flags`: bit 0 runs the memory checker (checker.h); bits 1-2
+// the order (0 ascending, 1 descending, 2 random with `seed`). Returns 0, or 1 with a message
+// in err.
 int kc_emu_launch(const kc_emu::KernelEntry* kernel, const unsigned grid[3], const unsigned block[3],
-                  unsigned smem_bytes, void* const* args, char* err, size_t err_len) {
+                  unsigned smem_bytes, void* const* args, unsigned flags, unsigned long long seed, char* err,
+                  size_t err_len) {
   using namespace kc_emu;
   auto job = std::make_shared<Job>();
   job->kernel = kernel;
@@ -793,6 +868,34 @@ int kc_emu_launch(const kc_emu::KernelEntry* kernel, const unsigned grid[3], con
   job->smem = smem_bytes;
   job->args = args;
   job->nblocks = static_cast<long>(grid[0]) * grid[1] * grid[2];
+  job->checks = (flags & 1) != 0;
+  job->order = static_cast<int>((flags >> 1) & 3);
+  job->seed = seed;
+  if (job->order == ORDER_RANDOM) {
+    // A multiplier coprime to nblocks makes b -> (b * mul + add) % nblocks a permutation.
+    unsigned long long s = seed;
+    long n = job->nblocks;
+    long mul = n > 1 ? static_cast<long>(splitmix64(&s) % static_cast<unsigned long long>(n)) : 1;
+    auto gcd = [](long a, long b) {
+      while (b) {
+        long t = a % b;
+        a = b;
+        b = t;
+      }
+      return a;
+    };
+    while (n > 1 && (mul == 0 || gcd(mul, n) != 1)) mul = (mul + 1) % n;
+    job->block_mul = n > 1 ? mul : 1;
+    job->block_add = n > 1 ? static_cast<long>(splitmix64(&s) % static_cast<unsigned long long>(n)) : 0;
+  }
+  job->info.kernel = kernel->name;
+  job->info.signature = kernel->signature();
+  job->info.args = args;
+  job->info.grid = job->grid;
+  job->info.block = job->block;
+  job->info.nblocks = job->nblocks;
+  job->info.smem_bytes = smem_bytes;
+  job->info.serial_base = check::reserve_serials(job->nblocks);
   Pool* p = pool();
   int tickets = static_cast<int>(job->nblocks < p->nthreads ? job->nblocks : p->nthreads);
   job->tickets_left = tickets;
@@ -809,6 +912,10 @@ int kc_emu_launch(const kc_emu::KernelEntry* kernel, const unsigned grid[3], con
   }
   return 0;
 }
+
+int kc_emu_checks_available() { return kc_emu::check::available() ? 1 : 0; }
+void kc_emu_mem_register(const void* p, size_t n) { kc_emu::check::mem_register(p, n); }
+void kc_emu_mem_release(const void* p, size_t n) { kc_emu::check::mem_release(p, n); }
 
 const char* kc_emu_entry_name(const kc_emu::KernelEntry* k) { return k->name; }
 const char* kc_emu_entry_signature(const kc_emu::KernelEntry* k) { return k->signature(); }

@@ -423,7 +423,7 @@ impl Device {
         #[cfg(feature = "emulator")]
         {
             Ok(Device::from_backend(Box::new(
-                crate::backend::emu::EmuBackend::new(opts),
+                crate::backend::emu::EmuBackend::try_new(opts)?,
             )))
         }
         #[cfg(not(feature = "emulator"))]
@@ -588,6 +588,7 @@ impl Device {
                 Arg::F64(v) => ArgValue::F64(*v),
             });
         }
+        check_vector_alignment(l.kernel, &values)?;
         // SAFETY: forwarded contract of this function.
         unsafe {
             self.inner
@@ -625,6 +626,30 @@ impl Device {
     }
 }
 
+/// Refuses a launch that passes a kernel's 16-byte-vector parameter a misaligned address (see
+/// [`crate::launch_align`]): on a GPU the first such access kills the context.
+fn check_vector_alignment(kernel: Kernel, values: &[ArgValue]) -> Result<()> {
+    use crate::launch_align::{vector_params, VECTOR_ALIGN};
+    for &i in vector_params(kernel.name) {
+        if let Some(ArgValue::Ptr { addr, dtype, .. }) = values.get(i) {
+            if addr % VECTOR_ALIGN != 0 {
+                return Err(Error::InvalidLaunch {
+                    kernel: kernel.name,
+                    reason: format!(
+                        "argument {i} ({dtype:?}) starts {} bytes past a {VECTOR_ALIGN}-byte \
+                         boundary, but the kernel reads it with {VECTOR_ALIGN}-byte vector \
+                         accesses (a GPU faults with \"misaligned address\"); start the buffer \
+                         view at a multiple of {} elements",
+                        addr % VECTOR_ALIGN,
+                        VECTOR_ALIGN as usize / dtype.size(),
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 /// CUDA's launch limits (the same on sm_80..sm_90).
 fn validate_dims(l: &Launch<'_>, max_shared: u32) -> Result<()> {
     let bad = |reason: String| Error::InvalidLaunch {
@@ -658,12 +683,51 @@ pub struct EmulatorOptions {
     /// Largest dynamic shared memory per block a launch may ask for. Default 101376 bytes
     /// (99 KiB, the opt-in limit of sm_86/sm_89, the smallest among our targets).
     pub max_shared_bytes: u32,
+    /// Run the memory checker (data races, misaligned and out-of-bounds accesses, cp.async
+    /// reads before their wait; see `emu/checker.h`). `None`: on, unless the environment sets
+    /// `KERNELS_CU_EMU_CHECKS=0`.
+    pub checks: Option<bool>,
+    /// The order of blocks and threads. `None`: from `KERNELS_CU_EMU_ORDER` (`ascending`,
+    /// `descending`, `random[:SEED]` or `all[:SEED]`), else ascending.
+    pub order: Option<ExecOrder>,
+}
+
+/// The order in which the emulator runs the blocks of a launch and, within a block, the threads
+/// between two barriers or warp collectives. Results of a correct kernel do not depend on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecOrder {
+    Ascending,
+    Descending,
+    /// A permutation drawn from the seed (and the launch's position in the run).
+    Random(u64),
+    /// Every launch three times (ascending, descending, random), from the same inputs; any
+    /// difference in the buffers the kernel can reach is an error naming the first byte.
+    All(u64),
+}
+
+impl ExecOrder {
+    /// Parses `ascending`, `descending`, `random[:SEED]` or `all[:SEED]` (seed 1 by default).
+    pub fn parse(v: &str) -> Option<ExecOrder> {
+        let (name, seed) = match v.split_once(':') {
+            Some((n, s)) => (n, s.parse::<u64>().ok()?),
+            None => (v, 1),
+        };
+        match name {
+            "" | "ascending" => Some(ExecOrder::Ascending),
+            "descending" => Some(ExecOrder::Descending),
+            "random" => Some(ExecOrder::Random(seed)),
+            "all" => Some(ExecOrder::All(seed)),
+            _ => None,
+        }
+    }
 }
 
 impl Default for EmulatorOptions {
     fn default() -> Self {
         EmulatorOptions {
             max_shared_bytes: 101_376,
+            checks: None,
+            order: None,
         }
     }
 }

@@ -12,6 +12,12 @@ pub enum Error {
     Driver { call: &'static str, msg: String },
     #[error("the emulator is not built into this binary (feature `emulator` is off)")]
     NoEmulator,
+    #[error("environment variable {var}={value:?} is not valid: expected {expected}")]
+    Env {
+        var: &'static str,
+        value: String,
+        expected: &'static str,
+    },
     #[error("kernel {kernel} failed in the emulator: {msg}")]
     Emulator { kernel: &'static str, msg: String },
     #[error("kernel {kernel} is not known to the {backend} backend")]

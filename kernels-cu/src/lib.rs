@@ -130,10 +130,12 @@
 //!   can be opened (used by `scripts/gpu-check.sh`).
 
 pub mod backend;
+pub mod cubin;
 pub mod defines;
 mod device;
 mod dtype;
 mod error;
+pub mod launch_align;
 pub mod nvrtc;
 pub mod ops;
 pub mod perf;
@@ -147,7 +149,7 @@ pub mod tools;
 
 pub use device::{
     describe_code, Arg, ArgValue, Backend, BackendKind, Buffer, BufferView, BufferViewMut, Device,
-    DeviceInfo, Dim3, EmulatorOptions, Launch,
+    DeviceInfo, Dim3, EmulatorOptions, ExecOrder, Launch,
 };
 pub use dtype::{DType, Elem};
 pub use error::{Error, Result};
@@ -159,6 +161,19 @@ pub use sources::{
 /// True when the CUDA driver library (libcuda) can be loaded. No GPU may be present even then.
 pub fn cuda_driver_present() -> bool {
     backend::cuda::driver_present()
+}
+
+/// True when the emulator's memory checker is built in (every emulator build except the
+/// AddressSanitizer one).
+pub fn emulator_checks_available() -> bool {
+    #[cfg(feature = "emulator")]
+    {
+        backend::emu::checks_available()
+    }
+    #[cfg(not(feature = "emulator"))]
+    {
+        false
+    }
 }
 
 /// Names and C++ signatures of the kernels compiled into the emulator (empty without it).

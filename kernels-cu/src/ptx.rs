@@ -4,6 +4,7 @@
 //! `kernels-cu/ptx/<family>.ptx`; `scripts/kernels-cu-regen.sh` rewrites it, and the compile gate
 //! (`tests/gates.rs`) fails when it differs from what the sources compile to. PTX ISA 8.4 loads
 //! on every driver from R550 on, which JIT-compiles it for the GPU at hand (sm_80 and newer).
+//! GPUs with a prebuilt cubin ([`crate::cubin`]) load that instead and need only R525.
 
 /// Virtual architecture the embedded PTX is generated for (runs on sm_80, sm_86, sm_89, sm_90).
 pub const PTX_ARCH: &str = "compute_80";

@@ -89,6 +89,46 @@ pub fn run(
     })
 }
 
+/// Compiles the family's PTX to a cubin (SASS) for `arch` with ptxas's default optimisation,
+/// exactly as the embedded cubins are built (`kernels-cu/cubin/`, see [`crate::cubin`]).
+pub fn cubin(ptxas: &Path, family: &Family, ptx: &str, arch: &str) -> Result<Vec<u8>, PtxasError> {
+    let dir = std::env::temp_dir().join(format!(
+        "kernels-cu-cubin-{}-{}-{arch}",
+        std::process::id(),
+        family.name
+    ));
+    let run_err = |msg: String| PtxasError::Run {
+        path: ptxas.display().to_string(),
+        msg,
+    };
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| run_err(format!("temp dir {}: {e}", dir.display())))?;
+    let input = dir.join(format!("{}.ptx", family.name));
+    let output = dir.join(format!("{}.{arch}.cubin", family.name));
+    std::fs::write(&input, ptx).map_err(|e| run_err(format!("write {}: {e}", input.display())))?;
+    let out = Command::new(ptxas)
+        .arg(format!("--gpu-name={arch}"))
+        .arg(&input)
+        .arg("-o")
+        .arg(&output)
+        .output()
+        .map_err(|e| run_err(e.to_string()))?;
+    let bytes = std::fs::read(&output);
+    let _ = std::fs::remove_dir_all(&dir);
+    if !out.status.success() {
+        return Err(PtxasError::Failed {
+            family: family.name.into(),
+            arch: arch.into(),
+            log: format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        });
+    }
+    bytes.map_err(|e| run_err(format!("read {}: {e}", output.display())))
+}
+
 /// Parses `ptxas -v` output: per entry a "Compiling entry function 'k'" line, then
 /// "N bytes stack frame, N bytes spill stores, N bytes spill loads" and
 /// "Used N registers[, ...][, N bytes smem]".

@@ -545,3 +545,76 @@ fn a_view_moved_out_of_its_wrapper_keeps_the_memory_alive() {
     drop(other);
     assert_eq!(dev.memory().in_use, before);
 }
+
+#[test]
+fn a_misaligned_view_is_refused_by_the_launcher_before_it_reaches_a_vector_kernel() {
+    let mut rng = Rng::new(31);
+    for dev in devices() {
+        let x = rng.vec_f32(64, -2.0, 2.0);
+        let xb = dev.htod(&x).unwrap();
+        let mut y = dev.htod(&vec![f32::NAN; 64]).unwrap();
+        // A view one element (4 bytes) into the input: gelu_fwd_f32 loads it as float4.
+        let view = xb.view(1, 32).unwrap();
+        let mut out = y.view_mut(0, 32).unwrap();
+        let r = kernels_cu::ops::pointwise::gelu_forward(&dev, &mut out, &view);
+        match r {
+            Err(Error::InvalidLaunch { kernel, reason }) => {
+                assert_eq!(kernel, "gelu_fwd_f32");
+                assert!(
+                    reason.contains("argument 1")
+                        && reason.contains("4 bytes past a 16-byte boundary")
+                        && reason.contains("multiple of 4 elements"),
+                    "{reason}"
+                );
+            }
+            other => panic!("expected the launcher to refuse the view, got {other:?}"),
+        }
+        // The same view at a 16-byte boundary launches and computes.
+        let view = xb.view(4, 32).unwrap();
+        kernels_cu::ops::pointwise::gelu_forward(&dev, &mut out, &view).unwrap();
+        drop(out);
+        let got = dev.dtoh::<f32>(&y).unwrap();
+        for i in 0..32 {
+            let v = x[4 + i] as f64;
+            let want = 0.5 * v * (1.0 + erf(v / std::f64::consts::SQRT_2));
+            assert!((got[i] as f64 - want).abs() < 1e-5, "element {i}");
+        }
+        assert!(
+            got[32..].iter().all(|v| v.is_nan()),
+            "written past the view"
+        );
+    }
+}
+
+/// erf by its Taylor series (|x| <= 2 here), to f64 precision.
+fn erf(x: f64) -> f64 {
+    let (mut term, mut sum) = (x, x);
+    for n in 1..60 {
+        term *= -x * x / n as f64;
+        sum += term / (2 * n + 1) as f64;
+    }
+    2.0 / std::f64::consts::PI.sqrt() * sum
+}
+
+#[test]
+fn vector_parameter_table_names_pointer_parameters_of_real_kernels() {
+    for k in KERNELS {
+        let params = kernels_cu::launch_align::vector_params(k.name);
+        if params.is_empty() {
+            continue;
+        }
+        let sig = kernels_cu::emulator_kernels()
+            .into_iter()
+            .find(|(n, _)| n == k.name)
+            .map(|(_, s)| s)
+            .unwrap();
+        for &i in params {
+            let code = &sig[2 * i..2 * i + 2];
+            assert!(
+                code.starts_with('p') || code.starts_with('P'),
+                "{}: parameter {i} is {code}, not a pointer",
+                k.name
+            );
+        }
+    }
+}

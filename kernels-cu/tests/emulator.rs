@@ -7,7 +7,7 @@ mod common;
 
 use common::{devices, emulator, emulator_error, Rng};
 use half::bf16;
-use kernels_cu::{kernels::*, Arg, DType, Device, Dim3, Launch};
+use kernels_cu::{kernels::*, Arg, DType, Device, Dim3, Error, Launch};
 
 const POISON: u32 = 0xdead_beef;
 
@@ -581,27 +581,49 @@ fn conversions_round_to_nearest_even_and_pack_low_first() {
 #[test]
 fn emulated_cp_async_lands_only_at_the_wait() {
     // The emulator defers cp.async copies to cp.async.wait_group, so a kernel that reads the
-    // destination too early sees the old contents instead of racing silently.
-    let dev = emulator();
+    // destination too early sees the old contents instead of racing silently; the memory
+    // checker (when built in) reports the read itself.
+    let launch = |dev: &Device, out: &mut kernels_cu::Buffer, inp: &kernels_cu::Buffer| {
+        // SAFETY: in holds 4*128 floats, out 2*128; 128 threads.
+        unsafe {
+            dev.launch(&Launch {
+                kernel: SELFTEST_CP_ASYNC_READ_BEFORE_WAIT,
+                grid: Dim3::x(1),
+                block: Dim3::x(128),
+                shared_bytes: 0,
+                args: &[out.arg_mut(), inp.arg()],
+            })
+        }
+    };
     let mut rng = Rng::new(8);
     let input = rng.vec_f32(4 * 128, 1.0, 2.0);
-    let inp = dev.htod(&input).unwrap();
-    let mut out = poisoned_f32(&dev, 2 * 128);
-    // SAFETY: in holds 4*128 floats, out 2*128; 128 threads.
-    unsafe {
-        dev.launch(&Launch {
-            kernel: SELFTEST_CP_ASYNC_READ_BEFORE_WAIT,
-            grid: Dim3::x(1),
-            block: Dim3::x(128),
-            shared_bytes: 0,
-            args: &[out.arg_mut(), inp.arg()],
-        })
-        .unwrap();
-    }
-    let got = dev.dtoh::<f32>(&out).unwrap();
+    let unchecked = Device::emulator_with(kernels_cu::EmulatorOptions {
+        checks: Some(false),
+        ..Default::default()
+    })
+    .unwrap();
+    let inp = unchecked.htod(&input).unwrap();
+    let mut out = poisoned_f32(&unchecked, 2 * 128);
+    launch(&unchecked, &mut out, &inp).unwrap();
+    let got = unchecked.dtoh::<f32>(&out).unwrap();
     for t in 0..128 {
         assert_eq!(got[t], -1.0, "thread {t} saw the copy before waiting");
         assert_eq!(got[128 + t], input[4 * t], "thread {t} after the wait");
+    }
+    if kernels_cu::emulator_checks_available() {
+        let checked = Device::emulator_with(kernels_cu::EmulatorOptions {
+            checks: Some(true),
+            ..Default::default()
+        })
+        .unwrap();
+        let inp = checked.htod(&input).unwrap();
+        let mut out = poisoned_f32(&checked, 2 * 128);
+        match launch(&checked, &mut out, &inp) {
+            Err(Error::Emulator { msg, .. }) => {
+                assert!(msg.contains("destination of a cp.async"), "{msg}")
+            }
+            other => panic!("expected the checker to report the early read, got {other:?}"),
+        }
     }
 }
 

@@ -201,3 +201,30 @@ fn gate1_reports_errors_and_warnings() {
         out.log
     );
 }
+
+#[test]
+fn gate3_embedded_cubins_are_current() {
+    let Some(ptxas_path) = tool("ptxas", "KERNELS_CU_PTXAS", tools::ptxas_path()) else {
+        return;
+    };
+    let mut stale = Vec::new();
+    for fam in FAMILIES {
+        for &(_, _, arch) in kernels_cu::cubin::CUBIN_ARCHS {
+            let built =
+                ptxas::cubin(&ptxas_path, fam, fam.ptx, arch).unwrap_or_else(|e| panic!("{e}"));
+            let path = crate_dir()
+                .join("cubin")
+                .join(format!("{}.{arch}.cubin", fam.name));
+            if updating() {
+                std::fs::write(&path, &built)
+                    .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+            } else if kernels_cu::cubin::cubin(fam.name, arch) != Some(built.as_slice()) {
+                stale.push(path.display().to_string());
+            }
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "embedded cubins differ from ptxas on the embedded PTX: {stale:?}; run scripts/kernels-cu-regen.sh"
+    );
+}

@@ -119,23 +119,10 @@ fn plan_equals_the_real_step_grouped_all_linears_no_recompute() {
     check_plan_equals_real_step(true, "all-linear", 40, false);
 }
 
-/// The one limit today's kernels break at these sizes: LayerNorm backward keeps two f32 rows
-/// of `hidden` partial sums in shared memory (`2·4·hidden` bytes), 118,784 bytes at
-/// Falcon-180B's hidden size 14848, over the 99 KiB opt-in maximum of sm_86/sm_89 (RTX 3090,
-/// RTX 4090); it fits on A100 and Hopper. When the kernel is fixed, this list empties and the
-/// test below says so.
-fn known_violation(model: &str, v: &validate::Violation) -> bool {
-    model == "falcon-180b"
-        && v.kernel.starts_with("layernorm_bwd_")
-        && matches!(v.gpu, "rtx4090" | "rtx3090")
-        && v.what.contains("opt-in maximum")
-}
-
 /// Issue-sized shapes: every launch of the step, on every target, within the limits.
 #[test]
 fn falcon_7b_40b_180b_launches_are_valid_on_every_target() {
     let mut checked = 0;
-    let mut known = 0;
     for model in ["falcon-7b", "falcon-40b", "falcon-180b"] {
         let cfg = plan::falcon_config(model).unwrap();
         for (batch, seq) in [(1, 512), (2, 512), (1, 4096), (8, 512), (8, 4096)] {
@@ -146,9 +133,7 @@ fn falcon_7b_40b_180b_launches_are_valid_on_every_target() {
                 };
                 let p = plan::dry_run(&cfg, &shape, &GPUS[0])
                     .unwrap_or_else(|e| panic!("{model} {batch}x{seq} {targets}: {e}"));
-                let v = validate::check_all(GPUS, &p.launches);
-                let (ok, bad): (Vec<_>, Vec<_>) =
-                    v.into_iter().partition(|x| known_violation(model, x));
+                let bad = validate::check_all(GPUS, &p.launches);
                 assert!(
                     bad.is_empty(),
                     "{model} {batch}x{seq} {targets}: {} violations, first: {}",
@@ -159,21 +144,12 @@ fn falcon_7b_40b_180b_launches_are_valid_on_every_target() {
                         .collect::<Vec<_>>()
                         .join("; ")
                 );
-                known += ok.len();
                 checked += p.launches.len();
             }
         }
     }
-    eprintln!(
-        "{checked} launches checked on {} targets; {known} known LayerNorm-backward shared \
-         memory violations (Falcon-180B on sm_86/sm_89)",
-        GPUS.len()
-    );
+    eprintln!("{checked} launches checked on {} targets", GPUS.len());
     assert!(checked > 10_000);
-    assert!(
-        known > 0,
-        "LayerNorm backward now fits sm_86/sm_89 at Falcon-180B: remove known_violation"
-    );
 }
 
 #[test]

@@ -226,6 +226,20 @@ fn layernorm_backward_many_rows_per_block() {
     }
 }
 
+/// Falcon-180B's hidden size: wider than the backward's shared-memory accumulators, so columns
+/// from `BWD_SMEM_COLS` on accumulate in global memory; the launch stays within the 99 KiB
+/// opt-in maximum of sm_86/sm_89.
+#[test]
+fn layernorm_falcon_180b_width_matches_reference() {
+    let d = 14848;
+    assert!(d > layernorm::BWD_SMEM_COLS);
+    assert!(layernorm::bwd_shared_bytes(d) <= 99 * 1024);
+    for dev in devices() {
+        run(&case(3, d, 0x180b, true), true, &dev);
+        run(&case(2, d, 0x180c, false), false, &dev);
+    }
+}
+
 #[test]
 fn layernorm_rejects_bad_shapes() {
     let dev = Device::emulator().unwrap();

@@ -1,5 +1,7 @@
-//! The CUDA backend: cudarc 0.19 with the driver library loaded at run time, one stream, the
-//! embedded PTX loaded lazily per family and cached, and a [`CachingPool`] for memory.
+//! The CUDA backend: cudarc 0.19 with the driver library loaded at run time, one stream, each
+//! kernel family loaded lazily and cached (the embedded cubin for the device's architecture, or
+//! the embedded PTX for the driver to JIT; see [`crate::cubin`]), and a [`CachingPool`] for
+//! memory.
 
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -8,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
 use cudarc::driver::{result, CudaContext, CudaFunction, CudaModule, CudaStream, DriverError};
 
+use crate::cubin::{cubin, select_image, ModuleImage};
 use crate::device::{ArgValue, Backend, BackendKind, DeviceInfo, Dim3};
 use crate::error::{Error, Result};
 use crate::pool::{CachingPool, MemoryStats, RawAlloc};
@@ -42,6 +45,8 @@ struct State {
 
 pub struct CudaBackend {
     info: DeviceInfo,
+    /// What every kernel family is loaded from on this device (cubin or PTX).
+    image: ModuleImage,
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     state: Mutex<State>,
@@ -109,7 +114,12 @@ impl CudaBackend {
         let mut driver_version = 0;
         // SAFETY: a plain query of the loaded driver with a valid out-pointer.
         let _ = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut driver_version) };
+        let image = select_image(cc, driver_version).map_err(|msg| Error::NoDevice {
+            ordinal,
+            msg: format!("{name}: {msg}"),
+        })?;
         Ok(CudaBackend {
+            image,
             info: DeviceInfo {
                 kind: BackendKind::Cuda,
                 name,
@@ -204,9 +214,19 @@ impl Backend for CudaBackend {
         let mut st = self.state();
         let family = kernel.family;
         if !st.modules.contains_key(family.name) {
+            let image = match self.image {
+                ModuleImage::Cubin(arch) => {
+                    let bytes = cubin(family.name, arch).ok_or(Error::UnknownKernel {
+                        kernel: kernel.name,
+                        backend: "CUDA (no cubin for this family)",
+                    })?;
+                    cudarc::nvrtc::Ptx::from_binary(bytes.to_vec())
+                }
+                ModuleImage::Ptx => cudarc::nvrtc::Ptx::from_src(family.ptx),
+            };
             let m = self
                 .ctx
-                .load_module(cudarc::nvrtc::Ptx::from_src(family.ptx))
+                .load_module(image)
                 .map_err(driver("cuModuleLoadData"))?;
             st.modules.insert(family.name, m);
         }

@@ -6,8 +6,9 @@ use std::collections::HashMap;
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::sync::Mutex;
 
+use super::order_compare::{self, Region};
 use crate::device::{
-    describe_code, ArgValue, Backend, BackendKind, DeviceInfo, Dim3, EmulatorOptions,
+    describe_code, ArgValue, Backend, BackendKind, DeviceInfo, Dim3, EmulatorOptions, ExecOrder,
 };
 use crate::error::{Error, Result};
 use crate::pool::MemoryStats;
@@ -30,18 +31,64 @@ extern "C" {
         block: *const u32,
         smem: u32,
         args: *const *mut c_void,
+        flags: u32,
+        seed: u64,
         err: *mut c_char,
         err_len: usize,
     ) -> i32;
+    fn kc_emu_checks_available() -> i32;
+    fn kc_emu_mem_register(p: *const c_void, n: usize);
+    fn kc_emu_mem_release(p: *const c_void, n: usize);
 }
 
-/// Device memory alignment (as cudaMalloc: at least 256 bytes).
-const ALIGN: usize = 256;
+/// Device memory alignment and size granule. cudaMalloc aligns to 256 bytes; the emulator
+/// gives every allocation whole 4 KiB pages so that the memory checker's shadow pages hold
+/// device memory only (a page is global memory or not, never both). The AddressSanitizer
+/// build (no checker) keeps exact sizes so that ASan sees every overrun.
+const ALIGN: usize = if cfg!(feature = "asan") { 256 } else { 4096 };
 
 pub struct EmuBackend {
     info: DeviceInfo,
     live: Mutex<HashMap<u64, usize>>,
     stats: Mutex<MemoryStats>,
+    checks: bool,
+    order: ExecOrder,
+    launches: std::sync::atomic::AtomicU64,
+}
+
+/// True when the memory checker is compiled in (every build except the AddressSanitizer one).
+pub fn checks_available() -> bool {
+    // SAFETY: a plain query of the runtime.
+    unsafe { kc_emu_checks_available() != 0 }
+}
+
+const CHECKS_VAR: &str = "KERNELS_CU_EMU_CHECKS";
+const ORDER_VAR: &str = "KERNELS_CU_EMU_ORDER";
+
+fn env_checks() -> Result<bool> {
+    match std::env::var(CHECKS_VAR) {
+        Err(_) => Ok(true),
+        Ok(v) => match v.as_str() {
+            "" | "1" | "on" => Ok(true),
+            "0" | "off" => Ok(false),
+            _ => Err(Error::Env {
+                var: CHECKS_VAR,
+                value: v,
+                expected: "1/on or 0/off",
+            }),
+        },
+    }
+}
+
+fn env_order() -> Result<ExecOrder> {
+    match std::env::var(ORDER_VAR) {
+        Err(_) => Ok(ExecOrder::Ascending),
+        Ok(v) => ExecOrder::parse(&v).ok_or(Error::Env {
+            var: ORDER_VAR,
+            value: v,
+            expected: "ascending, descending, random[:SEED] or all[:SEED]",
+        }),
+    }
 }
 
 /// Name and C++ signature (two letters per parameter) of every kernel the emulator has.
@@ -78,8 +125,38 @@ fn threads() -> usize {
 }
 
 impl EmuBackend {
+    /// The emulator with `opts`; an environment variable with an invalid value (see
+    /// [`EmulatorOptions`]) is reported on stderr and replaced by its default. Prefer
+    /// [`EmuBackend::try_new`], which returns it as an error.
     pub fn new(opts: EmulatorOptions) -> EmuBackend {
-        EmuBackend {
+        match EmuBackend::try_new(opts.clone()) {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("kernels-cu emulator: {e}; using the defaults");
+                let defaults = EmulatorOptions {
+                    checks: Some(opts.checks.unwrap_or(true)),
+                    order: Some(opts.order.unwrap_or(ExecOrder::Ascending)),
+                    ..opts
+                };
+                match EmuBackend::try_new(defaults) {
+                    Ok(b) => b,
+                    Err(_) => unreachable!("no environment lookup with every option given"),
+                }
+            }
+        }
+    }
+
+    /// The emulator with `opts`; an invalid environment variable is an [`Error::Env`].
+    pub fn try_new(opts: EmulatorOptions) -> Result<EmuBackend> {
+        let checks = match opts.checks {
+            Some(c) => c,
+            None => env_checks()?,
+        };
+        let order = match opts.order {
+            Some(o) => o,
+            None => env_order()?,
+        };
+        Ok(EmuBackend {
             info: DeviceInfo {
                 kind: BackendKind::Emulator,
                 name: format!("host emulator ({} threads)", threads()),
@@ -90,14 +167,44 @@ impl EmuBackend {
             },
             live: Mutex::new(HashMap::new()),
             stats: Mutex::new(MemoryStats::default()),
-        }
+            checks: checks && checks_available(),
+            order,
+            launches: std::sync::atomic::AtomicU64::new(0),
+        })
     }
 
     fn layout(bytes: usize) -> Result<Layout> {
-        Layout::from_size_align(bytes.max(1), ALIGN).map_err(|e| Error::OutOfMemory {
+        let size = if cfg!(feature = "asan") {
+            bytes.max(1)
+        } else {
+            bytes.max(1).div_ceil(ALIGN) * ALIGN
+        };
+        Layout::from_size_align(size, ALIGN).map_err(|e| Error::OutOfMemory {
             bytes,
             msg: e.to_string(),
         })
+    }
+}
+
+impl EmuBackend {
+    /// The live allocations that the pointer arguments point into, each once.
+    fn reachable(&self, args: &[ArgValue]) -> Vec<Region> {
+        let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<Region> = Vec::new();
+        for a in args {
+            if let ArgValue::Ptr { addr, .. } = *a {
+                let found = live
+                    .iter()
+                    .find(|(&base, &len)| addr >= base && addr <= base + len as u64);
+                if let Some((&base, &len)) = found {
+                    let r = Region { base, len };
+                    if !out.contains(&r) {
+                        out.push(r);
+                    }
+                }
+            }
+        }
+        out
     }
 }
 
@@ -120,6 +227,8 @@ impl Backend for EmuBackend {
         // SAFETY: p points to `layout.size()` writable bytes. Poison: CUDA memory starts
         // undefined, and 0xff bytes are NaN as f32/bf16/f16.
         unsafe { std::ptr::write_bytes(p, 0xff, layout.size()) };
+        // SAFETY: a live allocation of `bytes` bytes; the checker only records its range.
+        unsafe { kc_emu_mem_register(p as *const c_void, bytes) };
         self.live
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -138,6 +247,8 @@ impl Backend for EmuBackend {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&addr);
         if known == Some(reserved) {
+            // SAFETY: the range registered at allocation; no launch uses it any more.
+            unsafe { kc_emu_mem_release(addr as *const c_void, reserved) };
             if let Ok(layout) = Self::layout(reserved) {
                 // SAFETY: allocated above with this layout, freed once (removed from `live`).
                 unsafe { std::alloc::dealloc(addr as *mut u8, layout) };
@@ -232,28 +343,55 @@ impl Backend for EmuBackend {
             .collect();
         let g = [grid.x, grid.y, grid.z];
         let b = [block.x, block.y, block.z];
-        let mut err = vec![0u8; 1024];
-        // SAFETY: entry is live; argument slots outlive the (synchronous) call and match the
-        // signature checked above; buffer sizes are the caller's contract.
-        let rc = unsafe {
-            kc_emu_launch(
-                entry,
-                g.as_ptr(),
-                b.as_ptr(),
-                shared_bytes,
-                ptrs.as_ptr(),
-                err.as_mut_ptr() as *mut c_char,
-                err.len(),
-            )
+        let run = |order: u32, seed: u64| -> Result<()> {
+            let flags = u32::from(self.checks) | (order << 1);
+            let mut err = vec![0u8; 1024];
+            // SAFETY: entry is live; argument slots outlive the (synchronous) call and match
+            // the signature checked above; buffer sizes are the caller's contract.
+            let rc = unsafe {
+                kc_emu_launch(
+                    entry,
+                    g.as_ptr(),
+                    b.as_ptr(),
+                    shared_bytes,
+                    ptrs.as_ptr(),
+                    flags,
+                    seed,
+                    err.as_mut_ptr() as *mut c_char,
+                    err.len(),
+                )
+            };
+            if rc != 0 {
+                let end = err.iter().position(|&c| c == 0).unwrap_or(err.len());
+                return Err(Error::Emulator {
+                    kernel: kernel.name,
+                    msg: String::from_utf8_lossy(&err[..end]).into_owned(),
+                });
+            }
+            Ok(())
         };
-        if rc != 0 {
-            let end = err.iter().position(|&c| c == 0).unwrap_or(err.len());
-            return Err(Error::Emulator {
-                kernel: kernel.name,
-                msg: String::from_utf8_lossy(&err[..end]).into_owned(),
-            });
+        // Each launch gets its own seed, so random orders differ between launches of a run.
+        let n = self
+            .launches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mix = |seed: u64| seed ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        match self.order {
+            ExecOrder::Ascending => run(0, 0),
+            ExecOrder::Descending => run(1, 0),
+            ExecOrder::Random(seed) => run(2, mix(seed)),
+            ExecOrder::All(seed) => {
+                let regions = self.reachable(args);
+                // SAFETY: the regions are live allocations (the caller's launch contract keeps
+                // them alive and unaliased for the launch).
+                unsafe {
+                    order_compare::run_in_every_order(kernel.name, &regions, args, |o| match o {
+                        0 => run(0, 0),
+                        1 => run(1, 0),
+                        _ => run(2, mix(seed)),
+                    })
+                }
+            }
         }
-        Ok(())
     }
 
     fn synchronize(&self) -> Result<()> {

@@ -3,4 +3,6 @@
 pub mod cuda;
 #[cfg(feature = "emulator")]
 pub mod emu;
+#[cfg(feature = "emulator")]
+mod order_compare;
 pub mod pooled;

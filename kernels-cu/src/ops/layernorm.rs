@@ -18,6 +18,9 @@ use crate::{Arg, Buffer, DType, Device};
 
 /// Threads per block (`LN_BLOCK` in cuda/layernorm.cu).
 pub const LN_BLOCK: u32 = defines::layernorm::LN_BLOCK as u32;
+/// Columns whose dγ/dβ partials the backward keeps in shared memory (`LN_BWD_SMEM_COLS`); the
+/// rest of a wider row accumulates in global memory.
+pub const BWD_SMEM_COLS: usize = defines::layernorm::LN_BWD_SMEM_COLS;
 /// Most blocks of the backward (each block then takes several rows and keeps one partial
 /// dγ/dβ row). About two waves on 132 SMs.
 pub const MAX_BWD_BLOCKS: usize = 264;
@@ -33,6 +36,12 @@ pub struct LayerNormStats {
 /// on the device).
 pub fn bwd_blocks(rows: usize) -> usize {
     rows.clamp(1, MAX_BWD_BLOCKS)
+}
+
+/// Dynamic shared memory of the backward kernel for row length `d`: two f32 accumulators per
+/// column, for at most [`BWD_SMEM_COLS`] columns (96 KiB, within every target's opt-in maximum).
+pub fn bwd_shared_bytes(d: usize) -> usize {
+    2 * d.min(BWD_SMEM_COLS) * 4
 }
 
 /// Rows of `x` for row length `d`, checking `x` is a whole number of rows of f32 or bf16.
@@ -138,13 +147,14 @@ pub fn backward(
         LAYERNORM_BWD_BF16
     };
     // SAFETY: lengths checked above; block b writes partial row b < g of [g, d]; the dynamic
-    // shared memory is 2·d f32; the reduce kernel reads [g, d] and writes d columns.
+    // shared memory is bwd_shared_bytes(d), as the kernel indexes it; the reduce kernel reads
+    // [g, d] and writes d columns.
     unsafe {
         dev.launch(&Launch {
             kernel,
             grid: Dim3::x(g as u32),
             block: Dim3::x(LN_BLOCK),
-            shared_bytes: (2 * d * 4) as u32,
+            shared_bytes: bwd_shared_bytes(d) as u32,
             args: &[
                 dx.arg_mut(),
                 part_dg.arg_mut(),

@@ -37,8 +37,8 @@ fn pick(what: &'static str, x: &Buffer, f32k: Kernel, bf16k: Kernel) -> Result<(
 pub fn gelu_forward(dev: &Device, y: &mut Buffer, x: &Buffer) -> Result<()> {
     let (kernel, per) = pick("gelu: x", x, GELU_FWD_F32, GELU_FWD_BF16)?;
     check("gelu: y", y, x.dtype(), x.len())?;
-    // SAFETY: x and y hold n elements (checked); device allocations are 16-byte aligned, as the
-    // vector loads need; the kernel touches indices < n only.
+    // SAFETY: x and y hold n elements (checked); the launcher refuses views that are not 16-byte
+    // aligned, as the vector loads need; the kernel touches indices < n only.
     unsafe {
         dev.launch(&Launch {
             kernel,

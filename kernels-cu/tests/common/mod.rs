@@ -1,5 +1,5 @@
 //! Test helpers: the shared PRNG and device list, the emulator, its error messages.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use kernels_cu::{Device, Error};
 
