@@ -36,7 +36,8 @@
 //     dequantized weight reaches shared or global memory. __launch_bounds__(256, 2): two blocks
 //     per SM. Split-K over gridDim.z for grids that would leave the last wave mostly empty.
 //   - shared memory: bf16 GEMM 4·(10240 + 10240) = 80 KiB worst case; NF4 3·(18432 + 4096 + 512)
-//     + 1104 = 70 KiB (two blocks per SM on sm_80 and sm_90, one on sm_86/sm_89).
+//     + 1040 dynamic + 64 static = 69 KiB (two blocks per SM on sm_80 and sm_90, one on
+//     sm_86/sm_89).
 // Requirements (checked by the launchers): for the fast cp.async path a leading dimension must be a
 // multiple of 8 elements, otherwise the tile loader falls back to element loads (correct, slower);
 // NF4 GEMMs need blocksize 64, double quantization and K % 64 == 0. M, N (and K for bf16) arbitrary.

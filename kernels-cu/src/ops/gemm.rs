@@ -8,8 +8,10 @@
 //! - [`quantize`]: blockwise absmax and packed NF4 codes, bit-identical to the CPU (double
 //!   quantization of the small absmax vector stays on the host).
 //! - [`nf4_forward`]: `Y[M][N] = α·X[M][K]·Wᵀ + β·Y`; [`nf4_backward_input`]:
-//!   `dX[M][K] = α·dY[M][N]·W + β·dX`, with W dequantized to bf16 tile by tile in shared memory
-//!   (the values of `dequantize_bf16`), never as a whole in global memory.
+//!   `dX[M][K] = α·dY[M][N]·W + β·dX`, with W's codes (in the fragment layout
+//!   [`CodeLayout::Fragment`], made at upload) decoded to bf16 in the warps' registers (the
+//!   values of `dequantize_bf16`), never as a whole in memory; split along the reduction
+//!   ([`nf4_splits`]) where the grid would leave the last wave mostly empty.
 //! - [`gemm`]: `C[M][N] = α·op(A)·op(B) + β·C` for bf16 A, B in the three [`Layout`]s a linear
 //!   layer's forward and backward need.
 //!

@@ -88,8 +88,13 @@ mod tests {
 
     #[test]
     fn fragment_layout_round_trips_and_is_a_bijection() {
-        for (n, k, seed) in [(64, 64, 1), (70, 128, 2), (1, 192, 3), (131, 64, 4)] {
-            let bnb = codes((n * k).div_ceil(2), seed * 0x9e37_79b9_7f4a_7c15);
+        let cases: [(usize, usize, u64); 4] =
+            [(64, 64, 1), (70, 128, 2), (1, 192, 3), (131, 64, 4)];
+        for (n, k, seed) in cases {
+            let bnb = codes(
+                (n * k).div_ceil(2),
+                seed.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            );
             let frag = to_fragment(&bnb, n, k);
             assert_eq!(frag.len(), fragment_bytes(n, k));
             assert_eq!(from_fragment(&frag, n, k), bnb, "{n}x{k}");
