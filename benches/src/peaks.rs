@@ -36,6 +36,7 @@ mod tests {
             compute_capability: cc,
             total_memory: 80 << 30,
             max_shared_bytes: 227 << 10,
+            multiprocessors: 132,
             driver_version: 12080,
         }
     }

@@ -8,7 +8,7 @@
 //   w(i) = fp32(table[code(i)] * absmax[b]), rounded once to the output type.
 //
 // Kernels
-//   nf4_dequant_{bf16,f32}: one thread per packed byte (two elements). Memory bound:
+//   nf4_dequant_{bf16,f32}: one thread per two elements (bitsandbytes' or the fragment layout). Memory bound:
 //     0.5 B read + 2 B (bf16) or 4 B (f32) written per element; absmax/code map are cached.
 //   nf4_quantize_{f32,bf16}: one warp per absmax block (max|a|, scale, 15-threshold bucketing,
 //     packing); fp32 absmax out, double-quantized on the host (it is 1/64 of the elements).
@@ -18,6 +18,7 @@
 //     tn: A[K][M], B[K][N] (C = Aᵀ·B, the weight gradient dYᵀ·X).
 //   nf4_gemm_fwd_{bf16,f32}: Y[M][N] = alpha*X[M][K]·dequant(W[N][K])ᵀ + beta*Y.
 //   nf4_gemm_bwd_{bf16,f32}: dX[M][K] = alpha*dY[M][N]·dequant(W[N][K]) + beta*dX.
+//     (W's codes in the fragment layout; optional split-K with a fixed-order reduction.)
 //
 // Cost at Falcon-7B shapes (M = 1024, e.g. N = 18176, K = 4544): 2·M·N·K = 169 GFLOP per GEMM;
 // bytes: W 0.5·N·K (+ 1/64 B absmax code per element) = 41 MB, X 2·M·K = 9 MB, Y 2·M·N = 37 MB.
@@ -30,12 +31,13 @@
 //     the operands stored with the reduction dimension as rows);
 //   - cp.async 16-byte copies, multi-stage ring (4 stages of BK = 32 for bf16 x bf16, 3 stages of
 //     BK = 64 for NF4), zero-filled past the matrix edges (ragged M/N/K);
-//   - NF4: the packed codes (0.5 B/element) travel by cp.async into the ring; once a stage lands,
-//     each thread decodes 32 codes (16 bytes) of one row segment of one absmax block to bf16 in
-//     a shared tile (table and code map in shared memory, the block's absmax prefetched into a
-//     register one k-tile ahead); no dequantized weight ever reaches global memory.
-//   - shared memory: bf16 GEMM 4·(10240 + 10240) = 80 KiB worst case; NF4 3·(18432 + 4096) +
-//     18432 + 1088 = 85 KiB (under the 99 KiB per block of sm_86/sm_89).
+//   - NF4: the codes arrive in the fragment layout (repacked once at upload) by cp.async into the
+//     ring and are decoded straight into the warps' B fragments (see the NF4 GEMM section); no
+//     dequantized weight reaches shared or global memory. __launch_bounds__(256, 2): two blocks
+//     per SM. Split-K over gridDim.z for grids that would leave the last wave mostly empty.
+//   - shared memory: bf16 GEMM 4·(10240 + 10240) = 80 KiB worst case; NF4 3·(18432 + 4096 + 512)
+//     + 1040 dynamic + 64 static = 69 KiB (two blocks per SM on sm_80 and sm_90, one on
+//     sm_86/sm_89).
 // Requirements (checked by the launchers): for the fast cp.async path a leading dimension must be a
 // multiple of 8 elements, otherwise the tile loader falls back to element loads (correct, slower);
 // NF4 GEMMs need blocksize 64, double quantization and K % 64 == 0. M, N (and K for bf16) arbitrary.
@@ -49,6 +51,8 @@ using kc::u8;
 #define GEMM_BM 128
 #define GEMM_BN 128
 #define PAD 8
+// Bytes of one 64 x 64 super-tile of a weight in the fragment layout (NF4 GEMM section).
+#define NF_ST_BYTES 2048
 
 // fp32 multiply and add, each rounded to nearest even, never contracted into an FMA.
 __device__ __forceinline__ float mul_rn(float a, float b) {
@@ -91,30 +95,54 @@ __device__ __forceinline__ void store_pair(bf16* p, float a, float b) {
 
 // ---- NF4 dequantize ------------------------------------------------------------------------
 
+// Code of element (n, k) of a weight in the fragment layout (see the NF4 GEMM below) with
+// kb_n = K/64 super-tiles per 64 rows.
+__device__ __forceinline__ u32 fragment_code(const u8* packed, long long n, long long k, long long kb_n) {
+  const long long st = (n / 64) * kb_n + k / 64;
+  const int r = static_cast<int>(n % 64), cc = static_cast<int>(k % 64);
+  const int lane = 4 * (r % 8) + (cc % 8) / 2;
+  const int nib = 4 * ((r % 16) / 8) + 2 * ((cc % 16) / 8) + cc % 2;
+  const u32 byte = packed[st * NF_ST_BYTES + (((r / 16) * 4 + cc / 16) * 32 + lane) * 4 + nib / 2];
+  return nib % 2 != 0 ? byte >> 4 : byte & 15u;
+}
+
+// One thread per two consecutive elements. `k_frag` > 0: the codes are in the fragment layout
+// of a [n / k_frag][k_frag] weight (k_frag % 64 == 0, blocksize 64); 0: bitsandbytes' layout.
 template <typename T>
 __device__ __forceinline__ void nf4_dequant(T* out, const u8* packed, const u8* am_codes, const float* nested,
                                             const float* code_map, const float* table, float offset, long long n,
-                                            int blocksize) {
+                                            int blocksize, int k_frag) {
   const long long byte = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
   const long long i = 2 * byte;
   if (i >= n) return;
-  // blocksize is even, so both elements of a byte share one absmax block.
+  // blocksize is even, so both elements of a pair share one absmax block.
   const float am = nf4_absmax(am_codes, nested, code_map, offset, i / blocksize);
-  const u32 q = packed[byte];
-  store_out(out + i, mul_rn(table[q >> 4], am));
-  if (i + 1 < n) store_out(out + i + 1, mul_rn(table[q & 15u], am));
+  u32 q0, q1;
+  if (k_frag > 0) {
+    const long long row = i / k_frag, col = i % k_frag, kb_n = k_frag / 64;
+    q0 = fragment_code(packed, row, col, kb_n);
+    q1 = fragment_code(packed, row, col + 1, kb_n);  // k_frag is even: same row
+  } else {
+    const u32 q = packed[byte];
+    q0 = q >> 4;
+    q1 = q & 15u;
+  }
+  store_out(out + i, mul_rn(table[q0], am));
+  if (i + 1 < n) store_out(out + i + 1, mul_rn(table[q1], am));
 }
 
 extern "C" __global__ void __launch_bounds__(256)
     nf4_dequant_bf16(bf16* out, const u8* packed, const u8* am_codes, const float* nested,
-                     const float* code_map, const float* table, float offset, long long n, int blocksize) {
-  nf4_dequant(out, packed, am_codes, nested, code_map, table, offset, n, blocksize);
+                     const float* code_map, const float* table, float offset, long long n, int blocksize,
+                     int k_frag) {
+  nf4_dequant(out, packed, am_codes, nested, code_map, table, offset, n, blocksize, k_frag);
 }
 
 extern "C" __global__ void __launch_bounds__(256)
     nf4_dequant_f32(float* out, const u8* packed, const u8* am_codes, const float* nested,
-                    const float* code_map, const float* table, float offset, long long n, int blocksize) {
-  nf4_dequant(out, packed, am_codes, nested, code_map, table, offset, n, blocksize);
+                    const float* code_map, const float* table, float offset, long long n, int blocksize,
+                    int k_frag) {
+  nf4_dequant(out, packed, am_codes, nested, code_map, table, offset, n, blocksize, k_frag);
 }
 
 // ---- NF4 quantize (blockwise absmax + 4-bit codes; double quantization stays on the host) ----
@@ -406,74 +434,196 @@ extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
 }
 
 // ---- NF4-dequantizing GEMM ------------------------------------------------------------------
+//
+// The weight arrives repacked (kernels-cu ops::nf4_layout, done once at upload) into the order the
+// mma fragments consume: W is cut into 64 x 64 super-tiles (rows n, cols k; super-tile (sn, sk) at
+// byte (sn * K/64 + sk) * 2048, rows padded to a multiple of 64), each into 4 x 4 patches of 16 x 16.
+// Lane l = 4g + t owns one u32 per patch: its 8 nibbles (bits 4i..4i+3) are
+//   i = 0..3: W[g][2t], W[g][2t+1], W[g][2t+8], W[g][2t+9];  i = 4..7: the same columns of row g+8
+// (patch coordinates), i.e. exactly the bf16 values of an m16n8k16 B fragment of the forward
+// product (B[k][n] = W[n][k]) for two n8 tiles. Inside a super-tile the u32 of (patch row j,
+// patch column p, lane) is at ((j * 4 + p) * 32 + lane) * 4: a warp's load of one patch is 128
+// consecutive bytes (conflict free).
+//
+// Decode in registers (no shared-memory copy of the decoded tile): nibble -> table value (16
+// fp32 in shared memory: 16 banks, conflict free) -> fp32 product with the row's absmax ->
+// bf16 pair, the value dequantize_bf16 gives. The backward product needs the fragments of Wᵀ:
+// the same registers transposed 8 x 8 by movmatrix.trans (four per patch), no second layout.
+//
+// Pipeline: NF_STAGES cp.async stages of the activation tile (128 x 64 bf16) and the packed
+// codes (two super-tiles, 4 KiB); the absmax of a stage's 128 (row, block) pairs is decoded once
+// per block into shared memory by threads 0..127, one stage ahead, from codes fetched two stages
+// ahead. One barrier per k-tile (stage landed, previous stage free); decode and mma of a warp
+// interleave freely, and __launch_bounds__(256, 2) keeps two blocks (16 warps) per SM so one
+// warp's decode issues while another's mma runs.
+//
+// Split-K (gridDim.z = S > 1): block z reduces k-tiles [kts·z/S, kts·(z+1)/S), stores its fp32
+// partial tile in part[z][M][n_out], and the last of the S blocks of a tile to finish (counted by
+// an atomic per tile, reset by that block for the next launch) sums the S partials in the fixed
+// order z = 0..S-1 and applies α/β: the result does not depend on which block finishes last.
+
+#ifdef KC_DEVICE
+#define NF_NO_UNROLL _Pragma("unroll 1")
+#else
+#define NF_NO_UNROLL
+#endif
 
 #define NF_BK 64
 #define NF_STAGES 3
+#define NF_MIN_BLOCKS 2
+#define NF_MAX_SPLITS 4
 
-// Forward (B_KN false): output C[M][N], reduction over K; the W tile is rows n (BN = 128) x
-// cols k (BK = 64): one absmax block per row. Backward (B_KN true): output dX[M][K], reduction
-// over N; the W tile is rows n (BK = 64) x cols k (BN = 128): two absmax blocks per row.
-// The packed tile is [WR][WC/2] bytes; 256 threads each decode one 32-code row segment.
-template <typename T, bool B_KN>
-__device__ __forceinline__ void gemm_nf4(T* c, const bf16* a, const u8* packed, const u8* am_codes,
-                                         const float* nested, const float* code_map, const float* table,
-                                         float offset, int m, int n_w, int k_w, float alpha, float beta) {
-  typedef Tiles<NF_BK, false, B_KN> TL;
-  constexpr int WR = B_KN ? NF_BK : GEMM_BN;  // rows of W in a tile
-  constexpr int WC = B_KN ? GEMM_BN : NF_BK;  // cols of W in a tile
-  constexpr int PBYTES = WR * WC / 2;         // packed bytes per stage
-  constexpr int SEGS = WC / 32;               // 32-code segments per tile row
-  static_assert(WR * SEGS == GEMM_THREADS, "one segment per thread");
+// movmatrix.sync.aligned.m8n8.trans.b16: lane 4g + t holds row g, columns 2t, 2t+1 of an 8 x 8
+// b16 matrix and receives row g, columns 2t, 2t+1 of its transpose. All 32 lanes must execute it.
+__device__ __forceinline__ u32 movmatrix_trans(u32 x) {
+#ifdef KC_DEVICE
+  u32 r;
+  asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(r) : "r"(x));
+  return r;
+#else
+  // Element (r, c) sits in lane 4r + c/2, half c%2; lane (g, t) wants (2t, g) and (2t+1, g).
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const u32 lo = __shfl_sync(0xffffffffu, x, 8 * t + g / 2);
+  const u32 hi = __shfl_sync(0xffffffffu, x, 8 * t + 4 + g / 2);
+  const int sh = 16 * (g % 2);
+  return ((lo >> sh) & 0xffffu) | (((hi >> sh) & 0xffffu) << 16);
+#endif
+}
+
+// ldmatrix.x4 of the A operand at `p`, whose shared-state-space address is `saddr` (computed by
+// the caller from one base per k-tile, so that the offsets fold into the instruction instead of
+// a generic-to-shared conversion per load). The emulator takes the pointer.
+__device__ __forceinline__ void ldsm_x4(u32 r[4], const bf16* p, u32 saddr) {
+#ifdef KC_DEVICE
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(saddr));
+  (void)p;
+#else
+  kc::ldmatrix_x4(r, p);
+  (void)saddr;
+#endif
+}
+
+// Byte q of x, zero-extended (one PRMT on the device).
+__device__ __forceinline__ u32 byte_of(u32 x, int q) {
+#ifdef KC_DEVICE
+  return __byte_perm(x, 0u, 0x4440u | static_cast<u32>(q));
+#else
+  return (x >> (8 * q)) & 0xffu;
+#endif
+}
+
+// The four bf16 pairs of one packed patch word: o[0] = row g cols 2t.., o[1] = row g cols 2t+8..,
+// o[2], o[3] the same for row g+8 (am_lo, am_hi: the rows' absmax). The nibbles become byte
+// offsets into the 16-float table four at a time ((w << 2) & 0x3c3c3c3c holds 4·code of nibbles
+// 0, 2, 4, 6 in its bytes; (w >> 2) & .. those of 1, 3, 5, 7), so an element costs a byte
+// extract, the table load, the product and half a pack.
+__device__ __forceinline__ void nf4_decode_word(u32 o[4], u32 w, float am_lo, float am_hi, const float* s_table) {
+  const u32 even = (w << 2) & 0x3c3c3c3cu, odd = (w >> 2) & 0x3c3c3c3cu;
+  const char* tab = reinterpret_cast<const char*>(s_table);
+KC_UNROLL
+  for (int q = 0; q < 4; ++q) {
+    const float am = q < 2 ? am_lo : am_hi;
+    const float v0 = mul_rn(*reinterpret_cast<const float*>(tab + byte_of(even, q)), am);
+    const float v1 = mul_rn(*reinterpret_cast<const float*>(tab + byte_of(odd, q)), am);
+    o[q] = kc::pack_bf16x2(v0, v1);
+  }
+}
+
+// Forward (BWD false): output C[M][N], reduction over K, the block's W rows are its output
+// columns. Backward (BWD true): output dX[M][K], reduction over N, the block's W columns are its
+// output columns. part/counters are used only when gridDim.z > 1.
+template <typename T, bool BWD>
+__device__ __forceinline__ void gemm_nf4(T* c, float* part, u32* counters, const bf16* a, const u8* packed,
+                                         const u8* am_codes, const float* nested, const float* code_map,
+                                         const float* table, float offset, int m, int n_w, int k_w, float alpha,
+                                         float beta) {
+  constexpr int A_ELEMS = GEMM_BM * (NF_BK + PAD);
+  constexpr int Q_BYTES = 2 * NF_ST_BYTES;  // packed codes per stage
   KC_DYNAMIC_SHARED(bf16, smem);
-  bf16* sa = smem;                                                        // NF_STAGES x A tile
-  bf16* sw = sa + NF_STAGES * TL::A_ELEMS;                                // decoded W tile
-  u8* sq = reinterpret_cast<u8*>(sw + TL::B_ELEMS);                       // NF_STAGES x packed
-  float* s_table = reinterpret_cast<float*>(sq + NF_STAGES * PBYTES);     // 16
-  float* s_map = s_table + 16;                                            // 256
+  bf16* sa = smem;                                                          // NF_STAGES x A tile
+  u8* sq = reinterpret_cast<u8*>(sa + NF_STAGES * A_ELEMS);                 // NF_STAGES x codes
+  float* s_am = reinterpret_cast<float*>(sq + NF_STAGES * Q_BYTES);         // NF_STAGES x 128
+  float* s_map = s_am + NF_STAGES * 128;                                    // 256
+  u32* s_last = reinterpret_cast<u32*>(s_map + 256);                        // 1
+  // Static, so that its address is a constant of the code: a table load is [offset + imm].
+  __shared__ __align__(16) float s_table[16];
 
-  // Output dims and reduction length in GEMM terms.
-  const int n_out = B_KN ? k_w : n_w;
-  const int red = B_KN ? n_w : k_w;
-  const int lda = red;
+  const int n_out = BWD ? k_w : n_w;
+  const int red = BWD ? n_w : k_w;
+  const int kb_n = k_w / NF_BK;           // absmax blocks per W row = k super-tiles
+  const int sn_n = (n_w + NF_BK - 1) / NF_BK;  // n super-tiles
   const int bm = blockIdx.y * GEMM_BM, bn = blockIdx.x * GEMM_BN;
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, wm = warp / 4, wn = warp % 4;
-  const bool va = lda % 8 == 0;
-  const int kts = (red + NF_BK - 1) / NF_BK;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, wm = warp / 4, wn = warp % 4, g = lane / 4;
+  const bool va = red % 8 == 0;
+  const int splits = gridDim.z, z = blockIdx.z;
+  const int kts_all = (red + NF_BK - 1) / NF_BK;
+  const int kt0 = static_cast<int>(static_cast<long long>(kts_all) * z / splits);
+  const int kt1 = static_cast<int>(static_cast<long long>(kts_all) * (z + 1) / splits);
+  const int kts = kt1 - kt0;
 
   for (int i = threadIdx.x; i < 256; i += GEMM_THREADS) s_map[i] = code_map[i];
   if (threadIdx.x < 16) s_table[threadIdx.x] = table[threadIdx.x];
 
-  // This thread's decode segment: tile row seg_r, tile cols seg_c .. seg_c + 31.
-  const int seg_r = threadIdx.x / SEGS, seg_c = (threadIdx.x % SEGS) * 32;
-  // W coordinates of the segment in k-tile kt, and whether it lies inside W.
-  auto seg_row = [&](int kt) { return B_KN ? kt * NF_BK + seg_r : bn + seg_r; };
-  auto seg_col = [&](int kt) { return B_KN ? bn + seg_c : kt * NF_BK + seg_c; };
-  auto seg_in = [&](int kt) { return seg_row(kt) < n_w && seg_col(kt) < k_w; };
-  // Raw double-quant inputs of the segment's block (the map lookup happens in shared memory).
+  // Absmax entry e = threadIdx.x < 128 of a stage: forward, row bn + e of block kt; backward,
+  // row 64·kt + e%64 of block bn/64 + e/64. Rows or blocks outside W get 0 (their codes are
+  // padding; the activation columns they meet are zero-filled).
+  const u32 sa_saddr = kc::smem_u32(sa);
+  const int e = threadIdx.x;
   u32 am_code = 0;
   float am_nested = 0.0f;
-  auto fetch_absmax = [&](int kt) {
-    if (kt < kts && seg_in(kt)) {
-      const long long blk = (static_cast<long long>(seg_row(kt)) * k_w + seg_col(kt)) / 64;
-      am_code = am_codes[blk];
-      am_nested = nested[blk >> 8];
+  bool am_in = false;
+  auto fetch_am = [&](int kt) {
+    am_in = false;
+    if (e < 128 && kt < kt1) {
+      const int row = BWD ? kt * NF_BK + e % 64 : bn + e;
+      const int kb = BWD ? bn / NF_BK + e / 64 : kt;
+      if (row < n_w && kb < kb_n) {
+        const long long blk = static_cast<long long>(row) * kb_n + kb;
+        am_code = am_codes[blk];
+        am_nested = nested[blk >> 8];
+        am_in = true;
+      }
     }
   };
+  auto store_am = [&](int i) {
+    if (e < 128) s_am[(i % NF_STAGES) * 128 + e] = am_in ? add_rn(mul_rn(s_map[am_code], am_nested), offset) : 0.0f;
+  };
 
-  auto load_stage = [&](int kt) {
-    const int s = kt % NF_STAGES;
-    load_a<NF_BK, false>(sa + s * TL::A_ELEMS, a, lda, bm, kt, m, red, va);
-    // Packed codes: WR rows x WC/2 bytes, 16-byte chunks (k_w % 64 == 0 keeps them aligned).
-    constexpr int CH = PBYTES / 16;
-KC_UNROLL
-    for (int ch = threadIdx.x; ch < CH; ch += GEMM_THREADS) {
-      const int r = ch / (WC / 32), cb = (ch % (WC / 32)) * 16;
-      const int gr = B_KN ? kt * NF_BK + r : bn + r;
-      const int gc = (B_KN ? bn : kt * NF_BK) + 2 * cb;
-      const bool in = gr < n_w && gc < k_w;
-      const u8* src = in ? packed + (static_cast<long long>(gr) * k_w + gc) / 2 : packed;
-      kc::cp_async_16(sq + s * PBYTES + r * (WC / 2) + cb, src, in ? 16u : 0u);
+  // The activation tile: thread t copies column chunk t%8 of rows t/8 + 32·r (r = 0..3), so its
+  // column, row validity and row pointer are fixed and only the k offset moves.
+  const int a_row = threadIdx.x / 8, a_col = (threadIdx.x % 8) * 8;
+  // Element offsets fit in 32 bits (the launcher checks M·K < 2³¹); a 32-bit base costs one
+  // register where a pointer costs two.
+  const int a_off = (bm + a_row) * red + a_col;
+  auto load_a_tile = [&](bf16* dst, int kt) {
+    if (!va) {
+      load_a<NF_BK, false>(dst, a, red, bm, kt, m, red, false);
+      return;
     }
+    const int left = red - (kt * NF_BK + a_col);  // valid elements from the chunk start
+    const u32 bytes = left >= 8 ? 16u : (left > 0 ? 2u * static_cast<u32>(left) : 0u);
+    // Not unrolled: unrolled, ptxas keeps the four rows' addresses live across the k-loop and
+    // spills at the 128-register cap.
+NF_NO_UNROLL
+    for (int r = 0; r < 4; ++r) {
+      const bool in = bm + a_row + 32 * r < m && bytes > 0;
+      // Off-the-edge chunks read nothing (src_bytes 0) but still need a valid address.
+      const bf16* src = in ? a + (a_off + 32 * r * red + kt * NF_BK) : a;
+      kc::cp_async_16(dst + (a_row + 32 * r) * (NF_BK + PAD) + a_col, src, in ? bytes : 0u);
+    }
+  };
+  auto load_stage = [&](int i) {
+    const int kt = kt0 + i, s = i % NF_STAGES;
+    load_a_tile(sa + s * A_ELEMS, kt);
+    // Two super-tiles, 128 16-byte chunks each: one chunk per thread.
+    const int s2 = threadIdx.x / 128, off = (threadIdx.x % 128) * 16;
+    const int sn = BWD ? kt : bn / NF_BK + s2;
+    const int sk = BWD ? bn / NF_BK + s2 : kt;
+    const bool in = BWD ? sk < kb_n : sn < sn_n;
+    const u8* src = in ? packed + (static_cast<long long>(sn) * kb_n + sk) * NF_ST_BYTES + off : packed;
+    kc::cp_async_16(sq + s * Q_BYTES + s2 * NF_ST_BYTES + off, src, in ? 16u : 0u);
   };
 
   float acc[4][4][4];
@@ -482,73 +632,167 @@ KC_UNROLL
 KC_UNROLL
     for (int j = 0; j < 4; ++j)
 KC_UNROLL
-      for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
+      for (int q = 0; q < 4; ++q) acc[i][j][q] = 0.0f;
 
-  for (int kt = 0; kt < NF_STAGES - 1; ++kt) {
-    if (kt < kts) load_stage(kt);
+  for (int i = 0; i < NF_STAGES - 1; ++i) {
+    if (i < kts) load_stage(i);
     kc::cp_async_commit();
   }
-  fetch_absmax(0);
-  for (int kt = 0; kt < kts; ++kt) {
+  fetch_am(kt0);
+  __syncthreads();  // s_map is complete
+  store_am(0);
+  fetch_am(kt0 + 1);
+  for (int i = 0; i < kts; ++i) {
     kc::cp_async_wait<NF_STAGES - 2>();
-    // Stage kt has landed for every thread; every warp is done reading the decoded tile and
-    // the stage of kt-1.
+    // Stage i (codes, activations, absmax) is visible to every thread; every warp is done with
+    // stage i-1, which the next load and absmax store overwrite.
     __syncthreads();
-    const int s = kt % NF_STAGES;
-    {
-      // Decode 32 codes of one absmax block to bf16: bf16(fp32(table[q] * absmax)).
-      bf16* dst = sw + seg_r * (WC + PAD) + seg_c;
-      if (seg_in(kt)) {
-        const float am = add_rn(mul_rn(s_map[am_code], am_nested), offset);
-        const kc::u32x4 q = kc::load_u32x4(sq + s * PBYTES + seg_r * (WC / 2) + seg_c / 2);
-        const u32 words[4] = {q.x, q.y, q.z, q.w};
+    if (i + NF_STAGES - 1 < kts) load_stage(i + NF_STAGES - 1);
+    kc::cp_async_commit();  // possibly empty: keeps the group count per iteration fixed
+    store_am(i + 1);
+    const int s = i % NF_STAGES;
+    const bf16* sa_s = sa + s * A_ELEMS;
+    // This lane's ldmatrix row of the warp's A tile: row wm·64 + lane%16, column 8·(lane/16).
+    const int a_lane = (wm * 64 + lane % 16) * (NF_BK + PAD) + 8 * (lane / 16);
+    const u32 a_saddr = sa_saddr + static_cast<u32>((s * A_ELEMS + a_lane) * 2);
+    const u8* sq_s = sq + s * Q_BYTES + (wn / 2) * NF_ST_BYTES;
+    const float* am_s = s_am + s * 128;
+    if (!BWD) {
+      // The warp's 32 W rows are patch rows j = 2·(wn%2) + jj of super-tile wn/2; the k16 step
+      // p is patch column p.
 KC_UNROLL
-        for (int w = 0; w < 4; ++w) {
+      for (int p = 0; p < 4; ++p) {
+        u32 b[4][2];
+KC_UNROLL
+        for (int jj = 0; jj < 2; ++jj) {
+          const int j = 2 * (wn % 2) + jj;
           u32 o[4];
-KC_UNROLL
-          for (int bI = 0; bI < 4; ++bI) {
-            const u32 byte = (words[w] >> (8 * bI)) & 0xffu;
-            o[bI] = kc::pack_bf16x2(mul_rn(s_table[byte >> 4], am), mul_rn(s_table[byte & 15u], am));
-          }
-          kc::store_u32x4(dst + 8 * w, kc::u32x4{o[0], o[1], o[2], o[3]});
+          // The word and the rows' absmax are loaded where they are used (registers: two
+          // blocks per SM allow 128); the absmax loads are broadcasts.
+          nf4_decode_word(o, *reinterpret_cast<const u32*>(sq_s + ((j * 4 + p) * 32 + lane) * 4),
+                          am_s[wn * 32 + jj * 16 + g], am_s[wn * 32 + jj * 16 + g + 8], s_table);
+          b[2 * jj][0] = o[0];
+          b[2 * jj][1] = o[1];
+          b[2 * jj + 1][0] = o[2];
+          b[2 * jj + 1][1] = o[3];
         }
-      } else {
-        // Outside W: zeros (the code of 0.0 is not 0, and the other operand is zero here).
 KC_UNROLL
-        for (int w = 0; w < 4; ++w) kc::store_u32x4(dst + 8 * w, kc::u32x4{0u, 0u, 0u, 0u});
+        for (int mi = 0; mi < 4; ++mi) {
+          u32 af[4];
+          const int off = mi * 16 * (NF_BK + PAD) + 16 * p;
+          ldsm_x4(af, sa_s + a_lane + off, a_saddr + static_cast<u32>(off * 2));
+KC_UNROLL
+          for (int nj = 0; nj < 4; ++nj) kc::mma_m16n8k16_bf16(acc[mi][nj], af, b[nj], acc[mi][nj]);
+        }
+      }
+    } else {
+      // The warp's 32 output columns are patch columns 2·(wn%2), +1 of super-tile wn/2; the
+      // k16 step j is patch row j (W rows 16j..16j+15 of the k-tile).
+KC_UNROLL
+      for (int j = 0; j < 4; ++j) {
+        const float am_lo = am_s[(wn / 2) * 64 + j * 16 + g];
+        const float am_hi = am_s[(wn / 2) * 64 + j * 16 + g + 8];
+        u32 b[4][2];
+KC_UNROLL
+        for (int pp = 0; pp < 2; ++pp) {
+          u32 o[4];
+          const int p = 2 * (wn % 2) + pp;
+          nf4_decode_word(o, *reinterpret_cast<const u32*>(sq_s + ((j * 4 + p) * 32 + lane) * 4), am_lo, am_hi,
+                          s_table);
+          b[2 * pp][0] = movmatrix_trans(o[0]);
+          b[2 * pp][1] = movmatrix_trans(o[2]);
+          b[2 * pp + 1][0] = movmatrix_trans(o[1]);
+          b[2 * pp + 1][1] = movmatrix_trans(o[3]);
+        }
+        // One A fragment live at a time (registers: two blocks per SM allow 128).
+KC_UNROLL
+        for (int mi = 0; mi < 4; ++mi) {
+          u32 af[4];
+          const int off = mi * 16 * (NF_BK + PAD) + 16 * j;
+          ldsm_x4(af, sa_s + a_lane + off, a_saddr + static_cast<u32>(off * 2));
+KC_UNROLL
+          for (int nj = 0; nj < 4; ++nj) kc::mma_m16n8k16_bf16(acc[mi][nj], af, b[nj], acc[mi][nj]);
+        }
       }
     }
-    if (kt + NF_STAGES - 1 < kts) load_stage(kt + NF_STAGES - 1);
-    kc::cp_async_commit();
-    fetch_absmax(kt + 1);  // in flight during the mma of this tile
-    __syncthreads();       // the decoded tile is complete
-    warp_mma<NF_BK, false, B_KN>(acc, sa + s * TL::A_ELEMS, sw, wm, wn, lane);
+    // Fetched after the products so that the raw codes hold no registers during them; they
+    // are consumed after the next barrier.
+    fetch_am(kt0 + i + 2);
   }
   kc::cp_async_wait_all();
-  epilogue(c, acc, bm, bn, wm, wn, lane, m, n_out, alpha, beta);
+  if (splits == 1) {
+    epilogue(c, acc, bm, bn, wm, wn, lane, m, n_out, alpha, beta);
+    return;
+  }
+
+  // Split-K: publish this block's partial tile, then let the last block of the tile reduce.
+  const long long plane = static_cast<long long>(m) * n_out;
+  const int t = lane % 4;
+KC_UNROLL
+  for (int i = 0; i < 4; ++i)
+KC_UNROLL
+    for (int j = 0; j < 4; ++j)
+KC_UNROLL
+      for (int h = 0; h < 2; ++h) {
+        const int row = bm + wm * 64 + i * 16 + g + 8 * h, col = bn + wn * 32 + j * 8 + 2 * t;
+        if (row >= m || col >= n_out) continue;
+        float* p = part + z * plane + static_cast<long long>(row) * n_out + col;
+        p[0] = acc[i][j][2 * h];
+        if (col + 1 < n_out) p[1] = acc[i][j][2 * h + 1];
+      }
+  __threadfence();  // the partial is visible device-wide before the count says so
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    u32* ctr = counters + blockIdx.y * gridDim.x + blockIdx.x;
+    const u32 prev = atomicAdd(ctr, 1u);
+    const u32 last = prev == static_cast<u32>(splits - 1) ? 1u : 0u;
+    if (last) atomicExch(ctr, 0u);  // ready for the next launch
+    *s_last = last;
+  }
+  __syncthreads();
+  if (*s_last == 0u) return;
+  __threadfence();  // acquire side: the other blocks' partials are read after their counts
+  // The tile's elements, one per thread in turn (coalesced), each the sum of the S partials in
+  // the order z = 0..S-1 (this block's own read back too), then α/β as in the epilogue.
+  const volatile float* vp = part;
+  for (int idx = threadIdx.x; idx < GEMM_BM * GEMM_BN; idx += GEMM_THREADS) {
+    const int row = bm + idx / GEMM_BN, col = bn + idx % GEMM_BN;
+    if (row >= m || col >= n_out) continue;
+    const long long o = static_cast<long long>(row) * n_out + col;
+    float sum = 0.0f;
+    for (int zz = 0; zz < splits; ++zz) sum += vp[zz * plane + o];
+    float v = alpha * sum;
+    // beta == 0 never reads the output (it may hold garbage).
+    if (beta != 0.0f) v += beta * load_out(c + o);
+    store_out(c + o, v);
+  }
 }
 
-extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
-    nf4_gemm_fwd_bf16(bf16* y, const bf16* x, const u8* packed, const u8* am_codes, const float* nested,
-                      const float* code_map, const float* table, float offset, int m, int n, int k,
-                      float alpha, float beta) {
-  gemm_nf4<bf16, false>(y, x, packed, am_codes, nested, code_map, table, offset, m, n, k, alpha, beta);
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS, NF_MIN_BLOCKS)
+    nf4_gemm_fwd_bf16(bf16* out, float* part, u32* counters, const bf16* a, const u8* packed, const u8* am_codes,
+           const float* nested, const float* code_map, const float* table, float offset, int m, int n, int k,
+           float alpha, float beta) {
+  gemm_nf4<bf16, false>(out, part, counters, a, packed, am_codes, nested, code_map, table, offset, m, n, k, alpha,
+                    beta);
 }
-extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
-    nf4_gemm_fwd_f32(float* y, const bf16* x, const u8* packed, const u8* am_codes, const float* nested,
-                     const float* code_map, const float* table, float offset, int m, int n, int k,
-                     float alpha, float beta) {
-  gemm_nf4<float, false>(y, x, packed, am_codes, nested, code_map, table, offset, m, n, k, alpha, beta);
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS, NF_MIN_BLOCKS)
+    nf4_gemm_fwd_f32(float* out, float* part, u32* counters, const bf16* a, const u8* packed, const u8* am_codes,
+           const float* nested, const float* code_map, const float* table, float offset, int m, int n, int k,
+           float alpha, float beta) {
+  gemm_nf4<float, false>(out, part, counters, a, packed, am_codes, nested, code_map, table, offset, m, n, k, alpha,
+                    beta);
 }
-extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
-    nf4_gemm_bwd_bf16(bf16* dx, const bf16* dy, const u8* packed, const u8* am_codes, const float* nested,
-                      const float* code_map, const float* table, float offset, int m, int n, int k,
-                      float alpha, float beta) {
-  gemm_nf4<bf16, true>(dx, dy, packed, am_codes, nested, code_map, table, offset, m, n, k, alpha, beta);
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS, NF_MIN_BLOCKS)
+    nf4_gemm_bwd_bf16(bf16* out, float* part, u32* counters, const bf16* a, const u8* packed, const u8* am_codes,
+           const float* nested, const float* code_map, const float* table, float offset, int m, int n, int k,
+           float alpha, float beta) {
+  gemm_nf4<bf16, true>(out, part, counters, a, packed, am_codes, nested, code_map, table, offset, m, n, k, alpha,
+                    beta);
 }
-extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
-    nf4_gemm_bwd_f32(float* dx, const bf16* dy, const u8* packed, const u8* am_codes, const float* nested,
-                     const float* code_map, const float* table, float offset, int m, int n, int k,
-                     float alpha, float beta) {
-  gemm_nf4<float, true>(dx, dy, packed, am_codes, nested, code_map, table, offset, m, n, k, alpha, beta);
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS, NF_MIN_BLOCKS)
+    nf4_gemm_bwd_f32(float* out, float* part, u32* counters, const bf16* a, const u8* packed, const u8* am_codes,
+           const float* nested, const float* code_map, const float* table, float offset, int m, int n, int k,
+           float alpha, float beta) {
+  gemm_nf4<float, true>(out, part, counters, a, packed, am_codes, nested, code_map, table, offset, m, n, k, alpha,
+                    beta);
 }

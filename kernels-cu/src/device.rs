@@ -155,6 +155,9 @@ pub struct DeviceInfo {
     pub total_memory: usize,
     /// Most dynamic shared memory one block may use.
     pub max_shared_bytes: u32,
+    /// Streaming multiprocessors (0 where unknown: the emulator). Launchers size split-K
+    /// grids by it.
+    pub multiprocessors: u32,
     /// Driver version as reported by the driver (e.g. 13000), 0 for the emulator.
     pub driver_version: i32,
 }

@@ -57,10 +57,12 @@ fn bf16_gemm_flops_and_bytes_are_the_hand_counts() {
     assert_eq!(c1.bytes, 61_333_504.0 + 9_568_256.0);
 }
 
-#[test]
-fn nf4_gemm_flops_bytes_and_decode_are_the_hand_counts() {
+/// The NF4 forward GEMM of the QKV projection with `splits` reduction splits.
+fn nf4_qkv(splits: u32) -> LaunchRecord {
     let mut args = vec![
         ptr(DType::BF16, true),
+        ptr(DType::F32, true),
+        ptr(DType::U32, true),
         ptr(DType::BF16, false),
         ptr(DType::U8, false),
     ];
@@ -78,19 +80,55 @@ fn nf4_gemm_flops_bytes_and_decode_are_the_hand_counts() {
         ArgValue::F32(1.0),
         ArgValue::F32(0.0),
     ]);
-    let r = record(
+    let smem = kernels_cu::ops::gemm::nf4_shared_bytes() as u32;
+    record(
         kernels::NF4_GEMM_FWD_BF16,
-        Dim3::xy(37, 8),
+        Dim3::xyz(37, 8, splits),
         256,
-        87104,
+        smem,
         args,
-    );
-    let c = cost(&r);
+    )
+}
+
+#[test]
+fn nf4_gemm_flops_bytes_and_decode_are_the_hand_counts() {
+    let c = cost(&nf4_qkv(1));
     assert_eq!(c.tensor_flops, 43_478_155_264.0);
-    // 8 M-tiles of 128 rows, each decoding all 4672·4544 = 21,229,568 weights.
-    assert_eq!(c.decoded_elements, 169_836_544.0);
+    // 8 M-tiles of 128 rows, each decoding all 4672·4544 = 21,229,568 weights once per warp
+    // row (2).
+    assert_eq!(c.decoded_elements, 2.0 * 169_836_544.0);
+    assert!(c.decode_overlapped);
     // x 2·1024·4544 = 9,306,112; W ½ + 1/64 byte per weight = 10,946,496; y 2·1024·4672.
     assert_eq!(c.bytes, 9_306_112.0 + 10_946_496.0 + 9_568_256.0);
+    // Three splits: three fp32 partial planes written, two read back.
+    let c3 = cost(&nf4_qkv(3));
+    assert_eq!(c3.tensor_flops, c.tensor_flops);
+    assert_eq!(c3.bytes, c.bytes + 5.0 * 4.0 * 1024.0 * 4672.0);
+}
+
+#[test]
+fn nf4_split_k_fills_the_waves_of_the_issue_shapes() {
+    let h200 = gpu("h200").unwrap();
+    let one = estimate(h200, &nf4_qkv(1));
+    let four = estimate(h200, &nf4_qkv(4));
+    // 296 tiles: 3 SM waves for 2.24 of work; x4: 1184 blocks in 9 waves (99.7 %).
+    assert!((one.waves.efficiency - 296.0 / 396.0).abs() < 1e-12);
+    assert!((four.waves.efficiency - 1184.0 / 1188.0).abs() < 1e-12);
+    assert!(
+        four.time_us < one.time_us,
+        "{} vs {}",
+        four.time_us,
+        one.time_us
+    );
+    // The launcher's choice for the step's shapes on 132 SMs.
+    use kernels_cu::ops::gemm::nf4_splits;
+    assert_eq!(nf4_splits(296, 71, 132), 4);
+    assert_eq!(nf4_splits(288, 284, 132), 4);
+    // 1136 tiles (the 18176-wide products): 8.6 waves already, no split.
+    assert_eq!(nf4_splits(1136, 71, 132), 1);
+    // Too short a reduction to split, or an unknown SM count.
+    assert_eq!(nf4_splits(296, 20, 132), 1);
+    assert_eq!(nf4_splits(296, 71, 0), 1);
 }
 
 #[test]
@@ -189,20 +227,19 @@ fn attention_dkdv_counts_one_partial_slice_per_split_and_the_reduction_reads_the
 }
 
 #[test]
-fn nf4_gemm_fits_one_block_per_sm_on_hopper_limited_by_registers() {
-    let h200 = gpu("h200").unwrap();
-    let res = resources("sm_90", "nf4_gemm_fwd_bf16").expect("in the ptxas report");
-    // 133 registers -> 17·256 = 4352 per warp -> 15 warps per SM -> one 8-warp block,
-    // although shared memory (87,104 + 1,024 reserved of 233,472) would hold two.
-    let occ = occupancy(h200, res, 256, 87104);
-    if res.registers > 128 {
-        assert_eq!((occ.blocks_per_sm, occ.limiter), (1, "registers"));
-    } else {
-        assert_eq!(occ.blocks_per_sm, 2, "{res:?}");
+fn nf4_gemm_fits_two_blocks_per_sm_on_hopper_and_ampere() {
+    let smem = kernels_cu::ops::gemm::nf4_shared_bytes() as u32;
+    for (name, arch) in [("h200", "sm_90"), ("a100", "sm_80")] {
+        let g = gpu(name).unwrap();
+        let res = resources(arch, "nf4_gemm_fwd_bf16").expect("in the ptxas report");
+        // __launch_bounds__(256, 2): at most 128 registers, so two 8-warp blocks fit by
+        // registers, and the ~70 KiB of shared memory fits twice.
+        assert!(res.registers <= 128, "{arch}: {res:?}");
+        let occ = occupancy(g, res, 256, smem);
+        assert!(occ.blocks_per_sm >= 2, "{arch}: {occ:?}");
     }
-    let by_smem = h200.smem_per_sm / (87104 + res.static_smem + 1024);
-    assert_eq!(by_smem, 2);
     // A small kernel is limited by threads: 2048 / 256 = 8 blocks.
+    let h200 = gpu("h200").unwrap();
     let small = resources("sm_90", "add_f32").unwrap();
     let occ = occupancy(h200, small, 256, 0);
     assert_eq!((occ.blocks_per_sm, occ.limiter), (8, "threads"));

@@ -123,18 +123,35 @@ fn the_bf16_gemm_main_loop_issues_32_products_per_k_tile() {
     }
 }
 
-/// The NF4 GEMM's k-loop: BK = 64, four k16 steps of 16 products, and the decode.
+/// The NF4 GEMM's k-loop: BK = 64, four k16 steps of 16 products, and the decode; no more
+/// instructions per product than the performance model charges on sm_90
+/// (`perf::cost::NF4_{FWD,BWD}_LOOP_INSTRUCTIONS_PER_MMA`).
 #[test]
 fn the_nf4_gemm_main_loop_issues_64_products_per_k_tile_and_the_decode() {
+    use kernels_cu::perf::cost::{
+        NF4_BWD_LOOP_INSTRUCTIONS_PER_MMA, NF4_FWD_LOOP_INSTRUCTIONS_PER_MMA,
+    };
     let h200 = gpu("h200").unwrap();
-    for arch in ["sm_80", "sm_90"] {
-        let Some(m) = loop_mix("gemm", "nf4_gemm_fwd_bf16", arch) else {
-            return;
-        };
-        assert_eq!(m.mma, 64, "{arch}: {m:?}");
-        eprintln!(
-            "nf4_gemm_fwd_bf16 {arch}: issue bound {:.2} of the H200 tensor peak",
-            m.issue_bound(h200)
-        );
+    for (kernel, charged) in [
+        ("nf4_gemm_fwd_bf16", NF4_FWD_LOOP_INSTRUCTIONS_PER_MMA),
+        ("nf4_gemm_bwd_bf16", NF4_BWD_LOOP_INSTRUCTIONS_PER_MMA),
+    ] {
+        for arch in ["sm_80", "sm_90"] {
+            let Some(m) = loop_mix("gemm", kernel, arch) else {
+                return;
+            };
+            assert_eq!(m.mma, 64, "{kernel} {arch}: {m:?}");
+            if arch == "sm_90" {
+                assert!(
+                    m.per_mma() <= charged,
+                    "{kernel}: {:.2} instructions per HMMA, the model charges {charged}",
+                    m.per_mma()
+                );
+            }
+            eprintln!(
+                "{kernel} {arch}: issue bound {:.2} of the H200 tensor peak",
+                m.issue_bound(h200)
+            );
+        }
     }
 }

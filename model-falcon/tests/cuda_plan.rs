@@ -30,7 +30,14 @@ fn tiny_config(grouped: bool) -> FalconConfig {
 fn without_weight_data(mut t: Vec<LaunchRecord>) -> Vec<LaunchRecord> {
     for r in &mut t {
         if r.kernel.name.starts_with("nf4_gemm_") {
-            r.args[7] = kernels_cu::ArgValue::F32(0.0);
+            // The weight's absmax offset: the first scalar argument, after the pointers.
+            if let Some(a) = r
+                .args
+                .iter_mut()
+                .find(|a| !matches!(a, kernels_cu::ArgValue::Ptr { .. }))
+            {
+                *a = kernels_cu::ArgValue::F32(0.0);
+            }
         }
     }
     t

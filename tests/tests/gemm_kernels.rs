@@ -15,7 +15,8 @@ use engine::nf4::{Absmax, QuantConfig, QuantizedWeight, NF4_THRESHOLDS};
 use engine::testing::{assert_close, Rng, F32_UNIT_ROUNDOFF as U};
 use half::bf16;
 use integration_tests::devices;
-use kernels_cu::ops::gemm::{self, Layout, Nf4Weight};
+use kernels_cu::ops::gemm::{self, CodeLayout, Layout, Nf4Product, Nf4Weight};
+use kernels_cu::ops::nf4_layout;
 use kernels_cu::{DType, Device, Error};
 use model_falcon::cuda::nf4_parts;
 use proptest::prelude::*;
@@ -183,6 +184,23 @@ fn check_nf4_gemm(
     beta: f32,
     seed: u64,
 ) {
+    check_nf4_gemm_split(m, n, k, backward, dtype, alpha, beta, seed, None);
+}
+
+/// [`check_nf4_gemm`] with `splits` reduction splits (None: the launcher's choice); with a
+/// split, the product is computed twice and must be bit-identical (fixed reduction order).
+#[allow(clippy::too_many_arguments)]
+fn check_nf4_gemm_split(
+    m: usize,
+    n: usize,
+    k: usize,
+    backward: bool,
+    dtype: DType,
+    alpha: f32,
+    beta: f32,
+    seed: u64,
+    splits: Option<usize>,
+) {
     let mut rng = Rng::from_state(seed);
     let q = quantize(&mut rng, n, k, 64, true);
     let wv: Vec<f64> = q.dequantize_bf16().iter().map(|v| v.to_f64()).collect();
@@ -193,8 +211,37 @@ fn check_nf4_gemm(
         let w = upload(&dev, &q);
         let ab = dev.htod(&a).unwrap();
         let (mut c, c0) = output(&dev, &mut rng, dtype, m * n_out, beta);
+        let product = if backward {
+            Nf4Product::BackwardInput
+        } else {
+            Nf4Product::Forward
+        };
+        let initial = read_out(&dev, &c);
+        gemm::nf4_gemm(&dev, product, &ab, &w, &mut c, m, alpha, beta, splits).unwrap();
+        if splits.is_some_and(|s| s > 1) {
+            // Same inputs (the initial C again when β reads it): the same bits.
+            let mut again = dev.alloc(dtype, m * n_out).unwrap();
+            if beta != 0.0 {
+                again = match dtype {
+                    DType::F32 => dev
+                        .htod(&initial.iter().map(|&v| v as f32).collect::<Vec<_>>())
+                        .unwrap(),
+                    _ => dev
+                        .htod(
+                            &initial
+                                .iter()
+                                .map(|&v| bf16::from_f64(v))
+                                .collect::<Vec<_>>(),
+                        )
+                        .unwrap(),
+                };
+            }
+            gemm::nf4_gemm(&dev, product, &ab, &w, &mut again, m, alpha, beta, splits).unwrap();
+            let (x, y) = (read_out(&dev, &c), read_out(&dev, &again));
+            let bits = |v: &[f64]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&x), bits(&y), "split-K {splits:?} not deterministic");
+        }
         let (want, tol) = if backward {
-            gemm::nf4_backward_input(&dev, &ab, &w, &mut c, m, alpha, beta).unwrap();
             // dX[i][j] = Σ_r dY[i][r]·W[r][j]
             reference(
                 m,
@@ -208,7 +255,6 @@ fn check_nf4_gemm(
                 dtype == DType::BF16,
             )
         } else {
-            gemm::nf4_forward(&dev, &ab, &w, &mut c, m, alpha, beta).unwrap();
             // Y[i][j] = Σ_r X[i][r]·W[j][r]
             reference(
                 m,
@@ -223,7 +269,7 @@ fn check_nf4_gemm(
             )
         };
         let what = format!(
-            "nf4 {} {dtype:?} m{m} n{n} k{k} α{alpha} β{beta} on {:?}",
+            "nf4 {} {dtype:?} m{m} n{n} k{k} α{alpha} β{beta} splits {splits:?} on {:?}",
             if backward { "backward" } else { "forward" },
             dev.kind()
         );
@@ -383,6 +429,43 @@ fn nf4_gemm_multi_block_and_deep_k() {
 }
 
 #[test]
+fn nf4_gemm_split_k_matches_and_is_deterministic() {
+    // 2x2 tiles, 6 k-tiles in 2, 3 and 4 splits (uneven: 1 or 2 tiles per split), both
+    // products, β reading C, bf16 and f32 outputs.
+    check_nf4_gemm_split(130, 136, 384, false, DType::F32, 1.0, 0.0, 61, Some(2));
+    check_nf4_gemm_split(129, 72, 384, false, DType::BF16, 0.5, 1.0, 62, Some(3));
+    check_nf4_gemm_split(70, 390, 256, true, DType::F32, 1.0, -0.5, 63, Some(4));
+    check_nf4_gemm_split(40, 136, 192, true, DType::BF16, 1.0, 0.0, 64, Some(3));
+    // More splits than k-tiles: clamped.
+    check_nf4_gemm_split(17, 20, 64, false, DType::F32, 1.0, 0.0, 65, Some(4));
+}
+
+/// The weight on the device is in the fragment layout and holds exactly bitsandbytes' codes.
+#[test]
+fn uploaded_codes_are_the_bitsandbytes_codes_in_fragment_order() {
+    let mut rng = Rng::from_state(71);
+    for (n, k) in [(70, 128), (64, 64), (5, 192)] {
+        let q = quantize(&mut rng, n, k, 64, false);
+        for dev in devices() {
+            let w = upload(&dev, &q);
+            assert_eq!(w.layout, CodeLayout::Fragment);
+            let frag = dev.dtoh::<u8>(&w.packed).unwrap();
+            assert_eq!(frag.len(), nf4_layout::fragment_bytes(n, k));
+            assert_eq!(
+                nf4_layout::from_fragment(&frag, n, k),
+                q.packed(),
+                "{n}x{k}"
+            );
+        }
+    }
+    // A blocksize the GEMM does not take keeps bitsandbytes' layout.
+    let q = quantize(&mut rng, 8, 96, 32, true);
+    for dev in devices() {
+        assert_eq!(upload(&dev, &q).layout, CodeLayout::Bnb);
+    }
+}
+
+#[test]
 fn nf4_gemm_accumulates_with_beta() {
     check_nf4_gemm(33, 50, 128, false, DType::F32, 0.75, 1.0, 21);
     check_nf4_gemm(20, 64, 128, true, DType::BF16, 1.0, -0.5, 22);
@@ -423,6 +506,21 @@ fn launchers_reject_unsupported_weights() {
     let xf = dev.htod(&vec![0.5f32; 2 * 64]).unwrap();
     let e = gemm::nf4_forward(&dev, &xf, &w, &mut y, 2, 1.0, 0.0).unwrap_err();
     assert!(matches!(e, Error::DType { .. }), "{e}");
+    // A split count outside 1 ..= NF4_MAX_SPLITS.
+    let x = dev.htod(&rng.bf16s(2 * 64)).unwrap();
+    let e = gemm::nf4_gemm(
+        &dev,
+        Nf4Product::Forward,
+        &x,
+        &w,
+        &mut y,
+        2,
+        1.0,
+        0.0,
+        Some(9),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("splits"), "{e}");
     // Inconsistent parts.
     let mut parts = nf4_parts("test weight", &q).unwrap();
     parts.packed = &q.packed()[1..];

@@ -111,6 +111,9 @@ impl CudaBackend {
         let max_shared = ctx
             .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
             .map_err(driver("cuDeviceGetAttribute"))?;
+        let sms = ctx
+            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(driver("cuDeviceGetAttribute"))?;
         let mut driver_version = 0;
         // SAFETY: a plain query of the loaded driver with a valid out-pointer.
         let _ = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut driver_version) };
@@ -126,6 +129,7 @@ impl CudaBackend {
                 compute_capability: cc,
                 total_memory,
                 max_shared_bytes: max_shared.max(0) as u32,
+                multiprocessors: sms.max(0) as u32,
                 driver_version,
             },
             ctx,

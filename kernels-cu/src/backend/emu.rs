@@ -163,6 +163,7 @@ impl EmuBackend {
                 compute_capability: (8, 0),
                 total_memory: 0,
                 max_shared_bytes: opts.max_shared_bytes,
+                multiprocessors: 0,
                 driver_version: 0,
             },
             live: Mutex::new(HashMap::new()),

@@ -8,8 +8,10 @@
 //! - [`quantize`]: blockwise absmax and packed NF4 codes, bit-identical to the CPU (double
 //!   quantization of the small absmax vector stays on the host).
 //! - [`nf4_forward`]: `Y[M][N] = α·X[M][K]·Wᵀ + β·Y`; [`nf4_backward_input`]:
-//!   `dX[M][K] = α·dY[M][N]·W + β·dX`, with W dequantized to bf16 tile by tile in shared memory
-//!   (the values of `dequantize_bf16`), never as a whole in global memory.
+//!   `dX[M][K] = α·dY[M][N]·W + β·dX`, with W's codes (in the fragment layout
+//!   [`CodeLayout::Fragment`], made at upload) decoded to bf16 in the warps' registers (the
+//!   values of `dequantize_bf16`), never as a whole in memory; split along the reduction
+//!   ([`nf4_splits`]) where the grid would leave the last wave mostly empty.
 //! - [`gemm`]: `C[M][N] = α·op(A)·op(B) + β·C` for bf16 A, B in the three [`Layout`]s a linear
 //!   layer's forward and backward need.
 //!
@@ -18,7 +20,7 @@
 //! quantization and `K % 64 == 0`; M and N (and K of [`gemm`]) are arbitrary. Leading dimensions
 //! that are a multiple of 8 take the 16-byte `cp.async` path; others a slower element path.
 
-use super::n_i32;
+use super::{n_i32, nf4_layout};
 use crate::defines;
 use crate::device::{Dim3, Launch};
 use crate::error::{Error, Result};
@@ -42,12 +44,46 @@ const BF_BK: usize = defines::gemm::BF_BK;
 const BF_STAGES: usize = defines::gemm::BF_STAGES;
 const NF_BK: usize = defines::gemm::NF_BK;
 const NF_STAGES: usize = defines::gemm::NF_STAGES;
+const NF_ST_BYTES: usize = defines::gemm::NF_ST_BYTES;
 
-/// A 4-bit weight `W[out_features][in_features]` on the device (bitsandbytes' layout).
+/// Where a 4-bit weight's codes sit in its `packed` buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodeLayout {
+    /// bitsandbytes': `ceil(n·k / 2)` bytes, element i's code is the high nibble of byte i/2
+    /// when i is even, the low nibble when odd.
+    Bnb,
+    /// The order of the GEMM's mma fragments ([`super::nf4_layout`]): rows padded to a
+    /// multiple of 64, `k % 64 == 0`. What [`Nf4Weight::upload`] makes for blocksize 64.
+    Fragment,
+}
+
+impl CodeLayout {
+    /// The layout [`Nf4Weight::upload`] chooses for a `[n][k]` weight with `blocksize`: the
+    /// fragment order wherever the NF4 GEMM can use the weight.
+    pub fn for_weight(k: usize, blocksize: usize) -> CodeLayout {
+        if blocksize == NF4_GEMM_BLOCKSIZE && k.is_multiple_of(NF_BK) {
+            CodeLayout::Fragment
+        } else {
+            CodeLayout::Bnb
+        }
+    }
+
+    /// Bytes of the codes of a `[n][k]` weight in this layout.
+    pub fn packed_bytes(self, n: usize, k: usize) -> usize {
+        match self {
+            CodeLayout::Bnb => (n * k).div_ceil(2),
+            CodeLayout::Fragment => nf4_layout::fragment_bytes(n, k),
+        }
+    }
+}
+
+/// A 4-bit weight `W[out_features][in_features]` on the device: bitsandbytes' quantization
+/// state (double-quantized absmax) with the codes in `layout`.
 #[derive(Debug)]
 pub struct Nf4Weight {
-    /// `ceil(n·k / 2)` bytes; element i's code is the high nibble of byte i/2 when i is even.
+    /// The 4-bit codes in `layout`.
     pub packed: Buffer,
+    pub layout: CodeLayout,
     /// One u8 code per absmax block (into `code_map`).
     pub absmax_codes: Buffer,
     /// One f32 per 256 absmax blocks.
@@ -140,8 +176,19 @@ impl Nf4Weight {
         } else {
             dev.htod(p.nested_absmax)?
         };
+        // Reordered once here so that every GEMM decodes straight from its loads.
+        let layout = CodeLayout::for_weight(p.in_features, p.blocksize);
+        let packed = match layout {
+            CodeLayout::Bnb => dev.htod(p.packed)?,
+            CodeLayout::Fragment => dev.htod(&nf4_layout::to_fragment(
+                p.packed,
+                p.out_features,
+                p.in_features,
+            ))?,
+        };
         Ok(Nf4Weight {
-            packed: dev.htod(p.packed)?,
+            packed,
+            layout,
             absmax_codes: dev.htod(p.absmax_codes)?,
             nested_absmax: nested,
             code_map: dev.htod(p.code_map)?,
@@ -183,8 +230,12 @@ pub fn dequantize(dev: &Device, w: &Nf4Weight, dtype: DType) -> Result<Buffer> {
     let grid = u32::try_from(blocks)
         .map_err(|_| invalid(kernel, format!("{n} elements need too many blocks")))?;
     let bs = n_i32("nf4 dequantize: blocksize", w.blocksize)?;
-    // SAFETY: out holds n elements; thread t writes elements 2t, 2t+1 < n and reads packed[t]
-    // (< ceil(n/2)), absmax code i/blocksize (< blocks), nested (< blocks/256 + 1), table[16],
+    let k_frag = match w.layout {
+        CodeLayout::Bnb => 0,
+        CodeLayout::Fragment => n_i32("nf4 dequantize: in_features", w.in_features)?,
+    };
+    // SAFETY: out holds n elements; thread t writes elements 2t, 2t+1 < n and reads their codes
+    // (packed[t] < ceil(n/2), or inside the fragment layout's fragment_bytes(n, k)), absmax code i/blocksize (< blocks), nested (< blocks/256 + 1), table[16],
     // code_map[256]; all lengths were checked by Nf4Weight::upload.
     unsafe {
         dev.launch(&Launch {
@@ -202,6 +253,7 @@ pub fn dequantize(dev: &Device, w: &Nf4Weight, dtype: DType) -> Result<Buffer> {
                 Arg::F32(w.offset),
                 Arg::I64(n as i64),
                 Arg::I32(bs),
+                Arg::I32(k_frag),
             ],
         })?;
     }
@@ -292,16 +344,47 @@ pub fn gemm_shared_bytes(layout: Layout) -> usize {
     BF_STAGES * (a + b) * 2
 }
 
-/// Dynamic shared memory of the NF4 GEMM (forward, or backward when `backward`).
-pub fn nf4_shared_bytes(backward: bool) -> usize {
-    let a = TILE_M * (NF_BK + PAD);
-    let w = if backward {
-        NF_BK * (TILE_N + PAD)
-    } else {
-        TILE_N * (NF_BK + PAD)
+/// Dynamic shared memory of the NF4 GEMM (the same forward and backward): per stage the
+/// activation tile `[128][64 + 8]` bf16, two packed super-tiles and 128 absmax; then the absmax
+/// code map and the split-K flag (the 16-entry code table is static shared memory).
+pub fn nf4_shared_bytes() -> usize {
+    let a = TILE_M * (NF_BK + PAD) * 2;
+    let codes = 2 * NF_ST_BYTES;
+    NF_STAGES * (a + codes + 128 * 4) + (256 + 4) * 4
+}
+
+/// Most reduction splits of the NF4 GEMM.
+pub const NF4_MAX_SPLITS: usize = defines::gemm::NF_MAX_SPLITS;
+/// Fewest 64-wide reduction steps a split keeps, so that the pipeline's fill and drain and the
+/// partial round trip stay small against its products.
+pub const NF4_MIN_SPLIT_STEPS: usize = 16;
+/// Predicted cost of each split beyond the first, as a fraction of the GEMM: the fp32 partial
+/// tile written and read back through L2 and the last block's serial reduction (~M·N·8 bytes
+/// per split against ~M·N·K/32 FLOP-bytes of work; an assumption, not measured).
+pub const NF4_SPLIT_OVERHEAD: f64 = 0.02;
+
+/// Reduction splits for an NF4 GEMM of `tiles` output tiles with `steps` 64-wide reduction
+/// steps on `sms` SMs (0: unknown, no split): the count that minimizes the predicted time
+/// `⌈tiles·s / sms⌉ / s · (1 + overhead·(s − 1))` (SM waves of the grid per unit of work), the
+/// smallest on ties. Splitting only pays where the last wave of the unsplit grid is mostly
+/// empty (wave quantization), e.g. 288 tiles on 132 SMs: 3 waves for 2.2 waves of work.
+pub fn nf4_splits(tiles: usize, steps: usize, sms: usize) -> usize {
+    if sms == 0 || tiles == 0 {
+        return 1;
+    }
+    let cost = |s: usize| {
+        (tiles * s).div_ceil(sms) as f64 / s as f64 * (1.0 + NF4_SPLIT_OVERHEAD * (s - 1) as f64)
     };
-    let packed = TILE_N * NF_BK / 2;
-    NF_STAGES * a * 2 + w * 2 + NF_STAGES * packed + (16 + 256) * 4
+    let mut best = 1;
+    for s in 2..=NF4_MAX_SPLITS {
+        if steps / s < NF4_MIN_SPLIT_STEPS {
+            break;
+        }
+        if cost(s) < cost(best) - 1e-12 {
+            best = s;
+        }
+    }
+    best
 }
 
 fn grid(kernel: Kernel, m: usize, n_out: usize) -> Result<Dim3> {
@@ -417,22 +500,51 @@ fn check_nf4_gemm(kernel: Kernel, w: &Nf4Weight) -> Result<()> {
             ),
         ));
     }
+    if w.layout != CodeLayout::Fragment {
+        return Err(invalid(
+            kernel,
+            "NF4 GEMM needs the codes in the fragment layout (Nf4Weight::upload makes it)".into(),
+        ));
+    }
+    check_len(
+        "nf4 weight: packed bytes (fragment layout)",
+        CodeLayout::Fragment.packed_bytes(w.out_features, w.in_features),
+        w.packed.len(),
+    )?;
     n_i32("nf4 gemm: weight elements", w.numel())?;
     Ok(())
 }
 
+/// Which product an NF4 GEMM launch computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Nf4Product {
+    /// `Y[M][N] = α·X[M][K]·Wᵀ + β·Y`.
+    Forward,
+    /// `dX[M][K] = α·dY[M][N]·W + β·dX`.
+    BackwardInput,
+}
+
+/// The NF4 GEMM with `splits` reduction splits (1 ..= [`NF4_MAX_SPLITS`]; `None`: chosen by
+/// [`nf4_splits`] for the device's SM count). The result does not depend on the split count
+/// beyond fp32 rounding, and for a given count it is the same on every run.
 #[allow(clippy::too_many_arguments)]
-fn nf4_launch(
+pub fn nf4_gemm(
     dev: &Device,
-    kernel: Kernel,
-    backward: bool,
+    product: Nf4Product,
     a: &Buffer,
     w: &Nf4Weight,
     out: &mut Buffer,
     m: usize,
     alpha: f32,
     beta: f32,
+    splits: Option<usize>,
 ) -> Result<()> {
+    let backward = product == Nf4Product::BackwardInput;
+    let kernel = if backward {
+        out_kernel("nf4 backward: dX", out, NF4_GEMM_BWD_BF16, NF4_GEMM_BWD_F32)?
+    } else {
+        out_kernel("nf4 forward: Y", out, NF4_GEMM_FWD_BF16, NF4_GEMM_FWD_F32)?
+    };
     check_nf4_gemm(kernel, w)?;
     let (n, k) = (w.out_features, w.in_features);
     let (red, n_out) = if backward { (n, k) } else { (k, n) };
@@ -460,18 +572,45 @@ fn nf4_launch(
     }
     let mi = n_i32("nf4 gemm: M", m)?;
     n_i32("nf4 gemm: activation elements", m * red.max(n_out))?;
-    let grid = grid(kernel, m, n_out)?;
+    let mut grid = grid(kernel, m, n_out)?;
+    let tiles = grid.count() as usize;
+    let steps = red.div_ceil(NF_BK);
+    let splits = match splits {
+        Some(s) if (1..=NF4_MAX_SPLITS).contains(&s) => s.min(steps.max(1)),
+        Some(s) => {
+            return Err(invalid(
+                kernel,
+                format!("{s} reduction splits: 1 ..= {NF4_MAX_SPLITS} supported"),
+            ))
+        }
+        None => nf4_splits(tiles, steps, dev.info().multiprocessors as usize),
+    };
+    grid.z = splits as u32;
+    // Split-K: fp32 partial planes and one arrival counter per output tile (zeroed; the last
+    // block of each tile resets its counter). A 1-element stand-in otherwise (never touched).
+    let (mut part, mut counters) = if splits > 1 {
+        n_i32("nf4 gemm: split partials", splits * m * n_out)?;
+        (
+            dev.alloc(DType::F32, splits * m * n_out)?,
+            dev.alloc_zeros(DType::U32, tiles)?,
+        )
+    } else {
+        (dev.alloc(DType::F32, 1)?, dev.alloc(DType::U32, 1)?)
+    };
     // SAFETY: a holds m·red, out m·n_out elements (checked); the weight's buffers were checked
-    // against its shape on upload; K % 64 == 0 and blocksize 64 (checked) keep every packed
-    // chunk and absmax index inside W.
+    // against its shape (fragment layout, fragment_bytes) on upload and here; K % 64 == 0 and
+    // blocksize 64 keep every packed chunk and absmax index inside W. With splits > 1, part
+    // holds splits·m·n_out floats and counters one u32 per (x, y) tile, zeroed.
     unsafe {
         dev.launch(&Launch {
             kernel,
             grid,
             block: Dim3::x(GEMM_THREADS),
-            shared_bytes: nf4_shared_bytes(backward) as u32,
+            shared_bytes: nf4_shared_bytes() as u32,
             args: &[
                 out.arg_mut(),
+                part.arg_mut(),
+                counters.arg_mut(),
                 a.arg(),
                 w.packed.arg(),
                 w.absmax_codes.arg(),
@@ -490,7 +629,8 @@ fn nf4_launch(
     Ok(())
 }
 
-/// `Y[M][N] = α·X[M][K]·dequant_bf16(W)ᵀ + β·Y`: `x` bf16 `M·K`, `y` f32 or bf16 `M·N`.
+/// `Y[M][N] = α·X[M][K]·dequant_bf16(W)ᵀ + β·Y`: `x` bf16 `M·K`, `y` f32 or bf16 `M·N`; the
+/// reduction split chosen for the device ([`nf4_splits`]).
 pub fn nf4_forward(
     dev: &Device,
     x: &Buffer,
@@ -500,11 +640,11 @@ pub fn nf4_forward(
     alpha: f32,
     beta: f32,
 ) -> Result<()> {
-    let kernel = out_kernel("nf4 forward: Y", y, NF4_GEMM_FWD_BF16, NF4_GEMM_FWD_F32)?;
-    nf4_launch(dev, kernel, false, x, w, y, m, alpha, beta)
+    nf4_gemm(dev, Nf4Product::Forward, x, w, y, m, alpha, beta, None)
 }
 
-/// `dX[M][K] = α·dY[M][N]·dequant_bf16(W) + β·dX`: `dy` bf16 `M·N`, `dx` f32 or bf16 `M·K`.
+/// `dX[M][K] = α·dY[M][N]·dequant_bf16(W) + β·dX`: `dy` bf16 `M·N`, `dx` f32 or bf16 `M·K`;
+/// the reduction split chosen for the device ([`nf4_splits`]).
 pub fn nf4_backward_input(
     dev: &Device,
     dy: &Buffer,
@@ -514,6 +654,15 @@ pub fn nf4_backward_input(
     alpha: f32,
     beta: f32,
 ) -> Result<()> {
-    let kernel = out_kernel("nf4 backward: dX", dx, NF4_GEMM_BWD_BF16, NF4_GEMM_BWD_F32)?;
-    nf4_launch(dev, kernel, true, dy, w, dx, m, alpha, beta)
+    nf4_gemm(
+        dev,
+        Nf4Product::BackwardInput,
+        dy,
+        w,
+        dx,
+        m,
+        alpha,
+        beta,
+        None,
+    )
 }

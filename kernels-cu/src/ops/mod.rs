@@ -9,6 +9,7 @@ pub mod dropout;
 pub mod elementwise;
 pub mod gemm;
 pub mod layernorm;
+pub mod nf4_layout;
 pub mod pointwise;
 pub mod reduce;
 pub mod rope;

@@ -14,10 +14,17 @@ use crate::ArgValue;
 pub struct Cost {
     /// Multiply-adds on tensor cores, as FLOPs (2 per multiply-add).
     pub tensor_flops: f64,
-    /// Elements the NF4 GEMM decodes from 4 bits to bf16 (each M-tile block decodes its own
-    /// copy of its weight tile): CUDA-core work that the current kernel does between barriers,
-    /// not overlapped with its `mma.sync`.
+    /// Elements the NF4 GEMM decodes from 4 bits to bf16: each block decodes its own copy of
+    /// its weight tile, once per warp row of the block (the decode goes straight into the
+    /// warps' registers, [`NF4_DECODING_WARP_ROWS`]). CUDA-core work that overlaps the
+    /// warps' `mma.sync` when the SM holds enough warps ([`super::model`]).
     pub decoded_elements: f64,
+    /// The decode runs in the warps' registers with no barrier between it and the products
+    /// (the NF4 GEMM), so other warps' `mma.sync` can proceed while a warp decodes.
+    pub decode_overlapped: bool,
+    /// Warp instructions the kernel's k-loop issues per `HMMA.16816` (its SASS count; 0 where
+    /// not counted).
+    pub loop_instructions_per_mma: f64,
     /// Special-function operations (`ex2` on the SFUs): the softmax exponentials.
     pub special_ops: f64,
     /// Other fp32 operations on CUDA cores inside a tensor-core loop (softmax scaling, row
@@ -28,6 +35,19 @@ pub struct Cost {
     /// Which formula gave these numbers (a kernel family, or "generic").
     pub formula: &'static str,
 }
+
+/// Warp rows of an NF4 GEMM block that each decode the block's weight tile (8 warps as 2 x 4,
+/// `cuda/gemm.cu`).
+pub const NF4_DECODING_WARP_ROWS: f64 = 2.0;
+
+/// Instructions per `HMMA.16816` of the NF4 GEMM's k-loop on sm_90 (ptxas 12.4): the SASS
+/// main loop of `nf4_gemm_fwd_bf16` / `nf4_gemm_bwd_bf16` counted statically by `perf::sass`
+/// (522 / 568 instructions per 64 HMMAs; `tests/sass.rs` keeps the counts at or under these). Per 64-wide k-tile and
+/// warp: 64 HMMA, 16 LDSM, the decode of 64 codes (byte extract, table load, product, half a
+/// pack; the backward adds one MOVM per pair), the stage's cp.async and absmax, the loop.
+pub const NF4_FWD_LOOP_INSTRUCTIONS_PER_MMA: f64 = 8.2;
+/// See [`NF4_FWD_LOOP_INSTRUCTIONS_PER_MMA`].
+pub const NF4_BWD_LOOP_INSTRUCTIONS_PER_MMA: f64 = 8.9;
 
 /// Bytes of element `i` of the arguments' pointers (0 for scalars).
 fn elem(r: &LaunchRecord, ptr_index: usize) -> f64 {
@@ -92,8 +112,9 @@ pub fn cost(r: &LaunchRecord) -> Cost {
         };
     }
     if name.starts_with("nf4_gemm_") {
-        // (y, x, packed, codes, nested, map, table, offset, m, n, k, α, β): y[m, ·] from
-        // x[m, ·] and a 4-bit weight of n·k elements (½ byte each + 1 code byte per 64).
+        // (y, part, counters, x, packed, codes, nested, map, table, offset, m, n, k, α, β):
+        // y[m, ·] from x[m, ·] and a 4-bit weight of n·k elements (½ byte each + 1 code byte
+        // per 64); grid.z reduction splits.
         let (m, n, k) = (i(1), i(2), i(3));
         let beta = f32_arg(r, 5);
         let out = elem(r, 0);
@@ -101,12 +122,27 @@ pub fn cost(r: &LaunchRecord) -> Cost {
         // Forward reads x [m, k], writes y [m, n]; backward reads dy [m, n], writes dx [m, k].
         let (x_cols, y_cols) = if backward { (n, k) } else { (k, n) };
         let m_tiles = (m / crate::ops::gemm::TILE_M as f64).ceil();
+        // Split-K: every split writes its fp32 partial tile, the last block of each tile
+        // reads the other splits' back.
+        let splits = r.grid.z.max(1) as f64;
+        let partials = if splits > 1.0 {
+            4.0 * m * y_cols * (2.0 * splits - 1.0)
+        } else {
+            0.0
+        };
         return Cost {
             tensor_flops: 2.0 * m * n * k,
-            decoded_elements: n * k * m_tiles,
+            decoded_elements: n * k * m_tiles * NF4_DECODING_WARP_ROWS,
+            decode_overlapped: true,
+            loop_instructions_per_mma: if backward {
+                NF4_BWD_LOOP_INSTRUCTIONS_PER_MMA
+            } else {
+                NF4_FWD_LOOP_INSTRUCTIONS_PER_MMA
+            },
             bytes: 2.0 * m * x_cols
                 + n * k * (0.5 + 1.0 / 64.0)
-                + out * m * y_cols * if beta != 0.0 { 2.0 } else { 1.0 },
+                + out * m * y_cols * if beta != 0.0 { 2.0 } else { 1.0 }
+                + partials,
             formula: "nf4 gemm",
             ..Cost::default()
         };

@@ -7,12 +7,29 @@
 //! SM waves    = ⌈grid / SMs⌉,  wave efficiency = grid / (SMs · SM waves)
 //! t_tensor    = tensor FLOPs / (bf16 peak · mma efficiency) / wave efficiency
 //! t_decode    = decoded NF4 elements · DECODE_SLOTS / 32 lanes / (4 schedulers · SMs · clock)
-//!               / wave efficiency       (serial with t_tensor: the decode sits between barriers)
+//!               / wave efficiency
 //! t_softmax   = (exponentials / (16 per SM per clock · SMs · clock)
 //!               + fp32 ops / (fp32 peak / 2)) / wave efficiency     (serial with t_tensor)
 //! t_memory    = bytes / (DRAM bandwidth · DRAM efficiency) / min(1, 2 · busy SMs / SMs)
 //! time        = max(t_tensor + t_decode + t_softmax, t_memory) + launch gap
 //! ```
+//! An overlapped decode ([`Cost::decode_overlapped`]: decoded in registers, no barrier between
+//! decode and products: the NF4 GEMM) on an SM that holds at least [`OVERLAP_MIN_BLOCKS`]
+//! blocks is not added to the tensor time; the loop is bounded instead by whichever of the
+//! tensor pipe, the issue slots and the shared-memory bandwidth runs out first:
+//! ```text
+//! t_issue     = HMMAs · loop instructions per HMMA / (4 schedulers · SMs · clock) / wave eff.
+//! t_smem      = HMMAs · shared-memory wavefronts per HMMA / (SMs · clock) / wave efficiency
+//! time        = max(max(t_tensor, t_issue, t_smem) + t_softmax, t_memory) + launch gap
+//! ```
+//! (reported as t_tensor plus a decode term `max(t_issue, t_smem) − t_tensor` when positive).
+//! The assumption: with two or more blocks (16 warps, 4 per scheduler) a scheduler that finds
+//! one warp waiting on the tensor pipe issues another warp's decode (the ALU and LSU pipes are
+//! separate from the tensor pipe). Instructions per HMMA are the SASS count of the kernel's
+//! k-loop ([`Cost::loop_instructions_per_mma`]); wavefronts (128 bytes each, one per SM per
+//! clock) are counted from the loop's shared-memory accesses ([`NF4_SMEM_WAVEFRONTS_PER_MMA`]).
+//! With one block per SM the decode stays serial (counted as before). These two bounds are
+//! applied only to the NF4 GEMM; the other kernels keep the coarser rules above.
 //! The SM-wave count assumes that one resident block keeps an SM's tensor cores as busy as
 //! several (8-warp GEMM blocks); the memory term lets one SM draw at most twice its share of
 //! DRAM bandwidth, so a grid of a few blocks cannot stream at full rate. L2 reuse is assumed
@@ -30,6 +47,21 @@ use super::trace::LaunchRecord;
 /// absmax decode amortized over 64 elements. An estimate from reading the kernel, to be replaced
 /// by the SASS count of its main loop.
 pub const DECODE_SLOTS: f64 = 5.0;
+
+/// FLOPs of one `mma.m16n8k16` (`HMMA.16816`).
+pub const HMMA_FLOPS: f64 = 2.0 * 16.0 * 8.0 * 16.0;
+
+/// Shared-memory wavefronts (128-byte transfers; an SM moves one per clock) per `HMMA.16816`
+/// of the NF4 GEMM's k-loop, counted per warp and 64-wide k-tile (64 HMMAs): activation
+/// fragments 16 `ldmatrix.x4` × 4 = 64; code-table loads 64 (one element per lane per HMMA,
+/// 16 distinct words in 16 banks: one wavefront each); packed words 8 and absmax 16
+/// (broadcasts); plus the block's cp.async writes (18 KiB activations + 4 KiB codes per
+/// k-tile over 8 warps: 22 per warp): 174 / 64 ≈ 2.7. With one HMMA per SM per clock at the
+/// dense peak this caps the loop near 37 % of it on Hopper.
+pub const NF4_SMEM_WAVEFRONTS_PER_MMA: f64 = 2.7;
+
+/// Resident blocks per SM from which an overlapped decode hides behind other warps' products.
+pub const OVERLAP_MIN_BLOCKS: u32 = 2;
 
 /// `ex2` throughput of the special-function units: 16 per SM per clock on sm_80..sm_90
 /// (CUDA C++ Programming Guide, arithmetic instruction throughput table).
@@ -153,14 +185,31 @@ impl Times {
 }
 
 pub fn times(gpu: &Gpu, c: &Cost, grid_blocks: u64) -> Times {
+    times_at(gpu, c, grid_blocks, 1)
+}
+
+/// [`times`] with `blocks_per_sm` resident blocks: an overlapped decode with at least
+/// [`OVERLAP_MIN_BLOCKS`] of them is reported as the part of the issue-slot bound that exceeds
+/// the tensor time (0 when the decode hides entirely), so `tensor + decode` stays the compute
+/// time of the module docs.
+pub fn times_at(gpu: &Gpu, c: &Cost, grid_blocks: u64, blocks_per_sm: u32) -> Times {
     let eff = waves(gpu, grid_blocks, 1).efficiency.max(1e-9);
     let clock = gpu.boost_mhz as f64 * 1e6;
     let issue_rate = 4.0 * gpu.sms as f64 * clock; // warp instructions per second
     let busy = grid_blocks.min(gpu.sms as u64) as f64;
     let bw_share = (2.0 * busy / gpu.sms as f64).min(1.0);
+    let tensor = c.tensor_flops / (gpu.bf16_tflops * 1e12 * gpu.mma_efficiency) / eff;
+    let decode = if c.decode_overlapped && blocks_per_sm >= OVERLAP_MIN_BLOCKS {
+        let hmmas = c.tensor_flops / HMMA_FLOPS;
+        let issue = hmmas * c.loop_instructions_per_mma / issue_rate / eff;
+        let smem = hmmas * NF4_SMEM_WAVEFRONTS_PER_MMA / (gpu.sms as f64 * clock) / eff;
+        (issue.max(smem) - tensor).max(0.0)
+    } else {
+        c.decoded_elements * DECODE_SLOTS / 32.0 / issue_rate / eff
+    };
     Times {
-        tensor: c.tensor_flops / (gpu.bf16_tflops * 1e12 * gpu.mma_efficiency) / eff,
-        decode: c.decoded_elements * DECODE_SLOTS / 32.0 / issue_rate / eff,
+        tensor,
+        decode,
         softmax: (c.special_ops / (SFU_OPS_PER_SM_CLOCK * gpu.sms as f64 * clock)
             + c.fp32_ops / (gpu.fp32_tflops * 1e12 / 2.0))
             / eff,
@@ -182,7 +231,7 @@ pub fn estimate(gpu: &Gpu, r: &LaunchRecord) -> LaunchEstimate {
     };
     let grid_blocks = r.grid.count();
     let w = waves(gpu, grid_blocks, occ.blocks_per_sm);
-    let t = times(gpu, &c, grid_blocks);
+    let t = times_at(gpu, &c, grid_blocks, occ.blocks_per_sm);
     let compute = t.tensor + t.decode + t.softmax;
     let work = compute.max(t.memory) * 1e6;
     let bound = if work < gpu.launch_gap_us {

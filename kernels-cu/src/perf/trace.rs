@@ -267,6 +267,17 @@ impl DryRun {
         compute_capability: (i32, i32),
         max_shared_bytes: u32,
     ) -> (Device, Trace) {
+        DryRun::device_with_sms(name, compute_capability, max_shared_bytes, 0)
+    }
+
+    /// [`DryRun::device`] reporting `multiprocessors` SMs, so that launchers that size their
+    /// grids by the SM count (split-K) choose as they would on that GPU.
+    pub fn device_with_sms(
+        name: &str,
+        compute_capability: (i32, i32),
+        max_shared_bytes: u32,
+        multiprocessors: u32,
+    ) -> (Device, Trace) {
         let trace = Trace::default();
         let b = DryRun {
             info: DeviceInfo {
@@ -275,6 +286,7 @@ impl DryRun {
                 compute_capability,
                 total_memory: usize::MAX / 2,
                 max_shared_bytes,
+                multiprocessors,
                 driver_version: 0,
             },
             // Far from 0 so that a stray host dereference would fault rather than read.

@@ -197,7 +197,12 @@ pub struct StepPlan {
 /// Plans one step of `config` at `shape` for `gpu` without executing it: every launch is
 /// checked against `gpu`'s grid, block and shared-memory limits as a real launch would be.
 pub fn dry_run(config: &FalconConfig, shape: &StepShape, gpu: &Gpu) -> Result<StepPlan> {
-    let (dev, trace) = DryRun::device(gpu.name, gpu.compute_capability, gpu.smem_per_block_optin);
+    let (dev, trace) = DryRun::device_with_sms(
+        gpu.name,
+        gpu.compute_capability,
+        gpu.smem_per_block_optin,
+        gpu.sms,
+    );
     let peak_bytes = record_step(&dev, config, shape)?;
     Ok(StepPlan {
         launches: trace.take(),

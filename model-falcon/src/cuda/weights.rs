@@ -312,8 +312,15 @@ impl DeviceBase {
         }
         let n = out_f * in_f;
         let blocks = n.div_ceil(gemm::NF4_GEMM_BLOCKSIZE);
+        let layout = gemm::CodeLayout::for_weight(in_f, gemm::NF4_GEMM_BLOCKSIZE);
         Ok(DeviceBase::FourBit(Nf4Weight {
-            packed: placeholder(dev, "4-bit codes", DType::U8, n.div_ceil(2))?,
+            packed: placeholder(
+                dev,
+                "4-bit codes",
+                DType::U8,
+                layout.packed_bytes(out_f, in_f),
+            )?,
+            layout,
             absmax_codes: placeholder(dev, "absmax codes", DType::U8, blocks)?,
             nested_absmax: placeholder(
                 dev,
