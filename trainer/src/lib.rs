@@ -1,7 +1,10 @@
 //! The `trainer` binary's library: CLI flags, the training loop, checkpoints, logging and the
 //! subcommands. `main.rs` only parses arguments and reports errors.
 
+pub mod accuracy;
 pub mod args;
+pub mod best_model;
+pub mod chat_data;
 pub mod commands;
 pub mod demo;
 pub mod device;
@@ -9,6 +12,7 @@ pub mod lock;
 pub mod manifest;
 pub mod metrics;
 pub mod nonfinite;
+pub mod ram_check;
 pub mod resume_args;
 pub mod session;
 pub mod sha256;
