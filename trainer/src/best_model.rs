@@ -225,7 +225,7 @@ mod tests {
         a.early_stopping_threshold = 0.05;
         let b = BestModel::from_args(&a).unwrap().unwrap();
         let mut st = crate::train::fresh_state(&a, 100);
-        let mut eval = |st: &mut TrainerState, step: u64, loss: f64| {
+        let eval = |st: &mut TrainerState, step: u64, loss: f64| {
             st.global_step = step;
             b.observe(
                 st,

@@ -63,6 +63,8 @@ pub fn run(args: &TrainArgs, stop: Arc<AtomicBool>) -> Result<()> {
     let _lock = crate::lock::lock_output_dir(&args.output_dir)?;
     let resolved = crate::resume_args::resolve(args)?;
     let args = &resolved;
+    // Contradictory best-model flags fail now, not after the model is loaded.
+    crate::best_model::BestModel::from_args(args)?;
     crate::resume_args::write(args)?;
     let max_data = crate::validate::parse_size_flag("--max-data-size", &args.max_data_size)?;
     let opts = base_options(&args.quant, args.double_quant)?;
