@@ -198,3 +198,30 @@ fn a_configuration_beyond_the_machines_memory_is_refused_before_loading() {
     assert_eq!(r.code, Some(1), "{}", r.stderr);
     assert!(!r.stderr.contains("--skip-memory-check"), "{}", r.stderr);
 }
+
+#[test]
+fn ask_with_a_huge_context_is_bounded() {
+    let f = fixture();
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = tmp.path().join("ctx.txt");
+    std::fs::write(&ctx, "net revenue was 9853 in 2009 . ".repeat(1 << 17)).unwrap();
+    let ask = |extra: &[&str]| {
+        let mut a = vec![
+            "ask",
+            "--model",
+            s(&f.base),
+            "--question",
+            "what was the net revenue in 2009?",
+            "--context-file",
+            s(&ctx),
+            "--max-new-tokens",
+            "3",
+        ];
+        a.extend_from_slice(extra);
+        trainer_in(tmp.path(), &a)
+    };
+    // 4 MB of context without --max-length: refused before tokenizing.
+    ask(&[]).fails_naming("however it is tokenized");
+    // With --max-length the context is cut as training cuts it, and the model answers.
+    ask(&["--max-length", "128"]).ok();
+}
