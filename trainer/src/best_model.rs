@@ -47,6 +47,9 @@ pub struct Observed {
 impl BestModel {
     /// The flags' choice, or None when no metric is tracked. Contradictory flags are errors.
     pub fn from_args(a: &TrainArgs) -> Result<Option<BestModel>> {
+        if a.predict_with_generate && a.generation_max_new_tokens == 0 {
+            bail!("--generation-max-new-tokens must be at least 1 with --predict-with-generate");
+        }
         let metric = match (&a.metric_for_best_model, a.load_best_model_at_end) {
             (Some(m), _) => m.clone(),
             (None, true) => "loss".to_string(),
@@ -215,6 +218,11 @@ mod tests {
         a.early_stopping_patience = Some(2);
         let e = BestModel::from_args(&a).unwrap_err().to_string();
         assert!(e.contains("--load-best-model-at-end"), "{e}");
+        let mut a = args();
+        a.predict_with_generate = true;
+        a.generation_max_new_tokens = 0;
+        let e = BestModel::from_args(&a).unwrap_err().to_string();
+        assert!(e.contains("--generation-max-new-tokens"), "{e}");
     }
 
     #[test]
