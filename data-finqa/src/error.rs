@@ -22,7 +22,7 @@ pub enum DataError {
         message: String,
     },
     /// Auto-detection found no known format.
-    #[error("{path}: cannot detect the data format: {reason}; pass the format explicitly (finqa, hf, prompt-completion)")]
+    #[error("{path}: cannot detect the data format: {reason}; pass --data-format (one of {})", crate::load::DATA_FORMAT_NAMES.join(", "))]
     UnknownFormat {
         /// The file.
         path: PathBuf,
@@ -80,6 +80,22 @@ pub enum DataError {
         /// The option.
         name: &'static str,
         /// What is wrong and what was expected.
+        message: String,
+    },
+    /// A chat template could not be read, compiled or rendered.
+    #[error("chat template of {source_name}: {message}")]
+    ChatTemplate {
+        /// Where the template came from (a tokenizer_config.json).
+        source_name: String,
+        /// What went wrong (minijinja's message, with the template line).
+        message: String,
+    },
+    /// A conversation cannot be turned into a training example.
+    #[error("conversation {id:?}: {message}")]
+    ChatRecord {
+        /// The record id.
+        id: String,
+        /// Why.
         message: String,
     },
     /// A saved sampler position does not belong to this data or configuration.

@@ -17,6 +17,7 @@
 //! run and the tests; [`rng`] is the crate's bit-stable PRNG.
 
 pub mod batch;
+pub mod chat;
 pub mod error;
 pub mod load;
 pub mod metrics;
@@ -32,10 +33,11 @@ pub mod synthetic;
 pub mod tokenize;
 
 pub use batch::Batch;
+pub use chat::{ChatMessage, ChatTemplate, Conversation, RenderedChat};
 pub use error::{BadRecord, DataError, Result};
 pub use load::{
-    load_file, load_file_limited, parse_bytes, BadRecordPolicy, DataFormat, LoadOptions,
-    LoadReport, DEFAULT_MAX_DATA_BYTES, MAX_RECORD_TEXT_BYTES,
+    alpaca_prompt, load_file, load_file_limited, parse_bytes, BadRecordPolicy, DataFormat,
+    LoadOptions, LoadReport, DATA_FORMAT_NAMES, DEFAULT_MAX_DATA_BYTES,
 };
 pub use prompt::{seed_example, seed_prompt, Example};
 pub use record::{AnswerSource, ExeAns, GoldFact, PromptCompletion, Record};
@@ -43,6 +45,6 @@ pub use sampler::{Sampler, SamplerConfig, SamplerState};
 pub use split::{split_train_val, TrainValSplit};
 pub use summary::{dump_rows, summary, DataSummary, DumpRow};
 pub use tokenize::{
-    tokenize_pairs, tokenize_records, tokenize_report, TokenizeOptions, TokenizedExample,
-    TokenizedSet, TruncationPolicy, IGNORE_INDEX,
+    text_bound, tokenize_conversations, tokenize_pairs, tokenize_records, tokenize_report,
+    TokenizeOptions, TokenizedExample, TokenizedSet, TruncationPolicy, IGNORE_INDEX,
 };

@@ -10,8 +10,14 @@
 //!   `answer`, optional `final_result`, `exe_ans`, `program_re` (the flat program), `program`,
 //!   `gold_inds` (list of strings, or the original key -> text map).
 //! * [`DataFormat::PromptCompletion`]: `prompt` and `completion` strings, optional `id`.
+//! * [`DataFormat::Chat`]: `messages`, a list of `{"role": ..., "content": ...}` objects with
+//!   at least one `assistant` message, optional `id`; rendered later with the model's chat
+//!   template ([`crate::chat`]).
+//! * [`DataFormat::Alpaca`]: `instruction`, optional `input`, `output` strings, optional `id`;
+//!   turned into a prompt/completion pair with the Alpaca prompt ([`alpaca_prompt`]).
 //! * [`DataFormat::Auto`]: decided from the first object record: a `qa` key means FinQA
-//!   original; `prompt` + `completion` means prompt/completion; `question` with any of
+//!   original; `prompt` + `completion` means prompt/completion; `messages` means chat;
+//!   `instruction` + `output` means Alpaca; `question` with any of
 //!   `pre_text`/`post_text`/`table` means the HF flat layout.
 //!
 //! Type rules: text fields must be strings, `pre_text`/`post_text` arrays of strings, `table`
@@ -31,6 +37,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::chat::{ChatMessage, Conversation};
 use crate::error::{BadRecord, DataError, Result};
 use crate::pyrepr::python_float_repr;
 use crate::raw::{kind_of, RawElement, RawFields};
@@ -46,6 +53,10 @@ pub enum DataFormat {
     HfFlat,
     /// Generic `prompt` / `completion` JSON lines.
     PromptCompletion,
+    /// Conversations: `{"messages": [{"role": ..., "content": ...}, ...]}`.
+    Chat,
+    /// Alpaca: `instruction`, `input`, `output`.
+    Alpaca,
     /// Detect from the first record.
     #[default]
     Auto,
@@ -57,7 +68,9 @@ impl DataFormat {
         match self {
             DataFormat::FinqaOriginal => "finqa",
             DataFormat::HfFlat => "hf",
-            DataFormat::PromptCompletion => "prompt-completion",
+            DataFormat::PromptCompletion => "jsonl",
+            DataFormat::Chat => "chat",
+            DataFormat::Alpaca => "alpaca",
             DataFormat::Auto => "auto",
         }
     }
@@ -77,12 +90,36 @@ impl FromStr for DataFormat {
             "finqa" | "finqa-original" | "original" => Ok(DataFormat::FinqaOriginal),
             "hf" | "hf-flat" | "huggingface" => Ok(DataFormat::HfFlat),
             "prompt-completion" | "pc" | "jsonl" => Ok(DataFormat::PromptCompletion),
+            "chat" | "messages" | "conversational" => Ok(DataFormat::Chat),
+            "alpaca" => Ok(DataFormat::Alpaca),
             _ => Err(DataError::UnknownName {
                 what: "data format",
                 value: s.to_string(),
-                expected: "auto, finqa, hf, prompt-completion",
+                expected: DATA_FORMAT_LIST,
             }),
         }
+    }
+}
+
+/// The names `--data-format` accepts, in the order help and errors list them.
+pub const DATA_FORMAT_NAMES: &[&str] = &["auto", "finqa", "hf", "jsonl", "chat", "alpaca"];
+const DATA_FORMAT_LIST: &str = "auto, finqa, hf, jsonl, chat, alpaca";
+
+/// The Alpaca prompt of an instruction with an input (Taori et al. 2023), with the response
+/// on its own line as most Alpaca trainers write it; the output follows as the completion.
+pub fn alpaca_prompt(instruction: &str, input: &str) -> String {
+    if input.trim().is_empty() {
+        format!(
+            "Below is an instruction that describes a task. Write a response that \
+             appropriately completes the request.\n\n### Instruction:\n{instruction}\n\n\
+             ### Response:\n"
+        )
+    } else {
+        format!(
+            "Below is an instruction that describes a task, paired with an input that provides \
+             further context. Write a response that appropriately completes the request.\n\n\
+             ### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+        )
     }
 }
 
@@ -130,8 +167,11 @@ pub struct LoadReport {
     pub format: DataFormat,
     /// FinQA records (empty for the prompt/completion format).
     pub records: Vec<Record>,
-    /// Prompt/completion pairs (empty for the FinQA formats).
+    /// Prompt/completion pairs (prompt/completion and Alpaca files).
     pub pairs: Vec<PromptCompletion>,
+    /// Conversations (chat files).
+    #[serde(default)]
+    pub conversations: Vec<Conversation>,
     /// Bad records that were left out, with the reason.
     pub skipped: Vec<BadRecord>,
     /// Records seen in the file (usable + skipped).
@@ -141,7 +181,7 @@ pub struct LoadReport {
 impl LoadReport {
     /// Number of usable examples.
     pub fn len(&self) -> usize {
-        self.records.len() + self.pairs.len()
+        self.records.len() + self.pairs.len() + self.conversations.len()
     }
 
     /// True when there is no usable example.
@@ -253,6 +293,7 @@ pub fn parse_bytes(path: &Path, bytes: &[u8], options: &LoadOptions) -> Result<L
         format,
         records: Vec::new(),
         pairs: Vec::new(),
+        conversations: Vec::new(),
         skipped: Vec::new(),
         total: elements.len(),
     };
@@ -271,16 +312,20 @@ pub fn parse_bytes(path: &Path, bytes: &[u8], options: &LoadOptions) -> Result<L
             }
             Ok(RawElement::Object(f)) => {
                 let id = f.id.as_ref().and_then(id_string);
+                let fallback_id = match el.line {
+                    Some(line) => format!("line-{line}"),
+                    None => format!("record-{}", el.index),
+                };
                 match format {
-                    DataFormat::PromptCompletion => {
-                        let fallback_id = match el.line {
-                            Some(line) => format!("line-{line}"),
-                            None => format!("record-{}", el.index),
-                        };
-                        pair_from_fields(f, fallback_id)
-                            .map(Item::Pair)
-                            .map_err(|r| bad(id, r))
-                    }
+                    DataFormat::PromptCompletion => pair_from_fields(f, fallback_id)
+                        .map(Item::Pair)
+                        .map_err(|r| bad(id, r)),
+                    DataFormat::Alpaca => alpaca_from_fields(f, fallback_id)
+                        .map(Item::Pair)
+                        .map_err(|r| bad(id, r)),
+                    DataFormat::Chat => conversation_from_fields(f, fallback_id)
+                        .map(Item::Chat)
+                        .map_err(|r| bad(id, r)),
                     DataFormat::FinqaOriginal => record_from_original(f)
                         .map(Item::Record)
                         .map_err(|r| bad(id, r)),
@@ -290,22 +335,10 @@ pub fn parse_bytes(path: &Path, bytes: &[u8], options: &LoadOptions) -> Result<L
                 }
             }
         };
-        let outcome = outcome.and_then(|item| match item.text_bytes() {
-            n if n > MAX_RECORD_TEXT_BYTES => Err(BadRecord {
-                path: path.to_path_buf(),
-                index: el.index,
-                line: el.line,
-                id: item.id().map(str::to_string),
-                reason: format!(
-                    "{n} bytes of text, more than the {MAX_RECORD_TEXT_BYTES} a record may \
-                     hold (tokenizing it would take memory out of proportion)"
-                ),
-            }),
-            _ => Ok(item),
-        });
         match outcome {
             Ok(Item::Record(r)) => report.records.push(r),
             Ok(Item::Pair(p)) => report.pairs.push(p),
+            Ok(Item::Chat(c)) => report.conversations.push(c),
             Err(b) => match options.bad_records {
                 BadRecordPolicy::Fail => return Err(DataError::BadRecord(b)),
                 BadRecordPolicy::Skip => report.skipped.push(b),
@@ -325,35 +358,7 @@ pub fn parse_bytes(path: &Path, bytes: &[u8], options: &LoadOptions) -> Result<L
 enum Item {
     Record(Record),
     Pair(PromptCompletion),
-}
-
-/// The most text one record may hold (all its fields together): 1 MiB, a few hundred times a
-/// FinQA record. Tokenizing takes several hundred bytes of memory per byte of text, and
-/// anything longer can never fit a training sequence, so such a record is a bad record
-/// (skipped with a warning, or an error with --strict-data) instead of gigabytes of memory.
-pub const MAX_RECORD_TEXT_BYTES: usize = 1 << 20;
-
-impl Item {
-    fn text_bytes(&self) -> usize {
-        match self {
-            Item::Record(r) => {
-                let lines = |v: &[String]| v.iter().map(String::len).sum::<usize>();
-                lines(&r.pre_text)
-                    + lines(&r.post_text)
-                    + r.table.iter().map(|row| lines(row)).sum::<usize>()
-                    + r.question.len()
-                    + r.answer.len()
-            }
-            Item::Pair(p) => p.prompt.len() + p.completion.len(),
-        }
-    }
-
-    fn id(&self) -> Option<&str> {
-        match self {
-            Item::Record(r) => Some(&r.id),
-            Item::Pair(p) => Some(&p.id),
-        }
-    }
+    Chat(Conversation),
 }
 
 struct Element {
@@ -416,8 +421,9 @@ fn detect_format(path: &Path, elements: &[Element]) -> Result<DataFormat> {
     detect_from_fields(f).ok_or_else(|| DataError::UnknownFormat {
         path: path.to_path_buf(),
         reason: format!(
-            "first record has keys {:?}; expected `qa` (FinQA original), `question` with \
-             `pre_text`/`post_text`/`table` (Hugging Face flat), or `prompt` and `completion`",
+            "first record has keys {:?}; expected `qa` (finqa), `question` with \
+             `pre_text`/`post_text`/`table` (hf), `prompt` and `completion` (jsonl), \
+             `messages` (chat), or `instruction` and `output` (alpaca)",
             f.keys
         ),
     })
@@ -428,6 +434,10 @@ fn detect_from_fields(f: &RawFields) -> Option<DataFormat> {
         Some(DataFormat::FinqaOriginal)
     } else if f.has("prompt") && f.has("completion") {
         Some(DataFormat::PromptCompletion)
+    } else if f.has("messages") {
+        Some(DataFormat::Chat)
+    } else if f.has("instruction") && f.has("output") {
+        Some(DataFormat::Alpaca)
     } else if f.has("question") && (f.has("pre_text") || f.has("post_text") || f.has("table")) {
         Some(DataFormat::HfFlat)
     } else {
@@ -714,4 +724,75 @@ fn pair_from_fields(f: &RawFields, fallback_id: String) -> FieldResult<PromptCom
         prompt,
         completion,
     })
+}
+
+fn id_or(f: &RawFields, fallback_id: String) -> FieldResult<String> {
+    match &f.id {
+        None | Some(Value::Null) => Ok(fallback_id),
+        Some(v) => id_string(v).ok_or_else(|| {
+            format!(
+                "field `id` must be a string or a number, found {}",
+                kind_of(v)
+            )
+        }),
+    }
+}
+
+fn alpaca_from_fields(f: &RawFields, fallback_id: String) -> FieldResult<PromptCompletion> {
+    let id = id_or(f, fallback_id)?;
+    let instruction = string_field(&f.instruction, "instruction")?;
+    let input = match &f.input {
+        None | Some(Value::Null) => String::new(),
+        Some(_) => string_field(&f.input, "input")?,
+    };
+    let output = string_field(&f.output, "output")?;
+    if instruction.trim().is_empty() {
+        return Err("empty instruction".to_string());
+    }
+    if output.trim().is_empty() {
+        return Err("empty output".to_string());
+    }
+    Ok(PromptCompletion {
+        id,
+        prompt: alpaca_prompt(&instruction, &input),
+        completion: output,
+    })
+}
+
+fn conversation_from_fields(f: &RawFields, fallback_id: String) -> FieldResult<Conversation> {
+    let id = id_or(f, fallback_id)?;
+    let items = match required(&f.messages, "messages")? {
+        Value::Array(items) => items,
+        other => {
+            return Err(format!(
+                "field `messages` must be an array of {{\"role\", \"content\"}} objects, found {}",
+                kind_of(other)
+            ))
+        }
+    };
+    let mut messages = Vec::with_capacity(items.len());
+    for (i, m) in items.iter().enumerate() {
+        let Value::Object(o) = m else {
+            return Err(format!(
+                "field `messages` element {i} must be an object, found {}",
+                kind_of(m)
+            ));
+        };
+        let text = |key: &str| match o.get(key) {
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(other) => Err(format!(
+                "field `messages` element {i}: `{key}` must be a string, found {}",
+                kind_of(other)
+            )),
+            None => Err(format!("field `messages` element {i}: missing `{key}`")),
+        };
+        messages.push(ChatMessage {
+            role: text("role")?,
+            content: text("content")?,
+        });
+    }
+    if !messages.iter().any(|m| m.role == "assistant") {
+        return Err("field `messages` has no `assistant` message to learn".to_string());
+    }
+    Ok(Conversation { id, messages })
 }

@@ -28,6 +28,10 @@ pub struct RawFields {
     pub program_re: Option<Value>,
     pub prompt: Option<Value>,
     pub completion: Option<Value>,
+    pub messages: Option<Value>,
+    pub instruction: Option<Value>,
+    pub input: Option<Value>,
+    pub output: Option<Value>,
 }
 
 impl RawFields {
@@ -78,6 +82,10 @@ impl<'de> Visitor<'de> for ElementVisitor {
                 "program_re" => Some(&mut r.program_re),
                 "prompt" => Some(&mut r.prompt),
                 "completion" => Some(&mut r.completion),
+                "messages" => Some(&mut r.messages),
+                "instruction" => Some(&mut r.instruction),
+                "input" => Some(&mut r.input),
+                "output" => Some(&mut r.output),
                 _ => None,
             };
             match slot {

@@ -237,6 +237,45 @@ fn generate_one(seed: u64, i: usize) -> Record {
     }
 }
 
+/// `n` records for the default run's demonstration that the adapters learn, deterministic in
+/// `(n, seed)`: a short FinQA-style statement (one sentence and a two-row table of one year)
+/// and the question "what is the stock ticker of {company}?", answered by the ticker
+/// (`ACME`, ...). A random tiny base cannot copy numbers out of a table after a minute of
+/// adapter training, but it can learn this mapping from the company's name to its ticker, so
+/// held-out questions go from wrong to right within the default run. Ids are unique.
+pub fn generate_demo(n: usize, seed: u64) -> Vec<Record> {
+    (0..n)
+        .map(|i| {
+            let mut rng = SplitMix64::for_stream(seed ^ 0xD3E0, i as u64);
+            let (ticker, company) = COMPANIES[rng.below(COMPANIES.len() as u64) as usize];
+            let year = rng.range_inclusive(2008, 2019);
+            let mut items: Vec<&str> = ITEMS.to_vec();
+            rng.shuffle(&mut items);
+            let mut table = vec![vec![String::new(), year.to_string()]];
+            for item in &items[..2] {
+                table.push(vec![
+                    item.to_string(),
+                    rng.range_inclusive(100, 999).to_string(),
+                ]);
+            }
+            Record {
+                id: format!("{ticker}/{year}/page_{}.pdf-1", i + 1),
+                pre_text: vec![format!(
+                    "{company} notes to consolidated financial statements for {year} ."
+                )],
+                post_text: Vec::new(),
+                table,
+                question: format!("what is the stock ticker of {company}?"),
+                answer: ticker.to_string(),
+                final_result: Some(ticker.to_string()),
+                exe_ans: Some(ExeAns::Text(ticker.to_string())),
+                program: None,
+                gold_inds: None,
+            }
+        })
+        .collect()
+}
+
 /// Number of synthetic records whose prompts and answers form the tokenizer's corpus.
 pub const TOKENIZER_CORPUS_RECORDS: usize = 2000;
 

@@ -28,6 +28,27 @@
 //! completion is cut at the end (reported as an answer truncation). Under
 //! [`TruncationPolicy::Seed`] the whole sequence is cut at the right, as for FinQA.
 //!
+//! # Conversations
+//!
+//! A conversation is rendered with the model's chat template ([`crate::chat`]) and tokenized
+//! whole (`add_special_tokens = false`: the template writes the special tokens it wants, as
+//! `apply_chat_template` does). A token is learned when its first byte lies in an assistant
+//! turn; every other label is -100. No EOS id is appended: the template closes each turn.
+//! An over-long conversation is cut at the right (as Hugging Face trainers do); it is dropped
+//! when no learned token is left. `prompt_len` is the position of the first learned token and
+//! `target_text` the first assistant message, which is what generation-based evaluation
+//! compares.
+//!
+//! # Bounded work for any record
+//!
+//! No more text is tokenized than can reach a sequence of `max_length` tokens: each text is
+//! cut first to [`text_bound`] bytes (from the end a policy never keeps: the tail of a context
+//! piece, of a question or answer, the head of a prompt that keep-answer shortens from its
+//! start). A token covers at most the tokenizer's longest vocabulary entry, so the kept bytes
+//! always hold more than `max_length` tokens and every kept token is the one whole-text
+//! tokenization would give; memory and time stay proportional to `max_length`, not to the
+//! record (a 52 MB record used to take 15 GB to tokenize).
+//!
 //! # Truncation policies for FinQA
 //!
 //! * `KeepAnswer` (default): the question, the answer and the EOS are never cut. When the
@@ -51,6 +72,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
+use crate::chat::{ChatTemplate, Conversation};
 use crate::error::{DataError, Result};
 use crate::load::LoadReport;
 use crate::prompt::{context_pieces, prompt_from_pieces, target_text};
@@ -228,9 +250,10 @@ pub fn tokenize_records(
 ) -> Result<TokenizedSet> {
     options.validate()?;
     let start = Instant::now();
+    let bound = text_bound(tokenizer, options.max_length);
     let items: Vec<Result<(ItemResult, bool)>> = records
         .par_iter()
-        .map(|r| tokenize_record_inner(tokenizer, r, options))
+        .map(|r| tokenize_record_inner(tokenizer, r, options, bound))
         .collect();
     let mut set = empty_set(options);
     for item in items {
@@ -250,9 +273,10 @@ pub fn tokenize_pairs(
 ) -> Result<TokenizedSet> {
     options.validate()?;
     let start = Instant::now();
+    let bound = text_bound(tokenizer, options.max_length);
     let items: Vec<Result<ItemResult>> = pairs
         .par_iter()
-        .map(|p| tokenize_pair(tokenizer, p, options))
+        .map(|p| tokenize_pair(tokenizer, p, options, bound))
         .collect();
     let mut set = empty_set(options);
     for item in items {
@@ -265,17 +289,92 @@ pub fn tokenize_pairs(
     Ok(set)
 }
 
-/// Tokenizes whatever a [`LoadReport`] holds (records or pairs).
+/// Tokenizes conversations rendered with `template`, in parallel, keeping input order.
+pub fn tokenize_conversations(
+    tokenizer: &Tokenizer,
+    conversations: &[Conversation],
+    options: &TokenizeOptions,
+    template: &ChatTemplate,
+) -> Result<TokenizedSet> {
+    options.validate()?;
+    let start = Instant::now();
+    let bound = text_bound(tokenizer, options.max_length);
+    let items: Vec<Result<ItemResult>> = conversations
+        .par_iter()
+        .map(|c| tokenize_conversation(tokenizer, c, options, template, bound))
+        .collect();
+    let mut set = empty_set(options);
+    for item in items {
+        push(&mut set, item?);
+    }
+    set.seconds = start.elapsed().as_secs_f64();
+    Ok(set)
+}
+
+/// Tokenizes whatever a [`LoadReport`] holds (records, pairs or conversations); conversations
+/// need the model's chat template.
 pub fn tokenize_report(
     tokenizer: &Tokenizer,
     report: &LoadReport,
     options: &TokenizeOptions,
+    chat: Option<&ChatTemplate>,
 ) -> Result<TokenizedSet> {
-    if report.pairs.is_empty() {
+    if !report.conversations.is_empty() {
+        let Some(template) = chat else {
+            return Err(DataError::ChatTemplate {
+                source_name: report.path.display().to_string(),
+                message: "the file holds conversations, and the model has no chat template \
+                          (tokenizer_config.json with `chat_template`)"
+                    .into(),
+            });
+        };
+        tokenize_conversations(tokenizer, &report.conversations, options, template)
+    } else if report.pairs.is_empty() {
         tokenize_records(tokenizer, &report.records, options)
     } else {
         tokenize_pairs(tokenizer, &report.pairs, options)
     }
+}
+
+/// Bytes of one text that can matter for a sequence of `max_length` tokens: `max_length + 1`
+/// tokens of the tokenizer's longest vocabulary entry, doubled for normalizers that drop
+/// characters. Longer texts are cut to this before they are tokenized (see the module docs).
+pub fn text_bound(tokenizer: &Tokenizer, max_length: usize) -> usize {
+    let longest = tokenizer
+        .get_vocab(true)
+        .keys()
+        .map(String::len)
+        .max()
+        .unwrap_or(1)
+        .max(4);
+    max_length
+        .saturating_add(1)
+        .saturating_mul(longest)
+        .saturating_mul(2)
+}
+
+/// The first `n` bytes of `text` (fewer, to end on a character boundary).
+fn head(text: &str, n: usize) -> &str {
+    if text.len() <= n {
+        return text;
+    }
+    let mut end = n;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// The last `n` bytes of `text` (fewer, to start on a character boundary).
+fn tail(text: &str, n: usize) -> &str {
+    if text.len() <= n {
+        return text;
+    }
+    let mut start = text.len() - n;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
 }
 
 fn empty_set(options: &TokenizeOptions) -> TokenizedSet {
@@ -302,7 +401,8 @@ pub fn tokenize_record(
     options: &TokenizeOptions,
 ) -> Result<std::result::Result<TokenizedExample, DroppedExample>> {
     options.validate()?;
-    tokenize_record_inner(tokenizer, record, options).map(|(r, _)| r)
+    let bound = text_bound(tokenizer, options.max_length);
+    tokenize_record_inner(tokenizer, record, options, bound).map(|(r, _)| r)
 }
 
 struct Encoded {
@@ -370,6 +470,7 @@ fn tokenize_record_inner(
     tokenizer: &Tokenizer,
     record: &Record,
     options: &TokenizeOptions,
+    bound: usize,
 ) -> Result<(ItemResult, bool)> {
     let Some((answer, _)) = record.resolved_answer() else {
         return Ok((
@@ -380,11 +481,21 @@ fn tokenize_record_inner(
             false,
         ));
     };
-    let target = target_text(&answer);
+    let target = target_text(head(&answer, bound));
     let target_ids = encode(tokenizer, &record.id, &target)?.ids;
+    let question = head(&record.question, bound);
+    let bounded = |pieces: Vec<String>| -> Vec<String> {
+        pieces
+            .into_iter()
+            .map(|p| match head(&p, bound).len() {
+                n if n < p.len() => p[..n].to_string(),
+                _ => p,
+            })
+            .collect()
+    };
     match options.policy {
         TruncationPolicy::Seed => {
-            let prompt = prompt_from_pieces(&context_pieces(record), &record.question);
+            let prompt = prompt_from_pieces(&bounded(context_pieces(record)), question);
             let prompt_ids = encode(tokenizer, &record.id, &prompt)?.ids;
             let n_prompt = prompt_ids.len();
             let mut ex = build_example(
@@ -407,16 +518,16 @@ fn tokenize_record_inner(
             };
             let fallback = options.policy == TruncationPolicy::Evidence && facts.is_empty();
             let used_evidence = !facts.is_empty();
-            let pieces: Vec<String> = if used_evidence {
+            let pieces: Vec<String> = bounded(if used_evidence {
                 facts.iter().map(|f| f.text.clone()).collect()
             } else {
                 context_pieces(record)
-            };
+            });
             let res = keep_answer(
                 tokenizer,
                 &record.id,
                 &pieces,
-                &record.question,
+                question,
                 &target_ids,
                 target,
                 options,
@@ -577,28 +688,35 @@ fn tokenize_pair(
     tokenizer: &Tokenizer,
     pair: &PromptCompletion,
     options: &TokenizeOptions,
+    bound: usize,
 ) -> Result<ItemResult> {
     let max_length = options.max_length;
-    let target_ids = encode(tokenizer, &pair.id, &pair.completion)?.ids;
-    let prompt_enc = encode(tokenizer, &pair.id, &pair.prompt)?;
+    let completion = head(&pair.completion, bound);
+    // Keep-answer shortens a prompt from its start, the seed's truncation from its end.
+    let prompt = match options.policy {
+        TruncationPolicy::Seed => head(&pair.prompt, bound),
+        _ => tail(&pair.prompt, bound),
+    };
+    let target_ids = encode(tokenizer, &pair.id, completion)?.ids;
+    let prompt_enc = encode(tokenizer, &pair.id, prompt)?;
     let n_prompt = prompt_enc.ids.len();
     let full = n_prompt + target_ids.len() + 1;
     let (prompt_ids, prompt_text, trimmed) =
         if full <= max_length || options.policy == TruncationPolicy::Seed {
-            (prompt_enc.ids, pair.prompt.clone(), full > max_length)
+            (prompt_enc.ids, prompt.to_string(), full > max_length)
         } else {
             let budget = max_length.saturating_sub(target_ids.len() + 1);
             let skip = n_prompt - budget.min(n_prompt);
             if skip >= n_prompt {
                 (Vec::new(), String::new(), n_prompt > 0)
             } else {
-                let mut start = prompt_enc.offsets[skip].0.min(pair.prompt.len());
-                while start < pair.prompt.len() && !pair.prompt.is_char_boundary(start) {
+                let mut start = prompt_enc.offsets[skip].0.min(prompt.len());
+                while start < prompt.len() && !prompt.is_char_boundary(start) {
                     start += 1;
                 }
                 (
                     prompt_enc.ids[skip..].to_vec(),
-                    pair.prompt[start..].to_string(),
+                    prompt[start..].to_string(),
                     true,
                 )
             }
@@ -610,11 +728,91 @@ fn tokenize_pair(
         options.eos_id,
         max_length,
         prompt_text,
-        pair.completion.clone(),
+        completion.to_string(),
     );
     ex.context_trimmed = trimmed;
     ex.full_len = full;
     Ok(Ok(ex))
+}
+
+/// The messages of `conv` that can reach the first `bound` bytes of text: contents cut so
+/// that all of them together hold at most `bound` bytes; later messages are left out (they
+/// would render after the cut).
+fn bounded_conversation(conv: &Conversation, bound: usize) -> Conversation {
+    let mut left = bound;
+    let mut messages = Vec::new();
+    for m in &conv.messages {
+        if left == 0 {
+            break;
+        }
+        let content = head(&m.content, left);
+        left -= content.len();
+        messages.push(crate::chat::ChatMessage {
+            role: m.role.clone(),
+            content: content.to_string(),
+        });
+    }
+    Conversation {
+        id: conv.id.clone(),
+        messages,
+    }
+}
+
+fn tokenize_conversation(
+    tokenizer: &Tokenizer,
+    conv: &Conversation,
+    options: &TokenizeOptions,
+    template: &ChatTemplate,
+    bound: usize,
+) -> Result<ItemResult> {
+    let max_length = options.max_length;
+    let conv = bounded_conversation(conv, bound);
+    let drop = |reason: String| {
+        Ok(Err(DroppedExample {
+            id: conv.id.clone(),
+            reason,
+        }))
+    };
+    if !conv.messages.iter().any(|m| m.role == "assistant") {
+        return drop(format!(
+            "no assistant message starts within the first {max_length} tokens"
+        ));
+    }
+    let rendered = template.render_conversation(&conv)?;
+    let enc = encode(tokenizer, &conv.id, &rendered.text)?;
+    let learned_at = |start: usize| rendered.assistant_spans.iter().any(|r| r.contains(&start));
+    let learned: Vec<bool> = enc.offsets.iter().map(|&(s, _)| learned_at(s)).collect();
+    let full_target_len = learned.iter().filter(|&&l| l).count();
+    let n = enc.ids.len().min(max_length);
+    let kept_learned = learned[..n].iter().filter(|&&l| l).count();
+    if kept_learned == 0 {
+        return drop(format!(
+            "no assistant token within max_length {max_length} ({} tokens)",
+            enc.ids.len()
+        ));
+    }
+    let input_ids = enc.ids[..n].to_vec();
+    let labels: Vec<i32> = input_ids
+        .iter()
+        .zip(&learned)
+        .map(|(&t, &l)| if l { t as i32 } else { IGNORE_INDEX })
+        .collect();
+    let prompt_len = learned.iter().position(|&l| l).unwrap_or(n);
+    let first_span = rendered.assistant_spans[0].start;
+    let first_answer = &conv.messages[rendered.assistant_messages[0]].content;
+    Ok(Ok(TokenizedExample {
+        id: conv.id.clone(),
+        input_ids,
+        labels,
+        prompt_len,
+        full_target_len,
+        full_len: enc.ids.len(),
+        answer_truncated: kept_learned < full_target_len,
+        context_trimmed: enc.ids.len() > max_length,
+        used_evidence: false,
+        prompt_text: rendered.text[..first_span].to_string(),
+        target_text: first_answer.clone(),
+    }))
 }
 
 #[cfg(test)]

@@ -436,20 +436,90 @@ fn real_samples_load_in_both_schemas() {
 }
 
 #[test]
-fn a_record_too_long_to_ever_fit_is_skipped_before_tokenizing() {
-    let huge = "x".repeat(data_finqa::MAX_RECORD_TEXT_BYTES + 1);
+fn a_record_longer_than_any_sequence_is_loaded_for_truncation_not_skipped() {
+    // What the tokenizer keeps of it is bounded (tests/bounded_tokenize.rs); skipping it would
+    // silently lose an example that a user expects to be truncated, as every trainer does.
+    let huge = "x ".repeat(1 << 20);
     let text = jsonl(&[
         json!({"prompt": huge, "completion": "a"}),
         json!({"prompt": "p", "completion": "c"}),
     ]);
     let r = parse(&text, DataFormat::PromptCompletion).unwrap();
-    assert_eq!(r.pairs.len(), 1);
-    assert_eq!(r.skipped.len(), 1);
+    assert_eq!(r.pairs.len(), 2);
+    assert!(r.skipped.is_empty());
+}
+
+#[test]
+fn chat_and_alpaca_records_are_detected_and_read() {
+    let chat = jsonl(&[
+        json!({"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "q"},
+                            {"role": "assistant", "content": "a"}], "id": 5}),
+        json!({"messages": [{"role": "user", "content": "q"}]}),
+        json!({"messages": [{"role": "user", "content": 3}, {"role": "assistant", "content": "a"}]}),
+        json!({"messages": "hi"}),
+    ]);
+    let r = parse(&chat, DataFormat::Auto).unwrap();
+    assert_eq!(r.format, DataFormat::Chat);
+    assert_eq!(r.conversations.len(), 1);
+    assert_eq!(r.conversations[0].id, "5");
+    assert_eq!(r.conversations[0].messages[2].content, "a");
+    let reasons: Vec<&str> = r.skipped.iter().map(|b| b.reason.as_str()).collect();
+    assert!(reasons[0].contains("no `assistant` message"), "{reasons:?}");
     assert!(
-        r.skipped[0].reason.contains("bytes of text") && r.skipped[0].line == Some(1),
-        "{:?}",
-        r.skipped[0]
+        reasons[1].contains("element 0: `content` must be a string"),
+        "{reasons:?}"
     );
+    assert!(
+        reasons[2].contains("`messages` must be an array"),
+        "{reasons:?}"
+    );
+    assert_eq!(r.skipped[1].line, Some(3));
+
+    let alpaca = jsonl(&[
+        json!({"instruction": "Add the numbers.", "input": "2 and 3", "output": "5"}),
+        json!({"instruction": "Say hi.", "input": "", "output": "hi"}),
+        json!({"instruction": "Say hi.", "output": ""}),
+    ]);
+    let r = parse(&alpaca, DataFormat::Auto).unwrap();
+    assert_eq!(r.format, DataFormat::Alpaca);
+    assert_eq!(r.pairs.len(), 2);
+    assert_eq!(
+        r.pairs[0].prompt,
+        "Below is an instruction that describes a task, paired with an input that provides \
+         further context. Write a response that appropriately completes the request.\n\n\
+         ### Instruction:\nAdd the numbers.\n\n### Input:\n2 and 3\n\n### Response:\n"
+    );
+    assert_eq!(r.pairs[0].completion, "5");
+    assert_eq!(
+        r.pairs[1].prompt,
+        "Below is an instruction that describes a task. Write a response that appropriately \
+         completes the request.\n\n### Instruction:\nSay hi.\n\n### Response:\n"
+    );
+    assert_eq!(r.pairs[1].id, "line-2");
+    assert!(r.skipped[0].reason.contains("empty output"));
+}
+
+#[test]
+fn format_errors_list_exactly_the_accepted_names() {
+    let listed = data_finqa::DATA_FORMAT_NAMES.join(", ");
+    assert_eq!(listed, "auto, finqa, hf, jsonl, chat, alpaca");
+    let e = parse(&jsonl(&[json!({"text": "hello"})]), DataFormat::Auto)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&format!("--data-format (one of {listed})")),
+        "{e}"
+    );
+    let e = "csv".parse::<DataFormat>().unwrap_err().to_string();
+    assert!(e.ends_with(&format!("expected one of: {listed}")), "{e}");
+    for name in data_finqa::DATA_FORMAT_NAMES {
+        let f: DataFormat = name.parse().unwrap();
+        assert_eq!(
+            f.name(),
+            *name,
+            "each accepted name is a format's canonical name"
+        );
+    }
 }
 
 #[test]

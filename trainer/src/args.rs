@@ -76,8 +76,10 @@ pub struct TrainArgs {
     /// Where checkpoints, metrics.jsonl, loss.png and the final adapter go.
     #[arg(long, default_value = "output")]
     pub output_dir: PathBuf,
-    /// Data layout: auto (detect), finqa (original release), hf (flat export columns), jsonl (prompt/completion).
-    #[arg(long, default_value = "auto", value_parser = ["auto", "finqa", "hf", "jsonl"])]
+    /// Data layout: auto (detect), finqa (original release), hf (flat export columns), jsonl
+    /// (prompt/completion), chat (`messages`, rendered with the model's chat template),
+    /// alpaca (instruction/input/output).
+    #[arg(long, default_value = "auto", value_parser = clap::builder::PossibleValuesParser::new(data_finqa::DATA_FORMAT_NAMES))]
     pub data_format: String,
     /// Fraction of --data held out for evaluation when --eval-data is not given (deterministic by --seed).
     #[arg(long, default_value_t = 0.1)]
@@ -225,6 +227,45 @@ pub struct TrainArgs {
     /// before it is read, so that a wrong path cannot exhaust memory.
     #[arg(long, default_value = "2GiB")]
     pub max_data_size: String,
+    /// Also score answers at every evaluation: greedy generation from each validation
+    /// prompt, compared with the gold answer by FinQA's tolerant numeric match (or an exact
+    /// match of text answers), logged as eval_accuracy (as Seq2SeqTrainingArguments'
+    /// predict_with_generate).
+    #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set)]
+    pub predict_with_generate: bool,
+    /// Most tokens generated per answer when scoring eval_accuracy.
+    #[arg(long, default_value_t = 15)]
+    pub generation_max_new_tokens: usize,
+    /// Score eval_accuracy on the first N validation examples only (0 = all); eval_loss
+    /// always uses all of them.
+    #[arg(long, default_value_t = 0)]
+    pub eval_accuracy_samples: usize,
+    /// The evaluation metric that decides the best checkpoint: loss or accuracy (with or
+    /// without the eval_ prefix; accuracy needs --predict-with-generate). Default: loss when
+    /// --load-best-model-at-end is given.
+    #[arg(long)]
+    pub metric_for_best_model: Option<String>,
+    /// Whether a larger --metric-for-best-model is better (default: false for loss, true for
+    /// accuracy).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set)]
+    pub greater_is_better: Option<bool>,
+    /// At the end, write the adapter of the best checkpoint (by --metric-for-best-model) as
+    /// the run's adapter instead of the last one. --save-steps must be a multiple of
+    /// --eval-steps.
+    #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set)]
+    pub load_best_model_at_end: bool,
+    /// Stop training when --metric-for-best-model has not improved for this many
+    /// evaluations in a row (needs --load-best-model-at-end).
+    #[arg(long)]
+    pub early_stopping_patience: Option<u64>,
+    /// How much the metric must improve on the best to count as an improvement for
+    /// --early-stopping-patience.
+    #[arg(long, default_value_t = 0.0)]
+    pub early_stopping_threshold: f64,
+    /// Train even when the memory estimate of this configuration (`trainer info`) exceeds
+    /// the machine's RAM; without it such a run is refused before the model is loaded.
+    #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set)]
+    pub skip_memory_check: bool,
     /// Flags given on the command line or in the config file (clap argument ids), as opposed
     /// to defaults: on resume only these may contradict the checkpoint's flags, the others are
     /// taken from the checkpoint's `training_args.json`.
@@ -334,7 +375,7 @@ pub struct EvalArgs {
     #[arg(long)]
     pub data: PathBuf,
     /// Record layout of --data; auto decides from the first record.
-    #[arg(long, default_value = "auto", value_parser = ["auto", "finqa", "hf", "jsonl"])]
+    #[arg(long, default_value = "auto", value_parser = clap::builder::PossibleValuesParser::new(data_finqa::DATA_FORMAT_NAMES))]
     pub data_format: String,
     /// Longest tokenized example (prompt + answer + EOS), as in training.
     #[arg(long, default_value_t = 512)]
@@ -386,7 +427,7 @@ pub struct DataArgs {
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
     /// Record layout of --data; auto decides from the first record.
-    #[arg(long, default_value = "auto", value_parser = ["auto", "finqa", "hf", "jsonl"])]
+    #[arg(long, default_value = "auto", value_parser = clap::builder::PossibleValuesParser::new(data_finqa::DATA_FORMAT_NAMES))]
     pub data_format: String,
     /// Longest tokenized example (prompt + answer + EOS).
     #[arg(long, default_value_t = 512)]

@@ -158,5 +158,8 @@ pub fn format_entry(e: &LogEntry) -> String {
     if let Some(l) = e.eval_loss {
         s += &format!("  eval_loss {l:.4}");
     }
+    if let Some(a) = e.eval_accuracy {
+        s += &format!("  eval_accuracy {a:.3}");
+    }
     s
 }

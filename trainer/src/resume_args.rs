@@ -48,6 +48,14 @@ pub const PLAN_FLAGS: &[&str] = &[
     "use_rslora",
     "quant",
     "double_quant",
+    "predict_with_generate",
+    "generation_max_new_tokens",
+    "eval_accuracy_samples",
+    "metric_for_best_model",
+    "greater_is_better",
+    "load_best_model_at_end",
+    "early_stopping_patience",
+    "early_stopping_threshold",
 ];
 
 /// Input paths: adopted when not given, never compared.

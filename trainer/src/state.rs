@@ -64,6 +64,9 @@ pub struct LogEntry {
     pub ranks: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub tokens_per_second_per_rank: Option<f64>,
+    /// Share of validation answers generated right (with --predict-with-generate).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub eval_accuracy: Option<f64>,
 }
 
 impl LogEntry {
@@ -106,6 +109,9 @@ pub struct TrainerState {
     /// optimizer's step count is `global_step - skipped_updates`.
     #[serde(default)]
     pub skipped_updates: u64,
+    /// Evaluations in a row that did not improve on `best_metric` (early stopping).
+    #[serde(default)]
+    pub early_stopping_patience_counter: u64,
 }
 
 /// RNG and data position.
@@ -421,14 +427,41 @@ pub fn list_checkpoints(output_dir: &Path) -> Vec<(u64, PathBuf)> {
 
 /// Deletes the oldest checkpoints until at most `limit` remain (0 keeps all).
 pub fn rotate(output_dir: &Path, limit: usize) -> Result<Vec<PathBuf>> {
+    rotate_keeping(output_dir, limit, None)
+}
+
+/// [`rotate`] that never deletes `best` (HF: the best checkpoint counts as the newest; with a
+/// limit of 1 and a best that is not the newest, two are kept).
+pub fn rotate_keeping(
+    output_dir: &Path,
+    limit: usize,
+    best: Option<&Path>,
+) -> Result<Vec<PathBuf>> {
     let all = list_checkpoints(output_dir);
+    let is_best = |p: &Path| best.is_some_and(|b| same_dir(b, p));
+    let newest_is_best = all.last().is_some_and(|(_, p)| is_best(p));
+    let keep = if limit == 1 && best.is_some() && !newest_is_best {
+        2
+    } else {
+        limit
+    };
     let mut removed = Vec::new();
-    if limit > 0 && all.len() > limit {
-        for (_, p) in &all[..all.len() - limit] {
+    if keep > 0 && all.len() > keep {
+        let others: Vec<&PathBuf> = all.iter().map(|(_, p)| p).filter(|p| !is_best(p)).collect();
+        let n_remove = (all.len() - keep).min(others.len());
+        for p in &others[..n_remove] {
             std::fs::remove_dir_all(p)
                 .with_context(|| format!("cannot remove old checkpoint {}", p.display()))?;
-            removed.push(p.clone());
+            removed.push(p.to_path_buf());
         }
     }
     Ok(removed)
+}
+
+/// Whether two paths name the same checkpoint folder (the state stores it as written).
+fn same_dir(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
+    }
 }

@@ -9,7 +9,9 @@
 //! - resume restores adapter, optimizer, scheduler, dropout RNG and data position, so the final
 //!   adapter is bit-identical to an uninterrupted run.
 
+use crate::accuracy::{evaluate_accuracy, AccuracyConfig};
 use crate::args::{ResumeMode, TrainArgs};
+use crate::best_model::{BestModel, EvalMetrics};
 use crate::device::device_request;
 use crate::distributed::{self, Collective, SingleRank};
 use crate::metrics::{MetricsLog, Progress};
@@ -35,6 +37,16 @@ pub struct TrainSummary {
     pub train_loss: f64,
     pub first_eval_loss: Option<f64>,
     pub last_eval_loss: Option<f64>,
+    /// eval_accuracy before training and at the last evaluation (--predict-with-generate).
+    pub first_eval_accuracy: Option<f64>,
+    pub last_eval_accuracy: Option<f64>,
+    /// The best checkpoint by --metric-for-best-model, and its metric.
+    pub best_model_checkpoint: Option<String>,
+    pub best_metric: Option<f64>,
+    /// The final adapter is the best checkpoint's (--load-best-model-at-end).
+    pub loaded_best: bool,
+    /// Early stopping ended the run before max_steps.
+    pub early_stopped: bool,
     pub adapter_dir: PathBuf,
     pub interrupted: bool,
     pub seconds: f64,
@@ -242,6 +254,12 @@ struct Run {
     /// Data-parallel ranks; rank 0 alone logs and saves.
     ranks: usize,
     main: bool,
+    /// Best-checkpoint tracking and early stopping, when a metric is chosen.
+    best: Option<BestModel>,
+    /// Generation-based accuracy at each evaluation (`--predict-with-generate`).
+    accuracy: Option<AccuracyConfig>,
+    first_accuracy: Option<f64>,
+    last_accuracy: Option<f64>,
 }
 
 /// One rank's share of an accumulation window, with the window's totals over all ranks.
@@ -348,6 +366,10 @@ impl Run {
             guard: Guard::new(&args.on_nonfinite)?,
             ranks: dist.size(),
             main,
+            best: BestModel::from_args(args)?,
+            accuracy: None,
+            first_accuracy: None,
+            last_accuracy: None,
         })
     }
 
@@ -489,15 +511,18 @@ impl Run {
         Ok(())
     }
 
-    /// The evaluation hook: eval loss over the validation set, logged and plotted.
+    /// The evaluation hook: eval loss over the validation set (and, with
+    /// --predict-with-generate, the accuracy of generated answers), logged and plotted; then
+    /// the best-model state. Returns true when early stopping ends the run.
     fn log_eval(
         &mut self,
         backend: &Backend,
+        tokenizer: &tokenizers::Tokenizer,
         pad_id: u32,
         eval_set: &[TokenizedExample],
         batch_size: usize,
-    ) -> Result<()> {
-        let e = timed_eval(
+    ) -> Result<bool> {
+        let mut e = timed_eval(
             backend,
             pad_id,
             eval_set,
@@ -505,9 +530,33 @@ impl Run {
             self.st.global_step,
             self.st.epoch,
         )?;
-        self.last_eval = e.eval_loss;
+        let l = e.eval_loss.unwrap_or(f64::NAN);
+        self.last_eval = Some(l);
+        if let Some(cfg) = &self.accuracy {
+            let a = evaluate_accuracy(backend, tokenizer, eval_set, cfg)?;
+            self.last_accuracy = Some(a.accuracy);
+            e.eval_accuracy = Some(a.accuracy);
+        }
+        let metrics = EvalMetrics {
+            eval_loss: l,
+            eval_accuracy: e.eval_accuracy,
+        };
         self.push_log(e)?;
-        self.plot()
+        self.plot()?;
+        let Some(best) = &self.best else {
+            return Ok(false);
+        };
+        let seen = best.observe(&mut self.st, &metrics);
+        if seen.stop {
+            self.progress.note(&format!(
+                "early stopping: {} has not improved for {} evaluations (best {:.4} at step {})",
+                best.metric,
+                self.st.early_stopping_patience_counter,
+                self.st.best_metric.unwrap_or(f64::NAN),
+                self.st.best_global_step.unwrap_or(0)
+            ));
+        }
+        Ok(seen.stop)
     }
 
     /// Redraws the loss curve, on the rank that logs.
@@ -542,6 +591,9 @@ impl Run {
         let dir = args
             .output_dir
             .join(format!("checkpoint-{}", self.st.global_step));
+        if let Some(best) = &self.best {
+            best.on_save(&mut self.st, &dir);
+        }
         let names = backend.parameter_names().to_vec();
         let model = backend.model();
         let opt = backend.checkpoint_state()?;
@@ -560,7 +612,8 @@ impl Run {
             &self.st,
             &rngf,
         )?;
-        for removed in state::rotate(&args.output_dir, args.save_total_limit)? {
+        let best_dir = self.st.best_model_checkpoint.as_deref().map(Path::new);
+        for removed in state::rotate_keeping(&args.output_dir, args.save_total_limit, best_dir)? {
             self.progress
                 .note(&format!("removed old checkpoint {}", removed.display()));
         }
@@ -597,7 +650,7 @@ fn global_batch(args: &TrainArgs, ranks: usize) -> usize {
 }
 
 /// `trainer_state.json` at step 0.
-fn fresh_state(args: &TrainArgs, max_steps: u64) -> TrainerState {
+pub(crate) fn fresh_state(args: &TrainArgs, max_steps: u64) -> TrainerState {
     TrainerState {
         global_step: 0,
         epoch: 0.0,
@@ -619,6 +672,7 @@ fn fresh_state(args: &TrainArgs, max_steps: u64) -> TrainerState {
         steps_since_log: 0,
         total_loss: 0.0,
         skipped_updates: 0,
+        early_stopping_patience_counter: 0,
     }
 }
 
@@ -688,13 +742,29 @@ pub fn train_with(
 
     let plan = StepPlan::new(args, train_set, dist.size())?;
     let mut run = Run::start(args, &plan, resume_dir.as_deref(), &mut backend, dist)?;
+    if args.predict_with_generate {
+        run.accuracy = Some(AccuracyConfig {
+            max_new_tokens: args.generation_max_new_tokens,
+            batch_size: args.per_device_eval_batch_size,
+            max_samples: args.eval_accuracy_samples,
+            stop_ids: session.stop_ids.clone(),
+            pad_id,
+        });
+        run.first_accuracy = run.st.log_history.iter().find_map(|e| e.eval_accuracy);
+        run.last_accuracy = run
+            .st
+            .log_history
+            .iter()
+            .rev()
+            .find_map(|e| e.eval_accuracy);
+    }
     println!(
         "{}\n  {}",
         backend.model().param_counts(),
         crate::commands::PARAM_COUNT_NOTE
     );
     if run.first_eval.is_none() && !eval_set.is_empty() {
-        let e = timed_eval(
+        let mut e = timed_eval(
             &backend,
             pad_id,
             eval_set,
@@ -703,10 +773,19 @@ pub fn train_with(
             0.0,
         )?;
         let l = e.eval_loss.unwrap_or(f64::NAN);
-        println!(
-            "eval before training: eval_loss {l:.4} over {} examples",
-            eval_set.len()
-        );
+        let n = eval_set.len();
+        if let Some(cfg) = &run.accuracy {
+            let a = evaluate_accuracy(&backend, &session.tokenizer, eval_set, cfg)?;
+            println!(
+                "eval before training: eval_loss {l:.4} over {n} examples, eval_accuracy \
+                 {:.3} ({}/{} answers right)",
+                a.accuracy, a.correct, a.total
+            );
+            e.eval_accuracy = Some(a.accuracy);
+            run.first_accuracy = Some(a.accuracy);
+        } else {
+            println!("eval before training: eval_loss {l:.4} over {n} examples");
+        }
         run.first_eval = Some(l);
         if let Some(log) = &mut run.log {
             log.write(&e)?;
@@ -715,6 +794,7 @@ pub fn train_with(
     }
 
     let mut interrupted = false;
+    let mut early_stopped = false;
     while run.st.global_step < plan.max_steps {
         let Some(window) = run.next_window(&plan, train_set, pad_id, dist)? else {
             continue;
@@ -729,19 +809,30 @@ pub fn train_with(
             run.log_train(&outcome)?;
         }
         if !eval_set.is_empty() && (step.is_multiple_of(args.eval_steps) || at_end) {
-            run.log_eval(&backend, pad_id, eval_set, args.per_device_eval_batch_size)?;
+            early_stopped = run.log_eval(
+                &backend,
+                &session.tokenizer,
+                pad_id,
+                eval_set,
+                args.per_device_eval_batch_size,
+            )? && !at_end;
         }
         // A signal may reach the ranks at different steps: they stop together if any saw it.
-        let mut stopping = [u64::from(stop.load(Ordering::SeqCst))];
+        // Rank 0 alone evaluates, so its early-stopping decision travels the same way.
+        let mut stopping = [
+            u64::from(stop.load(Ordering::SeqCst)),
+            u64::from(early_stopped),
+        ];
         dist.all_reduce_sum_u64(&mut stopping)?;
+        early_stopped = stopping[1] > 0;
         interrupted = stopping[0] > 0
             || (args.stop_after_steps > 0
                 && run.steps_this_run >= args.stop_after_steps
                 && !at_end);
-        if step.is_multiple_of(args.save_steps) || at_end || interrupted {
+        if step.is_multiple_of(args.save_steps) || at_end || interrupted || early_stopped {
             run.save(&mut backend, &lora, args, dist)?;
         }
-        if interrupted {
+        if interrupted || early_stopped {
             break;
         }
     }
@@ -766,9 +857,12 @@ pub fn train_with(
         run.st.log_history.push(e);
     }
     run.plot()?;
+    let best_dir = run.st.best_model_checkpoint.clone().filter(|_| {
+        run.best.as_ref().is_some_and(|b| b.load_at_end) && !interrupted && run.main
+    });
     let adapter_dir = if interrupted || !run.main {
         run.last_saved.clone().unwrap_or_else(|| out.clone())
-    } else {
+    } else if best_dir.is_none() {
         backend.sync_adapters_to_host()?;
         model_falcon::peft::save_adapter(
             out,
@@ -787,7 +881,34 @@ pub fn train_with(
             },
         )?;
         out.clone()
+    } else {
+        out.clone()
     };
+    let peak_device_bytes = backend.peak_device_bytes();
+    drop(backend);
+    if let Some(dir) = &best_dir {
+        // The host model takes the best checkpoint's adapters, so that what the caller
+        // generates with next is the model written as the run's adapter.
+        let (cfg, weights) = load_adapter(Path::new(dir), &session.model.config)?;
+        load_lora(&mut session.model, &cfg, &weights)?;
+        model_falcon::peft::save_adapter(out, &cfg, &weights)?;
+        crate::model_card::write(
+            out,
+            &crate::model_card::CardInputs {
+                args,
+                lora: &lora,
+                history: &run.st.log_history,
+                train_examples: train_set.len(),
+                eval_examples: eval_set.len(),
+                params: session.model.param_counts(),
+            },
+        )?;
+        println!(
+            "loaded the best model from {dir} ({} {:.4})",
+            run.best.as_ref().map(|b| b.metric.as_str()).unwrap_or(""),
+            run.st.best_metric.unwrap_or(f64::NAN)
+        );
+    }
     let st = &run.st;
     Ok(TrainSummary {
         global_step: st.global_step,
@@ -795,12 +916,18 @@ pub fn train_with(
         train_loss: st.total_loss / st.global_step.max(1) as f64,
         first_eval_loss: run.first_eval,
         last_eval_loss: run.last_eval,
+        first_eval_accuracy: run.first_accuracy,
+        last_eval_accuracy: run.last_accuracy,
+        best_model_checkpoint: st.best_model_checkpoint.clone(),
+        best_metric: st.best_metric,
+        loaded_best: best_dir.is_some(),
+        early_stopped,
         adapter_dir,
         interrupted,
         seconds: start.elapsed().as_secs_f64(),
         tokens_seen: st.num_input_tokens_seen,
         peak_host_bytes: engine::memory::global_counter().peak_bytes(),
-        peak_device_bytes: backend.peak_device_bytes(),
+        peak_device_bytes,
         ranks: dist.size(),
         global_batch: global_batch(args, dist.size()),
     })

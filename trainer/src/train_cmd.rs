@@ -13,13 +13,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 pub fn data_format(s: &str) -> Result<DataFormat> {
-    Ok(match s {
-        "auto" => DataFormat::Auto,
-        "finqa" => DataFormat::FinqaOriginal,
-        "hf" => DataFormat::HfFlat,
-        "jsonl" => DataFormat::PromptCompletion,
-        o => bail!("unknown --data-format `{o}` (expected auto, finqa, hf or jsonl)"),
-    })
+    s.parse().map_err(|e| anyhow::anyhow!("--data-format: {e}"))
 }
 
 pub fn truncation(s: &str) -> Result<TruncationPolicy> {
@@ -113,10 +107,15 @@ fn run_rank(
     }
     let resolved = crate::resume_args::resolve(args)?;
     let args = &resolved;
+    // Contradictory best-model flags fail now, not after the model is loaded.
+    crate::best_model::BestModel::from_args(args)?;
     let max_data = crate::validate::parse_size_flag("--max-data-size", &args.max_data_size)?;
     let opts = base_options(&args.quant, args.double_quant)?;
     let mut session = match &args.model {
-        Some(dir) => load_session(dir, &opts)?,
+        Some(dir) => {
+            crate::ram_check::check(dir, args)?;
+            load_session(dir, &opts)?
+        }
         None => {
             println!("no --model given: training the built-in tiny model");
             builtin_session(args.seed, &opts)?
@@ -156,6 +155,7 @@ fn run_rank(
                     format: DataFormat::FinqaOriginal,
                     records,
                     pairs: Vec::new(),
+                    conversations: Vec::new(),
                     skipped: Vec::new(),
                     total,
                 },
@@ -163,13 +163,17 @@ fn run_rank(
             )
         }
     };
-    let set = tokenize_report(&session.tokenizer, &train_report, &tok_opts)
+    let chat = crate::chat_data::template_for(&train_report, args.model.as_deref())?;
+    let set = tokenize_report(&session.tokenizer, &train_report, &tok_opts, chat.as_ref())
         .context("tokenizing the training data")?;
     let (train_set, eval_set) = match eval_report {
-        Some(r) => (
-            set.examples,
-            tokenize_report(&session.tokenizer, &r, &tok_opts)?.examples,
-        ),
+        Some(r) => {
+            let chat = crate::chat_data::template_for(&r, args.model.as_deref())?;
+            (
+                set.examples,
+                tokenize_report(&session.tokenizer, &r, &tok_opts, chat.as_ref())?.examples,
+            )
+        }
         None => {
             let split = split_train_val(set.examples.len(), args.val_fraction, args.seed)?;
             split.apply(&set.examples)
@@ -225,6 +229,25 @@ fn run_rank(
             s.global_batch,
             total,
             total / s.ranks as f64
+        );
+    }
+    if let (Some(f), Some(l)) = (s.first_eval_accuracy, s.last_eval_accuracy) {
+        println!("eval_accuracy: {f:.3} before training -> {l:.3} at the last evaluation");
+    }
+    if let (Some(dir), Some(m)) = (&s.best_model_checkpoint, s.best_metric) {
+        println!(
+            "best checkpoint: {dir} ({} {m:.4}){}{}",
+            args.metric_for_best_model.as_deref().unwrap_or("loss"),
+            if s.loaded_best {
+                ", written as the run's adapter"
+            } else {
+                ""
+            },
+            if s.early_stopped {
+                "; stopped early"
+            } else {
+                ""
+            }
         );
     }
     println!(

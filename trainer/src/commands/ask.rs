@@ -68,8 +68,7 @@ impl AskContext {
     /// layout (`pre_text`, `table`, `post_text`, `qa.question`) or the flat HF layout
     /// (`question` at the top level); any other text is used whole as `pre_text`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read the context file {}", path.display()))?;
+        let text = read_limited(path, data_finqa::DEFAULT_MAX_DATA_BYTES)?;
         let trimmed = text.trim_start_matches('\u{feff}').trim();
         if !(trimmed.starts_with('{') || trimmed.starts_with('[')) {
             return Ok(AskContext {
@@ -184,6 +183,27 @@ pub fn ask_prompt(ctx: &AskContext, question: &str) -> String {
     prompt_from_pieces(&context_pieces(&record), question)
 }
 
+/// A text file of at most `limit` bytes (checked before and while reading, so a wrong path
+/// cannot exhaust memory).
+fn read_limited(path: &Path, limit: u64) -> Result<String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)
+        .with_context(|| format!("cannot read the context file {}", path.display()))?;
+    let mut bytes = Vec::new();
+    file.take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read the context file {}", path.display()))?;
+    if bytes.len() as u64 > limit {
+        bail!(
+            "the context file {} is larger than {limit} bytes; a context that size cannot be \
+             a prompt",
+            path.display()
+        );
+    }
+    String::from_utf8(bytes)
+        .with_context(|| format!("the context file {} is not UTF-8 text", path.display()))
+}
+
 /// The prompt tokens for a question, with the context cut by the keep-answer policy so that
 /// the prompt has at most `max_length − reserve` tokens (`max_length` 0: never cut).
 ///
@@ -201,13 +221,17 @@ pub fn ask_prompt_ids(
     reserve: usize,
 ) -> Result<Vec<u32>> {
     let prompt = ask_prompt(ctx, question);
-    let full = tokenizer
-        .encode(prompt.as_str(), false)
-        .map_err(|e| anyhow::anyhow!("cannot tokenize the prompt: {e}"))?
-        .get_ids()
-        .to_vec();
-    if max_length == 0 || full.len() + reserve <= max_length {
-        return Ok(full);
+    // A prompt longer than what max_length tokens can cover goes straight to the (bounded)
+    // cut, instead of being tokenized whole first.
+    if max_length == 0 || prompt.len() <= data_finqa::text_bound(tokenizer, max_length) {
+        let full = tokenizer
+            .encode(prompt.as_str(), false)
+            .map_err(|e| anyhow::anyhow!("cannot tokenize the prompt: {e}"))?
+            .get_ids()
+            .to_vec();
+        if max_length == 0 || full.len() + reserve <= max_length {
+            return Ok(full);
+        }
     }
     if reserve >= max_length {
         bail!("--max-length {max_length} leaves no room for a prompt after --max-new-tokens {reserve}");
@@ -267,6 +291,20 @@ pub fn ask(a: &AskArgs) -> Result<()> {
         bail!("--max-new-tokens must be at least 1");
     }
     let session = load_model_with_adapter(&a.model, a.adapter.as_deref())?;
+    let max_pos = session.model.config.max_position_embeddings;
+    if a.max_length == 0 {
+        // The whole context is tokenized: refuse, before tokenizing, a text too long for the
+        // model's positions however it tokenizes (tokenizing it would take memory out of
+        // proportion; see data_finqa::text_bound).
+        let bytes = ask_prompt(&ctx, &question).len();
+        if bytes > data_finqa::text_bound(&session.tokenizer, max_pos) {
+            bail!(
+                "the prompt has {bytes} bytes of text, more than the model's {max_pos} \
+                 positions can hold however it is tokenized; give --max-length (e.g. {max_pos}) \
+                 to cut the context as training does"
+            );
+        }
+    }
     let ids = ask_prompt_ids(
         &session.tokenizer,
         session.eos_id,
@@ -282,10 +320,11 @@ pub fn ask(a: &AskArgs) -> Result<()> {
             decode(&session, &ids)?
         );
     }
-    let max_pos = session.model.config.max_position_embeddings;
     if ids.len() + a.max_new_tokens > max_pos {
-        eprintln!(
-            "warning: the prompt has {} tokens; with {} new tokens it exceeds the model's {max_pos} positions (--max-length cuts the context as training does)",
+        // Generating past the positions would cost attention memory quadratic in a length
+        // the model was never trained for, for an answer that means nothing.
+        bail!(
+            "the prompt has {} tokens; with {} new tokens it exceeds the model's {max_pos} positions: give --max-length {max_pos} to cut the context as training does",
             ids.len(),
             a.max_new_tokens
         );

@@ -11,6 +11,7 @@ use data_finqa::{dump_rows, summary, tokenize_report, TokenizeOptions, Tokenized
 use model_falcon::tokenizer::FALCON_EOS_TOKEN;
 use model_falcon::FalconTokenizer;
 use std::io::Write;
+use std::path::Path;
 use tokenizers::Tokenizer;
 
 /// The tokenizer and eos id of `--model DIR` or `--tokenizer FILE`.
@@ -55,7 +56,13 @@ pub fn data(a: &DataArgs) -> Result<()> {
         eos_id,
         policy,
     };
-    let set = tokenize_report(&tok, &report, &opts)
+    let dir = match (&a.model, &a.tokenizer) {
+        (Some(m), _) => Some(m.clone()),
+        (None, Some(t)) => t.parent().map(Path::to_path_buf),
+        (None, None) => None,
+    };
+    let chat = crate::chat_data::template_for(&report, dir.as_deref())?;
+    let set = tokenize_report(&tok, &report, &opts, chat.as_ref())
         .with_context(|| format!("tokenizing {}", a.data.display()))?;
     let s = summary(&set, report.skipped.len());
     if a.json {

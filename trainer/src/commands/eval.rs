@@ -148,7 +148,8 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
         eos_id: session.eos_id,
         policy,
     };
-    let set = tokenize_report(&session.tokenizer, &report, &opts)
+    let chat = crate::chat_data::template_for(&report, Some(&a.model.model))?;
+    let set = tokenize_report(&session.tokenizer, &report, &opts, chat.as_ref())
         .with_context(|| format!("tokenizing {}", a.data.display()))?;
     if !set.dropped.is_empty() {
         eprintln!(

@@ -5,7 +5,7 @@ mod ask;
 mod data;
 mod eval;
 mod generate;
-mod info;
+pub(crate) mod info;
 
 mod info_gpu;
 mod merge;
