@@ -48,6 +48,8 @@ pub fn host_estimate(
         target_modules: args.target_modules.clone(),
         json: false,
         gpu: None,
+        ranks: 1,
+        gradient_accumulation_steps: args.gradient_accumulation_steps,
     };
     let m = model_info(cfg, &info_args)?.memory;
     Ok(match device_request(args)? {

@@ -857,9 +857,10 @@ pub fn train_with(
         run.st.log_history.push(e);
     }
     run.plot()?;
-    let best_dir = run.st.best_model_checkpoint.clone().filter(|_| {
-        run.best.as_ref().is_some_and(|b| b.load_at_end) && !interrupted && run.main
-    });
+    let best_dir =
+        run.st.best_model_checkpoint.clone().filter(|_| {
+            run.best.as_ref().is_some_and(|b| b.load_at_end) && !interrupted && run.main
+        });
     let adapter_dir = if interrupted || !run.main {
         run.last_saved.clone().unwrap_or_else(|| out.clone())
     } else if best_dir.is_none() {
