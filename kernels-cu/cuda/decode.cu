@@ -54,6 +54,11 @@ using kc::u8;
 #define DECODE_ATTN_CHUNK 256
 #define DECODE_COPY_THREADS 256
 #define kDecNegInf (kc::f32_from_bits(0xff800000u))
+#ifdef KC_DEVICE
+#define DEC_NO_UNROLL _Pragma("unroll 1")
+#else
+#define DEC_NO_UNROLL
+#endif
 
 namespace {
 
@@ -167,6 +172,9 @@ __device__ __forceinline__ void gemv_bf16(TY* y, const bf16* x, const bf16* wt, 
   KC_UNROLL
   for (int r = 0; r < DECODE_MAX_ROWS; ++r) acc[r] = 0.0f;
   const bf16* wrow = wt + static_cast<long long>(n) * k;
+  // Not unrolled, and the kernels' launch bounds ask for 1 block per SM: otherwise ptxas caps
+  // this loop at 64 registers and spills the 32 accumulators.
+  DEC_NO_UNROLL
   for (int k0 = lane * 8; k0 < k; k0 += 256) {
     float w[8];
     kc::unpack_bf16x8(kc::load_u32x4(wrow + k0), w);
@@ -286,12 +294,12 @@ extern "C" __global__ void __launch_bounds__(DECODE_GEMV_THREADS)
   gemv_nf4(y, x, packed, am_codes, nested, code_map, table, offset, m, n, k, alpha, beta);
 }
 
-extern "C" __global__ void __launch_bounds__(DECODE_GEMV_THREADS)
+extern "C" __global__ void __launch_bounds__(DECODE_GEMV_THREADS, 1)
     decode_gemv_bf16_bf16(bf16* y, const bf16* x, const bf16* w, int m, int n, int k, float alpha, float beta) {
   gemv_bf16(y, x, w, m, n, k, alpha, beta);
 }
 
-extern "C" __global__ void __launch_bounds__(DECODE_GEMV_THREADS)
+extern "C" __global__ void __launch_bounds__(DECODE_GEMV_THREADS, 1)
     decode_gemv_bf16_f32(float* y, const bf16* x, const bf16* w, int m, int n, int k, float alpha, float beta) {
   gemv_bf16(y, x, w, m, n, k, alpha, beta);
 }
