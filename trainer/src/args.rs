@@ -259,6 +259,8 @@ pub struct AskArgs {
     /// Also print the prompt (to stderr) and the full generated text.
     #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set)]
     pub verbose: bool,
+    #[command(flatten)]
+    pub gen_device: crate::gen_device::GenDeviceArgs,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -327,6 +329,8 @@ pub struct EvalArgs {
     /// Print one JSON object with the results on stdout (and nothing else).
     #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set)]
     pub json: bool,
+    #[command(flatten)]
+    pub gen_device: crate::gen_device::GenDeviceArgs,
 }
 
 #[derive(Args, Debug, Clone)]

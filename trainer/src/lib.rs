@@ -5,6 +5,7 @@ pub mod args;
 pub mod commands;
 pub mod demo;
 pub mod device;
+pub mod gen_device;
 pub mod lock;
 pub mod manifest;
 pub mod metrics;

@@ -90,7 +90,12 @@ pub fn gemv_nf4(
     alpha: f32,
     beta: f32,
 ) -> Result<()> {
-    let kernel = out_kernel("decode gemv nf4: Y", y, DECODE_GEMV_NF4_BF16, DECODE_GEMV_NF4_F32)?;
+    let kernel = out_kernel(
+        "decode gemv nf4: Y",
+        y,
+        DECODE_GEMV_NF4_BF16,
+        DECODE_GEMV_NF4_F32,
+    )?;
     let (n, k) = (w.out_features, w.in_features);
     if w.blocksize != NF4_GEMM_BLOCKSIZE || !k.is_multiple_of(64) {
         return Err(invalid(
@@ -105,7 +110,10 @@ pub fn gemv_nf4(
     check("decode gemv nf4: X", x, DType::BF16, m * k)?;
     check("decode gemv nf4: Y", y, y.dtype(), m * n)?;
     if !x.is_aligned(16) || !w.packed.is_aligned(16) {
-        return Err(invalid(kernel, "X and the packed codes must be 16-byte aligned".into()));
+        return Err(invalid(
+            kernel,
+            "X and the packed codes must be 16-byte aligned".into(),
+        ));
     }
     n_i32("decode gemv nf4: weight elements", w.numel())?;
     if m == 0 || n == 0 {
@@ -358,8 +366,18 @@ pub fn attention(
         ));
     }
     check("decode attention: q", q, DType::BF16, b * q_heads * d)?;
-    check("decode attention: K cache", k_cache, DType::BF16, shape.elems())?;
-    check("decode attention: V cache", v_cache, DType::BF16, shape.elems())?;
+    check(
+        "decode attention: K cache",
+        k_cache,
+        DType::BF16,
+        shape.elems(),
+    )?;
+    check(
+        "decode attention: V cache",
+        v_cache,
+        DType::BF16,
+        shape.elems(),
+    )?;
     check(
         "decode attention: key mask",
         key_mask,
@@ -416,11 +434,7 @@ pub fn attention(
     unsafe {
         dev.launch(&Launch {
             kernel: combine,
-            grid: Dim3 {
-                x: gy,
-                y: gz,
-                z: 1,
-            },
+            grid: Dim3 { x: gy, y: gz, z: 1 },
             block: Dim3::x(d as u32),
             shared_bytes: 0,
             args: &[
