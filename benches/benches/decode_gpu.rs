@@ -4,6 +4,7 @@
 //!   weight with its absmax codes, plus X and Y (the target is ≥ 70 % of HBM bandwidth at M = 1);
 //! - flash-decoding attention of one query per sequence (71 query heads, 1 KV head, d = 64)
 //!   over 512 and 2048 cached tokens, batch 1 and 32: bytes = K and V once, q and o.
+//!
 //! Each kernel is checked against the f64 reference first (`benches::cases::decode`).
 //! Skipped without a GPU.
 

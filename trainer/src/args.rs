@@ -289,6 +289,8 @@ pub struct GenerateArgs {
     /// Print exactly one JSON object {"token_ids": [new ids], "text": "..."} on stdout.
     #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set)]
     pub json: bool,
+    #[command(flatten)]
+    pub gen_device: crate::gen_device::GenDeviceArgs,
 }
 
 #[derive(Args, Debug, Clone)]

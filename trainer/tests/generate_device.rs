@@ -1,4 +1,4 @@
-//! `trainer ask` and `trainer eval` on the CUDA decode path (the kernels-cu emulator here),
+//! `trainer ask`, `trainer eval` and `trainer generate` on the CUDA decode path (the kernels-cu emulator here),
 //! against the same commands on the CPU: the same answers, the same accuracy, and reports that
 //! say where generation ran. The fixture is the built-in tiny model with a trained adapter
 //! (`common::fixture`).
@@ -115,4 +115,30 @@ fn a_bad_device_is_a_clear_error() {
         "gpu7",
     ]);
     r.fails_naming("--device");
+}
+
+#[test]
+fn generate_on_the_emulator_gives_the_cpu_tokens() {
+    let f = fixture();
+    let run = |device: &str| {
+        let r = trainer(&[
+            "generate",
+            "--model",
+            s(&f.base),
+            "--adapter",
+            s(&f.adapter),
+            "--prompt",
+            "Revenue in 2019 was",
+            "--max-new-tokens",
+            "8",
+            "--device",
+            device,
+            "--json",
+        ]);
+        r.ok();
+        serde_json::from_str::<Value>(r.stdout.trim()).expect("json")["token_ids"].clone()
+    };
+    let cpu = run("cpu");
+    assert!(!cpu.as_array().unwrap().is_empty());
+    assert_eq!(run("emulator"), cpu);
 }

@@ -8,7 +8,6 @@
 //!   pairs; tolerance 2⁻⁸·|ref| + 2⁻¹²·max|v|.
 
 use engine::nf4::{QuantConfig, QuantizedWeight};
-use half::bf16;
 use kernels_cu::ops::decode::{self, CacheShape};
 use kernels_cu::ops::gemm::Nf4Weight;
 use kernels_cu::{Buffer, DType, Device};
@@ -79,7 +78,10 @@ impl GemvCase {
                     s += p;
                     mag += p.abs();
                 }
-                (s, (k as f64 + 16.0) * U * mag + BF16_ROUNDING * s.abs() + 1e-30)
+                (
+                    s,
+                    (k as f64 + 16.0) * U * mag + BF16_ROUNDING * s.abs() + 1e-30,
+                )
             })
             .unzip();
         assert_close_at(

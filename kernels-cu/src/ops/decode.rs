@@ -72,7 +72,7 @@ fn by_row_groups(
         let rows = MAX_ROWS.min(m - r0);
         let xv = x.view(r0 * k, rows * k)?;
         let mut yv = y.view_mut(r0 * n, rows * n)?;
-        launch(&xv, &mut *yv, rows)?;
+        launch(&xv, &mut yv, rows)?;
         r0 += rows;
     }
     Ok(())

@@ -16,7 +16,7 @@ pub struct Cost {
     pub tensor_flops: f64,
     /// Elements the NF4 GEMM decodes from 4 bits to bf16 (each M-tile block decodes its own
     /// copy of its weight tile): CUDA-core work that the current kernel does between barriers,
-    /// not overlapped with its `mma.sync`.
+    /// not overlapped with its `mma.sync`. The decode GEMV decodes each weight once.
     pub decoded_elements: f64,
     /// Special-function operations (`ex2` on the SFUs): the softmax exponentials.
     pub special_ops: f64,
