@@ -53,6 +53,7 @@ family!(CROSS_ENTROPY, "cross_entropy");
 family!(CONVERT, "convert");
 family!(DROPOUT, "dropout");
 family!(SKINNY, "skinny");
+family!(DECODE, "decode");
 
 /// Every family, in file-name order.
 pub static FAMILIES: &[&Family] = &[
@@ -60,6 +61,7 @@ pub static FAMILIES: &[&Family] = &[
     &ATTENTION,
     &CONVERT,
     &CROSS_ENTROPY,
+    &DECODE,
     &DROPOUT,
     &ELEMENTWISE,
     &LAYERNORM,
@@ -167,6 +169,16 @@ kernels! {
     DROPOUT_BWD_ADD_BF16 = DROPOUT::dropout_bwd_add_bf16, hot = true;
     SKINNY_NT_F32 = SKINNY::skinny_nt_f32, hot = true;
     SKINNY_NT_BF16 = SKINNY::skinny_nt_bf16, hot = true;
+    DECODE_GEMV_NF4_BF16 = DECODE::decode_gemv_nf4_bf16, hot = true;
+    DECODE_GEMV_NF4_F32 = DECODE::decode_gemv_nf4_f32, hot = true;
+    DECODE_GEMV_BF16_BF16 = DECODE::decode_gemv_bf16_bf16, hot = true;
+    DECODE_GEMV_BF16_F32 = DECODE::decode_gemv_bf16_f32, hot = true;
+    DECODE_ATTN_SPLIT_D64 = DECODE::decode_attn_split_d64, hot = true;
+    DECODE_ATTN_SPLIT_D128 = DECODE::decode_attn_split_d128, hot = true;
+    DECODE_ATTN_COMBINE_D64 = DECODE::decode_attn_combine_d64, hot = true;
+    DECODE_ATTN_COMBINE_D128 = DECODE::decode_attn_combine_d128, hot = true;
+    DECODE_KV_WRITE = DECODE::decode_kv_write, hot = true;
+    DECODE_TAKE_ROWS = DECODE::decode_take_rows, hot = false;
 }
 
 /// Looks a kernel up by name.

@@ -14,8 +14,8 @@
 //! [`AdamW`]'s state), so a run saved on one device resumes bit-exactly on the same device,
 //! and can move between devices.
 
-use crate::cuda::CudaFalcon;
-use crate::{FalconError, FalconModel, Result};
+use crate::cuda::{CudaFalcon, DecodeWeights, MergedWeights};
+use crate::{FalconError, FalconModel, Generated, GenerationConfig, Result};
 use engine::optim::{clip_grad_norm, AdamW, AdamWConfig};
 use engine::{GradStore, Tensor, Var};
 
@@ -64,6 +64,9 @@ pub struct CudaStep<'m> {
     step: CudaFalcon,
     /// What kind of device it is, for messages: "NVIDIA H200 (cuda:0)", "the host emulator".
     name: String,
+    /// A bf16 copy of the base with the adapters merged in, for generation
+    /// ([`Backend::merge_for_generation`]); dropped when the adapters change.
+    merged: Option<MergedWeights>,
 }
 
 /// The step's device.
@@ -109,7 +112,12 @@ impl<'m> Backend<'m> {
     ) -> Result<Backend<'m>> {
         let mut host = Backend::host(model, adamw)?;
         let step = CudaFalcon::new(model, dev)?;
-        host.device = StepDevice::Cuda(Box::new(CudaStep { model, step, name }));
+        host.device = StepDevice::Cuda(Box::new(CudaStep {
+            model,
+            step,
+            name,
+            merged: None,
+        }));
         Ok(host)
     }
 
@@ -291,6 +299,8 @@ impl<'m> Backend<'m> {
             }
             StepDevice::Cuda(c) => {
                 self.opt_in_sync = false;
+                // The adapters change: a merged copy would be stale.
+                c.merged = None;
                 // The device step reads the norm before its update and applies nothing when
                 // it is not finite.
                 let grad_norm = if loss_finite {
@@ -339,6 +349,51 @@ impl<'m> Backend<'m> {
     pub fn generation_model(&self) -> Result<&'m FalconModel> {
         self.sync_adapters_to_host()?;
         Ok(self.model())
+    }
+
+    /// Generates a continuation of each prompt on the backend's device: the host model on
+    /// the CPU, the KV-cache decode kernels on a CUDA device (the adapters as they are on the
+    /// device, unmerged, or the merged copy after [`Backend::merge_for_generation`]). Greedy
+    /// or sampled per `cfg`; each prompt stops at its own stop id. Callers need not know
+    /// which device runs it: both follow [`FalconModel::generate`]'s semantics.
+    pub fn generate_batch(
+        &self,
+        prompts: &[Vec<u32>],
+        cfg: &GenerationConfig,
+    ) -> Result<Vec<Generated>> {
+        match &self.device {
+            StepDevice::Host(h) => Ok(h.model.generate(prompts, cfg)?),
+            StepDevice::Cuda(c) => {
+                let weights = match &c.merged {
+                    Some(m) => DecodeWeights::Merged(m),
+                    None => DecodeWeights::Adapters,
+                };
+                c.step.generate(prompts, cfg, weights)
+            }
+        }
+    }
+
+    /// Makes [`Backend::generate_batch`] read a bf16 copy of the base with the current
+    /// adapters merged in (`--merge`): on a CUDA device it uploads the copy and returns its
+    /// bytes, an error when it does not fit in device memory; on the CPU it returns `None`
+    /// (the host model runs as it is). The copy lives until the next optimizer step.
+    pub fn merge_for_generation(&mut self) -> Result<Option<usize>> {
+        self.sync_adapters_to_host()?;
+        match &mut self.device {
+            StepDevice::Host(_) => Ok(None),
+            StepDevice::Cuda(c) => {
+                c.merged = None;
+                let m = c.step.merged_weights(c.model).map_err(|e| {
+                    FalconError::InvalidArgument(format!(
+                        "--merge: the merged bf16 copy of the base does not fit on {}: {e}",
+                        c.name
+                    ))
+                })?;
+                let bytes = m.bytes();
+                c.merged = Some(m);
+                Ok(Some(bytes))
+            }
+        }
     }
 
     /// The host optimizer holding the current state, for a checkpoint (the adapters are

@@ -94,6 +94,103 @@ fn sample_top_p(row: &[f32], temperature: f64, top_p: f64, u: f64) -> u32 {
     probs[kept - 1].0 as u32
 }
 
+/// Prompts left-padded to a common length `len`: ids, key mask (1 = real token) and
+/// positions, each `[b, len]` row-major, and each prompt's next position.
+pub(crate) struct Padded {
+    pub ids: Vec<u32>,
+    pub mask: Vec<u8>,
+    pub pos: Vec<u32>,
+    pub next_pos: Vec<u32>,
+    pub len: usize,
+}
+
+/// Left-pads `prompts` with `pad_id` (an empty prompt is an error naming it).
+pub(crate) fn left_pad(prompts: &[Vec<u32>], pad_id: u32) -> engine::Result<Padded> {
+    if let Some(i) = prompts.iter().position(|p| p.is_empty()) {
+        return Err(engine::Error::Invalid {
+            op: "generate",
+            detail: format!("prompt {i} is empty"),
+        });
+    }
+    let b = prompts.len();
+    let len = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
+    let mut out = Padded {
+        ids: Vec::with_capacity(b * len),
+        mask: Vec::with_capacity(b * len),
+        pos: Vec::with_capacity(b * len),
+        next_pos: vec![0; b],
+        len,
+    };
+    for (r, p) in prompts.iter().enumerate() {
+        let pad = len - p.len();
+        for i in 0..len {
+            let real = i >= pad;
+            out.ids.push(if real { p[i - pad] } else { pad_id });
+            out.mask.push(real as u8);
+            out.pos.push(if real { (i - pad) as u32 } else { 1 });
+        }
+        out.next_pos[r] = p.len() as u32;
+    }
+    Ok(out)
+}
+
+/// One empty continuation per prompt.
+pub(crate) fn fresh_outputs(b: usize) -> Vec<Generated> {
+    (0..b)
+        .map(|_| Generated {
+            tokens: Vec::new(),
+            stopped_on_eos: false,
+            step_logits: Vec::new(),
+        })
+        .collect()
+}
+
+/// Picks step `step`'s token of every unfinished prompt from the logits `z [b, vocab]`,
+/// records it in `out`, and returns the ids to feed next (`pad_id` for finished prompts).
+pub(crate) fn choose_tokens(
+    out: &mut [Generated],
+    z: &[f32],
+    vocab: usize,
+    step: usize,
+    cfg: &GenerationConfig,
+) -> engine::Result<Vec<u32>> {
+    let b = out.len();
+    let mut step_ids = Vec::with_capacity(b);
+    for (r, g) in out.iter_mut().enumerate() {
+        let row = &z[r * vocab..(r + 1) * vocab];
+        if g.stopped_on_eos {
+            step_ids.push(cfg.pad_id);
+            continue;
+        }
+        check_logits(row, step, r)?;
+        let tok = match cfg.sampling {
+            Sampling::Greedy => argmax(row),
+            Sampling::TopP {
+                temperature,
+                top_p,
+                seed,
+            } => sample_top_p(
+                row,
+                temperature,
+                top_p,
+                rng::uniform_f64(seed, (step * b + r) as u64),
+            ),
+        };
+        g.step_logits.push(row.to_vec());
+        g.tokens.push(tok);
+        if cfg.stop_ids.contains(&tok) {
+            g.stopped_on_eos = true;
+        }
+        step_ids.push(tok);
+    }
+    Ok(step_ids)
+}
+
+/// Whether generation is over after step `step` (every prompt stopped, or the budget spent).
+pub(crate) fn finished(out: &[Generated], step: usize, cfg: &GenerationConfig) -> bool {
+    out.iter().all(|g| g.stopped_on_eos) || step + 1 == cfg.max_new_tokens
+}
+
 impl FalconModel {
     /// Generates up to `max_new_tokens` for each prompt.
     pub fn generate(
@@ -105,35 +202,15 @@ impl FalconModel {
         if b == 0 {
             return Ok(Vec::new());
         }
-        if let Some(i) = prompts.iter().position(|p| p.is_empty()) {
-            return Err(engine::Error::Invalid {
-                op: "generate",
-                detail: format!("prompt {i} is empty"),
-            });
-        }
-        let len = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
-        let mut ids = Vec::with_capacity(b * len);
-        let mut mask: Vec<u8> = Vec::with_capacity(b * len);
-        let mut pos = Vec::with_capacity(b * len);
-        let mut next_pos = vec![0u32; b];
-        for (r, p) in prompts.iter().enumerate() {
-            let pad = len - p.len();
-            for i in 0..len {
-                let real = i >= pad;
-                ids.push(if real { p[i - pad] } else { cfg.pad_id });
-                mask.push(real as u8);
-                pos.push(if real { (i - pad) as u32 } else { 1 });
-            }
-            next_pos[r] = p.len() as u32;
-        }
+        let Padded {
+            ids,
+            mut mask,
+            pos,
+            mut next_pos,
+            len,
+        } = left_pad(prompts, cfg.pad_id)?;
         let mut caches = vec![LayerCache::default(); self.layers.len()];
-        let mut out: Vec<Generated> = (0..b)
-            .map(|_| Generated {
-                tokens: Vec::new(),
-                stopped_on_eos: false,
-                step_logits: Vec::new(),
-            })
-            .collect();
+        let mut out = fresh_outputs(b);
         let mut logits = self.forward_cached(
             &Tensor::from_vec(ids, [b, len])?,
             &Tensor::from_vec(pos, [b, len])?,
@@ -144,35 +221,8 @@ impl FalconModel {
         let mut total = len;
         for step in 0..cfg.max_new_tokens {
             let z = logits.to_vec::<f32>()?;
-            let mut step_ids = Vec::with_capacity(b);
-            for (r, g) in out.iter_mut().enumerate() {
-                let row = &z[r * vocab..(r + 1) * vocab];
-                if g.stopped_on_eos {
-                    step_ids.push(cfg.pad_id);
-                    continue;
-                }
-                check_logits(row, step, r)?;
-                let tok = match cfg.sampling {
-                    Sampling::Greedy => argmax(row),
-                    Sampling::TopP {
-                        temperature,
-                        top_p,
-                        seed,
-                    } => sample_top_p(
-                        row,
-                        temperature,
-                        top_p,
-                        rng::uniform_f64(seed, (step * b + r) as u64),
-                    ),
-                };
-                g.step_logits.push(row.to_vec());
-                g.tokens.push(tok);
-                if cfg.stop_ids.contains(&tok) {
-                    g.stopped_on_eos = true;
-                }
-                step_ids.push(tok);
-            }
-            if out.iter().all(|g| g.stopped_on_eos) || step + 1 == cfg.max_new_tokens {
+            let step_ids = choose_tokens(&mut out, &z, vocab, step, cfg)?;
+            if finished(&out, step, cfg) {
                 break;
             }
             // Append the new column to the mask (finished rows keep running on padding; their

@@ -198,3 +198,27 @@ fn planned_nf4_gemm_flops_are_three_passes_over_the_linears() {
         p.peak_bytes
     );
 }
+
+/// The decode-step plan of Falcon-7B reads every decoder weight once in 4 bits and the tied
+/// lm_head once in bf16, and a batch of 32 sequences reads the same weights as one.
+#[test]
+fn the_decode_plan_reads_each_weight_once_per_step() {
+    use model_falcon::checkpoint::linear_modules;
+    use model_falcon::cuda::plan::{decode_estimate, falcon_config, DecodeShape};
+    let cfg = falcon_config("falcon-7b").unwrap();
+    let gpu = model_falcon::cuda::plan::perf::gpu("H200").unwrap();
+    let linear: usize = linear_modules(&cfg)
+        .iter()
+        .map(|m| m.in_features * m.out_features)
+        .sum();
+    let want = linear as f64 * (0.5 + 1.0 / 64.0) + 2.0 * (cfg.vocab_size * cfg.hidden_size) as f64;
+    let one = decode_estimate(&cfg, &DecodeShape::new(1, 512), gpu).unwrap();
+    let many = decode_estimate(&cfg, &DecodeShape::new(32, 512), gpu).unwrap();
+    assert_eq!(one.weight_bytes, want);
+    assert_eq!(many.weight_bytes, want);
+    assert!(one.step_us > 0.0 && many.tokens_per_s > one.tokens_per_s);
+    eprintln!(
+        "PREDICTED Falcon-7B decode on {}: batch 1 {:.0} tokens/s, batch 32 {:.0} tokens/s",
+        gpu.name, one.tokens_per_s, many.tokens_per_s
+    );
+}

@@ -330,6 +330,8 @@ pub struct AskArgs {
     /// Also print the prompt (to stderr) and the full generated text.
     #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set)]
     pub verbose: bool,
+    #[command(flatten)]
+    pub gen_device: crate::gen_device::GenDeviceArgs,
     /// Flags given on the command line (clap ids): the others may take the values of the
     /// adapter's run (`training_args.json`).
     #[arg(skip)]
@@ -362,6 +364,8 @@ pub struct GenerateArgs {
     /// Print exactly one JSON object {"token_ids": [new ids], "text": "..."} on stdout.
     #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set)]
     pub json: bool,
+    #[command(flatten)]
+    pub gen_device: crate::gen_device::GenDeviceArgs,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -405,6 +409,8 @@ pub struct EvalArgs {
     /// Print one JSON object with the results on stdout (and nothing else).
     #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set)]
     pub json: bool,
+    #[command(flatten)]
+    pub gen_device: crate::gen_device::GenDeviceArgs,
     /// Flags given on the command line (clap ids): the others may take the values of the
     /// adapter's run (`training_args.json`).
     #[arg(skip)]

@@ -9,6 +9,7 @@ pub mod commands;
 pub mod demo;
 pub mod device;
 pub mod distributed;
+pub mod gen_device;
 pub mod lock;
 pub mod manifest;
 pub mod metrics;

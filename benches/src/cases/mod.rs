@@ -6,6 +6,7 @@ pub mod adamw;
 pub mod attention;
 pub mod convert;
 pub mod cross_entropy;
+pub mod decode;
 pub mod gemm;
 pub mod layernorm;
 pub mod pointwise;

@@ -5,6 +5,7 @@ pub mod adamw;
 pub mod attention;
 pub mod convert;
 pub mod cross_entropy;
+pub mod decode;
 pub mod dropout;
 pub mod elementwise;
 pub mod gemm;

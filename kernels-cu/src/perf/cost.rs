@@ -18,6 +18,7 @@ pub struct Cost {
     /// its weight tile, once per warp row of the block (the decode goes straight into the
     /// warps' registers, [`NF4_DECODING_WARP_ROWS`]). CUDA-core work that overlaps the
     /// warps' `mma.sync` when the SM holds enough warps ([`super::model`]).
+    /// The decode GEMV decodes each weight once.
     pub decoded_elements: f64,
     /// The decode runs in the warps' registers with no barrier between it and the products
     /// (the NF4 GEMM), so other warps' `mma.sync` can proceed while a warp decodes.
@@ -210,6 +211,69 @@ pub fn cost(r: &LaunchRecord) -> Cost {
         return Cost {
             bytes: 2.0 * m * k + 2.0 * n * k + c * m * n * if beta != 0.0 { 2.0 } else { 1.0 },
             formula: "skinny gemm",
+            ..Cost::default()
+        };
+    }
+    if name.starts_with("decode_gemv_") {
+        // y[m, n] = α·x[m, k]·Wᵀ + β·y with m ≤ 32 on CUDA cores: the weight read once
+        // (4-bit: ½ byte + 1 absmax code byte per 64 elements; bf16: 2 bytes), x re-read from
+        // L2 by every warp (counted once), one FMA per (row, weight) and, for 4 bits, one
+        // decode per weight.
+        let nf4 = name.starts_with("decode_gemv_nf4_");
+        let (m, n, k, beta) = if nf4 {
+            (i(1), i(2), i(3), f32_arg(r, 5))
+        } else {
+            (i(0), i(1), i(2), f32_arg(r, 4))
+        };
+        let w_bytes = if nf4 { 0.5 + 1.0 / 64.0 } else { 2.0 };
+        let y = elem(r, 0);
+        return Cost {
+            decoded_elements: if nf4 { n * k } else { 0.0 },
+            fp32_ops: m * n * k,
+            bytes: n * k * w_bytes + 2.0 * m * k + y * m * n * if beta != 0.0 { 2.0 } else { 1.0 },
+            formula: "decode gemv",
+            ..Cost::default()
+        };
+    }
+    if name.starts_with("decode_attn_split_") {
+        // (part_o, part_ml, q, k, v, mask, hq, hkv, cap, len, scale); grid (chunks, hq, b).
+        // Per visible key and query head: a d-term dot product and a d-term update of o (one
+        // FMA each per element), two exponentials. K/V rows are read once per KV head (the
+        // group's query heads hit L2).
+        let (hq, hkv, len) = (i(0), i(1), i(3));
+        let d = if name.ends_with("d128") { 128.0 } else { 64.0 };
+        let (b, chunks) = (r.grid.z as f64, r.grid.x as f64);
+        return Cost {
+            special_ops: 2.0 * b * hq * len,
+            fp32_ops: 2.0 * b * hq * len * d,
+            bytes: b * hkv * len * d * 4.0
+                + b * len
+                + 2.0 * b * hq * d
+                + 4.0 * b * hq * chunks * (d + 2.0),
+            formula: "decode attention",
+            ..Cost::default()
+        };
+    }
+    if name.starts_with("decode_attn_combine_") {
+        let (hq, chunks) = (i(0), i(1));
+        let d = if name.ends_with("d128") { 128.0 } else { 64.0 };
+        let b = r.grid.y as f64;
+        return Cost {
+            bytes: 4.0 * b * hq * chunks * (d + 2.0) + 2.0 * b * hq * d,
+            formula: "decode attention",
+            ..Cost::default()
+        };
+    }
+    if name == "decode_kv_write" || name == "decode_take_rows" {
+        // 16-byte chunks, each read once and written once.
+        let chunks = if name == "decode_kv_write" {
+            i(4)
+        } else {
+            i(2)
+        };
+        return Cost {
+            bytes: 32.0 * chunks,
+            formula: "decode copy",
             ..Cost::default()
         };
     }

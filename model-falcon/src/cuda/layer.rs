@@ -91,6 +91,10 @@ pub(crate) struct LayerActs {
 }
 
 impl LayerActs {
+    /// The layer's keys and values `[b, hkv, t, d]` (after RoPE), for a KV cache.
+    pub(crate) fn kv(&self) -> (&Buffer, &Buffer) {
+        (&self.k, &self.v)
+    }
     fn h_attn(&self) -> &Buffer {
         &self.norms[0].0
     }

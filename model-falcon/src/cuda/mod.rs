@@ -27,11 +27,13 @@
 //! AdamW (torch semantics) to every adapter matrix in one launch.
 
 mod adapters;
+mod decode;
 mod layer;
 pub mod memory_plan;
 pub mod plan;
 mod weights;
 
+pub use decode::{DecodeWeights, MergedWeights};
 pub use memory_plan::{BaseStorage, MemoryPlan, StepShape};
 pub use weights::nf4_parts;
 

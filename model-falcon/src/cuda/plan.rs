@@ -242,3 +242,181 @@ pub fn falcon_config(name: &str) -> Result<FalconConfig> {
     };
     FalconConfig::from_json_str(text, format!("{name} (built-in)"))
 }
+
+/// What a decode-step plan depends on besides the model config: one new token for each of
+/// `batch` sequences whose cache holds `context` columns (the new one included).
+#[derive(Debug, Clone)]
+pub struct DecodeShape {
+    pub batch: usize,
+    pub context: usize,
+    pub lora_r: usize,
+    pub targets: TargetModules,
+    /// The base is 4-bit (NF4, double-quantized); otherwise bf16.
+    pub four_bit: bool,
+    /// The adapters merged into bf16 copies of their linears (`--merge`): no adapter
+    /// launches, 2 bytes per weight of the adapted linears.
+    pub merged: bool,
+}
+
+impl DecodeShape {
+    /// Decoding with the default adapter (r = 8 on `query_key_value`), 4-bit, unmerged.
+    pub fn new(batch: usize, context: usize) -> DecodeShape {
+        DecodeShape {
+            batch,
+            context,
+            lora_r: 8,
+            targets: TargetModules::from_flag("query_key_value"),
+            four_bit: true,
+            merged: false,
+        }
+    }
+}
+
+/// Runs the launches of one decode step ([`super::decode`]'s, as `generate` runs it) of
+/// `config` at `shape` on `dev`. Returns the allocator's peak bytes in use.
+pub fn record_decode_step(
+    dev: &kernels_cu::Device,
+    config: &FalconConfig,
+    shape: &DecodeShape,
+) -> Result<usize> {
+    use super::decode::{decode_step, DecodeParts, KvCache};
+    if shape.batch == 0 || shape.context == 0 {
+        return Err(FalconError::InvalidArgument(format!(
+            "decode plan: batch {} x context {} (both must be at least 1)",
+            shape.batch, shape.context
+        )));
+    }
+    let g = Geometry::from_config(config)?;
+    let lora = LoraConfig::new(
+        shape.lora_r,
+        2.0 * shape.lora_r as f64,
+        0.0,
+        shape.targets.clone(),
+    );
+    let modules: Vec<(String, usize, usize)> = lora
+        .targets(config, std::path::Path::new("decode plan"))?
+        .into_iter()
+        .map(|m| (m.name, m.in_features, m.out_features))
+        .collect();
+    let adapters =
+        AdapterStore::placeholder(dev, &modules, shape.lora_r, lora.scaling() as f32, 0.0)?;
+    let base = if shape.merged {
+        // The adapted linears become bf16; the others keep their storage.
+        let mut b = DeviceBaseModel::placeholder(dev, config, shape.four_bit, |_| None)?;
+        let bf = DeviceBaseModel::placeholder(dev, config, false, |_| None)?;
+        for (l, lb) in b.layers.iter_mut().zip(bf.layers) {
+            let pairs = [
+                (&mut l.qkv, lb.qkv),
+                (&mut l.dense, lb.dense),
+                (&mut l.h_to_4h, lb.h_to_4h),
+                (&mut l.four_h_to_h, lb.four_h_to_h),
+            ];
+            for (lin, merged) in pairs {
+                if modules.iter().any(|m| m.0 == lin.name) {
+                    *lin = merged;
+                }
+            }
+        }
+        b
+    } else {
+        DeviceBaseModel::placeholder(dev, config, shape.four_bit, |name| {
+            adapters.slots.iter().position(|s| s.module == name)
+        })?
+    };
+    let inv_freq = dev
+        .htod(&kernels_cu::ops::rope::inv_freq(
+            g.head_dim,
+            config.rope_theta,
+        ))
+        .map_err(cuda_err("upload rotary frequencies".into()))?;
+    let (b, ctx) = (shape.batch, shape.context);
+    let cache_shape = kernels_cu::ops::decode::CacheShape {
+        batch: b,
+        kv_heads: g.kv_heads,
+        capacity: ctx,
+        head_dim: g.head_dim,
+    };
+    let mut cache = KvCache::alloc(dev, base.layers.len(), cache_shape)?;
+    let mask = dev
+        .htod(&vec![1u8; b * ctx])
+        .map_err(cuda_err("upload the key mask".into()))?;
+    let parts = DecodeParts {
+        dev,
+        g,
+        inv_freq: &inv_freq,
+        base: &base,
+        adapters: &adapters,
+    };
+    decode_step(
+        &parts,
+        &mut cache,
+        &vec![0u32; b],
+        &vec![(ctx - 1) as u32; b],
+        &mask,
+        ctx - 1,
+    )?;
+    Ok(dev.memory().peak_in_use)
+}
+
+/// A decode step's launches, planned on a dry run.
+#[derive(Debug, Clone)]
+pub struct DecodePlan {
+    pub launches: Vec<LaunchRecord>,
+    pub peak_bytes: usize,
+    /// Tokens the step produces (one per sequence).
+    pub tokens: usize,
+}
+
+/// Plans one decode step of `config` at `shape` for `gpu` without executing it.
+pub fn dry_run_decode(config: &FalconConfig, shape: &DecodeShape, gpu: &Gpu) -> Result<DecodePlan> {
+    let (dev, trace) = DryRun::device(gpu.name, gpu.compute_capability, gpu.smem_per_block_optin);
+    let peak_bytes = record_decode_step(&dev, config, shape)?;
+    Ok(DecodePlan {
+        launches: trace.take(),
+        peak_bytes,
+        tokens: shape.batch,
+    })
+}
+
+/// The PREDICTED speed of one decode step ([`kernels_cu::perf::StepEstimate`] of its plan).
+#[derive(Debug, Clone, Copy)]
+pub struct DecodeEstimate {
+    /// Predicted time of the step, µs.
+    pub step_us: f64,
+    /// `batch / step time`.
+    pub tokens_per_s: f64,
+    /// Bytes the step's GEMVs read from their weights (4-bit codes and absmax codes, or
+    /// bf16), the lm_head included: the floor of the step's DRAM traffic.
+    pub weight_bytes: f64,
+    /// Launches of the step.
+    pub launches: usize,
+}
+
+/// Predicts a decode step of `config` at `shape` on `gpu` (nothing is executed or measured).
+pub fn decode_estimate(
+    config: &FalconConfig,
+    shape: &DecodeShape,
+    gpu: &Gpu,
+) -> Result<DecodeEstimate> {
+    let p = dry_run_decode(config, shape, gpu)?;
+    let est = perf::StepEstimate::new(gpu, &p.launches);
+    let step_us = est.time_us();
+    let weight_bytes = p
+        .launches
+        .iter()
+        .filter(|r| r.kernel.name.starts_with("decode_gemv_"))
+        .map(|r| {
+            if r.kernel.name.starts_with("decode_gemv_nf4_") {
+                (0.5 + 1.0 / 64.0) * (r.int(2) * r.int(3)) as f64
+            } else {
+                2.0 * (r.int(1) * r.int(2)) as f64
+            }
+        })
+        .sum();
+    Ok(DecodeEstimate {
+        step_us,
+        tokens_per_s: p.tokens as f64 / (step_us * 1e-6),
+        weight_bytes,
+        launches: p.launches.len(),
+    })
+}

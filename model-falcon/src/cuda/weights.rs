@@ -218,6 +218,22 @@ impl DeviceBaseModel {
         model: &FalconModel,
         slot_of: impl Fn(&str) -> Option<usize>,
     ) -> Result<DeviceBaseModel> {
+        DeviceBaseModel::upload_impl(dev, model, slot_of, false)
+    }
+
+    /// The base with every adapter merged in, for generation: each adapted linear becomes
+    /// the bf16 rounding of `dequant(W) + s·B·A` (host f32, as `trainer merge` computes it)
+    /// with no adapter slot; the others are uploaded as [`Self::upload`] does.
+    pub fn upload_merged(dev: &Dev, model: &FalconModel) -> Result<DeviceBaseModel> {
+        DeviceBaseModel::upload_impl(dev, model, |_| None, true)
+    }
+
+    fn upload_impl(
+        dev: &Dev,
+        model: &FalconModel,
+        slot_of: impl Fn(&str) -> Option<usize>,
+        merge: bool,
+    ) -> Result<DeviceBaseModel> {
         let embed = upload_bf16(
             dev,
             "transformer.word_embeddings",
@@ -237,9 +253,15 @@ impl DeviceBaseModel {
                 },
             };
             let lin = |x: &crate::layers::Linear| -> Result<DeviceLinear> {
+                let base = match (&x.lora, merge) {
+                    (Some(l), true) => {
+                        DeviceBase::Bf16(upload_bf16(dev, &x.name, &merged_weight(&x.base, l)?)?)
+                    }
+                    _ => DeviceBase::upload(dev, &x.name, &x.base)?,
+                };
                 Ok(DeviceLinear {
                     name: x.name.clone(),
-                    base: DeviceBase::upload(dev, &x.name, &x.base)?,
+                    base,
                     shape: x.base.shape(),
                     lora: slot_of(&x.name),
                 })
@@ -275,6 +297,21 @@ impl DeviceBaseModel {
         }
         total
     }
+}
+
+/// `dequant(W) + s·B·A` in f32 on the host.
+fn merged_weight(base: &BaseWeight, l: &crate::lora::LoraAdapter) -> Result<Vec<f32>> {
+    let mut w = base.to_f32()?;
+    let [out_features, in_features] = base.shape();
+    let pair = crate::peft::LoraPair {
+        r: l.a.dims()[0],
+        in_features,
+        out_features,
+        a: l.a.value().to_f32_vec()?,
+        b: l.b.value().to_f32_vec()?,
+    };
+    crate::merge::add_lora_delta(&mut w, &pair, l.scaling)?;
+    Ok(w)
 }
 
 /// Fresh device memory for `len` elements of `dtype`.

@@ -5,6 +5,7 @@
 
 use super::{decode, load_model_with_adapter};
 use crate::args::AskArgs;
+use crate::gen_device::open_generation_backend;
 use anyhow::{bail, Context, Result};
 use data_finqa::metrics::answer_from_generation;
 use data_finqa::prompt::{context_pieces, prompt_from_pieces};
@@ -335,9 +336,9 @@ pub fn ask(a: &AskArgs) -> Result<()> {
         pad_id: session.pad_id,
         sampling: Sampling::Greedy,
     };
-    let out = session
-        .model
-        .generate(&[ids], &gen)
+    let backend = open_generation_backend(&a.gen_device, &session.model, !a.verbose)?;
+    let out = backend
+        .generate_batch(&[ids], &gen)
         .context("generating the answer")?;
     let tokens = out.first().map(|g| g.tokens.as_slice()).unwrap_or(&[]);
     let text = decode(&session, tokens)?;

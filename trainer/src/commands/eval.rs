@@ -13,13 +13,13 @@
 
 use super::{create_output_file, decode, load_model_with_adapter};
 use crate::args::EvalArgs;
+use crate::gen_device::open_generation_backend;
 use crate::train::evaluate;
 use crate::train_cmd::{load_data, truncation};
 use anyhow::{bail, Context, Result};
 use data_finqa::metrics::{answer_from_generation, score, Accuracy};
 use data_finqa::{tokenize_report, Record, TokenizeOptions, TokenizedExample};
-use engine::optim::AdamWConfig;
-use model_falcon::{Backend, GenerationConfig, Sampling};
+use model_falcon::{GenerationConfig, Sampling};
 use serde::Serialize;
 use std::io::Write;
 use std::path::PathBuf;
@@ -71,6 +71,13 @@ pub struct EvalReport {
     pub exe_ans_tolerant: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub predictions: Option<String>,
+    /// Where the loss and the answers were computed.
+    pub device: String,
+    /// Tokens generated in all, and per second of generation (wall clock).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generated_tokens: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens_per_second: Option<f64>,
     pub seconds: f64,
 }
 
@@ -90,6 +97,24 @@ fn records_of<'a>(examples: &[TokenizedExample], records: &'a [Record]) -> Resul
         j += 1;
     }
     Ok(out)
+}
+
+/// The progress bar of answer generation: examples done, running accuracy, tokens/s, ETA.
+fn progress_line(done: usize, total: usize, correct: usize, tokens: usize, secs: f64) -> String {
+    const WIDTH: usize = 30;
+    let filled = (done * WIDTH).checked_div(total).unwrap_or(WIDTH);
+    let rate = tokens as f64 / secs.max(1e-9);
+    let eta = if done == 0 {
+        0.0
+    } else {
+        secs * (total - done) as f64 / done as f64
+    };
+    format!(
+        "[{}{}] {done}/{total} answers, accuracy {:.3}, {rate:.1} tokens/s, ETA {eta:.0}s ",
+        "#".repeat(filled),
+        "-".repeat(WIDTH - filled),
+        correct as f64 / done.max(1) as f64
+    )
 }
 
 pub fn eval(a: &EvalArgs) -> Result<()> {
@@ -165,8 +190,8 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
     if examples.is_empty() {
         bail!("{}: no example to evaluate", a.data.display());
     }
-    // The loss is evaluated on the CPU, as the generation below runs there.
-    let backend = Backend::host(&session.model, AdamWConfig::default())?;
+    // The loss and the answers come from the device --device picks (the CPU or a GPU).
+    let backend = open_generation_backend(&a.gen_device, &session.model, a.json)?;
     let (eval_loss, target_tokens) = evaluate(&backend, session.pad_id, &examples, a.batch_size)
         .with_context(|| format!("evaluating the loss on {}", a.data.display()))?;
     if !a.json {
@@ -188,6 +213,9 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
         exe_ans_exact: None,
         exe_ans_tolerant: None,
         predictions: None,
+        device: backend.device_name().to_string(),
+        generated_tokens: None,
+        tokens_per_second: None,
         seconds: 0.0,
     };
     if let (Some(file), Some(path)) = (pred_file.as_mut(), &pred_path) {
@@ -202,15 +230,17 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
         let mut correct = 0usize;
         let mut done = 0;
         let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let mut tokens = 0usize;
+        let gen_start = Instant::now();
         for (chunk, recs) in examples
             .chunks(a.batch_size)
             .zip(records.chunks(a.batch_size))
         {
             let prompts: Vec<Vec<u32>> = chunk.iter().map(|e| e.prompt_ids().to_vec()).collect();
-            let outs = session
-                .model
-                .generate(&prompts, &gen)
+            let outs = backend
+                .generate_batch(&prompts, &gen)
                 .context("generating answers")?;
+            tokens += outs.iter().map(|o| o.tokens.len()).sum::<usize>();
             for ((ex, rec), out) in chunk.iter().zip(recs).zip(outs) {
                 let generated = decode(&session, &out.tokens)?;
                 let pred = answer_from_generation(&generated).to_string();
@@ -234,16 +264,24 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
                     .with_context(|| format!("cannot write {}", path.display()))?;
             }
             done += chunk.len();
-            // A counter redrawn in place only on a terminal: a log file gets one line.
+            // A bar redrawn in place only on a terminal: a log file gets the final line.
             if !a.json && tty {
-                eprint!("\rgenerated answers: {done}/{}", examples.len());
+                let secs = gen_start.elapsed().as_secs_f64();
+                eprint!(
+                    "\r{}",
+                    progress_line(done, examples.len(), correct, tokens, secs)
+                );
             }
         }
         if !a.json {
             if tty {
                 eprintln!();
             } else {
-                eprintln!("generated answers: {done}/{}", examples.len());
+                let secs = gen_start.elapsed().as_secs_f64();
+                eprintln!(
+                    "{}",
+                    progress_line(done, examples.len(), correct, tokens, secs)
+                );
             }
         }
         file.flush()
@@ -257,6 +295,9 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
             result.exe_ans_tolerant = Some(acc.exe_tolerant_rate());
         }
         result.predictions = Some(path.display().to_string());
+        let secs = gen_start.elapsed().as_secs_f64();
+        result.generated_tokens = Some(tokens);
+        result.tokens_per_second = Some(tokens as f64 / secs.max(1e-9));
     }
     result.seconds = start.elapsed().as_secs_f64();
     if a.json {
@@ -275,6 +316,12 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
             result.exe_ans_tolerant,
         ) {
             println!("exe_ans accuracy over {n} examples: exact {e:.4}, tolerant {t:.4}");
+        }
+        if let (Some(n), Some(r)) = (result.generated_tokens, result.tokens_per_second) {
+            println!(
+                "generated {n} tokens on {} ({r:.1} tokens/s)",
+                result.device
+            );
         }
         if let Some(p) = &result.predictions {
             println!("predictions written to {p}");

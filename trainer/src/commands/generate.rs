@@ -4,6 +4,7 @@
 
 use super::{decode, encode, load_model_with_adapter};
 use crate::args::GenerateArgs;
+use crate::gen_device::open_generation_backend;
 use anyhow::{bail, Context, Result};
 use model_falcon::{GenerationConfig, Sampling};
 
@@ -60,7 +61,8 @@ pub fn generate(a: &GenerateArgs) -> Result<()> {
         pad_id: session.pad_id,
         sampling,
     };
-    let out = session.model.generate(&[ids], &gen).context("generating")?;
+    let backend = open_generation_backend(&a.gen_device, &session.model, true)?;
+    let out = backend.generate_batch(&[ids], &gen).context("generating")?;
     let tokens = out.first().map(|g| g.tokens.clone()).unwrap_or_default();
     let text = decode(&session, &tokens)?;
     if a.json {

@@ -89,5 +89,34 @@ pub fn print(
     for line in p.table.lines() {
         println!("    {line}");
     }
+    print_decode(cfg, a, gpu)
+}
+
+/// The PREDICTED decoding speed (`ask`/`eval` on the GPU): one token per sequence at a
+/// context of --max-length, batches of 1 and 32, the adapter of the flags unmerged.
+fn print_decode(cfg: &FalconConfig, a: &InfoArgs, gpu: &str) -> Result<()> {
+    use model_falcon::cuda::plan::{decode_estimate, DecodeShape};
+    let g = perf::gpu(gpu).ok_or_else(|| anyhow!("unknown --gpu `{gpu}`"))?;
+    println!(
+        "PREDICTED decoding on {} (performance model, not measured), context {} tokens:",
+        g.name, a.max_length
+    );
+    for batch in [1, 32] {
+        let shape = DecodeShape {
+            lora_r: a.lora_r,
+            targets: TargetModules::from_flag(&a.target_modules),
+            four_bit: a.quant != "none",
+            ..DecodeShape::new(batch, a.max_length.max(1))
+        };
+        let e = decode_estimate(cfg, &shape, g)?;
+        println!(
+            "  batch {batch:>2}             {:>10.0} tokens/s ({:.2} ms per step, {} launches, \
+             {:.2} GB of weights read per step)",
+            e.tokens_per_s,
+            e.step_us / 1e3,
+            e.launches,
+            e.weight_bytes / 1e9
+        );
+    }
     Ok(())
 }

@@ -1,0 +1,352 @@
+// Decoding kernels: what one generated token per sequence costs, for a batch of 1-32 sequences.
+//
+//   decode_gemv_nf4_*:  Y[m][n] = α·Σ_k X[m][k]·w(n, k) + β·Y[m][n],  m < M ≤ DECODE_MAX_ROWS,
+//                       w(n, k) = bf16(table[code(n·K + k)] · absmax((n·K + k) / 64)), the values
+//                       of dequantize_bf16 (and of the NF4 GEMM), absmax double-quantized:
+//                       absmax[b] = fp32(fp32(code_map[am_codes[b]] · nested[b / 256]) + offset).
+//   decode_gemv_bf16_*: the same with a bf16 weight W[N][K] (the tied lm_head, merged weights).
+//   decode_attn_split_d{64,128} + decode_attn_combine_d{64,128}: flash-decoding. One query row per
+//                       (sequence, head) against a KV cache [b, hkv, cap, d] whose first `len`
+//                       columns are filled; key j is visible when key_mask[b][j] != 0.
+//                       Query head h reads KV head h / (hq / hkv) (MQA: hkv = 1; GQA).
+//                       o = Σ_j softmax_j(scale·q·k_j) v_j; a row with no visible key gives o = 0.
+//   decode_kv_write:    cache[b][h][pos + i][:] = src[b][h][i][:] for i < s (prefill: s = t,
+//                       pos = 0; a decode step: s = 1, pos = the new column).
+//   decode_take_rows:   out[r][:] = x[r·t + t - 1][:] (the last position of each sequence).
+//
+// Why a separate GEMV: at M ≤ 32 the tensor-core GEMM's 128 x 128 tiles waste ≥ 3/4 of every
+// mma and, worse, launch ⌈N/128⌉ blocks (36 for Falcon-7B's qkv) that cannot pull HBM bandwidth.
+// Decoding is bound by reading the weights once per token: Falcon-7B's 4-bit linears are
+// ~3.6 GB, so an H200 (4.8 TB/s) cannot exceed ~1,300 tokens/s per sequence batch.
+//
+// GEMV design: one warp per output column n (weight row), DECODE_GEMV_WARPS warps per block.
+// Lane l loads 16 bytes of packed codes (32 weights, half an absmax block) at k = 32·l, then
+// 32·l + 1024, ...: each warp iteration streams 512 contiguous bytes of the row. The 32 weights
+// are decoded in 4 groups of 8 to bf16-rounded floats, and each group multiplies the matching
+// 8 columns of every X row (one 16-byte load per row, from L1/L2: X is at most 32 x 18176 bf16
+// = 1.1 MB and read by every warp). Accumulators acc[m] (f32, one per X row) stay in registers
+// for all M rows at once, so the weights are read exactly once whatever M is. The warp sums
+// each accumulator with the fixed butterfly (deterministic) and lane m writes Y[m][n].
+// The table (16 floats) sits in shared memory; absmax codes and the nested absmax come through
+// the cache (1/64 and 1/16384 byte per weight).
+//
+// Attention design (flash-decoding): the cache is split into chunks of DECODE_ATTN_CHUNK keys;
+// block (chunk c, head h, sequence b) walks its chunk with DECODE_ATTN_WARPS warps, key j going
+// to warp j mod warps. A warp holds q in registers (d/32 values per lane), computes one score per
+// key with a butterfly sum, and keeps an online softmax (max m, sum l, unnormalized o in d/32
+// registers per lane); masked keys are skipped, never multiplied (a cache column of a padded
+// prompt may hold anything). The block then merges its warps in warp order through shared
+// memory and writes (m, l, o) of the chunk. The combine kernel merges the chunks of one
+// (sequence, head) in chunk order: M = max m_c, L = Σ l_c·e^(m_c − M), o = Σ o_c·e^(m_c − M) / L.
+// Fixed orders everywhere: the result does not depend on scheduling.
+#include "common.cuh"
+
+using kc::bf16;
+using kc::u32;
+using kc::u32x4;
+using kc::u8;
+
+#define DECODE_MAX_ROWS 32
+#define DECODE_GEMV_WARPS 8
+#define DECODE_GEMV_THREADS (DECODE_GEMV_WARPS * 32)
+#define DECODE_ATTN_WARPS 4
+#define DECODE_ATTN_THREADS (DECODE_ATTN_WARPS * 32)
+#define DECODE_ATTN_CHUNK 256
+#define DECODE_COPY_THREADS 256
+#define kDecNegInf (kc::f32_from_bits(0xff800000u))
+#ifdef KC_DEVICE
+#define DEC_NO_UNROLL _Pragma("unroll 1")
+#else
+#define DEC_NO_UNROLL
+#endif
+
+namespace {
+
+// Round-to-nearest fp32 product and sum, never contracted into an FMA: the absmax and the
+// weight values must be bit-identical to the CPU's dequantization.
+__device__ __forceinline__ float dec_mul_rn(float a, float b) {
+#ifdef KC_DEVICE
+  float r;
+  asm("mul.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+  return r;
+#else
+  volatile float r = a * b;
+  return r;
+#endif
+}
+__device__ __forceinline__ float dec_add_rn(float a, float b) {
+#ifdef KC_DEVICE
+  float r;
+  asm("add.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+  return r;
+#else
+  volatile float r = a + b;
+  return r;
+#endif
+}
+
+__device__ __forceinline__ void dec_store(float* p, float v) { *p = v; }
+__device__ __forceinline__ void dec_store(bf16* p, float v) { *p = kc::to_bf16(v); }
+__device__ __forceinline__ float dec_load(const float* p) { return *p; }
+__device__ __forceinline__ float dec_load(const bf16* p) { return kc::to_f32(*p); }
+
+// acc[r] += Σ_e w[e]·x[r][k0 + e] for the rows r < m (8 columns from k0).
+__device__ __forceinline__ void dec_rows_fma(float acc[DECODE_MAX_ROWS], const float w[8], const bf16* x,
+                                             int m, int k, int k0) {
+  KC_UNROLL
+  for (int r = 0; r < DECODE_MAX_ROWS; ++r) {
+    if (r < m) {
+      float xv[8];
+      kc::unpack_bf16x8(kc::load_u32x4(x + static_cast<long long>(r) * k + k0), xv);
+      float s = acc[r];
+      KC_UNROLL
+      for (int e = 0; e < 8; ++e) s += w[e] * xv[e];
+      acc[r] = s;
+    }
+  }
+}
+
+// Warp-sums every row's accumulator; lane r writes row r of column n.
+template <typename TY>
+__device__ __forceinline__ void dec_write(TY* y, float acc[DECODE_MAX_ROWS], int m, int n_out, int n, int lane,
+                                          float alpha, float beta) {
+  KC_UNROLL
+  for (int r = 0; r < DECODE_MAX_ROWS; ++r) {
+    if (r < m) {
+      const float s = kc::warp_sum(acc[r]);
+      if (lane == r) {
+        TY* out = y + static_cast<long long>(r) * n_out + n;
+        float v = alpha * s;
+        if (beta != 0.0f) v += beta * dec_load(out);
+        dec_store(out, v);
+      }
+    }
+  }
+}
+
+template <typename TY>
+__device__ __forceinline__ void gemv_nf4(TY* y, const bf16* x, const u8* packed, const u8* am_codes,
+                                         const float* nested, const float* code_map, const float* table,
+                                         float offset, int m, int n_out, int k, float alpha, float beta) {
+  __shared__ float s_table[16];
+  if (threadIdx.x < 16) s_table[threadIdx.x] = table[threadIdx.x];
+  __syncthreads();
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int n = blockIdx.x * DECODE_GEMV_WARPS + warp;
+  // Warp-uniform exit, after the only barrier.
+  if (n >= n_out) return;
+  float acc[DECODE_MAX_ROWS];
+  KC_UNROLL
+  for (int r = 0; r < DECODE_MAX_ROWS; ++r) acc[r] = 0.0f;
+  const long long row = static_cast<long long>(n) * k;  // first element of weight row n
+  for (int k0 = lane * 32; k0 < k; k0 += 1024) {
+    const long long e0 = row + k0;
+    // K % 64 == 0 and k0 % 32 == 0: the 32 weights lie in one absmax block and the 16 bytes
+    // are 16-byte aligned.
+    const u32x4 q = kc::load_u32x4(packed + e0 / 2);
+    const float am = dec_add_rn(dec_mul_rn(code_map[am_codes[e0 >> 6]], nested[e0 >> 14]), offset);
+    const u32 words[4] = {q.x, q.y, q.z, q.w};
+    KC_UNROLL
+    for (int g = 0; g < 4; ++g) {
+      float w[8];
+      KC_UNROLL
+      for (int b = 0; b < 4; ++b) {
+        // Element 2i is the high nibble of byte i (bitsandbytes' packing).
+        const u32 byte = (words[g] >> (8 * b)) & 0xffu;
+        w[2 * b] = kc::to_f32(kc::to_bf16(dec_mul_rn(s_table[byte >> 4], am)));
+        w[2 * b + 1] = kc::to_f32(kc::to_bf16(dec_mul_rn(s_table[byte & 15u], am)));
+      }
+      dec_rows_fma(acc, w, x, m, k, k0 + 8 * g);
+    }
+  }
+  dec_write(y, acc, m, n_out, n, lane, alpha, beta);
+}
+
+template <typename TY>
+__device__ __forceinline__ void gemv_bf16(TY* y, const bf16* x, const bf16* wt, int m, int n_out, int k,
+                                          float alpha, float beta) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int n = blockIdx.x * DECODE_GEMV_WARPS + warp;
+  if (n >= n_out) return;
+  float acc[DECODE_MAX_ROWS];
+  KC_UNROLL
+  for (int r = 0; r < DECODE_MAX_ROWS; ++r) acc[r] = 0.0f;
+  const bf16* wrow = wt + static_cast<long long>(n) * k;
+  // Not unrolled, and the kernels' launch bounds ask for 1 block per SM: otherwise ptxas caps
+  // this loop at 64 registers and spills the 32 accumulators.
+  DEC_NO_UNROLL
+  for (int k0 = lane * 8; k0 < k; k0 += 256) {
+    float w[8];
+    kc::unpack_bf16x8(kc::load_u32x4(wrow + k0), w);
+    dec_rows_fma(acc, w, x, m, k, k0);
+  }
+  dec_write(y, acc, m, n_out, n, lane, alpha, beta);
+}
+
+// One chunk of keys for one (sequence, head): the block's (max, sum, unnormalized o).
+template <int D>
+__device__ __forceinline__ void attn_split(float* part_o, float* part_ml, const bf16* q, const bf16* kc_,
+                                           const bf16* vc, const u8* key_mask, int hq, int hkv, int cap,
+                                           int len, float scale) {
+  constexpr int PER = D / 32;  // q, k, v, o elements per lane
+  __shared__ float s_ml[DECODE_ATTN_WARPS][2];
+  __shared__ float s_o[DECODE_ATTN_WARPS][D];
+  const int chunk = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const int chunks = gridDim.x;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int kvh = h / (hq / hkv);
+  const bf16* qrow = q + (static_cast<long long>(b) * hq + h) * D + lane * PER;
+  float qv[PER];
+  KC_UNROLL
+  for (int e = 0; e < PER; ++e) qv[e] = kc::to_f32(qrow[e]) * scale;
+  const long long head = (static_cast<long long>(b) * hkv + kvh) * cap;
+  const u8* mk = key_mask + static_cast<long long>(b) * cap;
+  float mx = kDecNegInf, l = 0.0f, o[PER];
+  KC_UNROLL
+  for (int e = 0; e < PER; ++e) o[e] = 0.0f;
+  const int j0 = chunk * DECODE_ATTN_CHUNK;
+  const int j1 = min(len, j0 + DECODE_ATTN_CHUNK);
+  for (int j = j0 + warp; j < j1; j += DECODE_ATTN_WARPS) {
+    // mk[j] is the same for the whole warp: the skip is warp-uniform.
+    if (mk[j] == 0) continue;
+    const bf16* krow = kc_ + (head + j) * D + lane * PER;
+    float s = 0.0f;
+    KC_UNROLL
+    for (int e = 0; e < PER; ++e) s += qv[e] * kc::to_f32(krow[e]);
+    s = kc::warp_sum(s);
+    const float mn = fmaxf(mx, s);
+    const float corr = expf(mx - mn);  // exp(-inf) = 0 on the first visible key
+    const float p = expf(s - mn);
+    const bf16* vrow = vc + (head + j) * D + lane * PER;
+    l = l * corr + p;
+    KC_UNROLL
+    for (int e = 0; e < PER; ++e) o[e] = o[e] * corr + p * kc::to_f32(vrow[e]);
+    mx = mn;
+  }
+  if (lane == 0) {
+    s_ml[warp][0] = mx;
+    s_ml[warp][1] = l;
+  }
+  KC_UNROLL
+  for (int e = 0; e < PER; ++e) s_o[warp][lane * PER + e] = o[e];
+  __syncthreads();
+  // Merge the warps in order; thread c < D owns element c.
+  const long long slot = (static_cast<long long>(b) * hq + h) * chunks + chunk;
+  for (int c = threadIdx.x; c < D; c += DECODE_ATTN_THREADS) {
+    float m_all = kDecNegInf;
+    KC_UNROLL
+    for (int w = 0; w < DECODE_ATTN_WARPS; ++w) m_all = fmaxf(m_all, s_ml[w][0]);
+    float l_all = 0.0f, o_all = 0.0f;
+    if (m_all != kDecNegInf) {
+      KC_UNROLL
+      for (int w = 0; w < DECODE_ATTN_WARPS; ++w) {
+        if (s_ml[w][0] != kDecNegInf) {
+          const float f = expf(s_ml[w][0] - m_all);
+          l_all += s_ml[w][1] * f;
+          o_all += s_o[w][c] * f;
+        }
+      }
+    }
+    part_o[slot * D + c] = o_all;
+    if (c == 0) {
+      part_ml[2 * slot] = m_all;
+      part_ml[2 * slot + 1] = l_all;
+    }
+  }
+}
+
+// Merges the chunks of one (sequence, head) in chunk order; thread c owns element c.
+template <int D>
+__device__ __forceinline__ void attn_combine(bf16* out, const float* part_o, const float* part_ml, int hq,
+                                             int chunks) {
+  const int h = blockIdx.x, b = blockIdx.y;
+  const long long base = (static_cast<long long>(b) * hq + h) * chunks;
+  float m_all = kDecNegInf;
+  for (int c = 0; c < chunks; ++c) m_all = fmaxf(m_all, part_ml[2 * (base + c)]);
+  for (int e = threadIdx.x; e < D; e += blockDim.x) {
+    float l_all = 0.0f, o_all = 0.0f;
+    if (m_all != kDecNegInf) {
+      for (int c = 0; c < chunks; ++c) {
+        const float mc = part_ml[2 * (base + c)];
+        if (mc == kDecNegInf) continue;
+        const float f = expf(mc - m_all);
+        l_all += part_ml[2 * (base + c) + 1] * f;
+        o_all += part_o[(base + c) * D + e] * f;
+      }
+    }
+    out[(static_cast<long long>(b) * hq + h) * D + e] = kc::to_bf16(l_all > 0.0f ? o_all / l_all : 0.0f);
+  }
+}
+
+}  // namespace
+
+extern "C" __global__ void __launch_bounds__(DECODE_GEMV_THREADS)
+    decode_gemv_nf4_bf16(bf16* y, const bf16* x, const u8* packed, const u8* am_codes, const float* nested,
+                         const float* code_map, const float* table, float offset, int m, int n, int k,
+                         float alpha, float beta) {
+  gemv_nf4(y, x, packed, am_codes, nested, code_map, table, offset, m, n, k, alpha, beta);
+}
+
+extern "C" __global__ void __launch_bounds__(DECODE_GEMV_THREADS)
+    decode_gemv_nf4_f32(float* y, const bf16* x, const u8* packed, const u8* am_codes, const float* nested,
+                        const float* code_map, const float* table, float offset, int m, int n, int k,
+                        float alpha, float beta) {
+  gemv_nf4(y, x, packed, am_codes, nested, code_map, table, offset, m, n, k, alpha, beta);
+}
+
+extern "C" __global__ void __launch_bounds__(DECODE_GEMV_THREADS, 1)
+    decode_gemv_bf16_bf16(bf16* y, const bf16* x, const bf16* w, int m, int n, int k, float alpha, float beta) {
+  gemv_bf16(y, x, w, m, n, k, alpha, beta);
+}
+
+extern "C" __global__ void __launch_bounds__(DECODE_GEMV_THREADS, 1)
+    decode_gemv_bf16_f32(float* y, const bf16* x, const bf16* w, int m, int n, int k, float alpha, float beta) {
+  gemv_bf16(y, x, w, m, n, k, alpha, beta);
+}
+
+extern "C" __global__ void __launch_bounds__(DECODE_ATTN_THREADS)
+    decode_attn_split_d64(float* part_o, float* part_ml, const bf16* q, const bf16* k, const bf16* v,
+                          const u8* key_mask, int hq, int hkv, int cap, int len, float scale) {
+  attn_split<64>(part_o, part_ml, q, k, v, key_mask, hq, hkv, cap, len, scale);
+}
+
+extern "C" __global__ void __launch_bounds__(DECODE_ATTN_THREADS)
+    decode_attn_split_d128(float* part_o, float* part_ml, const bf16* q, const bf16* k, const bf16* v,
+                           const u8* key_mask, int hq, int hkv, int cap, int len, float scale) {
+  attn_split<128>(part_o, part_ml, q, k, v, key_mask, hq, hkv, cap, len, scale);
+}
+
+extern "C" __global__ void decode_attn_combine_d64(bf16* out, const float* part_o, const float* part_ml, int hq,
+                                                   int chunks) {
+  attn_combine<64>(out, part_o, part_ml, hq, chunks);
+}
+
+extern "C" __global__ void decode_attn_combine_d128(bf16* out, const float* part_o, const float* part_ml, int hq,
+                                                    int chunks) {
+  attn_combine<128>(out, part_o, part_ml, hq, chunks);
+}
+
+// src [b, h, s, d] into cache [b, h, cap, d] at column pos; 8 bf16 (16 bytes) per thread step
+// (d % 8 == 0 and 16-byte aligned buffers, checked by the launcher).
+extern "C" __global__ void decode_kv_write(bf16* cache, const bf16* src, int s, int d, int cap, int pos,
+                                           long long chunks) {
+  const int per_row = d / 8;
+  for (long long c = kc::grid_thread(); c < chunks; c += kc::grid_threads()) {
+    const long long row = c / per_row;  // over [b, h, s]
+    const int col = static_cast<int>(c % per_row) * 8;
+    const int i = static_cast<int>(row % s);
+    const long long bh = row / s;
+    const long long dst = (bh * cap + pos + i) * d + col;
+    kc::store_u32x4(cache + dst, kc::load_u32x4(src + row * d + col));
+  }
+}
+
+// out [b, w] = the rows r·t + t - 1 of x [b·t, w]; 8 bf16 per thread step (w % 8 == 0).
+extern "C" __global__ void decode_take_rows(bf16* out, const bf16* x, int t, int w, long long chunks) {
+  const int per_row = w / 8;
+  for (long long c = kc::grid_thread(); c < chunks; c += kc::grid_threads()) {
+    const long long r = c / per_row;
+    const int col = static_cast<int>(c % per_row) * 8;
+    kc::store_u32x4(out + r * w + col, kc::load_u32x4(x + (r * t + t - 1) * w + col));
+  }
+}

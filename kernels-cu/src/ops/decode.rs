@@ -1,0 +1,450 @@
+//! Decoding kernels (cuda/decode.cu): the products and the attention of one new token per
+//! sequence, for batches of a few sequences.
+//!
+//! - [`gemv_nf4`]: `Y[M][N] = α·X[M][K]·dequant_bf16(W)ᵀ + β·Y` for small M, reading the
+//!   packed 4-bit weight once (the values of [`super::gemm::nf4_forward`]'s W); M > 32 runs
+//!   in groups of [`MAX_ROWS`] rows, one launch each.
+//! - [`gemv_bf16`]: the same for a bf16 `W[N][K]` (the tied lm_head, merged weights).
+//! - [`attention`]: flash-decoding of one query row per (sequence, head) over a KV cache
+//!   `[b, hkv, cap, d]`, split over the cache in chunks of [`ATTN_CHUNK`] keys and combined in a
+//!   fixed order (deterministic).
+//! - [`kv_write`] and [`take_last_rows`]: the cache writes and the prefill's last rows.
+//!
+//! Precision: bf16 inputs, f32 accumulation, output rounded once.
+
+use super::{check, n_i32};
+use crate::defines::decode as def;
+use crate::device::{Dim3, Launch};
+use crate::error::{Error, Result};
+use crate::kernels::*;
+use crate::ops::gemm::{Nf4Weight, NF4_GEMM_BLOCKSIZE};
+use crate::{Arg, Buffer, DType, Device, Kernel};
+
+/// Rows of X one GEMV launch takes (its register accumulators).
+pub const MAX_ROWS: usize = def::DECODE_MAX_ROWS;
+/// Output columns per GEMV block (one warp each).
+pub const GEMV_WARPS: usize = def::DECODE_GEMV_WARPS;
+/// Keys per flash-decoding split.
+pub const ATTN_CHUNK: usize = def::DECODE_ATTN_CHUNK;
+const ATTN_THREADS: u32 = def::DECODE_ATTN_THREADS as u32;
+const GEMV_THREADS: u32 = def::DECODE_GEMV_THREADS as u32;
+const COPY_THREADS: u32 = def::DECODE_COPY_THREADS as u32;
+
+fn invalid(kernel: Kernel, reason: String) -> Error {
+    Error::InvalidLaunch {
+        kernel: kernel.name,
+        reason,
+    }
+}
+
+fn out_kernel(what: &'static str, y: &Buffer, bf: Kernel, f: Kernel) -> Result<Kernel> {
+    match y.dtype() {
+        DType::BF16 => Ok(bf),
+        DType::F32 => Ok(f),
+        got => Err(Error::DType {
+            what,
+            expected: DType::BF16,
+            got,
+        }),
+    }
+}
+
+fn gemv_grid(kernel: Kernel, n: usize) -> Result<Dim3> {
+    u32::try_from(n.div_ceil(GEMV_WARPS))
+        .map(Dim3::x)
+        .map_err(|_| invalid(kernel, format!("{n} output columns exceed the grid")))
+}
+
+/// Runs `launch(x_rows, y_rows, rows)` over groups of at most [`MAX_ROWS`] rows.
+fn by_row_groups(
+    x: &Buffer,
+    y: &mut Buffer,
+    m: usize,
+    k: usize,
+    n: usize,
+    mut launch: impl FnMut(&Buffer, &mut Buffer, usize) -> Result<()>,
+) -> Result<()> {
+    if m <= MAX_ROWS {
+        return launch(x, y, m);
+    }
+    let mut r0 = 0;
+    while r0 < m {
+        let rows = MAX_ROWS.min(m - r0);
+        let xv = x.view(r0 * k, rows * k)?;
+        let mut yv = y.view_mut(r0 * n, rows * n)?;
+        launch(&xv, &mut yv, rows)?;
+        r0 += rows;
+    }
+    Ok(())
+}
+
+/// `Y[M][N] = α·X[M][K]·dequant_bf16(W)ᵀ + β·Y`: `x` bf16 `M·K` (16-byte aligned), `y` bf16 or
+/// f32 `M·N`. Needs the NF4 GEMM's weight format (blocksize 64, double quantization) and
+/// `K % 64 == 0`. β = 0 never reads Y.
+pub fn gemv_nf4(
+    dev: &Device,
+    x: &Buffer,
+    w: &Nf4Weight,
+    y: &mut Buffer,
+    m: usize,
+    alpha: f32,
+    beta: f32,
+) -> Result<()> {
+    let kernel = out_kernel(
+        "decode gemv nf4: Y",
+        y,
+        DECODE_GEMV_NF4_BF16,
+        DECODE_GEMV_NF4_F32,
+    )?;
+    let (n, k) = (w.out_features, w.in_features);
+    if w.blocksize != NF4_GEMM_BLOCKSIZE || !k.is_multiple_of(64) {
+        return Err(invalid(
+            kernel,
+            format!(
+                "needs blocksize {NF4_GEMM_BLOCKSIZE} and in_features a multiple of 64; the \
+                 weight has blocksize {} and in_features {k}",
+                w.blocksize
+            ),
+        ));
+    }
+    check("decode gemv nf4: X", x, DType::BF16, m * k)?;
+    check("decode gemv nf4: Y", y, y.dtype(), m * n)?;
+    if !x.is_aligned(16) || !w.packed.is_aligned(16) {
+        return Err(invalid(
+            kernel,
+            "X and the packed codes must be 16-byte aligned".into(),
+        ));
+    }
+    n_i32("decode gemv nf4: weight elements", w.numel())?;
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    let grid = gemv_grid(kernel, n)?;
+    by_row_groups(x, y, m, k, n, |x, y, rows| {
+        // SAFETY: x holds rows·k and y rows·n elements (checked above, views of checked
+        // buffers); warp n < N reads weight row n (packed bytes n·k/2 .. (n+1)·k/2, 16-byte
+        // aligned since k % 64 == 0) and its absmax codes, and writes Y[r][n] for r < rows only.
+        unsafe {
+            dev.launch(&Launch {
+                kernel,
+                grid,
+                block: Dim3::x(GEMV_THREADS),
+                shared_bytes: 0,
+                args: &[
+                    y.arg_mut(),
+                    x.arg(),
+                    w.packed.arg(),
+                    w.absmax_codes.arg(),
+                    w.nested_absmax.arg(),
+                    w.code_map.arg(),
+                    w.table.arg(),
+                    Arg::F32(w.offset),
+                    Arg::I32(rows as i32),
+                    Arg::I32(n as i32),
+                    Arg::I32(k as i32),
+                    Arg::F32(alpha),
+                    Arg::F32(beta),
+                ],
+            })
+        }
+    })
+}
+
+/// `Y[M][N] = α·X[M][K]·Wᵀ + β·Y` with `w` bf16 `[n, k]`: `x` bf16 `M·K`, `y` bf16 or f32 `M·N`;
+/// `K % 8 == 0`, X and W 16-byte aligned. β = 0 never reads Y.
+#[allow(clippy::too_many_arguments)]
+pub fn gemv_bf16(
+    dev: &Device,
+    x: &Buffer,
+    w: &Buffer,
+    y: &mut Buffer,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    beta: f32,
+) -> Result<()> {
+    let kernel = out_kernel(
+        "decode gemv bf16: Y",
+        y,
+        DECODE_GEMV_BF16_BF16,
+        DECODE_GEMV_BF16_F32,
+    )?;
+    check("decode gemv bf16: X", x, DType::BF16, m * k)?;
+    check("decode gemv bf16: W", w, DType::BF16, n * k)?;
+    check("decode gemv bf16: Y", y, y.dtype(), m * n)?;
+    if !k.is_multiple_of(8) || !x.is_aligned(16) || !w.is_aligned(16) {
+        return Err(invalid(
+            kernel,
+            format!("needs K % 8 == 0 (K = {k}) and 16-byte aligned X and W"),
+        ));
+    }
+    n_i32("decode gemv bf16: weight elements", n * k)?;
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    let grid = gemv_grid(kernel, n)?;
+    by_row_groups(x, y, m, k, n, |x, y, rows| {
+        // SAFETY: x holds rows·k, w n·k and y rows·n elements (checked); warp n < N reads row n
+        // of W with 16-byte loads at k0 % 8 == 0 (aligned) and writes Y[r][n], r < rows.
+        unsafe {
+            dev.launch(&Launch {
+                kernel,
+                grid,
+                block: Dim3::x(GEMV_THREADS),
+                shared_bytes: 0,
+                args: &[
+                    y.arg_mut(),
+                    x.arg(),
+                    w.arg(),
+                    Arg::I32(rows as i32),
+                    Arg::I32(n as i32),
+                    Arg::I32(k as i32),
+                    Arg::F32(alpha),
+                    Arg::F32(beta),
+                ],
+            })
+        }
+    })
+}
+
+/// Shape of a KV cache: `[batch, kv_heads, capacity, head_dim]` bf16 per layer for K and V.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheShape {
+    pub batch: usize,
+    pub kv_heads: usize,
+    pub capacity: usize,
+    pub head_dim: usize,
+}
+
+impl CacheShape {
+    pub fn elems(&self) -> usize {
+        self.batch * self.kv_heads * self.capacity * self.head_dim
+    }
+}
+
+/// `cache[b][h][pos + i][:] = src[b][h][i][:]` for `i < s`: `src` bf16 `[batch, kv_heads, s,
+/// head_dim]`, `pos + s ≤ capacity`.
+pub fn kv_write(
+    dev: &Device,
+    cache: &mut Buffer,
+    src: &Buffer,
+    shape: &CacheShape,
+    s: usize,
+    pos: usize,
+) -> Result<()> {
+    let kernel = DECODE_KV_WRITE;
+    check("decode kv_write: cache", cache, DType::BF16, shape.elems())?;
+    check(
+        "decode kv_write: source",
+        src,
+        DType::BF16,
+        shape.batch * shape.kv_heads * s * shape.head_dim,
+    )?;
+    if pos + s > shape.capacity {
+        return Err(invalid(
+            kernel,
+            format!(
+                "columns {pos}..{} past the cache capacity {}",
+                pos + s,
+                shape.capacity
+            ),
+        ));
+    }
+    if !shape.head_dim.is_multiple_of(8) || !cache.is_aligned(16) || !src.is_aligned(16) {
+        return Err(invalid(
+            kernel,
+            "needs head_dim % 8 == 0 and 16-byte aligned buffers".into(),
+        ));
+    }
+    let chunks = src.len() / 8;
+    if chunks == 0 {
+        return Ok(());
+    }
+    n_i32("decode kv_write: capacity", shape.capacity)?;
+    // SAFETY: chunk c < chunks reads src[8c .. 8c + 8] (in bounds) and writes one 16-byte
+    // chunk of cache row (b·h)·cap + pos + i < b·h·cap (pos + s ≤ cap, checked).
+    unsafe {
+        dev.launch(&Launch {
+            kernel,
+            grid: Dim3::x(chunks.div_ceil(COPY_THREADS as usize).clamp(1, 4096) as u32),
+            block: Dim3::x(COPY_THREADS),
+            shared_bytes: 0,
+            args: &[
+                cache.arg_mut(),
+                src.arg(),
+                Arg::I32(s as i32),
+                Arg::I32(shape.head_dim as i32),
+                Arg::I32(shape.capacity as i32),
+                Arg::I32(pos as i32),
+                Arg::I64(chunks as i64),
+            ],
+        })
+    }
+}
+
+/// `out[r][:] = x[r·t + t − 1][:]`: the last row of each of `b` sequences of `t` rows of width
+/// `w` (bf16, `w % 8 == 0`, 16-byte aligned).
+pub fn take_last_rows(
+    dev: &Device,
+    out: &mut Buffer,
+    x: &Buffer,
+    b: usize,
+    t: usize,
+    w: usize,
+) -> Result<()> {
+    let kernel = DECODE_TAKE_ROWS;
+    check("decode take_last_rows: x", x, DType::BF16, b * t * w)?;
+    check("decode take_last_rows: out", out, DType::BF16, b * w)?;
+    if !w.is_multiple_of(8) || !x.is_aligned(16) || !out.is_aligned(16) {
+        return Err(invalid(
+            kernel,
+            format!("needs width % 8 == 0 (width {w}) and 16-byte aligned buffers"),
+        ));
+    }
+    let chunks = b * w / 8;
+    if chunks == 0 || t == 0 {
+        return Ok(());
+    }
+    // SAFETY: chunk c of row r reads x row r·t + t − 1 < b·t and writes out row r < b.
+    unsafe {
+        dev.launch(&Launch {
+            kernel,
+            grid: Dim3::x(chunks.div_ceil(COPY_THREADS as usize).clamp(1, 4096) as u32),
+            block: Dim3::x(COPY_THREADS),
+            shared_bytes: 0,
+            args: &[
+                out.arg_mut(),
+                x.arg(),
+                Arg::I32(n_i32("decode take_last_rows: t", t)?),
+                Arg::I32(n_i32("decode take_last_rows: width", w)?),
+                Arg::I64(chunks as i64),
+            ],
+        })
+    }
+}
+
+/// One decode step's attention: `q` bf16 `[batch, q_heads, head_dim]`, the caches' first `len`
+/// columns, `key_mask` u8 `[batch, capacity]` (0 = padding). Returns `o` bf16
+/// `[batch, q_heads · head_dim]` (the layout the output projection reads).
+#[allow(clippy::too_many_arguments)]
+pub fn attention(
+    dev: &Device,
+    q: &Buffer,
+    k_cache: &Buffer,
+    v_cache: &Buffer,
+    key_mask: &Buffer,
+    shape: &CacheShape,
+    q_heads: usize,
+    len: usize,
+    scale: f32,
+) -> Result<Buffer> {
+    let (split, combine) = match shape.head_dim {
+        64 => (DECODE_ATTN_SPLIT_D64, DECODE_ATTN_COMBINE_D64),
+        128 => (DECODE_ATTN_SPLIT_D128, DECODE_ATTN_COMBINE_D128),
+        d => {
+            return Err(invalid(
+                DECODE_ATTN_SPLIT_D64,
+                format!("head_dim {d}: 64 or 128 supported"),
+            ))
+        }
+    };
+    let (b, d) = (shape.batch, shape.head_dim);
+    if shape.kv_heads == 0 || !q_heads.is_multiple_of(shape.kv_heads) {
+        return Err(invalid(
+            split,
+            format!(
+                "{q_heads} query heads are not a multiple of {} KV heads",
+                shape.kv_heads
+            ),
+        ));
+    }
+    if len == 0 || len > shape.capacity {
+        return Err(invalid(
+            split,
+            format!("{len} filled columns of a cache of {}", shape.capacity),
+        ));
+    }
+    check("decode attention: q", q, DType::BF16, b * q_heads * d)?;
+    check(
+        "decode attention: K cache",
+        k_cache,
+        DType::BF16,
+        shape.elems(),
+    )?;
+    check(
+        "decode attention: V cache",
+        v_cache,
+        DType::BF16,
+        shape.elems(),
+    )?;
+    check(
+        "decode attention: key mask",
+        key_mask,
+        DType::U8,
+        b * shape.capacity,
+    )?;
+    let chunks = len.div_ceil(ATTN_CHUNK);
+    let mut out = dev.alloc(DType::BF16, b * q_heads * d)?;
+    if b == 0 {
+        return Ok(out);
+    }
+    let mut part_o = dev.alloc(DType::F32, b * q_heads * chunks * d)?;
+    let mut part_ml = dev.alloc(DType::F32, b * q_heads * chunks * 2)?;
+    let (hq, hkv) = (
+        n_i32("decode attention: q heads", q_heads)?,
+        n_i32("decode attention: kv heads", shape.kv_heads)?,
+    );
+    n_i32("decode attention: cache elements", shape.elems())?;
+    let grid_yz = |kernel| -> Result<(u32, u32)> {
+        if q_heads > 65_535 || b > 65_535 {
+            return Err(invalid(kernel, format!("{b} sequences x {q_heads} heads")));
+        }
+        Ok((q_heads as u32, b as u32))
+    };
+    let (gy, gz) = grid_yz(split)?;
+    // SAFETY: block (c, h, b) reads q[b][h], cache rows (b, h / (hq/hkv), j) for j < len ≤ cap
+    // and key_mask[b][j] (all lengths checked), and writes part slot (b, h, c) < b·hq·chunks.
+    unsafe {
+        dev.launch(&Launch {
+            kernel: split,
+            grid: Dim3 {
+                x: chunks as u32,
+                y: gy,
+                z: gz,
+            },
+            block: Dim3::x(ATTN_THREADS),
+            shared_bytes: 0,
+            args: &[
+                part_o.arg_mut(),
+                part_ml.arg_mut(),
+                q.arg(),
+                k_cache.arg(),
+                v_cache.arg(),
+                key_mask.arg(),
+                Arg::I32(hq),
+                Arg::I32(hkv),
+                Arg::I32(shape.capacity as i32),
+                Arg::I32(len as i32),
+                Arg::F32(scale),
+            ],
+        })?;
+    }
+    // SAFETY: block (h, b) reads the chunks of slot (b, h) written above and writes out[b][h].
+    unsafe {
+        dev.launch(&Launch {
+            kernel: combine,
+            grid: Dim3 { x: gy, y: gz, z: 1 },
+            block: Dim3::x(d as u32),
+            shared_bytes: 0,
+            args: &[
+                out.arg_mut(),
+                part_o.arg(),
+                part_ml.arg(),
+                Arg::I32(hq),
+                Arg::I32(chunks as i32),
+            ],
+        })?;
+    }
+    Ok(out)
+}

@@ -1,0 +1,335 @@
+//! Generation on the CUDA device ([`CudaFalcon::generate`], through [`Backend::generate_batch`])
+//! against the host model's [`FalconModel::generate`], on the kernels-cu emulator (and on a GPU
+//! when one is present).
+//!
+//! The models are those of `cuda_step.rs`: bf16-exact weights (so both sides hold the same
+//! numbers), 4-bit base, random adapters with B ≠ 0 on all four linears, multi-query and
+//! grouped layouts. The device keeps activations in bf16, the host in f32, so logits differ by
+//! rounding: observed ≤ 0.07 on these models (unmerged and merged, cached and recomputed), bound
+//! [`LOGIT_TOL`]. Token equality is meaningful only where the host's top-2 margin exceeds twice
+//! that bound; every test checks that all of its steps have such a margin (the model's
+//! embedding is scaled so that they do), so no comparison passes by luck.
+//!
+//! - greedy tokens and logits equal the host's (unmerged adapters, and the merged bf16 copy);
+//! - the KV-cache path equals a full recompute (each step's logits against a prefill of the
+//!   prompt plus the tokens so far);
+//! - a left-padded batch equals its prompts one at a time, and each stops at its own EOS;
+//! - sampling with a seed draws the same tokens as the host.
+
+use engine::nf4::{QuantConfig, QuantType, QuantizedWeight};
+use engine::optim::AdamWConfig;
+use engine::{rng, Tensor, Var};
+use half::bf16;
+use kernels_cu::testing::devices;
+use kernels_cu::Device;
+use model_falcon::cuda::DecodeWeights;
+use model_falcon::layers::BaseWeight;
+use model_falcon::model::Norms;
+use model_falcon::peft::{LoraConfig, TargetModules};
+use model_falcon::{
+    attach_lora, random_model, Backend, BaseOptions, CudaFalcon, FalconConfig, FalconModel,
+    Generated, GenerationConfig, QuantMode, Sampling,
+};
+use std::rc::Rc;
+use std::sync::Arc;
+
+/// Largest |device − host| logit difference accepted (see the module comment).
+const LOGIT_TOL: f32 = 0.25;
+
+fn config(grouped: bool, head_dim: usize) -> FalconConfig {
+    let text = if grouped {
+        format!(
+            r#"{{"model_type": "falcon", "hidden_size": {h}, "num_attention_heads": 4,
+            "num_kv_heads": 2, "num_hidden_layers": 2, "new_decoder_architecture": true,
+            "parallel_attn": true, "bias": false, "alibi": false, "vocab_size": 152,
+            "layer_norm_epsilon": 1e-5, "bos_token_id": 1, "eos_token_id": 2}}"#,
+            h = 4 * head_dim
+        )
+    } else {
+        format!(
+            r#"{{"model_type": "falcon", "hidden_size": {h}, "num_attention_heads": 2,
+            "num_hidden_layers": 2, "multi_query": true, "new_decoder_architecture": false,
+            "parallel_attn": true, "bias": false, "alibi": false, "vocab_size": 152,
+            "layer_norm_epsilon": 1e-5, "bos_token_id": 1, "eos_token_id": 2}}"#,
+            h = 2 * head_dim
+        )
+    };
+    FalconConfig::from_json_str(&text, "config.json").expect("valid tiny config")
+}
+
+fn round_bf16(v: &[f32]) -> Vec<bf16> {
+    v.iter().map(|&x| bf16::from_f32(x)).collect()
+}
+
+fn bf16_values(v: &[f32]) -> Vec<f32> {
+    v.iter().map(|&x| bf16::from_f32(x).to_f32()).collect()
+}
+
+fn set_bf16(v: &Var, values: Vec<f32>) {
+    let shape = v.value().shape().clone();
+    v.set_value(Tensor::from_vec(bf16_values(&values), shape).unwrap())
+        .unwrap();
+}
+
+/// Deterministic noise in [-1, 1).
+fn noise(seed: u64, n: usize) -> Vec<f32> {
+    (0..n as u64)
+        .map(|i| (2.0 * rng::uniform_f64(seed, i) - 1.0) as f32)
+        .collect()
+}
+
+/// A random model whose weights both backends represent exactly, with random rank-`rank`
+/// adapters on all four linears of every layer.
+fn model(grouped: bool, rank: usize, dropout: f64, seed: u64) -> FalconModel {
+    let dense = BaseOptions {
+        quant: QuantMode::None,
+        ..BaseOptions::default()
+    };
+    let mut m = random_model(config(grouped, 64), seed, &dense).unwrap();
+    let e = m.embed.value().to_f32_vec().unwrap();
+    set_bf16(&m.embed, e.iter().map(|x| x * 20.0).collect());
+    let qcfg = QuantConfig {
+        quant_type: QuantType::Nf4,
+        blocksize: 64,
+        double_quant: true,
+    };
+    let mut k = seed;
+    let mut next = || {
+        k += 1;
+        k
+    };
+    let ln_noise = |ln: &model_falcon::layers::LayerNorm, s: u64| {
+        let d = ln.weight.dims()[0];
+        set_bf16(
+            &ln.weight,
+            noise(s, d).iter().map(|x| 1.0 + 0.2 * x).collect(),
+        );
+        set_bf16(
+            &ln.bias,
+            noise(s + 1000, d).iter().map(|x| 0.1 * x).collect(),
+        );
+    };
+    ln_noise(&m.ln_f, next());
+    for layer in &mut m.layers {
+        let l = Rc::get_mut(layer).expect("unshared layer");
+        match &l.norms {
+            Norms::Single(n) => ln_noise(n, next()),
+            Norms::Separate { attn, mlp } => {
+                ln_noise(attn, next());
+                ln_noise(mlp, next());
+            }
+        }
+        for lin in l.linears_mut() {
+            let [o, i] = lin.base.shape();
+            let w = round_bf16(&lin.base.to_f32().unwrap());
+            let q = QuantizedWeight::quantize(&w, o, i, qcfg).unwrap();
+            lin.base = BaseWeight::Quantized(Arc::new(q));
+        }
+    }
+    let targets = TargetModules::from_flag("query_key_value,dense,dense_h_to_4h,dense_4h_to_h");
+    let cfg = LoraConfig::new(rank, 2.0 * rank as f64, dropout, targets);
+    attach_lora(&mut m, &cfg, seed).unwrap();
+    for (name, p) in m.lora_parameters() {
+        let n = p.value().elem_count();
+        let scale = if name.contains("lora_B") { 0.05 } else { 0.1 };
+        let v: Vec<f32> = noise(next(), n).iter().map(|x| x * scale).collect();
+        p.set_value(Tensor::from_vec(v, p.value().shape().clone()).unwrap())
+            .unwrap();
+    }
+    m
+}
+
+fn prompts(lens: &[usize], seed: u64) -> Vec<Vec<u32>> {
+    lens.iter()
+        .enumerate()
+        .map(|(r, &n)| {
+            (0..n)
+                .map(|j| 3 + (rng::bits(seed, (r * 1000 + j) as u64) % 149) as u32)
+                .collect()
+        })
+        .collect()
+}
+
+fn greedy(max_new_tokens: usize, stop_ids: Vec<u32>) -> GenerationConfig {
+    GenerationConfig {
+        max_new_tokens,
+        stop_ids,
+        pad_id: 0,
+        sampling: Sampling::Greedy,
+    }
+}
+
+/// The top-2 margin of a logit row.
+fn margin(row: &[f32]) -> f32 {
+    let mut v: Vec<f32> = row.to_vec();
+    v.sort_by(|a, b| b.total_cmp(a));
+    v[0] - v[1]
+}
+
+/// Asserts the device continuation equals the host's: same tokens, same stop, logits within
+/// [`LOGIT_TOL`], and every host step decided by a margin above twice the tolerance.
+fn assert_same(dev: &str, got: &[Generated], want: &[Generated]) {
+    assert_eq!(got.len(), want.len());
+    for (r, (g, w)) in got.iter().zip(want).enumerate() {
+        for (s, row) in w.step_logits.iter().enumerate() {
+            let m = margin(row);
+            assert!(
+                m > 2.0 * LOGIT_TOL,
+                "prompt {r} step {s}: the host's top-2 margin {m} is too small for a bf16 \
+                 comparison; the test model needs larger margins"
+            );
+        }
+        assert_eq!(g.tokens, w.tokens, "{dev}: prompt {r} tokens");
+        assert_eq!(g.stopped_on_eos, w.stopped_on_eos, "{dev}: prompt {r} stop");
+        let mut worst = 0.0f32;
+        for (gs, ws) in g.step_logits.iter().zip(&w.step_logits) {
+            for (a, b) in gs.iter().zip(ws) {
+                worst = worst.max((a - b).abs());
+            }
+        }
+        eprintln!("{dev}: prompt {r}: largest logit difference {worst:.4}");
+        assert!(
+            worst <= LOGIT_TOL,
+            "{dev}: prompt {r}: logits differ by {worst}"
+        );
+    }
+}
+
+fn check_greedy_matches_host(grouped: bool, seed: u64) {
+    let m = model(grouped, 8, 0.0, seed);
+    let ps = prompts(&[9, 4, 13], seed);
+    let cfg = greedy(8, vec![]);
+    let want = m.generate(&ps, &cfg).unwrap();
+    for dev in devices() {
+        let c = CudaFalcon::new(&m, dev.clone()).unwrap();
+        let got = c.generate(&ps, &cfg, DecodeWeights::Adapters).unwrap();
+        assert_same(&format!("{dev}"), &got, &want);
+        let merged = c.merged_weights(&m).unwrap();
+        let got = c
+            .generate(&ps, &cfg, DecodeWeights::Merged(&merged))
+            .unwrap();
+        assert_same(&format!("{dev} merged"), &got, &want);
+    }
+}
+
+#[test]
+fn multi_query_greedy_generation_matches_the_host() {
+    check_greedy_matches_host(false, 21);
+}
+
+#[test]
+fn grouped_greedy_generation_matches_the_host() {
+    check_greedy_matches_host(true, 22);
+}
+
+#[test]
+fn the_kv_cache_equals_a_full_recompute() {
+    let m = model(true, 8, 0.0, 23);
+    let ps = prompts(&[7], 23);
+    let steps = 6;
+    for dev in devices() {
+        let c = CudaFalcon::new(&m, dev.clone()).unwrap();
+        let cached = c
+            .generate(&ps, &greedy(steps, vec![]), DecodeWeights::Adapters)
+            .unwrap()
+            .remove(0);
+        assert_eq!(cached.tokens.len(), steps);
+        for s in 0..steps {
+            // The prompt plus the tokens chosen so far, through the prefill alone.
+            let mut p = ps[0].clone();
+            p.extend_from_slice(&cached.tokens[..s]);
+            let full = c
+                .generate(&[p], &greedy(1, vec![]), DecodeWeights::Adapters)
+                .unwrap()
+                .remove(0);
+            assert_eq!(full.tokens[0], cached.tokens[s], "{dev}: step {s} token");
+            let worst = full.step_logits[0]
+                .iter()
+                .zip(&cached.step_logits[s])
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            eprintln!("{dev}: step {s}: cached vs recomputed logits differ by {worst:.4}");
+            assert!(
+                worst <= LOGIT_TOL,
+                "{dev}: step {s}: cached and recomputed logits differ by {worst}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_batch_equals_its_prompts_one_at_a_time_and_each_stops_at_its_own_eos() {
+    let m = model(false, 8, 0.0, 24);
+    let ps = prompts(&[5, 11, 8], 24);
+    // Stop on the token prompt 1 produces at its third step, so that it stops early while
+    // the others (unless they produce it too) run on.
+    let probe = m.generate(&ps[1..2], &greedy(6, vec![])).unwrap();
+    let stop = probe[0].tokens[2];
+    let cfg = greedy(6, vec![stop]);
+    let want = m.generate(&ps, &cfg).unwrap();
+    assert!(want[1].stopped_on_eos && want[1].tokens.len() <= 3);
+    for dev in devices() {
+        let c = CudaFalcon::new(&m, dev.clone()).unwrap();
+        let batched = c.generate(&ps, &cfg, DecodeWeights::Adapters).unwrap();
+        assert_same(&format!("{dev}"), &batched, &want);
+        for (r, p) in ps.iter().enumerate() {
+            let alone = c
+                .generate(std::slice::from_ref(p), &cfg, DecodeWeights::Adapters)
+                .unwrap()
+                .remove(0);
+            assert_eq!(alone.tokens, batched[r].tokens, "{dev}: prompt {r}");
+            assert_eq!(alone.stopped_on_eos, batched[r].stopped_on_eos);
+        }
+    }
+}
+
+#[test]
+fn seeded_sampling_draws_the_host_tokens() {
+    let m = model(false, 8, 0.0, 25);
+    let ps = prompts(&[6, 9], 25);
+    let cfg = GenerationConfig {
+        max_new_tokens: 6,
+        stop_ids: vec![],
+        pad_id: 0,
+        sampling: Sampling::TopP {
+            temperature: 0.7,
+            top_p: 0.9,
+            seed: 5,
+        },
+    };
+    let want = m.generate(&ps, &cfg).unwrap();
+    for dev in devices() {
+        let c = CudaFalcon::new(&m, dev.clone()).unwrap();
+        let got = c.generate(&ps, &cfg, DecodeWeights::Adapters).unwrap();
+        for (g, w) in got.iter().zip(&want) {
+            assert_eq!(g.tokens, w.tokens, "{dev}");
+        }
+    }
+}
+
+#[test]
+fn the_backend_generates_the_same_tokens_on_the_host_and_the_device() {
+    let m = model(true, 8, 0.0, 26);
+    let ps = prompts(&[4, 10], 26);
+    let cfg = greedy(5, vec![]);
+    let host = Backend::host(&m, AdamWConfig::default()).unwrap();
+    let want = host.generate_batch(&ps, &cfg).unwrap();
+    let dev = Device::emulator().unwrap();
+    let mut cuda = Backend::cuda(&m, dev, "the emulator".into(), AdamWConfig::default()).unwrap();
+    let got = cuda.generate_batch(&ps, &cfg).unwrap();
+    assert_same("emulator backend", &got, &want);
+    assert!(cuda.merge_for_generation().unwrap().is_some());
+    let got = cuda.generate_batch(&ps, &cfg).unwrap();
+    assert_same("emulator backend merged", &got, &want);
+    // Bad prompts are errors naming them.
+    let e = cuda
+        .generate_batch(&[vec![1, 2], vec![]], &cfg)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("prompt 1") && e.contains("empty"), "{e}");
+    let e = cuda
+        .generate_batch(&[vec![1, 9999]], &cfg)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("9999") && e.contains("vocabulary"), "{e}");
+}
