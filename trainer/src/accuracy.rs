@@ -2,8 +2,7 @@
 //! gold answers with FinQA's tolerant match (a numeric match at the gold's precision, with
 //! percent and scale readings, or an exact match after normalization; `data_finqa::metrics`).
 //!
-//! [`generate_batch`] is the only place evaluation generates, so a faster generator (batched
-//! on the device) replaces exactly one function.
+//! [`generate_batch`] is the only place evaluation generates; it runs on the backend's device.
 
 use anyhow::{Context, Result};
 use data_finqa::{metrics, TokenizedExample};
@@ -37,7 +36,8 @@ pub struct AccuracyResult {
 }
 
 /// Greedy continuations (new token ids, ending with a stop id when one was produced) of
-/// `prompts`, from the model the backend trains, with its current adapters.
+/// `prompts`, from the model the backend trains, with its current adapters, on the backend's
+/// device (the CUDA decode kernels there, the host model on the CPU).
 pub fn generate_batch(
     backend: &Backend,
     prompts: &[Vec<u32>],
@@ -51,9 +51,8 @@ pub fn generate_batch(
         pad_id,
         sampling: Sampling::Greedy,
     };
-    let model = backend.generation_model()?;
-    Ok(model
-        .generate(prompts, &cfg)
+    Ok(backend
+        .generate_batch(prompts, &cfg)
         .context("generating answers for eval_accuracy")?
         .into_iter()
         .map(|g| g.tokens)
