@@ -213,6 +213,67 @@ fn fused_linear_cross_entropy_matches_unfused_and_has_right_gradients() {
 }
 
 #[test]
+fn linear_cross_entropy_with_frozen_weight_computes_the_input_gradient_in_forward() {
+    // Only `hidden` needs a gradient: forward computes dh for an output gradient of 1.
+    let labels = [2, IGNORE_INDEX, 0, 4, IGNORE_INDEX, 5, 1];
+    let h = f64n(&[7, 5], 45);
+    let w = Var::constant(f64n(&[6, 5], 46));
+    // The unfused graph's gradient is the reference.
+    let hp = Var::parameter(h.clone());
+    let plain = ops::cross_entropy(&ops::linear(&hp, &w).unwrap(), &labels, 4.0).unwrap();
+    let want = plain
+        .backward()
+        .unwrap()
+        .get(&hp)
+        .unwrap()
+        .to_f64_vec()
+        .unwrap();
+    for chunk in [1, 3, 7] {
+        let hp = Var::parameter(h.clone());
+        let loss = ops::linear_cross_entropy(&hp, &w, &labels, 4.0, chunk).unwrap();
+        let got = loss
+            .backward()
+            .unwrap()
+            .get(&hp)
+            .unwrap()
+            .to_f64_vec()
+            .unwrap();
+        for (g, w) in got.iter().zip(&want) {
+            assert!(
+                (g - w).abs() <= 1e-12 * (1.0 + w.abs()),
+                "chunk {chunk}: {g} vs {w}"
+            );
+        }
+        // An output gradient other than 1 takes the recomputing path: 3·dh.
+        let loss = ops::linear_cross_entropy(&hp, &w, &labels, 4.0, chunk).unwrap();
+        let scaled = ops::scale(&loss, 3.0).unwrap();
+        let got3 = scaled
+            .backward()
+            .unwrap()
+            .get(&hp)
+            .unwrap()
+            .to_f64_vec()
+            .unwrap();
+        for (g, w) in got3.iter().zip(&want) {
+            assert!(
+                (g - 3.0 * w).abs() <= 1e-12 * (1.0 + w.abs()),
+                "chunk {chunk}: {g} vs 3·{w}"
+            );
+        }
+    }
+    // Finite differences with the weight frozen.
+    check_gradients(
+        |v| ops::linear_cross_entropy(&v[0], &v[1], &labels, 4.0, 3),
+        &[h, f64n(&[6, 5], 46)],
+        &[true, false],
+        EPS,
+        ATOL,
+        RTOL,
+    )
+    .unwrap();
+}
+
+#[test]
 fn cross_entropy_rejects_bad_labels_and_count() {
     let z = Var::constant(f64n(&[2, 3], 37));
     assert!(ops::cross_entropy(&z, &[0, 3], 1.0).is_err());

@@ -4,6 +4,7 @@
 //! [`Var`]: crate::Var
 
 pub mod attention;
+pub mod attention_tiled;
 pub mod cross_entropy;
 pub mod dropout;
 pub mod elementwise;
