@@ -115,9 +115,19 @@ impl DecoderLayer {
             &ops::permute(&a, &[0, 2, 1, 3])?,
             [ad[0], ad[2], ad[1] * ad[3]],
         )?;
-        let attn_out = self.dense.forward(&a, ctx.train)?;
+        // When this layer is re-run for its backward, its output value is never read, and the
+        // output projections' backward needs only their inputs: their products are skipped.
+        let unread = engine::recomputing();
+        let out_proj = |lin: &Linear, x: &Var| {
+            if unread {
+                lin.forward_unread(x, ctx.train)
+            } else {
+                lin.forward(x, ctx.train)
+            }
+        };
+        let attn_out = out_proj(&self.dense, &a)?;
         let m = ops::gelu(&self.h_to_4h.forward(&h_mlp, ctx.train)?)?;
-        let mlp_out = self.four_h_to_h.forward(&m, ctx.train)?;
+        let mlp_out = out_proj(&self.four_h_to_h, &m)?;
         ops::add(x, &ops::add(&attn_out, &mlp_out)?)
     }
 

@@ -90,6 +90,16 @@ fn backward_tensor(dy: &Tensor, w: &QuantizedWeight, x_shape: &Shape) -> Result<
 
 /// `y[.., out] = x[.., in] · dequant(W)ᵀ` for a frozen quantized `W [out, in]`.
 pub fn quant_linear(x: &Var, w: &Arc<QuantizedWeight>) -> Result<Var> {
+    quant_linear_impl(x, w, false)
+}
+
+/// [`quant_linear`] whose output value will never be read, only differentiated (see
+/// [`super::matmul::linear_unread`]): same backward, no product, a NaN value.
+pub fn quant_linear_unread(x: &Var, w: &Arc<QuantizedWeight>) -> Result<Var> {
+    quant_linear_impl(x, w, true)
+}
+
+fn quant_linear_impl(x: &Var, w: &Arc<QuantizedWeight>, unread: bool) -> Result<Var> {
     let xv = x.value();
     if xv.rank() == 0 || xv.shape().last() != w.in_features() {
         return Err(Error::shape(
@@ -103,7 +113,13 @@ pub fn quant_linear(x: &Var, w: &Arc<QuantizedWeight>) -> Result<Var> {
             ),
         ));
     }
-    let out = forward_tensor(&xv, w)?;
+    let out = if unread {
+        let mut od = xv.dims().to_vec();
+        *od.last_mut().expect("rank checked above") = w.out_features();
+        super::matmul::poison(od, xv.dtype())?
+    } else {
+        forward_tensor(&xv, w)?
+    };
     let w = w.clone();
     let x_shape = xv.shape().clone();
     drop(xv);
