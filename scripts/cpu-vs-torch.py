@@ -111,7 +111,9 @@ def main():
     torch.set_num_threads(a.threads)
     exe = build_ours(root)
     model = torch_model()
-    print(f"torch {torch.__version__} ({a.threads} threads), transformers "
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root,
+                            capture_output=True, text=True).stdout.strip()
+    print(f"commit {commit}; torch {torch.__version__} ({a.threads} threads), transformers "
           f"{transformers.__version__}, peft {peft.__version__}, attention "
           f"{model.config._attn_implementation}; {os.cpu_count()} cores", flush=True)
     best = {}
@@ -120,8 +122,10 @@ def main():
                           ("ours-none", lambda: ours_tokens_per_s(exe, "none", a.steps, a.warmup)),
                           ("ours-nf4", lambda: ours_tokens_per_s(exe, "nf4", a.steps, a.warmup))]:
             res = run()
+            load = os.getloadavg()[0]
             print(f"round {r + 1} {name:9s} {res['tokens_per_s']:8.1f} tokens/s "
-                  f"({res['step_s']:.3f} s/step, loss {res['loss']:.4f})", flush=True)
+                  f"({res['step_s']:.3f} s/step, loss {res['loss']:.4f}; load average {load:.1f})",
+                  flush=True)
             if res["tokens_per_s"] > best.get(name, 0.0):
                 best[name] = res["tokens_per_s"]
     t = best["torch"]
