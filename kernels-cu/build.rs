@@ -13,9 +13,6 @@ fn main() {
     println!("cargo:rerun-if-changed=cuda");
     println!("cargo:rerun-if-changed=emu");
     println!("cargo:rerun-if-changed=src/scan.rs");
-    if std::env::var_os("CARGO_FEATURE_EMULATOR").is_none() {
-        return;
-    }
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     let cuda = root.join("cuda");
     let mut families: Vec<PathBuf> = std::fs::read_dir(&cuda)
@@ -24,6 +21,10 @@ fn main() {
         .filter(|p| p.extension().is_some_and(|x| x == "cu"))
         .collect();
     families.sort();
+    write_defines(&families, &out.join("defines.rs"));
+    if std::env::var_os("CARGO_FEATURE_EMULATOR").is_none() {
+        return;
+    }
 
     let mut build = cc::Build::new();
     build
@@ -88,6 +89,30 @@ fn main() {
     std::fs::write(&reg_path, registry).expect("OUT_DIR is writable");
     build.file(&reg_path);
     build.compile("kc_emu");
+}
+
+/// `src/defines.rs`'s content: a module per kernel family with its integer `#define`s, so the
+/// launchers read the launch geometry from the sources instead of repeating it.
+fn write_defines(families: &[PathBuf], path: &Path) {
+    let mut s = String::new();
+    for f in families {
+        let family = f
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .expect("utf-8 file name");
+        let src = std::fs::read_to_string(f).expect("kernel source is readable");
+        let defines = scan::integer_defines(&src);
+        if defines.is_empty() {
+            continue;
+        }
+        let _ = writeln!(s, "/// Integer `#define`s of `cuda/{family}.cu`.");
+        let _ = writeln!(s, "pub mod {family} {{");
+        for (name, value) in defines {
+            let _ = writeln!(s, "    pub const {name}: usize = {value};");
+        }
+        let _ = writeln!(s, "}}");
+    }
+    std::fs::write(path, s).expect("OUT_DIR is writable");
 }
 
 fn family_unit(family: &str, path: &Path, names: &[String]) -> String {

@@ -9,12 +9,13 @@
 #                                         device, runs every test binary against the real GPU
 #                                         (KERNELS_CU_REQUIRE_GPU=1: a GPU that does not open
 #                                         fails), a Falcon-7B-shaped QLoRA step at batch 2 x 512
-#                                         (tokens/s, MFU, peak device memory), the benchmarks,
-#                                         and writes report.md.
+#                                         (tokens/s, MFU, peak device memory), the performance
+#                                         model's prediction of the same step and of each of its
+#                                         launches, the benchmarks, and writes report.md.
 #   scripts/gpu-check.sh                  both, on a machine that has Rust and a GPU.
 #
 # Packages whose tests are bundled: GPU_CHECK_TEST_PACKAGES (default "kernels-cu integration-tests
-# engine model-falcon", GPU tests only); release
+# model-falcon", GPU tests only); release
 # binaries: GPU_CHECK_BIN_PACKAGES (default "trainer"; skipped with a warning if they do not
 # build). The binaries load libcuda.so.1 from the driver at run time and need no NVRTC or
 # toolkit: the kernels are embedded as PTX. Everything must finish within 8 minutes on an H200.
@@ -27,7 +28,7 @@ PER_BINARY_TIMEOUT="${GPU_CHECK_TIMEOUT:-240}"
 build() {
   cd "$(dirname "$0")/.."
   local bundle="$PWD/.gpu-bundle"
-  local tests="${GPU_CHECK_TEST_PACKAGES:-kernels-cu integration-tests engine model-falcon}"
+  local tests="${GPU_CHECK_TEST_PACKAGES:-kernels-cu integration-tests model-falcon}"
   local bins="${GPU_CHECK_BIN_PACKAGES:-trainer}"
   rm -rf "$bundle"
   mkdir -p "$bundle/tests" "$bundle/bin" "$bundle/bench" "$bundle/step"
@@ -56,9 +57,6 @@ for line in open(os.path.join(bundle, ".cargo-tests.json")):
     # ptxas, which the GPU machine lacks), the AddressSanitizer build, CPU-only property tests.
     if name in seen or name in ("kernels-cu-gates", "kernels-cu-asan", "tests-matmul_props"):
         continue
-    # Of the engine's tests only the CUDA device's run on the GPU.
-    if pkg == "engine" and m["target"]["name"] != "cuda_device":
-        continue
     # Of the model's, only the training step on the device.
     if pkg == "model-falcon" and m["target"]["name"] != "cuda_step":
         continue
@@ -69,8 +67,8 @@ PY
   rm -f "$bundle/.cargo-tests.json"
 
   echo "== building the Falcon-7B step benchmark"
-  cargo build --release -p model-falcon --example falcon_step_gpu
-  cp target/release/examples/falcon_step_gpu "$bundle/step/"
+  cargo build --release -p model-falcon --example falcon_step_gpu --example perf_table
+  cp target/release/examples/falcon_step_gpu target/release/examples/perf_table "$bundle/step/"
 
   echo "== building benchmarks"
   cargo build --release -p kernels-cu --example kc_bench
@@ -166,6 +164,20 @@ run() {
     timeout "$PER_BINARY_TIMEOUT" step/falcon_step_gpu --batch 2 --seq 512 --steps 5 --targets "$targets" 2>&1 | tee -a "$report" || { failed=1; log "falcon_step_gpu failed"; }
   done
   log '```'
+  log ""
+  # The performance model's prediction for the same steps and for every distinct launch of
+  # them, beside the measurements above and the benchmarks below (same Falcon-7B shapes):
+  # the first run on a GPU calibrates the model (record both in BENCHMARKS.md).
+  local gpu_name
+  gpu_name="$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 || true)"
+  log "## PREDICTED by the performance model for ${gpu_name:-h200} (same steps; per launch)"
+  log ""
+  for targets in query_key_value all-linear; do
+    step/perf_table --gpu "${gpu_name:-h200}" --batch 2 --seq 512 --targets "$targets" --top 12 \
+      $([ "$targets" = query_key_value ] && echo --launches) 2>&1 | tee -a "$report" \
+      || step/perf_table --gpu h200 --targets "$targets" 2>&1 | tee -a "$report" || true
+    log ""
+  done
   log ""
   log "## Benchmarks"
   log ""

@@ -33,12 +33,25 @@ pub enum DataError {
     #[error("{0}")]
     BadRecord(BadRecord),
     /// The file holds no usable record.
-    #[error("{path}: no usable records ({skipped} skipped)")]
+    #[error("{path}: no usable records ({skipped} skipped){first_reasons}")]
     Empty {
         /// The file.
         path: PathBuf,
         /// How many records were skipped as bad.
         skipped: usize,
+        /// The first few skipped records with their reasons (record, field, why), one per
+        /// line, or empty.
+        first_reasons: String,
+    },
+    /// The file is larger than the stated limit and was not read.
+    #[error("{path}: {bytes} bytes is more than the {limit}-byte limit on data files; raise it with --max-data-size if the file is right")]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its size.
+        bytes: u64,
+        /// The limit.
+        limit: u64,
     },
     /// A string could not be parsed as a data format / policy name.
     #[error("unknown {what} {value:?}; expected one of: {expected}")]

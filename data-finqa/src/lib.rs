@@ -33,7 +33,10 @@ pub mod tokenize;
 
 pub use batch::Batch;
 pub use error::{BadRecord, DataError, Result};
-pub use load::{load_file, parse_bytes, BadRecordPolicy, DataFormat, LoadOptions, LoadReport};
+pub use load::{
+    load_file, load_file_limited, parse_bytes, BadRecordPolicy, DataFormat, LoadOptions,
+    LoadReport, DEFAULT_MAX_DATA_BYTES, MAX_RECORD_TEXT_BYTES,
+};
 pub use prompt::{seed_example, seed_prompt, Example};
 pub use record::{AnswerSource, ExeAns, GoldFact, PromptCompletion, Record};
 pub use sampler::{Sampler, SamplerConfig, SamplerState};

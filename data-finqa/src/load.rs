@@ -174,14 +174,66 @@ impl LoadReport {
     }
 }
 
-/// Loads a data file with the given options (see the module docs for formats and rules).
+/// The largest data file [`load_file`] reads (2 GiB): parsing takes a few times the file's
+/// size in memory, so a wrong path (a disk image, a model shard) must be refused, not read.
+pub const DEFAULT_MAX_DATA_BYTES: u64 = 2 << 30;
+
+/// How many skipped records an "every record was skipped" error lists.
+const REASONS_LISTED: usize = 5;
+
+/// Loads a data file with the given options (see the module docs for formats and rules),
+/// refusing files larger than [`DEFAULT_MAX_DATA_BYTES`].
 pub fn load_file(path: impl AsRef<Path>, options: &LoadOptions) -> Result<LoadReport> {
+    load_file_limited(path, options, DEFAULT_MAX_DATA_BYTES)
+}
+
+/// [`load_file`] with a size limit of `max_bytes`, checked before reading.
+pub fn load_file_limited(
+    path: impl AsRef<Path>,
+    options: &LoadOptions,
+    max_bytes: u64,
+) -> Result<LoadReport> {
+    use std::io::Read;
     let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|source| DataError::Io {
+    let io = |source| DataError::Io {
         path: path.to_path_buf(),
         source,
-    })?;
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let too_large = |bytes| DataError::TooLarge {
+        path: path.to_path_buf(),
+        bytes,
+        limit: max_bytes,
+    };
+    let len = file.metadata().map_err(io)?.len();
+    if len > max_bytes {
+        return Err(too_large(len));
+    }
+    // The size may not be known in advance (a pipe) or may change while reading: never read
+    // more than the limit plus one byte.
+    let mut bytes = Vec::with_capacity(len as usize);
+    file.take(max_bytes.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(too_large(bytes.len() as u64));
+    }
     parse_bytes(path, &bytes, options)
+}
+
+fn first_reasons(skipped: &[BadRecord]) -> String {
+    let mut s: String = skipped
+        .iter()
+        .take(REASONS_LISTED)
+        .map(|b| format!("\n  {b}"))
+        .collect();
+    if skipped.len() > REASONS_LISTED {
+        s.push_str(&format!(
+            "\n  ... and {} more",
+            skipped.len() - REASONS_LISTED
+        ));
+    }
+    s
 }
 
 /// Parses the contents of a data file; `path` is used in messages and the report.
@@ -238,6 +290,19 @@ pub fn parse_bytes(path: &Path, bytes: &[u8], options: &LoadOptions) -> Result<L
                 }
             }
         };
+        let outcome = outcome.and_then(|item| match item.text_bytes() {
+            n if n > MAX_RECORD_TEXT_BYTES => Err(BadRecord {
+                path: path.to_path_buf(),
+                index: el.index,
+                line: el.line,
+                id: item.id().map(str::to_string),
+                reason: format!(
+                    "{n} bytes of text, more than the {MAX_RECORD_TEXT_BYTES} a record may \
+                     hold (tokenizing it would take memory out of proportion)"
+                ),
+            }),
+            _ => Ok(item),
+        });
         match outcome {
             Ok(Item::Record(r)) => report.records.push(r),
             Ok(Item::Pair(p)) => report.pairs.push(p),
@@ -251,6 +316,7 @@ pub fn parse_bytes(path: &Path, bytes: &[u8], options: &LoadOptions) -> Result<L
         return Err(DataError::Empty {
             path: path.to_path_buf(),
             skipped: report.skipped.len(),
+            first_reasons: first_reasons(&report.skipped),
         });
     }
     Ok(report)
@@ -259,6 +325,35 @@ pub fn parse_bytes(path: &Path, bytes: &[u8], options: &LoadOptions) -> Result<L
 enum Item {
     Record(Record),
     Pair(PromptCompletion),
+}
+
+/// The most text one record may hold (all its fields together): 1 MiB, a few hundred times a
+/// FinQA record. Tokenizing takes several hundred bytes of memory per byte of text, and
+/// anything longer can never fit a training sequence, so such a record is a bad record
+/// (skipped with a warning, or an error with --strict-data) instead of gigabytes of memory.
+pub const MAX_RECORD_TEXT_BYTES: usize = 1 << 20;
+
+impl Item {
+    fn text_bytes(&self) -> usize {
+        match self {
+            Item::Record(r) => {
+                let lines = |v: &[String]| v.iter().map(String::len).sum::<usize>();
+                lines(&r.pre_text)
+                    + lines(&r.post_text)
+                    + r.table.iter().map(|row| lines(row)).sum::<usize>()
+                    + r.question.len()
+                    + r.answer.len()
+            }
+            Item::Pair(p) => p.prompt.len() + p.completion.len(),
+        }
+    }
+
+    fn id(&self) -> Option<&str> {
+        match self {
+            Item::Record(r) => Some(&r.id),
+            Item::Pair(p) => Some(&p.id),
+        }
+    }
 }
 
 struct Element {
@@ -274,6 +369,7 @@ fn read_elements(path: &Path, text: &str) -> Result<Vec<Element>> {
         None => Err(DataError::Empty {
             path: path.to_path_buf(),
             skipped: 0,
+            first_reasons: String::new(),
         }),
         Some('[') => {
             let items: Vec<RawElement> =

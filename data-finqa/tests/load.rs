@@ -434,3 +434,42 @@ fn real_samples_load_in_both_schemas() {
     assert_eq!(r.records.len(), 500, "{:?}", r.skipped.first());
     assert_eq!(r.records[0].answer, "94.0");
 }
+
+#[test]
+fn a_record_too_long_to_ever_fit_is_skipped_before_tokenizing() {
+    let huge = "x".repeat(data_finqa::MAX_RECORD_TEXT_BYTES + 1);
+    let text = jsonl(&[
+        json!({"prompt": huge, "completion": "a"}),
+        json!({"prompt": "p", "completion": "c"}),
+    ]);
+    let r = parse(&text, DataFormat::PromptCompletion).unwrap();
+    assert_eq!(r.pairs.len(), 1);
+    assert_eq!(r.skipped.len(), 1);
+    assert!(
+        r.skipped[0].reason.contains("bytes of text") && r.skipped[0].line == Some(1),
+        "{:?}",
+        r.skipped[0]
+    );
+}
+
+#[test]
+fn files_over_the_limit_are_refused_before_reading_and_all_skipped_lists_reasons() {
+    let dir = std::env::temp_dir().join(format!("finqa-limit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("d.jsonl");
+    std::fs::write(&path, jsonl(&[json!({"prompt": "p", "completion": "c"})])).unwrap();
+    let opts = LoadOptions::default();
+    let e = data_finqa::load_file_limited(&path, &opts, 8)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("limit"), "{e}");
+    assert!(data_finqa::load_file_limited(&path, &opts, 1 << 20).is_ok());
+    let e = parse(
+        "{\"prompt\": 1}\n{\"completion\": \"c\"}\n",
+        DataFormat::PromptCompletion,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("record 0") && e.contains("record 1"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -5,10 +5,8 @@
 //! back to that same scope when it is freed, on whatever thread that happens. Scopes therefore
 //! isolate measurements from other work running in the same process (e.g. parallel tests).
 //!
-//! Device memory is counted apart: every CUDA device (GPU or emulator) has its own counter of
-//! live tensor bytes and their peak, [`device_counter`]. Scopes do not apply to it. The device
-//! allocator's own figures (bytes reserved in size classes, cached blocks, driver allocations)
-//! come from [`crate::cuda::pool_stats`].
+//! Device memory is not counted here: the CUDA device's allocator keeps its own counters
+//! (`kernels_cu::Device::memory`).
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -64,12 +62,6 @@ pub fn global_counter() -> Arc<MemoryCounter> {
     global().clone()
 }
 
-/// Live and peak tensor bytes on a CUDA device; `None` for the CPU (see [`global_counter`])
-/// and for a device id that was never opened.
-pub fn device_counter(device: crate::Device) -> Option<Arc<MemoryCounter>> {
-    crate::cuda::registry::counter(device)
-}
-
 /// While alive, allocations made on this thread are charged to a private counter.
 pub struct MemoryScope {
     counter: Arc<MemoryCounter>,
@@ -105,12 +97,6 @@ pub(crate) struct Charge {
 impl Charge {
     pub(crate) fn new(bytes: usize) -> Self {
         let counter = current();
-        counter.alloc(bytes);
-        Charge { counter, bytes }
-    }
-
-    /// A charge against a given counter (a device's).
-    pub(crate) fn on(counter: Arc<MemoryCounter>, bytes: usize) -> Self {
         counter.alloc(bytes);
         Charge { counter, bytes }
     }

@@ -147,17 +147,10 @@ impl CpuStorage {
     }
 }
 
-/// The buffer behind a tensor: host memory, or memory of a CUDA device (GPU or emulator).
-#[derive(Debug)]
-pub enum Storage {
-    Cpu(CpuStorage),
-    Cuda(crate::cuda::CudaStorage),
-}
-
 /// A buffer plus the memory charge that accounts for it.
 #[derive(Debug)]
 pub(crate) struct Buffer {
-    pub(crate) storage: Storage,
+    pub(crate) storage: CpuStorage,
     _charge: Charge,
 }
 
@@ -165,23 +158,8 @@ impl Buffer {
     pub(crate) fn cpu(s: CpuStorage) -> Self {
         let bytes = s.len() * s.dtype().size_in_bytes();
         Buffer {
-            storage: Storage::Cpu(s),
+            storage: s,
             _charge: Charge::new(bytes),
-        }
-    }
-
-    /// A device buffer, charged to its device's counter (see [`crate::memory::device_counter`]).
-    pub(crate) fn cuda(s: crate::cuda::CudaStorage) -> Self {
-        let bytes = s.len() * s.dtype().size_in_bytes();
-        let charge = match crate::memory::device_counter(s.device()) {
-            Some(counter) => Charge::on(counter, bytes),
-            // Storage is only built for registered devices; count it on the host rather than
-            // lose it if that ever changes.
-            None => Charge::new(bytes),
-        };
-        Buffer {
-            storage: Storage::Cuda(s),
-            _charge: charge,
         }
     }
 }

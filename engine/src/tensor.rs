@@ -1,17 +1,16 @@
-//! `Tensor`: an immutable, contiguous, row-major array on a device, with shared storage.
+//! `Tensor`: an immutable, contiguous, row-major array in host memory, with shared storage.
 //!
 //! Tensors are values: ops return new tensors and never write into their inputs, so a tensor
 //! can be shared (cheaply cloned) between the autograd graph, saved activations and the caller.
 //! Reshape shares the buffer.
 //!
-//! A tensor's elements live on the host or on a CUDA device ([`crate::cuda`]). Moving between
-//! them is explicit, [`Tensor::to_device`]; host views of a device tensor (`as_slice`, `to_vec`,
-//! `to_f64_vec`, ...) are [`Error::NotOnHost`] naming the device.
+//! Tensors are the CPU backend's: the CUDA training step works on kernels-cu device buffers
+//! directly (model-falcon's `cuda` module), with these tensors as its host-side inputs and
+//! reference.
 
-use crate::cuda::CudaStorage;
 use crate::element::Element;
-use crate::storage::{Buffer, CpuStorage, Storage};
-use crate::{DType, Device, Error, Result, Shape};
+use crate::storage::{Buffer, CpuStorage};
+use crate::{DType, Error, Result, Shape};
 use std::sync::Arc;
 
 #[derive(Clone, Debug)]
@@ -44,16 +43,6 @@ impl Tensor {
         debug_assert_eq!(storage.len(), shape.elem_count());
         Tensor {
             buffer: Arc::new(Buffer::cpu(storage)),
-            shape,
-        }
-    }
-
-    /// Wraps device storage whose length matches `shape` (checked in debug builds).
-    pub(crate) fn from_cuda(storage: CudaStorage, shape: impl Into<Shape>) -> Tensor {
-        let shape = shape.into();
-        debug_assert_eq!(storage.len(), shape.elem_count());
-        Tensor {
-            buffer: Arc::new(Buffer::cuda(storage)),
             shape,
         }
     }
@@ -91,17 +80,7 @@ impl Tensor {
     }
 
     pub fn dtype(&self) -> DType {
-        match &self.buffer.storage {
-            Storage::Cpu(s) => s.dtype(),
-            Storage::Cuda(s) => s.dtype(),
-        }
-    }
-
-    pub fn device(&self) -> Device {
-        match &self.buffer.storage {
-            Storage::Cpu(_) => Device::Cpu,
-            Storage::Cuda(s) => s.device(),
-        }
+        self.buffer.storage.dtype()
     }
 
     /// Bytes held by the buffer.
@@ -109,32 +88,18 @@ impl Tensor {
         self.elem_count() * self.dtype().size_in_bytes()
     }
 
-    /// The host buffer; [`Error::NotOnHost`] for tensors on a CUDA device.
-    pub fn cpu_storage(&self) -> Result<&CpuStorage> {
-        self.host("cpu_storage")
+    /// The buffer.
+    pub fn cpu_storage(&self) -> &CpuStorage {
+        &self.buffer.storage
     }
 
-    fn host(&self, op: &'static str) -> Result<&CpuStorage> {
-        match &self.buffer.storage {
-            Storage::Cpu(s) => Ok(s),
-            Storage::Cuda(s) => Err(Error::NotOnHost {
-                op,
-                device: s.device(),
-            }),
-        }
+    fn storage(&self) -> &CpuStorage {
+        &self.buffer.storage
     }
 
-    /// The device buffer of a tensor on a CUDA device; `None` on the CPU.
-    pub fn cuda_storage(&self) -> Option<&CudaStorage> {
-        match &self.buffer.storage {
-            Storage::Cpu(_) => None,
-            Storage::Cuda(s) => Some(s),
-        }
-    }
-
-    /// A typed view of a CPU tensor's elements ([`Error::NotOnHost`] on a CUDA device).
+    /// A typed view of the elements; an error when the dtype is not `T`'s.
     pub fn as_slice<T: Element>(&self) -> Result<&[T]> {
-        let s = self.host("as_slice")?;
+        let s = self.storage();
         T::view(s).ok_or(Error::DType {
             op: "as_slice",
             dtype: s.dtype(),
@@ -142,20 +107,19 @@ impl Tensor {
         })
     }
 
-    /// The elements of a CPU tensor as a `Vec<T>`; the dtype must be `T`'s.
+    /// The elements as a `Vec<T>`; the dtype must be `T`'s.
     pub fn to_vec<T: Element>(&self) -> Result<Vec<T>> {
-        self.host("to_vec")?;
         Ok(self.as_slice::<T>()?.to_vec())
     }
 
-    /// Every element of a CPU tensor converted to f64 (any dtype).
+    /// Every element converted to f64 (any dtype).
     pub fn to_f64_vec(&self) -> Result<Vec<f64>> {
-        Ok(self.host("to_f64_vec")?.to_f64_vec())
+        Ok(self.storage().to_f64_vec())
     }
 
-    /// Every element of a CPU tensor converted to f32 (any dtype).
+    /// Every element converted to f32 (any dtype).
     pub fn to_f32_vec(&self) -> Result<Vec<f32>> {
-        Ok(self.host("to_f32_vec")?.to_f32_vec())
+        Ok(self.storage().to_f32_vec())
     }
 
     /// The single value of a one-element tensor, as f64.
@@ -174,8 +138,10 @@ impl Tensor {
         if dtype == self.dtype() {
             return Ok(self.clone());
         }
-        let s = self.host("to_dtype")?;
-        Ok(Self::from_storage(s.to_dtype(dtype), self.shape.clone()))
+        Ok(Self::from_storage(
+            self.storage().to_dtype(dtype),
+            self.shape.clone(),
+        ))
     }
 
     /// Same elements, new shape (shares the buffer).
@@ -188,29 +154,6 @@ impl Tensor {
             buffer: self.buffer.clone(),
             shape,
         })
-    }
-
-    /// Copies the tensor to `device`, keeping shape and dtype (a cheap clone when it is
-    /// already there). Host<->device transfers go through here: CPU->CUDA uploads into the
-    /// device's allocator, CUDA->CPU downloads (synchronizing the device's stream), CUDA->CUDA
-    /// goes through the host. A driver ordinal that was not opened yet is opened here.
-    pub fn to_device(&self, device: Device) -> Result<Tensor> {
-        if device == self.device() {
-            return Ok(self.clone());
-        }
-        let upload = |cpu: &CpuStorage| -> Result<Tensor> {
-            let entry = crate::cuda::registry::entry("to_device", device)?;
-            let s = CudaStorage::upload(cpu, &entry.dev, device)?;
-            Ok(Self::from_cuda(s, self.shape.clone()))
-        };
-        match (&self.buffer.storage, device) {
-            (Storage::Cpu(_), Device::Cpu) => Ok(self.clone()),
-            (Storage::Cpu(c), Device::Cuda(_)) => upload(c),
-            (Storage::Cuda(s), Device::Cpu) => {
-                Ok(Self::from_storage(s.download()?, self.shape.clone()))
-            }
-            (Storage::Cuda(s), Device::Cuda(_)) => upload(&s.download()?),
-        }
     }
 
     /// True when both tensors share one buffer.

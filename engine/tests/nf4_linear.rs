@@ -4,22 +4,9 @@ use engine::nf4::{
     linear_backward_input, linear_forward, tile_rows, QuantConfig, QuantType, QuantizedWeight,
     TILE_ROWS,
 };
+use engine::testing::assert_err_contains;
+use engine::testing::{self, Rng};
 use proptest::prelude::*;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> f32 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-    fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
-        (0..n).map(|_| self.next() * scale).collect()
-    }
-}
 
 /// `c[m, n] = a[m, k] · b`, with `b[p, q]` read at `b[p·sp + q·sq]`, in float64.
 fn matmul_f64(
@@ -41,28 +28,27 @@ fn matmul_f64(
     c
 }
 
-/// Relative-to-magnitude comparison: |got - want| <= tol · (sum of |terms|) per element.
+/// Relative-to-magnitude comparison: |got - want| <= 1e-5 · (sum of |terms|) per element.
 fn assert_close(got: &[f32], want: &[f64], scale: &[f64], what: &str) {
-    assert_eq!(got.len(), want.len());
-    for (i, ((&g, &w), &s)) in got.iter().zip(want).zip(scale).enumerate() {
-        assert!(g.is_finite(), "{what}: element {i} is {g} (not written?)");
-        let err = (f64::from(g) - w).abs();
-        assert!(
-            err <= 1e-5 * s + 1e-30,
-            "{what}: element {i}: got {g}, want {w}, err {err}, scale {s}"
-        );
-    }
+    let got: Vec<f64> = got.iter().map(|&g| f64::from(g)).collect();
+    let tol: Vec<f64> = scale.iter().map(|s| 1e-5 * s + 1e-30).collect();
+    testing::assert_close(what, &got, want, &tol);
+}
+
+/// `n` values uniform in `[-scale, scale)`.
+fn uniform_vec(rng: &mut Rng, n: usize, scale: f32) -> Vec<f32> {
+    rng.vec_f32(n, -scale, scale)
 }
 
 fn check(m: usize, out_f: usize, in_f: usize, cfg: QuantConfig, seed: u64) {
-    let mut rng = Rng(seed);
-    let w_src = rng.vec(out_f * in_f, 0.05);
+    let mut rng = Rng::new(seed);
+    let w_src = uniform_vec(&mut rng, out_f * in_f, 0.05);
     let w = QuantizedWeight::quantize(&w_src, out_f, in_f, cfg).expect("quantize");
     let wd: Vec<f64> = w.dequantize_f32().iter().map(|&v| f64::from(v)).collect();
     let wabs: Vec<f64> = wd.iter().map(|v| v.abs()).collect();
 
     // Forward: y = x · Wᵀ.
-    let x = rng.vec(m * in_f, 1.0);
+    let x = uniform_vec(&mut rng, m * in_f, 1.0);
     let xabs: Vec<f32> = x.iter().map(|v| v.abs()).collect();
     let want = matmul_f64(&x, m, in_f, &wd, out_f, |p, j| j * in_f + p);
     let scale = matmul_f64(&xabs, m, in_f, &wabs, out_f, |p, j| j * in_f + p);
@@ -76,7 +62,7 @@ fn check(m: usize, out_f: usize, in_f: usize, cfg: QuantConfig, seed: u64) {
     );
 
     // Backward: dx = dy · W.
-    let dy = rng.vec(m * out_f, 1.0);
+    let dy = uniform_vec(&mut rng, m * out_f, 1.0);
     let dyabs: Vec<f32> = dy.iter().map(|v| v.abs()).collect();
     let want = matmul_f64(&dy, m, out_f, &wd, in_f, |p, j| p * in_f + j);
     let scale = matmul_f64(&dyabs, m, out_f, &wabs, in_f, |p, j| p * in_f + j);
@@ -124,17 +110,17 @@ fn linear_matches_f64_reference_across_tiles() {
 
 #[test]
 fn linear_is_deterministic_across_thread_counts() {
-    let mut rng = Rng(11);
+    let mut rng = Rng::new(11);
     let (m, out_f, in_f) = (64, 700, 320);
     let w = QuantizedWeight::quantize(
-        &rng.vec(out_f * in_f, 0.05),
+        &uniform_vec(&mut rng, out_f * in_f, 0.05),
         out_f,
         in_f,
         QuantConfig::default(),
     )
     .unwrap();
-    let x = rng.vec(m * in_f, 1.0);
-    let dy = rng.vec(m * out_f, 1.0);
+    let x = uniform_vec(&mut rng, m * in_f, 1.0);
+    let dy = uniform_vec(&mut rng, m * out_f, 1.0);
     let run = |threads: usize| {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
@@ -164,10 +150,19 @@ fn degenerate_and_bad_shapes() {
     )
     .unwrap();
     let mut y = vec![f32::NAN; 4];
-    assert!(linear_forward(&[1.0; 5], 2, &w, &mut y).is_err());
-    assert!(linear_forward(&[1.0; 6], 2, &w, &mut y[..3]).is_err());
+    assert_err_contains(
+        linear_forward(&[1.0; 5], 2, &w, &mut y),
+        "input x: expected 6 elements",
+    );
+    assert_err_contains(
+        linear_forward(&[1.0; 6], 2, &w, &mut y[..3]),
+        "output y: expected 4 elements",
+    );
     let mut dx = vec![f32::NAN; 6];
-    assert!(linear_backward_input(&[1.0; 3], 2, &w, &mut dx).is_err());
+    assert_err_contains(
+        linear_backward_input(&[1.0; 3], 2, &w, &mut dx),
+        "gradient dy: expected 4 elements",
+    );
     linear_forward(&[], 0, &w, &mut []).unwrap();
     // in_features == 0: y is an empty sum, all zeros.
     let empty_in = QuantizedWeight::quantize::<f32>(&[], 3, 0, QuantConfig::default()).unwrap();

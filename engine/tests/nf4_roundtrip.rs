@@ -2,28 +2,10 @@
 //! dequantization, thread-count independence and memory accounting.
 
 use engine::nf4::{Absmax, QuantConfig, QuantElement, QuantType, QuantizedWeight, BLOCKSIZES};
+use engine::testing::assert_err_contains;
+use engine::testing::Rng;
 use half::{bf16, f16};
 use proptest::prelude::*;
-
-/// A small deterministic generator (SplitMix64) so proptest only has to shrink a seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    /// Uniform in (0, 1].
-    fn uniform(&mut self) -> f64 {
-        ((self.next_u64() >> 11) + 1) as f64 / (1u64 << 53) as f64
-    }
-    fn normal(&mut self) -> f64 {
-        (-2.0 * self.uniform().ln()).sqrt() * (2.0 * std::f64::consts::PI * self.uniform()).cos()
-    }
-}
 
 #[derive(Clone, Copy, Debug)]
 enum Dist {
@@ -33,13 +15,13 @@ enum Dist {
 }
 
 fn weights(seed: u64, n: usize, dist: Dist, scale: f64) -> Vec<f32> {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::from_state(seed);
     (0..n)
         .map(|_| {
             let z = rng.normal();
             let v = match dist {
                 Dist::Normal => z,
-                Dist::Heavy => z / rng.uniform().max(1e-4).sqrt(),
+                Dist::Heavy => z / rng.open_unit_f64().max(1e-4).sqrt(),
             };
             (v * scale) as f32
         })
@@ -297,31 +279,41 @@ fn memory_accounting() {
 fn bad_arguments_are_errors() {
     let x = vec![0.5f32; 12];
     let cfg = QuantConfig::default();
-    assert!(QuantizedWeight::quantize(&x, 3, 5, cfg).is_err());
-    assert!(QuantizedWeight::quantize(
-        &x,
-        3,
-        4,
-        QuantConfig {
-            blocksize: 48,
-            ..cfg
-        }
-    )
-    .is_err());
-    assert!(QuantizedWeight::quantize(
-        &x,
-        3,
-        4,
-        QuantConfig {
-            blocksize: 16,
-            ..cfg
-        }
-    )
-    .is_err());
+    assert_err_contains(QuantizedWeight::quantize(&x, 3, 5, cfg), "needs 15");
+    assert_err_contains(
+        QuantizedWeight::quantize(
+            &x,
+            3,
+            4,
+            QuantConfig {
+                blocksize: 48,
+                ..cfg
+            },
+        ),
+        "blocksize 48 is not one bitsandbytes accepts",
+    );
+    assert_err_contains(
+        QuantizedWeight::quantize(
+            &x,
+            3,
+            4,
+            QuantConfig {
+                blocksize: 16,
+                ..cfg
+            },
+        ),
+        "blocksize 16 is not one",
+    );
     let w = QuantizedWeight::quantize(&x, 3, 4, cfg).unwrap();
     let mut out = vec![0.0f32; 8];
-    assert!(w.dequantize_rows_into(2..4, &mut out).is_err());
-    assert!(w.dequantize_rows_into(0..1, &mut out).is_err());
+    assert_err_contains(
+        w.dequantize_rows_into(2..4, &mut out),
+        "row range 2..4 is outside",
+    );
+    assert_err_contains(
+        w.dequantize_rows_into(0..1, &mut out),
+        "dequantize output: expected 4",
+    );
     assert!(w.dequantize_rows_into(1..3, &mut out).is_ok());
 }
 
@@ -351,8 +343,12 @@ fn quantize_from_unaligned_le_bytes_equals_typed() {
         QuantizedWeight::quantize_le_bytes(&raw, engine::DType::F16, 37, 41, cfg).unwrap()
     );
     assert_eq!(typed.dtype(), engine::DType::F16);
-    assert!(
-        QuantizedWeight::quantize_le_bytes(&raw[1..], engine::DType::F16, 37, 41, cfg).is_err()
+    assert_err_contains(
+        QuantizedWeight::quantize_le_bytes(&raw[1..], engine::DType::F16, 37, 41, cfg),
+        "expected 3034 elements",
     );
-    assert!(QuantizedWeight::quantize_le_bytes(&raw, engine::DType::U8, 37, 82, cfg).is_err());
+    assert_err_contains(
+        QuantizedWeight::quantize_le_bytes(&raw, engine::DType::U8, 37, 82, cfg),
+        "dtype u8 cannot be",
+    );
 }

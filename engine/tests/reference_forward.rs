@@ -1,21 +1,11 @@
 //! Forward values of the CPU ops against naive float64 definitions written independently here.
 
 use engine::ops;
-use engine::testing::randn;
+use engine::testing::{self, randn};
 use engine::{DType, Tensor, Var};
 
 fn v64(t: &Var) -> Vec<f64> {
     t.value().to_f64_vec().unwrap()
-}
-
-fn assert_close(got: &[f64], want: &[f64], tol: f64, what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!(
-            (g - w).abs() <= tol * (1.0 + w.abs()),
-            "{what}[{i}]: {g} vs {w}"
-        );
-    }
 }
 
 /// Naive attention: explicit scores, masks, softmax and weighted sum, per (batch, head).
@@ -238,4 +228,9 @@ fn dropout_keeps_about_one_minus_p_and_rescales() {
         vec![2.0; 10]
     );
     assert_eq!(engine::rng::state(), st);
+}
+
+/// `|got − want| ≤ tol·(1 + |want|)` per element.
+fn assert_close(got: &[f64], want: &[f64], tol: f64, what: &str) {
+    testing::assert_close(what, got, want, &testing::mixed_tolerance(want, tol, tol));
 }

@@ -50,6 +50,7 @@ using kc::u8;
 
 #define ATT_WARPS 4
 #define ATT_THREADS (ATT_WARPS * 32)
+#define ATT_TILE 64  // query rows per forward / dQ block, keys per KV tile and dK/dV block
 #define ATT_LOG2E 1.4426950408889634f
 #define ATT_LN2 0.6931471805599453f
 #define kNegInf (kc::f32_from_bits(0xff800000u))  // -inf
@@ -128,7 +129,7 @@ template <int D>
 __device__ __forceinline__ void attn_fwd(bf16* o, float* lse, const bf16* q, const bf16* k,
                                          const bf16* v, const u8* mask, int has_mask, int hq,
                                          int hkv, int t, int tk, int causal, float scale) {
-  constexpr int BQ = 64, BK = 64, SR = D + 8, NT = BK / 8, DT = D / 8;
+  constexpr int BQ = ATT_TILE, BK = ATT_TILE, SR = D + 8, NT = BK / 8, DT = D / 8;
   KC_DYNAMIC_SHARED(bf16, smem);
   bf16* sK = smem;  // holds the Q tile first
   bf16* sV = smem + BK * SR;
@@ -266,7 +267,7 @@ __device__ __forceinline__ void attn_bwd_dkdv(float* dk, float* dv, const bf16* 
                                               const bf16* dout, const float* lse,
                                               const float* dd, int hq, int hkv, int t, int tk,
                                               int causal, float scale) {
-  constexpr int BK = 64, SR = D + 8, NT = BQ / 8, DT = D / 8;
+  constexpr int BK = ATT_TILE, SR = D + 8, NT = BQ / 8, DT = D / 8;
   KC_DYNAMIC_SHARED(bf16, smem);
   bf16* sK = smem;
   bf16* sV = sK + BK * SR;
@@ -408,7 +409,7 @@ __device__ __forceinline__ void attn_bwd_dq(float* dq, const bf16* q, const bf16
                                             const bf16* dout, const float* lse, const float* dd,
                                             int hq, int hkv, int t, int tk, int causal,
                                             float scale) {
-  constexpr int BQ = 64, SR = D + 8, NT = BK / 8, DT = D / 8;
+  constexpr int BQ = ATT_TILE, SR = D + 8, NT = BK / 8, DT = D / 8;
   KC_DYNAMIC_SHARED(bf16, smem);
   bf16* sQ = smem;
   bf16* sO = sQ + BQ * SR;  // dO
@@ -543,7 +544,7 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS)
     attn_bwd_dkdv_d64(float* dk, float* dv, const bf16* q, const bf16* k, const bf16* v, const u8* mask,
            int has_mask, const bf16* dout, const float* lse, const float* dd, int hq, int hkv,
            int t, int tk, int causal, float scale) {
-  attn_bwd_dkdv<64, 64>(dk, dv, q, k, v, mask, has_mask, dout, lse, dd, hq, hkv, t, tk, causal,
+  attn_bwd_dkdv<64, ATT_TILE>(dk, dv, q, k, v, mask, has_mask, dout, lse, dd, hq, hkv, t, tk, causal,
                          scale);
 }
 
@@ -559,7 +560,7 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS)
     attn_bwd_dq_d64(float* dq, const bf16* q, const bf16* k, const bf16* v, const u8* mask, int has_mask,
            const bf16* dout, const float* lse, const float* dd, int hq, int hkv, int t, int tk,
            int causal, float scale) {
-  attn_bwd_dq<64, 64>(dq, q, k, v, mask, has_mask, dout, lse, dd, hq, hkv, t, tk, causal, scale);
+  attn_bwd_dq<64, ATT_TILE>(dq, q, k, v, mask, has_mask, dout, lse, dd, hq, hkv, t, tk, causal, scale);
 }
 
 extern "C" __global__ void __launch_bounds__(ATT_THREADS)

@@ -7,7 +7,7 @@
 //   dhidden = dz·W,  dW = dzᵀ·hidden
 //
 // Division of work: the three lm_head products run on the tensor-core bf16 GEMM
-// (nf4_gemm.cu gemm_bf16_{nt,nn,tn}_f32, launched by ops::cross_entropy per vocab chunk of C
+// (gemm.cu gemm_bf16_{nt,nn,tn}_f32, launched by ops::cross_entropy per vocab chunk of C
 // columns); this family holds only the per-chunk row reductions and pointwise maps between them.
 //
 //   forward, per chunk [v0, v0 + vc):  Z = hidden·W_chunkᵀ (GEMM, f32 [rows, vc])

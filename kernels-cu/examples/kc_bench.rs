@@ -1,4 +1,4 @@
-//! Microbenchmark of the first kernel families on one device: elementwise add (f32, bf16) and
+//! Microbenchmark of the elementwise and reduce kernel families on one device: elementwise add (f32, bf16) and
 //! the two-pass sum, as effective memory bandwidth. Prints one line per case.
 //!
 //! `cargo run -p kernels-cu --release --example kc_bench [-- emulator]`; on a GPU machine it is

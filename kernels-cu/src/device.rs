@@ -140,6 +140,8 @@ pub struct Launch<'a> {
 pub enum BackendKind {
     Cuda,
     Emulator,
+    /// Records launches without executing them ([`crate::perf::trace::DryRun`]).
+    DryRun,
 }
 
 /// What a device is.
@@ -211,6 +213,13 @@ pub struct Device {
 impl std::fmt::Debug for Device {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Device").field("info", self.info()).finish()
+    }
+}
+
+/// The device's name ("NVIDIA H200", "host emulator (4 threads)"), for messages.
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.info().name)
     }
 }
 
@@ -420,6 +429,23 @@ impl Device {
         #[cfg(not(feature = "emulator"))]
         {
             let _ = opts;
+            Err(Error::NoEmulator)
+        }
+    }
+
+    /// The host emulator (default options) behind the same caching pool a GPU's memory goes
+    /// through, to test allocator behaviour; its size-class rounding hides overruns inside a
+    /// class, so bounds checks want [`Device::emulator`].
+    pub fn emulator_pooled() -> Result<Device> {
+        #[cfg(feature = "emulator")]
+        {
+            let emu = crate::backend::emu::EmuBackend::new(EmulatorOptions::default());
+            Ok(Device::from_backend(Box::new(
+                crate::backend::pooled::PooledBackend::new(Box::new(emu)),
+            )))
+        }
+        #[cfg(not(feature = "emulator"))]
+        {
             Err(Error::NoEmulator)
         }
     }

@@ -1,5 +1,5 @@
 //! CUDA C++ kernel sources, their host emulator, the compile and resource gates, and the device
-//! interface (real driver or emulator) that the engine's CUDA device launches through.
+//! interface (real driver or emulator) that the model's CUDA training step launches through.
 //!
 //! # Layout
 //!
@@ -10,6 +10,7 @@
 //! | `ptx/<family>.ptx` | PTX built ahead (NVRTC 12.4, `compute_80`), embedded with `include_str!` |
 //! | `emu/kc_emu.h`, `emu/runtime.cpp` | the host emulator of the CUDA execution model |
 //! | `ptxas-report.txt` | the resource report (registers, shared memory, stack, spills per kernel, sm_80 and sm_90) |
+//! | `src/perf/` | the GPU performance model: launch recording and dry-run backends, per-kernel cost, GPU table, occupancy/waves/time bounds, launch validation, SASS loop counts, calibration (all predictions, none measured) |
 //!
 //! [`FAMILIES`] and [`KERNELS`] list the sources and entry points (name, family, hot flag);
 //! [`kernels`] has one constant per entry point.
@@ -69,8 +70,9 @@
 //!   arguments fail in CI; on CUDA the argument count and sizes against the PTX entry.
 //!   The CUDA backend loads each family's module on first use and caches modules and functions,
 //!   opting functions in to more than 48 KiB of dynamic shared memory when a launch asks.
-//! - Safe launchers for the first families: [`ops::elementwise`] (add, scale, axpy; f32, bf16)
-//!   and [`ops::reduce`] (deterministic two-pass sum and sum of squares).
+//! - Safe launchers, one module of [`ops`] per family: they check dtypes and lengths, document
+//!   the reference math, and hold the launch geometry (from [`defines`], the sources'
+//!   `#define`s). The model's CUDA training step is written on these.
 //!
 //! # The emulator
 //!
@@ -128,16 +130,19 @@
 //!   can be opened (used by `scripts/gpu-check.sh`).
 
 pub mod backend;
+pub mod defines;
 mod device;
 mod dtype;
 mod error;
 pub mod nvrtc;
 pub mod ops;
+pub mod perf;
 pub mod pool;
 pub mod ptx;
 pub mod ptxas;
 pub mod scan;
 mod sources;
+pub mod testing;
 pub mod tools;
 
 pub use device::{
@@ -150,7 +155,6 @@ pub use pool::MemoryStats;
 pub use sources::{
     kernel, kernels, Family, Kernel, COMMON_HEADER, COMMON_HEADER_NAME, FAMILIES, KERNELS,
 };
-pub use sources::{ELEMENTWISE, REDUCE, SELFTEST};
 
 /// True when the CUDA driver library (libcuda) can be loaded. No GPU may be present even then.
 pub fn cuda_driver_present() -> bool {

@@ -61,3 +61,69 @@ pub fn kernel_names(src: &str) -> Result<Vec<String>, String> {
     }
     Ok(names)
 }
+
+/// The integer constants a source defines, `#define NAME VALUE` in source order, where VALUE
+/// is a decimal literal or `(A op B)` of earlier names and literals with op one of `* / + -`.
+/// Other defines (floats, function-like macros, expressions beyond that) are skipped. These
+/// are the launch geometry constants (block sizes, tiles, pipeline stages) that the host
+/// launchers read instead of repeating.
+pub fn integer_defines(src: &str) -> Vec<(String, u64)> {
+    let text = strip_comments(src);
+    let mut out: Vec<(String, u64)> = Vec::new();
+    for line in text.lines() {
+        let Some(rest) = line.trim_start().strip_prefix("#define") else {
+            continue;
+        };
+        let mut parts = rest.trim().splitn(2, char::is_whitespace);
+        let (Some(name), Some(value)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            continue; // a function-like macro
+        }
+        let term = |t: &str| -> Option<u64> {
+            let t = t.trim();
+            t.parse::<u64>()
+                .ok()
+                .or_else(|| out.iter().find(|(n, _)| n == t).map(|&(_, v)| v))
+        };
+        let value = value.trim();
+        let parsed = match value.strip_prefix('(').and_then(|v| v.strip_suffix(')')) {
+            Some(expr) => ['*', '/', '+', '-'].iter().find_map(|&op| {
+                let (a, b) = expr.split_once(op)?;
+                let (a, b) = (term(a)?, term(b)?);
+                match op {
+                    '*' => a.checked_mul(b),
+                    '/' => a.checked_div(b),
+                    '+' => a.checked_add(b),
+                    _ => a.checked_sub(b),
+                }
+            }),
+            None => value.parse::<u64>().ok(),
+        };
+        if let Some(v) = parsed {
+            out.push((name.to_string(), v));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::integer_defines;
+
+    #[test]
+    fn integer_defines_reads_literals_and_simple_expressions() {
+        let src = "#define A 4 // warps\n#define B (A * 32)\n/* #define C 9 */\n\
+                   #define F 1.5f\n#define M(x) ((x) * 2)\n  #define D (B / 8)\n\
+                   #define E (-100)\n#define G (B - A)\n";
+        let got = integer_defines(src);
+        let want = [("A", 4), ("B", 128), ("D", 16), ("G", 124)];
+        assert_eq!(
+            got,
+            want.iter()
+                .map(|&(n, v)| (n.to_string(), v))
+                .collect::<Vec<_>>()
+        );
+    }
+}

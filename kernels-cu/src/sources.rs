@@ -47,7 +47,7 @@ family!(LAYERNORM, "layernorm");
 family!(POINTWISE, "pointwise");
 family!(ADAMW, "adamw");
 family!(ATTENTION, "attention");
-family!(NF4_GEMM, "nf4_gemm");
+family!(GEMM, "gemm");
 family!(ROPE, "rope");
 family!(CROSS_ENTROPY, "cross_entropy");
 family!(CONVERT, "convert");
@@ -63,7 +63,7 @@ pub static FAMILIES: &[&Family] = &[
     &DROPOUT,
     &ELEMENTWISE,
     &LAYERNORM,
-    &NF4_GEMM,
+    &GEMM,
     &POINTWISE,
     &REDUCE,
     &ROPE,
@@ -134,20 +134,20 @@ kernels! {
     LCE_FWD_FOLD = CROSS_ENTROPY::lce_fwd_fold, hot = true;
     LCE_FWD_FINALIZE = CROSS_ENTROPY::lce_fwd_finalize, hot = true;
     LCE_BWD_DZ = CROSS_ENTROPY::lce_bwd_dz, hot = true;
-    NF4_DEQUANT_BF16 = NF4_GEMM::nf4_dequant_bf16, hot = false;
-    NF4_DEQUANT_F32 = NF4_GEMM::nf4_dequant_f32, hot = false;
-    NF4_QUANTIZE_F32 = NF4_GEMM::nf4_quantize_f32, hot = false;
-    NF4_QUANTIZE_BF16 = NF4_GEMM::nf4_quantize_bf16, hot = false;
-    GEMM_BF16_NT_BF16 = NF4_GEMM::gemm_bf16_nt_bf16, hot = true;
-    GEMM_BF16_NT_F32 = NF4_GEMM::gemm_bf16_nt_f32, hot = true;
-    GEMM_BF16_NN_BF16 = NF4_GEMM::gemm_bf16_nn_bf16, hot = true;
-    GEMM_BF16_NN_F32 = NF4_GEMM::gemm_bf16_nn_f32, hot = true;
-    GEMM_BF16_TN_BF16 = NF4_GEMM::gemm_bf16_tn_bf16, hot = true;
-    GEMM_BF16_TN_F32 = NF4_GEMM::gemm_bf16_tn_f32, hot = true;
-    NF4_GEMM_FWD_BF16 = NF4_GEMM::nf4_gemm_fwd_bf16, hot = true;
-    NF4_GEMM_FWD_F32 = NF4_GEMM::nf4_gemm_fwd_f32, hot = true;
-    NF4_GEMM_BWD_BF16 = NF4_GEMM::nf4_gemm_bwd_bf16, hot = true;
-    NF4_GEMM_BWD_F32 = NF4_GEMM::nf4_gemm_bwd_f32, hot = true;
+    NF4_DEQUANT_BF16 = GEMM::nf4_dequant_bf16, hot = false;
+    NF4_DEQUANT_F32 = GEMM::nf4_dequant_f32, hot = false;
+    NF4_QUANTIZE_F32 = GEMM::nf4_quantize_f32, hot = false;
+    NF4_QUANTIZE_BF16 = GEMM::nf4_quantize_bf16, hot = false;
+    GEMM_BF16_NT_BF16 = GEMM::gemm_bf16_nt_bf16, hot = true;
+    GEMM_BF16_NT_F32 = GEMM::gemm_bf16_nt_f32, hot = true;
+    GEMM_BF16_NN_BF16 = GEMM::gemm_bf16_nn_bf16, hot = true;
+    GEMM_BF16_NN_F32 = GEMM::gemm_bf16_nn_f32, hot = true;
+    GEMM_BF16_TN_BF16 = GEMM::gemm_bf16_tn_bf16, hot = true;
+    GEMM_BF16_TN_F32 = GEMM::gemm_bf16_tn_f32, hot = true;
+    NF4_GEMM_FWD_BF16 = GEMM::nf4_gemm_fwd_bf16, hot = true;
+    NF4_GEMM_FWD_F32 = GEMM::nf4_gemm_fwd_f32, hot = true;
+    NF4_GEMM_BWD_BF16 = GEMM::nf4_gemm_bwd_bf16, hot = true;
+    NF4_GEMM_BWD_F32 = GEMM::nf4_gemm_bwd_f32, hot = true;
     ATTN_FWD_D64 = ATTENTION::attn_fwd_d64, hot = true;
     ATTN_FWD_D128 = ATTENTION::attn_fwd_d128, hot = true;
     ATTN_BWD_DKDV_D64 = ATTENTION::attn_bwd_dkdv_d64, hot = true;

@@ -241,7 +241,7 @@ fn ldmatrix_layouts_match_the_ptx_tables() {
     }
 }
 
-// The PTX ISA fragment maps of mma.m16n8k16 (ptx-fragments spec, section 11).
+// The PTX ISA fragment maps of mma.m16n8k16 (docs/ptx-fragments.md, section 11).
 fn a16816(lane: usize, i: usize) -> (usize, usize) {
     let (g, t) = (lane >> 2, lane % 4);
     (g + 8 * ((i >> 1) & 1), 2 * t + (i & 1) + 8 * (i >> 2))

@@ -211,13 +211,13 @@ fn main() {
         }
     };
     let dev = match o.device.as_str() {
-        "emulator" => engine::cuda::open_emulator(),
+        "emulator" => kernels_cu::Device::emulator(),
         d => {
             let n = d
                 .strip_prefix("cuda:")
                 .map(|x| x.parse().unwrap_or(usize::MAX))
                 .unwrap_or(0);
-            engine::cuda::open(n)
+            kernels_cu::Device::cuda(n)
         }
     };
     let dev = match dev {
@@ -227,7 +227,7 @@ fn main() {
             return;
         }
     };
-    let info = engine::cuda::info(dev).expect("an opened device has info");
+    let info = dev.info().clone();
     let t0 = Instant::now();
     let mut m = model(&o);
     let lora = LoraConfig::new(8, 16.0, 0.05, TargetModules::from_flag(&o.targets));

@@ -95,6 +95,15 @@ pub struct FalconConfig {
     pub quantization: Option<BnbQuantizationConfig>,
 }
 
+/// The largest model a config may describe: 2^40 ≈ 1.1e12 parameters, six times Falcon-180B.
+/// Anything larger is a corrupt or hostile config.json, and sizes derived from it must not
+/// reach an allocation (or wrap in `usize` arithmetic).
+pub const MAX_PARAMETERS: u64 = 1 << 40;
+/// The most decoder layers a config may declare (Falcon-180B has 80).
+pub const MAX_LAYERS: usize = 4096;
+/// The most positions a config may declare.
+pub const MAX_POSITIONS: usize = 1 << 24;
+
 impl FalconConfig {
     /// Reads `<dir>/config.json`.
     pub fn from_dir(dir: impl AsRef<Path>) -> Result<Self> {
@@ -237,7 +246,8 @@ impl FalconConfig {
             (AttentionLayout::MultiQuery, NormLayout::Single)
         };
 
-        let ffn_hidden_size = f.positive(&["ffn_hidden_size"], Some(4 * hidden_size))?;
+        let ffn_hidden_size =
+            f.positive(&["ffn_hidden_size"], Some(hidden_size.saturating_mul(4)))?;
         let activation = f.string(&["activation"])?.unwrap_or_else(|| "gelu".into());
         if activation != "gelu" {
             return Err(FalconError::unsupported(
@@ -258,7 +268,7 @@ impl FalconConfig {
         let hidden_dropout = f.probability("hidden_dropout")?;
         let attention_dropout = f.probability("attention_dropout")?;
 
-        Ok(FalconConfig {
+        let config = FalconConfig {
             model_type,
             vocab_size,
             hidden_size,
@@ -280,7 +290,79 @@ impl FalconConfig {
             attention_dropout,
             torch_dtype: f.string(&["dtype", "torch_dtype"])?,
             quantization: quantization_config(&f)?,
-        })
+        };
+        config.check_size(path)?;
+        Ok(config)
+    }
+
+    /// The parameter count in checked arithmetic; `None` when it does not fit in a u64.
+    pub fn checked_num_parameters(&self) -> Option<u64> {
+        let h = self.hidden_size as u64;
+        let ffn = self.ffn_hidden_size as u64;
+        let qkv = (self.num_attention_heads as u64)
+            .checked_add((self.num_kv_heads() as u64).checked_mul(2)?)?
+            .checked_mul(self.head_dim() as u64)?;
+        let b = u64::from(self.bias);
+        let linear = |out: u64, inp: u64| out.checked_mul(inp)?.checked_add(b.checked_mul(out)?);
+        let norms = match self.norms {
+            NormLayout::Single => 2u64,
+            NormLayout::Separate => 4,
+        }
+        .checked_mul(h)?;
+        let per_layer = norms
+            .checked_add(linear(qkv, h)?)?
+            .checked_add(linear(h, h)?)?
+            .checked_add(linear(ffn, h)?)?
+            .checked_add(linear(h, ffn)?)?;
+        let embed = (self.vocab_size as u64).checked_mul(h)?;
+        let untied = if self.tie_word_embeddings { 0 } else { embed };
+        per_layer
+            .checked_mul(self.num_hidden_layers as u64)?
+            .checked_add(embed)?
+            .checked_add(untied)?
+            .checked_add(2u64.checked_mul(h)?)
+    }
+
+    /// Refuses configs no machine could hold (the sizes multiply out past
+    /// [`MAX_PARAMETERS`] or overflow), before anything sized by them is allocated.
+    fn check_size(&self, path: &Path) -> Result<()> {
+        // Per-layer and per-position host structures exist even for tiny widths.
+        if self.num_hidden_layers > MAX_LAYERS {
+            return Err(FalconError::field(
+                path,
+                "num_hidden_layers",
+                format!(
+                    "is {}, more than the {MAX_LAYERS} this tool accepts",
+                    self.num_hidden_layers
+                ),
+            ));
+        }
+        if self.max_position_embeddings > MAX_POSITIONS {
+            return Err(FalconError::field(
+                path,
+                "max_position_embeddings",
+                format!(
+                    "is {}, more than the {MAX_POSITIONS} this tool accepts",
+                    self.max_position_embeddings
+                ),
+            ));
+        }
+        match self.checked_num_parameters() {
+            Some(n) if n <= MAX_PARAMETERS => Ok(()),
+            found => Err(FalconError::field(
+                path,
+                "<sizes>",
+                format!(
+                    "vocab_size {}, hidden_size {}, num_hidden_layers {} and ffn_hidden_size {} \
+                     make {} parameters, more than the {MAX_PARAMETERS} this tool accepts",
+                    self.vocab_size,
+                    self.hidden_size,
+                    self.num_hidden_layers,
+                    self.ffn_hidden_size,
+                    found.map_or("over 2^64".to_string(), |n| n.to_string())
+                ),
+            )),
+        }
     }
 
     /// Size of one attention head: `hidden_size / num_attention_heads` (64 for 7B and 40B).

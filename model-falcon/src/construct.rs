@@ -184,7 +184,7 @@ fn assemble(
         layers,
         ln_f,
         recompute: true,
-        loss_chunk_rows: 256,
+        loss_chunk_rows: crate::model::DEFAULT_LOSS_CHUNK_ROWS,
     })
 }
 
@@ -194,7 +194,7 @@ struct CheckpointSource<'a> {
 }
 
 /// Parses the bitsandbytes components of one pre-quantized linear into a [`QuantizedWeight`]
-/// (nf4-spec §4.3), without re-quantizing: codes, absmax (or its double-quantized codes,
+/// (docs/nf4-spec.md §4.3), without re-quantizing: codes, absmax (or its double-quantized codes,
 /// nested absmax, offset and nested map) are taken as stored, so dequantization reproduces
 /// bitsandbytes' `dequantize_4bit` exactly. `Ok(None)` when `module` is not stored 4-bit.
 /// Errors name the module and the component that is missing or malformed.
@@ -245,6 +245,29 @@ pub fn prequantized_weight(
     Ok(Some(q))
 }
 
+/// The first NaN or infinity in little-endian `dtype` values (F32, BF16 or F16), with its
+/// index. Checked before quantizing: a block's absmax would otherwise hide or spread it.
+pub fn first_non_finite_le(bytes: &[u8], dtype: engine::DType) -> Option<(usize, f32)> {
+    use engine::DType;
+    let decode = |c: &[u8]| -> f32 {
+        match dtype {
+            DType::BF16 => half::bf16::from_le_bytes([c[0], c[1]]).to_f32(),
+            DType::F16 => half::f16::from_le_bytes([c[0], c[1]]).to_f32(),
+            _ => f32::from_le_bytes([c[0], c[1], c[2], c[3]]),
+        }
+    };
+    let size = match dtype {
+        DType::BF16 | DType::F16 => 2,
+        DType::F32 => 4,
+        _ => return None,
+    };
+    bytes
+        .chunks_exact(size)
+        .map(decode)
+        .enumerate()
+        .find(|(_, x)| !x.is_finite())
+}
+
 /// Dequantizes as bitsandbytes' `dequantize_4bit` does: `fp32(table[code] · absmax)` rounded
 /// once to the state's dtype (the JSON `dtype`, e.g. bfloat16), returned widened to f32
 /// (exact). Merges and dense loads of 4-bit checkpoints use this, so they see the values
@@ -277,6 +300,14 @@ impl WeightSource for CheckpointSource<'_> {
                 expected: "a 2-D F32, F16 or BF16 weight".into(),
             });
         };
+        if let Some((index, value)) = first_non_finite_le(raw.bytes, dtype) {
+            return Err(FalconError::NonFinite {
+                path: raw.info.file.clone(),
+                tensor: name,
+                index,
+                value,
+            });
+        }
         let cfg = QuantConfig {
             quant_type,
             blocksize: self.opts.blocksize,
@@ -305,6 +336,14 @@ impl WeightSource for CheckpointSource<'_> {
                 tensor: name.to_string(),
                 found,
                 expected: shape.to_vec(),
+            });
+        }
+        if let Some(index) = data.iter().position(|x| !x.is_finite()) {
+            return Err(FalconError::NonFinite {
+                path: self.ckpt.tensor_info(name)?.file.clone(),
+                tensor: name.to_string(),
+                index,
+                value: data[index],
             });
         }
         Ok(data)

@@ -1,10 +1,12 @@
-//! Errors of the loaders in this crate. Every message names the file (and the tensor or field)
-//! and says what was expected, so a bad checkpoint can be fixed from the message alone.
+//! Errors of this crate: loading and writing configs, checkpoints, tokenizers and adapters,
+//! the model's ops, and the CUDA step. Every message names the file (and the tensor or field)
+//! or the argument, and says what was expected, so a bad input can be fixed from the message
+//! alone.
 
 use std::path::PathBuf;
 
 /// Everything that can go wrong while reading or writing Falcon configs, checkpoints,
-/// tokenizers and PEFT adapters.
+/// tokenizers and PEFT adapters, running the model, or training it on a CUDA device.
 #[derive(Debug, thiserror::Error)]
 pub enum FalconError {
     #[error("{path}: {source}")]
@@ -85,6 +87,14 @@ pub enum FalconError {
         tensor: String,
         found: Vec<usize>,
         expected: Vec<usize>,
+    },
+
+    #[error("{path}: tensor `{tensor}` holds {value} at element {index}: weights must be finite (a diverged run, or a corrupt or badly converted file)")]
+    NonFinite {
+        path: PathBuf,
+        tensor: String,
+        index: usize,
+        value: f32,
     },
 
     #[error("tensor `{tensor}` is stored twice: in {first} and in {second}")]

@@ -38,6 +38,21 @@ pub struct Generated {
     pub step_logits: Vec<Vec<f32>>,
 }
 
+/// A NaN logit would silently lose every comparison of argmax (token 0 wins) and poison
+/// top-p's normalization: report it instead of generating garbage.
+fn check_logits(row: &[f32], step: usize, r: usize) -> engine::Result<()> {
+    match row.iter().position(|x| x.is_nan()) {
+        None => Ok(()),
+        Some(i) => Err(engine::Error::Invalid {
+            op: "generate",
+            detail: format!(
+                "generation step {step}, prompt {r}: the logit of token {i} is NaN; the model or \
+             adapter produces non-finite values"
+            ),
+        }),
+    }
+}
+
 fn argmax(row: &[f32]) -> u32 {
     // First maximum, as torch.argmax.
     let mut best = 0;
@@ -136,6 +151,7 @@ impl FalconModel {
                     step_ids.push(cfg.pad_id);
                     continue;
                 }
+                check_logits(row, step, r)?;
                 let tok = match cfg.sampling {
                     Sampling::Greedy => argmax(row),
                     Sampling::TopP {
@@ -195,5 +211,10 @@ mod tests {
         }
         assert_eq!(sample_top_p(&row, 1.0, 0.0, 0.99), 0);
         assert_eq!(argmax(&[1.0, 3.0, 3.0]), 1);
+        assert!(check_logits(&[1.0, 3.0], 0, 0).is_ok());
+        let e = check_logits(&[1.0, f32::NAN, 3.0], 4, 1)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("step 4") && e.contains("token 1"), "{e}");
     }
 }

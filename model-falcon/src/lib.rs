@@ -1,5 +1,6 @@
 //! Falcon-family causal LMs on top of `engine`.
 
+pub mod backend;
 pub mod checkpoint;
 pub mod config;
 pub mod construct;
@@ -14,6 +15,7 @@ pub mod peft;
 pub mod quantize_export;
 pub mod tokenizer;
 
+pub use backend::{Backend, DeviceRequest};
 pub use checkpoint::FalconCheckpoint;
 pub use config::{AttentionLayout, BnbQuantizationConfig, FalconConfig, NormLayout};
 pub use construct::{

@@ -1,11 +1,11 @@
 //! Merging a LoRA adapter into its base and writing the result as a bf16 Hugging Face
-//! checkpoint (PEFT's `merge_and_unload` followed by `save_pretrained`, hf-semantics §4.7).
+//! checkpoint (PEFT's `merge_and_unload` followed by `save_pretrained`, docs/hf-semantics.md §4.7).
 //!
 //! For every adapted linear `W ← W + s·B·A` in fp32 (`W [out, in]`, `B [out, r]`,
 //! `A [r, in]`, `s = lora_alpha/r`, or `lora_alpha/√r` with rsLoRA), then one rounding to bf16
 //! (round to nearest even). A 4-bit base (a bitsandbytes pre-quantized checkpoint) is
 //! dequantized exactly as bitsandbytes does first; the result is **not** re-quantized, since
-//! that would lose the precision the merge added (hf-semantics §6.19).
+//! that would lose the precision the merge added (docs/hf-semantics.md §6.19).
 //!
 //! Every other tensor (embedding, LayerNorms, biases, an untied lm_head) is converted to bf16
 //! as is. A tied lm_head is not written, as transformers does not write it.
@@ -186,14 +186,32 @@ fn merged_specs(ckpt: &FalconCheckpoint) -> Vec<TensorSpec> {
         .collect()
 }
 
-/// A stored tensor as f32: dequantized for a 4-bit linear, converted otherwise.
+/// A stored tensor as f32: dequantized for a 4-bit linear, converted otherwise; refused
+/// when it holds a NaN or infinity.
 fn base_tensor_f32(ckpt: &FalconCheckpoint, name: &str) -> Result<Vec<f32>> {
-    if let Some(module) = name.strip_suffix(".weight") {
-        if let Some(q) = prequantized_weight(ckpt, module)? {
-            return Ok(dequantize_like_bnb(&q));
-        }
+    let v = match name
+        .strip_suffix(".weight")
+        .map(|module| prequantized_weight(ckpt, module))
+        .transpose()?
+        .flatten()
+    {
+        Some(q) => dequantize_like_bnb(&q),
+        None => ckpt.tensor_f32(name)?.0,
+    };
+    check_finite(ckpt, name, &v)?;
+    Ok(v)
+}
+
+fn check_finite(ckpt: &FalconCheckpoint, name: &str, v: &[f32]) -> Result<()> {
+    match v.iter().position(|x| !x.is_finite()) {
+        None => Ok(()),
+        Some(index) => Err(FalconError::NonFinite {
+            path: ckpt.tensor_info(name)?.file.clone(),
+            tensor: name.to_string(),
+            index,
+            value: v[index],
+        }),
     }
-    Ok(ckpt.tensor_f32(name)?.0)
 }
 
 /// Merges `weights` (targets and scaling from `lora`) into `ckpt` and writes a bf16
@@ -233,13 +251,35 @@ pub fn merge_adapter(
             .and_then(|m| weights.modules.get(m));
         if pair.is_none() && ckpt.tensor_info(&spec.name)?.dtype == StDType::BF16 {
             // Already bf16 and unchanged: the stored bytes are the result, no f32 round trip.
-            return Ok(ckpt.tensor_raw(&spec.name)?.bytes.to_vec());
+            let raw = ckpt.tensor_raw(&spec.name)?;
+            if let Some((index, value)) =
+                crate::construct::first_non_finite_le(raw.bytes, engine::DType::BF16)
+            {
+                return Err(FalconError::NonFinite {
+                    path: raw.info.file.clone(),
+                    tensor: spec.name.clone(),
+                    index,
+                    value,
+                });
+            }
+            return Ok(raw.bytes.to_vec());
         }
         let mut w = base_tensor_f32(ckpt, &spec.name)?;
         if let Some(pair) = pair {
             add_lora_delta(&mut w, pair, scaling).map_err(|e| {
                 FalconError::InvalidArgument(format!("merging into `{}`: {e}", spec.name))
             })?;
+            // Finite inputs can still overflow f32 (or later bf16) in the sum.
+            if let Some(i) = w
+                .iter()
+                .position(|x| !half::bf16::from_f32(*x).to_f32().is_finite())
+            {
+                return Err(FalconError::InvalidArgument(format!(
+                    "merging into `{}`: element {i} becomes {} in bf16; the adapter is too \
+                     large for this base",
+                    spec.name, w[i]
+                )));
+            }
         }
         Ok(f32_to_bf16_bytes(&w))
     };

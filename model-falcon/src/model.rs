@@ -1,7 +1,7 @@
 //! The Falcon decoder: forward for training (with per-layer activation recompute), the causal-LM
 //! loss, logits for evaluation, and the trainable LoRA parameters.
 //!
-//! Block (hf-semantics §1.7): `out = x + Attn(LN_a(x)) + MLP(LN_m(x))` where the 7B layout uses
+//! Block (docs/hf-semantics.md §1.7): `out = x + Attn(LN_a(x)) + MLP(LN_m(x))` where the 7B layout uses
 //! one LayerNorm for both branches. `Attn`: fused QKV projection split per layout, RoPE (NeoX)
 //! on q and k, causal attention over grouped KV heads with the key padding mask, `dense`.
 //! `MLP`: `dense_4h_to_h(gelu(dense_h_to_4h(h)))`. Final LayerNorm, tied lm_head.
@@ -157,6 +157,9 @@ pub struct FalconModel {
     /// Rows of logits the fused loss materializes at once.
     pub loss_chunk_rows: usize,
 }
+
+/// Rows of logits the host model's fused loss materializes at once, by default.
+pub const DEFAULT_LOSS_CHUNK_ROWS: usize = 256;
 
 /// Parameter counts as PEFT's `print_trainable_parameters` reports them (a 4-bit weight counts
 /// as half its elements, as bitsandbytes' packed `Params4bit` does).

@@ -1,4 +1,4 @@
-//! Writing a 4-bit checkpoint in the bitsandbytes serialization (nf4-spec §4), as
+//! Writing a 4-bit checkpoint in the bitsandbytes serialization (docs/nf4-spec.md §4), as
 //! transformers' `save_pretrained` writes a model loaded with `load_in_4bit`.
 //!
 //! Every decoder linear `m` becomes the six tensors of `Linear4bit._save_to_state_dict`, in
@@ -84,6 +84,9 @@ pub fn quantize_checkpoint(
     for t in ckpt.manifest() {
         if !matches!(t.role, TensorRole::LinearWeight { .. }) {
             let raw = ckpt.tensor_raw(&t.name)?;
+            if let Some(dtype) = raw.dtype().to_engine() {
+                refuse_non_finite(raw.bytes, dtype, &raw.info.file, &t.name)?;
+            }
             specs.push(TensorSpec::new(
                 t.name.clone(),
                 raw.dtype(),
@@ -102,6 +105,7 @@ pub fn quantize_checkpoint(
                 found: raw.dtype().to_string(),
                 expected: "F32, F16 or BF16".into(),
             })?;
+        refuse_non_finite(raw.bytes, dtype, &raw.info.file, &t.name)?;
         let q = QuantizedWeight::quantize_le_bytes(raw.bytes, dtype, t.shape[0], t.shape[1], cfg)
             .map_err(|source| FalconError::Quant {
             tensor: t.name.clone(),
@@ -157,6 +161,25 @@ pub fn quantize_checkpoint(
         shards,
         modules,
     })
+}
+
+/// A NaN or infinity would make its block's absmax (and so the whole block) NaN, or be
+/// hidden by it: refused with the tensor's name before anything is written.
+fn refuse_non_finite(
+    bytes: &[u8],
+    dtype: engine::DType,
+    file: &std::path::Path,
+    name: &str,
+) -> Result<()> {
+    match crate::construct::first_non_finite_le(bytes, dtype) {
+        None => Ok(()),
+        Some((index, value)) => Err(FalconError::NonFinite {
+            path: file.to_path_buf(),
+            tensor: name.to_string(),
+            index,
+            value,
+        }),
+    }
 }
 
 /// [`quantize_checkpoint`] from a directory with NF4 or FP4, double quantization on/off,

@@ -16,6 +16,28 @@ use tokenizers::Tokenizer;
 
 use crate::error::{read_json, FalconError, Result};
 
+/// Runs `f`, turning a panic into `None` without printing it. The `tokenizers` crate panics
+/// instead of returning an error on some malformed files (its decoder deserializer unwraps),
+/// and a bad input file must give an error, not a crash report. Panics of other threads
+/// still reach the previous hook while `f` runs.
+fn contain_panic<R>(f: impl FnOnce() -> R) -> Option<R> {
+    use std::panic::{self, AssertUnwindSafe, PanicHookInfo};
+    use std::sync::Arc;
+    type Hook = Arc<dyn Fn(&PanicHookInfo<'_>) + Send + Sync>;
+    let prev: Hook = Arc::from(panic::take_hook());
+    let me = std::thread::current().id();
+    let others = prev.clone();
+    panic::set_hook(Box::new(move |info| {
+        if std::thread::current().id() != me {
+            others(info)
+        }
+    }));
+    let r = panic::catch_unwind(AssertUnwindSafe(f));
+    let _ = panic::take_hook();
+    panic::set_hook(Box::new(move |info| prev(info)));
+    r.ok()
+}
+
 /// Falcon's end-of-text token.
 pub const FALCON_EOS_TOKEN: &str = "<|endoftext|>";
 
@@ -45,10 +67,27 @@ impl FalconTokenizer {
     pub fn from_dir(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();
         let path = dir.join("tokenizer.json");
-        let inner = Tokenizer::from_file(&path).map_err(|e| FalconError::Tokenizer {
+        let bytes = std::fs::read(&path).map_err(|e| FalconError::Tokenizer {
             path: path.clone(),
-            message: format!("cannot load: {e}"),
+            message: format!("cannot read: {e}"),
         })?;
+        let inner = match contain_panic(|| Tokenizer::from_bytes(&bytes)) {
+            Some(Ok(t)) => t,
+            Some(Err(e)) => {
+                return Err(FalconError::Tokenizer {
+                    path,
+                    message: format!("cannot load: {e}"),
+                })
+            }
+            None => {
+                return Err(FalconError::Tokenizer {
+                    path,
+                    message: "cannot load: a section is malformed (the tokenizers library \
+                              rejected it)"
+                        .into(),
+                })
+            }
+        };
         let optional = |name: &str| -> Result<Option<(PathBuf, Value)>> {
             let p = dir.join(name);
             if p.is_file() {

@@ -1,4 +1,4 @@
-//! FalconConfig from real Hub configs (hf-semantics §1.2), legacy key names, the fixture
+//! FalconConfig from real Hub configs (docs/hf-semantics.md §1.2), legacy key names, the fixture
 //! configs written by transformers 5.24, and configs that must be refused.
 
 mod common;
@@ -175,7 +175,7 @@ fn falcon_7b_layout_and_derived_sizes() {
         assert_eq!(c.bos_token_id, Some(11));
         assert_eq!(c.torch_dtype.as_deref(), Some("bfloat16"));
         assert!(c.quantization.is_none());
-        // hf-semantics §0: 6,921,720,704 parameters.
+        // docs/hf-semantics.md §0: 6,921,720,704 parameters.
         assert_eq!(c.num_parameters(), 6_921_720_704);
     }
 }
@@ -343,6 +343,49 @@ fn bad_values_name_the_field() {
     // Not JSON / not an object.
     assert!(parse("{").unwrap_err().to_string().contains("invalid JSON"));
     assert!(parse("[1]").is_err());
+}
+
+#[test]
+fn sizes_no_machine_could_hold_are_refused_before_any_allocation() {
+    // 2^62 x 4544 wraps a usize product; the checked count refuses it.
+    let e = parse(&with_field(
+        FALCON_7B,
+        "vocab_size",
+        Some("4611686018427387904"),
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("vocab_size 4611686018427387904") && e.contains("parameters"),
+        "{e}"
+    );
+    let e = parse(&with_field(
+        FALCON_7B,
+        "num_hidden_layers",
+        Some("1000000000"),
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("`num_hidden_layers`"), "{e}");
+    let e = parse(&with_field(
+        FALCON_7B,
+        "ffn_hidden_size",
+        Some("100000000000"),
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("parameters"), "{e}");
+    let e = parse(&with_field(
+        FALCON_7B,
+        "max_position_embeddings",
+        Some("1000000000000"),
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("`max_position_embeddings`"), "{e}");
+    // Falcon-7B's own count is accepted and agrees with the unchecked formula.
+    let c = parse(FALCON_7B).unwrap();
+    assert_eq!(c.checked_num_parameters(), Some(c.num_parameters() as u64));
 }
 
 #[test]

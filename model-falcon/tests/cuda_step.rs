@@ -17,6 +17,8 @@ use engine::nf4::{QuantConfig, QuantType, QuantizedWeight};
 use engine::optim::{clip_grad_norm, AdamW, AdamWConfig};
 use engine::{rng, GradStore, Tensor, Var};
 use half::bf16;
+use kernels_cu::testing::devices;
+use kernels_cu::Device;
 use model_falcon::layers::BaseWeight;
 use model_falcon::model::Norms;
 use model_falcon::peft::{LoraConfig, TargetModules};
@@ -172,15 +174,6 @@ fn batch(t: usize, seed: u64) -> Batch {
     }
 }
 
-fn devices() -> Vec<engine::Device> {
-    let mut v = vec![engine::cuda::open_emulator().expect("the emulator is built in")];
-    match engine::cuda::open(0) {
-        Ok(d) => v.push(d),
-        Err(e) => eprintln!("no GPU ({e}): the CUDA step is checked on the emulator only"),
-    }
-    v
-}
-
 fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
     let (mut num, mut den) = (0.0f64, 0.0f64);
     for (&g, &w) in got.iter().zip(want) {
@@ -213,7 +206,7 @@ fn check_step_matches_host(grouped: bool, rank: usize) {
     let b = batch(24, 5);
     let (want_loss, want_grads, want_rng) = host_step(&m, &b, 99);
     for dev in devices() {
-        let mut c = CudaFalcon::new(&m, dev).unwrap();
+        let mut c = CudaFalcon::new(&m, dev.clone()).unwrap();
         rng::manual_seed(99);
         let loss = c
             .forward_backward(&b.ids, Some(&b.mask), &b.labels, b.count)
@@ -254,9 +247,9 @@ fn grouped_step_matches_the_host_model() {
 fn recompute_gives_the_same_step_bit_for_bit() {
     let m = model(false, 8, 0.1, 3);
     let b = batch(20, 8);
-    let dev = engine::cuda::open_emulator().unwrap();
+    let dev = Device::emulator().unwrap();
     let run = |recompute: bool| {
-        let mut c = CudaFalcon::new(&m, dev).unwrap();
+        let mut c = CudaFalcon::new(&m, dev.clone()).unwrap();
         c.recompute = recompute;
         rng::manual_seed(4);
         let loss = c
@@ -288,7 +281,7 @@ fn evaluation_loss_matches_the_host_model() {
         .value()
         .to_scalar()
         .unwrap();
-    let c = CudaFalcon::new(&m, engine::cuda::open_emulator().unwrap()).unwrap();
+    let c = CudaFalcon::new(&m, Device::emulator().unwrap()).unwrap();
     let got = c.loss(&b.ids, Some(&b.mask), &b.labels, 1.0).unwrap();
     assert!((got - want).abs() / want < LOSS_RTOL, "{got} vs {want}");
 }
@@ -297,7 +290,7 @@ fn evaluation_loss_matches_the_host_model() {
 fn optimizer_step_matches_host_adamw_on_the_same_gradients() {
     let m = model(false, 8, 0.0, 31);
     let b = batch(16, 6);
-    let mut c = CudaFalcon::new(&m, engine::cuda::open_emulator().unwrap()).unwrap();
+    let mut c = CudaFalcon::new(&m, Device::emulator().unwrap()).unwrap();
     let cfg = AdamWConfig {
         weight_decay: 0.01,
         ..AdamWConfig::default()
@@ -361,18 +354,18 @@ fn optimizer_step_matches_host_adamw_on_the_same_gradients() {
 
 #[test]
 fn unsupported_models_and_bad_batches_are_clear_errors() {
-    let dev = engine::cuda::open_emulator().unwrap();
+    let dev = Device::emulator().unwrap();
     // head_dim 32 has no attention kernel.
     let mut m = random_model(config(false, 32), 1, &BaseOptions::default()).unwrap();
     let targets = TargetModules::from_flag("query_key_value");
     attach_lora(&mut m, &LoraConfig::new(4, 8.0, 0.0, targets.clone()), 1).unwrap();
-    let e = CudaFalcon::new(&m, dev)
+    let e = CudaFalcon::new(&m, dev.clone())
         .err()
         .expect("head_dim 32 is refused");
     assert!(e.to_string().contains("head_dim"), "{e}");
     // No adapters.
     let m = random_model(config(false, 64), 1, &BaseOptions::default()).unwrap();
-    let e = CudaFalcon::new(&m, dev)
+    let e = CudaFalcon::new(&m, dev.clone())
         .err()
         .expect("no adapters is refused");
     assert!(e.to_string().contains("LoRA"), "{e}");
@@ -383,17 +376,72 @@ fn unsupported_models_and_bad_batches_are_clear_errors() {
     };
     let mut m = random_model(config(false, 64), 1, &single).unwrap();
     attach_lora(&mut m, &LoraConfig::new(4, 8.0, 0.0, targets.clone()), 1).unwrap();
-    let e = CudaFalcon::new(&m, dev)
+    let e = CudaFalcon::new(&m, dev.clone())
         .err()
         .expect("single quant is refused");
     assert!(e.to_string().contains("double"), "{e}");
     // A token outside the vocabulary.
     let mut m = random_model(config(false, 64), 1, &BaseOptions::default()).unwrap();
     attach_lora(&mut m, &LoraConfig::new(4, 8.0, 0.0, targets), 1).unwrap();
-    let mut c = CudaFalcon::new(&m, dev).unwrap();
+    let mut c = CudaFalcon::new(&m, dev.clone()).unwrap();
     let ids = Tensor::from_vec(vec![5u32, 152, 7, 8], [1, 4]).unwrap();
     let e = c
         .forward_backward(&ids, None, &[5, 6, 7, 8], 3.0)
         .expect_err("id 152 is out of range");
     assert!(e.to_string().contains("152"), "{e}");
+}
+
+#[test]
+fn a_non_finite_gradient_norm_applies_nothing_on_the_device() {
+    let m = model(false, 8, 0.0, 37);
+    let b = batch(16, 8);
+    let mut c = CudaFalcon::new(&m, Device::emulator().unwrap()).unwrap();
+    let cfg = AdamWConfig::default();
+    // One good step first, so that there are moments that a bad step could corrupt.
+    c.forward_backward(&b.ids, Some(&b.mask), &b.labels, b.count)
+        .unwrap();
+    c.optimizer_step(1e-3, &cfg, 1.0).unwrap();
+    c.store_adapters_to_host().unwrap();
+    let params: Vec<Var> = m.lora_parameters().into_iter().map(|(_, p)| p).collect();
+    let before: Vec<Vec<u32>> = params
+        .iter()
+        .map(|p| bits(&p.value().to_f32_vec().unwrap()))
+        .collect();
+    let moments = |c: &CudaFalcon| -> Vec<(u64, Vec<u32>, Vec<u32>)> {
+        c.optimizer_state()
+            .unwrap()
+            .into_iter()
+            .map(|s| {
+                let s = s.expect("state after one step");
+                (
+                    s.step,
+                    bits(&s.exp_avg.to_f32_vec().unwrap()),
+                    bits(&s.exp_avg_sq.to_f32_vec().unwrap()),
+                )
+            })
+            .collect()
+    };
+    let state_before = moments(&c);
+    // A token count so small that 1/count overflows f32 makes the gradients infinite or NaN.
+    c.forward_backward(&b.ids, Some(&b.mask), &b.labels, 1e-300)
+        .unwrap();
+    let norm = c.optimizer_step(1e-3, &cfg, 1.0).unwrap();
+    assert!(!norm.is_finite(), "the norm is {norm}");
+    c.store_adapters_to_host().unwrap();
+    for (p, want) in params.iter().zip(&before) {
+        assert!(
+            bits(&p.value().to_f32_vec().unwrap()) == *want,
+            "an adapter changed"
+        );
+    }
+    assert!(moments(&c) == state_before, "the AdamW state changed");
+    assert!(c.gradients().unwrap().iter().all(|(_, g)| g
+        .to_f32_vec()
+        .unwrap()
+        .iter()
+        .all(|&x| x == 0.0)));
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
 }

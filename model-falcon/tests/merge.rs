@@ -1,4 +1,4 @@
-//! Merging PEFT adapters into their base (hf-semantics §4.7) and writing bf16 HF checkpoints.
+//! Merging PEFT adapters into their base (docs/hf-semantics.md §4.7) and writing bf16 HF checkpoints.
 //!
 //! - Every merged weight is `bf16(W + s·B·A)` with the reference computed in f64 here; f32
 //!   accumulation may land on the other side of a bf16 rounding boundary, so at most one bf16

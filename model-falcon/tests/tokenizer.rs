@@ -121,3 +121,20 @@ fn missing_or_broken_tokenizer() {
     let e = err_msg(FalconTokenizer::from_dir(d.path()));
     assert!(e.contains("`</s>`"), "{e}");
 }
+
+/// The tokenizers crate panics on a decoder section it cannot deserialize; loading must
+/// report the file instead.
+#[test]
+fn a_malformed_decoder_section_is_an_error_not_a_panic() {
+    let d = copy_dir(&common::checkpoint_dir("new_arch"), "tok-decoder");
+    let path = d.path().join("tokenizer.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+    v["decoder"] = serde_json::json!(5);
+    fs::write(&path, v.to_string()).unwrap();
+    let e = err_msg(FalconTokenizer::from_dir(d.path()));
+    assert!(
+        e.contains("tokenizer.json") && e.contains("cannot load"),
+        "{e}"
+    );
+}

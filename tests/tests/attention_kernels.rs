@@ -20,6 +20,7 @@
 
 use engine::ops::attention::{attention_backward, attention_forward, AttnDims};
 use engine::rng;
+use engine::testing::{assert_close, F32_UNIT_ROUNDOFF as U};
 use half::bf16;
 use integration_tests::devices;
 use kernels_cu::ops::attention::{self, AttnShape};
@@ -28,22 +29,6 @@ use proptest::prelude::*;
 
 const EPS: f64 = 1.0 / 256.0;
 const ABS: f64 = 1e-6;
-const U: f64 = 1.0 / 16_777_216.0;
-
-fn assert_close(what: &str, got: &[f64], want: &[f64], tol: &[f64]) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    for i in 0..got.len() {
-        let err = (got[i] - want[i]).abs();
-        assert!(
-            err <= tol[i] && got[i].is_finite(),
-            "{what}[{i}]: got {} want {} (|Δ| {err:e} > tol {:e})",
-            got[i],
-            want[i],
-            tol[i]
-        );
-    }
-}
-
 #[derive(Clone, Debug)]
 struct Case {
     b: usize,

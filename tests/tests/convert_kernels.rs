@@ -5,33 +5,22 @@
 //! axis-1/2 swap bit-identical to a host permutation for random shapes, both dtypes, aligned
 //! buffers and unaligned views. Outputs are poisoned before every launch.
 
+use engine::testing::Rng;
 use half::bf16;
 use integration_tests::devices;
 use kernels_cu::ops::convert;
 use kernels_cu::{Buffer, DType, Device, Error};
 use proptest::prelude::*;
 
-/// SplitMix64 for fresh, reproducible inputs.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-}
-
 /// f32 values that exercise every rounding case: random bit patterns (all exponents, NaN
 /// payloads of both signs), exact ties with odd and even bf16 mantissas, values just above and
 /// below ties, infinities, zeros, subnormals and the largest finite values (which round to ∞).
 fn f32_cases(rng: &mut Rng, n_random: usize) -> Vec<f32> {
     let mut v: Vec<f32> = (0..n_random)
-        .map(|_| f32::from_bits(rng.next() as u32))
+        .map(|_| f32::from_bits(rng.next_u64() as u32))
         .collect();
     for k in 0..64u32 {
-        let hi = (rng.next() as u32) & 0xffff_0000;
+        let hi = (rng.next_u64() as u32) & 0xffff_0000;
         for lo in [0x8000u32, 0x7fff, 0x8001, 0x0000, 0xffff] {
             v.push(f32::from_bits(hi | lo));
             v.push(f32::from_bits((hi & 0x807f_0000) | (k << 16) | lo)); // small exponents
@@ -101,7 +90,7 @@ fn check_cast_f32_bf16(dev: &Device, x: &[f32], offset: usize, out_offset: usize
 
 #[test]
 fn cast_f32_to_bf16_is_bit_identical_to_half() {
-    let mut rng = Rng(1);
+    let mut rng = Rng::from_state(1);
     for dev in devices() {
         let x = f32_cases(&mut rng, 20_000);
         // Aligned (vector path), then views 4 and 2 bytes off (scalar path), odd lengths.
@@ -206,8 +195,8 @@ fn swap_ref<T: Copy>(x: &[T], [d0, d1, d2, d3]: [usize; 4]) -> Vec<T> {
 /// checks it bit for bit, and that the poison around the output view is untouched.
 fn check_swap(dev: &Device, dims: [usize; 4], bf: bool, x_off: usize, out_off: usize, seed: u64) {
     let n: usize = dims.iter().product();
-    let mut rng = Rng(seed);
-    let bits: Vec<u32> = (0..x_off + n).map(|_| rng.next() as u32).collect();
+    let mut rng = Rng::from_state(seed);
+    let bits: Vec<u32> = (0..x_off + n).map(|_| rng.next_u64() as u32).collect();
     let (got, want): (Vec<u32>, Vec<u32>) = if bf {
         let host: Vec<bf16> = bits.iter().map(|&b| bf16::from_bits(b as u16)).collect();
         let xb = dev.htod(&host).unwrap();
@@ -262,8 +251,10 @@ fn swap_axes12_at_attention_shapes_and_back() {
         // The inverse swap restores the input exactly.
         let dims = [2usize, 4, 11, 64];
         let n: usize = dims.iter().product();
-        let mut rng = Rng(9);
-        let x: Vec<bf16> = (0..n).map(|_| bf16::from_bits(rng.next() as u16)).collect();
+        let mut rng = Rng::from_state(9);
+        let x: Vec<bf16> = (0..n)
+            .map(|_| bf16::from_bits(rng.next_u64() as u16))
+            .collect();
         let xb = dev.htod(&x).unwrap();
         let mut t = poisoned(&dev, DType::BF16, n);
         let mut back = poisoned(&dev, DType::BF16, n);

@@ -27,14 +27,13 @@
 
 use engine::ops::{linear_cross_entropy, IGNORE_INDEX};
 use engine::rng;
+use engine::testing::F32_UNIT_ROUNDOFF as U;
 use engine::{Tensor, Var};
 use half::bf16;
 use integration_tests::devices;
 use kernels_cu::ops::cross_entropy::{self, LceShape};
 use kernels_cu::{DType, Device};
 use proptest::prelude::*;
-
-const U: f64 = 1.0 / 16_777_216.0;
 
 fn bf(v: f64) -> f64 {
     bf16::from_f64(v).to_f64()

@@ -12,27 +12,13 @@
 
 use engine::ops::layernorm::{layer_norm_backward, layer_norm_forward};
 use engine::rng;
+use engine::testing::assert_err_contains;
+use engine::testing::{assert_close, F32_UNIT_ROUNDOFF as U};
 use half::bf16;
 use integration_tests::devices;
 use kernels_cu::ops::layernorm;
 use kernels_cu::{DType, Device};
 use proptest::prelude::*;
-
-const U: f64 = 1.0 / 16_777_216.0;
-
-fn assert_close(what: &str, got: &[f64], want: &[f64], tol: &[f64]) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    for i in 0..got.len() {
-        let err = (got[i] - want[i]).abs();
-        assert!(
-            err <= tol[i],
-            "{what}[{i}]: got {} want {} (|Δ| {err:e} > tol {:e})",
-            got[i],
-            want[i],
-            tol[i]
-        );
-    }
-}
 
 struct Case {
     rows: usize,
@@ -246,11 +232,20 @@ fn layernorm_rejects_bad_shapes() {
     let x = dev.htod(&[1.0f32; 10]).unwrap();
     let g = dev.htod(&[1.0f32; 3]).unwrap();
     let mut y = dev.alloc(DType::F32, 10).unwrap();
-    assert!(layernorm::forward(&dev, &mut y, &x, &g, &g, 3, 1e-5).is_err());
+    assert_err_contains(
+        layernorm::forward(&dev, &mut y, &x, &g, &g, 3, 1e-5),
+        "x (a positive multiple of d)",
+    );
     let g4 = dev.htod(&[1.0f32; 4]).unwrap();
     let g5 = dev.htod(&[1.0f32; 5]).unwrap();
-    assert!(layernorm::forward(&dev, &mut y, &x, &g4, &g5, 5, 1e-5).is_err());
+    assert_err_contains(
+        layernorm::forward(&dev, &mut y, &x, &g4, &g5, 5, 1e-5),
+        "gamma: expected 5 elements",
+    );
     let xb = dev.htod(&[bf16::ONE; 10]).unwrap();
     let g5b = dev.htod(&[bf16::ONE; 5]).unwrap();
-    assert!(layernorm::forward(&dev, &mut y, &xb, &g5b, &g5b, 5, 1e-5).is_err());
+    assert_err_contains(
+        layernorm::forward(&dev, &mut y, &xb, &g5b, &g5b, 5, 1e-5),
+        "y: expected dtype BF16",
+    );
 }

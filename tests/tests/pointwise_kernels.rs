@@ -13,13 +13,12 @@
 
 use engine::ops::gelu::{gelu_grad_scalar, gelu_scalar};
 use engine::rng;
+use engine::testing::F32_UNIT_ROUNDOFF as U;
 use half::bf16;
 use integration_tests::devices;
 use kernels_cu::ops::pointwise;
 use kernels_cu::{DType, Device};
 use proptest::prelude::*;
-
-const U: f64 = 1.0 / 16_777_216.0;
 
 fn round(v: f64, bf: bool) -> f64 {
     if bf {

@@ -11,14 +11,13 @@
 
 use engine::ops;
 use engine::rng;
+use engine::testing::F32_UNIT_ROUNDOFF as U;
 use engine::{Tensor, Var};
 use half::bf16;
 use integration_tests::devices;
 use kernels_cu::ops::rope::{self, QkvLayout};
 use kernels_cu::{DType, Device};
 use proptest::prelude::*;
-
-const U: f64 = 1.0 / 16_777_216.0;
 
 /// The engine's split (as model-falcon's split_qkv) and rope, on f32 Vars.
 fn engine_split_rope(qkv: &Var, l: &QkvLayout, pos: &Tensor, base: f64) -> (Var, Var, Var) {

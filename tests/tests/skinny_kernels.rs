@@ -7,25 +7,22 @@
 //! accumulation of k products in a fixed order: |err| ≤ k·2⁻²⁴·Σ|a·b| (first-order bound),
 //! plus, for a bf16 C, one rounding of the result (2⁻⁹ relative) and of β·C's input.
 
+use engine::testing::Rng;
 use half::bf16;
 use integration_tests::devices;
 use kernels_cu::ops::skinny;
 use kernels_cu::{Buffer, DType, Device, Error};
 use proptest::prelude::*;
 
-/// SplitMix64 for fresh, reproducible inputs.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
+/// The draws these tests need beyond the shared generator's.
+trait Draws {
     /// Uniform in [-1, 1), rounded to bf16.
+    fn bf(&mut self) -> bf16;
+}
+
+impl Draws for Rng {
     fn bf(&mut self) -> bf16 {
-        bf16::from_f32(((self.next() >> 40) as f32 / (1u64 << 23) as f32) - 1.0)
+        bf16::from_f32(((self.next_u64() >> 40) as f32 / (1u64 << 23) as f32) - 1.0)
     }
 }
 
@@ -42,7 +39,7 @@ fn run(
     pad: usize,
     seed: u64,
 ) {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::from_state(seed);
     let a: Vec<bf16> = (0..m * k).map(|_| rng.bf()).collect();
     let b: Vec<bf16> = (0..n * k).map(|_| rng.bf()).collect();
     let c0: Vec<f32> = (0..m * n).map(|_| rng.bf().to_f32()).collect();

@@ -6,7 +6,10 @@
 //! names (snake_case or kebab-case keys); flags on the command line override it.
 
 use anyhow::{bail, Context, Result};
-use clap::{ArgAction, Args, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgAction, ArgMatches, Args, Parser, Subcommand};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 #[derive(Parser, Debug)]
@@ -19,6 +22,9 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Fine-tune a model with QLoRA (or plain LoRA with --quant none).
+    // Negative values reach the range checks (`--max-grad-norm -1` is reported as out of
+    // range, `--max-steps -1` is HF's "use the epochs") instead of being taken for flags.
+    #[command(allow_negative_numbers = true)]
     Train(Box<TrainArgs>),
     /// Answer a FinQA-style question with a model and adapter (greedy, as the seed's ask_model).
     Ask(AskArgs),
@@ -52,7 +58,7 @@ pub struct ModelArgs {
     pub double_quant: bool,
 }
 
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Debug, Clone, Serialize, Deserialize)]
 pub struct TrainArgs {
     /// Read flags from a TOML file (same names; command-line flags win).
     #[arg(long)]
@@ -97,8 +103,9 @@ pub struct TrainArgs {
     /// Epochs to train (fractional values allowed); ignored when --max-steps > 0.
     #[arg(long, default_value_t = 10.0)]
     pub num_train_epochs: f64,
-    /// Total optimizer steps; overrides --num-train-epochs when > 0.
-    #[arg(long, default_value_t = -1)]
+    /// Total optimizer steps; overrides --num-train-epochs when > 0 (-1, the default, or 0:
+    /// train --num-train-epochs).
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
     pub max_steps: i64,
     /// Peak learning rate of AdamW.
     #[arg(long, default_value_t = 2e-5)]
@@ -196,6 +203,21 @@ pub struct TrainArgs {
     /// testing the GPU path without one).
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// What to do when a step's loss or gradient norm is NaN or infinite: skip (leave the
+    /// adapter and optimizer untouched, warn, and stop after 10 such steps in a row) or stop
+    /// (fail at once). A non-finite update never reaches the adapter or a checkpoint.
+    #[arg(long, default_value = "skip", value_parser = ["skip", "stop"])]
+    pub on_nonfinite: String,
+    /// Largest data file read, e.g. 1GiB, 500MB or a byte count; a bigger file is refused
+    /// before it is read, so that a wrong path cannot exhaust memory.
+    #[arg(long, default_value = "2GiB")]
+    pub max_data_size: String,
+    /// Flags given on the command line or in the config file (clap argument ids), as opposed
+    /// to defaults: on resume only these may contradict the checkpoint's flags, the others are
+    /// taken from the checkpoint's `training_args.json`.
+    #[arg(skip)]
+    #[serde(skip)]
+    pub explicit: BTreeSet<String>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -396,12 +418,20 @@ pub struct InfoArgs {
     /// LoRA rank for the trainable-parameter count.
     #[arg(long, default_value_t = 8)]
     pub lora_r: usize,
+    /// LoRA dropout of the memory estimate (the device step keeps a dropped-out copy of each
+    /// adapted linear's input when it is above 0).
+    #[arg(long, default_value_t = 0.05)]
+    pub lora_dropout: f64,
     /// Comma-separated LoRA target module names, or all-linear.
     #[arg(long, default_value = "query_key_value")]
     pub target_modules: String,
     /// Print one JSON object on stdout.
     #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set)]
     pub json: bool,
+    /// Also print the performance model's PREDICTED speed of the CUDA training step on this
+    /// GPU (h200, h100, a100, rtx4090, rtx3090).
+    #[arg(long)]
+    pub gpu: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -479,6 +509,29 @@ pub fn expand_config(argv: Vec<String>) -> Result<Vec<String>> {
     out.extend(argv[sub + 1..pos].iter().cloned());
     out.extend(argv[pos + consumed..].iter().cloned());
     Ok(out)
+}
+
+/// Parses the command line as [`Cli::parse_from`] does (usage errors and `--help` exit the
+/// process with clap's message), and records for `train` which flags were given explicitly.
+pub fn parse_cli(argv: Vec<String>) -> Result<Cli> {
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().get_matches_from(argv);
+    let mut cli = Cli::from_arg_matches(&matches).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let (Some(Command::Train(t)), Some(("train", sub))) =
+        (&mut cli.command, matches.subcommand())
+    {
+        t.explicit = explicit_ids(sub);
+    }
+    Ok(cli)
+}
+
+/// Argument ids whose value came from the command line (config-file values are expanded into
+/// command-line tokens, so they count too), not from a default.
+pub fn explicit_ids(m: &ArgMatches) -> BTreeSet<String> {
+    m.ids()
+        .filter(|id| m.value_source(id.as_str()) == Some(ValueSource::CommandLine))
+        .map(|id| id.as_str().to_string())
+        .collect()
 }
 
 impl TrainArgs {

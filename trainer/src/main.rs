@@ -1,42 +1,22 @@
 //! `trainer`: QLoRA fine-tuning of Falcon models in one binary.
 
 use anyhow::Result;
-use clap::Parser;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use trainer::args::{Cli, Command, DemoArgs};
-use trainer::{commands, demo, train_cmd};
-
-fn install_ctrl_c() -> Arc<AtomicBool> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    // First Ctrl-C: finish the current step, save a checkpoint, exit. Second: exit at once.
-    let _ = ctrlc::set_handler(move || {
-        if flag.swap(true, Ordering::SeqCst) {
-            eprintln!("\ninterrupted again: exiting without saving");
-            std::process::exit(130);
-        }
-        eprintln!(
-            "\ninterrupt: saving a checkpoint after the current step (Ctrl-C again to abort)"
-        );
-    });
-    stop
-}
+use trainer::args::{Command, DemoArgs};
+use trainer::{commands, demo, signals, train_cmd};
 
 fn run() -> Result<()> {
-    let argv = trainer::args::expand_config(std::env::args().collect())?;
-    let cli = Cli::parse_from(argv);
-    let stop = install_ctrl_c();
+    let argv = trainer::args::expand_config(trainer::validate::utf8_args(std::env::args_os())?)?;
+    let cli = trainer::args::parse_cli(argv)?;
     match cli.command {
         None => demo::run_demo(
             &DemoArgs {
                 output_dir: "output/demo".into(),
                 seed: 42,
             },
-            stop,
+            signals::install(),
         ),
-        Some(Command::Demo(a)) => demo::run_demo(&a, stop),
-        Some(Command::Train(a)) => train_cmd::run(&a, stop),
+        Some(Command::Demo(a)) => demo::run_demo(&a, signals::install()),
+        Some(Command::Train(a)) => train_cmd::run(&a, signals::install()),
         Some(Command::Ask(a)) => commands::ask(&a),
         Some(Command::Generate(a)) => commands::generate(&a),
         Some(Command::Eval(a)) => commands::eval(&a),
@@ -51,5 +31,9 @@ fn main() {
     if let Err(e) = run() {
         eprintln!("error: {e:#}");
         std::process::exit(1);
+    }
+    // A run stopped by a signal saved its checkpoint; its status still says it was stopped.
+    if let Some(s) = signals::received() {
+        std::process::exit(signals::exit_code(s));
     }
 }

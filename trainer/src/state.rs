@@ -21,6 +21,8 @@ pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 pub const STATE_FILE: &str = "trainer_state.json";
 pub const RNG_FILE: &str = "rng_state.json";
 pub const SCHEDULER_FILE: &str = "scheduler.json";
+/// The run's resolved flags; kept in the output directory and copied into each checkpoint.
+pub const TRAINING_ARGS_FILE: &str = "training_args.json";
 
 /// One entry of `log_history`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -78,6 +80,10 @@ pub struct TrainerState {
     pub steps_since_log: u64,
     /// Sum of all step losses (for the final train_loss).
     pub total_loss: f64,
+    /// Steps whose update was skipped because the loss or gradient norm was not finite: the
+    /// optimizer's step count is `global_step - skipped_updates`.
+    #[serde(default)]
+    pub skipped_updates: u64,
 }
 
 /// RNG and data position.
@@ -107,7 +113,9 @@ fn write_json(path: &Path, v: &impl Serialize) -> Result<()> {
     std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
 }
 
-/// Writes the full training state into `dir` (atomically: temp dir, then rename).
+/// Writes the full training state into `dir` (atomically: temp dir, then rename). The
+/// output directory's `training_args.json` (written by `trainer train` before the loop) is
+/// copied in, and `manifest.json` with the SHA-256 of every file is written last.
 #[allow(clippy::too_many_arguments)]
 pub fn save_checkpoint(
     dir: &Path,
@@ -132,6 +140,13 @@ pub fn save_checkpoint(
         write_json(&tmp.join(SCHEDULER_FILE), schedule)?;
         write_json(&tmp.join(RNG_FILE), rng)?;
         write_json(&tmp.join(STATE_FILE), state)?;
+        if let Some(args) = dir.parent().map(|p| p.join(TRAINING_ARGS_FILE)) {
+            if args.is_file() {
+                std::fs::copy(&args, tmp.join(TRAINING_ARGS_FILE))
+                    .with_context(|| format!("cannot copy {}", args.display()))?;
+            }
+        }
+        crate::manifest::write(&tmp)?;
         if dir.exists() {
             std::fs::remove_dir_all(dir)
                 .with_context(|| format!("cannot replace {}", dir.display()))?;
@@ -222,19 +237,140 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
     serde_json::from_str(&text).with_context(|| format!("{}: unexpected content", path.display()))
 }
 
-/// Reads the non-tensor parts of a checkpoint.
+/// Reads the non-tensor parts of a checkpoint after [`verify_checkpoint`]; when the
+/// checkpoint is not valid, the error names the problem and offers the newest older valid
+/// checkpoint of the same output directory.
 pub fn load_checkpoint_meta(dir: &Path) -> Result<Restored> {
+    match verify_checkpoint(dir) {
+        Ok(r) => Ok(r),
+        Err(e) => {
+            let older = dir.parent().and_then(|out| newest_valid_before(out, dir));
+            match older {
+                Some(o) => Err(e.context(format!(
+                    "{} cannot be resumed; the newest valid older checkpoint is {}: resume \
+                     with --resume-from {}",
+                    dir.display(),
+                    o.display(),
+                    o.display()
+                ))),
+                None => Err(e.context(format!(
+                    "{} cannot be resumed and there is no valid older checkpoint",
+                    dir.display()
+                ))),
+            }
+        }
+    }
+}
+
+/// Checks a checkpoint before it is trusted: the manifest's sizes and SHA-256 (a checkpoint
+/// without a manifest is accepted with a warning), then that `global_step` agrees with the
+/// folder name, the scheduler's length and the optimizer's step count.
+pub fn verify_checkpoint(dir: &Path) -> Result<Restored> {
     if !dir.join(STATE_FILE).is_file() {
         bail!(
             "{} is not a training checkpoint (no {STATE_FILE})",
             dir.display()
         );
     }
-    Ok(Restored {
+    if crate::manifest::verify(dir)? == crate::manifest::Verified::NoManifest {
+        eprintln!(
+            "warning: {} has no {} (written by an older version): its files are not verified",
+            dir.display(),
+            crate::manifest::MANIFEST_FILE
+        );
+    }
+    let r = Restored {
         state: read_json(&dir.join(STATE_FILE))?,
         rng: read_json(&dir.join(RNG_FILE))?,
         schedule: read_json(&dir.join(SCHEDULER_FILE))?,
-    })
+    };
+    check_consistency(dir, &r)?;
+    Ok(r)
+}
+
+fn check_consistency(dir: &Path, r: &Restored) -> Result<()> {
+    let st = &r.state;
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if let Some(n) = name
+        .strip_prefix("checkpoint-")
+        .and_then(|s| s.parse::<u64>().ok())
+    {
+        if n != st.global_step {
+            bail!(
+                "{}: {STATE_FILE} says global_step {}, the folder name says {n}",
+                dir.display(),
+                st.global_step
+            );
+        }
+    }
+    if st.global_step > st.max_steps || st.skipped_updates > st.global_step {
+        bail!(
+            "{}: {STATE_FILE} is inconsistent (global_step {}, max_steps {}, skipped_updates {})",
+            dir.display(),
+            st.global_step,
+            st.max_steps,
+            st.skipped_updates
+        );
+    }
+    if r.schedule.total_steps != st.max_steps {
+        bail!(
+            "{}: {SCHEDULER_FILE} is planned for {} steps, {STATE_FILE} for {}",
+            dir.display(),
+            r.schedule.total_steps,
+            st.max_steps
+        );
+    }
+    let applied = st.global_step - st.skipped_updates;
+    for (param, step) in optimizer_steps(&dir.join(OPTIMIZER_FILE))? {
+        if step != applied {
+            bail!(
+                "{}: {OPTIMIZER_FILE} has taken {step} steps for {param}, {STATE_FILE} says {applied} \
+                 updates were applied (global_step {} - skipped_updates {})",
+                dir.display(),
+                st.global_step,
+                st.skipped_updates
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The step count of each parameter's AdamW state, from the optimizer file's header.
+fn optimizer_steps(path: &Path) -> Result<Vec<(String, u64)>> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+        .with_context(|| format!("{}: invalid safetensors", path.display()))?;
+    meta.metadata()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| {
+            let step = v
+                .parse()
+                .with_context(|| format!("{}: bad step `{v}` for {k}", path.display()))?;
+            Ok((k, step))
+        })
+        .collect()
+}
+
+/// The newest checkpoint of `output_dir` older than `dir` that passes
+/// [`verify_checkpoint`].
+pub fn newest_valid_before(output_dir: &Path, dir: &Path) -> Option<PathBuf> {
+    let this = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("checkpoint-"))
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(u64::MAX);
+    list_checkpoints(output_dir)
+        .into_iter()
+        .rev()
+        .filter(|(n, _)| *n < this)
+        .find(|(_, p)| verify_checkpoint(p).is_ok())
+        .map(|(_, p)| p)
 }
 
 /// `checkpoint-N` folders of `output_dir`, sorted by N.

@@ -5,7 +5,7 @@ use crate::session::{base_options, builtin_session, load_session};
 use crate::train::train;
 use anyhow::{bail, Context, Result};
 use data_finqa::{
-    load_file, split_train_val, synthetic, tokenize_report, BadRecordPolicy, DataFormat,
+    load_file_limited, split_train_val, synthetic, tokenize_report, BadRecordPolicy, DataFormat,
     LoadOptions, LoadReport, TokenizeOptions, TruncationPolicy,
 };
 use std::path::Path;
@@ -28,6 +28,16 @@ pub fn truncation(s: &str) -> Result<TruncationPolicy> {
 
 /// Loads a data file, printing a warning for skipped records.
 pub fn load_data(path: &Path, format: &str, strict: bool) -> Result<LoadReport> {
+    load_data_limited(path, format, strict, data_finqa::DEFAULT_MAX_DATA_BYTES)
+}
+
+/// [`load_data`] refusing files larger than `max_bytes`.
+pub fn load_data_limited(
+    path: &Path,
+    format: &str,
+    strict: bool,
+    max_bytes: u64,
+) -> Result<LoadReport> {
     let opts = LoadOptions {
         format: data_format(format)?,
         bad_records: if strict {
@@ -36,7 +46,7 @@ pub fn load_data(path: &Path, format: &str, strict: bool) -> Result<LoadReport> 
             BadRecordPolicy::Skip
         },
     };
-    let report = load_file(path, &opts)?;
+    let report = load_file_limited(path, &opts, max_bytes)?;
     if let Some(w) = report.skipped_warning(5) {
         eprintln!("warning: {w}");
     }
@@ -47,7 +57,7 @@ pub fn load_data(path: &Path, format: &str, strict: bool) -> Result<LoadReport> 
 }
 
 pub fn run(args: &TrainArgs, stop: Arc<AtomicBool>) -> Result<()> {
-    let opts = base_options(&args.quant, args.double_quant)?;
+    crate::validate::train_args(args)?;
     // Fail on an unusable output directory before spending minutes loading a model.
     std::fs::create_dir_all(&args.output_dir).with_context(|| {
         format!(
@@ -55,6 +65,13 @@ pub fn run(args: &TrainArgs, stop: Arc<AtomicBool>) -> Result<()> {
             args.output_dir.display()
         )
     })?;
+    // Held until the run ends; the kernel releases it however the process ends.
+    let _lock = crate::lock::lock_output_dir(&args.output_dir)?;
+    let resolved = crate::resume_args::resolve(args)?;
+    let args = &resolved;
+    crate::resume_args::write(args)?;
+    let max_data = crate::validate::parse_size_flag("--max-data-size", &args.max_data_size)?;
+    let opts = base_options(&args.quant, args.double_quant)?;
     let mut session = match &args.model {
         Some(dir) => load_session(dir, &opts)?,
         None => {
@@ -72,11 +89,16 @@ pub fn run(args: &TrainArgs, stop: Arc<AtomicBool>) -> Result<()> {
     };
     let (train_report, eval_report) = match &args.data {
         Some(p) => {
-            let all = load_data(p, &args.data_format, args.strict_data)?;
+            let all = load_data_limited(p, &args.data_format, args.strict_data, max_data)?;
             match &args.eval_data {
                 Some(e) => (
                     all,
-                    Some(load_data(e, &args.data_format, args.strict_data)?),
+                    Some(load_data_limited(
+                        e,
+                        &args.data_format,
+                        args.strict_data,
+                        max_data,
+                    )?),
                 ),
                 None => (all, None),
             }

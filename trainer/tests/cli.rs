@@ -8,8 +8,9 @@ mod common;
 use common::{fixture, s, trainer, trainer_in, SEED};
 use data_finqa::metrics::{answer_from_generation, exact_match, numeric_match};
 use data_finqa::{tokenize_records, TokenizeOptions, TruncationPolicy};
+use engine::optim::AdamWConfig;
 use model_falcon::peft::load_adapter;
-use model_falcon::{load_lora, BaseOptions, GenerationConfig, Sampling};
+use model_falcon::{load_lora, Backend, BaseOptions, GenerationConfig, Sampling};
 use serde_json::Value;
 use std::path::Path;
 use trainer::session::{load_session, Session};
@@ -336,7 +337,8 @@ fn eval_json_reports_loss_accuracy_and_predictions() {
         policy: TruncationPolicy::KeepAnswer,
     };
     let set = tokenize_records(&session.tokenizer, &f.records[..5], &opts).unwrap();
-    let (want, n) = trainer::train::evaluate(&session, None, &set.examples, 1).unwrap();
+    let backend = Backend::host(&session.model, AdamWConfig::default()).unwrap();
+    let (want, n) = trainer::train::evaluate(&backend, session.pad_id, &set.examples, 1).unwrap();
     assert_eq!(tokens, n);
     assert!((loss - want).abs() <= 1e-6 * want.abs(), "{loss} vs {want}");
 
@@ -496,19 +498,43 @@ fn info_counts_parameters_from_config_alone() {
     let v: Value = serde_json::from_str(run.stdout.trim()).unwrap();
     assert_eq!(v["trainable_parameters"], 2_359_296);
     assert_eq!(v["total_parameters"], 6_921_720_704u64);
-    // The GPU estimate: 4-bit linears plus the bf16 embedding and norms, its parts summing
-    // to its total, under the 6 GiB the Falcon-7B step is meant to fit in.
+    // The GPU plan: 4-bit linears (with the GEMM's code tables) plus the bf16 embedding and
+    // norms; the peak holds the resident and saved parts and stays under the 6 GiB the
+    // Falcon-7B step is meant to fit in.
     let g = &v["gpu_memory"];
+    let u = |k: &str| g[k].as_u64().unwrap();
     let unquantized = v["unquantized_parameters"].as_u64().unwrap();
+    let tables = 32 * 4 * (256 + 16) * 4; // code map and 4-bit table per linear, f32
+    let rope = 4 * 32; // inverse frequencies of head_dim 64
     assert_eq!(
-        g["base"].as_u64().unwrap(),
-        v["linear_bytes"].as_u64().unwrap() + 2 * unquantized
+        u("base_weights"),
+        v["linear_bytes"].as_u64().unwrap() - 32 * 4 * 4 + tables + 2 * unquantized + rope
     );
-    let total = memory_parts_sum_to_total(g);
-    assert!(total < 6 << 30, "{total}");
+    assert_eq!(u("adapters") + u("optimizer"), 20 * 2_359_296);
+    let resident = ["base_weights", "adapters", "optimizer", "batch_inputs"];
+    let floor: u64 = resident.iter().map(|k| u(k)).sum::<u64>() + u("saved_activations");
+    assert_eq!(u("peak"), floor + u("working_set"));
+    assert!(u("peak") < 6 << 30, "{}", u("peak"));
     let human = trainer(&["info", "--model", s(tmp.path())]);
     human.ok();
     assert!(human.stdout.contains("4.127 bits"), "{}", human.stdout);
+    assert!(
+        human.stdout.contains("device memory plan"),
+        "{}",
+        human.stdout
+    );
+    // Single-quantized statistics: the CUDA step says why it cannot train them.
+    let run = trainer(&[
+        "info",
+        "--model",
+        s(tmp.path()),
+        "--double-quant",
+        "false",
+        "--json",
+    ]);
+    let v: Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    assert!(v["gpu_memory"].is_null());
+    assert!(v["gpu_unsupported"].as_str().unwrap().contains("double"));
 }
 
 #[test]

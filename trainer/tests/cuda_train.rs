@@ -132,7 +132,7 @@ fn device_selection_errors_are_clear() {
     };
     with(&["--device", "tpu"]).fails_naming("--device");
     with(&["--use-cpu", "--device", "emulator"]).fails_naming("--use-cpu");
-    if engine::cuda::open(7).is_err() {
+    if kernels_cu::Device::cuda(7).is_err() {
         with(&["--device", "cuda:7"]).fails_naming("cuda:7");
     }
     // The CUDA step needs double-quantized 4-bit statistics.

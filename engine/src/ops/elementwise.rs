@@ -1,14 +1,9 @@
 //! Element-wise arithmetic: add (with broadcast of a trailing-suffix shape), mul, scale, sum.
-//!
-//! Devices: inputs must share one device ([`Error::DeviceMismatch`] otherwise). On a CUDA
-//! device `add` (same shapes), `scale` and `sum_all` launch kernels-cu kernels
-//! ([`crate::cuda`]); broadcast add, `mul` and `sum_rows` have no CUDA kernel yet and are
-//! [`Error::Unsupported`] there.
 
 use super::{same_dtype, with_float};
 use crate::autograd::record;
 use crate::element::Float;
-use crate::{Device, Error, Result, Tensor, Var};
+use crate::{Error, Result, Tensor, Var};
 use rayon::prelude::*;
 
 const PAR_MIN: usize = 1 << 15;
@@ -35,34 +30,12 @@ fn map1<T: Float>(a: &[T], f: impl Fn(T) -> T + Sync) -> Vec<T> {
     }
 }
 
-/// The one device of `a` and `b`, or [`Error::DeviceMismatch`].
-fn same_device(op: &'static str, a: &Tensor, b: &Tensor) -> Result<Device> {
-    let (da, db) = (a.device(), b.device());
-    if da != db {
-        return Err(Error::DeviceMismatch { op, a: da, b: db });
-    }
-    Ok(da)
-}
-
-/// The error for an op with no CUDA kernel yet.
-fn no_cuda_kernel(op: &'static str, device: Device) -> Error {
-    Error::Unsupported {
-        op,
-        device,
-        detail: "no CUDA kernel for this op yet (move the inputs to the CPU)".into(),
-    }
-}
-
-/// `a + b` for tensors of one shape, device and float dtype.
+/// `a + b` for tensors of one shape and float dtype.
 pub fn add_tensors(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let device = same_device("add", a, b)?;
     if a.shape() != b.shape() {
         return Err(Error::shapes("add", a.shape(), b.shape()));
     }
     let dt = same_dtype("add", &[a, b])?;
-    if device.is_cuda() {
-        return crate::cuda::ops::add(a, b);
-    }
     with_float!(dt, "add", |T| {
         let out = map2(a.as_slice::<T>()?, b.as_slice::<T>()?, |x, y| x + y);
         Ok(Tensor::from_storage(
@@ -74,10 +47,6 @@ pub fn add_tensors(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 
 /// `a * b` element-wise.
 pub fn mul_tensors(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let device = same_device("mul", a, b)?;
-    if device.is_cuda() {
-        return Err(no_cuda_kernel("mul", device));
-    }
     if a.shape() != b.shape() {
         return Err(Error::shapes("mul", a.shape(), b.shape()));
     }
@@ -92,12 +61,7 @@ pub fn mul_tensors(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 }
 
 /// `s * a`.
-///
-/// On a CUDA device `s` is rounded to f32, the kernel's scalar type.
 pub fn scale_tensor(a: &Tensor, s: f64) -> Result<Tensor> {
-    if a.device().is_cuda() {
-        return crate::cuda::ops::scale(a, s);
-    }
     with_float!(a.dtype(), "scale", |T| {
         let s = T::from_f64(s);
         let out = map1(a.as_slice::<T>()?, |x| x * s);
@@ -110,9 +74,6 @@ pub fn scale_tensor(a: &Tensor, s: f64) -> Result<Tensor> {
 
 /// Sums `a` viewed as `[rows, n]` over its rows, giving `[n]`; the order of additions is fixed.
 pub fn sum_rows(a: &Tensor, n: usize) -> Result<Tensor> {
-    if a.device().is_cuda() {
-        return Err(no_cuda_kernel("sum_rows", a.device()));
-    }
     with_float!(a.dtype(), "sum_rows", |T| {
         let x = a.as_slice::<T>()?;
         let mut out = vec![T::ZERO; n];
@@ -134,7 +95,6 @@ fn is_suffix(big: &[usize], small: &[usize]) -> bool {
 /// added to `[.., n]`); it is then broadcast over the leading dimensions.
 pub fn add(a: &Var, b: &Var) -> Result<Var> {
     let (av, bv) = (a.value(), b.value());
-    let device = same_device("add", &av, &bv)?;
     let dt = same_dtype("add", &[&av, &bv])?;
     if av.shape() == bv.shape() {
         let out = add_tensors(&av, &bv)?;
@@ -144,9 +104,6 @@ pub fn add(a: &Var, b: &Var) -> Result<Var> {
     }
     if !is_suffix(av.dims(), bv.dims()) {
         return Err(Error::shapes("add", av.shape(), bv.shape()));
-    }
-    if device.is_cuda() {
-        return Err(no_cuda_kernel("add (broadcast)", device));
     }
     let n = bv.elem_count().max(1);
     let out = with_float!(dt, "add", |T| {
@@ -198,28 +155,17 @@ pub fn scale(a: &Var, s: f64) -> Result<Var> {
     }))
 }
 
-/// The sum of all elements, as a one-element tensor on `a`'s device. On the CPU summed in
-/// f64 in index order; on a CUDA device (f32 only) in f32 by the deterministic two-pass
-/// reduction. The gradient (`∂/∂a_i = g`) is built on `a`'s device whatever device `g` is on.
+/// The sum of all elements (summed in f64 in index order), as a one-element tensor.
+/// The gradient is `∂/∂a_i = g`.
 pub fn sum_all(a: &Var) -> Result<Var> {
     let av = a.value();
     let dt = av.dtype();
-    let device = av.device();
-    let value = if device.is_cuda() {
-        crate::cuda::ops::sum_all(&av)?
-    } else {
-        let total: f64 = with_float!(dt, "sum_all", |T| {
-            av.as_slice::<T>()?.iter().map(|x| x.to_f64()).sum()
-        });
-        Tensor::scalar(total, dt)
-    };
+    let total: f64 = with_float!(dt, "sum_all", |T| {
+        av.as_slice::<T>()?.iter().map(|x| x.to_f64()).sum()
+    });
+    let value = Tensor::scalar(total, dt);
     let shape = av.shape().clone();
     Ok(record("sum_all", value, &[a], move |g, _, _| {
-        // One value crosses to the host; the filled gradient goes back in one upload (there is
-        // no fill kernel yet).
-        let gv = g.to_device(Device::Cpu)?.to_scalar()?;
-        Ok(vec![Some(
-            Tensor::full(gv, shape.clone(), dt).to_device(device)?,
-        )])
+        Ok(vec![Some(Tensor::full(g.to_scalar()?, shape.clone(), dt))])
     }))
 }

@@ -3,3 +3,4 @@
 pub mod cuda;
 #[cfg(feature = "emulator")]
 pub mod emu;
+pub mod pooled;

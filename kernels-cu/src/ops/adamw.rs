@@ -15,7 +15,10 @@
 //! `p ← p·decay; m ← b1·m + ob1·g'; v ← b2·v + (ob2·g')·g'; p ← p − step_size·(m/(√v/bc2_sqrt + eps))`,
 //! the same sequence as the reference, so results are bit-identical.
 
-use super::BLOCK;
+use crate::defines;
+
+/// Threads per block of the AdamW and norm kernels (`ADAMW_BLOCK`).
+const BLOCK: u32 = defines::adamw::ADAMW_BLOCK as u32;
 use crate::device::{Dim3, Launch};
 use crate::error::{Error, Result};
 use crate::kernels::*;

@@ -14,15 +14,16 @@
 //! `head_dim` must be 64 or 128.
 
 use super::check;
+use crate::defines;
 use crate::device::{Dim3, Launch};
 use crate::error::{Error, Result};
 use crate::kernels::*;
 use crate::{Arg, Buffer, DType, Device, Kernel};
 
 /// Threads per block of the tile kernels (`ATT_THREADS` in cuda/attention.cu).
-pub const THREADS: u32 = 128;
-/// Query rows per forward / dQ block, keys per dK/dV block.
-pub const TILE: usize = 64;
+pub const THREADS: u32 = defines::attention::ATT_THREADS as u32;
+/// Query rows per forward / dQ block, keys per dK/dV block (`ATT_TILE`).
+pub const TILE: usize = defines::attention::ATT_TILE;
 
 /// Problem geometry.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -1,5 +1,5 @@
 //! Cross-entropy fused with the lm_head in vocab chunks (cuda/cross_entropy.cu and the
-//! tensor-core GEMM of cuda/nf4_gemm.cu).
+//! tensor-core GEMM of cuda/gemm.cu).
 //!
 //! With `hidden [rows, d]` bf16, the lm_head `W [V, d]` bf16 and `labels [rows]` i32
 //! (`−100` = ignored), `z = hidden·Wᵀ` (bf16 products, f32 accumulation):
@@ -34,14 +34,15 @@
 //! every `d ≥ 1` is correct.
 
 use super::check;
-use super::nf4_gemm::{gemm, Layout};
+use super::gemm::{gemm, Layout};
+use crate::defines;
 use crate::device::{Dim3, Launch};
 use crate::error::{Error, Result};
 use crate::kernels::*;
 use crate::{Arg, Buffer, DType, Device};
 
 /// Threads per block of the row kernels (`CE_THREADS`).
-const THREADS: u32 = 256;
+const THREADS: u32 = defines::cross_entropy::CE_THREADS as u32;
 /// Chunks must be a multiple of this many columns.
 const CHUNK_MULTIPLE: usize = 16;
 /// Default vocab columns per forward chunk (the Z scratch is `rows x FWD_CHUNK` f32: 32 MiB at

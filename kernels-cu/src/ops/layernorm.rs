@@ -10,18 +10,20 @@
 //! atomics (per-block partial rows, then a fixed-order sum), so they are bitwise reproducible.
 
 use super::check;
+use crate::defines;
 use crate::device::{Dim3, Launch};
 use crate::error::{Error, Result};
 use crate::kernels::*;
 use crate::{Arg, Buffer, DType, Device};
 
-/// Threads per block (must match `LN_BLOCK` in cuda/layernorm.cu).
-pub const LN_BLOCK: u32 = 256;
+/// Threads per block (`LN_BLOCK` in cuda/layernorm.cu).
+pub const LN_BLOCK: u32 = defines::layernorm::LN_BLOCK as u32;
 /// Most blocks of the backward (each block then takes several rows and keeps one partial
 /// dγ/dβ row). About two waves on 132 SMs.
 pub const MAX_BWD_BLOCKS: usize = 264;
 
 /// The per-row statistics saved by [`forward`]: `[rows]` f32 each.
+#[derive(Debug)]
 pub struct LayerNormStats {
     pub mean: Buffer,
     pub rstd: Buffer,

@@ -13,15 +13,16 @@
 //! Reference: `engine::ops::rope::rope` after `narrow`/`permute` of the fused projection.
 
 use super::check;
+use crate::defines;
 use crate::device::{Dim3, Launch};
 use crate::error::{Error, Result};
 use crate::kernels::*;
 use crate::{Arg, Buffer, DType, Device};
 
 /// Threads per block (one block per token).
-pub const ROPE_BLOCK: u32 = 128;
+pub const ROPE_BLOCK: u32 = defines::rope::ROPE_BLOCK as u32;
 /// Largest supported head_dim (the kernel keeps d/2 cos/sin values in shared memory).
-pub const MAX_HEAD_DIM: usize = 256;
+pub const MAX_HEAD_DIM: usize = 2 * defines::rope::ROPE_MAX_HALF;
 
 /// Shapes of the fused projection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,7 +1,7 @@
 //! Skinny products for the LoRA down-projections (cuda/skinny.cu):
 //! `C[M][N] = α·A[M][K]·B[N][K]ᵀ + β·C` with `N ≤ 32`, A and B bf16 (row-major), C f32 or bf16,
 //! f32 accumulation. One warp per row of A; memory-bound at the rate A streams in. For wide N
-//! use [`super::nf4_gemm::gemm`] (tensor cores).
+//! use [`super::gemm::gemm`] (tensor cores).
 
 use super::{check, n_i32};
 use crate::device::{Dim3, Launch};

@@ -1,6 +1,6 @@
 //! Detection and grouping of bitsandbytes pre-quantized 4-bit weights.
 //!
-//! bitsandbytes serializes one `Linear4bit` weight of module `m` as (nf4-spec §4.1):
+//! bitsandbytes serializes one `Linear4bit` weight of module `m` as (docs/nf4-spec.md §4.1):
 //!
 //! | key | content |
 //! |---|---|

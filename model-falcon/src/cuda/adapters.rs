@@ -20,7 +20,7 @@ use crate::model::FalconModel;
 use crate::{FalconError, Result};
 use engine::rng::RngState;
 use engine::{Tensor, Var};
-use kernels_cu::ops::nf4_gemm::{gemm, Layout};
+use kernels_cu::ops::gemm::{gemm, Layout};
 use kernels_cu::ops::{convert, dropout, skinny};
 use kernels_cu::{Buffer, DType};
 
@@ -39,9 +39,9 @@ pub(crate) struct Slot {
     pub out_f: usize,
     pub scaling: f32,
     pub dropout: f32,
-    /// The host parameters this slot mirrors.
-    pub a: Var,
-    pub b: Var,
+    /// The host parameters this slot mirrors (A, B); `None` in a launch plan, which has no
+    /// host model.
+    pub host: Option<(Var, Var)>,
 }
 
 impl Slot {
@@ -51,6 +51,15 @@ impl Slot {
     pub fn b_len(&self) -> usize {
         self.out_f * self.r
     }
+}
+
+fn host_vars(s: &Slot) -> Result<(&Var, &Var)> {
+    s.host.as_ref().map(|(a, b)| (a, b)).ok_or_else(|| {
+        FalconError::InvalidArgument(format!(
+            "adapter of `{}` has no host parameters (a launch plan)",
+            s.module
+        ))
+    })
 }
 
 /// What the backward pass of one adapter needs from its forward pass.
@@ -102,8 +111,7 @@ impl AdapterStore {
                     out_f,
                     scaling: l.scaling as f32,
                     dropout: l.dropout,
-                    a: l.a.clone(),
-                    b: l.b.clone(),
+                    host: Some((l.a.clone(), l.b.clone())),
                 });
             }
         }
@@ -112,8 +120,53 @@ impl AdapterStore {
                 "the CUDA step trains LoRA adapters, and this model has none attached".into(),
             ));
         }
+        let store = AdapterStore::allocate(dev, slots, len)?;
+        let mut s = store;
+        s.load_from_host(dev)?;
+        Ok(s)
+    }
+
+    /// Adapters for a launch plan: rank `r` on each of `modules` (`(path, in, out)`, model
+    /// order), packed as [`Self::upload`] packs them, with unset weights and no host
+    /// parameters.
+    pub fn placeholder(
+        dev: &Dev,
+        modules: &[(String, usize, usize)],
+        r: usize,
+        scaling: f32,
+        dropout: f32,
+    ) -> Result<AdapterStore> {
+        let mut len = 0usize;
+        let mut take = |n: usize| {
+            let off = len;
+            len += n.div_ceil(ALIGN) * ALIGN;
+            off
+        };
+        let slots: Vec<Slot> = modules
+            .iter()
+            .map(|(module, in_f, out_f)| Slot {
+                module: module.clone(),
+                a_off: take(r * in_f),
+                b_off: take(out_f * r),
+                r,
+                in_f: *in_f,
+                out_f: *out_f,
+                scaling,
+                dropout,
+                host: None,
+            })
+            .collect();
+        if slots.is_empty() {
+            return Err(FalconError::InvalidArgument(
+                "a launch plan needs at least one adapted module".into(),
+            ));
+        }
+        AdapterStore::allocate(dev, slots, len)
+    }
+
+    fn allocate(dev: &Dev, slots: Vec<Slot>, len: usize) -> Result<AdapterStore> {
         let packed_len = len.max(1);
-        let store = AdapterStore {
+        Ok(AdapterStore {
             params: alloc(dev, "adapter weights", DType::F32, packed_len)?,
             params_bf16: alloc(dev, "adapter weights (bf16)", DType::BF16, packed_len)?,
             b_t_bf16: dev
@@ -123,10 +176,7 @@ impl AdapterStore {
                 .alloc_zeros(DType::F32, packed_len)
                 .map_err(cuda_err("allocate adapter gradients".into()))?,
             slots,
-        };
-        let mut s = store;
-        s.load_from_host(dev)?;
-        Ok(s)
+        })
     }
 
     /// Elements of each packed buffer.
@@ -138,7 +188,8 @@ impl AdapterStore {
     pub fn load_from_host(&mut self, dev: &Dev) -> Result<()> {
         let mut host = vec![0f32; self.len()];
         for s in &self.slots {
-            for (v, off, n) in [(&s.a, s.a_off, s.a_len()), (&s.b, s.b_off, s.b_len())] {
+            let (a, b) = host_vars(s)?;
+            for (v, off, n) in [(a, s.a_off, s.a_len()), (b, s.b_off, s.b_len())] {
                 let vals = v.value().to_f32_vec()?;
                 if vals.len() != n {
                     return Err(FalconError::InvalidArgument(format!(
@@ -174,11 +225,12 @@ impl AdapterStore {
             .dtoh(&self.params)
             .map_err(cuda_err("download adapter weights".into()))?;
         for s in &self.slots {
-            s.a.set_value(Tensor::from_vec(
+            let (a, b) = host_vars(s)?;
+            a.set_value(Tensor::from_vec(
                 host[s.a_off..s.a_off + s.a_len()].to_vec(),
                 [s.r, s.in_f],
             )?)?;
-            s.b.set_value(Tensor::from_vec(
+            b.set_value(Tensor::from_vec(
                 host[s.b_off..s.b_off + s.b_len()].to_vec(),
                 [s.out_f, s.r],
             )?)?;

@@ -1,6 +1,6 @@
 //! One Falcon decoder layer on the device: forward (keeping what backward needs) and backward.
 //!
-//! Forward, activations bf16 `[M = b·t, ·]` row-major (hf-semantics §1.7):
+//! Forward, activations bf16 `[M = b·t, ·]` row-major (docs/hf-semantics.md §1.7):
 //! `h = LN(x)` (one LN, or `ln_attn`/`ln_mlp`), `qkv = h·Wqkvᵀ (+LoRA)`, split + RoPE into
 //! `q [b, hq, t, d]`, `k, v [b, hkv, t, d]` (one fused kernel), flash attention (causal, key
 //! mask) with its logsumexp, `o` to `[b, t, hq·d]`, `dense`; `m = gelu(h·W4hᵀ)`, `4h_to_h`;

@@ -28,7 +28,12 @@
 
 mod adapters;
 mod layer;
+pub mod memory_plan;
+pub mod plan;
 mod weights;
+
+pub use memory_plan::{BaseStorage, MemoryPlan, StepShape};
+pub use weights::nf4_parts;
 
 use crate::model::{check_ids, shift_labels, FalconModel};
 use crate::{FalconError, Result};
@@ -50,7 +55,7 @@ pub(crate) fn cuda_err(what: String) -> impl FnOnce(kernels_cu::Error) -> Falcon
 
 /// A position in the dropout stream, advanced as [`rng::reserve`] advances the host's.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct RngCursor(RngState);
+pub(crate) struct RngCursor(pub(crate) RngState);
 
 impl RngCursor {
     pub fn take(&mut self, n: u64) -> RngState {
@@ -61,7 +66,7 @@ impl RngCursor {
 }
 
 /// Adapter moments and the step count.
-struct DeviceAdamW {
+pub(crate) struct DeviceAdamW {
     exp_avg: Buffer,
     exp_avg_sq: Buffer,
     step: u64,
@@ -70,7 +75,6 @@ struct DeviceAdamW {
 /// A Falcon model with LoRA adapters, resident on one CUDA device, that trains the adapters.
 pub struct CudaFalcon {
     dev: Dev,
-    device: engine::Device,
     g: Geometry,
     base: DeviceBaseModel,
     adapters: AdapterStore,
@@ -82,7 +86,7 @@ pub struct CudaFalcon {
 }
 
 /// Inputs of one micro-batch on the device.
-struct DeviceBatch {
+pub(crate) struct DeviceBatch {
     batch: usize,
     seq: usize,
     ids: Buffer,
@@ -93,9 +97,8 @@ struct DeviceBatch {
 
 impl CudaFalcon {
     /// Uploads `model` (its frozen base and its LoRA adapters, which must be attached) to
-    /// `device` (`engine::cuda::open(0)` or an emulator id).
-    pub fn new(model: &FalconModel, device: engine::Device) -> Result<CudaFalcon> {
-        let dev = engine::cuda::handle(device)?;
+    /// `dev` (`kernels_cu::Device::cuda(0)`, or the emulator).
+    pub fn new(model: &FalconModel, dev: Dev) -> Result<CudaFalcon> {
         let g = Geometry::of(model)?;
         let adapters = AdapterStore::upload(&dev, model)?;
         let base = DeviceBaseModel::upload(&dev, model, |name| {
@@ -117,7 +120,6 @@ impl CudaFalcon {
         };
         Ok(CudaFalcon {
             dev,
-            device,
             g,
             base,
             adapters,
@@ -127,8 +129,8 @@ impl CudaFalcon {
         })
     }
 
-    pub fn device(&self) -> engine::Device {
-        self.device
+    pub fn device(&self) -> &Dev {
+        &self.dev
     }
 
     /// Bytes of the frozen base on the device.
@@ -168,26 +170,19 @@ impl CudaFalcon {
                 self.g.vocab
             )));
         }
-        let up = |what: &str| cuda_err(format!("upload {what}"));
         let mask = match mask {
-            Some(m) => Some(self.dev.htod(m.as_slice::<u8>()?).map_err(up("mask"))?),
+            Some(m) => Some(m.as_slice::<u8>()?),
             None => None,
         };
-        let positions: Vec<u32> = (0..b).flat_map(|_| 0..t as u32).collect();
-        let pos = self.dev.htod(&positions).map_err(up("positions"))?;
-        let rope = rope::table(&self.dev, &pos, &self.inv_freq, self.g.head_dim)
-            .map_err(cuda_err("rotary table".into()))?;
-        Ok(DeviceBatch {
-            batch: b,
-            seq: t,
-            ids: self.dev.htod(host_ids).map_err(up("ids"))?,
+        device_batch(
+            &self.dev,
+            &self.inv_freq,
+            self.g,
+            [b, t],
+            host_ids,
             mask,
-            labels: self
-                .dev
-                .htod(&shift_labels(labels, b, t))
-                .map_err(up("labels"))?,
-            rope,
-        })
+            &shift_labels(labels, b, t),
+        )
     }
 
     /// The summed-over-`count` cross-entropy loss of `ids` (`Σ CE / count`), forward only,
@@ -279,42 +274,32 @@ impl CudaFalcon {
 
     /// Clips the accumulated gradients to global norm `max_grad_norm` (no clipping when it is
     /// ≤ 0), applies one AdamW update with learning rate `lr`, and clears the gradients.
-    /// Returns the gradient norm before clipping.
+    /// Returns the gradient norm before clipping. When that norm is NaN or infinite nothing is
+    /// applied: the gradients are cleared, the adapters, moments and step count stay as they
+    /// were, and the non-finite norm is returned for the caller to report.
     pub fn optimizer_step(
         &mut self,
         lr: f64,
         config: &AdamWConfig,
         max_grad_norm: f64,
     ) -> Result<f64> {
-        let dev = &self.dev;
-        let a = &mut self.adapters;
-        let norm = adamw::grad_norm(dev, &a.grads, max_grad_norm.max(0.0) as f32)
-            .map_err(cuda_err("gradient norm".into()))?;
-        self.opt.step += 1;
-        let scalars = AdamWScalars::new(
-            &AdamWHyper {
-                lr,
-                beta1: config.beta1,
-                beta2: config.beta2,
-                eps: config.eps,
-                weight_decay: config.weight_decay,
-            },
-            self.opt.step,
-        );
-        adamw::step(
-            dev,
-            &mut a.params,
-            &mut self.opt.exp_avg,
-            &mut self.opt.exp_avg_sq,
-            &a.grads,
+        let norm = grad_norm_launch(&self.dev, &self.adapters, max_grad_norm)?;
+        // Read the norm before updating: a NaN or infinite norm must not reach the adapters
+        // or the AdamW moments (the caller decides whether to skip the step or stop).
+        let value = read_scalar(&self.dev, &norm, "gradient norm")?;
+        if !value.is_finite() {
+            self.adapters.zero_grads(&self.dev)?;
+            return Ok(value);
+        }
+        update_launches(
+            &self.dev,
+            &mut self.adapters,
+            &mut self.opt,
             &norm,
-            1,
-            &scalars,
-        )
-        .map_err(cuda_err("AdamW".into()))?;
-        a.refresh_bf16(dev)?;
-        a.zero_grads(dev)?;
-        read_scalar(dev, &norm, "gradient norm")
+            lr,
+            config,
+        )?;
+        Ok(value)
     }
 
     /// Writes the device adapter weights into the host model's LoRA parameters (for saving,
@@ -398,6 +383,77 @@ impl CudaFalcon {
         self.opt.step = step;
         Ok(())
     }
+}
+
+/// The batch's ids, key mask and shifted labels on the device, and its rotary table.
+fn device_batch(
+    dev: &Dev,
+    inv_freq: &Buffer,
+    g: Geometry,
+    [b, t]: [usize; 2],
+    ids: &[u32],
+    mask: Option<&[u8]>,
+    shifted_labels: &[i32],
+) -> Result<DeviceBatch> {
+    let up = |what: &str| cuda_err(format!("upload {what}"));
+    let mask = match mask {
+        Some(m) => Some(dev.htod(m).map_err(up("mask"))?),
+        None => None,
+    };
+    let positions: Vec<u32> = (0..b).flat_map(|_| 0..t as u32).collect();
+    let pos = dev.htod(&positions).map_err(up("positions"))?;
+    let rope =
+        rope::table(dev, &pos, inv_freq, g.head_dim).map_err(cuda_err("rotary table".into()))?;
+    Ok(DeviceBatch {
+        batch: b,
+        seq: t,
+        ids: dev.htod(ids).map_err(up("ids"))?,
+        mask,
+        labels: dev.htod(shifted_labels).map_err(up("labels"))?,
+        rope,
+    })
+}
+
+/// The global gradient norm and clipping coefficient (`[‖g‖₂, c]` on the device).
+fn grad_norm_launch(dev: &Dev, a: &AdapterStore, max_grad_norm: f64) -> Result<Buffer> {
+    adamw::grad_norm(dev, &a.grads, max_grad_norm.max(0.0) as f32)
+        .map_err(cuda_err("gradient norm".into()))
+}
+
+/// One AdamW update of every adapter with the clipping of `norm`, the bf16 refresh and the
+/// cleared gradients.
+fn update_launches(
+    dev: &Dev,
+    a: &mut AdapterStore,
+    opt: &mut DeviceAdamW,
+    norm: &Buffer,
+    lr: f64,
+    config: &AdamWConfig,
+) -> Result<()> {
+    opt.step += 1;
+    let scalars = AdamWScalars::new(
+        &AdamWHyper {
+            lr,
+            beta1: config.beta1,
+            beta2: config.beta2,
+            eps: config.eps,
+            weight_decay: config.weight_decay,
+        },
+        opt.step,
+    );
+    adamw::step(
+        dev,
+        &mut a.params,
+        &mut opt.exp_avg,
+        &mut opt.exp_avg_sq,
+        &a.grads,
+        norm,
+        1,
+        &scalars,
+    )
+    .map_err(cuda_err("AdamW".into()))?;
+    a.refresh_bf16(dev)?;
+    a.zero_grads(dev)
 }
 
 /// Forward and backward of one micro-batch; returns the loss and the dropout stream position

@@ -8,7 +8,7 @@ use crate::model::{FalconModel, Norms};
 use crate::{FalconError, Result};
 use engine::nf4::{Absmax, QuantizedWeight};
 use half::bf16;
-use kernels_cu::ops::nf4_gemm::{self, Layout, Nf4Parts, Nf4Weight};
+use kernels_cu::ops::gemm::{self, Layout, Nf4Parts, Nf4Weight};
 use kernels_cu::{Buffer, DType};
 
 /// Shapes the step needs from the config.
@@ -25,7 +25,10 @@ pub(crate) struct Geometry {
 
 impl Geometry {
     pub fn of(model: &FalconModel) -> Result<Geometry> {
-        let c = &model.config;
+        Geometry::from_config(&model.config)
+    }
+
+    pub fn from_config(c: &crate::FalconConfig) -> Result<Geometry> {
         let g = Geometry {
             hidden: c.hidden_size,
             heads: c.num_attention_heads,
@@ -103,9 +106,9 @@ impl DeviceBase {
         beta: f32,
     ) -> kernels_cu::Result<()> {
         match self {
-            DeviceBase::FourBit(w) => nf4_gemm::nf4_forward(dev, x, w, y, m, 1.0, beta),
+            DeviceBase::FourBit(w) => gemm::nf4_forward(dev, x, w, y, m, 1.0, beta),
             DeviceBase::Bf16(w) => {
-                nf4_gemm::gemm(dev, Layout::Nt, x, w, y, m, shape[0], shape[1], 1.0, beta)
+                gemm::gemm(dev, Layout::Nt, x, w, y, m, shape[0], shape[1], 1.0, beta)
             }
         }
     }
@@ -121,9 +124,9 @@ impl DeviceBase {
         beta: f32,
     ) -> kernels_cu::Result<()> {
         match self {
-            DeviceBase::FourBit(w) => nf4_gemm::nf4_backward_input(dev, dy, w, dx, m, 1.0, beta),
+            DeviceBase::FourBit(w) => gemm::nf4_backward_input(dev, dy, w, dx, m, 1.0, beta),
             DeviceBase::Bf16(w) => {
-                nf4_gemm::gemm(dev, Layout::Nn, dy, w, dx, m, shape[1], shape[0], 1.0, beta)
+                gemm::gemm(dev, Layout::Nn, dy, w, dx, m, shape[1], shape[0], 1.0, beta)
             }
         }
     }
@@ -142,21 +145,18 @@ impl DeviceBase {
     }
 }
 
-fn upload_4bit(dev: &Dev, name: &str, q: &QuantizedWeight) -> Result<Nf4Weight> {
+/// The parts of a double-quantized 4-bit weight as the device GEMM takes them (`name` is
+/// the tensor's, for errors): packed codes, 8-bit absmax codes with their nested absmax,
+/// dynamic map and offset, the 4-bit code table. A single-quantized weight is an error naming
+/// the tensor.
+pub fn nf4_parts<'q>(name: &str, q: &'q QuantizedWeight) -> Result<Nf4Parts<'q>> {
     let Absmax::Double(dq) = q.absmax() else {
         return Err(FalconError::InvalidArgument(format!(
             "`{name}`: the CUDA step's 4-bit GEMM reads double-quantized statistics; load the \
              model with double quantization on (--double-quant true)"
         )));
     };
-    if q.blocksize() != nf4_gemm::NF4_GEMM_BLOCKSIZE {
-        return Err(FalconError::InvalidArgument(format!(
-            "`{name}`: the CUDA step's 4-bit GEMM needs blocksize {}, the weight has {}",
-            nf4_gemm::NF4_GEMM_BLOCKSIZE,
-            q.blocksize()
-        )));
-    }
-    let parts = Nf4Parts {
+    Ok(Nf4Parts {
         packed: q.packed(),
         absmax_codes: &dq.codes,
         nested_absmax: &dq.nested_absmax,
@@ -166,7 +166,18 @@ fn upload_4bit(dev: &Dev, name: &str, q: &QuantizedWeight) -> Result<Nf4Weight> 
         out_features: q.out_features(),
         in_features: q.in_features(),
         blocksize: q.blocksize(),
-    };
+    })
+}
+
+fn upload_4bit(dev: &Dev, name: &str, q: &QuantizedWeight) -> Result<Nf4Weight> {
+    let parts = nf4_parts(name, q)?;
+    if q.blocksize() != gemm::NF4_GEMM_BLOCKSIZE {
+        return Err(FalconError::InvalidArgument(format!(
+            "`{name}`: the CUDA step's 4-bit GEMM needs blocksize {}, the weight has {}",
+            gemm::NF4_GEMM_BLOCKSIZE,
+            q.blocksize()
+        )));
+    }
     Nf4Weight::upload(dev, &parts).map_err(cuda_err(format!("upload `{name}`")))
 }
 
@@ -270,4 +281,106 @@ impl DeviceBaseModel {
 pub(crate) fn alloc(dev: &Dev, what: &str, dtype: DType, len: usize) -> Result<Buffer> {
     dev.alloc(dtype, len)
         .map_err(cuda_err(format!("allocate {what}")))
+}
+
+/// Unset device memory shaped like a weight, for a launch plan (on the dry-run device it
+/// costs no memory).
+fn placeholder(dev: &Dev, what: &str, dtype: DType, len: usize) -> Result<Buffer> {
+    alloc(dev, what, dtype, len.max(1))
+}
+
+impl DeviceNorm {
+    fn placeholder(dev: &Dev, hidden: usize) -> Result<DeviceNorm> {
+        Ok(DeviceNorm {
+            gamma: placeholder(dev, "LayerNorm weight", DType::BF16, hidden)?,
+            beta: placeholder(dev, "LayerNorm bias", DType::BF16, hidden)?,
+        })
+    }
+}
+
+impl DeviceBase {
+    /// A frozen weight `[out, in]` with the buffers [`Nf4Weight::upload`] would make
+    /// (double-quantized, blocksize [`gemm::NF4_GEMM_BLOCKSIZE`]), or bf16.
+    fn placeholder(dev: &Dev, out_f: usize, in_f: usize, four_bit: bool) -> Result<DeviceBase> {
+        if !four_bit {
+            return Ok(DeviceBase::Bf16(placeholder(
+                dev,
+                "bf16 weight",
+                DType::BF16,
+                out_f * in_f,
+            )?));
+        }
+        let n = out_f * in_f;
+        let blocks = n.div_ceil(gemm::NF4_GEMM_BLOCKSIZE);
+        Ok(DeviceBase::FourBit(Nf4Weight {
+            packed: placeholder(dev, "4-bit codes", DType::U8, n.div_ceil(2))?,
+            absmax_codes: placeholder(dev, "absmax codes", DType::U8, blocks)?,
+            nested_absmax: placeholder(
+                dev,
+                "nested absmax",
+                DType::F32,
+                blocks.div_ceil(gemm::NESTED_BLOCKSIZE),
+            )?,
+            code_map: placeholder(dev, "absmax code map", DType::F32, 256)?,
+            table: placeholder(dev, "4-bit table", DType::F32, 16)?,
+            offset: 0.0,
+            out_features: out_f,
+            in_features: in_f,
+            blocksize: gemm::NF4_GEMM_BLOCKSIZE,
+        }))
+    }
+}
+
+impl DeviceBaseModel {
+    /// The frozen base of `config` with unset weights, for a launch plan: the buffers
+    /// [`Self::upload`] would make, 4-bit when `four_bit` (else bf16); `slot_of(name)` gives
+    /// the adapter slot of a module.
+    pub fn placeholder(
+        dev: &Dev,
+        config: &crate::FalconConfig,
+        four_bit: bool,
+        slot_of: impl Fn(&str) -> Option<usize>,
+    ) -> Result<DeviceBaseModel> {
+        use crate::checkpoint::{linear_modules, LinearKind};
+        use crate::config::NormLayout;
+        let h = config.hidden_size;
+        let embed = placeholder(dev, "embedding", DType::BF16, config.vocab_size * h)?;
+        let modules = linear_modules(config);
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for i in 0..config.num_hidden_layers {
+            let norms = match config.norms {
+                NormLayout::Single => DeviceNorms::Single(DeviceNorm::placeholder(dev, h)?),
+                NormLayout::Separate => DeviceNorms::Separate {
+                    attn: DeviceNorm::placeholder(dev, h)?,
+                    mlp: DeviceNorm::placeholder(dev, h)?,
+                },
+            };
+            let lin = |kind: LinearKind| -> Result<DeviceLinear> {
+                let m = modules
+                    .iter()
+                    .find(|m| m.layer == i && m.kind == kind)
+                    .ok_or_else(|| {
+                        FalconError::InvalidArgument(format!("layer {i} has no {kind:?} linear"))
+                    })?;
+                Ok(DeviceLinear {
+                    name: m.name.clone(),
+                    base: DeviceBase::placeholder(dev, m.out_features, m.in_features, four_bit)?,
+                    shape: [m.out_features, m.in_features],
+                    lora: slot_of(&m.name),
+                })
+            };
+            layers.push(DeviceLayer {
+                norms,
+                qkv: lin(LinearKind::QueryKeyValue)?,
+                dense: lin(LinearKind::Dense)?,
+                h_to_4h: lin(LinearKind::DenseHTo4h)?,
+                four_h_to_h: lin(LinearKind::Dense4hToH)?,
+            });
+        }
+        Ok(DeviceBaseModel {
+            embed,
+            layers,
+            ln_f: DeviceNorm::placeholder(dev, h)?,
+        })
+    }
 }

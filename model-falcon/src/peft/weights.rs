@@ -194,12 +194,23 @@ fn read_pair(
                 expected: shape.to_vec(),
             });
         }
-        decode_f32(info.dtype, file.bytes(info)).ok_or_else(|| FalconError::WrongDType {
-            path: path.to_path_buf(),
-            tensor: key.clone(),
-            found: info.dtype.to_string(),
-            expected: "F32, F16 or BF16".into(),
-        })
+        let v =
+            decode_f32(info.dtype, file.bytes(info)).ok_or_else(|| FalconError::WrongDType {
+                path: path.to_path_buf(),
+                tensor: key.clone(),
+                found: info.dtype.to_string(),
+                expected: "F32, F16 or BF16".into(),
+            })?;
+        // A NaN adapter must not load: eval, generation and merge would run on it silently.
+        if let Some(index) = v.iter().position(|x| !x.is_finite()) {
+            return Err(FalconError::NonFinite {
+                path: path.to_path_buf(),
+                tensor: key,
+                index,
+                value: v[index],
+            });
+        }
+        Ok(v)
     };
     let a = read(lora_a_key(&target.name), [r, target.in_features])?;
     let b = read(lora_b_key(&target.name), [target.out_features, r])?;

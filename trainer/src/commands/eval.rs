@@ -18,7 +18,8 @@ use crate::train_cmd::{load_data, truncation};
 use anyhow::{bail, Context, Result};
 use data_finqa::metrics::{answer_from_generation, score, Accuracy};
 use data_finqa::{tokenize_report, Record, TokenizeOptions, TokenizedExample};
-use model_falcon::{GenerationConfig, Sampling};
+use engine::optim::AdamWConfig;
+use model_falcon::{Backend, GenerationConfig, Sampling};
 use serde::Serialize;
 use std::io::Write;
 use std::path::PathBuf;
@@ -153,7 +154,9 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
     if examples.is_empty() {
         bail!("{}: no example to evaluate", a.data.display());
     }
-    let (eval_loss, target_tokens) = evaluate(&session, None, &examples, a.batch_size)
+    // The loss is evaluated on the CPU, as the generation below runs there.
+    let backend = Backend::host(&session.model, AdamWConfig::default())?;
+    let (eval_loss, target_tokens) = evaluate(&backend, session.pad_id, &examples, a.batch_size)
         .with_context(|| format!("evaluating the loss on {}", a.data.display()))?;
     if !a.json {
         println!(

@@ -26,6 +26,19 @@ pub fn sampling(temperature: f64, top_p: f64, seed: u64) -> Result<Sampling> {
     })
 }
 
+/// Prompt plus new tokens must fit the model's positions: the KV cache and rotary tables are
+/// sized by them, and a model is not trained beyond them.
+pub fn check_positions(prompt: usize, max_new_tokens: usize, positions: usize) -> Result<()> {
+    if prompt.saturating_add(max_new_tokens) > positions {
+        bail!(
+            "--max-new-tokens {max_new_tokens} with a {prompt}-token prompt exceeds the model's \
+             {positions} positions (max_position_embeddings); use --max-new-tokens {} or less",
+            positions.saturating_sub(prompt)
+        );
+    }
+    Ok(())
+}
+
 pub fn generate(a: &GenerateArgs) -> Result<()> {
     let sampling = sampling(a.temperature, a.top_p, a.seed)?;
     if a.max_new_tokens == 0 {
@@ -36,6 +49,11 @@ pub fn generate(a: &GenerateArgs) -> Result<()> {
     if ids.is_empty() {
         bail!("the prompt is empty (it encodes to no tokens)");
     }
+    check_positions(
+        ids.len(),
+        a.max_new_tokens,
+        session.model.config.max_position_embeddings,
+    )?;
     let gen = GenerationConfig {
         max_new_tokens: a.max_new_tokens,
         stop_ids: session.stop_ids.clone(),

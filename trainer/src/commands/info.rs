@@ -30,33 +30,21 @@
 //! total       = base + lora + stored + layer + loss
 //! ```
 //!
-//! # GPU training memory estimate (the CUDA step: bf16 activations, flash attention)
-//! ```text
-//! base        = quantized linears (bf16 when unquantized) + 2·(embedding + norms + biases)
-//! lora        = 20·P            f32 weight, grad, exp_avg, exp_avg_sq + bf16 copy and Bᵀ
-//! stored      = 2·L·b·T·h       each layer's input (bf16), + 2·b·T·h the final hidden state
-//! layer       = 2·b·T·(k·h + 3·n·d + 2·g·d + 2f) + 4·b·n·T     saved forward of one layer
-//!               (k LN outputs, q / attention out / its transpose, k and v of g kv heads,
-//!               MLP up and GELU out, logsumexp; no T² term)
-//!             + 4·b·T·f + 4·b·T·(n + 2g)·d + 6·b·T·qkv_out       backward temporaries (GELU
-//!               grads, f32 attention grads, qkv grad in f32 and bf16)
-//! loss        = 6·b·T·C + 6·b·T·h   one vocab chunk of C = 8192 logits (f32) and their bf16
-//!               gradient, dhidden (f32) and its bf16 copy
-//! ```
-//! Allocator slack (size classes), the CUDA context and the LoRA dropout copies are not
-//! included.
+//! # GPU training memory (the CUDA step: bf16 activations, flash attention)
+//! The device step's memory plan, [`model_falcon::cuda::MemoryPlan`]: computed by walking the
+//! step's buffers, and equal to the emulator's measured peak to the byte
+//! (`model-falcon/tests/memory_plan.rs`). The CUDA context and allocator size-class slack
+//! come on top on a GPU.
 
 use crate::args::InfoArgs;
 use anyhow::{bail, Result};
+use engine::nf4::{QuantConfig, NESTED_BLOCKSIZE};
 use model_falcon::checkpoint::linear_modules;
+use model_falcon::cuda::{BaseStorage, MemoryPlan, StepShape};
+use model_falcon::model::DEFAULT_LOSS_CHUNK_ROWS as LOSS_CHUNK_ROWS;
 use model_falcon::peft::{LoraConfig, TargetModules};
 use model_falcon::{AttentionLayout, FalconConfig, NormLayout};
 use serde::Serialize;
-
-/// Rows of logits the fused loss materializes at once (FalconModel::loss_chunk_rows).
-const LOSS_CHUNK_ROWS: usize = 256;
-const BLOCKSIZE: usize = 64;
-const NESTED_BLOCKSIZE: usize = 256;
 
 /// Parameter counts and the memory estimate.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -84,8 +72,11 @@ pub struct ModelInfo {
     pub linear_bytes: usize,
     pub bits_per_linear_parameter: f64,
     pub memory: MemoryEstimate,
-    /// The same for the CUDA step.
-    pub gpu_memory: MemoryEstimate,
+    /// The CUDA step's memory plan, when the step can train this configuration.
+    pub gpu_memory: Option<MemoryPlan>,
+    /// Why the CUDA step cannot, otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu_unsupported: Option<String>,
 }
 
 /// The training memory estimate (see the module docs), in bytes.
@@ -124,7 +115,8 @@ pub fn linear_storage_bytes(m: usize, quant: &str, double_quant: bool) -> usize 
     if quant == "none" {
         return 4 * m;
     }
-    let blocks = m.div_ceil(BLOCKSIZE);
+    // The default block size, bitsandbytes' (and the CUDA GEMM's).
+    let blocks = m.div_ceil(QuantConfig::default().blocksize);
     let stats = if double_quant {
         blocks + 4 * blocks.div_ceil(NESTED_BLOCKSIZE) + 4
     } else {
@@ -137,7 +129,7 @@ pub fn linear_storage_bytes(m: usize, quant: &str, double_quant: bool) -> usize 
 pub fn model_info(cfg: &FalconConfig, a: &InfoArgs) -> Result<ModelInfo> {
     let path = a.model.join("config.json");
     let targets = TargetModules::from_flag(&a.target_modules);
-    let lora = LoraConfig::new(a.lora_r, 2.0 * a.lora_r as f64, 0.0, targets);
+    let lora = LoraConfig::new(a.lora_r, 2.0 * a.lora_r as f64, a.lora_dropout, targets);
     let trainable: usize = lora
         .targets(cfg, &path)?
         .iter()
@@ -149,6 +141,7 @@ pub fn model_info(cfg: &FalconConfig, a: &InfoArgs) -> Result<ModelInfo> {
         .iter()
         .map(|m| linear_storage_bytes(m.in_features * m.out_features, &a.quant, a.double_quant))
         .sum();
+    let gpu_plan = gpu_plan(cfg, a, &lora);
     let total = cfg.num_parameters();
     let unquantized = total - quantized;
 
@@ -223,59 +216,27 @@ pub fn model_info(cfg: &FalconConfig, a: &InfoArgs) -> Result<ModelInfo> {
             8.0 * linear_bytes as f64 / quantized as f64
         },
         memory,
-        gpu_memory: gpu_memory_estimate(cfg, a, trainable, unquantized, quantized, linear_bytes),
+        gpu_memory: gpu_plan.as_ref().ok().cloned(),
+        gpu_unsupported: gpu_plan.err(),
     })
 }
 
-/// Vocab columns of the CUDA cross-entropy's logits chunk.
-const GPU_LOSS_CHUNK: usize = 8192;
-
-/// The GPU training memory estimate (see the module docs).
-fn gpu_memory_estimate(
-    cfg: &FalconConfig,
-    a: &InfoArgs,
-    trainable: usize,
-    unquantized: usize,
-    quantized: usize,
-    linear_bytes: usize,
-) -> MemoryEstimate {
-    let (b, t) = (a.per_device_train_batch_size, a.max_length);
-    let bt = b * t;
-    let (h, f, n, g, d) = (
-        cfg.hidden_size,
-        cfg.ffn_hidden_size,
-        cfg.num_attention_heads,
-        cfg.num_kv_heads(),
-        cfg.head_dim(),
-    );
-    let norms = match cfg.norms {
-        NormLayout::Single => 1,
-        NormLayout::Separate => 2,
+/// The CUDA step's plan, or why the step cannot train this configuration.
+fn gpu_plan(cfg: &FalconConfig, a: &InfoArgs, lora: &LoraConfig) -> Result<MemoryPlan, String> {
+    let base = match (a.quant.as_str(), a.double_quant) {
+        ("none", _) => BaseStorage::Bf16,
+        (_, true) => BaseStorage::FourBit,
+        (_, false) => return Err(
+            "the CUDA step's 4-bit GEMM reads double-quantized statistics (--double-quant true)"
+                .into(),
+        ),
     };
-    let linears = if a.quant == "none" {
-        2 * quantized
-    } else {
-        linear_bytes
+    let shape = StepShape {
+        batch: a.per_device_train_batch_size,
+        seq: a.max_length,
+        recompute: true,
     };
-    let base = linears + 2 * unquantized;
-    let lora_state = 20 * trainable;
-    let stored_activations = 2 * cfg.num_hidden_layers * bt * h + 2 * bt * h;
-    let layer_working_set = 2 * bt * (norms * h + 3 * n * d + 2 * g * d + 2 * f)
-        + 4 * b * n * t
-        + 4 * bt * f
-        + 4 * bt * (n + 2 * g) * d
-        + 6 * bt * cfg.qkv_out_features();
-    let loss_chunk = 6 * bt * GPU_LOSS_CHUNK.min(cfg.vocab_size) + 6 * bt * h;
-    MemoryEstimate::new(
-        [b, t],
-        [
-            base,
-            lora_state,
-            stored_activations,
-            layer_working_set,
-            loss_chunk,
-        ],
-    )
+    MemoryPlan::for_step(cfg, lora, base, shape).map_err(|e| e.to_string())
 }
 
 fn gib(bytes: usize) -> String {
@@ -365,24 +326,49 @@ pub fn info(a: &InfoArgs) -> Result<()> {
         gib(i.linear_bytes),
         i.bits_per_linear_parameter
     );
-    for (m, what) in [
-        (&i.memory, "on the CPU, fp32 activations"),
-        (&i.gpu_memory, "on a GPU, bf16 activations"),
+    let m = &i.memory;
+    println!(
+        "training memory estimate on the CPU, fp32 activations (batch {} x length {}, recompute):",
+        m.batch_size, m.seq_len
+    );
+    for (name, bytes) in [
+        ("frozen base", m.base),
+        ("LoRA weights, grads, AdamW state", m.lora_state),
+        ("stored layer inputs", m.stored_activations),
+        ("one layer's working set", m.layer_working_set),
+        ("loss chunk", m.loss_chunk),
+        ("total", m.total),
     ] {
-        println!(
-            "training memory estimate {what} (batch {} x length {}, recompute):",
-            m.batch_size, m.seq_len
-        );
-        for (name, bytes) in [
-            ("frozen base", m.base),
-            ("LoRA weights, grads, AdamW state", m.lora_state),
-            ("stored layer inputs", m.stored_activations),
-            ("one layer's working set", m.layer_working_set),
-            ("loss chunk", m.loss_chunk),
-            ("total", m.total),
-        ] {
-            println!("  {name:<33} {:>12}", gib(bytes));
+        println!("  {name:<33} {:>12}", gib(bytes));
+    }
+    match (&i.gpu_memory, &i.gpu_unsupported) {
+        (Some(p), _) => {
+            println!(
+                "device memory plan of the CUDA step, bf16 activations (batch {} x length {}, \
+                 recompute, LoRA dropout {}):",
+                p.batch, p.seq, a.lora_dropout
+            );
+            for (name, bytes) in [
+                ("frozen base", p.base_weights),
+                ("LoRA weights, grads, bf16 copies", p.adapters),
+                ("AdamW state", p.optimizer),
+                ("batch inputs", p.batch_inputs),
+                ("saved layer inputs", p.saved_activations),
+                ("largest working set", p.working_set),
+                ("peak", p.peak),
+            ] {
+                println!("  {name:<33} {:>12}", gib(bytes));
+            }
+            println!(
+                "  (the working set peaks in the {} phase; the CUDA context comes on top)",
+                p.working_set_phase
+            );
         }
+        (None, Some(why)) => println!("the CUDA step cannot train this configuration: {why}"),
+        (None, None) => {}
+    }
+    if let Some(gpu) = &a.gpu {
+        super::info_gpu::print(&cfg, a, i.gpu_memory.as_ref(), gpu)?;
     }
     Ok(())
 }

@@ -14,35 +14,8 @@ use std::time::Instant;
 /// Parses a shard size as transformers' `max_shard_size` does: a byte count, or a number
 /// with a unit: KB/MB/GB (powers of 1000) or KiB/MiB/GiB (powers of 1024), case-insensitive.
 pub(crate) fn parse_size(text: &str) -> Result<usize> {
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let value: f64 = num
-        .parse()
-        .ok()
-        .filter(|v: &f64| v.is_finite() && *v > 0.0)
-        .with_context(|| {
-            format!("--max-shard-size `{text}`: expected e.g. 5GB, 500MB, 2GiB or a byte count")
-        })?;
-    let mult: f64 = match unit.trim().to_ascii_uppercase().as_str() {
-        "" | "B" => 1.0,
-        "KB" => 1e3,
-        "MB" => 1e6,
-        "GB" => 1e9,
-        "KIB" => 1024.0,
-        "MIB" => 1024.0 * 1024.0,
-        "GIB" => 1024.0 * 1024.0 * 1024.0,
-        u => {
-            bail!("--max-shard-size `{text}`: unknown unit `{u}` (use KB, MB, GB, KiB, MiB or GiB)")
-        }
-    };
-    let bytes = (value * mult).floor();
-    if bytes < 1.0 {
-        bail!("--max-shard-size `{text}` is less than one byte");
-    }
-    Ok(bytes as usize)
+    let bytes = crate::validate::parse_size_flag("--max-shard-size", text)?;
+    usize::try_from(bytes).context("--max-shard-size is too large for this machine")
 }
 
 /// Prints what an export wrote.

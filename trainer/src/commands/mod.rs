@@ -6,6 +6,7 @@ mod data;
 mod eval;
 mod generate;
 mod info;
+mod info_gpu;
 mod merge;
 mod quantize;
 

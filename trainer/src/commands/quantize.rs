@@ -7,8 +7,9 @@ use super::merge::{parse_size, print_summary};
 use crate::args::QuantizeArgs;
 use anyhow::{bail, Context, Result};
 use engine::nf4::{QuantConfig, QuantType};
+use model_falcon::checkpoint::TensorRole;
 use model_falcon::quantize_export::quantize_checkpoint;
-use model_falcon::FalconCheckpoint;
+use model_falcon::{dequantize_like_bnb, prequantized_weight, FalconCheckpoint};
 use std::time::Instant;
 
 pub fn quantize(a: &QuantizeArgs) -> Result<()> {
@@ -31,6 +32,15 @@ pub fn quantize(a: &QuantizeArgs) -> Result<()> {
     };
     let summary = quantize_checkpoint(&ckpt, &a.out, cfg, max_shard)
         .with_context(|| format!("writing the 4-bit checkpoint to {}", a.out.display()))?;
+    if let Err(e) = read_back(&a.out) {
+        // config.json is what makes the folder a loadable checkpoint: take it away.
+        let _ = std::fs::remove_file(a.out.join("config.json"));
+        return Err(e.context(format!(
+            "the 4-bit checkpoint written to {} does not read back; its config.json was \
+             removed so that nothing loads it",
+            a.out.display()
+        )));
+    }
     println!(
         "quantized {} linear modules to {}{} (blocksize 64)",
         summary.modules,
@@ -42,5 +52,28 @@ pub fn quantize(a: &QuantizeArgs) -> Result<()> {
         }
     );
     print_summary("quantize", &a.out, &summary, start.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Opens the written checkpoint as `trainer` would and dequantizes every 4-bit module,
+/// requiring finite values: a quantize that cannot be loaded must fail here, not later.
+fn read_back(out: &std::path::Path) -> Result<()> {
+    let ckpt = FalconCheckpoint::open(out)?;
+    for t in ckpt.manifest() {
+        if !matches!(t.role, TensorRole::LinearWeight { .. }) {
+            continue;
+        }
+        let module = t.name.trim_end_matches(".weight");
+        let q = prequantized_weight(&ckpt, module)?
+            .with_context(|| format!("{}: `{module}` is not stored as 4-bit", out.display()))?;
+        let v = dequantize_like_bnb(&q);
+        if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+            bail!(
+                "{}: `{module}` dequantizes to {} at element {i}",
+                out.display(),
+                v[i]
+            );
+        }
+    }
     Ok(())
 }

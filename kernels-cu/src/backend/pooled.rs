@@ -1,10 +1,10 @@
 //! A caching pool in front of another backend: the emulator behind the same allocator as a
-//! GPU, so the engine's "no driver allocation after warm-up" property is testable without one.
+//! GPU, so the "no driver allocation after warm-up" property is testable without one.
 
 use std::sync::Mutex;
 
-use kernels_cu::pool::{CachingPool, RawAlloc};
-use kernels_cu::{ArgValue, Backend, DeviceInfo, Dim3, Kernel, MemoryStats};
+use crate::pool::{CachingPool, MemoryStats, RawAlloc};
+use crate::{ArgValue, Backend, DeviceInfo, Dim3, Kernel};
 
 /// A [`Backend`] that serves allocations from a [`CachingPool`] over `inner`'s allocations and
 /// forwards everything else. Blocks are rounded up to the pool's size classes, so overruns
@@ -28,7 +28,7 @@ impl PooledBackend {
 struct Raw<'a>(&'a dyn Backend);
 
 impl RawAlloc for Raw<'_> {
-    fn raw_alloc(&mut self, bytes: usize) -> kernels_cu::Result<u64> {
+    fn raw_alloc(&mut self, bytes: usize) -> crate::Result<u64> {
         // The inner backend may reserve more than asked; the pool only knows the class size,
         // which is what it hands back to raw_free, so ask for exactly that.
         self.0.alloc(bytes).map(|(addr, _)| addr)
@@ -51,7 +51,7 @@ impl Backend for PooledBackend {
         self.inner.info()
     }
 
-    fn alloc(&self, bytes: usize) -> kernels_cu::Result<(u64, usize)> {
+    fn alloc(&self, bytes: usize) -> crate::Result<(u64, usize)> {
         let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
         pool.alloc(&mut Raw(&*self.inner), bytes)
     }
@@ -62,22 +62,22 @@ impl Backend for PooledBackend {
         pool.free(addr, reserved);
     }
 
-    unsafe fn htod(&self, dst: u64, src: &[u8]) -> kernels_cu::Result<()> {
+    unsafe fn htod(&self, dst: u64, src: &[u8]) -> crate::Result<()> {
         // SAFETY: forwarded contract.
         unsafe { self.inner.htod(dst, src) }
     }
 
-    unsafe fn dtoh(&self, dst: &mut [u8], src: u64) -> kernels_cu::Result<()> {
+    unsafe fn dtoh(&self, dst: &mut [u8], src: u64) -> crate::Result<()> {
         // SAFETY: forwarded contract.
         unsafe { self.inner.dtoh(dst, src) }
     }
 
-    unsafe fn dtod(&self, dst: u64, src: u64, bytes: usize) -> kernels_cu::Result<()> {
+    unsafe fn dtod(&self, dst: u64, src: u64, bytes: usize) -> crate::Result<()> {
         // SAFETY: forwarded contract.
         unsafe { self.inner.dtod(dst, src, bytes) }
     }
 
-    unsafe fn memset_zero(&self, dst: u64, bytes: usize) -> kernels_cu::Result<()> {
+    unsafe fn memset_zero(&self, dst: u64, bytes: usize) -> crate::Result<()> {
         // SAFETY: forwarded contract.
         unsafe { self.inner.memset_zero(dst, bytes) }
     }
@@ -89,12 +89,12 @@ impl Backend for PooledBackend {
         block: Dim3,
         shared_bytes: u32,
         args: &[ArgValue],
-    ) -> kernels_cu::Result<()> {
+    ) -> crate::Result<()> {
         // SAFETY: forwarded contract.
         unsafe { self.inner.launch(kernel, grid, block, shared_bytes, args) }
     }
 
-    fn synchronize(&self) -> kernels_cu::Result<()> {
+    fn synchronize(&self) -> crate::Result<()> {
         self.inner.synchronize()
     }
 

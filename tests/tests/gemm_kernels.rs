@@ -1,4 +1,4 @@
-//! NF4 dequantization and the tensor-core GEMMs (kernels-cu `nf4_gemm.cu`) on the emulator (and a
+//! NF4 dequantization and the tensor-core GEMMs (kernels-cu `gemm.cu`) on the emulator (and a
 //! GPU when one is present) against the engine's NF4 implementation and float64 references.
 //!
 //! - Dequantize: bit-identical to `QuantizedWeight::dequantize_bf16` / `dequantize_f32`.
@@ -12,29 +12,26 @@
 //!   read them), shapes are ragged in M and N (and K for the bf16 GEMM), inputs fresh per case.
 
 use engine::nf4::{Absmax, QuantConfig, QuantizedWeight, NF4_THRESHOLDS};
+use engine::testing::{assert_close, Rng, F32_UNIT_ROUNDOFF as U};
 use half::bf16;
 use integration_tests::devices;
-use kernels_cu::ops::nf4_gemm::{self, Layout, Nf4Parts, Nf4Weight};
+use kernels_cu::ops::gemm::{self, Layout, Nf4Weight};
 use kernels_cu::{DType, Device, Error};
+use model_falcon::cuda::nf4_parts;
 use proptest::prelude::*;
 
-const U: f64 = 1.0 / 16_777_216.0;
-
-/// SplitMix64 stream: fresh, reproducible inputs per seed.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
+/// The draws these tests need beyond the shared generator's.
+trait Draws {
     /// Uniform in [-1, 1).
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 52) as f64 - 1.0
-    }
+    fn unit(&mut self) -> f64;
     /// bf16 values with varied magnitudes (a per-row scale) and both signs.
+    fn bf16s(&mut self, n: usize) -> Vec<bf16>;
+}
+
+impl Draws for Rng {
+    fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 52) as f64 - 1.0
+    }
     fn bf16s(&mut self, n: usize) -> Vec<bf16> {
         (0..n)
             .map(|i| bf16::from_f64(self.unit() * (1.0 + (i % 7) as f64 * 0.5)))
@@ -66,35 +63,18 @@ fn quantize(
 }
 
 fn upload(dev: &Device, q: &QuantizedWeight) -> Nf4Weight {
-    let Absmax::Double(dq) = q.absmax() else {
-        panic!("the default config double-quantizes")
-    };
-    let table = q.quant_type().dequant_table();
-    Nf4Weight::upload(
-        dev,
-        &Nf4Parts {
-            packed: q.packed(),
-            absmax_codes: &dq.codes,
-            nested_absmax: &dq.nested_absmax,
-            code_map: &dq.code,
-            table,
-            offset: dq.offset,
-            out_features: q.out_features(),
-            in_features: q.in_features(),
-            blocksize: q.blocksize(),
-        },
-    )
-    .expect("consistent weight parts")
+    let parts = nf4_parts("test weight", q).expect("the default config double-quantizes");
+    Nf4Weight::upload(dev, &parts).expect("consistent weight parts")
 }
 
 fn check_dequant(n: usize, k: usize, blocksize: usize, seed: u64) {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::from_state(seed);
     let q = quantize(&mut rng, n, k, blocksize, seed.is_multiple_of(2));
     let want_bf: Vec<u16> = q.dequantize_bf16().iter().map(|v| v.to_bits()).collect();
     let want_f: Vec<u32> = q.dequantize_f32().iter().map(|v| v.to_bits()).collect();
     for dev in devices() {
         let w = upload(&dev, &q);
-        let got_bf = nf4_gemm::dequantize(&dev, &w, DType::BF16).unwrap();
+        let got_bf = gemm::dequantize(&dev, &w, DType::BF16).unwrap();
         let got_bf: Vec<u16> = dev
             .dtoh::<bf16>(&got_bf)
             .unwrap()
@@ -102,7 +82,7 @@ fn check_dequant(n: usize, k: usize, blocksize: usize, seed: u64) {
             .map(|v| v.to_bits())
             .collect();
         assert_eq!(got_bf, want_bf, "bf16 dequantize {n}x{k} bs {blocksize}");
-        let got_f = nf4_gemm::dequantize(&dev, &w, DType::F32).unwrap();
+        let got_f = gemm::dequantize(&dev, &w, DType::F32).unwrap();
         let got_f: Vec<u32> = dev
             .dtoh::<f32>(&got_f)
             .unwrap()
@@ -192,20 +172,6 @@ fn output(
     (buf, c0)
 }
 
-fn assert_close(what: &str, got: &[f64], want: &[f64], tol: &[f64]) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    for i in 0..got.len() {
-        let err = (got[i] - want[i]).abs();
-        assert!(
-            err <= tol[i],
-            "{what}[{i}]: got {} want {} (|Δ| {err:e} > tol {:e})",
-            got[i],
-            want[i],
-            tol[i]
-        );
-    }
-}
-
 #[allow(clippy::too_many_arguments)]
 fn check_nf4_gemm(
     m: usize,
@@ -217,7 +183,7 @@ fn check_nf4_gemm(
     beta: f32,
     seed: u64,
 ) {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::from_state(seed);
     let q = quantize(&mut rng, n, k, 64, true);
     let wv: Vec<f64> = q.dequantize_bf16().iter().map(|v| v.to_f64()).collect();
     let (red, n_out) = if backward { (n, k) } else { (k, n) };
@@ -228,7 +194,7 @@ fn check_nf4_gemm(
         let ab = dev.htod(&a).unwrap();
         let (mut c, c0) = output(&dev, &mut rng, dtype, m * n_out, beta);
         let (want, tol) = if backward {
-            nf4_gemm::nf4_backward_input(&dev, &ab, &w, &mut c, m, alpha, beta).unwrap();
+            gemm::nf4_backward_input(&dev, &ab, &w, &mut c, m, alpha, beta).unwrap();
             // dX[i][j] = Σ_r dY[i][r]·W[r][j]
             reference(
                 m,
@@ -242,7 +208,7 @@ fn check_nf4_gemm(
                 dtype == DType::BF16,
             )
         } else {
-            nf4_gemm::nf4_forward(&dev, &ab, &w, &mut c, m, alpha, beta).unwrap();
+            gemm::nf4_forward(&dev, &ab, &w, &mut c, m, alpha, beta).unwrap();
             // Y[i][j] = Σ_r X[i][r]·W[j][r]
             reference(
                 m,
@@ -276,7 +242,7 @@ fn check_gemm(
     beta: f32,
     seed: u64,
 ) {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::from_state(seed);
     let a = rng.bf16s(m * k);
     let b = rng.bf16s(n * k);
     let af: Vec<f64> = a.iter().map(|v| v.to_f64()).collect();
@@ -285,7 +251,7 @@ fn check_gemm(
         let ab = dev.htod(&a).unwrap();
         let bb = dev.htod(&b).unwrap();
         let (mut c, c0) = output(&dev, &mut rng, dtype, m * n, beta);
-        nf4_gemm::gemm(&dev, layout, &ab, &bb, &mut c, m, n, k, alpha, beta).unwrap();
+        gemm::gemm(&dev, layout, &ab, &bb, &mut c, m, n, k, alpha, beta).unwrap();
         let bfo = dtype == DType::BF16;
         let (want, tol) = match layout {
             Layout::Nt => reference(
@@ -332,7 +298,7 @@ fn check_gemm(
 
 /// GPU quantize (packed codes + fp32 absmax) against the CPU without double quantization.
 fn check_quantize(n: usize, blocksize: usize, seed: u64, bf16_src: bool) {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::from_state(seed);
     let mut vals: Vec<f32> = (0..n)
         .map(|i| (rng.unit() * 0.05 * (1.0 + (i / 61) as f64 % 5.0)) as f32)
         .collect();
@@ -369,7 +335,7 @@ fn check_quantize(n: usize, blocksize: usize, seed: u64, bf16_src: bool) {
         let Absmax::Plain(want_am) = q.absmax() else {
             panic!("no double quantization requested")
         };
-        let (packed, absmax) = nf4_gemm::quantize(&dev, &src, blocksize, &NF4_THRESHOLDS).unwrap();
+        let (packed, absmax) = gemm::quantize(&dev, &src, blocksize, &NF4_THRESHOLDS).unwrap();
         let got_p = dev.dtoh::<u8>(&packed).unwrap();
         assert_eq!(
             got_p,
@@ -436,46 +402,31 @@ fn bf16_gemm_deep_k_and_multi_block() {
 #[test]
 fn launchers_reject_unsupported_weights() {
     let dev = Device::emulator().unwrap();
-    let mut rng = Rng(41);
+    let mut rng = Rng::from_state(41);
     // K not a multiple of 64.
     let q = quantize(&mut rng, 8, 96, 32, true);
     let w = upload(&dev, &q);
     let x = dev.htod(&rng.bf16s(2 * 96)).unwrap();
     let mut y = dev.alloc(DType::F32, 2 * 8).unwrap();
-    let e = nf4_gemm::nf4_forward(&dev, &x, &w, &mut y, 2, 1.0, 0.0).unwrap_err();
+    let e = gemm::nf4_forward(&dev, &x, &w, &mut y, 2, 1.0, 0.0).unwrap_err();
     assert!(matches!(e, Error::InvalidLaunch { .. }), "{e}");
     assert!(e.to_string().contains("blocksize 64"), "{e}");
     let q = quantize(&mut rng, 8, 96, 64, true);
     let w = upload(&dev, &q);
-    let e = nf4_gemm::nf4_forward(&dev, &x, &w, &mut y, 2, 1.0, 0.0).unwrap_err();
+    let e = gemm::nf4_forward(&dev, &x, &w, &mut y, 2, 1.0, 0.0).unwrap_err();
     assert!(e.to_string().contains("multiple of 64"), "{e}");
     // Wrong activation length and dtype.
     let q = quantize(&mut rng, 8, 64, 64, true);
     let w = upload(&dev, &q);
-    let e = nf4_gemm::nf4_forward(&dev, &x, &w, &mut y, 2, 1.0, 0.0).unwrap_err();
+    let e = gemm::nf4_forward(&dev, &x, &w, &mut y, 2, 1.0, 0.0).unwrap_err();
     assert!(matches!(e, Error::Length { .. }), "{e}");
     let xf = dev.htod(&vec![0.5f32; 2 * 64]).unwrap();
-    let e = nf4_gemm::nf4_forward(&dev, &xf, &w, &mut y, 2, 1.0, 0.0).unwrap_err();
+    let e = gemm::nf4_forward(&dev, &xf, &w, &mut y, 2, 1.0, 0.0).unwrap_err();
     assert!(matches!(e, Error::DType { .. }), "{e}");
     // Inconsistent parts.
-    let Absmax::Double(dq) = q.absmax() else {
-        unreachable!()
-    };
-    let e = Nf4Weight::upload(
-        &dev,
-        &Nf4Parts {
-            packed: &q.packed()[1..],
-            absmax_codes: &dq.codes,
-            nested_absmax: &dq.nested_absmax,
-            code_map: &dq.code,
-            table: q.quant_type().dequant_table(),
-            offset: dq.offset,
-            out_features: 8,
-            in_features: 64,
-            blocksize: 64,
-        },
-    )
-    .unwrap_err();
+    let mut parts = nf4_parts("test weight", &q).unwrap();
+    parts.packed = &q.packed()[1..];
+    let e = Nf4Weight::upload(&dev, &parts).unwrap_err();
     assert!(e.to_string().contains("packed"), "{e}");
 }
 

@@ -1,4 +1,4 @@
-//! NF4 dequantization and tensor-core GEMMs (cuda/nf4_gemm.cu).
+//! NF4 dequantization and tensor-core GEMMs (cuda/gemm.cu).
 //!
 //! - [`Nf4Weight`]: a 4-bit weight `W[N][K]` on the device in bitsandbytes' layout (packed codes,
 //!   double-quantized absmax), uploaded from its parts (engine's `QuantizedWeight`).
@@ -19,27 +19,29 @@
 //! that are a multiple of 8 take the 16-byte `cp.async` path; others a slower element path.
 
 use super::n_i32;
+use crate::defines;
 use crate::device::{Dim3, Launch};
 use crate::error::{Error, Result};
 use crate::kernels::*;
 use crate::{Arg, Buffer, DType, Device, Kernel};
 
 /// Threads per GEMM block (8 warps).
-pub const GEMM_THREADS: u32 = 256;
+pub const GEMM_THREADS: u32 = defines::gemm::GEMM_THREADS as u32;
 /// Output rows per GEMM block.
-pub const TILE_M: usize = 128;
+pub const TILE_M: usize = defines::gemm::GEMM_BM;
 /// Output columns per GEMM block.
-pub const TILE_N: usize = 128;
+pub const TILE_N: usize = defines::gemm::GEMM_BN;
 /// The NF4 blocksize the GEMMs support (QLoRA's).
 pub const NF4_GEMM_BLOCKSIZE: usize = 64;
 /// Codes per nested absmax block (bitsandbytes' double quantization).
 pub const NESTED_BLOCKSIZE: usize = 256;
 
-const PAD: usize = 8;
-const BF_BK: usize = 32;
-const BF_STAGES: usize = 4;
-const NF_BK: usize = 64;
-const NF_STAGES: usize = 3;
+// The shared-memory layout of the tiles (see cuda/gemm.cu).
+const PAD: usize = defines::gemm::PAD;
+const BF_BK: usize = defines::gemm::BF_BK;
+const BF_STAGES: usize = defines::gemm::BF_STAGES;
+const NF_BK: usize = defines::gemm::NF_BK;
+const NF_STAGES: usize = defines::gemm::NF_STAGES;
 
 /// A 4-bit weight `W[out_features][in_features]` on the device (bitsandbytes' layout).
 #[derive(Debug)]

@@ -1,0 +1,263 @@
+//! The work of one launch: tensor-core FLOPs, CUDA-core work, and the DRAM bytes it must move,
+//! derived by hand from each kernel's code and its scalar arguments (the shapes it receives).
+//!
+//! Bytes count each input read once and each output written once (plus read when the kernel
+//! accumulates into it, β ≠ 0): the compulsory traffic, assuming re-reads of tiles by other
+//! blocks hit L2. That is optimistic for operands larger than L2 and is the floor a kernel
+//! can approach, not what a naive kernel moves.
+
+use super::trace::LaunchRecord;
+use crate::ArgValue;
+
+/// Work of one launch.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Cost {
+    /// Multiply-adds on tensor cores, as FLOPs (2 per multiply-add).
+    pub tensor_flops: f64,
+    /// Elements the NF4 GEMM decodes from 4 bits to bf16 (each M-tile block decodes its own
+    /// copy of its weight tile): CUDA-core work that the current kernel does between barriers,
+    /// not overlapped with its `mma.sync`.
+    pub decoded_elements: f64,
+    /// Special-function operations (`ex2` on the SFUs): the softmax exponentials.
+    pub special_ops: f64,
+    /// Other fp32 operations on CUDA cores inside a tensor-core loop (softmax scaling, row
+    /// max and sum, dS = P∘(dP − D)), serial with the products in FlashAttention-2-style code.
+    pub fp32_ops: f64,
+    /// Compulsory DRAM traffic, bytes.
+    pub bytes: f64,
+    /// Which formula gave these numbers (a kernel family, or "generic").
+    pub formula: &'static str,
+}
+
+/// Bytes of element `i` of the arguments' pointers (0 for scalars).
+fn elem(r: &LaunchRecord, ptr_index: usize) -> f64 {
+    r.args
+        .iter()
+        .filter_map(|a| match a {
+            ArgValue::Ptr { dtype, .. } => Some(dtype.size() as f64),
+            _ => None,
+        })
+        .nth(ptr_index)
+        .unwrap_or(0.0)
+}
+
+fn f32_arg(r: &LaunchRecord, i: usize) -> f32 {
+    match r
+        .args
+        .iter()
+        .filter(|a| !matches!(a, ArgValue::Ptr { .. }))
+        .nth(i)
+    {
+        Some(ArgValue::F32(v)) => *v,
+        _ => 0.0,
+    }
+}
+
+/// Query x key tiles a flash-attention kernel computes for one (batch, head): all of them,
+/// or with a causal mask the lower triangle including the diagonal tiles (which are computed
+/// in full and masked).
+fn attention_tiles(t: f64, tk: f64, causal: bool, tile: f64) -> f64 {
+    let (nq, nk) = ((t / tile).ceil(), (tk / tile).ceil());
+    if causal && t == tk {
+        nq * (nq + 1.0) / 2.0
+    } else {
+        nq * nk
+    }
+}
+
+/// The cost of one recorded launch.
+pub fn cost(r: &LaunchRecord) -> Cost {
+    let name = r.kernel.name;
+    let i = |k: usize| r.int(k) as f64;
+    let threads = r.threads() as f64;
+    let generic = || {
+        // Unknown kernel: every pointer touched for one element per thread.
+        let per_thread: f64 = (0..r.args.len()).map(|p| elem(r, p)).sum();
+        Cost {
+            bytes: threads * per_thread,
+            formula: "generic",
+            ..Cost::default()
+        }
+    };
+    if name.starts_with("gemm_bf16_") {
+        // c[m, n] = α·a·b + β·c, args (c, a, b, m, n, k, lda, ldb, α, β).
+        let (m, n, k) = (i(0), i(1), i(2));
+        let beta = f32_arg(r, 6);
+        let c = elem(r, 0);
+        return Cost {
+            tensor_flops: 2.0 * m * n * k,
+            bytes: 2.0 * (m * k + n * k) + c * m * n * if beta != 0.0 { 2.0 } else { 1.0 },
+            formula: "gemm",
+            ..Cost::default()
+        };
+    }
+    if name.starts_with("nf4_gemm_") {
+        // (y, x, packed, codes, nested, map, table, offset, m, n, k, α, β): y[m, ·] from
+        // x[m, ·] and a 4-bit weight of n·k elements (½ byte each + 1 code byte per 64).
+        let (m, n, k) = (i(1), i(2), i(3));
+        let beta = f32_arg(r, 5);
+        let out = elem(r, 0);
+        let backward = name.contains("bwd");
+        // Forward reads x [m, k], writes y [m, n]; backward reads dy [m, n], writes dx [m, k].
+        let (x_cols, y_cols) = if backward { (n, k) } else { (k, n) };
+        let m_tiles = (m / crate::ops::gemm::TILE_M as f64).ceil();
+        return Cost {
+            tensor_flops: 2.0 * m * n * k,
+            decoded_elements: n * k * m_tiles,
+            bytes: 2.0 * m * x_cols
+                + n * k * (0.5 + 1.0 / 64.0)
+                + out * m * y_cols * if beta != 0.0 { 2.0 } else { 1.0 },
+            formula: "nf4 gemm",
+            ..Cost::default()
+        };
+    }
+    if name.starts_with("attn_fwd_")
+        || name.starts_with("attn_bwd_dkdv_")
+        || name.starts_with("attn_bwd_dq_")
+    {
+        // (.., has_mask, hq, hkv, t, tk, causal, scale); grid (q or k tiles, heads, batch).
+        let (hq, hkv, t, tk, causal) = (i(1), i(2), i(3), i(4), r.int(5) != 0);
+        let d = if name.ends_with("d128") { 128.0 } else { 64.0 };
+        let b = r.grid.z as f64;
+        let tiles = attention_tiles(t, tk, causal, 64.0);
+        // Per 64x64 tile and head: S = Q·Kᵀ and O += P·V forward (2 products); backward
+        // recomputes S and forms dV += Pᵀ·dO, dP = dO·Vᵀ, dK += dSᵀ·Q (dK/dV kernel, 4
+        // products) and S, dP, dQ += dS·K (dQ kernel, 3 products). 2·64·64·d FLOPs each.
+        let products = if name.starts_with("attn_fwd_") {
+            2.0
+        } else if name.starts_with("attn_bwd_dkdv_") {
+            4.0
+        } else {
+            3.0
+        };
+        let q = 2.0 * b * hq * t * d;
+        let kv = 2.0 * b * hkv * tk * d;
+        let bytes = if name.starts_with("attn_fwd_") {
+            // q, k, v in; o out (bf16) and lse (f32).
+            2.0 * q + 2.0 * kv + 4.0 * b * hq * t
+        } else if name.starts_with("attn_bwd_dkdv_") {
+            // q, dO, lse, D in; k, v in; dK, dV out (f32).
+            2.0 * q + 8.0 * b * hq * t + 2.0 * kv + 4.0 * kv
+        } else {
+            // q, dO, lse, D, k, v in; dQ out (f32).
+            2.0 * q + 8.0 * b * hq * t + 2.0 * kv + 2.0 * q
+        };
+        // Per score element: one exponential (forward, and each backward kernel recomputes
+        // P); fp32 work: forward scale-and-subtract, row max, row sum, bf16 pack (~4);
+        // backward the recomputed P, dS = P∘(dP − D), the bf16 packs and shared stores of P
+        // and dS (~8, `calibration::BWD_FP32_PER_SCORE`).
+        let scores = 64.0 * 64.0 * tiles * b * hq;
+        return Cost {
+            tensor_flops: products * 2.0 * 64.0 * 64.0 * d * tiles * b * hq,
+            special_ops: scores,
+            fp32_ops: scores
+                * if name.starts_with("attn_fwd_") {
+                    4.0
+                } else {
+                    super::calibration::BWD_FP32_PER_SCORE
+                },
+            bytes,
+            formula: "flash attention",
+            ..Cost::default()
+        };
+    }
+    if name.starts_with("skinny_nt_") {
+        // c[m, n] = α·a[m, k]·b[n, k]ᵀ + β·c, n ≤ 32, on CUDA cores.
+        let (m, n, k) = (i(0), i(1), i(2));
+        let beta = f32_arg(r, 4);
+        let c = elem(r, 0);
+        return Cost {
+            bytes: 2.0 * m * k + 2.0 * n * k + c * m * n * if beta != 0.0 { 2.0 } else { 1.0 },
+            formula: "skinny gemm",
+            ..Cost::default()
+        };
+    }
+    // Streaming kernels: bytes = elements × Σ element sizes of the arrays they walk.
+    let n_elems =
+        |n: f64, arrays: &[usize]| -> f64 { n * arrays.iter().map(|&p| elem(r, p)).sum::<f64>() };
+    let stream = |bytes: f64, formula: &'static str| Cost {
+        bytes,
+        formula,
+        ..Cost::default()
+    };
+    let rows = r.grid.x as f64;
+    match name {
+        "layernorm_fwd_f32" | "layernorm_fwd_bf16" => {
+            // One block per row of d: x in, y out, mean and rstd out.
+            let d = i(0);
+            stream(
+                rows * d * (elem(r, 0) + elem(r, 3)) + 8.0 * rows,
+                "layernorm",
+            )
+        }
+        "layernorm_bwd_f32" | "layernorm_bwd_bf16" => {
+            // (dx, part_dg, part_db, x, gamma, mean, rstd, dy, rows, d): x, dy in, dx out.
+            let (rows, d) = (i(0), i(1));
+            let parts = 8.0 * r.grid.x as f64 * d;
+            stream(
+                rows * d * (elem(r, 0) + elem(r, 3) + elem(r, 7)) + parts,
+                "layernorm",
+            )
+        }
+        "layernorm_bwd_reduce" => stream(8.0 * i(0) * i(1) + 8.0 * i(1), "layernorm"),
+        "rope_qkv_fwd_f32" | "rope_qkv_fwd_bf16" | "rope_qkv_bwd_f32" | "rope_qkv_bwd_bf16" => {
+            // (.., t, hq, hkv, d, grouped), one block per token: the fused qkv row in, q/k/v
+            // out (or back), plus the token's cos/sin row.
+            let (hq, hkv, d) = (i(1), i(2), i(3));
+            stream(
+                rows * ((hq + 2.0 * hkv) * d * 2.0 * elem(r, 0) + 4.0 * d),
+                "rope",
+            )
+        }
+        "rope_table" => stream(8.0 * i(0) * i(1), "rope"),
+        "attn_bwd_dot" => stream(
+            i(0) * i(1) * (elem(r, 1) + elem(r, 2)) + 4.0 * i(0),
+            "attention",
+        ),
+        "cast_f32_bf16" | "cast_bf16_f32" => stream(n_elems(i(0), &[0, 1]), "convert"),
+        "swap_axes12_bf16" | "swap_axes12_f32" => {
+            // (out, x, d1, d2, d3, chunks, vec): `chunks` units of 16 bytes (vec) or elements.
+            let n = if r.int(4) != 0 {
+                i(3) * 16.0 / elem(r, 0).max(1.0)
+            } else {
+                i(3)
+            };
+            stream(n_elems(n, &[0, 1]), "convert")
+        }
+        "dropout_fwd_f32" | "dropout_fwd_bf16" => stream(n_elems(i(0), &[0, 1]), "dropout"),
+        "dropout_bwd_add_f32" | "dropout_bwd_add_bf16" => {
+            stream(n_elems(i(0), &[0, 0, 1]), "dropout")
+        }
+        "gelu_fwd_f32" | "gelu_fwd_bf16" => stream(n_elems(i(0), &[0, 1]), "pointwise"),
+        "gelu_bwd_f32" | "gelu_bwd_bf16" => stream(n_elems(i(0), &[0, 1, 2]), "pointwise"),
+        "residual_add3_f32" | "residual_add3_bf16" => {
+            stream(n_elems(i(0), &[0, 1, 2, 3]), "pointwise")
+        }
+        "embedding_fwd_f32" | "embedding_fwd_bf16" => {
+            // One block per token: a table row in, an output row out, the id.
+            stream(rows * (i(0) * 2.0 * elem(r, 0) + 4.0), "embedding")
+        }
+        "embedding_zero_f32" => stream(4.0 * i(0), "embedding"),
+        "embedding_bwd_f32" | "embedding_bwd_bf16" => {
+            stream(i(0) * (i(1) * (elem(r, 2) + 8.0) + 4.0), "embedding")
+        }
+        "add_f32" | "add_bf16" => stream(n_elems(i(0), &[0, 1, 2]), "elementwise"),
+        "scale_f32" | "scale_bf16" => stream(n_elems(i(1), &[0, 1]), "elementwise"),
+        "axpy_f32" | "axpy_bf16" => stream(n_elems(i(1), &[0, 0, 1]), "elementwise"),
+        "sum_f32" | "sumsq_f32" | "sumsq_bf16" => stream(n_elems(i(0), &[1]), "reduce"),
+        "sum_partials_f32" => stream(4.0 * i(0), "reduce"),
+        "adamw_f32" => {
+            // p, m, v read and written, g read (f32).
+            stream(28.0 * i(0), "adamw")
+        }
+        "grad_sumsq_partials" => stream(4.0 * i(0), "adamw"),
+        "grad_norm_finalize" => stream(4.0 * i(0), "adamw"),
+        "lce_fwd_fold" => {
+            // (.., vc, v0, first, vec), one block per row: a chunk row of logits z (f32) in.
+            stream(rows * (4.0 * i(0) + 16.0), "cross entropy")
+        }
+        "lce_bwd_dz" => stream(rows * (6.0 * i(0) + 12.0), "cross entropy"),
+        "lce_fwd_finalize" => stream(16.0 * i(0), "cross entropy"),
+        _ => generic(),
+    }
+}

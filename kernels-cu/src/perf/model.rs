@@ -1,0 +1,302 @@
+//! Time bounds of launches on a [`Gpu`]: occupancy from the ptxas report, waves, and the
+//! roofline of each launch's [`Cost`] against the GPU's peaks.
+//!
+//! Per launch (every figure PREDICTED, none measured):
+//! ```text
+//! blocks/SM   = min(registers, shared memory, threads, block slots)    (CUDA occupancy rules)
+//! SM waves    = ⌈grid / SMs⌉,  wave efficiency = grid / (SMs · SM waves)
+//! t_tensor    = tensor FLOPs / (bf16 peak · mma efficiency) / wave efficiency
+//! t_decode    = decoded NF4 elements · DECODE_SLOTS / 32 lanes / (4 schedulers · SMs · clock)
+//!               / wave efficiency       (serial with t_tensor: the decode sits between barriers)
+//! t_softmax   = (exponentials / (16 per SM per clock · SMs · clock)
+//!               + fp32 ops / (fp32 peak / 2)) / wave efficiency     (serial with t_tensor)
+//! t_memory    = bytes / (DRAM bandwidth · DRAM efficiency) / min(1, 2 · busy SMs / SMs)
+//! time        = max(t_tensor + t_decode + t_softmax, t_memory) + launch gap
+//! ```
+//! The SM-wave count assumes that one resident block keeps an SM's tensor cores as busy as
+//! several (8-warp GEMM blocks); the memory term lets one SM draw at most twice its share of
+//! DRAM bandwidth, so a grid of a few blocks cannot stream at full rate. L2 reuse is assumed
+//! perfect (see [`super::cost`]); CUDA-core work other than the NF4 decode (softmax
+//! exponentials, address arithmetic) is not counted: the SASS issue-slot count of the hot
+//! loops is what refines that.
+
+use super::cost::{cost, Cost};
+use super::gpu::Gpu;
+use super::trace::LaunchRecord;
+
+/// Issue slots (warp instructions × 32 lanes, i.e. thread instructions) per decoded NF4
+/// element: load of the packed byte (½), nibble extract (1), table lookup (1), scale by the
+/// block's absmax (1), convert and pack to bf16 (½), store to shared memory (½), plus the
+/// absmax decode amortized over 64 elements. An estimate from reading the kernel, to be replaced
+/// by the SASS count of its main loop.
+pub const DECODE_SLOTS: f64 = 5.0;
+
+/// `ex2` throughput of the special-function units: 16 per SM per clock on sm_80..sm_90
+/// (CUDA C++ Programming Guide, arithmetic instruction throughput table).
+pub const SFU_OPS_PER_SM_CLOCK: f64 = 16.0;
+
+/// The embedded ptxas report (registers, static shared memory per kernel and target).
+const REPORT: &str = include_str!("../../ptxas-report.txt");
+
+/// What ptxas reports for one kernel on one target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resources {
+    pub registers: u32,
+    pub static_smem: u32,
+}
+
+/// Registers and static shared memory of `kernel` for `arch` from the ptxas report; sm_86 and
+/// sm_89 use the sm_80 line (the report covers sm_80 and sm_90).
+pub fn resources(arch: &str, kernel: &str) -> Option<Resources> {
+    let arch = if arch == "sm_90" { "sm_90" } else { "sm_80" };
+    REPORT.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.len() >= 4 && f[0] == arch && f[1] == kernel {
+            Some(Resources {
+                registers: f[2].parse().ok()?,
+                static_smem: f[3].parse().ok()?,
+            })
+        } else {
+            None
+        }
+    })
+}
+
+/// Resident blocks per SM and what limits them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Occupancy {
+    pub blocks_per_sm: u32,
+    pub limiter: &'static str,
+}
+
+/// Blocks of `threads` threads, `res` resources and `dynamic_smem` bytes that fit on one SM
+/// (register allocation per warp in units of 256, shared memory plus the per-block reserve).
+pub fn occupancy(gpu: &Gpu, res: Resources, threads: u32, dynamic_smem: u32) -> Occupancy {
+    let warps = threads.div_ceil(32).max(1);
+    let regs_per_warp = (res.registers.max(1) * 32).div_ceil(256) * 256;
+    let by_regs = (gpu.regs_per_sm / regs_per_warp) / warps;
+    let smem = res.static_smem + dynamic_smem + gpu.smem_reserved_per_block;
+    let by_smem = gpu.smem_per_sm / smem.max(1);
+    let by_threads = gpu.max_threads_per_sm / (warps * 32);
+    let limits = [
+        (by_regs, "registers"),
+        (by_smem, "shared memory"),
+        (by_threads, "threads"),
+        (gpu.max_blocks_per_sm, "block slots"),
+    ];
+    let (blocks_per_sm, limiter) = limits
+        .into_iter()
+        .min_by_key(|(n, _)| *n)
+        .unwrap_or((0, "none"));
+    Occupancy {
+        blocks_per_sm,
+        limiter,
+    }
+}
+
+/// SM waves of a grid and the fraction of SM time they keep busy.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Waves {
+    /// ⌈grid / SMs⌉: blocks the busiest SM runs.
+    pub sm_waves: u64,
+    /// ⌈grid / (SMs · blocks per SM)⌉: full-occupancy waves.
+    pub occupancy_waves: u64,
+    /// grid / (SMs · sm_waves).
+    pub efficiency: f64,
+}
+
+pub fn waves(gpu: &Gpu, grid_blocks: u64, blocks_per_sm: u32) -> Waves {
+    let sms = gpu.sms as u64;
+    let sm_waves = grid_blocks.div_ceil(sms).max(1);
+    Waves {
+        sm_waves,
+        occupancy_waves: grid_blocks.div_ceil(sms * blocks_per_sm.max(1) as u64),
+        efficiency: grid_blocks as f64 / (sms * sm_waves) as f64,
+    }
+}
+
+/// The model's estimate of one launch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LaunchEstimate {
+    pub kernel: &'static str,
+    pub grid_blocks: u64,
+    pub threads: u32,
+    pub dynamic_smem: u32,
+    pub cost: Cost,
+    pub resources: Option<Resources>,
+    pub occupancy: Occupancy,
+    pub waves: Waves,
+    pub t_tensor_us: f64,
+    pub t_decode_us: f64,
+    pub t_softmax_us: f64,
+    pub t_memory_us: f64,
+    /// Predicted time including the launch gap.
+    pub time_us: f64,
+    /// "tensor", "tensor+decode", "memory" or "launch".
+    pub bound: &'static str,
+}
+
+/// The time terms of the module docs, seconds, for `c` spread over `grid_blocks` blocks.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Times {
+    pub tensor: f64,
+    pub decode: f64,
+    pub softmax: f64,
+    pub memory: f64,
+}
+
+impl Times {
+    /// The launch's time without the launch gap, seconds.
+    pub fn bound(&self) -> f64 {
+        (self.tensor + self.decode + self.softmax).max(self.memory)
+    }
+}
+
+pub fn times(gpu: &Gpu, c: &Cost, grid_blocks: u64) -> Times {
+    let eff = waves(gpu, grid_blocks, 1).efficiency.max(1e-9);
+    let clock = gpu.boost_mhz as f64 * 1e6;
+    let issue_rate = 4.0 * gpu.sms as f64 * clock; // warp instructions per second
+    let busy = grid_blocks.min(gpu.sms as u64) as f64;
+    let bw_share = (2.0 * busy / gpu.sms as f64).min(1.0);
+    Times {
+        tensor: c.tensor_flops / (gpu.bf16_tflops * 1e12 * gpu.mma_efficiency) / eff,
+        decode: c.decoded_elements * DECODE_SLOTS / 32.0 / issue_rate / eff,
+        softmax: (c.special_ops / (SFU_OPS_PER_SM_CLOCK * gpu.sms as f64 * clock)
+            + c.fp32_ops / (gpu.fp32_tflops * 1e12 / 2.0))
+            / eff,
+        memory: c.bytes / (gpu.dram_gbs * 1e9 * gpu.dram_efficiency) / bw_share,
+    }
+}
+
+/// Predicts one recorded launch on `gpu`.
+pub fn estimate(gpu: &Gpu, r: &LaunchRecord) -> LaunchEstimate {
+    let c = cost(r);
+    let threads = r.block.count() as u32;
+    let res = resources(gpu.arch, r.kernel.name);
+    let occ = match res {
+        Some(res) => occupancy(gpu, res, threads, r.shared_bytes),
+        None => Occupancy {
+            blocks_per_sm: 1,
+            limiter: "unknown (not in the ptxas report)",
+        },
+    };
+    let grid_blocks = r.grid.count();
+    let w = waves(gpu, grid_blocks, occ.blocks_per_sm);
+    let t = times(gpu, &c, grid_blocks);
+    let compute = t.tensor + t.decode + t.softmax;
+    let work = compute.max(t.memory) * 1e6;
+    let bound = if work < gpu.launch_gap_us {
+        "launch"
+    } else if t.memory >= compute {
+        "memory"
+    } else if t.decode > 0.0 {
+        "tensor+decode"
+    } else if t.softmax > 0.0 {
+        "tensor+softmax"
+    } else {
+        "tensor"
+    };
+    let (t_tensor, t_decode, t_softmax, t_memory) = (t.tensor, t.decode, t.softmax, t.memory);
+    LaunchEstimate {
+        kernel: r.kernel.name,
+        grid_blocks,
+        threads,
+        dynamic_smem: r.shared_bytes,
+        cost: c,
+        resources: res,
+        occupancy: occ,
+        waves: w,
+        t_tensor_us: t_tensor * 1e6,
+        t_decode_us: t_decode * 1e6,
+        t_softmax_us: t_softmax * 1e6,
+        t_memory_us: t_memory * 1e6,
+        time_us: work + gpu.launch_gap_us,
+        bound,
+    }
+}
+
+/// Launches of one kernel summed over a step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KernelRow {
+    pub kernel: &'static str,
+    pub launches: usize,
+    pub time_us: f64,
+    pub tensor_flops: f64,
+    pub bytes: f64,
+    /// Mean wave efficiency, weighted by time.
+    pub wave_efficiency: f64,
+    pub blocks_per_sm: u32,
+    pub occupancy_limiter: &'static str,
+    /// The bound of the launches that take most of this kernel's time.
+    pub bound: &'static str,
+}
+
+/// A step's launches on one GPU.
+#[derive(Debug, Clone)]
+pub struct StepEstimate {
+    pub gpu: Gpu,
+    pub launches: Vec<LaunchEstimate>,
+}
+
+impl StepEstimate {
+    pub fn new(gpu: &Gpu, trace: &[LaunchRecord]) -> StepEstimate {
+        StepEstimate {
+            gpu: *gpu,
+            launches: trace.iter().map(|r| estimate(gpu, r)).collect(),
+        }
+    }
+
+    /// Predicted time of the whole step, µs (launches back to back on one stream).
+    pub fn time_us(&self) -> f64 {
+        self.launches.iter().map(|l| l.time_us).sum()
+    }
+
+    pub fn tensor_flops(&self) -> f64 {
+        self.launches.iter().map(|l| l.cost.tensor_flops).sum()
+    }
+
+    /// Per kernel, largest total time first.
+    pub fn by_kernel(&self) -> Vec<KernelRow> {
+        let mut rows: Vec<KernelRow> = Vec::new();
+        let mut bound_time: Vec<Vec<(&'static str, f64)>> = Vec::new();
+        for l in &self.launches {
+            let i = match rows.iter().position(|r| r.kernel == l.kernel) {
+                Some(i) => i,
+                None => {
+                    rows.push(KernelRow {
+                        kernel: l.kernel,
+                        launches: 0,
+                        time_us: 0.0,
+                        tensor_flops: 0.0,
+                        bytes: 0.0,
+                        wave_efficiency: 0.0,
+                        blocks_per_sm: l.occupancy.blocks_per_sm,
+                        occupancy_limiter: l.occupancy.limiter,
+                        bound: l.bound,
+                    });
+                    bound_time.push(Vec::new());
+                    rows.len() - 1
+                }
+            };
+            let r = &mut rows[i];
+            r.launches += 1;
+            r.time_us += l.time_us;
+            r.tensor_flops += l.cost.tensor_flops;
+            r.bytes += l.cost.bytes;
+            r.wave_efficiency += l.waves.efficiency * l.time_us;
+            r.blocks_per_sm = r.blocks_per_sm.min(l.occupancy.blocks_per_sm);
+            match bound_time[i].iter_mut().find(|(b, _)| *b == l.bound) {
+                Some(e) => e.1 += l.time_us,
+                None => bound_time[i].push((l.bound, l.time_us)),
+            }
+        }
+        for (r, b) in rows.iter_mut().zip(&bound_time) {
+            r.wave_efficiency /= r.time_us.max(1e-12);
+            if let Some((bound, _)) = b.iter().copied().max_by(|x, y| x.1.total_cmp(&y.1)) {
+                r.bound = bound;
+            }
+        }
+        rows.sort_by(|a, b| b.time_us.total_cmp(&a.time_us));
+        rows
+    }
+}

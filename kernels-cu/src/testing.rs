@@ -1,0 +1,19 @@
+//! What every test of device code shares: the devices to run it on.
+
+use crate::Device;
+
+/// The devices a kernel or device-step test runs on: the host emulator always, and CUDA device
+/// 0 when it opens. With `KERNELS_CU_REQUIRE_GPU` set to `1` (the GPU check), a GPU that does
+/// not open is a failure rather than a silent emulator-only run; otherwise its absence is
+/// printed, so a log shows which devices a test covered.
+pub fn devices() -> Vec<Device> {
+    let mut v = vec![Device::emulator().expect("the emulator is built into the tests")];
+    match Device::cuda(0) {
+        Ok(d) => v.push(d),
+        Err(e) if std::env::var("KERNELS_CU_REQUIRE_GPU").is_ok_and(|x| x == "1") => {
+            panic!("KERNELS_CU_REQUIRE_GPU=1 but CUDA device 0 does not open: {e}")
+        }
+        Err(e) => eprintln!("no GPU ({e}): checked on the emulator only"),
+    }
+    v
+}

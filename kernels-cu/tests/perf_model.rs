@@ -1,0 +1,324 @@
+//! The performance model (`kernels_cu::perf`): hand-checked FLOP and byte counts of a few
+//! launches, occupancy and wave efficiency at the shapes the step uses, the launch checker on
+//! seeded violations, and the recording / dry-run backends.
+
+use kernels_cu::perf::model::{estimate, occupancy, resources, waves};
+use kernels_cu::perf::{cost, gpu, validate, DryRun, LaunchRecord, Recording};
+use kernels_cu::{kernels, Arg, ArgValue, DType, Device, Dim3, Kernel, Launch};
+
+fn ptr(dtype: DType, mutable: bool) -> ArgValue {
+    ArgValue::Ptr {
+        addr: 0,
+        dtype,
+        mutable,
+    }
+}
+
+fn record(kernel: Kernel, grid: Dim3, block: u32, smem: u32, args: Vec<ArgValue>) -> LaunchRecord {
+    let reach = args.iter().map(|_| None).collect();
+    LaunchRecord {
+        kernel,
+        grid,
+        block: Dim3::x(block),
+        shared_bytes: smem,
+        args,
+        reach,
+    }
+}
+
+/// Falcon-7B's fused QKV projection at 2 x 512 tokens: M = 1024, N = 4672, K = 4544.
+fn qkv_gemm(kernel: Kernel, beta: f32) -> LaunchRecord {
+    let mut args = vec![
+        ptr(DType::BF16, true),
+        ptr(DType::BF16, false),
+        ptr(DType::BF16, false),
+    ];
+    args.extend([
+        ArgValue::I32(1024),
+        ArgValue::I32(4672),
+        ArgValue::I32(4544),
+        ArgValue::I32(4544),
+        ArgValue::I32(4544),
+        ArgValue::F32(1.0),
+        ArgValue::F32(beta),
+    ]);
+    record(kernel, Dim3::xy(37, 8), 256, 81920, args)
+}
+
+#[test]
+fn bf16_gemm_flops_and_bytes_are_the_hand_counts() {
+    let c = cost(&qkv_gemm(kernels::GEMM_BF16_NT_BF16, 0.0));
+    // 2·M·N·K
+    assert_eq!(c.tensor_flops, 43_478_155_264.0);
+    // A 2·M·K = 9,306,112; B 2·N·K = 42,459,136; C written 2·M·N = 9,568,256.
+    assert_eq!(c.bytes, 61_333_504.0);
+    // β ≠ 0 reads C too.
+    let c1 = cost(&qkv_gemm(kernels::GEMM_BF16_NT_BF16, 1.0));
+    assert_eq!(c1.bytes, 61_333_504.0 + 9_568_256.0);
+}
+
+#[test]
+fn nf4_gemm_flops_bytes_and_decode_are_the_hand_counts() {
+    let mut args = vec![
+        ptr(DType::BF16, true),
+        ptr(DType::BF16, false),
+        ptr(DType::U8, false),
+    ];
+    args.extend([
+        ptr(DType::U8, false),
+        ptr(DType::F32, false),
+        ptr(DType::F32, false),
+    ]);
+    args.extend([
+        ptr(DType::F32, false),
+        ArgValue::F32(0.03),
+        ArgValue::I32(1024),
+        ArgValue::I32(4672),
+        ArgValue::I32(4544),
+        ArgValue::F32(1.0),
+        ArgValue::F32(0.0),
+    ]);
+    let r = record(
+        kernels::NF4_GEMM_FWD_BF16,
+        Dim3::xy(37, 8),
+        256,
+        87104,
+        args,
+    );
+    let c = cost(&r);
+    assert_eq!(c.tensor_flops, 43_478_155_264.0);
+    // 8 M-tiles of 128 rows, each decoding all 4672·4544 = 21,229,568 weights.
+    assert_eq!(c.decoded_elements, 169_836_544.0);
+    // x 2·1024·4544 = 9,306,112; W ½ + 1/64 byte per weight = 10,946,496; y 2·1024·4672.
+    assert_eq!(c.bytes, 9_306_112.0 + 10_946_496.0 + 9_568_256.0);
+}
+
+#[test]
+fn causal_attention_flops_count_the_lower_triangle_of_tiles() {
+    // Falcon-7B: 71 query heads, 1 kv head, d = 64, batch 2, 512 tokens, causal.
+    let mut args = vec![ptr(DType::BF16, true), ptr(DType::F32, true)];
+    args.extend([
+        ptr(DType::BF16, false),
+        ptr(DType::BF16, false),
+        ptr(DType::BF16, false),
+    ]);
+    args.extend([
+        ptr(DType::U8, false),
+        ArgValue::I32(1),
+        ArgValue::I32(71),
+        ArgValue::I32(1),
+        ArgValue::I32(512),
+        ArgValue::I32(512),
+        ArgValue::I32(1),
+        ArgValue::F32(0.125),
+    ]);
+    let r = record(kernels::ATTN_FWD_D64, Dim3::xyz(8, 71, 2), 128, 0, args);
+    let c = cost(&r);
+    // 8 query tiles: 8·9/2 = 36 of the 64 tiles; per tile 2 products of 2·64·64·64 FLOPs;
+    // 2·71 (batch, head) pairs: 36 · 1,048,576 · 142.
+    assert_eq!(c.tensor_flops, 5_360_320_512.0);
+    // q and o 2·2·71·512·64 bytes each, k and v 2·2·1·512·64 each, lse 4·2·71·512.
+    let q = 2.0 * 2.0 * 71.0 * 512.0 * 64.0;
+    let kv = 2.0 * 2.0 * 512.0 * 64.0;
+    assert_eq!(c.bytes, 2.0 * q + 2.0 * kv + 4.0 * 2.0 * 71.0 * 512.0);
+}
+
+#[test]
+fn nf4_gemm_fits_one_block_per_sm_on_hopper_limited_by_registers() {
+    let h200 = gpu("h200").unwrap();
+    let res = resources("sm_90", "nf4_gemm_fwd_bf16").expect("in the ptxas report");
+    // 133 registers -> 17·256 = 4352 per warp -> 15 warps per SM -> one 8-warp block,
+    // although shared memory (87,104 + 1,024 reserved of 233,472) would hold two.
+    let occ = occupancy(h200, res, 256, 87104);
+    if res.registers > 128 {
+        assert_eq!((occ.blocks_per_sm, occ.limiter), (1, "registers"));
+    } else {
+        assert_eq!(occ.blocks_per_sm, 2, "{res:?}");
+    }
+    let by_smem = h200.smem_per_sm / (87104 + res.static_smem + 1024);
+    assert_eq!(by_smem, 2);
+    // A small kernel is limited by threads: 2048 / 256 = 8 blocks.
+    let small = resources("sm_90", "add_f32").unwrap();
+    let occ = occupancy(h200, small, 256, 0);
+    assert_eq!((occ.blocks_per_sm, occ.limiter), (8, "threads"));
+}
+
+#[test]
+fn wave_efficiency_of_the_issue_shapes() {
+    let h200 = gpu("h200").unwrap();
+    // 296 blocks on 132 SMs: 3 SM waves for 2.24 waves of work.
+    let w = waves(h200, 296, 1);
+    assert_eq!(w.sm_waves, 3);
+    assert!((w.efficiency - 296.0 / 396.0).abs() < 1e-12);
+    // 264 = 2·132 blocks: full waves.
+    assert_eq!(waves(h200, 264, 1).efficiency, 1.0);
+    // 16 blocks (MQA dK/dV at 2 x 512: 8 key tiles x 1 kv head x 2): 16 of 132 SMs busy.
+    let w = waves(h200, 16, 2);
+    assert_eq!((w.sm_waves, w.occupancy_waves), (1, 1));
+    assert!((w.efficiency - 16.0 / 132.0).abs() < 1e-12);
+}
+
+#[test]
+fn a_streaming_launch_takes_its_bytes_over_the_bandwidth_plus_the_launch_gap() {
+    let h200 = gpu("h200").unwrap();
+    let n = 64 << 20;
+    let args = vec![
+        ptr(DType::F32, true),
+        ptr(DType::F32, false),
+        ptr(DType::F32, false),
+        ArgValue::I32(n),
+    ];
+    let r = record(kernels::ADD_F32, Dim3::x(1056), 256, 0, args);
+    let e = estimate(h200, &r);
+    let bytes = 12.0 * n as f64;
+    assert_eq!(e.cost.bytes, bytes);
+    let want = bytes / (4800e9 * h200.dram_efficiency) * 1e6 + h200.launch_gap_us;
+    assert!((e.time_us - want).abs() < 1e-9, "{} vs {want}", e.time_us);
+    assert_eq!(e.bound, "memory");
+}
+
+#[test]
+fn the_launch_checker_reports_each_seeded_violation() {
+    let rtx = gpu("rtx4090").unwrap();
+    let h200 = gpu("h200").unwrap();
+    let args = |reach: Option<u64>| {
+        let mut r = record(
+            kernels::ADD_F32,
+            Dim3::x(4),
+            256,
+            0,
+            vec![
+                ptr(DType::F32, true),
+                ptr(DType::F32, false),
+                ptr(DType::F32, false),
+                ArgValue::I32(1024),
+            ],
+        );
+        r.reach[1] = reach;
+        r
+    };
+    assert!(validate::check(h200, 0, &args(Some(1024))).is_empty());
+    // An int-indexed pointer reaching 2^31 elements.
+    let v = validate::check(h200, 0, &args(Some(1 << 31)));
+    assert_eq!(v.len(), 1, "{v:?}");
+    assert!(v[0].what.contains("reaches"), "{}", v[0]);
+    // Shared memory over sm_89's opt-in maximum, within Hopper's.
+    let mut big = args(None);
+    big.shared_bytes = 120_000;
+    assert!(validate::check(h200, 0, &big).is_empty());
+    let v = validate::check(rtx, 3, &big);
+    assert_eq!(v.len(), 1, "{v:?}");
+    assert!(
+        v[0].what.contains("opt-in maximum") && v[0].launch == 3,
+        "{}",
+        v[0]
+    );
+    // Grid and block limits.
+    let mut g = args(None);
+    g.grid = Dim3::xy(1, 70_000);
+    assert!(validate::check(h200, 0, &g)
+        .iter()
+        .any(|v| v.what.contains("grid")));
+    let mut b = args(None);
+    b.block = Dim3::x(2048);
+    assert!(validate::check(h200, 0, &b)
+        .iter()
+        .any(|v| v.what.contains("1024 threads")));
+    // A grid whose thread index overflows int.
+    let mut t = args(None);
+    t.grid = Dim3::x(1 << 23);
+    assert!(validate::check(h200, 0, &t)
+        .iter()
+        .any(|v| v.what.contains("32-bit thread index")));
+}
+
+/// The recording backend logs what ran; the dry run logs the same launch without running it.
+#[test]
+fn recording_and_dry_run_log_the_same_launch() {
+    let run = |dev: &Device| {
+        let a = dev.htod(&[1.0f32, 2.0, 3.0]).unwrap();
+        let b = dev.htod(&[10.0f32, 20.0, 30.0]).unwrap();
+        let mut out = dev.alloc(DType::F32, 3).unwrap();
+        // SAFETY: 3 elements each; add_f32 touches indices < n.
+        unsafe {
+            dev.launch(&Launch {
+                kernel: kernels::ADD_F32,
+                grid: Dim3::x(1),
+                block: Dim3::x(64),
+                shared_bytes: 0,
+                args: &[out.arg_mut(), a.arg(), b.arg(), Arg::I32(3)],
+            })
+            .unwrap();
+        }
+        dev.dtoh::<f32>(&out).unwrap()
+    };
+    let (emu, trace) = Recording::emulator();
+    assert_eq!(run(&emu), vec![11.0, 22.0, 33.0]);
+    let (dry, dtrace) = DryRun::device("test", (9, 0), 232_448);
+    assert_eq!(run(&dry), vec![0.0; 3], "the dry run executes nothing");
+    let (real, planned) = (trace.take(), dtrace.take());
+    assert_eq!(real.len(), 1);
+    assert_eq!(real, planned);
+    assert_eq!(real[0].reach, vec![Some(3), Some(3), Some(3), None]);
+    // The dry run still applies the device's launch limits.
+    let (small, _) = DryRun::device("small", (8, 6), 1024);
+    let x = small.alloc(DType::F32, 4).unwrap();
+    // SAFETY: nothing executes on a dry run.
+    let e = unsafe {
+        small.launch(&Launch {
+            kernel: kernels::ADD_F32,
+            grid: Dim3::x(1),
+            block: Dim3::x(64),
+            shared_bytes: 4096,
+            args: &[x.arg()],
+        })
+    };
+    assert!(e.is_err());
+}
+
+/// The calibration table in BENCHMARKS.md: each published measurement predicted within the
+/// stated error, and the sign of each error as stated (the model is optimistic for attention
+/// backward, pessimistic for cuBLAS's wgmma GEMM).
+#[test]
+fn calibration_errors_stay_within_the_stated_bounds() {
+    let refs = kernels_cu::perf::calibration::references();
+    assert!(refs.len() >= 10);
+    for r in &refs {
+        let e = r.error();
+        eprintln!(
+            "{:<28} {:<5} published {:>6.0} predicted {:>6.0} error {:+.0} %",
+            r.what,
+            r.gpu,
+            r.published_tflops,
+            r.predicted_tflops,
+            100.0 * e
+        );
+        assert!(
+            e.abs() < kernels_cu::perf::calibration::stated_bound(r),
+            "{}: error {e:+.2}",
+            r.what
+        );
+    }
+    let gemm = &refs[0];
+    assert!(gemm.error() < 0.0, "mma.sync model vs a wgmma library GEMM");
+    assert!(refs
+        .iter()
+        .filter(|r| r.what.contains("backward"))
+        .all(|r| r.error() > 0.0));
+}
+
+/// Every hot kernel (the ones a training step launches) has its own cost formula, so that a
+/// new kernel cannot enter the step costed by the generic fallback unnoticed.
+#[test]
+fn every_hot_kernel_has_a_cost_formula() {
+    let missing: Vec<&str> = kernels_cu::KERNELS
+        .iter()
+        .filter(|k| k.hot)
+        .filter(|k| cost(&record(**k, Dim3::x(1), 32, 0, Vec::new())).formula == "generic")
+        .map(|k| k.name)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "hot kernels without a cost formula: {missing:?}"
+    );
+}

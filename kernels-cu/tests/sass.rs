@@ -1,0 +1,140 @@
+//! The SASS counter of the performance model (`kernels_cu::perf::sass`): the parser on a
+//! hand-written listing, then the real tools on a small known kernel and on the hot GEMMs.
+//! Without ptxas or nvdisasm the tool tests print that they were skipped; under CI=true they
+//! fail instead.
+
+use kernels_cu::perf::{gpu, sass};
+use kernels_cu::{tools, FAMILIES};
+use std::path::PathBuf;
+
+const LISTING: &str = r#"
+//--------------------- .text.toy --------------------------
+.text.toy:
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+.L_x_1:
+        /*0010*/                   LDSM.16.M88.4 R4, [R2] ;
+        /*0020*/                   HMMA.16816.F32.BF16 R8, R4, R6, R8 ;
+        /*0030*/                   HMMA.16816.F32.BF16 R12, R4, R7, R12 ;
+        /*0040*/                   IADD3 R2, R2, 0x40, RZ ;
+        /*0050*/                   LDGSTS.E.BYPASS.128 [R3], desc[UR4][R10.64] ;
+        /*0060*/                   BAR.SYNC.DEFER_BLOCKING 0x0 ;
+        /*0070*/                   ISETP.GE.AND P0, PT, R2, R0, PT ;
+        /*0080*/              @!P0 BRA `(.L_x_1) ;
+.L_x_2:
+        /*0090*/                   FADD R8, R8, R12 ;
+        /*00a0*/                   STG.E [R14.64], R8 ;
+        /*00b0*/               @P1 BRA `(.L_x_2) ;
+        /*00c0*/                   EXIT ;
+"#;
+
+#[test]
+fn the_parser_counts_the_main_loop_of_a_listing() {
+    let f = sass::parse(LISTING);
+    assert_eq!(f.len(), 1);
+    assert_eq!(f[0].name, "toy");
+    assert_eq!(f[0].instrs.len(), 13);
+    let m = sass::main_loop(&f[0]).expect("two loops");
+    // The loop with the products, not the later one without.
+    assert_eq!(
+        m,
+        sass::Mix {
+            instructions: 8,
+            mma: 2,
+            ldmatrix: 1,
+            shared: 0,
+            global: 1,
+            sync: 1,
+            float: 0,
+            integer: 2,
+            other: 1,
+        }
+    );
+    assert_eq!(m.per_mma(), 4.0);
+    // Hopper: 8 issue slots per HMMA.16816, A100: 16; 4 instructions per HMMA fit both.
+    assert_eq!(m.issue_bound(gpu("h200").unwrap()), 1.0);
+}
+
+fn tools_or_skip() -> Option<(PathBuf, PathBuf)> {
+    match (sass::ptxas(), sass::nvdisasm()) {
+        (Some(p), Some(n)) => Some((p, n)),
+        _ if tools::in_ci() => panic!(
+            "ptxas or nvdisasm not found under CI: set KERNELS_CU_PTXAS and KERNELS_CU_NVDISASM \
+             (scripts/install-cuda-tools.sh installs both)"
+        ),
+        _ => {
+            eprintln!("SKIPPED: ptxas or nvdisasm not found (run scripts/install-cuda-tools.sh)");
+            None
+        }
+    }
+}
+
+fn loop_mix(family: &str, kernel: &str, arch: &str) -> Option<sass::Mix> {
+    let (ptxas, nvdisasm) = tools_or_skip()?;
+    let fam = FAMILIES.iter().find(|f| f.name == family).expect("family");
+    let text =
+        sass::disassemble(&ptxas, &nvdisasm, fam.ptx, arch).unwrap_or_else(|e| panic!("{e}"));
+    let funcs = sass::parse(&text);
+    let f = funcs
+        .iter()
+        .find(|f| f.name == kernel)
+        .unwrap_or_else(|| panic!("{kernel} not in the {arch} disassembly of {family}"));
+    let m = sass::main_loop(f).unwrap_or_else(|| panic!("{kernel}: no loop"));
+    eprintln!(
+        "{kernel} {arch}: {m:?}, {:.1} instructions per product",
+        m.per_mma()
+    );
+    Some(m)
+}
+
+/// `add_f32` (ptxas 12.4.131, sm_80): a grid-stride loop of 12 instructions: two loads and a
+/// store, one FADD, three address products (IMAD.WIDE), the index step (IMAD) and test
+/// (ISETP), a constant move (HFMA2.MMA), a MOV and the branch.
+#[test]
+fn the_grid_stride_loop_of_add_f32_has_two_loads_an_add_and_a_store() {
+    let Some(m) = loop_mix("elementwise", "add_f32", "sm_80") else {
+        return;
+    };
+    assert_eq!(
+        m,
+        sass::Mix {
+            instructions: 12,
+            mma: 0,
+            ldmatrix: 0,
+            shared: 0,
+            global: 3,
+            sync: 0,
+            float: 1,
+            integer: 5,
+            other: 3,
+        }
+    );
+}
+
+/// The bf16 GEMM's k-loop: BK = 32 is two k16 steps of a 64 x 32 warp tile (4 x 4 products):
+/// 32 HMMA.16816 per k-tile.
+#[test]
+fn the_bf16_gemm_main_loop_issues_32_products_per_k_tile() {
+    for arch in ["sm_80", "sm_90"] {
+        let Some(m) = loop_mix("gemm", "gemm_bf16_nt_bf16", arch) else {
+            return;
+        };
+        assert_eq!(m.mma, 32, "{arch}: {m:?}");
+        assert!(m.ldmatrix > 0 && m.sync > 0, "{arch}: {m:?}");
+    }
+}
+
+/// The NF4 GEMM's k-loop: BK = 64, four k16 steps of 16 products, and the decode.
+#[test]
+fn the_nf4_gemm_main_loop_issues_64_products_per_k_tile_and_the_decode() {
+    let h200 = gpu("h200").unwrap();
+    for arch in ["sm_80", "sm_90"] {
+        let Some(m) = loop_mix("gemm", "nf4_gemm_fwd_bf16", arch) else {
+            return;
+        };
+        assert_eq!(m.mma, 64, "{arch}: {m:?}");
+        eprintln!(
+            "nf4_gemm_fwd_bf16 {arch}: issue bound {:.2} of the H200 tensor peak",
+            m.issue_bound(h200)
+        );
+    }
+}
