@@ -4,13 +4,15 @@
 //! ```text
 //! cargo run -p model-falcon --release --example cpu_step -- \
 //!     [--quant none|nf4] [--layers 4] [--hidden 512] [--vocab 8192] [--batch 2] [--seq 256] \
-//!     [--steps 5] [--warmup 1] [--targets query_key_value] [--no-recompute]
+//!     [--steps 5] [--warmup 1] [--targets query_key_value] [--no-recompute] \
+//!     [--dequant-cache-mib 256]
 //! ```
 //!
 //! One step: forward with per-layer recompute, loss over every position (all labels are
 //! targets), backward, AdamW (lr 1e-4) on the LoRA parameters. LoRA r = 8, alpha 16,
 //! dropout 0.05. Prints one JSON line: tokens/s over the timed steps, the mean step time and
-//! the last loss.
+//! the last loss. `--dequant-cache-mib` sets the budget of dequantized 4-bit weights kept
+//! between products (`engine::nf4::dequant_cache`; 0 dequantizes tile by tile on every call).
 
 use engine::optim::{AdamW, AdamWConfig};
 use engine::{rng, Tensor};
@@ -29,6 +31,7 @@ struct Opts {
     warmup: usize,
     targets: String,
     recompute: bool,
+    dequant_cache_mib: usize,
 }
 
 fn parse() -> Result<Opts, String> {
@@ -43,6 +46,7 @@ fn parse() -> Result<Opts, String> {
         warmup: 1,
         targets: "query_key_value".into(),
         recompute: true,
+        dequant_cache_mib: engine::nf4::dequant_cache::DEFAULT_BUDGET_BYTES >> 20,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -59,6 +63,7 @@ fn parse() -> Result<Opts, String> {
             "--warmup" => o.warmup = num(val()?)?,
             "--targets" => o.targets = val()?,
             "--no-recompute" => o.recompute = false,
+            "--dequant-cache-mib" => o.dequant_cache_mib = num(val()?)?,
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -90,6 +95,7 @@ fn main() {
             std::process::exit(2);
         }
     };
+    engine::nf4::dequant_cache::set_budget_bytes(o.dequant_cache_mib << 20);
     let opts = BaseOptions {
         quant: o.quant,
         ..BaseOptions::default()
@@ -156,7 +162,7 @@ fn main() {
         "{}",
         serde_json::json!({
             "impl": "qlora-rs", "quant": quant, "threads": rayon::current_num_threads(),
-            "steps": o.steps, "step_s": secs / o.steps as f64,
+            "dequant_cache_mib": o.dequant_cache_mib, "steps": o.steps, "step_s": secs / o.steps as f64,
             "tokens_per_s": (o.steps * b * t) as f64 / secs, "loss": last_loss,
         })
     );
