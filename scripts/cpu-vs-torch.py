@@ -4,7 +4,7 @@
 Run by hand (never by CI), from the repository root, with a venv holding torch, transformers
 and peft (plain `pip install torch transformers peft safetensors`):
 
-    /work/venv-cpu/bin/python scripts/cpu-vs-torch.py [--steps 5] [--rounds 2]
+    python scripts/cpu-vs-torch.py [--steps 5] [--rounds 5] [--threads N] [--cache-mib M]
 
 Both sides train the same model shape with the same recipe: a Falcon-7B-layout model (hidden
 512, 4 layers, 8 heads of 64, multi-query, parallel attention, vocab 8192, tied embedding)
@@ -15,12 +15,17 @@ threads as there are cores; this project runs `cargo run --example cpu_step` (bu
 with an unquantized base and with an NF4 (double-quantized) base.
 
 The machine may be shared, so the measurements alternate (torch, ours-none, ours-nf4) for
-`--rounds` rounds and each side reports its best round; the ratios divide the best figures.
+`--rounds` rounds. Each round gives a ratio of ours to the torch run just before it (both saw
+about the same load); the script prints every round and the median ratio with its range.
+With `--threads N` both sides use N threads (torch.set_num_threads, RAYON_NUM_THREADS).
+Each side also reports its process CPU seconds per step, which a shared machine disturbs
+less than wall-clock time. `--cache-mib` is passed to cpu_step as `--dequant-cache-mib`.
 """
 
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -78,12 +83,14 @@ def torch_tokens_per_s(model, steps, warmup):
 
     for _ in range(warmup):
         step()
+    c0 = time.process_time()
     t0 = time.perf_counter()
     for _ in range(steps):
         loss = step()
     secs = time.perf_counter() - t0
+    cpu = time.process_time() - c0
     return {"impl": "torch", "tokens_per_s": steps * BATCH * SEQ / secs,
-            "step_s": secs / steps, "loss": loss}
+            "step_s": secs / steps, "cpu_s_per_step": cpu / steps, "loss": loss}
 
 
 def build_ours(root):
@@ -92,20 +99,29 @@ def build_ours(root):
     return os.path.join(root, "target", "release", "examples", "cpu_step")
 
 
-def ours_tokens_per_s(exe, quant, steps, warmup):
+def ours_tokens_per_s(exe, quant, steps, warmup, threads, cache_mib):
     args = [exe, "--quant", quant, "--layers", str(LAYERS), "--hidden", str(HIDDEN),
             "--vocab", str(VOCAB), "--batch", str(BATCH), "--seq", str(SEQ),
             "--steps", str(steps), "--warmup", str(warmup), "--targets", "query_key_value"]
-    out = subprocess.run(args, check=True, capture_output=True, text=True).stdout
+    if cache_mib is not None:
+        args += ["--dequant-cache-mib", str(cache_mib)]
+    env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
+    out = subprocess.run(args, check=True, capture_output=True, text=True, env=env).stdout
     return json.loads(out.strip().splitlines()[-1])
+
+
+def spread(xs):
+    return f"median {statistics.median(xs):.2f}x (range {min(xs):.2f}-{max(xs):.2f}, n={len(xs)})"
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=5, help="timed steps per measurement")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps first")
-    ap.add_argument("--rounds", type=int, default=2, help="alternating measurement rounds")
-    ap.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
+    ap.add_argument("--rounds", type=int, default=5, help="alternating measurement rounds")
+    ap.add_argument("--threads", type=int, default=os.cpu_count(), help="threads on both sides")
+    ap.add_argument("--cache-mib", type=int, default=None,
+                    help="cpu_step --dequant-cache-mib (default: cpu_step's)")
     a = ap.parse_args()
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     torch.set_num_threads(a.threads)
@@ -116,22 +132,31 @@ def main():
     print(f"commit {commit}; torch {torch.__version__} ({a.threads} threads), transformers "
           f"{transformers.__version__}, peft {peft.__version__}, attention "
           f"{model.config._attn_implementation}; {os.cpu_count()} cores", flush=True)
-    best = {}
+    ratios = {"ours-none": [], "ours-nf4": []}
+    cpu_ratios = {"ours-none": [], "ours-nf4": []}
     for r in range(a.rounds):
+        torch_res = None
         for name, run in [("torch", lambda: torch_tokens_per_s(model, a.steps, a.warmup)),
-                          ("ours-none", lambda: ours_tokens_per_s(exe, "none", a.steps, a.warmup)),
-                          ("ours-nf4", lambda: ours_tokens_per_s(exe, "nf4", a.steps, a.warmup))]:
+                          ("ours-none", lambda: ours_tokens_per_s(
+                              exe, "none", a.steps, a.warmup, a.threads, a.cache_mib)),
+                          ("ours-nf4", lambda: ours_tokens_per_s(
+                              exe, "nf4", a.steps, a.warmup, a.threads, a.cache_mib))]:
             res = run()
             load = os.getloadavg()[0]
+            extra = ""
+            if torch_res is None:
+                torch_res = res
+            else:
+                ratio = res["tokens_per_s"] / torch_res["tokens_per_s"]
+                cpu_ratio = torch_res["cpu_s_per_step"] / res["cpu_s_per_step"]
+                ratios[name].append(ratio)
+                cpu_ratios[name].append(cpu_ratio)
+                extra = f"; {ratio:.2f}x torch wall, {cpu_ratio:.2f}x torch CPU time"
             print(f"round {r + 1} {name:9s} {res['tokens_per_s']:8.1f} tokens/s "
-                  f"({res['step_s']:.3f} s/step, loss {res['loss']:.4f}; load average {load:.1f})",
-                  flush=True)
-            if res["tokens_per_s"] > best.get(name, 0.0):
-                best[name] = res["tokens_per_s"]
-    t = best["torch"]
-    print(f"best: torch {t:.1f}, ours unquantized {best['ours-none']:.1f} "
-          f"({best['ours-none'] / t:.2f}x torch), ours NF4 {best['ours-nf4']:.1f} "
-          f"({best['ours-nf4'] / t:.2f}x torch unquantized)")
+                  f"({res['step_s']:.3f} s/step, {res['cpu_s_per_step']:.3f} CPU s/step, "
+                  f"loss {res['loss']:.4f}; load average {load:.1f}{extra})", flush=True)
+    for name, label in [("ours-none", "unquantized"), ("ours-nf4", "NF4 (vs torch unquantized)")]:
+        print(f"ours {label}: wall {spread(ratios[name])}; CPU time {spread(cpu_ratios[name])}")
 
 
 if __name__ == "__main__":

@@ -10,9 +10,10 @@
 //!
 //! One step: forward with per-layer recompute, loss over every position (all labels are
 //! targets), backward, AdamW (lr 1e-4) on the LoRA parameters. LoRA r = 8, alpha 16,
-//! dropout 0.05. Prints one JSON line: tokens/s over the timed steps, the mean step time and
-//! the last loss. `--dequant-cache-mib` sets the budget of dequantized 4-bit weights kept
-//! between products (`engine::nf4::dequant_cache`; 0 dequantizes tile by tile on every call).
+//! dropout 0.05. Prints one JSON line: tokens/s over the timed steps, the mean step time, the
+//! process CPU seconds per step and the last loss. `--dequant-cache-mib` sets the budget of
+//! dequantized 4-bit weights kept between products (`engine::nf4::dequant_cache`; 0
+//! dequantizes tile by tile on every call).
 
 use engine::optim::{AdamW, AdamWConfig};
 use engine::{rng, Tensor};
@@ -74,6 +75,18 @@ fn parse() -> Result<Opts, String> {
         return Err("--hidden must be a positive multiple of 64 (heads of 64)".into());
     }
     Ok(o)
+}
+
+/// User + system CPU seconds of this process, all threads (Linux `/proc/self/stat`, in the
+/// kernel's 100 Hz clock ticks); `None` where that file is absent. On a shared machine the CPU
+/// time of a step varies less than its wall-clock time.
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
 }
 
 fn config(o: &Opts) -> FalconConfig {
@@ -142,6 +155,7 @@ fn main() {
             std::process::exit(1);
         }
     }
+    let cpu_start = process_cpu_seconds();
     let start = Instant::now();
     for _ in 0..o.steps {
         match step(&mut opt) {
@@ -153,6 +167,10 @@ fn main() {
         }
     }
     let secs = start.elapsed().as_secs_f64();
+    let cpu_per_step = match (cpu_start, process_cpu_seconds()) {
+        (Some(a), Some(b)) => Some((b - a) / o.steps as f64),
+        _ => None,
+    };
     let quant = match o.quant {
         QuantMode::None => "none",
         QuantMode::Nf4 => "nf4",
@@ -163,6 +181,7 @@ fn main() {
         serde_json::json!({
             "impl": "qlora-rs", "quant": quant, "threads": rayon::current_num_threads(),
             "dequant_cache_mib": o.dequant_cache_mib, "steps": o.steps, "step_s": secs / o.steps as f64,
+            "cpu_s_per_step": cpu_per_step,
             "tokens_per_s": (o.steps * b * t) as f64 / secs, "loss": last_loss,
         })
     );

@@ -126,6 +126,13 @@ impl DecoderLayer {
             }
         };
         let attn_out = out_proj(&self.dense, &a)?;
+        // Re-run for backward, a branch with nothing trainable in it and an input that needs no
+        // gradient (the first layer's MLP over the frozen embedding, LoRA on attention only)
+        // contributes nothing to the backward: it is not recomputed.
+        let mlp_frozen = self.h_to_4h.lora.is_none() && self.four_h_to_h.lora.is_none();
+        if unread && mlp_frozen && !h_mlp.requires_grad() {
+            return ops::add(x, &attn_out);
+        }
         let m = ops::gelu(&self.h_to_4h.forward(&h_mlp, ctx.train)?)?;
         let mlp_out = out_proj(&self.four_h_to_h, &m)?;
         ops::add(x, &ops::add(&attn_out, &mlp_out)?)

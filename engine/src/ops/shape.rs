@@ -58,7 +58,10 @@ fn gather_runs(
         out
     }
     let n = out_shape.elem_count();
-    debug_assert!(run > 0 && n.is_multiple_of(run), "run {run} does not divide {n}");
+    debug_assert!(
+        run > 0 && n.is_multiple_of(run),
+        "run {run} does not divide {n}"
+    );
     let st = match src.cpu_storage() {
         CpuStorage::F64(s) => CpuStorage::F64(go(s, n, run, &start)),
         CpuStorage::F32(s) => CpuStorage::F32(go(s, n, run, &start)),
