@@ -25,7 +25,7 @@ pub mod storage;
 pub mod tensor;
 pub mod testing;
 
-pub use autograd::{checkpoint, grad_enabled, no_grad, GradStore, Var};
+pub use autograd::{checkpoint, grad_enabled, no_grad, recomputing, GradStore, Var};
 pub use dtype::DType;
 pub use element::{Element, Float};
 pub use error::{Error, Result};

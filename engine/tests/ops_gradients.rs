@@ -214,6 +214,67 @@ fn fused_linear_cross_entropy_matches_unfused_and_has_right_gradients() {
 }
 
 #[test]
+fn linear_cross_entropy_with_frozen_weight_computes_the_input_gradient_in_forward() {
+    // Only `hidden` needs a gradient: forward computes dh for an output gradient of 1.
+    let labels = [2, IGNORE_INDEX, 0, 4, IGNORE_INDEX, 5, 1];
+    let h = f64n(&[7, 5], 45);
+    let w = Var::constant(f64n(&[6, 5], 46));
+    // The unfused graph's gradient is the reference.
+    let hp = Var::parameter(h.clone());
+    let plain = ops::cross_entropy(&ops::linear(&hp, &w).unwrap(), &labels, 4.0).unwrap();
+    let want = plain
+        .backward()
+        .unwrap()
+        .get(&hp)
+        .unwrap()
+        .to_f64_vec()
+        .unwrap();
+    for chunk in [1, 3, 7] {
+        let hp = Var::parameter(h.clone());
+        let loss = ops::linear_cross_entropy(&hp, &w, &labels, 4.0, chunk).unwrap();
+        let got = loss
+            .backward()
+            .unwrap()
+            .get(&hp)
+            .unwrap()
+            .to_f64_vec()
+            .unwrap();
+        for (g, w) in got.iter().zip(&want) {
+            assert!(
+                (g - w).abs() <= 1e-12 * (1.0 + w.abs()),
+                "chunk {chunk}: {g} vs {w}"
+            );
+        }
+        // An output gradient other than 1 takes the recomputing path: 3·dh.
+        let loss = ops::linear_cross_entropy(&hp, &w, &labels, 4.0, chunk).unwrap();
+        let scaled = ops::scale(&loss, 3.0).unwrap();
+        let got3 = scaled
+            .backward()
+            .unwrap()
+            .get(&hp)
+            .unwrap()
+            .to_f64_vec()
+            .unwrap();
+        for (g, w) in got3.iter().zip(&want) {
+            assert!(
+                (g - 3.0 * w).abs() <= 1e-12 * (1.0 + w.abs()),
+                "chunk {chunk}: {g} vs 3·{w}"
+            );
+        }
+    }
+    // Finite differences with the weight frozen.
+    check_gradients(
+        |v| ops::linear_cross_entropy(&v[0], &v[1], &labels, 4.0, 3),
+        &[h, f64n(&[6, 5], 46)],
+        &[true, false],
+        EPS,
+        ATOL,
+        RTOL,
+    )
+    .unwrap();
+}
+
+#[test]
 fn cross_entropy_rejects_bad_labels_and_count() {
     let z = Var::constant(f64n(&[2, 3], 37));
     assert_err_contains(
@@ -323,4 +384,59 @@ fn quant_linear_uses_weights_rounded_to_the_stored_dtype() {
             );
         }
     }
+}
+
+#[test]
+fn unread_linears_have_the_same_backward_and_a_nan_value() {
+    use engine::nf4::{QuantConfig, QuantizedWeight};
+    use std::sync::Arc;
+    let x = f64n(&[2, 3, 6], 60);
+    let w = f64n(&[5, 6], 61);
+    let dy = Var::constant(f64n(&[2, 3, 5], 62));
+    // W trainable and frozen: both gradients equal those of `linear`, bit for bit.
+    for w_trainable in [true, false] {
+        let grads = |unread: bool| {
+            let (xv, wv) = (Var::parameter(x.clone()), Var::leaf(w.clone(), w_trainable));
+            let y = if unread {
+                ops::linear_unread(&xv, &wv).unwrap()
+            } else {
+                ops::linear(&xv, &wv).unwrap()
+            };
+            let nan = y.value().to_f64_vec().unwrap().iter().all(|v| v.is_nan());
+            assert_eq!(nan, unread, "value of linear (unread {unread})");
+            let g = ops::sum_all(&ops::mul(&y, &dy).unwrap())
+                .unwrap()
+                .backward()
+                .unwrap();
+            let gx = g.get(&xv).unwrap().to_f64_vec().unwrap();
+            let gw = g.get(&wv).map(|t| t.to_f64_vec().unwrap());
+            assert_eq!(gw.is_some(), w_trainable);
+            (gx, gw)
+        };
+        assert_eq!(grads(true), grads(false));
+    }
+    let wq: Vec<f32> = w.to_dtype(DType::F32).unwrap().to_vec::<f32>().unwrap();
+    let wq: Vec<f32> = (0..64 / 6 + 1)
+        .flat_map(|_| wq.iter().copied())
+        .take(5 * 64)
+        .collect();
+    let q = Arc::new(QuantizedWeight::quantize(&wq, 5, 64, QuantConfig::default()).unwrap());
+    let xq = randn([2, 3, 64], DType::F32, 63, 1.0);
+    let dyq = Var::constant(randn([2, 3, 5], DType::F32, 64, 1.0));
+    let grad = |unread: bool| {
+        let xv = Var::parameter(xq.clone());
+        let y = if unread {
+            ops::quant_linear_unread(&xv, &q).unwrap()
+        } else {
+            ops::quant_linear(&xv, &q).unwrap()
+        };
+        let nan = y.value().to_f64_vec().unwrap().iter().all(|v| v.is_nan());
+        assert_eq!(nan, unread, "value of quant_linear (unread {unread})");
+        let g = ops::sum_all(&ops::mul(&y, &dyq).unwrap())
+            .unwrap()
+            .backward()
+            .unwrap();
+        g.get(&xv).unwrap().to_f64_vec().unwrap()
+    };
+    assert_eq!(grad(true), grad(false));
 }

@@ -54,9 +54,23 @@ pub struct Linear {
 
 impl Linear {
     pub fn forward(&self, x: &Var, train: bool) -> Result<Var> {
-        let y = match &self.base {
-            BaseWeight::Dense(w) => ops::linear(x, w)?,
-            BaseWeight::Quantized(q) => ops::quant_linear(x, q)?,
+        self.forward_impl(x, train, false)
+    }
+
+    /// [`Self::forward`] for an output whose value is never read, only differentiated (a
+    /// recomputed segment's output projection): the base product is skipped (its backward
+    /// needs only `x` and `W`) and the value is NaN. The LoRA branch runs as usual, since its
+    /// backward reads its intermediate `A·x`.
+    pub fn forward_unread(&self, x: &Var, train: bool) -> Result<Var> {
+        self.forward_impl(x, train, true)
+    }
+
+    fn forward_impl(&self, x: &Var, train: bool, unread: bool) -> Result<Var> {
+        let y = match (&self.base, unread) {
+            (BaseWeight::Dense(w), false) => ops::linear(x, w)?,
+            (BaseWeight::Dense(w), true) => ops::linear_unread(x, w)?,
+            (BaseWeight::Quantized(q), false) => ops::quant_linear(x, q)?,
+            (BaseWeight::Quantized(q), true) => ops::quant_linear_unread(x, q)?,
         };
         let Some(l) = &self.lora else { return Ok(y) };
         let h = ops::dropout(x, l.dropout, train)?;

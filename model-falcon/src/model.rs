@@ -115,9 +115,26 @@ impl DecoderLayer {
             &ops::permute(&a, &[0, 2, 1, 3])?,
             [ad[0], ad[2], ad[1] * ad[3]],
         )?;
-        let attn_out = self.dense.forward(&a, ctx.train)?;
+        // When this layer is re-run for its backward, its output value is never read, and the
+        // output projections' backward needs only their inputs: their products are skipped.
+        let unread = engine::recomputing();
+        let out_proj = |lin: &Linear, x: &Var| {
+            if unread {
+                lin.forward_unread(x, ctx.train)
+            } else {
+                lin.forward(x, ctx.train)
+            }
+        };
+        let attn_out = out_proj(&self.dense, &a)?;
+        // Re-run for backward, a branch with nothing trainable in it and an input that needs no
+        // gradient (the first layer's MLP over the frozen embedding, LoRA on attention only)
+        // contributes nothing to the backward: it is not recomputed.
+        let mlp_frozen = self.h_to_4h.lora.is_none() && self.four_h_to_h.lora.is_none();
+        if unread && mlp_frozen && !h_mlp.requires_grad() {
+            return ops::add(x, &attn_out);
+        }
         let m = ops::gelu(&self.h_to_4h.forward(&h_mlp, ctx.train)?)?;
-        let mlp_out = self.four_h_to_h.forward(&m, ctx.train)?;
+        let mlp_out = out_proj(&self.four_h_to_h, &m)?;
         ops::add(x, &ops::add(&attn_out, &mlp_out)?)
     }
 

@@ -2,7 +2,34 @@
 
 use super::{backward_from, grad_enabled, record_node, GradModeGuard, GradStore, Var, NEXT_ID};
 use crate::{rng, Result, Tensor};
+use std::cell::Cell;
 use std::sync::atomic::Ordering;
+
+thread_local! {
+    static RECOMPUTING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether a checkpointed segment is being re-run for its backward on this thread. The
+/// segment's output value is then never read (only the recorded graph is differentiated), so
+/// a segment may skip computing values that no backward reads (see `ops::linear_unread`).
+pub fn recomputing() -> bool {
+    RECOMPUTING.with(|r| r.get())
+}
+
+/// Sets [`recomputing`] for a scope and restores the previous value when dropped.
+struct RecomputeGuard(bool);
+
+impl RecomputeGuard {
+    fn set() -> Self {
+        RecomputeGuard(RECOMPUTING.with(|r| r.replace(true)))
+    }
+}
+
+impl Drop for RecomputeGuard {
+    fn drop(&mut self) {
+        RECOMPUTING.with(|r| r.set(self.0));
+    }
+}
 
 /// Runs `segment(inputs)` without recording its intermediate ops, keeping only `inputs` (and the
 /// dropout RNG state) for backward. In backward the segment is run again with recording on and
@@ -39,6 +66,7 @@ where
             .collect();
         let recomputed = {
             let _g = GradModeGuard::set(true);
+            let _r = RecomputeGuard::set();
             segment(&leaves)
         };
         rng::set_state(rng_now);

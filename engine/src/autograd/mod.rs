@@ -12,7 +12,7 @@
 
 mod checkpoint;
 
-pub use checkpoint::checkpoint;
+pub use checkpoint::{checkpoint, recomputing};
 
 use crate::{Error, Result, Tensor};
 use std::cell::{Cell, RefCell};

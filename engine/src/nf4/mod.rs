@@ -5,6 +5,8 @@
 //!   `[out, in]`; quantize from f32/bf16/f16, dequantize whole or by rows, memory accounting.
 //! - [`serialize`]: the bitsandbytes / transformers state-dict layout (read and write).
 //! - [`linear`]: `y = x · dequant(W)ᵀ` and `dx = dy · dequant(W)` on the CPU, tile by tile.
+//! - [`dequant_cache`]: whole dequantized weights kept within a byte budget, so repeated
+//!   products by a frozen weight dequantize it once.
 //!
 //! Quantization follows bitsandbytes' PyTorch reference path (what its CPU build runs for
 //! 4-bit), which is also the exact-reciprocal semantics a CUDA port should use:
@@ -19,6 +21,7 @@
 //! PyTorch reference agree with us).
 
 mod blockwise;
+pub mod dequant_cache;
 mod error;
 pub mod linear;
 pub mod serialize;

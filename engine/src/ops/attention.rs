@@ -10,8 +10,12 @@
 //! `P = exp(S − lse)`, `O = P·V`. Only `O` and `lse` are saved.
 //! Backward recomputes P from lse: `dV = Pᵀ·dO`, `dP = dO·Vᵀ`, `D = rowsum(dO∘O)`,
 //! `dS = P∘(dP − D)`, `dQ = scale·dS·K`, `dK = scale·dSᵀ·Q`. A row with no visible key
-//! outputs zeros and passes no gradient.
+//! outputs zeros and passes no gradient; a row with a NaN score outputs NaN.
+//!
+//! The op runs the tiled kernels of [`super::attention_tiled`]; [`reference_forward`] and
+//! [`reference_backward`] here compute whole score matrices per head and define the result.
 
+use super::attention_tiled::{self, max_nan, Tiles};
 use super::matmul::gemm;
 use super::{same_dtype, with_float};
 use crate::autograd::record;
@@ -58,7 +62,7 @@ fn scores<T: Float>(dims: &AttnDims, q: &[T], k: &[T], mask: Option<&[u8]>, s: &
 fn softmax_rows<T: Float>(s: &mut [T], tk: usize) -> Vec<T> {
     s.chunks_exact_mut(tk)
         .map(|row| {
-            let m = row.iter().fold(T::NEG_INFINITY, |a, &b| a.max(b));
+            let m = row.iter().fold(T::NEG_INFINITY, |a, &b| max_nan(a, b));
             if m == T::NEG_INFINITY {
                 row.iter_mut().for_each(|x| *x = T::ZERO);
                 return T::NEG_INFINITY;
@@ -76,8 +80,40 @@ fn softmax_rows<T: Float>(s: &mut [T], tk: usize) -> Vec<T> {
         .collect()
 }
 
-/// CPU forward. Returns `O [b, hq, t, d]` and `lse [b, hq, t]`.
+/// CPU forward (tiled). Returns `O [b, hq, t, d]` and `lse [b, hq, t]`.
 pub fn attention_forward<T: Float>(
+    dims: &AttnDims,
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    key_mask: Option<&[u8]>,
+) -> (Vec<T>, Vec<T>) {
+    if dims.head_dim == 0 {
+        return reference_forward(dims, q, k, v, key_mask);
+    }
+    attention_tiled::forward(dims, q, k, v, key_mask, Tiles::default())
+}
+
+/// CPU backward (tiled). Returns `(dQ, dK, dV)`; deterministic for any thread count.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward<T: Float>(
+    dims: &AttnDims,
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    key_mask: Option<&[u8]>,
+    out: &[T],
+    lse: &[T],
+    dout: &[T],
+) -> (Vec<T>, Vec<T>, Vec<T>) {
+    if dims.head_dim == 0 {
+        return reference_backward(dims, q, k, v, key_mask, out, lse, dout);
+    }
+    attention_tiled::backward(dims, q, k, v, key_mask, out, lse, dout, Tiles::default())
+}
+
+/// Reference forward: the whole `[t, tk]` score matrix per head. Returns `O` and `lse`.
+pub fn reference_forward<T: Float>(
     dims: &AttnDims,
     q: &[T],
     k: &[T],
@@ -106,10 +142,10 @@ pub fn attention_forward<T: Float>(
     (out, lse)
 }
 
-/// CPU backward. Returns `(dQ, dK, dV)`. Each task owns one (batch, KV head) group and sums its
-/// query heads in a fixed order, so the result does not depend on the thread count.
+/// Reference backward. Returns `(dQ, dK, dV)`. Each task owns one (batch, KV head) group and
+/// sums its query heads in a fixed order, so the result does not depend on the thread count.
 #[allow(clippy::too_many_arguments)]
-pub fn attention_backward<T: Float>(
+pub fn reference_backward<T: Float>(
     dims: &AttnDims,
     q: &[T],
     k: &[T],

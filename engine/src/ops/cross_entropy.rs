@@ -110,8 +110,14 @@ pub fn cross_entropy(logits: &Var, labels: &[i32], count: f64) -> Result<Var> {
 
 /// Loss of `logits = hidden · Wᵀ` without materializing the logits: `hidden [rows, d]`,
 /// `weight [vocab, d]` (the lm_head), `labels [rows]`. Rows are processed in chunks of
-/// `chunk_rows` kept rows, so peak extra memory is `chunk_rows x vocab` elements. Backward
-/// recomputes each chunk's logits; `dW` is computed only when the weight requires a gradient.
+/// `chunk_rows` kept rows, so peak extra memory is `chunk_rows x vocab` elements.
+///
+/// When only `hidden` needs a gradient (a frozen lm_head, the LoRA case), the forward computes
+/// it too while each chunk's logits are at hand: `dh = (softmax(z) − onehot)/count · W` for an
+/// output gradient of 1, kept as `[rows, d]` (the size of `hidden`). Backward returns it as is
+/// when the output gradient is exactly 1 (the loss is the root of backward), which saves one
+/// logits GEMM and one exp per logit; for any other output gradient, and when `W` needs a
+/// gradient, backward recomputes each chunk's logits from the saved logsumexps.
 pub fn linear_cross_entropy(
     hidden: &Var,
     weight: &Var,
@@ -138,12 +144,21 @@ pub fn linear_cross_entropy(
         .filter(|(_, &l)| l != IGNORE_INDEX)
         .map(|(r, &l)| (r, l as usize))
         .collect();
+    let eager_dh =
+        crate::autograd::grad_enabled() && hidden.requires_grad() && !weight.requires_grad();
     with_float!(dt, "linear_cross_entropy", |T| {
         let (h, w) = (hv.as_slice::<T>()?, wv.as_slice::<T>()?);
         let mut lse = Vec::with_capacity(kept.len());
         let mut total = 0.0f64;
         let mut xs = Vec::with_capacity(chunk_rows.min(kept.len()) * d);
         let mut z = Vec::new();
+        let mut dxs = Vec::new();
+        let mut dh_unit = if eager_dh {
+            vec![T::ZERO; rows * d]
+        } else {
+            Vec::new()
+        };
+        let unit_scale = T::from_f64(1.0 / count);
         for chunk in kept.chunks(chunk_rows) {
             gather_rows(h, d, chunk, &mut xs);
             z.resize(chunk.len() * vocab, T::ZERO);
@@ -159,21 +174,54 @@ pub fn linear_cross_entropy(
                 false,
                 true,
             );
-            for (i, &(_, l)) in chunk.iter().enumerate() {
-                let row = &z[i * vocab..(i + 1) * vocab];
-                let s = lse_row(row);
-                total += (s - row[l]).to_f64();
+            // Per-row logsumexp and loss term in parallel; summed below in row order.
+            let terms: Vec<(T, T)> = z
+                .par_chunks(vocab)
+                .zip(chunk.par_iter())
+                .map(|(row, &(_, l))| {
+                    let s = lse_row(row);
+                    (s, s - row[l])
+                })
+                .collect();
+            for &(s, term) in &terms {
+                total += term.to_f64();
                 lse.push(s);
             }
+            if eager_dh {
+                z.par_chunks_mut(vocab)
+                    .zip(chunk.par_iter().zip(terms.par_iter()))
+                    .for_each(|(row, (&(_, l), &(s, _)))| dlogits_row(row, s, l, unit_scale));
+                dxs.resize(chunk.len() * d, T::ZERO);
+                gemm(
+                    false,
+                    false,
+                    chunk.len(),
+                    d,
+                    vocab,
+                    &z,
+                    w,
+                    &mut dxs,
+                    false,
+                    true,
+                );
+                for (i, &(r, _)) in chunk.iter().enumerate() {
+                    dh_unit[r * d..(r + 1) * d].copy_from_slice(&dxs[i * d..(i + 1) * d]);
+                }
+            }
         }
+        let dh_unit = eager_dh.then(|| Tensor::from_storage(T::wrap(dh_unit), [rows, d]));
         let loss = Tensor::scalar(total / count, dt);
         Ok(record(
             "linear_cross_entropy",
             loss,
             &[hidden, weight],
             move |g, needs, _| {
+                let gs = g.to_scalar()?;
+                if let (Some(dh), true, false) = (&dh_unit, gs == 1.0, needs[1]) {
+                    return Ok(vec![needs[0].then(|| dh.clone()), None]);
+                }
                 let (h, w) = (hv.as_slice::<T>()?, wv.as_slice::<T>()?);
-                let scale = T::from_f64(g.to_scalar()? / count);
+                let scale = T::from_f64(gs / count);
                 let mut dh = vec![T::ZERO; rows * d];
                 let mut dw = if needs[1] {
                     vec![T::ZERO; vocab * d]

@@ -174,10 +174,15 @@ fn sum_batches(t: &Tensor, p: usize, q: usize) -> Result<Tensor> {
 /// `d op(A) = dC · op(B)ᵀ` and `d op(B) = op(A)ᵀ · dC`, each written as one GEMM with the
 /// transposes folded into the operands' strides.
 pub fn matmul_t(a: &Var, b: &Var, trans_a: bool, trans_b: bool) -> Result<Var> {
+    let out = matmul_tensors(&a.value(), &b.value(), trans_a, trans_b)?;
+    Ok(record_matmul(a, b, trans_a, trans_b, out))
+}
+
+/// Records `out` as the product `op(a)·op(b)` with [`matmul_t`]'s backward.
+fn record_matmul(a: &Var, b: &Var, trans_a: bool, trans_b: bool, out: Tensor) -> Var {
     let (av, bv) = (a.value(), b.value());
-    let out = matmul_tensors(&av, &bv, trans_a, trans_b)?;
     let shared_b = bv.rank() == 2 && av.rank() > 2;
-    Ok(record("matmul", out, &[a, b], move |g, needs, _| {
+    record("matmul", out, &[a, b], move |g, needs, _| {
         let ga = if needs[0] {
             Some(if trans_a {
                 // A is [k, m]: dA = op(B) · dCᵀ
@@ -217,7 +222,7 @@ pub fn matmul_t(a: &Var, b: &Var, trans_a: bool, trans_b: bool) -> Result<Var> {
             None
         };
         Ok(vec![ga, gb])
-    }))
+    })
 }
 
 /// `C = A · B` (batched).
@@ -228,6 +233,32 @@ pub fn matmul(a: &Var, b: &Var) -> Result<Var> {
 /// A linear layer without bias, as `torch.nn.functional.linear`: `y[.., out] = x[.., in] · Wᵀ`
 /// with `W` stored `[out, in]`. `dx = dy · W`; `dW = dyᵀ · x` only when `W` requires a gradient.
 pub fn linear(x: &Var, w: &Var) -> Result<Var> {
+    linear_impl(x, w, false)
+}
+
+/// [`linear`] whose output value will never be read, only differentiated: the backward is
+/// the same (it reads `x` and `W`, never `y`), but the product is not computed and the value
+/// is NaN, so a read would show. For a recomputed segment ([`crate::recomputing`]) whose
+/// output projections feed only the (unread) segment output.
+pub fn linear_unread(x: &Var, w: &Var) -> Result<Var> {
+    linear_impl(x, w, true)
+}
+
+/// A NaN-filled float tensor: the value of an op whose value is never computed.
+pub(crate) fn poison(shape: impl Into<Shape>, dtype: crate::DType) -> Result<Tensor> {
+    let shape = shape.into();
+    match dtype {
+        crate::DType::F32 => Tensor::from_vec(vec![f32::NAN; shape.elem_count()], shape),
+        crate::DType::F64 => Tensor::from_vec(vec![f64::NAN; shape.elem_count()], shape),
+        d => Err(Error::DType {
+            op: "linear",
+            dtype: d,
+            expected: "f32 or f64",
+        }),
+    }
+}
+
+fn linear_impl(x: &Var, w: &Var, unread: bool) -> Result<Var> {
     let wd = w.dims();
     if wd.len() != 2 {
         return Err(Error::shape(
@@ -244,7 +275,17 @@ pub fn linear(x: &Var, w: &Var) -> Result<Var> {
     }
     let rows: usize = xd[..xd.len() - 1].iter().product();
     let x2 = super::reshape(x, [rows, wd[1]])?;
-    let y2 = matmul_t(&x2, w, false, true)?;
+    let y2 = if unread {
+        record_matmul(
+            &x2,
+            w,
+            false,
+            true,
+            poison([rows, wd[0]], x.value().dtype())?,
+        )
+    } else {
+        matmul_t(&x2, w, false, true)?
+    };
     let mut od = xd[..xd.len() - 1].to_vec();
     od.push(wd[0]);
     super::reshape(&y2, od)

@@ -4,6 +4,7 @@
 //! [`Var`]: crate::Var
 
 pub mod attention;
+pub mod attention_tiled;
 pub mod cross_entropy;
 pub mod dropout;
 pub mod elementwise;
@@ -22,8 +23,8 @@ pub use elementwise::{add, mul, scale, sum_all};
 pub use embedding::embedding;
 pub use gelu::gelu;
 pub use layernorm::layer_norm;
-pub use matmul::{linear, matmul, matmul_t};
-pub use quant_linear::quant_linear;
+pub use matmul::{linear, linear_unread, matmul, matmul_t};
+pub use quant_linear::{quant_linear, quant_linear_unread};
 pub use rope::{rope, RopeTable};
 pub use shape::{concat, narrow, permute, reshape};
 

@@ -14,33 +14,62 @@ pub fn reshape(x: &Var, shape: impl Into<Shape>) -> Result<Var> {
     }))
 }
 
-/// Applies `f(dst_index, src_index)` element-wise copy for any dtype.
-fn gather_copy(
+/// Builds `out_shape` from runs of `run` elements that are contiguous in both tensors:
+/// output run `r` (elements `r·run..(r+1)·run`) is copied from `src[start(r)..start(r) + run]`.
+/// `run` must divide the element count. Copying whole runs instead of mapping each element
+/// is what makes head splits and slices cheap (their innermost dims stay in place).
+fn gather_runs(
     src: &Tensor,
     out_shape: &Shape,
-    map: impl Fn(usize) -> usize + Sync,
+    run: usize,
+    start: impl Fn(usize) -> usize + Sync,
 ) -> Result<Tensor> {
     fn go<T: Copy + Send + Sync>(
         s: &[T],
         n: usize,
-        map: &(impl Fn(usize) -> usize + Sync),
+        run: usize,
+        start: &(impl Fn(usize) -> usize + Sync),
     ) -> Vec<T> {
         use rayon::prelude::*;
-        if n >= 1 << 15 {
-            (0..n).into_par_iter().map(|i| s[map(i)]).collect()
-        } else {
-            (0..n).map(|i| s[map(i)]).collect()
+        if n == 0 {
+            return Vec::new();
         }
+        if run == 1 {
+            return if n >= 1 << 15 {
+                (0..n).into_par_iter().map(|i| s[start(i)]).collect()
+            } else {
+                (0..n).map(|i| s[start(i)]).collect()
+            };
+        }
+        let mut out = Vec::with_capacity(n);
+        if n >= 1 << 15 {
+            // Every element is written below before the vector is read.
+            out.resize(n, s[0]);
+            out.par_chunks_mut(run).enumerate().for_each(|(r, dst)| {
+                let o = start(r);
+                dst.copy_from_slice(&s[o..o + run]);
+            });
+        } else {
+            for r in 0..n / run {
+                let o = start(r);
+                out.extend_from_slice(&s[o..o + run]);
+            }
+        }
+        out
     }
     let n = out_shape.elem_count();
+    debug_assert!(
+        run > 0 && n.is_multiple_of(run),
+        "run {run} does not divide {n}"
+    );
     let st = match src.cpu_storage() {
-        CpuStorage::F64(s) => CpuStorage::F64(go(s, n, &map)),
-        CpuStorage::F32(s) => CpuStorage::F32(go(s, n, &map)),
-        CpuStorage::BF16(s) => CpuStorage::BF16(go(s, n, &map)),
-        CpuStorage::F16(s) => CpuStorage::F16(go(s, n, &map)),
-        CpuStorage::I32(s) => CpuStorage::I32(go(s, n, &map)),
-        CpuStorage::U32(s) => CpuStorage::U32(go(s, n, &map)),
-        CpuStorage::U8(s) => CpuStorage::U8(go(s, n, &map)),
+        CpuStorage::F64(s) => CpuStorage::F64(go(s, n, run, &start)),
+        CpuStorage::F32(s) => CpuStorage::F32(go(s, n, run, &start)),
+        CpuStorage::BF16(s) => CpuStorage::BF16(go(s, n, run, &start)),
+        CpuStorage::F16(s) => CpuStorage::F16(go(s, n, run, &start)),
+        CpuStorage::I32(s) => CpuStorage::I32(go(s, n, run, &start)),
+        CpuStorage::U32(s) => CpuStorage::U32(go(s, n, run, &start)),
+        CpuStorage::U8(s) => CpuStorage::U8(go(s, n, run, &start)),
     };
     Ok(Tensor::from_storage(st, out_shape.clone()))
 }
@@ -60,14 +89,23 @@ pub fn permute_tensor(x: &Tensor, perm: &[usize]) -> Result<Tensor> {
         ));
     }
     let out_shape = Shape::new(perm.iter().map(|&p| d[p]).collect::<Vec<_>>());
+    if out_shape.elem_count() == 0 {
+        return gather_runs(x, &out_shape, 1, |i| i);
+    }
+    // Trailing dims the permutation leaves in place are copied as contiguous runs.
+    let mut kept = perm.len();
+    while kept > 0 && perm[kept - 1] == kept - 1 {
+        kept -= 1;
+    }
+    let run: usize = d[kept..].iter().product();
     let in_strides = x.shape().strides();
-    let out_dims = out_shape.dims().to_vec();
-    let src_strides: Vec<usize> = perm.iter().map(|&p| in_strides[p]).collect();
-    gather_copy(x, &out_shape, |mut i| {
+    let out_dims = out_shape.dims()[..kept].to_vec();
+    let src_strides: Vec<usize> = perm[..kept].iter().map(|&p| in_strides[p]).collect();
+    gather_runs(x, &out_shape, run, |mut r| {
         let mut off = 0;
         for ax in (0..out_dims.len()).rev() {
-            off += (i % out_dims[ax]) * src_strides[ax];
-            i /= out_dims[ax];
+            off += (r % out_dims[ax]) * src_strides[ax];
+            r /= out_dims[ax];
         }
         off
     })
@@ -98,9 +136,13 @@ pub fn narrow_tensor(x: &Tensor, dim: usize, start: usize, len: usize) -> Result
     let mut od = d.to_vec();
     od[dim] = len;
     let full = d[dim];
-    gather_copy(x, &Shape::new(od), |i| {
-        let (o, rest) = (i / (len * inner), i % (len * inner));
-        o * full * inner + start * inner + rest
+    let run = len * inner;
+    if run == 0 {
+        return gather_runs(x, &Shape::new(od), 1, |i| i);
+    }
+    // Each outer index contributes one contiguous run of `len·inner` elements.
+    gather_runs(x, &Shape::new(od), run, |o| {
+        o * full * inner + start * inner
     })
 }
 
@@ -201,4 +243,95 @@ pub fn concat(xs: &[&Var], dim: usize) -> Result<Var> {
         }
         Ok(grads)
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::Rng;
+
+    /// Distinct values, so a misplaced element cannot go unnoticed.
+    fn distinct(dims: &[usize], seed: u64) -> Tensor {
+        let n: usize = dims.iter().product();
+        let mut rng = Rng::new(seed);
+        let v: Vec<f32> = (0..n).map(|i| i as f32 + rng.uniform(0.0, 0.5)).collect();
+        Tensor::from_vec(v, dims.to_vec()).unwrap()
+    }
+
+    /// The element-by-element definition: `out[i0, i1, ..] = x[.., i_k at axis perm[k], ..]`.
+    fn permute_reference(x: &[f32], d: &[usize], perm: &[usize]) -> Vec<f32> {
+        let strides = Shape::new(d.to_vec()).strides();
+        let od: Vec<usize> = perm.iter().map(|&p| d[p]).collect();
+        let n: usize = od.iter().product();
+        (0..n)
+            .map(|mut i| {
+                let mut off = 0;
+                for ax in (0..od.len()).rev() {
+                    off += (i % od[ax]) * strides[perm[ax]];
+                    i /= od[ax];
+                }
+                x[off]
+            })
+            .collect()
+    }
+
+    #[test]
+    fn permute_matches_the_elementwise_definition() {
+        // Small and large (parallel) sizes; runs of 1 (last axis moves), of the last dim, of
+        // the last two dims, and the identity.
+        for (dims, perm) in [
+            (vec![2, 3, 4], vec![2, 0, 1]),
+            (vec![2, 3, 4], vec![1, 0, 2]),
+            (vec![2, 3, 4, 5], vec![1, 0, 2, 3]),
+            (vec![2, 3, 4], vec![0, 1, 2]),
+            (vec![2, 256, 8, 64], vec![0, 2, 1, 3]),
+            (vec![2, 8, 256, 64], vec![0, 2, 1, 3]),
+            (vec![3, 64, 200], vec![2, 1, 0]),
+            (vec![4, 0, 3], vec![2, 1, 0]),
+        ] {
+            let x = distinct(&dims, 7);
+            let got = permute_tensor(&x, &perm).unwrap();
+            let want = permute_reference(x.as_slice::<f32>().unwrap(), &dims, &perm);
+            let od: Vec<usize> = perm.iter().map(|&p| dims[p]).collect();
+            assert_eq!(got.dims(), &od[..], "{dims:?} {perm:?}");
+            assert_eq!(
+                got.as_slice::<f32>().unwrap(),
+                &want[..],
+                "{dims:?} {perm:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn narrow_matches_the_elementwise_definition() {
+        for (dims, dim, start, len) in [
+            (vec![2, 4, 3], 1, 1, 2),
+            (vec![2, 4, 3], 2, 2, 1),
+            (vec![2, 4, 3], 0, 1, 1),
+            (vec![2, 256, 10, 64], 2, 8, 1),
+            (vec![2, 256, 10, 64], 2, 0, 8),
+            (vec![2, 4, 3], 1, 4, 0),
+        ] {
+            let x = distinct(&dims, 9);
+            let got = narrow_tensor(&x, dim, start, len).unwrap();
+            let mut od = dims.clone();
+            od[dim] = len;
+            let strides = Shape::new(dims.clone()).strides();
+            let n: usize = od.iter().product();
+            let src = x.as_slice::<f32>().unwrap();
+            let want: Vec<f32> = (0..n)
+                .map(|mut i| {
+                    let mut off = 0;
+                    for ax in (0..od.len()).rev() {
+                        let idx = i % od[ax] + if ax == dim { start } else { 0 };
+                        off += idx * strides[ax];
+                        i /= od[ax];
+                    }
+                    src[off]
+                })
+                .collect();
+            assert_eq!(got.dims(), &od[..]);
+            assert_eq!(got.as_slice::<f32>().unwrap(), &want[..], "{dims:?} {dim}");
+        }
+    }
 }
