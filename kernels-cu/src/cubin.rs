@@ -94,6 +94,7 @@ cubin_table!(
     "attention",
     "convert",
     "cross_entropy",
+    "decode",
     "dropout",
     "elementwise",
     "gemm",

@@ -13,7 +13,9 @@
 //! that holds every linear weight of a model, each weight is dequantized once per run, at the
 //! memory cost of an fp32 copy of those weights; a budget of one decoder layer still serves
 //! a layer's recompute and backward from one dequantization; 0 turns the cache off.
-//! Entries refer to their weight weakly and disappear when it is dropped.
+//! Entries refer to their weight weakly and disappear when it is dropped. The copies are
+//! charged to the process-wide host memory counter ([`crate::memory::global_counter`]) while
+//! the cache holds them, so the trainer's reported peak includes them.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -162,6 +164,7 @@ impl DequantCache {
         self.evict_to(budget, size);
         self.clock += 1;
         self.bytes += size;
+        crate::memory::global_counter().alloc(size);
         self.entries.push(Entry {
             weight: key,
             values,
@@ -181,6 +184,7 @@ impl DequantCache {
                 .expect("not empty");
             let e = self.entries.swap_remove(oldest);
             self.bytes -= e.values.len() * 4;
+            crate::memory::global_counter().free(e.values.len() * 4);
         }
     }
 
@@ -195,6 +199,13 @@ impl DequantCache {
             alive
         });
         self.bytes -= freed;
+        crate::memory::global_counter().free(freed);
+    }
+}
+
+impl Drop for DequantCache {
+    fn drop(&mut self) {
+        crate::memory::global_counter().free(self.bytes);
     }
 }
 
