@@ -48,6 +48,9 @@ pub fn host_estimate(
         target_modules: args.target_modules.clone(),
         json: false,
         gpu: None,
+        // The host RAM of this process: one rank's share, whatever the accumulation.
+        ranks: 1,
+        gradient_accumulation_steps: args.gradient_accumulation_steps,
     };
     let m = model_info(cfg, &info_args)?.memory;
     Ok(match device_request(args)? {
