@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <bitset>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -18,6 +19,7 @@
 #include <mutex>
 #include <shared_mutex>
 #include <unordered_map>
+#include <vector>
 
 namespace kc_emu {
 namespace check {
@@ -65,6 +67,49 @@ std::atomic<uint64_t> g_serial{0};
 
 constexpr int kCacheSize = 64;
 
+// ---- release/acquire through atomics (the model: checker.h) ----------------------------------
+
+constexpr uint32_t kMaxThreads = 1024;  // threads per block
+constexpr uint32_t kNoFence = UINT32_MAX;
+
+// What one block's fenced atomic on an address releases: its accesses in barrier intervals
+// before `interval`, and those in `interval` of the threads in `at_interval`.
+struct Release {
+  uint64_t serial;
+  uint32_t interval;
+  std::bitset<kMaxThreads> at_interval;
+};
+
+// A release that an atomic of this block read, and the fence that made it an acquire.
+struct Acquired {
+  Release rel;
+  uint32_t atomic_interval, atomic_tid;
+  uint32_t fence_interval;           // kNoFence until an acquiring fence
+  std::bitset<kMaxThreads> fenced;  // threads that fenced in fence_interval after the atomic
+};
+
+// The fence bookkeeping of the block that runs on this OS thread.
+struct BlockSync {
+  uint32_t nthreads = 0;
+  uint32_t fence_interval[kMaxThreads];  // each thread's last __threadfence, or kNoFence
+  bool clean[kMaxThreads];               // no access by the thread since that fence, within its interval
+  std::vector<Acquired> acquired;
+};
+
+// Releases recorded per global address, in stripes: an atomic holds its stripe's lock around
+// the operation and the bookkeeping, so the releases it reads are exactly those before it in the
+// address's modification order.
+struct SyncStripe {
+  std::mutex mu;
+  std::unordered_map<uintptr_t, std::vector<Release>> releases;
+};
+constexpr unsigned kStripes = 64;
+
+SyncStripe& stripe_of(uintptr_t a) {
+  static SyncStripe* s = new SyncStripe[kStripes];  // never destroyed, as the shadow
+  return s[(a >> 2) % kStripes];
+}
+
 struct Ctx {
   bool enabled;  // the current block is checked
   bool active;   // a checked kernel fiber runs on this OS thread now
@@ -74,6 +119,8 @@ struct Ctx {
   uint64_t serial;
   uint32_t interval;
   uint32_t warp_epoch[32];
+  bool fenced;      // a thread of the block has executed __threadfence
+  BlockSync* sync;  // allocated on the first fence or acquire of a block on this OS thread
   const LaunchInfo* launch;
   const unsigned char* dyn_smem;
   uint64_t generation;
@@ -149,6 +196,27 @@ uint64_t rec_serial(uint64_t r) { return r & kSerialMask; }
 uint32_t rec_tid(uint64_t r) { return static_cast<uint32_t>((r >> kTidShift) & kTidMask); }
 uint32_t rec_interval(uint64_t r) { return static_cast<uint32_t>((r >> kIntervalShift) & kIntervalMask); }
 
+// True when `rec` (of block rel.serial) lies in what `rel` released. Intervals are compared
+// modulo the record's 12 bits, as everywhere else.
+bool released(const Release& rel, uint64_t rec) {
+  uint32_t d = (rel.interval - rec_interval(rec)) & kIntervalMask;
+  if (d == 0) return rel.at_interval.test(rec_tid(rec));
+  return d < (kIntervalMask + 1) / 2;
+}
+
+// True when another block's access `rec` is ordered before an access by `tid` now through a
+// release that this block has acquired.
+bool acquired_before(const Ctx& c, uint64_t rec, uint32_t tid) {
+  if (!c.sync) return false;
+  uint64_t rs = rec_serial(rec);
+  for (const Acquired& e : c.sync->acquired) {
+    if (e.rel.serial != rs || e.fence_interval == kNoFence) continue;
+    if (c.interval == e.fence_interval && !e.fenced.test(tid)) continue;
+    if (released(e.rel, rec)) return true;
+  }
+  return false;
+}
+
 // True when the access `rec` and an access by `tid` now are not ordered.
 bool concurrent(const Ctx& c, const Page* pg, uint64_t rec, uint32_t tid) {
   if (!rec) return false;
@@ -161,9 +229,9 @@ bool concurrent(const Ctx& c, const Page* pg, uint64_t rec, uint32_t tid) {
       return false;
     return true;
   }
-  // Other blocks: only global memory is shared between blocks, and only blocks of this launch
-  // run unordered with this one.
-  return pg->global && block_in_launch(c, rs) >= 0;
+  // Other blocks: only global memory is shared between blocks, only blocks of this launch run
+  // unordered with this one, and an acquired release orders what it released.
+  return pg->global && block_in_launch(c, rs) >= 0 && !acquired_before(c, rec, tid);
 }
 
 // A read record worth keeping: one that a later write in this launch could race with.
@@ -232,13 +300,14 @@ std::string where(const Ctx& c, const Page* pg, uintptr_t a) {
 
 [[noreturn]] void report_race(const Ctx& c, const Page* pg, uintptr_t a, unsigned n, const char* verb, uint32_t tid,
                               uint64_t other, bool other_write) {
-  char buf[900];
+  char buf[1000];
   uint64_t os = rec_serial(other);
   std::string why = os == c.serial
                         ? "in the same barrier interval (after " + std::to_string(c.interval) +
                               " __syncthreads of the block), with no __syncthreads, or warp collective "
                               "of their warp, between them"
-                        : "in the same launch; blocks are not ordered (use atomics, or a second launch)";
+                        : "in the same launch; blocks are not ordered (use atomics, a release/acquire through an "
+                          "atomic: __threadfence before it in the writer, after it in the reader, or a second launch)";
   const char* other_verb = (other & kAtomic) ? "updated atomically" : other_write ? "wrote" : "read";
   snprintf(buf, sizeof buf, "data race in kernel %s: %s %s %u bytes at %s, which %s %s %s", c.launch->kernel,
            who(c, c.serial, tid).c_str(), verb, n, where(c, pg, a).c_str(), who(c, os, rec_tid(other)).c_str(),
@@ -344,6 +413,8 @@ void access_in_page(Ctx& c, uintptr_t a, unsigned n, bool write, uint32_t tid, u
 
 void access(Ctx& c, uintptr_t a, size_t n, bool write, unsigned align, uint32_t tid, uint64_t flag = 0) {
   if (align > 1 && (a & (align - 1))) report_misaligned(c, page_for(c, a >> kPageBits), a, align, write);
+  // An access after the thread's fence, in the fence's interval: the fence does not release it.
+  if (c.fenced && c.sync->fence_interval[tid] == c.interval) c.sync->clean[tid] = false;
   uint64_t me = record_of(c, tid);
   while (n > 0) {
     size_t room = kPageSize - (a & (kPageSize - 1));
@@ -361,13 +432,76 @@ void atomic_access(Ctx& c, uintptr_t a, unsigned n) {
   for (unsigned i = 0; i < n; i++) atomic_cell(c, pg, a + i, n, c.tid, me);
 }
 
-inline __attribute__((always_inline)) void atomic_hook(const volatile void* p, unsigned n) {
-  Ctx& c = tls_ctx;
-  if (!c.active) return;
-  uintptr_t a = reinterpret_cast<uintptr_t>(p);
-  if (a - c.stack_lo < c.stack_size) return;
-  atomic_access(c, a, n);
+BlockSync& sync_of(Ctx& c) {
+  if (!c.sync) c.sync = new BlockSync();  // one per OS thread, reused by its blocks
+  return *c.sync;
 }
+
+// Records on `list` (the releases on one address) what this block's atomic by c.tid releases.
+void publish_release(const Ctx& c, std::vector<Release>& list) {
+  const BlockSync& s = *c.sync;
+  // The latest fence before the atomic: the thread's own, or one in an earlier interval.
+  uint32_t f = s.fence_interval[c.tid];
+  for (uint32_t u = 0; u < s.nthreads; u++) {
+    uint32_t fu = s.fence_interval[u];
+    if (fu != kNoFence && fu < c.interval && (f == kNoFence || fu > f)) f = fu;
+  }
+  if (f == kNoFence) return;
+  Release rel{c.serial, f, {}};
+  for (uint32_t u = 0; u < s.nthreads; u++) {
+    if (s.fence_interval[u] == f && s.clean[u] && (f < c.interval || u == c.tid)) rel.at_interval.set(u);
+  }
+  // Releases of earlier launches order nothing any more.
+  list.erase(std::remove_if(list.begin(), list.end(),
+                            [&](const Release& r) { return r.serial != c.serial && block_in_launch(c, r.serial) < 0; }),
+             list.end());
+  for (Release& r : list) {
+    if (r.serial != c.serial) continue;
+    if (f > r.interval) r = rel;
+    else if (f == r.interval) r.at_interval |= rel.at_interval;
+    return;
+  }
+  list.push_back(rel);
+}
+
+// Notes the releases of other blocks of this launch that this block's atomic by c.tid read.
+void read_releases(Ctx& c, const std::vector<Release>& list) {
+  for (const Release& r : list) {
+    if (r.serial == c.serial || block_in_launch(c, r.serial) < 0) continue;
+    sync_of(c).acquired.push_back(Acquired{r, c.interval, c.tid, kNoFence, {}});
+  }
+}
+
+// The checker's side of an atomic operation: checked against plain accesses before it, and for
+// global memory the release/acquire bookkeeping, under the address's stripe lock, which is held
+// until the scope ends (after the operation).
+class AtomicScope {
+ public:
+  AtomicScope(const volatile void* p, unsigned n) {
+    Ctx& c = tls_ctx;
+    if (!c.active) return;
+    uintptr_t a = reinterpret_cast<uintptr_t>(p);
+    if (a - c.stack_lo < c.stack_size) return;
+    atomic_access(c, a, n);
+    if (!page_for(c, a >> kPageBits)->global) return;
+    a_ = a;
+    stripe_ = &stripe_of(a);
+    stripe_->mu.lock();
+    if (c.fenced) publish_release(c, stripe_->releases[a]);
+  }
+  ~AtomicScope() {
+    if (!stripe_) return;
+    auto it = stripe_->releases.find(a_);
+    if (it != stripe_->releases.end()) read_releases(tls_ctx, it->second);
+    stripe_->mu.unlock();
+  }
+  AtomicScope(const AtomicScope&) = delete;
+  AtomicScope& operator=(const AtomicScope&) = delete;
+
+ private:
+  SyncStripe* stripe_ = nullptr;
+  uintptr_t a_ = 0;
+};
 
 inline __attribute__((always_inline)) void hook(void* p, unsigned n, bool write, unsigned align) {
   Ctx& c = tls_ctx;
@@ -398,6 +532,8 @@ void begin_block(const LaunchInfo* launch, long block_lin, const unsigned char* 
   c.serial = serial_of(launch->serial_base, block_lin);
   c.interval = 0;
   memset(c.warp_epoch, 0, sizeof c.warp_epoch);
+  c.fenced = false;
+  if (c.sync) c.sync->acquired.clear();
   uint64_t g = shadow().generation.load(std::memory_order_acquire);
   if (g != c.generation) {
     for (auto& e : c.cache) e.page = nullptr;
@@ -421,6 +557,26 @@ void enter_fiber(uint32_t tid, const void* stack_lo, size_t stack_size) {
 void leave_fiber() { tls_ctx.active = false; }
 
 void on_barrier() { tls_ctx.interval++; }
+
+void on_fence() {
+  Ctx& c = tls_ctx;
+  if (!c.active) return;
+  BlockSync& s = sync_of(c);
+  if (!c.fenced) {
+    const dim3& b = c.launch->block;
+    s.nthreads = std::min<uint32_t>(b.x * b.y * b.z, kMaxThreads);
+    std::fill(s.fence_interval, s.fence_interval + s.nthreads, kNoFence);
+    c.fenced = true;
+  }
+  s.fence_interval[c.tid] = c.interval;
+  s.clean[c.tid] = true;
+  // Atomics that read a release become acquires at a fence that follows them.
+  for (Acquired& e : s.acquired) {
+    if (e.atomic_interval >= c.interval && e.atomic_tid != c.tid) continue;
+    if (e.fence_interval == kNoFence) e.fence_interval = c.interval;
+    if (e.fence_interval == c.interval) e.fenced.set(c.tid);
+  }
+}
 
 void on_warp_collective(int warp) { tls_ctx.warp_epoch[warp]++; }
 
@@ -489,7 +645,7 @@ void misaligned(const void* p, unsigned n, bool write) {
 
 // ---- the entry points that GCC's -fsanitize=thread instrumentation calls -----------------
 
-using kc_emu::check::atomic_hook;
+using kc_emu::check::AtomicScope;
 using kc_emu::check::hook;
 
 #define KC_RW(N)                                                                                   \
@@ -520,54 +676,55 @@ extern "C" void __tsan_func_exit() {}
 extern "C" void __tsan_vptr_update(void*, void*) {}
 extern "C" void __tsan_vptr_read(void*) {}
 
-// Atomics are real atomic operations and are not recorded: they never race.
+// Atomics are real atomic operations; the checker records them (they race plain accesses, not
+// each other) and keeps the release/acquire bookkeeping around them.
 #define KC_ATOMICS(BITS, T)                                                                        \
   extern "C" T __tsan_atomic##BITS##_load(const volatile T* a, int) {                              \
-    atomic_hook(a, sizeof(T));                                                                     \
+    AtomicScope scope(a, sizeof(T));                                                               \
     return __atomic_load_n(a, __ATOMIC_SEQ_CST);                                                   \
   }                                                                                                \
   extern "C" void __tsan_atomic##BITS##_store(volatile T* a, T v, int) {                           \
-    atomic_hook(a, sizeof(T));                                                                     \
+    AtomicScope scope(a, sizeof(T));                                                               \
     __atomic_store_n(a, v, __ATOMIC_SEQ_CST);                                                      \
   }                                                                                                \
   extern "C" T __tsan_atomic##BITS##_exchange(volatile T* a, T v, int) {                           \
-    atomic_hook(a, sizeof(T));                                                                     \
+    AtomicScope scope(a, sizeof(T));                                                               \
     return __atomic_exchange_n(a, v, __ATOMIC_SEQ_CST);                                            \
   }                                                                                                \
   extern "C" T __tsan_atomic##BITS##_fetch_add(volatile T* a, T v, int) {                          \
-    atomic_hook(a, sizeof(T));                                                                     \
+    AtomicScope scope(a, sizeof(T));                                                               \
     return __atomic_fetch_add(a, v, __ATOMIC_SEQ_CST);                                             \
   }                                                                                                \
   extern "C" T __tsan_atomic##BITS##_fetch_sub(volatile T* a, T v, int) {                          \
-    atomic_hook(a, sizeof(T));                                                                     \
+    AtomicScope scope(a, sizeof(T));                                                               \
     return __atomic_fetch_sub(a, v, __ATOMIC_SEQ_CST);                                             \
   }                                                                                                \
   extern "C" T __tsan_atomic##BITS##_fetch_and(volatile T* a, T v, int) {                          \
-    atomic_hook(a, sizeof(T));                                                                     \
+    AtomicScope scope(a, sizeof(T));                                                               \
     return __atomic_fetch_and(a, v, __ATOMIC_SEQ_CST);                                             \
   }                                                                                                \
   extern "C" T __tsan_atomic##BITS##_fetch_or(volatile T* a, T v, int) {                           \
-    atomic_hook(a, sizeof(T));                                                                     \
+    AtomicScope scope(a, sizeof(T));                                                               \
     return __atomic_fetch_or(a, v, __ATOMIC_SEQ_CST);                                              \
   }                                                                                                \
   extern "C" T __tsan_atomic##BITS##_fetch_xor(volatile T* a, T v, int) {                          \
-    atomic_hook(a, sizeof(T));                                                                     \
+    AtomicScope scope(a, sizeof(T));                                                               \
     return __atomic_fetch_xor(a, v, __ATOMIC_SEQ_CST);                                             \
   }                                                                                                \
   extern "C" T __tsan_atomic##BITS##_fetch_nand(volatile T* a, T v, int) {                         \
-    atomic_hook(a, sizeof(T));                                                                     \
+    AtomicScope scope(a, sizeof(T));                                                               \
     return __atomic_fetch_nand(a, v, __ATOMIC_SEQ_CST);                                            \
   }                                                                                                \
   extern "C" int __tsan_atomic##BITS##_compare_exchange_strong(volatile T* a, T* c, T v, int, int) { \
-    atomic_hook(a, sizeof(T));                                                                     \
+    AtomicScope scope(a, sizeof(T));                                                               \
     return __atomic_compare_exchange_n(a, c, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);        \
   }                                                                                                \
   extern "C" int __tsan_atomic##BITS##_compare_exchange_weak(volatile T* a, T* c, T v, int, int) { \
-    atomic_hook(a, sizeof(T));                                                                     \
+    AtomicScope scope(a, sizeof(T));                                                               \
     return __atomic_compare_exchange_n(a, c, v, true, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);         \
   }                                                                                                \
   extern "C" T __tsan_atomic##BITS##_compare_exchange_val(volatile T* a, T c, T v, int, int) {     \
-    atomic_hook(a, sizeof(T));                                                                     \
+    AtomicScope scope(a, sizeof(T));                                                               \
     __atomic_compare_exchange_n(a, &c, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);              \
     return c;                                                                                      \
   }

@@ -9,8 +9,31 @@
 //   - a __syncthreads separates them (they lie in different barrier intervals of the block), or
 //   - both threads are lanes of one warp and a warp collective completed in between, or
 //   - both accesses are atomics (an atomic and a plain access of the same bytes do race).
-// In global memory, accesses by different blocks of one launch are never ordered (there is no
-// grid-wide barrier), so any write that another block also touches is a race.
+// In global memory, accesses by different blocks of one launch are unordered (there is no
+// grid-wide barrier), so any write that another block also touches is a race, unless a
+// release/acquire pair through an atomic orders them, as the CUDA memory model gives it to
+// `__threadfence(); atomicX(ctr)` in one block and `atomicX(ctr)` followed by `__threadfence()`
+// in another (a fence before a relaxed atomic makes it a release; a fence after an atomic that
+// read the released value makes it an acquire):
+//   - Release. When a thread T of block B performs an atomic on global address X, let F be the
+//     barrier interval of the latest __threadfence that precedes the atomic: T's own last fence,
+//     or any thread's fence in an earlier interval (a __syncthreads orders it before T). B's
+//     accesses in intervals before F are released, and so are the accesses in interval F of
+//     each thread that fenced in F (and, if F is T's current interval, only T), provided the
+//     thread made no memory access between its fence and the end of F (or T's atomic): those
+//     were made before its fence. The release (B, F, those threads) is recorded on X.
+//   - Acquire. An atomic on X by a thread of block A, performed after block B's release on X in
+//     X's modification order (the checker holds a lock on X around the atomic operation and the
+//     bookkeeping, so that order is exact), reads B's release. It becomes an acquire at the
+//     first __threadfence that follows the atomic in the same thread, or in any thread of A in a
+//     later barrier interval; from then on it orders B's released accesses before the fencing
+//     thread's later accesses and before every access of A in later intervals.
+// A release without its fence, an atomic without its acquiring fence, or a read of another
+// block's data without an atomic that saw its release, stays a race. Atomics on shared memory
+// order nothing (within a block, __syncthreads does). Chains (B released to A, A to C) are not
+// followed: C sees only releases recorded on the address of its own atomic, so the model may
+// report a race that a longer chain of releases orders on the GPU; it never orders accesses
+// that the GPU leaves unordered.
 // A cp.async destination is written asynchronously from the issue until the issuing thread's
 // cp.async.wait_group: any access to it in between is reported.
 #pragma once
@@ -47,6 +70,8 @@ void end_block();
 void enter_fiber(uint32_t tid, const void* stack_lo, size_t stack_size);
 void leave_fiber();
 void on_barrier();
+// A __threadfence by the current thread.
+void on_fence();
 void on_warp_collective(int warp);
 
 // Accesses that the emulator's runtime performs for a thread (ldmatrix rows, cp.async).

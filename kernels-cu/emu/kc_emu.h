@@ -39,6 +39,13 @@ void* dynamic_smem();
 void syncthreads();
 void syncthreads_at(const char* file, int line);
 void syncwarp(unsigned mask);
+// __threadfence: a real sequentially consistent fence (blocks run on several OS threads), and an
+// event for the checker's release/acquire model (checker.h). Out of line because the kernel
+// families are compiled with -fsanitize=thread, under which GCC refuses __atomic_thread_fence.
+void threadfence();
+// __threadfence_block: a block's threads run on one OS thread, so only the compiler must not
+// move memory accesses across it, which an out-of-line call already ensures.
+void threadfence_block();
 unsigned long long shfl(int mode, unsigned mask, unsigned long long v, int b, int width);
 unsigned vote_ballot(unsigned mask, int pred);
 int vote_all(unsigned mask, int pred);
@@ -162,8 +169,8 @@ struct Trampoline<F> {
 // scripts/barrier-mutations.sh).
 #define __syncthreads() kc_emu::syncthreads_at(__FILE__, __LINE__)
 inline void __syncwarp(unsigned mask = 0xffffffffu) { kc_emu::syncwarp(mask); }
-inline void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
-inline void __threadfence_block() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+inline void __threadfence() { kc_emu::threadfence(); }
+inline void __threadfence_block() { kc_emu::threadfence_block(); }
 [[noreturn]] inline void __trap() { kc_emu::trap("__trap() called"); }
 
 template <class T>

@@ -610,6 +610,13 @@ void cp_async_wait(int n) {
 
 void trap(const char* what) { fail("%s", what); }
 
+void threadfence() {
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  check::on_fence();
+}
+
+void threadfence_block() { std::atomic_signal_fence(std::memory_order_seq_cst); }
+
 namespace {
 
 // ---- running one block --------------------------------------------------------------------

@@ -112,3 +112,32 @@ extern "C" __global__ void seeded_block_sum_twice(float* out, const float* in, i
     out[1] = b;
   }
 }
+
+// Deterministic split-K in small: block z (of gridDim.x) stores its partial part[z][t] =
+// (z + 1) * in[z * blockDim.x + t], takes a ticket on *ctr, and the last block to take one sums
+// the partials in the order z = 0, 1, ... into out and resets the counter. `mode`:
+//   0 correct: __threadfence before the ticket (release) and after it (acquire);
+//   1 no release fence; 2 no acquire fence;
+//   3 no ticket: the last block by index sums after its own fence, assuming the others are done.
+// Several blocks.
+extern "C" __global__ void seeded_split_ticket(float* out, float* part, u32* ctr, const float* in, int mode) {
+  __shared__ u32 s_last;
+  const int t = threadIdx.x, n = blockDim.x, z = blockIdx.x, splits = gridDim.x;
+  part[z * n + t] = static_cast<float>(z + 1) * in[z * n + t];
+  if (mode != 1) __threadfence();
+  __syncthreads();
+  if (t == 0) {
+    u32 last = z == splits - 1 ? 1u : 0u;
+    if (mode != 3) {
+      last = atomicAdd(ctr, 1u) == static_cast<u32>(splits - 1) ? 1u : 0u;
+      if (last) atomicExch(ctr, 0u);
+    }
+    s_last = last;
+  }
+  __syncthreads();
+  if (s_last == 0u) return;
+  if (mode != 2) __threadfence();
+  float sum = 0.0f;
+  for (int zz = 0; zz < splits; ++zz) sum += part[zz * n + t];
+  out[t] = sum;
+}

@@ -35,6 +35,7 @@ const WARP_EXCHANGE: Kernel = seeded("seeded_warp_exchange");
 const READ_PAST_END: Kernel = seeded("seeded_read_past_end");
 const FLAG_CLEARED_WITHOUT_BARRIER: Kernel = seeded("seeded_flag_cleared_without_barrier");
 const BLOCK_SUM_TWICE: Kernel = seeded("seeded_block_sum_twice");
+const SPLIT_TICKET: Kernel = seeded("seeded_split_ticket");
 
 fn checked() -> Device {
     Device::emulator_with(EmulatorOptions {
@@ -309,6 +310,95 @@ fn two_blocks_writing_one_global_address_is_a_race() {
     .unwrap();
     let want = (1..=blocks as i32).sum::<i32>();
     assert_eq!(dev.dtoh::<i32>(&out).unwrap(), vec![want]);
+}
+
+/// seeded_split_ticket's modes (emu/seeded_bugs.cu).
+const TICKET_CORRECT: i32 = 0;
+const TICKET_NO_RELEASE_FENCE: i32 = 1;
+const TICKET_NO_ACQUIRE_FENCE: i32 = 2;
+const TICKET_NOT_TAKEN: i32 = 3;
+
+/// Runs seeded_split_ticket over `splits` blocks of `n` threads on fresh inputs; returns the
+/// launch's result, the inputs, the output and the counter after it.
+fn split_ticket(
+    dev: &Device,
+    splits: usize,
+    n: usize,
+    mode: i32,
+    seed: u64,
+) -> (Result<(), Error>, Vec<f32>, Vec<f32>, u32) {
+    let x = Rng::new(seed).vec_f32(splits * n, -1.0, 1.0);
+    let xb = dev.htod(&x).unwrap();
+    let mut part = poisoned(dev, splits * n);
+    let mut ctr = dev.htod(&[0u32]).unwrap();
+    let mut out = poisoned(dev, n);
+    let r = launch(
+        dev,
+        SPLIT_TICKET,
+        splits as u32,
+        n as u32,
+        0,
+        &[
+            out.arg_mut(),
+            part.arg_mut(),
+            ctr.arg_mut(),
+            xb.arg(),
+            Arg::I32(mode),
+        ],
+    );
+    let got = dev.dtoh::<f32>(&out).unwrap();
+    let count = dev.dtoh::<u32>(&ctr).unwrap()[0];
+    (r, x, got, count)
+}
+
+#[test]
+fn a_ticket_with_release_and_acquire_fences_orders_the_blocks_partials() {
+    let (splits, n) = (5, 64);
+    for order in [
+        ExecOrder::Ascending,
+        ExecOrder::Descending,
+        ExecOrder::Random(11),
+    ] {
+        let dev = Device::emulator_with(EmulatorOptions {
+            checks: Some(true),
+            order: Some(order),
+            ..EmulatorOptions::default()
+        })
+        .unwrap();
+        let (r, x, got, count) = split_ticket(&dev, splits, n, TICKET_CORRECT, 21);
+        r.unwrap_or_else(|e| panic!("{order:?}: {e}"));
+        // The kernel's sum, in its fixed order z = 0, 1, ..., in f32: bit-exact.
+        for t in 0..n {
+            let mut want = 0.0f32;
+            for z in 0..splits {
+                want += (z + 1) as f32 * x[z * n + t];
+            }
+            assert_eq!(got[t].to_bits(), want.to_bits(), "{order:?}: out[{t}]");
+        }
+        assert_eq!(count, 0, "{order:?}: the last block resets the counter");
+    }
+}
+
+#[test]
+fn a_ticket_without_its_release_or_acquire_fence_or_not_taken_is_a_race() {
+    let dev = checked();
+    for (mode, what) in [
+        (
+            TICKET_NO_RELEASE_FENCE,
+            "no __threadfence before the ticket",
+        ),
+        (TICKET_NO_ACQUIRE_FENCE, "no __threadfence after the ticket"),
+        (TICKET_NOT_TAKEN, "partials read without taking the ticket"),
+    ] {
+        let (r, ..) = split_ticket(&dev, 4, 64, mode, 23);
+        let msg = reported(r, what);
+        assert!(
+            msg.contains("data race")
+                && msg.contains("kernel argument 1")
+                && msg.contains("blocks are not ordered"),
+            "{what}: {msg}"
+        );
+    }
 }
 
 #[test]
