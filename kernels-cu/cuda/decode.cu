@@ -20,9 +20,9 @@
 // ~3.6 GB, so an H200 (4.8 TB/s) cannot exceed ~1,300 tokens/s per sequence batch.
 //
 // GEMV design: one warp per output column n (weight row), DECODE_GEMV_WARPS warps per block.
-// Lane l loads 16 bytes of packed codes (32 weights, half an absmax block) at k = 32·l, then
-// 32·l + 1024, ...: each warp iteration streams 512 contiguous bytes of the row. The 32 weights
-// are decoded in 4 groups of 8 to bf16-rounded floats, and each group multiplies the matching
+// Lane l loads 16 bytes of codes in the GEMM's fragment layout (16 weights of row n and 16 of
+// row n ± 8) at k = 16·l, then 16·l + 512, ... The 16 weights of its row are decoded to
+// bf16-rounded floats, and each group of 8 multiplies the matching
 // 8 columns of every X row (one 16-byte load per row, from L1/L2: X is at most 32 x 18176 bf16
 // = 1.1 MB and read by every warp). Accumulators acc[m] (f32, one per X row) stay in registers
 // for all M rows at once, so the weights are read exactly once whatever M is. The warp sums
@@ -139,25 +139,33 @@ __device__ __forceinline__ void gemv_nf4(TY* y, const bf16* x, const u8* packed,
   KC_UNROLL
   for (int r = 0; r < DECODE_MAX_ROWS; ++r) acc[r] = 0.0f;
   const long long row = static_cast<long long>(n) * k;  // first element of weight row n
-  for (int k0 = lane * 32; k0 < k; k0 += 1024) {
+  // The codes are in the NF4 GEMM's fragment layout (ops/nf4_layout.rs, made at upload):
+  // 64 x 64 super-tiles of 16 x 16 patches. The 16 codes of row n in one patch are the
+  // nibbles 4h..4h+3 (h = (n % 16) / 8) of the four consecutive u32 of lane group
+  // 4·(n % 8): word t holds columns 2t, 2t+1, 2t+8, 2t+9 of the patch. One 16-byte load per
+  // lane per 16 columns; its other nibbles are row n ± 8's, which a neighbouring warp reads
+  // from the same 128-byte line (cache, not DRAM).
+  const int r64 = n % 64, half = (r64 % 16) / 8;
+  const u8* tile_row = packed + static_cast<long long>(n / 64) * (k / 64) * 2048 +
+                       (((r64 / 16) * 4) * 32 + 4 * (r64 % 8)) * 4;
+  for (int k0 = lane * 16; k0 < k; k0 += 512) {
     const long long e0 = row + k0;
-    // K % 64 == 0 and k0 % 32 == 0: the 32 weights lie in one absmax block and the 16 bytes
-    // are 16-byte aligned.
-    const u32x4 q = kc::load_u32x4(packed + e0 / 2);
+    // K % 64 == 0 and k0 % 16 == 0: the 16 weights lie in one absmax block.
+    const u8* src = tile_row + static_cast<long long>(k0 / 64) * 2048 + ((k0 % 64) / 16) * 32 * 4;
+    const u32x4 q = kc::load_u32x4(src);
     const float am = dec_add_rn(dec_mul_rn(code_map[am_codes[e0 >> 6]], nested[e0 >> 14]), offset);
     const u32 words[4] = {q.x, q.y, q.z, q.w};
+    float w[16];
     KC_UNROLL
-    for (int g = 0; g < 4; ++g) {
-      float w[8];
-      KC_UNROLL
-      for (int b = 0; b < 4; ++b) {
-        // Element 2i is the high nibble of byte i (bitsandbytes' packing).
-        const u32 byte = (words[g] >> (8 * b)) & 0xffu;
-        w[2 * b] = kc::to_f32(kc::to_bf16(dec_mul_rn(s_table[byte >> 4], am)));
-        w[2 * b + 1] = kc::to_f32(kc::to_bf16(dec_mul_rn(s_table[byte & 15u], am)));
-      }
-      dec_rows_fma(acc, w, x, m, k, k0 + 8 * g);
+    for (int t = 0; t < 4; ++t) {
+      const u32 nib = words[t] >> (16 * half);
+      w[2 * t] = kc::to_f32(kc::to_bf16(dec_mul_rn(s_table[nib & 15u], am)));
+      w[2 * t + 1] = kc::to_f32(kc::to_bf16(dec_mul_rn(s_table[(nib >> 4) & 15u], am)));
+      w[2 * t + 8] = kc::to_f32(kc::to_bf16(dec_mul_rn(s_table[(nib >> 8) & 15u], am)));
+      w[2 * t + 9] = kc::to_f32(kc::to_bf16(dec_mul_rn(s_table[(nib >> 12) & 15u], am)));
     }
+    dec_rows_fma(acc, w, x, m, k, k0);
+    dec_rows_fma(acc, w + 8, x, m, k, k0 + 8);
   }
   dec_write(y, acc, m, n_out, n, lane, alpha, beta);
 }

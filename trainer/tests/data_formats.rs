@@ -103,7 +103,13 @@ fn chat_data_is_rendered_with_the_models_template_and_trains() {
     // The built-in model has no template: a clear error.
     trainer_in(
         tmp.path(),
-        &["train", "--data", s(&data), "--output-dir", s(&out)],
+        &[
+            "train",
+            "--data",
+            s(&data),
+            "--output-dir",
+            s(&tmp.path().join("no-template")),
+        ],
     )
     .fails_naming("chat template");
 }

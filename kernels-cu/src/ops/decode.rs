@@ -107,6 +107,12 @@ pub fn gemv_nf4(
             ),
         ));
     }
+    if w.layout != super::gemm::CodeLayout::Fragment {
+        return Err(invalid(
+            kernel,
+            "needs the codes in the NF4 GEMM's fragment layout (made at upload)".into(),
+        ));
+    }
     check("decode gemv nf4: X", x, DType::BF16, m * k)?;
     check("decode gemv nf4: Y", y, y.dtype(), m * n)?;
     if !x.is_aligned(16) || !w.packed.is_aligned(16) {
@@ -122,8 +128,9 @@ pub fn gemv_nf4(
     let grid = gemv_grid(kernel, n)?;
     by_row_groups(x, y, m, k, n, |x, y, rows| {
         // SAFETY: x holds rows·k and y rows·n elements (checked above, views of checked
-        // buffers); warp n < N reads weight row n (packed bytes n·k/2 .. (n+1)·k/2, 16-byte
-        // aligned since k % 64 == 0) and its absmax codes, and writes Y[r][n] for r < rows only.
+        // buffers); warp n < N reads weight row n's codes inside super-tile row n / 64 of the
+        // fragment layout (fragment_bytes(n, k) uploaded, 16-byte loads at multiples of 16
+        // bytes) and its absmax codes, and writes Y[r][n] for r < rows only.
         unsafe {
             dev.launch(&Launch {
                 kernel,
