@@ -181,8 +181,12 @@ fn metrics(dir: &Path) -> Vec<serde_json::Value> {
         .map(|l| {
             let mut v: serde_json::Value = serde_json::from_str(l).expect("json line");
             if let Some(o) = v.as_object_mut() {
-                o.remove("tokens_per_second");
-                o.remove("tokens_per_second_per_rank");
+                // Timing fields: tokens/s, tokens/s per rank, eval/train runtime and rates.
+                o.retain(|k, _| {
+                    !k.ends_with("_per_second")
+                        && !k.ends_with("_runtime")
+                        && !k.starts_with("tokens_per_second")
+                });
             }
             v
         })
