@@ -4,6 +4,7 @@
 //
 // Everything lives in namespace kc:
 //   types       u8/u16/u32/u64/i32/i64, bf16, f16 (16-bit storage types), f32x4/u32x2/u32x4
+//   arithmetic  mul_rn / add_rn (fp32, rounded to nearest, never fused into an FMA)
 //   conversion  to_f32(bf16|f16), to_bf16(float), to_f16(float), pack_bf16x2(lo, hi)  (lo = bits 15:0),
 //               unpack_bf16x8 / pack_bf16x8 (8 bf16 in a u32x4 <-> 8 f32)
 //   indexing    grid_thread / grid_threads (1-D grid-stride loops)
@@ -83,6 +84,29 @@ KC_FN float f32_from_bits(u32 u) {
   float f;
   __builtin_memcpy(&f, &u, 4);
   return f;
+#endif
+}
+
+// fp32 multiply and add, each rounded to nearest even and never contracted into an FMA: the
+// NF4 dequantization (absmax, weight values) must be bit-identical to the CPU's.
+KC_FN float mul_rn(float a, float b) {
+#ifdef KC_DEVICE
+  float r;
+  asm("mul.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+  return r;
+#else
+  volatile float r = a * b;
+  return r;
+#endif
+}
+KC_FN float add_rn(float a, float b) {
+#ifdef KC_DEVICE
+  float r;
+  asm("add.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+  return r;
+#else
+  volatile float r = a + b;
+  return r;
 #endif
 }
 

@@ -62,29 +62,6 @@ using kc::u8;
 
 namespace {
 
-// Round-to-nearest fp32 product and sum, never contracted into an FMA: the absmax and the
-// weight values must be bit-identical to the CPU's dequantization.
-__device__ __forceinline__ float dec_mul_rn(float a, float b) {
-#ifdef KC_DEVICE
-  float r;
-  asm("mul.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
-  return r;
-#else
-  volatile float r = a * b;
-  return r;
-#endif
-}
-__device__ __forceinline__ float dec_add_rn(float a, float b) {
-#ifdef KC_DEVICE
-  float r;
-  asm("add.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
-  return r;
-#else
-  volatile float r = a + b;
-  return r;
-#endif
-}
-
 __device__ __forceinline__ void dec_store(float* p, float v) { *p = v; }
 __device__ __forceinline__ void dec_store(bf16* p, float v) { *p = kc::to_bf16(v); }
 __device__ __forceinline__ float dec_load(const float* p) { return *p; }
@@ -153,16 +130,16 @@ __device__ __forceinline__ void gemv_nf4(TY* y, const bf16* x, const u8* packed,
     // K % 64 == 0 and k0 % 16 == 0: the 16 weights lie in one absmax block.
     const u8* src = tile_row + static_cast<long long>(k0 / 64) * 2048 + ((k0 % 64) / 16) * 32 * 4;
     const u32x4 q = kc::load_u32x4(src);
-    const float am = dec_add_rn(dec_mul_rn(code_map[am_codes[e0 >> 6]], nested[e0 >> 14]), offset);
+    const float am = kc::add_rn(kc::mul_rn(code_map[am_codes[e0 >> 6]], nested[e0 >> 14]), offset);
     const u32 words[4] = {q.x, q.y, q.z, q.w};
     float w[16];
     KC_UNROLL
     for (int t = 0; t < 4; ++t) {
       const u32 nib = words[t] >> (16 * half);
-      w[2 * t] = kc::to_f32(kc::to_bf16(dec_mul_rn(s_table[nib & 15u], am)));
-      w[2 * t + 1] = kc::to_f32(kc::to_bf16(dec_mul_rn(s_table[(nib >> 4) & 15u], am)));
-      w[2 * t + 8] = kc::to_f32(kc::to_bf16(dec_mul_rn(s_table[(nib >> 8) & 15u], am)));
-      w[2 * t + 9] = kc::to_f32(kc::to_bf16(dec_mul_rn(s_table[(nib >> 12) & 15u], am)));
+      w[2 * t] = kc::to_f32(kc::to_bf16(kc::mul_rn(s_table[nib & 15u], am)));
+      w[2 * t + 1] = kc::to_f32(kc::to_bf16(kc::mul_rn(s_table[(nib >> 4) & 15u], am)));
+      w[2 * t + 8] = kc::to_f32(kc::to_bf16(kc::mul_rn(s_table[(nib >> 8) & 15u], am)));
+      w[2 * t + 9] = kc::to_f32(kc::to_bf16(kc::mul_rn(s_table[(nib >> 12) & 15u], am)));
     }
     dec_rows_fma(acc, w, x, m, k, k0);
     dec_rows_fma(acc, w + 8, x, m, k, k0 + 8);

@@ -54,31 +54,9 @@ using kc::u8;
 // Bytes of one 64 x 64 super-tile of a weight in the fragment layout (NF4 GEMM section).
 #define NF_ST_BYTES 2048
 
-// fp32 multiply and add, each rounded to nearest even, never contracted into an FMA.
-__device__ __forceinline__ float mul_rn(float a, float b) {
-#ifdef KC_DEVICE
-  float r;
-  asm("mul.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
-  return r;
-#else
-  volatile float r = a * b;
-  return r;
-#endif
-}
-__device__ __forceinline__ float add_rn(float a, float b) {
-#ifdef KC_DEVICE
-  float r;
-  asm("add.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
-  return r;
-#else
-  volatile float r = a + b;
-  return r;
-#endif
-}
-
 __device__ __forceinline__ float nf4_absmax(const u8* am_codes, const float* nested, const float* code_map,
                                             float offset, long long b) {
-  return add_rn(mul_rn(code_map[am_codes[b]], nested[b >> 8]), offset);
+  return kc::add_rn(kc::mul_rn(code_map[am_codes[b]], nested[b >> 8]), offset);
 }
 
 __device__ __forceinline__ void store_out(float* p, float v) { *p = v; }
@@ -127,8 +105,8 @@ __device__ __forceinline__ void nf4_dequant(T* out, const u8* packed, const u8* 
     q0 = q >> 4;
     q1 = q & 15u;
   }
-  store_out(out + i, mul_rn(table[q0], am));
-  if (i + 1 < n) store_out(out + i + 1, mul_rn(table[q1], am));
+  store_out(out + i, kc::mul_rn(table[q0], am));
+  if (i + 1 < n) store_out(out + i + 1, kc::mul_rn(table[q1], am));
 }
 
 extern "C" __global__ void __launch_bounds__(256)
@@ -195,7 +173,7 @@ KC_UNROLL
       const long long i = 2 * p + h;
       if (i < len) {
         const float a = src_f32(src[base + i]);
-        float x = partial ? a / clamped : mul_rn(a, inv);
+        float x = partial ? a / clamped : kc::mul_rn(a, inv);
         x = x < -1.0f ? -1.0f : (x > 1.0f ? 1.0f : x);
         q[h] = nf4_code(x, thr);
       } else {
@@ -525,8 +503,8 @@ __device__ __forceinline__ void nf4_decode_word(u32 o[4], u32 w, float am_lo, fl
 KC_UNROLL
   for (int q = 0; q < 4; ++q) {
     const float am = q < 2 ? am_lo : am_hi;
-    const float v0 = mul_rn(*reinterpret_cast<const float*>(tab + byte_of(even, q)), am);
-    const float v1 = mul_rn(*reinterpret_cast<const float*>(tab + byte_of(odd, q)), am);
+    const float v0 = kc::mul_rn(*reinterpret_cast<const float*>(tab + byte_of(even, q)), am);
+    const float v1 = kc::mul_rn(*reinterpret_cast<const float*>(tab + byte_of(odd, q)), am);
     o[q] = kc::pack_bf16x2(v0, v1);
   }
 }
@@ -588,7 +566,7 @@ __device__ __forceinline__ void gemm_nf4(T* c, float* part, u32* counters, const
     }
   };
   auto store_am = [&](int i) {
-    if (e < 128) s_am[(i % NF_STAGES) * 128 + e] = am_in ? add_rn(mul_rn(s_map[am_code], am_nested), offset) : 0.0f;
+    if (e < 128) s_am[(i % NF_STAGES) * 128 + e] = am_in ? kc::add_rn(kc::mul_rn(s_map[am_code], am_nested), offset) : 0.0f;
   };
 
   // The activation tile: thread t copies column chunk t%8 of rows t/8 + 32·r (r = 0..3), so its
