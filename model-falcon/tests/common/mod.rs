@@ -2,6 +2,8 @@
 //! safetensors files to build corrupted checkpoints.
 #![allow(dead_code)]
 
+pub mod bf16_model;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
