@@ -70,7 +70,7 @@ fn measure(c: &Case) -> (usize, usize, MemoryPlan) {
         seq: t,
         recompute: c.recompute,
     };
-    let plan = MemoryPlan::for_step(&cfg, &lora, base, shape).unwrap();
+    let plan = MemoryPlan::for_step(&cfg, &lora, base, shape, 0).unwrap();
     (step.memory().peak_in_use, step.base_bytes(), plan)
 }
 
@@ -133,4 +133,57 @@ fn plan_matches_the_measured_peak_without_recompute_or_dropout() {
         batch: 3,
         seq: 32,
     });
+}
+
+/// On a GPU the 4-bit GEMM splits the reduction of wave-quantized shapes into fp32 partials
+/// (the emulator never does). Planned for an H200's SM count, the plan must equal the
+/// allocator peak of the performance model's dry run of the same step on that GPU.
+#[test]
+fn plan_counts_the_split_k_partials_of_a_gpu() {
+    use model_falcon::cuda::plan;
+    let cfg = FalconConfig::from_json_str(
+        r#"{"model_type": "falcon", "hidden_size": 512, "num_attention_heads": 8,
+            "num_hidden_layers": 2, "multi_query": true, "new_decoder_architecture": false,
+            "parallel_attn": true, "bias": false, "alibi": false, "vocab_size": 1000,
+            "layer_norm_epsilon": 1e-5, "bos_token_id": 1, "eos_token_id": 2}"#,
+        "config.json",
+    )
+    .unwrap();
+    let gpu = plan::perf::gpu("h200").unwrap();
+    let (b, t) = (2, 128);
+    // dense_4h_to_h (K = 2048) at 256 rows: 8 output tiles, 32 reduction steps: split on 132 SMs.
+    let split = kernels_cu::ops::gemm::nf4_scratch_bytes(b * t, 512, 2048, gpu.sms as usize);
+    assert!(
+        split > 4 * b * t * 512,
+        "expected a split, scratch {split} B"
+    );
+    for targets in ["query_key_value", "all-linear"] {
+        let shape = plan::StepShape {
+            targets: TargetModules::from_flag(targets),
+            ..plan::StepShape::new(b, t)
+        };
+        let dry = plan::dry_run(&cfg, &shape, gpu).unwrap();
+        let lora = LoraConfig::new(8, 16.0, 0.05, TargetModules::from_flag(targets));
+        let step = StepShape {
+            batch: b,
+            seq: t,
+            recompute: true,
+        };
+        let on_gpu =
+            MemoryPlan::for_step(&cfg, &lora, BaseStorage::FourBit, step, gpu.sms as usize)
+                .unwrap();
+        let unsplit = MemoryPlan::for_step(&cfg, &lora, BaseStorage::FourBit, step, 0).unwrap();
+        eprintln!(
+            "{targets}: dry run {} B, plan {} B ({}), unsplit plan {} B",
+            dry.peak_bytes, on_gpu.peak, on_gpu.working_set_phase, unsplit.peak
+        );
+        assert_eq!(
+            on_gpu.peak, dry.peak_bytes,
+            "{targets}: plan vs dry run on an H200"
+        );
+        assert!(
+            on_gpu.peak > unsplit.peak,
+            "{targets}: the partials of this shape are at the peak"
+        );
+    }
 }

@@ -387,6 +387,27 @@ pub fn nf4_splits(tiles: usize, steps: usize, sms: usize) -> usize {
     best
 }
 
+/// Output tiles and reduction splits of an NF4 GEMM writing `m × n_out` over a reduction of
+/// `red` on `sms` SMs, as [`nf4_gemm`] launches it with the split chosen for the device.
+fn nf4_grid_split(m: usize, n_out: usize, red: usize, sms: usize) -> (usize, usize) {
+    let tiles = m.div_ceil(TILE_M) * n_out.div_ceil(TILE_N);
+    (tiles, nf4_splits(tiles, red.div_ceil(NF_BK), sms))
+}
+
+/// Device bytes one NF4 GEMM call allocates for itself and frees before returning, for memory
+/// plans: with a split, `splits` fp32 partial planes of `m × n_out` and one arrival counter per
+/// output tile; unsplit, a 1-element stand-in for each. `red` is the reduction length (K for
+/// the forward, N for the input gradient), `sms` the device's SM count (0: unknown, no split).
+pub fn nf4_scratch_bytes(m: usize, n_out: usize, red: usize, sms: usize) -> usize {
+    if m == 0 || n_out == 0 {
+        return 0;
+    }
+    match nf4_grid_split(m, n_out, red, sms) {
+        (tiles, splits) if splits > 1 => 4 * splits * m * n_out + 4 * tiles,
+        _ => 4 + 4,
+    }
+}
+
 fn grid(kernel: Kernel, m: usize, n_out: usize) -> Result<Dim3> {
     let gx = u32::try_from(n_out.div_ceil(TILE_N))
         .map_err(|_| invalid(kernel, format!("{n_out} output columns")))?;
@@ -583,7 +604,8 @@ pub fn nf4_gemm(
                 format!("{s} reduction splits: 1 ..= {NF4_MAX_SPLITS} supported"),
             ))
         }
-        None => nf4_splits(tiles, steps, dev.info().multiprocessors as usize),
+        // The same choice `nf4_scratch_bytes` plans for.
+        None => nf4_grid_split(m, n_out, red, dev.info().multiprocessors as usize).1,
     };
     grid.z = splits as u32;
     // Split-K: fp32 partial planes and one arrival counter per output tile (zeroed; the last

@@ -118,6 +118,10 @@ struct Dims {
     dkdv_splits: usize,
     norms: usize,
     dropout: bool,
+    /// The linears are 4-bit: their products run the NF4 GEMM, whose split-K scratch depends
+    /// on the device's SM count `sms` (0: unknown, never split).
+    four_bit: bool,
+    sms: usize,
 }
 
 const BF16: usize = 2;
@@ -142,17 +146,27 @@ fn lora_acts(d: &Dims, l: &Linear) -> usize {
     }
 }
 
-/// A linear's forward: its output (returned, not counted here) and its LoRA activations.
+/// Scratch of the frozen product `out = x·Wᵀ` (`m × n_out`, reduction `red`).
+fn base_product_scratch(led: &mut Ledger, d: &Dims, n_out: usize, red: usize) {
+    if d.four_bit {
+        led.scratch(gemm::nf4_scratch_bytes(d.m, n_out, red, d.sms));
+    }
+}
+
+/// A linear's forward: its output (returned, not counted here), the base product's scratch
+/// and its LoRA activations.
 fn linear_forward(led: &mut Ledger, d: &Dims, l: &Linear) -> usize {
     led.alloc(BF16 * d.m * l.out_f);
+    base_product_scratch(led, d, l.out_f, l.in_f);
     let acts = lora_acts(d, l);
     led.alloc(acts);
     acts
 }
 
-/// A linear's backward scratch (the adapter's `du`, and with dropout its own `dx` before the
-/// mask is applied).
+/// A linear's backward scratch: the base product's, then the adapter's `du` (and with dropout
+/// its own `dx` before the mask is applied).
 fn linear_backward(led: &mut Ledger, d: &Dims, l: &Linear) {
+    base_product_scratch(led, d, l.in_f, l.out_f);
     if let Some(r) = l.lora_r {
         let du = BF16 * d.m * r;
         let t = if d.dropout { BF16 * d.m * l.in_f } else { 0 };
@@ -232,12 +246,14 @@ fn layer_backward(led: &mut Ledger, d: &Dims, lin: &[Linear; 4]) {
 
 impl MemoryPlan {
     /// The plan for training `config` with `lora` (its targets, rank and dropout) on a base
-    /// stored as `base`, at `shape`.
+    /// stored as `base`, at `shape`, on a device with `multiprocessors` SMs (they set the 4-bit
+    /// GEMM's split-K partials; 0 for a device that never splits, as the emulator).
     pub fn for_step(
         config: &FalconConfig,
         lora: &LoraConfig,
         base: BaseStorage,
         shape: StepShape,
+        multiprocessors: usize,
     ) -> Result<MemoryPlan> {
         let c = config;
         let (b, t) = (shape.batch, shape.seq);
@@ -295,6 +311,8 @@ impl MemoryPlan {
                 NormLayout::Separate => 2,
             },
             dropout: lora.lora_dropout > 0.0,
+            four_bit: base == BaseStorage::FourBit,
+            sms: multiprocessors,
         };
 
         // Resident parts.

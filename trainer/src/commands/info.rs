@@ -259,7 +259,14 @@ fn gpu_plan(cfg: &FalconConfig, a: &InfoArgs, lora: &LoraConfig) -> Result<Memor
         seq: a.max_length,
         recompute: true,
     };
-    MemoryPlan::for_step(cfg, lora, base, shape).map_err(|e| e.to_string())
+    // The 4-bit GEMM's split-K partials depend on the GPU's SM count: planned for --gpu when
+    // it is given, otherwise for a GPU that never splits (a lower bound on Hopper/Ampere).
+    let sms = a
+        .gpu
+        .as_deref()
+        .and_then(model_falcon::cuda::plan::perf::gpu)
+        .map_or(0, |g| g.sms as usize);
+    MemoryPlan::for_step(cfg, lora, base, shape, sms).map_err(|e| e.to_string())
 }
 
 fn gib(bytes: usize) -> String {
@@ -386,8 +393,13 @@ pub fn info(a: &InfoArgs) -> Result<()> {
                 println!("  {name:<33} {:>12}", gib(bytes));
             }
             println!(
-                "  (the working set peaks in the {} phase; the CUDA context comes on top)",
-                p.working_set_phase
+                "  (the working set peaks in the {} phase; the CUDA context comes on top{})",
+                p.working_set_phase,
+                if a.gpu.is_some() {
+                    "; with the 4-bit GEMM's split-K partials on this GPU"
+                } else {
+                    "; without split-K partials: --gpu NAME plans for its SM count"
+                }
             );
         }
         (None, Some(why)) => println!("the CUDA step cannot train this configuration: {why}"),
