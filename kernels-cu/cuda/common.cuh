@@ -8,7 +8,9 @@
 //   conversion  to_f32(bf16|f16), to_bf16(float), to_f16(float), pack_bf16x2(lo, hi)  (lo = bits 15:0),
 //               unpack_bf16x8 / pack_bf16x8 (8 bf16 in a u32x4 <-> 8 f32)
 //   indexing    grid_thread / grid_threads (1-D grid-stride loops)
-//   vectors     load4/store4 (16-byte aligned), load_u32x2/u32x4
+//   vectors     load4/store4 (16-byte aligned), load_u32x2/u32x4, load8/store8 (8 elements as
+//               f32) and aligned16; ld/st (element i of f32|bf16 as f32, stored rounded);
+//               ldw/stw<W> (W = 8 or 1 of them)
 //   warp        warp_sum / warp_max (xor butterfly, result in every lane, fixed order)
 //   PTX         mma_m16n8k16_bf16, ldmatrix_x{1,2,4}[_trans], cp_async_{4,8,16}, cp_async_commit,
 //               cp_async_wait<N>, cp_async_wait_all, fence_block, fence_gpu, smem_u32
@@ -255,6 +257,43 @@ KC_FN void store_u32x2(void* p, u32x2 v) {
   *reinterpret_cast<u32x2*>(p) = v;
 }
 #undef KC_CHECK_ALIGNED
+
+// Element i of an f32 or bf16 array as f32, and its store rounded once (nearest even).
+KC_FN float ld(const float* p, long long i) { return p[i]; }
+KC_FN float ld(const bf16* p, long long i) { return to_f32(p[i]); }
+KC_FN void st(float* p, long long i, float v) { p[i] = v; }
+KC_FN void st(bf16* p, long long i, float v) { p[i] = to_bf16(v); }
+
+// Eight consecutive elements as f32 through 16-byte accesses (one for bf16, two for f32); the
+// pointer must be 16-byte aligned. For kernels that take the vector path only after checking
+// `aligned16` on their pointers and a multiple-of-8 length, with a scalar path otherwise.
+KC_FN bool aligned16(const void* p) { return (reinterpret_cast<u64>(p) & 15u) == 0; }
+KC_FN void load8(const float* p, float f[8]) {
+  const f32x4 a = load4(p), b = load4(p + 4);
+  f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w;
+  f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
+}
+KC_FN void load8(const bf16* p, float f[8]) { unpack_bf16x8(load_u32x4(p), f); }
+KC_FN void store8(float* p, const float f[8]) {
+  store4(p, f32x4{f[0], f[1], f[2], f[3]});
+  store4(p + 4, f32x4{f[4], f[5], f[6], f[7]});
+}
+KC_FN void store8(bf16* p, const float f[8]) { store_u32x4(p, pack_bf16x8(f)); }
+// W = 8 or 1 elements: load8/store8, or one ld/st (kernels templated on their access width).
+template <int W, class T>
+KC_FN void ldw(const T* p, float f[W]) {
+  if constexpr (W == 8)
+    load8(p, f);
+  else
+    f[0] = ld(p, 0);
+}
+template <int W, class T>
+KC_FN void stw(T* p, const float f[W]) {
+  if constexpr (W == 8)
+    store8(p, f);
+  else
+    st(p, 0, f[0]);
+}
 
 // Warp reductions over all 32 lanes (every lane must call). Butterfly with offsets 16..1: the
 // order of additions is fixed, so the result is the same in every lane and on every run.

@@ -23,6 +23,7 @@
 #include "common.cuh"
 
 using kc::bf16;
+using kc::ld;
 using kc::u32;
 using kc::u32x4;
 
@@ -36,8 +37,6 @@ __device__ __forceinline__ float gelu_grad_f(float x) {
   return cdf + x * pdf;
 }
 
-__device__ __forceinline__ float ld(const float* p, long long i) { return p[i]; }
-__device__ __forceinline__ float ld(const bf16* p, long long i) { return kc::to_f32(p[i]); }
 
 extern "C" __global__ void gelu_fwd_f32(float* y, const float* x, long long n) {
   const long long nv = n / 4;

@@ -19,19 +19,19 @@
 //    why this is a separate, not-hot kernel.
 //  - rope_qkv_*: one block per token (b, t): the block stages its 2h cos/sin values in shared
 //    memory and reuses them for all S slots; threads walk the (slot, i) pairs with i fastest, so
-//    reads of the fused row and writes of each output head row are coalesced.
+//    reads of the fused row and writes of each output head row are coalesced. Where d is a
+//    multiple of 16 a thread takes eight pairs at once as 16-byte vectors (bit-identical results:
+//    every pair is computed the same way).
 #include "common.cuh"
 
 using kc::bf16;
+using kc::ldw;
+using kc::stw;
 using kc::u32;
 
 #define ROPE_BLOCK 128
 #define ROPE_MAX_HALF 128  // head_dim ≤ 256
 
-__device__ __forceinline__ float ld(const float* p, long long i) { return p[i]; }
-__device__ __forceinline__ float ld(const bf16* p, long long i) { return kc::to_f32(p[i]); }
-__device__ __forceinline__ void st(float* p, long long i, float v) { p[i] = v; }
-__device__ __forceinline__ void st(bf16* p, long long i, float v) { p[i] = kc::to_bf16(v); }
 
 // Where head slot s of the fused row goes: kind 0 = q, 1 = k, 2 = v, and the head index.
 __device__ __forceinline__ void slot_of(int s, int hq, int hkv, int grouped, int& kind, int& head) {
@@ -49,7 +49,57 @@ __device__ __forceinline__ void slot_of(int s, int hq, int hkv, int grouped, int
 // BWD = false: fused -> (q, k, v) rotating by +θ. BWD = true: (dq, dk, dv) -> fused, by −θ.
 // TF is the element type of the fused row, TH that of the head rows (they differ only in
 // rope_qkv_bwd_f32_bf16). The source side (fused, or q/k/v) is only read; the entry points
-// cast its const away to share this one body.
+// cast its const away to share this one body. W pairs per work item: 8 (16-byte vectors of the
+// elements i..i+7 and i+h..i+h+7) or 1.
+template <int W, class TF, class TH, bool BWD>
+__device__ __forceinline__ void rope_pairs(TF* row, TH* q, TH* k, TH* v, const float (*cs)[ROPE_MAX_HALF],
+                                           int bi, int si, int t, int hq, int hkv, int d,
+                                           int grouped) {
+  const int h = d / 2;
+  const int slots = hq + 2 * hkv;
+  // Work items per slot: h/8 vectors (d % 16 == 0), or h pairs (+1 pass-through for odd d).
+  const int per = W == 8 ? h / 8 : h + (d & 1);
+  for (int w = threadIdx.x; w < slots * per; w += blockDim.x) {
+    const int s = w / per, i = W * (w % per);
+    int kind, head;
+    slot_of(s, hq, hkv, grouped, kind, head);
+    const int nh = kind == 0 ? hq : hkv;
+    TH* dst = kind == 0 ? q : (kind == 1 ? k : v);
+    TH* hrow = dst + ((static_cast<long long>(bi) * nh + head) * t + si) * d;
+    TF* frow = row + static_cast<long long>(s) * d;
+    if (W == 1 && i == h) {  // odd d: the last element is not rotated
+      float x[1];
+      BWD ? ldw<1>(hrow + d - 1, x) : ldw<1>(frow + d - 1, x);
+      BWD ? stw<1>(frow + d - 1, x) : stw<1>(hrow + d - 1, x);
+      continue;
+    }
+    float x0[W], x1[W];
+    if (BWD) {
+      ldw<W>(hrow + i, x0);
+      ldw<W>(hrow + i + h, x1);
+    } else {
+      ldw<W>(frow + i, x0);
+      ldw<W>(frow + i + h, x1);
+    }
+    if (kind != 2) {
+KC_UNROLL
+      for (int e = 0; e < W; ++e) {
+        const float c = cs[0][i + e], sn = cs[1][i + e];
+        const float a = x0[e], b = x1[e];
+        x0[e] = a * c - b * sn;
+        x1[e] = b * c + a * sn;
+      }
+    }
+    if (BWD) {
+      stw<W>(frow + i, x0);
+      stw<W>(frow + i + h, x1);
+    } else {
+      stw<W>(hrow + i, x0);
+      stw<W>(hrow + i + h, x1);
+    }
+  }
+}
+
 template <class TF, class TH, bool BWD>
 __device__ __forceinline__ void rope_qkv(TF* fused, TH* q, TH* k, TH* v, const float* table,
                                          int t, int hq, int hkv, int d, int grouped) {
@@ -63,37 +113,15 @@ __device__ __forceinline__ void rope_qkv(TF* fused, TH* q, TH* k, TH* v, const f
     cs[1][i] = BWD ? -trow[h + i] : trow[h + i];
   }
   __syncthreads();
-  const int slots = hq + 2 * hkv;
-  const int per = h + (d & 1);  // work items per slot: h pairs (+1 pass-through for odd d)
-  TF* row = fused + static_cast<long long>(tok) * slots * d;
-  for (int w = threadIdx.x; w < slots * per; w += blockDim.x) {
-    const int s = w / per, i = w % per;
-    int kind, head;
-    slot_of(s, hq, hkv, grouped, kind, head);
-    const int nh = kind == 0 ? hq : hkv;
-    TH* dst = kind == 0 ? q : (kind == 1 ? k : v);
-    TH* hrow = dst + ((static_cast<long long>(bi) * nh + head) * t + si) * d;
-    TF* frow = row + static_cast<long long>(s) * d;
-    // Element e of the source row, and its store to the output row.
-    auto in = [&](int e) { return BWD ? ld(hrow, e) : ld(frow, e); };
-    auto out = [&](int e, float x) {
-      if (BWD)
-        st(frow, e, x);
-      else
-        st(hrow, e, x);
-    };
-    if (i == h) {  // odd d: the last element is not rotated
-      out(d - 1, in(d - 1));
-    } else if (kind == 2) {
-      out(i, in(i));
-      out(i + h, in(i + h));
-    } else {
-      const float c = cs[0][i], sn = cs[1][i];
-      const float x0 = in(i), x1 = in(i + h);
-      out(i, x0 * c - x1 * sn);
-      out(i + h, x1 * c + x0 * sn);
-    }
-  }
+  TF* row = fused + static_cast<long long>(tok) * (hq + 2 * hkv) * d;
+  // Head sizes that are multiples of 16 (64, 128: every Falcon's; h a multiple of 8) with
+  // aligned arrays keep every row and half-row start 16-byte aligned; the choice is the same
+  // for every block.
+  if (d % 16 == 0 && kc::aligned16(fused) && kc::aligned16(q) && kc::aligned16(k) &&
+      kc::aligned16(v))
+    rope_pairs<8, TF, TH, BWD>(row, q, k, v, cs, bi, si, t, hq, hkv, d, grouped);
+  else
+    rope_pairs<1, TF, TH, BWD>(row, q, k, v, cs, bi, si, t, hq, hkv, d, grouped);
 }
 
 // cs [tokens, 2h]: cos θ then sin θ, θ = f32(pos[tok])·inv_freq[i]. Grid-stride over tokens·h.
