@@ -242,6 +242,66 @@ pub fn render_rgb(
     Ok(Some((buf, w, h)))
 }
 
+/// One panel's chart: optimizer steps `0..max_x` across, `lo..hi` up.
+type Panel<'a, DB> = ChartContext<
+    'a,
+    DB,
+    Cartesian2d<plotters::coord::types::RangedCoordi64, plotters::coord::types::RangedCoordf64>,
+>;
+
+/// A panel with the figure's margins, grid and fonts, its y axis described as `y_desc` with
+/// `y_labels` ticks (plotters' default where `None`) formatted by `y_fmt`.
+fn panel<'a, DB: DrawingBackend>(
+    area: &'a DrawingArea<DB, plotters::coord::Shift>,
+    max_x: i64,
+    (lo, hi): (f64, f64),
+    y_desc: &str,
+    y_labels: Option<usize>,
+    y_fmt: &dyn Fn(&f64) -> String,
+) -> std::result::Result<Panel<'a, DB>, Box<dyn std::error::Error>>
+where
+    DB::ErrorType: 'static,
+{
+    let mut chart = ChartBuilder::on(area)
+        .margin(12)
+        .margin_right(30)
+        .x_label_area_size(45)
+        .y_label_area_size(80)
+        .build_cartesian_2d(0i64..max_x, lo..hi)?;
+    let mut mesh = chart.configure_mesh();
+    mesh.light_line_style(WHITE.mix(0.0))
+        .bold_line_style(BLACK.mix(0.12))
+        .x_desc("optimizer step")
+        .y_desc(y_desc)
+        .label_style((FAMILY, 15))
+        .axis_desc_style((FAMILY, 17))
+        .y_label_formatter(y_fmt)
+        .x_label_formatter(&|x| x.to_string());
+    if let Some(n) = y_labels {
+        mesh.y_labels(n);
+    }
+    mesh.draw()?;
+    Ok(chart)
+}
+
+/// The panel's legend box at `position`.
+fn legend<'a, DB: DrawingBackend + 'a>(
+    chart: &mut Panel<'a, DB>,
+    position: SeriesLabelPosition,
+) -> DrawResult
+where
+    DB::ErrorType: 'static,
+{
+    chart
+        .configure_series_labels()
+        .position(position)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK.mix(0.4))
+        .label_font((FAMILY, 15))
+        .draw()?;
+    Ok(())
+}
+
 fn draw_loss<DB: DrawingBackend>(
     area: &DrawingArea<DB, plotters::coord::Shift>,
     train: &[(i64, f64)],
@@ -253,23 +313,9 @@ where
     DB::ErrorType: 'static,
 {
     let dec = decimals(range.hi - range.lo);
-    let mut chart = ChartBuilder::on(area)
-        .margin(12)
-        .margin_right(30)
-        .x_label_area_size(45)
-        .y_label_area_size(80)
-        .build_cartesian_2d(0i64..max_x, range.lo..range.hi)?;
-    chart
-        .configure_mesh()
-        .light_line_style(WHITE.mix(0.0))
-        .bold_line_style(BLACK.mix(0.12))
-        .x_desc("optimizer step")
-        .y_desc("loss")
-        .label_style((FAMILY, 15))
-        .axis_desc_style((FAMILY, 17))
-        .y_label_formatter(&|y| format!("{y:.dec$}"))
-        .x_label_formatter(&|x| x.to_string())
-        .draw()?;
+    let mut chart = panel(area, max_x, (range.lo, range.hi), "loss", None, &|y| {
+        format!("{y:.dec$}")
+    })?;
     if !train.is_empty() {
         chart
             .draw_series(LineSeries::new(
@@ -314,14 +360,7 @@ where
             .label(format!("eval before training: {s:.4} (above the axis)"))
             .legend(|(x, y)| TriangleMarker::new((x + 11, y), 6, EVAL_COLOR.filled()));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK.mix(0.4))
-        .label_font((FAMILY, 15))
-        .draw()?;
-    Ok(())
+    legend(&mut chart, SeriesLabelPosition::UpperRight)
 }
 
 fn draw_lr<DB: DrawingBackend>(
@@ -334,24 +373,9 @@ where
 {
     let hi = lr.iter().map(|p| p.1).fold(0.0, f64::max);
     let hi = if hi > 0.0 { hi * 1.08 } else { 1.0 };
-    let mut chart = ChartBuilder::on(area)
-        .margin(12)
-        .margin_right(30)
-        .x_label_area_size(45)
-        .y_label_area_size(80)
-        .build_cartesian_2d(0i64..max_x, 0.0..hi)?;
-    chart
-        .configure_mesh()
-        .light_line_style(WHITE.mix(0.0))
-        .bold_line_style(BLACK.mix(0.12))
-        .x_desc("optimizer step")
-        .y_desc("learning rate")
-        .y_labels(5)
-        .label_style((FAMILY, 15))
-        .axis_desc_style((FAMILY, 17))
-        .y_label_formatter(&|y| format!("{y:.1e}"))
-        .x_label_formatter(&|x| x.to_string())
-        .draw()?;
+    let mut chart = panel(area, max_x, (0.0, hi), "learning rate", Some(5), &|y| {
+        format!("{y:.1e}")
+    })?;
     chart
         .draw_series(LineSeries::new(
             lr.iter().copied(),
@@ -359,14 +383,7 @@ where
         ))?
         .label("learning rate (as logged)")
         .legend(|(x, y)| PathElement::new([(x, y), (x + 22, y)], LR_COLOR.stroke_width(2)));
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK.mix(0.4))
-        .label_font((FAMILY, 15))
-        .draw()?;
-    Ok(())
+    legend(&mut chart, SeriesLabelPosition::UpperRight)
 }
 
 fn draw_extras<DB: DrawingBackend>(
@@ -393,23 +410,9 @@ where
     let pad = 0.06 * (hi - lo).max(1e-6);
     let (lo, hi) = (lo - pad, hi + pad);
     let dec = decimals(hi - lo);
-    let mut chart = ChartBuilder::on(area)
-        .margin(12)
-        .margin_right(30)
-        .x_label_area_size(45)
-        .y_label_area_size(80)
-        .build_cartesian_2d(0i64..max_x, lo..hi)?;
-    chart
-        .configure_mesh()
-        .light_line_style(WHITE.mix(0.0))
-        .bold_line_style(BLACK.mix(0.12))
-        .x_desc("optimizer step")
-        .y_desc("eval metric")
-        .label_style((FAMILY, 15))
-        .axis_desc_style((FAMILY, 17))
-        .y_label_formatter(&|y| format!("{y:.dec$}"))
-        .x_label_formatter(&|x| x.to_string())
-        .draw()?;
+    let mut chart = panel(area, max_x, (lo, hi), "eval metric", None, &|y| {
+        format!("{y:.dec$}")
+    })?;
     for (i, (name, s)) in extras.iter().enumerate() {
         let c = EXTRA_COLORS[i % EXTRA_COLORS.len()];
         chart
@@ -418,14 +421,7 @@ where
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 22, y)], c.stroke_width(2)));
         chart.draw_series(s.iter().map(|&p| Circle::new(p, 4, c.filled())))?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK.mix(0.4))
-        .label_font((FAMILY, 15))
-        .draw()?;
-    Ok(())
+    legend(&mut chart, SeriesLabelPosition::LowerRight)
 }
 
 #[cfg(test)]
