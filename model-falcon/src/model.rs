@@ -263,7 +263,7 @@ impl FalconModel {
     /// With [`Self::recompute`], every decoder layer but the last is checkpointed: the last
     /// layer's backward runs right after the forward, so its activations are kept instead of
     /// recomputed (one layer's forward less per step; the gradients are bitwise those of
-    /// checkpointing it too, `model-falcon/tests/checkpoint.rs`).
+    /// checkpointing it too, `model-falcon/tests/recompute_last_layer.rs`).
     pub fn forward_hidden(&self, ids: &Tensor, mask: Option<&Tensor>, train: bool) -> Result<Var> {
         self.forward_hidden_with(ids, mask, train, false)
     }
