@@ -131,5 +131,11 @@ fn bench_vmath(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_gemm, bench_attention, bench_layernorm, bench_vmath);
+criterion_group!(
+    benches,
+    bench_gemm,
+    bench_attention,
+    bench_layernorm,
+    bench_vmath
+);
 criterion_main!(benches);
