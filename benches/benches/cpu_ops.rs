@@ -1,5 +1,6 @@
 //! CPU backend microbenchmarks: GEMM (Falcon-7B projection shapes scaled down), attention
-//! forward+backward, LayerNorm. Throughput is reported in FLOP or bytes per second.
+//! forward+backward, LayerNorm, the vectorized f32 exp/erf against the scalar libm calls they
+//! replaced. Throughput is reported in FLOP, bytes or elements per second.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use engine::ops::{self, matmul::gemm};
@@ -93,5 +94,48 @@ fn bench_layernorm(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_gemm, bench_attention, bench_layernorm);
+/// `engine::vmath` over one softmax-sized slice against the scalar calls it replaced.
+fn bench_vmath(c: &mut Criterion) {
+    let mut g = c.benchmark_group("cpu_vmath_f32");
+    g.sample_size(20);
+    let n = 1 << 16;
+    let x = randn([n], DType::F32, 8, 3.0).to_f32_vec().unwrap();
+    let mut y = vec![0f32; n];
+    g.throughput(Throughput::Elements(n as u64));
+    g.bench_function(format!("exp vectorized {n}"), |bch| {
+        bch.iter(|| {
+            y.copy_from_slice(&x);
+            engine::vmath::exp_shifted_in_place(black_box(&mut y), 0.5);
+        })
+    });
+    g.bench_function(format!("exp libm {n}"), |bch| {
+        bch.iter(|| {
+            for (o, &v) in y.iter_mut().zip(black_box(&x)) {
+                *o = (v - 0.5).exp();
+            }
+        })
+    });
+    g.bench_function(format!("erf vectorized {n}"), |bch| {
+        bch.iter(|| {
+            y.copy_from_slice(&x);
+            engine::vmath::erf_in_place(black_box(&mut y));
+        })
+    });
+    g.bench_function(format!("erf libm {n}"), |bch| {
+        bch.iter(|| {
+            for (o, &v) in y.iter_mut().zip(black_box(&x)) {
+                *o = engine::Float::erf(v);
+            }
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    bench_gemm,
+    bench_attention,
+    bench_layernorm,
+    bench_vmath
+);
 criterion_main!(benches);

@@ -67,6 +67,12 @@ pub trait Float:
     fn abs(self) -> Self;
     fn powi(self, n: i32) -> Self;
     fn powf(self, e: Self) -> Self;
+    /// `xs[i] = exp(xs[i] − shift)` over a slice (softmax rows). f32 runs the vectorized kernel
+    /// of [`crate::vmath`] (within 1 ulp); f64, the reference type, the standard library's.
+    fn exp_shifted_slice(xs: &mut [Self], shift: Self);
+    /// `xs[i] = erf(xs[i])` over a slice (GELU). f32 runs [`crate::vmath`]'s kernel (within
+    /// 1.2 ulp); f64 libm's `erf`.
+    fn erf_slice(xs: &mut [Self]);
 }
 
 impl Float for f32 {
@@ -109,6 +115,12 @@ impl Float for f32 {
     fn powf(self, e: Self) -> Self {
         f32::powf(self, e)
     }
+    fn exp_shifted_slice(xs: &mut [Self], shift: Self) {
+        crate::vmath::exp_shifted_in_place(xs, shift);
+    }
+    fn erf_slice(xs: &mut [Self]) {
+        crate::vmath::erf_in_place(xs);
+    }
 }
 
 impl Float for f64 {
@@ -150,5 +162,11 @@ impl Float for f64 {
     }
     fn powf(self, e: Self) -> Self {
         f64::powf(self, e)
+    }
+    fn exp_shifted_slice(xs: &mut [Self], shift: Self) {
+        xs.iter_mut().for_each(|x| *x = (*x - shift).exp());
+    }
+    fn erf_slice(xs: &mut [Self]) {
+        xs.iter_mut().for_each(|x| *x = libm::erf(*x));
     }
 }

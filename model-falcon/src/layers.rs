@@ -73,9 +73,7 @@ impl Linear {
             (BaseWeight::Quantized(q), true) => ops::quant_linear_unread(x, q)?,
         };
         let Some(l) = &self.lora else { return Ok(y) };
-        let h = ops::dropout(x, l.dropout, train)?;
-        let h = ops::linear(&ops::linear(&h, &l.a)?, &l.b)?;
-        ops::add(&y, &ops::scale(&h, l.scaling)?)
+        ops::lora_add(&y, x, &l.a, &l.b, l.scaling, l.dropout, train)
     }
 }
 

@@ -259,7 +259,25 @@ impl FalconModel {
     }
 
     /// Final hidden states `[b, t, hidden]` (after ln_f) for a training or evaluation forward.
+    ///
+    /// With [`Self::recompute`], every decoder layer but the last is checkpointed: the last
+    /// layer's backward runs right after the forward, so its activations are kept instead of
+    /// recomputed (one layer's forward less per step; the gradients are bitwise those of
+    /// checkpointing it too, `model-falcon/tests/recompute_last_layer.rs`).
     pub fn forward_hidden(&self, ids: &Tensor, mask: Option<&Tensor>, train: bool) -> Result<Var> {
+        self.forward_hidden_with(ids, mask, train, false)
+    }
+
+    /// [`Self::forward_hidden`], choosing whether the last layer is checkpointed too when
+    /// [`Self::recompute`] is on (`true` is the plain per-layer recompute, kept to test that
+    /// keeping the last layer changes no gradient).
+    pub fn forward_hidden_with(
+        &self,
+        ids: &Tensor,
+        mask: Option<&Tensor>,
+        train: bool,
+        checkpoint_last: bool,
+    ) -> Result<Var> {
         let (b, t) = check_ids(ids, mask)?;
         let g = self.geometry();
         let ctx = ForwardCtx {
@@ -268,8 +286,10 @@ impl FalconModel {
             train,
         };
         let mut h = ops::embedding(ids, &self.embed)?;
-        for layer in &self.layers {
-            h = if self.recompute && engine::grad_enabled() {
+        let last = self.layers.len().saturating_sub(1);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let checkpointed = self.recompute && (i < last || checkpoint_last);
+            h = if checkpointed && engine::grad_enabled() {
                 let (layer, ctx) = (layer.clone(), ctx.clone());
                 checkpoint(&[&h], move |x| layer.forward(&x[0], &g, &ctx, None))?
             } else {

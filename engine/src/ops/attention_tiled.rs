@@ -18,6 +18,7 @@
 
 use super::attention::AttnDims;
 use super::matmul::gemm;
+use super::sum_lanes;
 use crate::element::Float;
 use rayon::prelude::*;
 
@@ -100,18 +101,22 @@ fn tile_scores<T: Float>(
     gemm(false, true, bq, bk, d, q_blk, k_blk, s, false, false);
     let scale = T::from_f64(dims.scale);
     let off = dims.kv_len - dims.q_len;
-    for r in 0..bq {
-        let row = &mut s[r * bk..(r + 1) * bk];
-        // Keys j with j <= limit are causally visible to query row i0 + r.
-        let limit = if dims.causal {
-            off + i0 + r
+    for (r, row) in s[..bq * bk].chunks_exact_mut(bk).enumerate() {
+        // Keys j <= off + i0 + r are causally visible to query row i0 + r: a prefix of the row.
+        let visible = if dims.causal {
+            (off + i0 + r + 1).saturating_sub(j0).min(bk)
         } else {
-            usize::MAX
+            bk
         };
-        for (c, x) in row.iter_mut().enumerate() {
-            let j = j0 + c;
-            let hidden = j > limit || mask.is_some_and(|m| m[j] == 0);
-            *x = if hidden { T::NEG_INFINITY } else { *x * scale };
+        let (shown, hidden) = row.split_at_mut(visible);
+        shown.iter_mut().for_each(|x| *x *= scale);
+        hidden.fill(T::NEG_INFINITY);
+        if let Some(m) = mask {
+            for (x, &keep) in shown.iter_mut().zip(&m[j0..j0 + visible]) {
+                if keep == 0 {
+                    *x = T::NEG_INFINITY;
+                }
+            }
         }
     }
 }
@@ -173,11 +178,8 @@ pub fn forward<T: Float>(
                     continue;
                 }
                 let alpha = (m_run[r] - m_new).exp();
-                let mut sum = T::ZERO;
-                for x in row.iter_mut() {
-                    *x = (*x - m_new).exp();
-                    sum += *x;
-                }
+                T::exp_shifted_slice(row, m_new);
+                let sum = sum_lanes(row);
                 l_run[r] = l_run[r] * alpha + sum;
                 m_run[r] = m_new;
                 acc[r * d..(r + 1) * d].iter_mut().for_each(|a| *a *= alpha);
@@ -227,14 +229,11 @@ fn tile_grads<T: Float>(
     bk: usize,
 ) {
     let scale = T::from_f64(dims.scale);
-    for r in 0..bq {
-        let l = lse[r];
-        for x in &mut p[r * bk..(r + 1) * bk] {
-            *x = if l == T::NEG_INFINITY {
-                T::ZERO
-            } else {
-                (*x - l).exp()
-            };
+    for (row, &l) in p.chunks_exact_mut(bk).zip(&lse[..bq]) {
+        if l == T::NEG_INFINITY {
+            row.fill(T::ZERO);
+        } else {
+            T::exp_shifted_slice(row, l);
         }
     }
     gemm(

@@ -10,7 +10,7 @@
 //! `rows x vocab` logits, and it skips ignored rows entirely.
 
 use super::matmul::gemm;
-use super::{same_dtype, with_float};
+use super::{same_dtype, sum_lanes, with_float};
 use crate::autograd::record;
 use crate::element::Float;
 use crate::{Element, Error, Result, Tensor, Var};
@@ -49,20 +49,28 @@ fn check_count(count: f64) -> Result<()> {
     Ok(())
 }
 
+/// Elements of a row exponentiated per pass (a stack buffer that stays in L1).
+const EXP_SPAN: usize = 512;
+
 /// logsumexp of one row, with the max subtracted first.
 fn lse_row<T: Float>(z: &[T]) -> T {
     let m = z.iter().fold(T::NEG_INFINITY, |a, &b| a.max(b));
+    let mut buf = [T::ZERO; EXP_SPAN];
     let mut s = T::ZERO;
-    for &x in z {
-        s += (x - m).exp();
+    for span in z.chunks(EXP_SPAN) {
+        let e = &mut buf[..span.len()];
+        e.copy_from_slice(span);
+        T::exp_shifted_slice(e, m);
+        s += sum_lanes(e);
     }
     m + s.ln()
 }
 
 /// Writes `scale·(softmax(z) − onehot(label))` into `z` in place.
 fn dlogits_row<T: Float>(z: &mut [T], lse: T, label: usize, scale: T) {
+    T::exp_shifted_slice(z, lse);
     for x in z.iter_mut() {
-        *x = (*x - lse).exp() * scale;
+        *x *= scale;
     }
     z[label] -= scale;
 }

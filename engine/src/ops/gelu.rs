@@ -19,11 +19,10 @@ pub fn gelu_grad_scalar<T: Float>(x: T) -> T {
     cdf + x * pdf
 }
 
-/// `gelu(x)`. When the op is recorded for backward, the forward also computes `gelu'(x)` and
-/// keeps it instead of `x` (same memory), so backward is one multiply and the erf is evaluated
-/// once per element rather than twice.
 /// `(gelu(x), gelu'(x))` with one erf; each value is computed with the same operations, in the
-/// same order, as [`gelu_scalar`] and [`gelu_grad_scalar`], so the results are identical.
+/// same order, as [`gelu_scalar`] and [`gelu_grad_scalar`], so the results are identical. The
+/// per-element definition `gelu_slices` follows (the tests hold the two together).
+#[cfg(test)]
 fn gelu_with_grad<T: Float>(x: T) -> (T, T) {
     let half = T::from_f64(0.5);
     let e = (x * T::from_f64(std::f64::consts::FRAC_1_SQRT_2)).erf();
@@ -33,19 +32,70 @@ fn gelu_with_grad<T: Float>(x: T) -> (T, T) {
     (y, cdf + x * pdf)
 }
 
+/// Elements per parallel task.
+const TASK: usize = 1 << 14;
+/// Elements per pass of the slice kernels: the erf and exp buffers stay in L1.
+const LANES: usize = 256;
+
+/// `y = gelu(x)` and, when `dydx` is given, `dydx = gelu'(x)`, computed with the same
+/// operations in the same order as [`gelu_with_grad`] but with erf and exp over slices
+/// ([`Float::erf_slice`], [`Float::exp_shifted_slice`]: vectorized for f32, libm for f64).
+fn gelu_slices<T: Float>(x: &[T], y: &mut [T], mut dydx: Option<&mut [T]>) {
+    let half = T::from_f64(0.5);
+    let inv_sqrt2 = T::from_f64(std::f64::consts::FRAC_1_SQRT_2);
+    let inv_sqrt_2pi = T::from_f64(0.398_942_280_401_432_7);
+    let mut e = [T::ZERO; LANES];
+    let mut p = [T::ZERO; LANES];
+    for i0 in (0..x.len()).step_by(LANES) {
+        let n = LANES.min(x.len() - i0);
+        let xs = &x[i0..i0 + n];
+        let e = &mut e[..n];
+        for (ev, &xv) in e.iter_mut().zip(xs) {
+            *ev = xv * inv_sqrt2;
+        }
+        T::erf_slice(e);
+        for ((yv, &xv), &ev) in y[i0..i0 + n].iter_mut().zip(xs).zip(e.iter()) {
+            *yv = half * xv * (T::ONE + ev);
+        }
+        if let Some(d) = dydx.as_deref_mut() {
+            let p = &mut p[..n];
+            for (pv, &xv) in p.iter_mut().zip(xs) {
+                *pv = -(xv * xv) * half;
+            }
+            T::exp_shifted_slice(p, T::ZERO);
+            for (((dv, &xv), &ev), &pv) in
+                d[i0..i0 + n].iter_mut().zip(xs).zip(e.iter()).zip(p.iter())
+            {
+                let cdf = half * (T::ONE + ev);
+                *dv = cdf + xv * (pv * inv_sqrt_2pi);
+            }
+        }
+    }
+}
+
+/// `gelu(x)`. When the op is recorded for backward, the forward also computes `gelu'(x)` and
+/// keeps it instead of `x` (same memory), so backward is one multiply and the erf is evaluated
+/// once per element rather than twice.
 pub fn gelu(x: &Var) -> Result<Var> {
     let xv = x.value();
     let recorded = crate::autograd::grad_enabled() && x.requires_grad();
     with_float!(xv.dtype(), "gelu", |T| {
         let src = xv.as_slice::<T>()?;
+        let mut y = vec![T::ZERO; src.len()];
         if !recorded {
-            let y: Vec<T> = src.par_iter().map(|&v| gelu_scalar(v)).collect();
+            y.par_chunks_mut(TASK)
+                .zip(src.par_chunks(TASK))
+                .for_each(|(yc, xc)| gelu_slices(xc, yc, None));
             return Ok(Var::constant(Tensor::from_storage(
                 T::wrap(y),
                 xv.shape().clone(),
             )));
         }
-        let (y, dydx): (Vec<T>, Vec<T>) = src.par_iter().map(|&v| gelu_with_grad(v)).unzip();
+        let mut dydx = vec![T::ZERO; src.len()];
+        y.par_chunks_mut(TASK)
+            .zip(dydx.par_chunks_mut(TASK))
+            .zip(src.par_chunks(TASK))
+            .for_each(|((yc, dc), xc)| gelu_slices(xc, yc, Some(dc)));
         let shape = xv.shape().clone();
         let out = Tensor::from_storage(T::wrap(y), shape.clone());
         Ok(record("gelu", out, &[x], move |g, _, _| {
@@ -75,5 +125,75 @@ mod tests {
             assert_eq!(y.to_bits(), gelu_scalar(xd).to_bits(), "gelu({xd})");
             assert_eq!(d.to_bits(), gelu_grad_scalar(xd).to_bits(), "gelu'({xd})");
         }
+    }
+
+    fn fresh_inputs(n: usize, spread: f64) -> Vec<f64> {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        (0..n)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                ((seed >> 11) as f64 / (1u64 << 53) as f64 - 0.5) * spread
+            })
+            .collect()
+    }
+
+    #[test]
+    fn slice_kernel_in_f64_is_bitwise_the_scalar_reference() {
+        let x = fresh_inputs(1000, 20.0);
+        let (mut y, mut d) = (vec![f64::NAN; x.len()], vec![f64::NAN; x.len()]);
+        gelu_slices(&x, &mut y, Some(&mut d));
+        for i in 0..x.len() {
+            let (yr, dr) = gelu_with_grad(x[i]);
+            assert_eq!(y[i].to_bits(), yr.to_bits(), "gelu({})", x[i]);
+            assert_eq!(d[i].to_bits(), dr.to_bits(), "gelu'({})", x[i]);
+        }
+    }
+
+    #[test]
+    fn vectorized_f32_gelu_and_derivative_match_float64() {
+        // Large |x| (erf saturated, exp underflowing), the erf branch points and odd lengths.
+        let mut x64 = fresh_inputs(3001, 24.0);
+        x64.extend([
+            0.0,
+            -0.0,
+            1.0 * std::f64::consts::SQRT_2,
+            -6.0,
+            9.5,
+            -13.0,
+            1e-30,
+        ]);
+        let x: Vec<f32> = x64.iter().map(|&v| v as f32).collect();
+        let (mut y, mut d) = (vec![f32::NAN; x.len()], vec![f32::NAN; x.len()]);
+        gelu_slices(&x, &mut y, Some(&mut d));
+        let mut y_only = vec![f32::NAN; x.len()];
+        gelu_slices(&x, &mut y_only, None);
+        for i in 0..x.len() {
+            let xd = x[i] as f64;
+            // 1 + erf(x/√2) cancels for negative x: the error is relative to |x|, not to y.
+            let tol = 4.0 * f32::EPSILON as f64 * (1.0 + xd.abs());
+            let (yr, dr) = (gelu_scalar(xd), gelu_grad_scalar(xd));
+            assert!(
+                (y[i] as f64 - yr).abs() <= tol,
+                "gelu({xd}) = {} vs {yr}",
+                y[i]
+            );
+            assert!(
+                (d[i] as f64 - dr).abs() <= tol,
+                "gelu'({xd}) = {} vs {dr}",
+                d[i]
+            );
+            assert_eq!(y[i].to_bits(), y_only[i].to_bits());
+        }
+        let (mut yn, mut dn) = ([0f32; 3], [0f32; 3]);
+        gelu_slices(
+            &[f32::NAN, f32::INFINITY, f32::NEG_INFINITY],
+            &mut yn,
+            Some(&mut dn),
+        );
+        assert!(yn[0].is_nan() && dn[0].is_nan());
+        assert_eq!(yn[1], f32::INFINITY);
+        assert!(yn[2].is_nan() || yn[2] == 0.0, "gelu(-inf) = {}", yn[2]);
     }
 }

@@ -11,6 +11,7 @@ pub mod elementwise;
 pub mod embedding;
 pub mod gelu;
 pub mod layernorm;
+pub mod lora;
 pub mod matmul;
 pub mod quant_linear;
 pub mod rope;
@@ -23,6 +24,7 @@ pub use elementwise::{add, mul, scale, sum_all};
 pub use embedding::embedding;
 pub use gelu::gelu;
 pub use layernorm::layer_norm;
+pub use lora::lora_add;
 pub use matmul::{linear, linear_unread, matmul, matmul_t};
 pub use quant_linear::{quant_linear, quant_linear_unread};
 pub use rope::{rope, RopeTable};
@@ -65,4 +67,21 @@ pub(crate) fn same_dtype(op: &'static str, ts: &[&crate::Tensor]) -> crate::Resu
         }
     }
     Ok(d)
+}
+
+/// `Σ xs` in eight interleaved partial sums, added pairwise at the end: a fixed order (so
+/// results do not depend on threads or CPU) that the compiler turns into vector adds, where a
+/// single running sum would wait on each add's latency.
+pub(crate) fn sum_lanes<T: crate::Float>(xs: &[T]) -> T {
+    let mut acc = [T::ZERO; 8];
+    let mut chunks = xs.chunks_exact(8);
+    for c in &mut chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += v;
+        }
+    }
+    for (a, &v) in acc.iter_mut().zip(chunks.remainder()) {
+        *a += v;
+    }
+    ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))
 }
