@@ -10,8 +10,12 @@
 //                       columns are filled; key j is visible when key_mask[b][j] != 0.
 //                       Query head h reads KV head h / (hq / hkv) (MQA: hkv = 1; GQA).
 //                       o = Σ_j softmax_j(scale·q·k_j) v_j; a row with no visible key gives o = 0.
-//   decode_kv_write:    cache[b][h][pos + i][:] = src[b][h][i][:] for i < s (prefill: s = t,
-//                       pos = 0; a decode step: s = 1, pos = the new column).
+//                       len is read from device memory (see "Graphs" below).
+//   decode_rope_append: a decode step's RoPE fused with its cache writes: the new token's fused
+//                       qkv row split and rotated as rope_qkv_fwd does, q to its own buffer, the
+//                       key and value straight into cache column len − 1.
+//   decode_kv_write:    cache[b][h][pos + i][:] = src[b][h][i][:] for i < s (the prefill: s = t,
+//                       pos = 0).
 //   decode_take_rows:   out[r][:] = x[r·t + t - 1][:] (the last position of each sequence).
 //
 // Why a separate GEMV: at M ≤ 32 the tensor-core GEMM's 128 x 128 tiles waste ≥ 3/4 of every
@@ -39,6 +43,13 @@
 // memory and writes (m, l, o) of the chunk. The combine kernel merges the chunks of one
 // (sequence, head) in chunk order: M = max m_c, L = Σ l_c·e^(m_c − M), o = Σ o_c·e^(m_c − M) / L.
 // Fixed orders everywhere: the result does not depend on scheduling.
+//
+// Graphs: a decode step is captured once and replayed per token (crate::graph), so what changes
+// per token (the filled cache length, hence the new column) is read from a u32 in device memory
+// that the host updates before each replay, never passed as a scalar. The attention launch is
+// sized for a bound (max_len, at most the capacity) and its splits past the current length
+// write an empty partial (max −inf, sum 0) that the combine skips: the same result as a grid
+// sized to the length.
 #include "common.cuh"
 
 using kc::bf16;
@@ -53,6 +64,8 @@ using kc::u8;
 #define DECODE_ATTN_THREADS (DECODE_ATTN_WARPS * 32)
 #define DECODE_ATTN_CHUNK 256
 #define DECODE_COPY_THREADS 256
+#define DECODE_ROPE_THREADS 128
+#define DECODE_ROPE_MAX_HALF 128  // head_dim ≤ 256
 #define kDecNegInf (kc::f32_from_bits(0xff800000u))
 #ifdef KC_DEVICE
 #define DEC_NO_UNROLL _Pragma("unroll 1")
@@ -66,6 +79,25 @@ __device__ __forceinline__ void dec_store(float* p, float v) { *p = v; }
 __device__ __forceinline__ void dec_store(bf16* p, float v) { *p = kc::to_bf16(v); }
 __device__ __forceinline__ float dec_load(const float* p) { return *p; }
 __device__ __forceinline__ float dec_load(const bf16* p) { return kc::to_f32(*p); }
+
+// The filled cache length of this step (from device memory), clamped to the launcher's bound.
+__device__ __forceinline__ int dec_len(const u32* len, int max_len) {
+  return min(static_cast<int>(min(*len, 0x7fffffffu)), max_len);
+}
+
+// Where head slot s of Falcon's fused qkv row goes (rope.cu's layouts): kind 0 = q, 1 = k,
+// 2 = v, and the head index.
+__device__ __forceinline__ void dec_slot_of(int s, int hq, int hkv, int grouped, int& kind, int& head) {
+  if (grouped) {
+    const int r = hq / hkv;
+    const int g = s / (r + 2), j = s % (r + 2);
+    kind = j < r ? 0 : (j == r ? 1 : 2);
+    head = j < r ? g * r + j : g;
+  } else {
+    kind = s < hq ? 0 : (s == hq ? 1 : 2);
+    head = s < hq ? s : 0;
+  }
+}
 
 // acc[r] += Σ_e w[e]·x[r][k0 + e] for the rows r < m (8 columns from k0).
 __device__ __forceinline__ void dec_rows_fma(float acc[DECODE_MAX_ROWS], const float w[8], const bf16* x,
@@ -171,8 +203,8 @@ __device__ __forceinline__ void gemv_bf16(TY* y, const bf16* x, const bf16* wt, 
 // One chunk of keys for one (sequence, head): the block's (max, sum, unnormalized o).
 template <int D>
 __device__ __forceinline__ void attn_split(float* part_o, float* part_ml, const bf16* q, const bf16* kc_,
-                                           const bf16* vc, const u8* key_mask, int hq, int hkv, int cap,
-                                           int len, float scale) {
+                                           const bf16* vc, const u8* key_mask, const u32* len_d, int hq,
+                                           int hkv, int cap, int max_len, float scale) {
   constexpr int PER = D / 32;  // q, k, v, o elements per lane
   __shared__ float s_ml[DECODE_ATTN_WARPS][2];
   __shared__ float s_o[DECODE_ATTN_WARPS][D];
@@ -189,6 +221,7 @@ __device__ __forceinline__ void attn_split(float* part_o, float* part_ml, const 
   float mx = kDecNegInf, l = 0.0f, o[PER];
   KC_UNROLL
   for (int e = 0; e < PER; ++e) o[e] = 0.0f;
+  const int len = dec_len(len_d, max_len);
   const int j0 = chunk * DECODE_ATTN_CHUNK;
   const int j1 = min(len, j0 + DECODE_ATTN_CHUNK);
   for (int j = j0 + warp; j < j1; j += DECODE_ATTN_WARPS) {
@@ -291,14 +324,16 @@ extern "C" __global__ void __launch_bounds__(DECODE_GEMV_THREADS, 1)
 
 extern "C" __global__ void __launch_bounds__(DECODE_ATTN_THREADS)
     decode_attn_split_d64(float* part_o, float* part_ml, const bf16* q, const bf16* k, const bf16* v,
-                          const u8* key_mask, int hq, int hkv, int cap, int len, float scale) {
-  attn_split<64>(part_o, part_ml, q, k, v, key_mask, hq, hkv, cap, len, scale);
+                          const u8* key_mask, const u32* len, int hq, int hkv, int cap, int max_len,
+                          float scale) {
+  attn_split<64>(part_o, part_ml, q, k, v, key_mask, len, hq, hkv, cap, max_len, scale);
 }
 
 extern "C" __global__ void __launch_bounds__(DECODE_ATTN_THREADS)
     decode_attn_split_d128(float* part_o, float* part_ml, const bf16* q, const bf16* k, const bf16* v,
-                           const u8* key_mask, int hq, int hkv, int cap, int len, float scale) {
-  attn_split<128>(part_o, part_ml, q, k, v, key_mask, hq, hkv, cap, len, scale);
+                           const u8* key_mask, const u32* len, int hq, int hkv, int cap, int max_len,
+                           float scale) {
+  attn_split<128>(part_o, part_ml, q, k, v, key_mask, len, hq, hkv, cap, max_len, scale);
 }
 
 extern "C" __global__ void decode_attn_combine_d64(bf16* out, const float* part_o, const float* part_ml, int hq,
@@ -309,6 +344,50 @@ extern "C" __global__ void decode_attn_combine_d64(bf16* out, const float* part_
 extern "C" __global__ void decode_attn_combine_d128(bf16* out, const float* part_o, const float* part_ml, int hq,
                                                     int chunks) {
   attn_combine<128>(out, part_o, part_ml, hq, chunks);
+}
+
+// grid = b (one block per sequence), block = DECODE_ROPE_THREADS. qkv [b, S·d] (S = hq + 2·hkv
+// slots in Falcon's fused layout), table [b, 2h] from rope_table; q [b, hq, d]; caches
+// [b, hkv, cap, d], written at column len − 1 (nothing when len = 0). The expressions are those
+// of rope.cu's rope_qkv (forward), so q, the key and the value equal rope_qkv_fwd_bf16's.
+extern "C" __global__ void __launch_bounds__(DECODE_ROPE_THREADS)
+    decode_rope_append(bf16* q, bf16* k_cache, bf16* v_cache, const bf16* qkv, const float* table,
+                       const u32* len, int hq, int hkv, int d, int cap, int grouped) {
+  __shared__ float cs[2][DECODE_ROPE_MAX_HALF];
+  const int bi = blockIdx.x;
+  const int h = d / 2;
+  const float* trow = table + static_cast<long long>(bi) * 2 * h;
+  for (int i = threadIdx.x; i < h; i += blockDim.x) {
+    cs[0][i] = trow[i];
+    cs[1][i] = trow[h + i];
+  }
+  __syncthreads();
+  const int col = dec_len(len, cap) - 1;
+  // Block-uniform exit, after the only barrier.
+  if (col < 0) return;
+  const int slots = hq + 2 * hkv;
+  const int per = h + (d & 1);  // work items per slot: h pairs (+1 pass-through for odd d)
+  const bf16* row = qkv + static_cast<long long>(bi) * slots * d;
+  for (int w = threadIdx.x; w < slots * per; w += blockDim.x) {
+    const int s = w / per, i = w % per;
+    int kind, head;
+    dec_slot_of(s, hq, hkv, grouped, kind, head);
+    bf16* dst = kind == 0 ? q + (static_cast<long long>(bi) * hq + head) * d
+                          : (kind == 1 ? k_cache : v_cache) +
+                                ((static_cast<long long>(bi) * hkv + head) * cap + col) * d;
+    const bf16* src = row + static_cast<long long>(s) * d;
+    if (i == h) {  // odd d: the last element is not rotated
+      dst[d - 1] = kc::to_bf16(kc::to_f32(src[d - 1]));
+    } else if (kind == 2) {
+      dst[i] = kc::to_bf16(kc::to_f32(src[i]));
+      dst[i + h] = kc::to_bf16(kc::to_f32(src[i + h]));
+    } else {
+      const float c = cs[0][i], sn = cs[1][i];
+      const float x0 = kc::to_f32(src[i]), x1 = kc::to_f32(src[i + h]);
+      dst[i] = kc::to_bf16(x0 * c - x1 * sn);
+      dst[i + h] = kc::to_bf16(x1 * c + x0 * sn);
+    }
+  }
 }
 
 // src [b, h, s, d] into cache [b, h, cap, d] at column pos; 8 bf16 (16 bytes) per thread step

@@ -178,6 +178,7 @@ kernels! {
     DECODE_ATTN_COMBINE_D64 = DECODE::decode_attn_combine_d64, hot = true;
     DECODE_ATTN_COMBINE_D128 = DECODE::decode_attn_combine_d128, hot = true;
     DECODE_KV_WRITE = DECODE::decode_kv_write, hot = true;
+    DECODE_ROPE_APPEND = DECODE::decode_rope_append, hot = true;
     DECODE_TAKE_ROWS = DECODE::decode_take_rows, hot = false;
 }
 

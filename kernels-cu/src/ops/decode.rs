@@ -8,7 +8,10 @@
 //! - [`attention`]: flash-decoding of one query row per (sequence, head) over a KV cache
 //!   `[b, hkv, cap, d]`, split over the cache in chunks of [`ATTN_CHUNK`] keys and combined in a
 //!   fixed order (deterministic).
-//! - [`kv_write`] and [`take_last_rows`]: the cache writes and the prefill's last rows.
+//!   [`attention_at`] reads the filled length from device memory (a captured decode step,
+//!   [`crate::graph`]).
+//! - [`rope_append`]: a decode step's RoPE and its two cache writes in one launch.
+//! - [`kv_write`] and [`take_last_rows`]: the prefill's cache writes and last rows.
 //!
 //! Precision: bf16 inputs, f32 accumulation, output rounded once.
 
@@ -333,7 +336,8 @@ pub fn take_last_rows(
 
 /// One decode step's attention: `q` bf16 `[batch, q_heads, head_dim]`, the caches' first `len`
 /// columns, `key_mask` u8 `[batch, capacity]` (0 = padding). Returns `o` bf16
-/// `[batch, q_heads · head_dim]` (the layout the output projection reads).
+/// `[batch, q_heads · head_dim]` (the layout the output projection reads). Uploads `len`: for
+/// a captured step use [`attention_at`].
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     dev: &Device,
@@ -346,6 +350,30 @@ pub fn attention(
     len: usize,
     scale: f32,
 ) -> Result<Buffer> {
+    let len_d = dev.htod(&[u32::try_from(len).unwrap_or(u32::MAX)])?;
+    attention_at(
+        dev, q, k_cache, v_cache, key_mask, shape, q_heads, &len_d, len, scale,
+    )
+}
+
+/// [`attention`] over the first `len_d[0]` columns (u32 in device memory, read by the kernel:
+/// a captured step replays with the current value), at most `max_len ≤ capacity`; the grid is
+/// sized for `max_len`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_at(
+    dev: &Device,
+    q: &Buffer,
+    k_cache: &Buffer,
+    v_cache: &Buffer,
+    key_mask: &Buffer,
+    shape: &CacheShape,
+    q_heads: usize,
+    len_d: &Buffer,
+    max_len: usize,
+    scale: f32,
+) -> Result<Buffer> {
+    let len = max_len;
+    check("decode attention: filled length", len_d, DType::U32, 1)?;
     let (split, combine) = match shape.head_dim {
         64 => (DECODE_ATTN_SPLIT_D64, DECODE_ATTN_COMBINE_D64),
         128 => (DECODE_ATTN_SPLIT_D128, DECODE_ATTN_COMBINE_D128),
@@ -369,7 +397,10 @@ pub fn attention(
     if len == 0 || len > shape.capacity {
         return Err(invalid(
             split,
-            format!("{len} filled columns of a cache of {}", shape.capacity),
+            format!(
+                "a bound of {len} filled columns for a cache of {}",
+                shape.capacity
+            ),
         ));
     }
     check("decode attention: q", q, DType::BF16, b * q_heads * d)?;
@@ -410,8 +441,9 @@ pub fn attention(
         Ok((q_heads as u32, b as u32))
     };
     let (gy, gz) = grid_yz(split)?;
-    // SAFETY: block (c, h, b) reads q[b][h], cache rows (b, h / (hq/hkv), j) for j < len ≤ cap
-    // and key_mask[b][j] (all lengths checked), and writes part slot (b, h, c) < b·hq·chunks.
+    // SAFETY: block (c, h, b) reads q[b][h], len_d[0], cache rows (b, h / (hq/hkv), j) for
+    // j < min(len_d[0], max_len) ≤ cap and key_mask[b][j] (all lengths checked), and writes
+    // part slot (b, h, c) < b·hq·chunks.
     unsafe {
         dev.launch(&Launch {
             kernel: split,
@@ -429,6 +461,7 @@ pub fn attention(
                 k_cache.arg(),
                 v_cache.arg(),
                 key_mask.arg(),
+                len_d.arg(),
                 Arg::I32(hq),
                 Arg::I32(hkv),
                 Arg::I32(shape.capacity as i32),
@@ -454,4 +487,91 @@ pub fn attention(
         })?;
     }
     Ok(out)
+}
+
+/// A decode step's RoPE fused with its cache writes: `qkv` bf16 `[batch, (q_heads + 2·kv_heads)
+/// · head_dim]` (Falcon's fused layout, `grouped` as in [`crate::ops::rope::QkvLayout`]),
+/// `table` f32 `[batch, head_dim]` from [`crate::ops::rope::table`] of the step's positions.
+/// Writes `q` bf16 `[batch, q_heads, head_dim]` and the rotated key and the value into column
+/// `len_d[0] − 1` of each cache (u32 in device memory, at most the capacity; nothing when 0).
+/// The same values as [`crate::ops::rope::forward`] followed by two [`kv_write`]s.
+#[allow(clippy::too_many_arguments)]
+pub fn rope_append(
+    dev: &Device,
+    q: &mut Buffer,
+    k_cache: &mut Buffer,
+    v_cache: &mut Buffer,
+    qkv: &Buffer,
+    table: &Buffer,
+    len_d: &Buffer,
+    shape: &CacheShape,
+    q_heads: usize,
+    grouped: bool,
+) -> Result<()> {
+    let kernel = DECODE_ROPE_APPEND;
+    let (b, hkv, d) = (shape.batch, shape.kv_heads, shape.head_dim);
+    if hkv == 0 || !q_heads.is_multiple_of(hkv) || (!grouped && hkv != 1) {
+        return Err(invalid(
+            kernel,
+            format!("{q_heads} query heads and {hkv} KV heads (grouped: {grouped})"),
+        ));
+    }
+    if d == 0 || d / 2 > def::DECODE_ROPE_MAX_HALF {
+        return Err(invalid(kernel, format!("head_dim {d}")));
+    }
+    check(
+        "decode rope_append: qkv",
+        qkv,
+        DType::BF16,
+        b * (q_heads + 2 * hkv) * d,
+    )?;
+    check(
+        "decode rope_append: table",
+        table,
+        DType::F32,
+        b * 2 * (d / 2),
+    )?;
+    check("decode rope_append: filled length", len_d, DType::U32, 1)?;
+    check("decode rope_append: q", q, DType::BF16, b * q_heads * d)?;
+    check(
+        "decode rope_append: K cache",
+        k_cache,
+        DType::BF16,
+        shape.elems(),
+    )?;
+    check(
+        "decode rope_append: V cache",
+        v_cache,
+        DType::BF16,
+        shape.elems(),
+    )?;
+    n_i32("decode rope_append: cache elements", shape.elems())?;
+    if b == 0 {
+        return Ok(());
+    }
+    let grid =
+        u32::try_from(b).map_err(|_| invalid(kernel, format!("{b} sequences exceed the grid")))?;
+    // SAFETY: block r reads qkv row r and table row r, writes q[r] and cache rows
+    // (r, head, min(len_d[0], cap) − 1) < cap (lengths checked above).
+    unsafe {
+        dev.launch(&Launch {
+            kernel,
+            grid: Dim3::x(grid),
+            block: Dim3::x(def::DECODE_ROPE_THREADS as u32),
+            shared_bytes: 0,
+            args: &[
+                q.arg_mut(),
+                k_cache.arg_mut(),
+                v_cache.arg_mut(),
+                qkv.arg(),
+                table.arg(),
+                len_d.arg(),
+                Arg::I32(q_heads as i32),
+                Arg::I32(hkv as i32),
+                Arg::I32(d as i32),
+                Arg::I32(shape.capacity as i32),
+                Arg::I32(grouped as i32),
+            ],
+        })
+    }
 }

@@ -264,6 +264,17 @@ pub fn cost(r: &LaunchRecord) -> Cost {
             ..Cost::default()
         };
     }
+    if name == "decode_rope_append" {
+        // (q, k cache, v cache, qkv, table, len, hq, hkv, d, cap, grouped), one block per
+        // sequence: the fused bf16 row in, q and the new key and value out, the cos/sin row.
+        let (hq, hkv, d) = (i(0), i(1), i(2));
+        let b = r.grid.x as f64;
+        return Cost {
+            bytes: b * ((hq + 2.0 * hkv) * d * 4.0 + 4.0 * d),
+            formula: "decode rope",
+            ..Cost::default()
+        };
+    }
     if name == "decode_kv_write" || name == "decode_take_rows" {
         // 16-byte chunks, each read once and written once.
         let chunks = if name == "decode_kv_write" {

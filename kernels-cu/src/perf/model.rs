@@ -60,6 +60,14 @@ pub const HMMA_FLOPS: f64 = 2.0 * 16.0 * 8.0 * 16.0;
 /// dense peak this caps the loop near 37 % of it on Hopper.
 pub const NF4_SMEM_WAVEFRONTS_PER_MMA: f64 = 2.7;
 
+/// ASSUMED cost of one kernel node of a replayed CUDA graph, µs, in place of
+/// [`super::Gpu::launch_gap_us`] (a stream launch): the gap between dependent kernels when the
+/// driver submits the whole sequence at once. NVIDIA's "Getting Started with CUDA Graphs"
+/// (developer blog, 2019) measured about half a microsecond of overhead per short kernel in a
+/// straight-line graph on a V100, against about a microsecond more for stream launches;
+/// nothing here is measured (`scripts/gpu-check.sh` runs the decode bench on a GPU).
+pub const GRAPH_NODE_US: f64 = 0.5;
+
 /// Resident blocks per SM from which an overlapped decode hides behind other warps' products.
 pub const OVERLAP_MIN_BLOCKS: u32 = 2;
 
@@ -217,8 +225,13 @@ pub fn times_at(gpu: &Gpu, c: &Cost, grid_blocks: u64, blocks_per_sm: u32) -> Ti
     }
 }
 
-/// Predicts one recorded launch on `gpu`.
+/// Predicts one recorded launch on `gpu`, launched on a stream ([`Gpu::launch_gap_us`]).
 pub fn estimate(gpu: &Gpu, r: &LaunchRecord) -> LaunchEstimate {
+    estimate_with_gap(gpu, r, gpu.launch_gap_us)
+}
+
+/// [`estimate`] with `gap_us` per launch (e.g. [`GRAPH_NODE_US`] for a graph node).
+pub fn estimate_with_gap(gpu: &Gpu, r: &LaunchRecord, gap_us: f64) -> LaunchEstimate {
     let c = cost(r);
     let threads = r.block.count() as u32;
     let res = resources(gpu.arch, r.kernel.name);
@@ -234,7 +247,7 @@ pub fn estimate(gpu: &Gpu, r: &LaunchRecord) -> LaunchEstimate {
     let t = times_at(gpu, &c, grid_blocks, occ.blocks_per_sm);
     let compute = t.tensor + t.decode + t.softmax;
     let work = compute.max(t.memory) * 1e6;
-    let bound = if work < gpu.launch_gap_us {
+    let bound = if work < gap_us {
         "launch"
     } else if t.memory >= compute {
         "memory"
@@ -259,7 +272,7 @@ pub fn estimate(gpu: &Gpu, r: &LaunchRecord) -> LaunchEstimate {
         t_decode_us: t_decode * 1e6,
         t_softmax_us: t_softmax * 1e6,
         t_memory_us: t_memory * 1e6,
-        time_us: work + gpu.launch_gap_us,
+        time_us: work + gap_us,
         bound,
     }
 }
@@ -292,6 +305,18 @@ impl StepEstimate {
         StepEstimate {
             gpu: *gpu,
             launches: trace.iter().map(|r| estimate(gpu, r)).collect(),
+        }
+    }
+
+    /// The launches replayed as one CUDA graph: [`GRAPH_NODE_US`] per launch instead of the
+    /// stream launch gap.
+    pub fn graph(gpu: &Gpu, trace: &[LaunchRecord]) -> StepEstimate {
+        StepEstimate {
+            gpu: *gpu,
+            launches: trace
+                .iter()
+                .map(|r| estimate_with_gap(gpu, r, GRAPH_NODE_US))
+                .collect(),
         }
     }
 

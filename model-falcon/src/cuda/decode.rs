@@ -14,6 +14,12 @@
 //!   new token at its own position, the cache write, flash-decoding attention over the filled
 //!   columns, dense, GELU MLP, residual, and the lm_head GEMV to f32 logits, which the host
 //!   reads to choose the next tokens.
+//! - Graphs: the first step runs its launches one by one (and loads every kernel module); then
+//!   the step is captured once ([`kernels_cu::Device::capture`]) and replayed for every later
+//!   token, so the driver's per-launch cost is paid once per step instead of ~450 times. What
+//!   changes per token lives in device memory ([`StepInputs`]: the token ids, their positions
+//!   and the filled cache length), uploaded by one copy before each step; the kernels read it
+//!   there. [`CudaFalcon::decode_graphs`] turns this off (plain launches every step).
 //!
 //! With [`MergedWeights`] the adapted linears run as bf16 copies of `W + s·B·A` (no adapter
 //! launches), which costs 4x the 4-bit weight bytes per token but fewer launches.
@@ -25,9 +31,10 @@ use super::{cuda_err, CudaFalcon, Dev, RngCursor};
 use crate::generate::{choose_tokens, finished, fresh_outputs, left_pad, Padded};
 use crate::{FalconError, FalconModel, Generated, GenerationConfig, Result};
 use engine::rng::RngState;
+use kernels_cu::graph::Graph;
 use kernels_cu::ops::decode::{self, CacheShape};
 use kernels_cu::ops::pointwise;
-use kernels_cu::ops::rope::{self, QkvLayout};
+use kernels_cu::ops::rope;
 use kernels_cu::{Buffer, DType};
 
 /// The base with the adapters merged into bf16 copies (`--merge`), built by
@@ -75,6 +82,49 @@ impl KvCache {
     }
 }
 
+/// What changes from one decode step to the next, in device memory so that a captured step
+/// replays with the current values: `[ids (b) | positions (b) | filled length (1)]` u32, the
+/// filled length counting the new token's column.
+pub(crate) struct StepInputs {
+    buf: Buffer,
+    batch: usize,
+    /// The embedding's invalid-id flag (ids are checked on the host; never set).
+    bad_id: Buffer,
+}
+
+impl StepInputs {
+    pub fn alloc(dev: &Dev, batch: usize) -> Result<StepInputs> {
+        Ok(StepInputs {
+            buf: alloc(dev, "decode step inputs", DType::U32, 2 * batch + 1)?,
+            batch,
+            bad_id: dev
+                .htod(&[i32::MAX])
+                .map_err(cuda_err("upload the embedding flag".into()))?,
+        })
+    }
+
+    /// Uploads one step's inputs (one copy).
+    pub fn set(&mut self, dev: &Dev, ids: &[u32], positions: &[u32], len: usize) -> Result<()> {
+        let b = self.batch;
+        if ids.len() != b || positions.len() != b {
+            return Err(FalconError::InvalidArgument(format!(
+                "decode step: {} ids and {} positions for a batch of {b}",
+                ids.len(),
+                positions.len()
+            )));
+        }
+        let len = u32::try_from(len).map_err(|_| {
+            FalconError::InvalidArgument(format!("decode step: cache length {len}"))
+        })?;
+        let mut v = Vec::with_capacity(2 * b + 1);
+        v.extend_from_slice(ids);
+        v.extend_from_slice(positions);
+        v.push(len);
+        dev.write(&mut self.buf, &v)
+            .map_err(cuda_err("upload the decode step's inputs".into()))
+    }
+}
+
 /// What a decode step reads besides the cache: the device, the shapes, the rotary
 /// frequencies, the base and the adapters.
 pub(crate) struct DecodeParts<'a> {
@@ -96,7 +146,8 @@ impl CudaFalcon {
     }
 
     /// Generates up to `cfg.max_new_tokens` for each prompt, on the device; the same
-    /// semantics as [`FalconModel::generate`].
+    /// semantics as [`FalconModel::generate`]. Steps after the first replay a captured graph
+    /// when [`CudaFalcon::decode_graphs`] is on (the default).
     pub fn generate(
         &self,
         prompts: &[Vec<u32>],
@@ -146,34 +197,52 @@ impl CudaFalcon {
         let up = |what: &str| cuda_err(format!("upload {what}"));
         let key_mask = dev.htod(&full_mask).map_err(up("decode key mask"))?;
 
-        let (mut cache, mut logits) = self.prefill(base, &ids, &mask, &pos, [b, len], shape)?;
+        let (mut cache, first_logits) = self.prefill(base, &ids, &mask, &pos, [b, len], shape)?;
         let mut out = fresh_outputs(b);
         let vocab = g.vocab;
+        let parts = DecodeParts {
+            dev,
+            g,
+            inv_freq: &self.inv_freq,
+            base,
+            adapters: &self.adapters,
+        };
+        let mut inputs = StepInputs::alloc(dev, b)?;
+        // The logits of the last step: the prefill's, then a plain step's or the graph's.
+        let mut plain: Buffer = first_logits;
+        let mut graph: Option<(Graph, Buffer)> = None;
         for step in 0..cfg.max_new_tokens {
-            let z: Vec<f32> = dev
-                .dtoh(&logits)
-                .map_err(cuda_err("download logits".into()))?;
+            let z: Vec<f32> = {
+                let logits = match &graph {
+                    Some((_, l)) => l,
+                    None => &plain,
+                };
+                dev.dtoh(logits)
+                    .map_err(cuda_err("download logits".into()))?
+            };
             let step_ids = choose_tokens(&mut out, &z, vocab, step, cfg)?;
             if finished(&out, step, cfg) {
                 break;
             }
-            let positions = next_pos.clone();
+            inputs.set(dev, &step_ids, &next_pos, len + step + 1)?;
             next_pos.iter_mut().for_each(|p| *p += 1);
-            let parts = DecodeParts {
-                dev,
-                g,
-                inv_freq: &self.inv_freq,
-                base,
-                adapters: &self.adapters,
-            };
-            logits = decode_step(
-                &parts,
-                &mut cache,
-                &step_ids,
-                &positions,
-                &key_mask,
-                len + step,
-            )?;
+            if !self.decode_graphs || step == 0 {
+                plain = decode_step(&parts, &mut cache, &mut inputs, &key_mask)?;
+                continue;
+            }
+            if graph.is_none() {
+                let captured = dev.capture(cuda_err("capture the decode step".into()), || {
+                    decode_step(&parts, &mut cache, &mut inputs, &key_mask)
+                })?;
+                graph = Some((captured.1, captured.0));
+            }
+            if let Some((gr, _)) = &graph {
+                // SAFETY: the graph's launches address the weights, adapters, rotary
+                // frequencies, key mask, caches and step inputs, all alive until this function
+                // returns (the graph is dropped first, being declared after them), and the
+                // buffers the captured step allocated, which the graph keeps.
+                unsafe { gr.launch() }.map_err(cuda_err("replay the decode step".into()))?;
+            }
         }
         Ok(out)
     }
@@ -235,22 +304,31 @@ impl CudaFalcon {
     }
 }
 
-/// One new token per sequence (`ids`, at `positions`): writes cache column `col`, attends
-/// over columns `0..=col` where `key_mask` (`[b, cap]`) is set, and returns the logits
-/// `[b, vocab]` f32.
+/// One new token per sequence (`inputs`: ids, positions, and the filled length `len` after
+/// this token): writes cache column `len − 1`, attends over columns `0..len` where `key_mask`
+/// (`[b, cap]`) is set, and returns the logits `[b, vocab]` f32. Only launches and
+/// allocations: it can be captured into a graph and replayed with new `inputs`.
 pub(crate) fn decode_step(
     p: &DecodeParts,
     cache: &mut KvCache,
-    ids: &[u32],
-    positions: &[u32],
+    inputs: &mut StepInputs,
     key_mask: &Buffer,
-    col: usize,
 ) -> Result<Buffer> {
     let (dev, g, base) = (p.dev, p.g, p.base);
-    let b = ids.len();
-    let up = |what: &str| cuda_err(format!("upload {what}"));
-    let ids_d = dev.htod(ids).map_err(up("token ids"))?;
-    let pos_d = dev.htod(positions).map_err(up("positions"))?;
+    let b = inputs.batch;
+    let part = |offset, len, what: &str| {
+        inputs
+            .buf
+            .view(offset, len)
+            .map_err(cuda_err(format!("decode step inputs: {what}")))
+    };
+    let (ids_d, pos_d, len_d) = (
+        part(0, b, "ids")?,
+        part(b, b, "positions")?,
+        part(2 * b, 1, "filled length")?,
+    );
+    // Written only for an invalid id, which the host has ruled out.
+    let bad_id = &mut inputs.bad_id;
     let table = rope::table(dev, &pos_d, p.inv_freq, g.head_dim)
         .map_err(cuda_err("rotary table".into()))?;
     let ctx = StepCtx {
@@ -262,7 +340,18 @@ pub(crate) fn decode_step(
         mask: None,
         train: false,
     };
-    let mut x = embed(dev, g, base, &ids_d, b)?;
+    let cap = cache.shape.capacity;
+    let mut x = alloc(dev, "embeddings", DType::BF16, b * g.hidden)?;
+    pointwise::embedding_forward_flagged(
+        dev,
+        &mut x,
+        bad_id,
+        &ids_d,
+        &base.embed,
+        g.vocab,
+        g.hidden,
+    )
+    .map_err(cuda_err("embedding".into()))?;
     for (i, l) in base.layers.iter().enumerate() {
         let (h_attn, h_mlp) = match &l.norms {
             DeviceNorms::Single(n) => (layer::norm_forward(&ctx, n, &x)?.0, None),
@@ -274,23 +363,23 @@ pub(crate) fn decode_step(
         let h_mlp = h_mlp.as_ref().unwrap_or(&h_attn);
         let qkv = linear(dev, p.adapters, &l.qkv, &h_attn, b)?;
         let mut q = alloc(dev, "q", DType::BF16, b * g.heads * g.head_dim)?;
-        let mut k = alloc(dev, "k", DType::BF16, b * g.kv_heads * g.head_dim)?;
-        let mut v = alloc(dev, "v", DType::BF16, b * g.kv_heads * g.head_dim)?;
-        let layout = QkvLayout {
-            batch: b,
-            seq: 1,
-            heads: g.heads,
-            kv_heads: g.kv_heads,
-            head_dim: g.head_dim,
-            grouped: g.grouped,
-        };
-        rope::forward(dev, &mut q, &mut k, &mut v, &qkv, &table, &layout)
-            .map_err(cuda_err(format!("layer {i}: QKV split + RoPE")))?;
-        let werr = |what: &str| cuda_err(format!("layer {i}: cache the new {what}"));
-        decode::kv_write(dev, &mut cache.k[i], &k, &cache.shape, 1, col).map_err(werr("key"))?;
-        decode::kv_write(dev, &mut cache.v[i], &v, &cache.shape, 1, col).map_err(werr("value"))?;
+        decode::rope_append(
+            dev,
+            &mut q,
+            &mut cache.k[i],
+            &mut cache.v[i],
+            &qkv,
+            &table,
+            &len_d,
+            &cache.shape,
+            g.heads,
+            g.grouped,
+        )
+        .map_err(cuda_err(format!(
+            "layer {i}: RoPE + cache the new key and value"
+        )))?;
         let scale = (1.0 / (g.head_dim as f64).sqrt()) as f32;
-        let attn = decode::attention(
+        let attn = decode::attention_at(
             dev,
             &q,
             &cache.k[i],
@@ -298,7 +387,8 @@ pub(crate) fn decode_step(
             key_mask,
             &cache.shape,
             g.heads,
-            col + 1,
+            &len_d,
+            cap,
             scale,
         )
         .map_err(cuda_err(format!("layer {i}: decode attention")))?;
