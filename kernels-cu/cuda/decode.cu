@@ -23,16 +23,27 @@
 // Decoding is bound by reading the weights once per token: Falcon-7B's 4-bit linears are
 // ~3.6 GB, so an H200 (4.8 TB/s) cannot exceed ~1,300 tokens/s per sequence batch.
 //
-// GEMV design: one warp per output column n (weight row), DECODE_GEMV_WARPS warps per block.
-// Lane l loads 16 bytes of codes in the GEMM's fragment layout (16 weights of row n and 16 of
-// row n ± 8) at k = 16·l, then 16·l + 512, ... The 16 weights of its row are decoded to
-// bf16-rounded floats, and each group of 8 multiplies the matching
+// 4-bit GEMV design (tensor cores): the codes are in the NF4 GEMM's fragment layout
+// (ops/nf4_layout.rs, made at upload), whose u32 of lane l = 4g + t in a 16 x 16 patch holds
+// exactly that lane's mma.m16n8k16 A fragment of the weight: rows g and g + 8 of the patch,
+// columns 2t, 2t+1, 2t+8, 2t+9. So a warp reads a whole 128-byte patch with one coalesced
+// 4-byte load per lane and uses every code it loads (both rows of the pair (g, g + 8)), decodes
+// each byte to a bf16x2 register (two table lookups, two fp32 products by the row's absmax, one
+// cvt.rn.bf16x2: bf16(table[c]·absmax), the value of dequantize_bf16), and multiplies it with
+// the X rows as the B operand (8 X rows per mma, zero past M; the fp32 accumulators are the
+// mma's). A block owns 16 weight rows; its 8 warps take interleaved 64-column super-tile
+// columns, so each weight is read exactly once whatever M is, and add their partial sums in
+// warp order through shared memory (deterministic). Products of bf16 values are exact; only
+// the order of the fp32 sums differs from a sequential dot product. The table (16 floats, 16
+// banks: one wavefront per lookup) is in shared memory; absmax codes and the nested absmax come
+// through the cache (1/64 and 1/16384 byte per weight).
+//
+// bf16 GEMV design: one warp per output column n (weight row), DECODE_GEMV_WARPS warps per
+// block; lane l reads 8 weights at k = 8·l, 8·l + 256, ... and multiplies them with the matching
 // 8 columns of every X row (one 16-byte load per row, from L1/L2: X is at most 32 x 18176 bf16
 // = 1.1 MB and read by every warp). Accumulators acc[m] (f32, one per X row) stay in registers
 // for all M rows at once, so the weights are read exactly once whatever M is. The warp sums
 // each accumulator with the fixed butterfly (deterministic) and lane m writes Y[m][n].
-// The table (16 floats) sits in shared memory; absmax codes and the nested absmax come through
-// the cache (1/64 and 1/16384 byte per weight).
 //
 // Attention design (flash-decoding): the cache is split into chunks of DECODE_ATTN_CHUNK keys;
 // block (chunk c, head h, sequence b) walks its chunk with DECODE_ATTN_WARPS warps, key j going
@@ -133,50 +144,105 @@ __device__ __forceinline__ void dec_write(TY* y, float acc[DECODE_MAX_ROWS], int
   }
 }
 
-template <typename TY>
+// Epilogues the 4-bit GEMV can apply to its bf16 output, to save a launch per layer of a decode
+// step; each rounds the product to bf16 first and then computes exactly what the unfused
+// kernel (pointwise.cu) computes from that bf16 value.
+#define DEC_EPI_NONE 0
+#define DEC_EPI_GELU 1      // y = bf16(gelu(bf16(v))): gelu_fwd_bf16 after the product
+#define DEC_EPI_RESIDUAL 2  // y = bf16(r1 + r2 + bf16(v)), left to right: residual_add3_bf16
+
+// gelu_fwd's exact GELU (pointwise.cu), the same expression.
+__device__ __forceinline__ float dec_gelu(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
+
+// The 4-bit GEMV on tensor cores (see "4-bit GEMV design" above). Block = 16 weight rows (one
+// patch row of the fragment layout), warp w = the 64-column super-tile columns w, w + 8, ...;
+// JT = column tiles of 8 X rows (1: M ≤ 8, 4: M ≤ 32), a template parameter so that the common
+// small batch issues no instructions for the tiles it does not have.
+template <typename TY, int EPI, int JT>
 __device__ __forceinline__ void gemv_nf4(TY* y, const bf16* x, const u8* packed, const u8* am_codes,
                                          const float* nested, const float* code_map, const float* table,
-                                         float offset, int m, int n_out, int k, float alpha, float beta) {
-  __shared__ float s_table[16];
-  if (threadIdx.x < 16) s_table[threadIdx.x] = table[threadIdx.x];
-  __syncthreads();
+                                         const bf16* r1, const bf16* r2, float offset, int m, int n_out,
+                                         int k, float alpha, float beta) {
+  __shared__ float s_part[DECODE_GEMV_WARPS][JT][4][32];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int n = blockIdx.x * DECODE_GEMV_WARPS + warp;
-  // Warp-uniform exit, after the only barrier.
-  if (n >= n_out) return;
-  float acc[DECODE_MAX_ROWS];
+  const int g = lane >> 2, t = lane & 3;
+  const int n0 = blockIdx.x * 16;
+  const int tiles = k / 64;  // super-tile columns
+  // Lane l holds table[l % 16]; the value of code c is a width-16 shuffle from lane c (the
+  // shuffle takes the source lane modulo the width, so the code needs no masking).
+  const float tv = table[lane & 15];
+  // Rows n0 + g and n0 + g + 8 of this lane's fragments; padded rows (≥ n_out) hold code 0 and
+  // get absmax 0.
+  const int ra = n0 + g, rb = n0 + g + 8;
+  // Patch row (n0 % 64) / 16 of super-tile row n0 / 64; this lane's word in each patch.
+  const u8* base = packed + static_cast<long long>(n0 / 64) * tiles * 2048 + ((n0 % 64) / 16) * 4 * 128 + lane * 4;
+  // B fragments: X row 8j + g (columns 2t, 2t+1 and 2t+8, 2t+9 of each patch), 0 past row m.
+  const bf16* xrow[JT];
+  bool xok[JT];
+  float acc[JT][4];
   KC_UNROLL
-  for (int r = 0; r < DECODE_MAX_ROWS; ++r) acc[r] = 0.0f;
-  const long long row = static_cast<long long>(n) * k;  // first element of weight row n
-  // The codes are in the NF4 GEMM's fragment layout (ops/nf4_layout.rs, made at upload):
-  // 64 x 64 super-tiles of 16 x 16 patches. The 16 codes of row n in one patch are the
-  // nibbles 4h..4h+3 (h = (n % 16) / 8) of the four consecutive u32 of lane group
-  // 4·(n % 8): word t holds columns 2t, 2t+1, 2t+8, 2t+9 of the patch. One 16-byte load per
-  // lane per 16 columns; its other nibbles are row n ± 8's, which a neighbouring warp reads
-  // from the same 128-byte line (cache, not DRAM).
-  const int r64 = n % 64, half = (r64 % 16) / 8;
-  const u8* tile_row = packed + static_cast<long long>(n / 64) * (k / 64) * 2048 +
-                       (((r64 / 16) * 4) * 32 + 4 * (r64 % 8)) * 4;
-  for (int k0 = lane * 16; k0 < k; k0 += 512) {
-    const long long e0 = row + k0;
-    // K % 64 == 0 and k0 % 16 == 0: the 16 weights lie in one absmax block.
-    const u8* src = tile_row + static_cast<long long>(k0 / 64) * 2048 + ((k0 % 64) / 16) * 32 * 4;
-    const u32x4 q = kc::load_u32x4(src);
-    const float am = kc::add_rn(kc::mul_rn(code_map[am_codes[e0 >> 6]], nested[e0 >> 14]), offset);
-    const u32 words[4] = {q.x, q.y, q.z, q.w};
-    float w[16];
+  for (int j = 0; j < JT; ++j) {
+    xok[j] = 8 * j + g < m;
+    xrow[j] = x + static_cast<long long>(xok[j] ? 8 * j + g : 0) * k + 2 * t;
     KC_UNROLL
-    for (int t = 0; t < 4; ++t) {
-      const u32 nib = words[t] >> (16 * half);
-      w[2 * t] = kc::to_f32(kc::to_bf16(kc::mul_rn(s_table[nib & 15u], am)));
-      w[2 * t + 1] = kc::to_f32(kc::to_bf16(kc::mul_rn(s_table[(nib >> 4) & 15u], am)));
-      w[2 * t + 8] = kc::to_f32(kc::to_bf16(kc::mul_rn(s_table[(nib >> 8) & 15u], am)));
-      w[2 * t + 9] = kc::to_f32(kc::to_bf16(kc::mul_rn(s_table[(nib >> 12) & 15u], am)));
-    }
-    dec_rows_fma(acc, w, x, m, k, k0);
-    dec_rows_fma(acc, w + 8, x, m, k, k0 + 8);
+    for (int i = 0; i < 4; ++i) acc[j][i] = 0.0f;
   }
-  dec_write(y, acc, m, n_out, n, lane, alpha, beta);
+  // Absmax block of (row, super-tile column st): row·(k/64) + st; its nested block: that / 256.
+  const long long blk_a = static_cast<long long>(ra) * tiles, blk_b = static_cast<long long>(rb) * tiles;
+  const bool ok_a = ra < n_out, ok_b = rb < n_out;
+  DEC_NO_UNROLL
+  for (int st = warp; st < tiles; st += DECODE_GEMV_WARPS) {
+    const long long ba = blk_a + st, bb = blk_b + st;
+    const float am_a = ok_a ? kc::add_rn(kc::mul_rn(code_map[am_codes[ba]], nested[ba >> 8]), offset) : 0.0f;
+    const float am_b = ok_b ? kc::add_rn(kc::mul_rn(code_map[am_codes[bb]], nested[bb >> 8]), offset) : 0.0f;
+    const u8* src = base + static_cast<long long>(st) * 2048;
+    KC_UNROLL
+    for (int p = 0; p < 4; ++p) {
+      const u32 wd = *reinterpret_cast<const u32*>(src + p * 128);
+      // Nibble i of wd: row g + 8·(i / 4), column 2t + i%2 + 8·((i / 2) % 2) (ops/nf4_layout.rs).
+      float v[8];
+      KC_UNROLL
+      for (int i = 0; i < 8; ++i) v[i] = __shfl_sync(0xffffffffu, tv, static_cast<int>(wd >> (4 * i)), 16);
+      // Each weight is bf16(table[code] · absmax), the value dequantize_bf16 gives.
+      u32 a[4];
+      a[0] = kc::pack_bf16x2(kc::mul_rn(v[0], am_a), kc::mul_rn(v[1], am_a));
+      a[2] = kc::pack_bf16x2(kc::mul_rn(v[2], am_a), kc::mul_rn(v[3], am_a));
+      a[1] = kc::pack_bf16x2(kc::mul_rn(v[4], am_b), kc::mul_rn(v[5], am_b));
+      a[3] = kc::pack_bf16x2(kc::mul_rn(v[6], am_b), kc::mul_rn(v[7], am_b));
+      const int kk = st * 64 + p * 16;
+      KC_UNROLL
+      for (int j = 0; j < JT; ++j) {
+        u32 b[2] = {0u, 0u};
+        if (xok[j]) {
+          b[0] = *reinterpret_cast<const u32*>(xrow[j] + kk);
+          b[1] = *reinterpret_cast<const u32*>(xrow[j] + kk + 8);
+        }
+        kc::mma_m16n8k16_bf16(acc[j], a, b, acc[j]);
+      }
+    }
+  }
+  // acc[j][i]: weight row n0 + g + 8·(i / 2), X row 8j + 2t + i % 2. The warps' partial sums
+  // meet in shared memory and are added in warp order (deterministic).
+  KC_UNROLL
+  for (int j = 0; j < JT; ++j)
+    KC_UNROLL
+    for (int i = 0; i < 4; ++i) s_part[warp][j][i][lane] = acc[j][i];
+  __syncthreads();
+  for (int e = threadIdx.x; e < 16 * m; e += DECODE_GEMV_THREADS) {
+    const int r = e % 16, xm = e / 16;  // weight row n0 + r, X row xm
+    const int n = n0 + r;
+    if (n >= n_out) continue;
+    const int j = xm / 8, i = (r / 8) * 2 + xm % 2, l = 4 * (r % 8) + (xm % 8) / 2;
+    float s = 0.0f;
+    KC_UNROLL
+    for (int w = 0; w < DECODE_GEMV_WARPS; ++w) s += s_part[w][j][i][l];
+    const long long o = static_cast<long long>(xm) * n_out + n;
+    float v = alpha * s;
+    if (beta != 0.0f) v += beta * dec_load(y + o);
+    if (EPI == DEC_EPI_GELU) v = dec_gelu(kc::to_f32(kc::to_bf16(v)));
+    if (EPI == DEC_EPI_RESIDUAL) v = kc::to_f32(r1[o]) + kc::to_f32(r2[o]) + kc::to_f32(kc::to_bf16(v));
+    dec_store(y + o, v);
+  }
 }
 
 template <typename TY>
@@ -298,18 +364,76 @@ __device__ __forceinline__ void attn_combine(bf16* out, const float* part_o, con
 
 }  // namespace
 
+// 4-bit GEMV entry points for M ≤ 32: plain (bf16 or f32 output), then GELU, then the residual
+// (y = bf16(r1 + r2 + bf16(α·X·Wᵀ + β·y)), r1 and r2 [m, n] bf16: the residual and the attention
+// branch of a parallel-attention block).
 extern "C" __global__ void __launch_bounds__(DECODE_GEMV_THREADS)
     decode_gemv_nf4_bf16(bf16* y, const bf16* x, const u8* packed, const u8* am_codes, const float* nested,
                          const float* code_map, const float* table, float offset, int m, int n, int k,
                          float alpha, float beta) {
-  gemv_nf4(y, x, packed, am_codes, nested, code_map, table, offset, m, n, k, alpha, beta);
+  gemv_nf4<bf16, DEC_EPI_NONE, 4>(y, x, packed, am_codes, nested, code_map, table, nullptr, nullptr, offset, m,
+                                 n, k, alpha, beta);
 }
 
 extern "C" __global__ void __launch_bounds__(DECODE_GEMV_THREADS)
     decode_gemv_nf4_f32(float* y, const bf16* x, const u8* packed, const u8* am_codes, const float* nested,
                         const float* code_map, const float* table, float offset, int m, int n, int k,
                         float alpha, float beta) {
-  gemv_nf4(y, x, packed, am_codes, nested, code_map, table, offset, m, n, k, alpha, beta);
+  gemv_nf4<float, DEC_EPI_NONE, 4>(y, x, packed, am_codes, nested, code_map, table, nullptr, nullptr, offset,
+                                  m, n, k, alpha, beta);
+}
+
+extern "C" __global__ void __launch_bounds__(DECODE_GEMV_THREADS)
+    decode_gemv_nf4_gelu_bf16(bf16* y, const bf16* x, const u8* packed, const u8* am_codes,
+                              const float* nested, const float* code_map, const float* table, float offset,
+                              int m, int n, int k, float alpha, float beta) {
+  gemv_nf4<bf16, DEC_EPI_GELU, 4>(y, x, packed, am_codes, nested, code_map, table, nullptr, nullptr, offset, m,
+                                 n, k, alpha, beta);
+}
+
+extern "C" __global__ void __launch_bounds__(DECODE_GEMV_THREADS)
+    decode_gemv_nf4_residual_bf16(bf16* y, const bf16* x, const u8* packed, const u8* am_codes,
+                                  const float* nested, const float* code_map, const float* table,
+                                  const bf16* r1, const bf16* r2, float offset, int m, int n, int k, float alpha,
+                                  float beta) {
+  gemv_nf4<bf16, DEC_EPI_RESIDUAL, 4>(y, x, packed, am_codes, nested, code_map, table, r1, r2, offset, m, n,
+                                     k, alpha, beta);
+}
+
+// 4-bit GEMV entry points for M ≤ 8: plain (bf16 or f32 output), then GELU, then the residual
+// (y = bf16(r1 + r2 + bf16(α·X·Wᵀ + β·y)), r1 and r2 [m, n] bf16: the residual and the attention
+// branch of a parallel-attention block).
+extern "C" __global__ void __launch_bounds__(DECODE_GEMV_THREADS)
+    decode_gemv_nf4_m8_bf16(bf16* y, const bf16* x, const u8* packed, const u8* am_codes, const float* nested,
+                         const float* code_map, const float* table, float offset, int m, int n, int k,
+                         float alpha, float beta) {
+  gemv_nf4<bf16, DEC_EPI_NONE, 1>(y, x, packed, am_codes, nested, code_map, table, nullptr, nullptr, offset, m,
+                                 n, k, alpha, beta);
+}
+
+extern "C" __global__ void __launch_bounds__(DECODE_GEMV_THREADS)
+    decode_gemv_nf4_m8_f32(float* y, const bf16* x, const u8* packed, const u8* am_codes, const float* nested,
+                        const float* code_map, const float* table, float offset, int m, int n, int k,
+                        float alpha, float beta) {
+  gemv_nf4<float, DEC_EPI_NONE, 1>(y, x, packed, am_codes, nested, code_map, table, nullptr, nullptr, offset,
+                                  m, n, k, alpha, beta);
+}
+
+extern "C" __global__ void __launch_bounds__(DECODE_GEMV_THREADS)
+    decode_gemv_nf4_m8_gelu_bf16(bf16* y, const bf16* x, const u8* packed, const u8* am_codes,
+                              const float* nested, const float* code_map, const float* table, float offset,
+                              int m, int n, int k, float alpha, float beta) {
+  gemv_nf4<bf16, DEC_EPI_GELU, 1>(y, x, packed, am_codes, nested, code_map, table, nullptr, nullptr, offset, m,
+                                 n, k, alpha, beta);
+}
+
+extern "C" __global__ void __launch_bounds__(DECODE_GEMV_THREADS)
+    decode_gemv_nf4_m8_residual_bf16(bf16* y, const bf16* x, const u8* packed, const u8* am_codes,
+                                  const float* nested, const float* code_map, const float* table,
+                                  const bf16* r1, const bf16* r2, float offset, int m, int n, int k, float alpha,
+                                  float beta) {
+  gemv_nf4<bf16, DEC_EPI_RESIDUAL, 1>(y, x, packed, am_codes, nested, code_map, table, r1, r2, offset, m, n,
+                                     k, alpha, beta);
 }
 
 extern "C" __global__ void __launch_bounds__(DECODE_GEMV_THREADS, 1)

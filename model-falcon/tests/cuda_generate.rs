@@ -255,3 +255,28 @@ fn graph_replayed_decode_steps_equal_plain_launches_and_the_host() {
         }
     }
 }
+
+/// With the adapter on query_key_value only (the default), the decode step fuses GELU into the
+/// h_to_4h GEMV and the residual into the 4h_to_h GEMV: the tokens still equal the host's, and
+/// graph replay still equals the plain launches bit for bit.
+#[test]
+fn fused_epilogues_with_the_default_adapter_match_the_host() {
+    let m = model_with_targets(true, 8, 0.0, 41, "query_key_value");
+    let ps = prompts(&[6, 10], 41);
+    let cfg = greedy(6, vec![]);
+    let want = m.generate(&ps, &cfg).unwrap();
+    for dev in devices() {
+        let mut c = CudaFalcon::new(&m, dev.clone()).unwrap();
+        let graphed = c.generate(&ps, &cfg, DecodeWeights::Adapters).unwrap();
+        assert_same(&format!("{dev} fused"), &graphed, &want);
+        c.decode_graphs = false;
+        let plain = c.generate(&ps, &cfg, DecodeWeights::Adapters).unwrap();
+        for (g, p) in graphed.iter().zip(&plain) {
+            assert_eq!(g.tokens, p.tokens, "{dev}");
+            let bits = |v: &Vec<Vec<f32>>| -> Vec<u32> {
+                v.iter().flatten().map(|x| x.to_bits()).collect()
+            };
+            assert_eq!(bits(&g.step_logits), bits(&p.step_logits), "{dev}");
+        }
+    }
+}

@@ -128,6 +128,61 @@ fn gemv_nf4_matches_the_float64_product_of_the_dequantized_weight() {
     }
 }
 
+/// The fused epilogues of the 4-bit GEMV store bit for bit what the GEMV followed by the
+/// separate kernel stores (GELU; the three-term residual), including for M > 32 (two launches)
+/// and N not a multiple of the 16-row block.
+#[test]
+fn gemv_nf4_epilogues_equal_the_gemv_then_the_separate_kernel() {
+    use kernels_cu::ops::decode::Epilogue;
+    use kernels_cu::ops::pointwise;
+    let mut seed = 71;
+    for (m, n, k) in [(1, 37, 128), (5, 48, 1088), (40, 20, 192)] {
+        seed += 1;
+        let mut rng = Rng::from_state(seed);
+        let q = quantize(&mut rng, n, k);
+        let x = bf16s(&mut rng, m * k);
+        let r1 = bf16s(&mut rng, m * n);
+        let r2 = bf16s(&mut rng, m * n);
+        for dev in devices() {
+            let wd = Nf4Weight::upload(&dev, &nf4_parts("w", &q).unwrap()).unwrap();
+            let xd = dev.htod(&x).unwrap();
+            let (r1d, r2d) = (dev.htod(&r1).unwrap(), dev.htod(&r2).unwrap());
+            let poisoned = || dev.htod(&vec![bf16::NAN; m * n]).unwrap();
+            let mut plain = poisoned();
+            decode::gemv_nf4(&dev, &xd, &wd, &mut plain, m, 1.0, 0.0).unwrap();
+            let bits = |b: &kernels_cu::Buffer| -> Vec<u16> {
+                dev.dtoh::<bf16>(b)
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect()
+            };
+
+            let mut want = poisoned();
+            pointwise::gelu_forward(&dev, &mut want, &plain).unwrap();
+            let mut got = poisoned();
+            decode::gemv_nf4_then(&dev, &xd, &wd, &mut got, m, 1.0, 0.0, Epilogue::Gelu).unwrap();
+            assert_eq!(
+                bits(&got),
+                bits(&want),
+                "{dev}: GELU epilogue m {m} n {n} k {k}"
+            );
+
+            let mut want = poisoned();
+            pointwise::residual_add3(&dev, &mut want, &r1d, &r2d, &plain).unwrap();
+            let mut got = poisoned();
+            let epi = Epilogue::Residual(&r1d, &r2d);
+            decode::gemv_nf4_then(&dev, &xd, &wd, &mut got, m, 1.0, 0.0, epi).unwrap();
+            assert_eq!(
+                bits(&got),
+                bits(&want),
+                "{dev}: residual epilogue m {m} n {n} k {k}"
+            );
+            assert!(bits(&got).iter().all(|&b| bf16::from_bits(b).is_finite()));
+        }
+    }
+}
+
 #[test]
 fn gemv_bf16_matches_the_float64_product() {
     let mut seed = 101;

@@ -27,6 +27,8 @@ use crate::{Arg, Buffer, DType, Device, Kernel};
 pub const MAX_ROWS: usize = def::DECODE_MAX_ROWS;
 /// Output columns per GEMV block (one warp each).
 pub const GEMV_WARPS: usize = def::DECODE_GEMV_WARPS;
+/// Weight rows per 4-bit GEMV block (one patch row of the fragment layout).
+pub const GEMV_NF4_ROWS: usize = 16;
 /// Keys per flash-decoding split.
 pub const ATTN_CHUNK: usize = def::DECODE_ATTN_CHUNK;
 const ATTN_THREADS: u32 = def::DECODE_ATTN_THREADS as u32;
@@ -58,27 +60,41 @@ fn gemv_grid(kernel: Kernel, n: usize) -> Result<Dim3> {
         .map_err(|_| invalid(kernel, format!("{n} output columns exceed the grid")))
 }
 
-/// Runs `launch(x_rows, y_rows, rows)` over groups of at most [`MAX_ROWS`] rows.
+/// Runs `launch(x_rows, y_rows, first row, rows)` over groups of at most [`MAX_ROWS`] rows.
 fn by_row_groups(
     x: &Buffer,
     y: &mut Buffer,
     m: usize,
     k: usize,
     n: usize,
-    mut launch: impl FnMut(&Buffer, &mut Buffer, usize) -> Result<()>,
+    mut launch: impl FnMut(&Buffer, &mut Buffer, usize, usize) -> Result<()>,
 ) -> Result<()> {
     if m <= MAX_ROWS {
-        return launch(x, y, m);
+        return launch(x, y, 0, m);
     }
     let mut r0 = 0;
     while r0 < m {
         let rows = MAX_ROWS.min(m - r0);
         let xv = x.view(r0 * k, rows * k)?;
         let mut yv = y.view_mut(r0 * n, rows * n)?;
-        launch(&xv, &mut yv, rows)?;
+        launch(&xv, &mut yv, r0, rows)?;
         r0 += rows;
     }
     Ok(())
+}
+
+/// What the 4-bit GEMV does to each output before storing it (bf16 outputs only), so that a
+/// decode step saves the launch that would do it. Each rounds the product to bf16 first, then
+/// computes what the separate kernel computes from that bf16 value.
+#[derive(Debug, Clone, Copy)]
+pub enum Epilogue<'a> {
+    /// Store the product.
+    None,
+    /// `y = gelu(y)`, as [`super::pointwise::gelu_forward`].
+    Gelu,
+    /// `y = r1 + r2 + y` (`[M, N]` bf16 each, added left to right), as
+    /// [`super::pointwise::residual_add3`]`(out, r1, r2, y)`.
+    Residual(&'a Buffer, &'a Buffer),
 }
 
 /// `Y[M][N] = α·X[M][K]·dequant_bf16(W)ᵀ + β·Y`: `x` bf16 `M·K` (16-byte aligned), `y` bf16 or
@@ -93,12 +109,40 @@ pub fn gemv_nf4(
     alpha: f32,
     beta: f32,
 ) -> Result<()> {
-    let kernel = out_kernel(
-        "decode gemv nf4: Y",
-        y,
-        DECODE_GEMV_NF4_BF16,
-        DECODE_GEMV_NF4_F32,
-    )?;
+    gemv_nf4_then(dev, x, w, y, m, alpha, beta, Epilogue::None)
+}
+
+/// [`gemv_nf4`] followed by `epi` in the same launch (`y` bf16 for an epilogue).
+#[allow(clippy::too_many_arguments)]
+pub fn gemv_nf4_then(
+    dev: &Device,
+    x: &Buffer,
+    w: &Nf4Weight,
+    y: &mut Buffer,
+    m: usize,
+    alpha: f32,
+    beta: f32,
+    epi: Epilogue<'_>,
+) -> Result<()> {
+    // The M ≤ 8 entry points carry one column tile of X rows; the others four.
+    let small = m <= 8;
+    let pick = |wide: Kernel, narrow: Kernel| if small { narrow } else { wide };
+    let kernel = match epi {
+        Epilogue::None => out_kernel(
+            "decode gemv nf4: Y",
+            y,
+            pick(DECODE_GEMV_NF4_BF16, DECODE_GEMV_NF4_M8_BF16),
+            pick(DECODE_GEMV_NF4_F32, DECODE_GEMV_NF4_M8_F32),
+        )?,
+        Epilogue::Gelu => pick(DECODE_GEMV_NF4_GELU_BF16, DECODE_GEMV_NF4_M8_GELU_BF16),
+        Epilogue::Residual(..) => pick(
+            DECODE_GEMV_NF4_RESIDUAL_BF16,
+            DECODE_GEMV_NF4_M8_RESIDUAL_BF16,
+        ),
+    };
+    if !matches!(epi, Epilogue::None) {
+        check("decode gemv nf4 (epilogue): Y", y, DType::BF16, y.len())?;
+    }
     let (n, k) = (w.out_features, w.in_features);
     if w.blocksize != NF4_GEMM_BLOCKSIZE || !k.is_multiple_of(64) {
         return Err(invalid(
@@ -125,36 +169,57 @@ pub fn gemv_nf4(
         ));
     }
     n_i32("decode gemv nf4: weight elements", w.numel())?;
+    if let Epilogue::Residual(r1, r2) = epi {
+        check("decode gemv nf4: residual", r1, DType::BF16, m * n)?;
+        check("decode gemv nf4: second residual", r2, DType::BF16, m * n)?;
+    }
     if m == 0 || n == 0 {
         return Ok(());
     }
-    let grid = gemv_grid(kernel, n)?;
-    by_row_groups(x, y, m, k, n, |x, y, rows| {
-        // SAFETY: x holds rows·k and y rows·n elements (checked above, views of checked
-        // buffers); warp n < N reads weight row n's codes inside super-tile row n / 64 of the
-        // fragment layout (fragment_bytes(n, k) uploaded, 16-byte loads at multiples of 16
-        // bytes) and its absmax codes, and writes Y[r][n] for r < rows only.
+    // One block per 16 weight rows (a patch row of the fragment layout).
+    let grid = u32::try_from(n.div_ceil(GEMV_NF4_ROWS))
+        .map(Dim3::x)
+        .map_err(|_| invalid(kernel, format!("{n} output columns exceed the grid")))?;
+    by_row_groups(x, y, m, k, n, |x, y, r0, rows| {
+        let residuals = match epi {
+            Epilogue::Residual(r1, r2) => {
+                Some((r1.view(r0 * n, rows * n)?, r2.view(r0 * n, rows * n)?))
+            }
+            _ => None,
+        };
+        let mut args = vec![
+            y.arg_mut(),
+            x.arg(),
+            w.packed.arg(),
+            w.absmax_codes.arg(),
+            w.nested_absmax.arg(),
+            w.code_map.arg(),
+            w.table.arg(),
+        ];
+        if let Some((r1, r2)) = &residuals {
+            args.push(r1.arg());
+            args.push(r2.arg());
+        }
+        args.extend([
+            Arg::F32(w.offset),
+            Arg::I32(rows as i32),
+            Arg::I32(n as i32),
+            Arg::I32(k as i32),
+            Arg::F32(alpha),
+            Arg::F32(beta),
+        ]);
+        // SAFETY: x holds rows·k, y (and the residuals) rows·n elements (checked above, views
+        // of checked buffers); block b reads the codes of rows 16b..16b + 16 inside super-tile
+        // row 16b / 64 of the fragment layout (fragment_bytes(n, k) uploaded: rows padded to
+        // 64), the absmax codes of its rows < N only, X rows < rows, and reads the residuals at
+        // and writes Y[r][n] for r < rows, n < N only.
         unsafe {
             dev.launch(&Launch {
                 kernel,
                 grid,
                 block: Dim3::x(GEMV_THREADS),
                 shared_bytes: 0,
-                args: &[
-                    y.arg_mut(),
-                    x.arg(),
-                    w.packed.arg(),
-                    w.absmax_codes.arg(),
-                    w.nested_absmax.arg(),
-                    w.code_map.arg(),
-                    w.table.arg(),
-                    Arg::F32(w.offset),
-                    Arg::I32(rows as i32),
-                    Arg::I32(n as i32),
-                    Arg::I32(k as i32),
-                    Arg::F32(alpha),
-                    Arg::F32(beta),
-                ],
+                args: &args,
             })
         }
     })
@@ -194,7 +259,7 @@ pub fn gemv_bf16(
         return Ok(());
     }
     let grid = gemv_grid(kernel, n)?;
-    by_row_groups(x, y, m, k, n, |x, y, rows| {
+    by_row_groups(x, y, m, k, n, |x, y, _, rows| {
         // SAFETY: x holds rows·k, w n·k and y rows·n elements (checked); warp n < N reads row n
         // of W with 16-byte loads at k0 % 8 == 0 (aligned) and writes Y[r][n], r < rows.
         unsafe {

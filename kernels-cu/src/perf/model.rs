@@ -29,7 +29,9 @@
 //! k-loop ([`Cost::loop_instructions_per_mma`]); wavefronts (128 bytes each, one per SM per
 //! clock) are counted from the loop's shared-memory accesses ([`NF4_SMEM_WAVEFRONTS_PER_MMA`]).
 //! With one block per SM the decode stays serial (counted as before). These two bounds are
-//! applied only to the NF4 GEMM; the other kernels keep the coarser rules above.
+//! applied only to the NF4 GEMM and the 4-bit decode GEMV (whose loop decodes in registers
+//! and feeds `mma.sync` the same way; its wavefronts are its code shuffles,
+//! [`Cost::smem_wavefronts_per_mma`]); the other kernels keep the coarser rules above.
 //! The SM-wave count assumes that one resident block keeps an SM's tensor cores as busy as
 //! several (8-warp GEMM blocks); the memory term lets one SM draw at most twice its share of
 //! DRAM bandwidth, so a grid of a few blocks cannot stream at full rate. L2 reuse is assumed
@@ -63,9 +65,10 @@ pub const NF4_SMEM_WAVEFRONTS_PER_MMA: f64 = 2.7;
 /// ASSUMED cost of one kernel node of a replayed CUDA graph, µs, in place of
 /// [`super::Gpu::launch_gap_us`] (a stream launch): the gap between dependent kernels when the
 /// driver submits the whole sequence at once. NVIDIA's "Getting Started with CUDA Graphs"
-/// (developer blog, 2019) measured about half a microsecond of overhead per short kernel in a
-/// straight-line graph on a V100, against about a microsecond more for stream launches;
-/// nothing here is measured (`scripts/gpu-check.sh` runs the decode bench on a GPU).
+/// (developer blog, 2019) reports well under a microsecond of overhead per kernel node for a
+/// straight-line graph of short kernels on a V100, against more than that for the same kernels
+/// launched on a stream; 0.5 µs is our assumption in that range, not a measurement
+/// (`scripts/gpu-check.sh` prints the decode prediction beside the `decode_gpu` benchmark).
 pub const GRAPH_NODE_US: f64 = 0.5;
 
 /// Resident blocks per SM from which an overlapped decode hides behind other warps' products.
@@ -210,7 +213,12 @@ pub fn times_at(gpu: &Gpu, c: &Cost, grid_blocks: u64, blocks_per_sm: u32) -> Ti
     let decode = if c.decode_overlapped && blocks_per_sm >= OVERLAP_MIN_BLOCKS {
         let hmmas = c.tensor_flops / HMMA_FLOPS;
         let issue = hmmas * c.loop_instructions_per_mma / issue_rate / eff;
-        let smem = hmmas * NF4_SMEM_WAVEFRONTS_PER_MMA / (gpu.sms as f64 * clock) / eff;
+        let wavefronts = if c.smem_wavefronts_per_mma > 0.0 {
+            c.smem_wavefronts_per_mma
+        } else {
+            NF4_SMEM_WAVEFRONTS_PER_MMA
+        };
+        let smem = hmmas * wavefronts / (gpu.sms as f64 * clock) / eff;
         (issue.max(smem) - tensor).max(0.0)
     } else {
         c.decoded_elements * DECODE_SLOTS / 32.0 / issue_rate / eff

@@ -32,7 +32,7 @@ use crate::generate::{choose_tokens, finished, fresh_outputs, left_pad, Padded};
 use crate::{FalconError, FalconModel, Generated, GenerationConfig, Result};
 use engine::rng::RngState;
 use kernels_cu::graph::Graph;
-use kernels_cu::ops::decode::{self, CacheShape};
+use kernels_cu::ops::decode::{self, CacheShape, Epilogue};
 use kernels_cu::ops::pointwise;
 use kernels_cu::ops::rope;
 use kernels_cu::{Buffer, DType};
@@ -393,14 +393,16 @@ pub(crate) fn decode_step(
         )
         .map_err(cuda_err(format!("layer {i}: decode attention")))?;
         let attn_out = linear(dev, p.adapters, &l.dense, &attn, b)?;
-        let pre = linear(dev, p.adapters, &l.h_to_4h, h_mlp, b)?;
-        let mut act = alloc(dev, "gelu", DType::BF16, pre.len())?;
-        pointwise::gelu_forward(dev, &mut act, &pre).map_err(cuda_err("gelu".into()))?;
-        let mlp_out = linear(dev, p.adapters, &l.four_h_to_h, &act, b)?;
-        let mut next = alloc(dev, "layer output", DType::BF16, b * g.hidden)?;
-        pointwise::residual_add3(dev, &mut next, &x, &attn_out, &mlp_out)
-            .map_err(cuda_err("residual".into()))?;
-        x = next;
+        let act = linear_then(dev, p.adapters, &l.h_to_4h, h_mlp, b, Epilogue::Gelu)?;
+        // The block's output x + attention + MLP.
+        x = linear_then(
+            dev,
+            p.adapters,
+            &l.four_h_to_h,
+            &act,
+            b,
+            Epilogue::Residual(&x, &attn_out),
+        )?;
     }
     lm_head(&ctx, base, &x, b)
 }
@@ -452,4 +454,32 @@ fn linear(
         store.forward(dev, i, x, &mut y, m, None)?;
     }
     Ok(y)
+}
+
+/// `epi(x·Wᵀ (+ s·B·A·x))`: fused into the 4-bit GEMV's launch when the linear has no adapter
+/// (the adapter's product must land before the epilogue), else the separate kernel after it.
+/// Either way the same values (the fused epilogues compute the separate kernels' arithmetic).
+fn linear_then(
+    dev: &Dev,
+    store: &AdapterStore,
+    lin: &DeviceLinear,
+    x: &Buffer,
+    m: usize,
+    epi: Epilogue<'_>,
+) -> Result<Buffer> {
+    if let (DeviceBase::FourBit(w), None) = (&lin.base, lin.lora) {
+        let mut y = alloc(dev, &lin.name, DType::BF16, m * lin.shape[0])?;
+        decode::gemv_nf4_then(dev, x, w, &mut y, m, 1.0, 0.0, epi)
+            .map_err(cuda_err(format!("{} (decode, fused epilogue)", lin.name)))?;
+        return Ok(y);
+    }
+    let y = linear(dev, store, lin, x, m)?;
+    let mut out = alloc(dev, &lin.name, DType::BF16, y.len())?;
+    match epi {
+        Epilogue::None => return Ok(y),
+        Epilogue::Gelu => pointwise::gelu_forward(dev, &mut out, &y),
+        Epilogue::Residual(r1, r2) => pointwise::residual_add3(dev, &mut out, r1, r2, &y),
+    }
+    .map_err(cuda_err(format!("{} epilogue", lin.name)))?;
+    Ok(out)
 }
