@@ -33,7 +33,9 @@
 // the X rows as the B operand (8 X rows per mma, zero past M; the fp32 accumulators are the
 // mma's). A block owns 16 weight rows; its 8 warps take interleaved 64-column super-tile
 // columns, so each weight is read exactly once whatever M is, and add their partial sums in
-// warp order through shared memory (deterministic). Products of bf16 values are exact; only
+// warp order through shared memory (deterministic). Split-K: with gridDim.y = S > 1 blocks per
+// 16-row group (the launcher picks S so that a grid of a few hundred groups fills the SMs), each
+// writes an fp32 plane and the last to arrive adds the S planes in order z = 0..S-1. Products of bf16 values are exact; only
 // the order of the fp32 sums differs from a sequential dot product. The table (16 floats, 16
 // banks: one wavefront per lookup) is in shared memory; absmax codes and the nested absmax come
 // through the cache (1/64 and 1/16384 byte per weight).
@@ -159,11 +161,15 @@ __device__ __forceinline__ float dec_gelu(float x) { return 0.5f * x * (1.0f + e
 // JT = column tiles of 8 X rows (1: M ≤ 8, 4: M ≤ 32), a template parameter so that the common
 // small batch issues no instructions for the tiles it does not have.
 template <typename TY, int EPI, int JT>
-__device__ __forceinline__ void gemv_nf4(TY* y, const bf16* x, const u8* packed, const u8* am_codes,
-                                         const float* nested, const float* code_map, const float* table,
-                                         const bf16* r1, const bf16* r2, float offset, int m, int n_out,
-                                         int k, float alpha, float beta) {
+__device__ __forceinline__ void gemv_nf4(TY* y, float* part, u32* counters, const bf16* x, const u8* packed,
+                                         const u8* am_codes, const float* nested, const float* code_map,
+                                         const float* table, const bf16* r1, const bf16* r2, float offset, int m,
+                                         int n_out, int k, float alpha, float beta) {
   __shared__ float s_part[DECODE_GEMV_WARPS][JT][4][32];
+  __shared__ u32 s_last;
+  // Split-K: gridDim.y blocks share a 16-row group, block z taking the super-tile columns of its
+  // warps w: z·8 + w, then every 8·gridDim.y (see the launcher for how many).
+  const int splits = gridDim.y, z = blockIdx.y;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, t = lane & 3;
   const int n0 = blockIdx.x * 16;
@@ -191,7 +197,7 @@ __device__ __forceinline__ void gemv_nf4(TY* y, const bf16* x, const u8* packed,
   const long long blk_a = static_cast<long long>(ra) * tiles, blk_b = static_cast<long long>(rb) * tiles;
   const bool ok_a = ra < n_out, ok_b = rb < n_out;
   DEC_NO_UNROLL
-  for (int st = warp; st < tiles; st += DECODE_GEMV_WARPS) {
+  for (int st = z * DECODE_GEMV_WARPS + warp; st < tiles; st += DECODE_GEMV_WARPS * splits) {
     const long long ba = blk_a + st, bb = blk_b + st;
     const float am_a = ok_a ? kc::add_rn(kc::mul_rn(code_map[am_codes[ba]], nested[ba >> 8]), offset) : 0.0f;
     const float am_b = ok_b ? kc::add_rn(kc::mul_rn(code_map[am_codes[bb]], nested[bb >> 8]), offset) : 0.0f;
@@ -228,15 +234,46 @@ __device__ __forceinline__ void gemv_nf4(TY* y, const bf16* x, const u8* packed,
     KC_UNROLL
     for (int i = 0; i < 4; ++i) s_part[warp][j][i][lane] = acc[j][i];
   __syncthreads();
+  const long long plane = static_cast<long long>(m) * n_out;
+  if (splits > 1) {
+    // Each split writes its block sums as an fp32 plane part[z][m][n]; the last block of the
+    // row group to arrive (an atomic per group, reset by that block for the next launch) adds
+    // the planes in the order z = 0..splits-1 and stores (deterministic).
+    for (int e = threadIdx.x; e < 16 * m; e += DECODE_GEMV_THREADS) {
+      const int r = e % 16, xm = e / 16;
+      if (n0 + r >= n_out) continue;
+      const int j = xm / 8, i = (r / 8) * 2 + xm % 2, l = 4 * (r % 8) + (xm % 8) / 2;
+      float s = 0.0f;
+      KC_UNROLL
+      for (int w = 0; w < DECODE_GEMV_WARPS; ++w) s += s_part[w][j][i][l];
+      part[z * plane + static_cast<long long>(xm) * n_out + n0 + r] = s;
+    }
+    __threadfence();  // the plane is visible device-wide before the count says so
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      const u32 prev = atomicAdd(counters + blockIdx.x, 1u);
+      const u32 last = prev == static_cast<u32>(splits - 1) ? 1u : 0u;
+      if (last) atomicExch(counters + blockIdx.x, 0u);  // ready for the next launch
+      s_last = last;
+    }
+    __syncthreads();
+    if (s_last == 0u) return;
+    __threadfence();  // acquire side: the other splits' planes are read after their counts
+  }
+  const volatile float* vp = part;
   for (int e = threadIdx.x; e < 16 * m; e += DECODE_GEMV_THREADS) {
     const int r = e % 16, xm = e / 16;  // weight row n0 + r, X row xm
     const int n = n0 + r;
     if (n >= n_out) continue;
-    const int j = xm / 8, i = (r / 8) * 2 + xm % 2, l = 4 * (r % 8) + (xm % 8) / 2;
-    float s = 0.0f;
-    KC_UNROLL
-    for (int w = 0; w < DECODE_GEMV_WARPS; ++w) s += s_part[w][j][i][l];
     const long long o = static_cast<long long>(xm) * n_out + n;
+    float s = 0.0f;
+    if (splits > 1) {
+      for (int zz = 0; zz < splits; ++zz) s += vp[zz * plane + o];
+    } else {
+      const int j = xm / 8, i = (r / 8) * 2 + xm % 2, l = 4 * (r % 8) + (xm % 8) / 2;
+      KC_UNROLL
+      for (int w = 0; w < DECODE_GEMV_WARPS; ++w) s += s_part[w][j][i][l];
+    }
     float v = alpha * s;
     if (beta != 0.0f) v += beta * dec_load(y + o);
     if (EPI == DEC_EPI_GELU) v = dec_gelu(kc::to_f32(kc::to_bf16(v)));
@@ -368,35 +405,35 @@ __device__ __forceinline__ void attn_combine(bf16* out, const float* part_o, con
 // (y = bf16(r1 + r2 + bf16(α·X·Wᵀ + β·y)), r1 and r2 [m, n] bf16: the residual and the attention
 // branch of a parallel-attention block).
 extern "C" __global__ void __launch_bounds__(DECODE_GEMV_THREADS)
-    decode_gemv_nf4_bf16(bf16* y, const bf16* x, const u8* packed, const u8* am_codes, const float* nested,
+    decode_gemv_nf4_bf16(bf16* y, float* part, u32* counters, const bf16* x, const u8* packed, const u8* am_codes, const float* nested,
                          const float* code_map, const float* table, float offset, int m, int n, int k,
                          float alpha, float beta) {
-  gemv_nf4<bf16, DEC_EPI_NONE, 4>(y, x, packed, am_codes, nested, code_map, table, nullptr, nullptr, offset, m,
+  gemv_nf4<bf16, DEC_EPI_NONE, 4>(y, part, counters, x, packed, am_codes, nested, code_map, table, nullptr, nullptr, offset, m,
                                  n, k, alpha, beta);
 }
 
 extern "C" __global__ void __launch_bounds__(DECODE_GEMV_THREADS)
-    decode_gemv_nf4_f32(float* y, const bf16* x, const u8* packed, const u8* am_codes, const float* nested,
+    decode_gemv_nf4_f32(float* y, float* part, u32* counters, const bf16* x, const u8* packed, const u8* am_codes, const float* nested,
                         const float* code_map, const float* table, float offset, int m, int n, int k,
                         float alpha, float beta) {
-  gemv_nf4<float, DEC_EPI_NONE, 4>(y, x, packed, am_codes, nested, code_map, table, nullptr, nullptr, offset,
+  gemv_nf4<float, DEC_EPI_NONE, 4>(y, part, counters, x, packed, am_codes, nested, code_map, table, nullptr, nullptr, offset,
                                   m, n, k, alpha, beta);
 }
 
 extern "C" __global__ void __launch_bounds__(DECODE_GEMV_THREADS)
-    decode_gemv_nf4_gelu_bf16(bf16* y, const bf16* x, const u8* packed, const u8* am_codes,
+    decode_gemv_nf4_gelu_bf16(bf16* y, float* part, u32* counters, const bf16* x, const u8* packed, const u8* am_codes,
                               const float* nested, const float* code_map, const float* table, float offset,
                               int m, int n, int k, float alpha, float beta) {
-  gemv_nf4<bf16, DEC_EPI_GELU, 4>(y, x, packed, am_codes, nested, code_map, table, nullptr, nullptr, offset, m,
+  gemv_nf4<bf16, DEC_EPI_GELU, 4>(y, part, counters, x, packed, am_codes, nested, code_map, table, nullptr, nullptr, offset, m,
                                  n, k, alpha, beta);
 }
 
 extern "C" __global__ void __launch_bounds__(DECODE_GEMV_THREADS)
-    decode_gemv_nf4_residual_bf16(bf16* y, const bf16* x, const u8* packed, const u8* am_codes,
+    decode_gemv_nf4_residual_bf16(bf16* y, float* part, u32* counters, const bf16* x, const u8* packed, const u8* am_codes,
                                   const float* nested, const float* code_map, const float* table,
                                   const bf16* r1, const bf16* r2, float offset, int m, int n, int k, float alpha,
                                   float beta) {
-  gemv_nf4<bf16, DEC_EPI_RESIDUAL, 4>(y, x, packed, am_codes, nested, code_map, table, r1, r2, offset, m, n,
+  gemv_nf4<bf16, DEC_EPI_RESIDUAL, 4>(y, part, counters, x, packed, am_codes, nested, code_map, table, r1, r2, offset, m, n,
                                      k, alpha, beta);
 }
 
@@ -404,35 +441,35 @@ extern "C" __global__ void __launch_bounds__(DECODE_GEMV_THREADS)
 // (y = bf16(r1 + r2 + bf16(α·X·Wᵀ + β·y)), r1 and r2 [m, n] bf16: the residual and the attention
 // branch of a parallel-attention block).
 extern "C" __global__ void __launch_bounds__(DECODE_GEMV_THREADS)
-    decode_gemv_nf4_m8_bf16(bf16* y, const bf16* x, const u8* packed, const u8* am_codes, const float* nested,
+    decode_gemv_nf4_m8_bf16(bf16* y, float* part, u32* counters, const bf16* x, const u8* packed, const u8* am_codes, const float* nested,
                          const float* code_map, const float* table, float offset, int m, int n, int k,
                          float alpha, float beta) {
-  gemv_nf4<bf16, DEC_EPI_NONE, 1>(y, x, packed, am_codes, nested, code_map, table, nullptr, nullptr, offset, m,
+  gemv_nf4<bf16, DEC_EPI_NONE, 1>(y, part, counters, x, packed, am_codes, nested, code_map, table, nullptr, nullptr, offset, m,
                                  n, k, alpha, beta);
 }
 
 extern "C" __global__ void __launch_bounds__(DECODE_GEMV_THREADS)
-    decode_gemv_nf4_m8_f32(float* y, const bf16* x, const u8* packed, const u8* am_codes, const float* nested,
+    decode_gemv_nf4_m8_f32(float* y, float* part, u32* counters, const bf16* x, const u8* packed, const u8* am_codes, const float* nested,
                         const float* code_map, const float* table, float offset, int m, int n, int k,
                         float alpha, float beta) {
-  gemv_nf4<float, DEC_EPI_NONE, 1>(y, x, packed, am_codes, nested, code_map, table, nullptr, nullptr, offset,
+  gemv_nf4<float, DEC_EPI_NONE, 1>(y, part, counters, x, packed, am_codes, nested, code_map, table, nullptr, nullptr, offset,
                                   m, n, k, alpha, beta);
 }
 
 extern "C" __global__ void __launch_bounds__(DECODE_GEMV_THREADS)
-    decode_gemv_nf4_m8_gelu_bf16(bf16* y, const bf16* x, const u8* packed, const u8* am_codes,
+    decode_gemv_nf4_m8_gelu_bf16(bf16* y, float* part, u32* counters, const bf16* x, const u8* packed, const u8* am_codes,
                               const float* nested, const float* code_map, const float* table, float offset,
                               int m, int n, int k, float alpha, float beta) {
-  gemv_nf4<bf16, DEC_EPI_GELU, 1>(y, x, packed, am_codes, nested, code_map, table, nullptr, nullptr, offset, m,
+  gemv_nf4<bf16, DEC_EPI_GELU, 1>(y, part, counters, x, packed, am_codes, nested, code_map, table, nullptr, nullptr, offset, m,
                                  n, k, alpha, beta);
 }
 
 extern "C" __global__ void __launch_bounds__(DECODE_GEMV_THREADS)
-    decode_gemv_nf4_m8_residual_bf16(bf16* y, const bf16* x, const u8* packed, const u8* am_codes,
+    decode_gemv_nf4_m8_residual_bf16(bf16* y, float* part, u32* counters, const bf16* x, const u8* packed, const u8* am_codes,
                                   const float* nested, const float* code_map, const float* table,
                                   const bf16* r1, const bf16* r2, float offset, int m, int n, int k, float alpha,
                                   float beta) {
-  gemv_nf4<bf16, DEC_EPI_RESIDUAL, 1>(y, x, packed, am_codes, nested, code_map, table, r1, r2, offset, m, n,
+  gemv_nf4<bf16, DEC_EPI_RESIDUAL, 1>(y, part, counters, x, packed, am_codes, nested, code_map, table, r1, r2, offset, m, n,
                                      k, alpha, beta);
 }
 

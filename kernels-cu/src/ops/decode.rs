@@ -109,10 +109,54 @@ pub fn gemv_nf4(
     alpha: f32,
     beta: f32,
 ) -> Result<()> {
-    gemv_nf4_then(dev, x, w, y, m, alpha, beta, Epilogue::None)
+    gemv_nf4_then(dev, x, w, y, m, alpha, beta, Epilogue::None, None)
 }
 
-/// [`gemv_nf4`] followed by `epi` in the same launch (`y` bf16 for an epilogue).
+/// Arrival counters of the split-K 4-bit GEMV, one per 16-row group, zeroed once: every launch
+/// leaves them zero (the last block of each group resets its counter), so one scratch serves
+/// every GEMV of a step, and a captured step needs no memset.
+pub struct GemvScratch {
+    counters: Buffer,
+}
+
+impl GemvScratch {
+    /// Counters for weights of up to `max_out_features` rows.
+    pub fn new(dev: &Device, max_out_features: usize) -> Result<GemvScratch> {
+        Ok(GemvScratch {
+            counters: dev
+                .alloc_zeros(DType::U32, max_out_features.div_ceil(GEMV_NF4_ROWS).max(1))?,
+        })
+    }
+}
+
+/// Most blocks that share one 16-row group of the 4-bit GEMV (split-K).
+pub const GEMV_MAX_SPLITS: usize = 4;
+
+/// Split-K factor of the 4-bit GEMV for `groups` 16-row groups, `tiles` 64-column super-tiles
+/// and `sms` SMs (0: unknown, no split): the factor whose busiest SM runs the least work per
+/// row group (⌈groups·s / SMs⌉ / s), a split costing 2 % more for its partial planes, each split
+/// keeping at least one super-tile per warp.
+pub fn gemv_splits(groups: usize, tiles: usize, sms: usize) -> usize {
+    if sms == 0 || groups == 0 {
+        return 1;
+    }
+    let cost =
+        |s: usize| (groups * s).div_ceil(sms) as f64 / s as f64 * (1.0 + 0.02 * (s - 1) as f64);
+    let mut best = 1;
+    for s in 2..=GEMV_MAX_SPLITS {
+        if tiles < s * GEMV_WARPS {
+            break;
+        }
+        if cost(s) < cost(best) - 1e-12 {
+            best = s;
+        }
+    }
+    best
+}
+
+/// [`gemv_nf4`] followed by `epi` in the same launch (`y` bf16 for an epilogue), split over K
+/// as [`gemv_splits`] chooses for the device; `scratch` holds the split's counters (needed
+/// when capturing: without it a split launch allocates zeroed counters, a memset).
 #[allow(clippy::too_many_arguments)]
 pub fn gemv_nf4_then(
     dev: &Device,
@@ -123,6 +167,29 @@ pub fn gemv_nf4_then(
     alpha: f32,
     beta: f32,
     epi: Epilogue<'_>,
+    scratch: Option<&mut GemvScratch>,
+) -> Result<()> {
+    let splits = gemv_splits(
+        w.out_features.div_ceil(GEMV_NF4_ROWS),
+        w.in_features / 64,
+        dev.info().multiprocessors as usize,
+    );
+    gemv_nf4_split(dev, x, w, y, m, alpha, beta, epi, splits, scratch)
+}
+
+/// [`gemv_nf4_then`] with `splits` blocks per 16-row group (1..=[`GEMV_MAX_SPLITS`]).
+#[allow(clippy::too_many_arguments)]
+pub fn gemv_nf4_split(
+    dev: &Device,
+    x: &Buffer,
+    w: &Nf4Weight,
+    y: &mut Buffer,
+    m: usize,
+    alpha: f32,
+    beta: f32,
+    epi: Epilogue<'_>,
+    splits: usize,
+    scratch: Option<&mut GemvScratch>,
 ) -> Result<()> {
     // The M ≤ 8 entry points carry one column tile of X rows; the others four.
     let small = m <= 8;
@@ -177,9 +244,48 @@ pub fn gemv_nf4_then(
         return Ok(());
     }
     // One block per 16 weight rows (a patch row of the fragment layout).
-    let grid = u32::try_from(n.div_ceil(GEMV_NF4_ROWS))
-        .map(Dim3::x)
+    let groups = n.div_ceil(GEMV_NF4_ROWS);
+    let gx = u32::try_from(groups)
         .map_err(|_| invalid(kernel, format!("{n} output columns exceed the grid")))?;
+    if splits == 0 || splits > GEMV_MAX_SPLITS {
+        return Err(invalid(
+            kernel,
+            format!("{splits} splits (1..={GEMV_MAX_SPLITS})"),
+        ));
+    }
+    let grid = Dim3::xy(gx, splits as u32);
+    // Split-K: fp32 planes of the rows of one launch, and the counters (the caller's, or fresh
+    // zeroed ones). 1-element stand-ins otherwise (never touched).
+    let mut own;
+    let (mut part, counters) = if splits > 1 {
+        let counters = match scratch {
+            Some(s) if s.counters.len() >= groups => &mut s.counters,
+            Some(s) => {
+                return Err(invalid(
+                    kernel,
+                    format!(
+                        "a scratch of {} counters for {groups} row groups",
+                        s.counters.len()
+                    ),
+                ))
+            }
+            None => {
+                own = dev.alloc_zeros(DType::U32, groups)?;
+                &mut own
+            }
+        };
+        n_i32(
+            "decode gemv nf4: split planes",
+            splits * m.min(MAX_ROWS) * n,
+        )?;
+        (
+            dev.alloc(DType::F32, splits * m.min(MAX_ROWS) * n)?,
+            counters,
+        )
+    } else {
+        own = dev.alloc(DType::U32, 1)?;
+        (dev.alloc(DType::F32, 1)?, &mut own)
+    };
     by_row_groups(x, y, m, k, n, |x, y, r0, rows| {
         let residuals = match epi {
             Epilogue::Residual(r1, r2) => {
@@ -189,6 +295,8 @@ pub fn gemv_nf4_then(
         };
         let mut args = vec![
             y.arg_mut(),
+            part.arg_mut(),
+            counters.arg_mut(),
             x.arg(),
             w.packed.arg(),
             w.absmax_codes.arg(),
@@ -209,7 +317,8 @@ pub fn gemv_nf4_then(
             Arg::F32(beta),
         ]);
         // SAFETY: x holds rows·k, y (and the residuals) rows·n elements (checked above, views
-        // of checked buffers); block b reads the codes of rows 16b..16b + 16 inside super-tile
+        // of checked buffers); with splits > 1, part holds splits·rows·n floats and counters
+        // one u32 per row group, zero (fresh, or left zero by every launch); block b reads the codes of rows 16b..16b + 16 inside super-tile
         // row 16b / 64 of the fragment layout (fragment_bytes(n, k) uploaded: rows padded to
         // 64), the absmax codes of its rows < N only, X rows < rows, and reads the residuals at
         // and writes Y[r][n] for r < rows, n < N only.

@@ -61,16 +61,16 @@ pub const NF4_BWD_LOOP_INSTRUCTIONS_PER_MMA: f64 = 8.9;
 /// decode of 32 codes per lane: 32 shifts, 32 shuffles, 34 products, 16 bf16x2 packs; the
 /// loop), plus [`GEMV_NF4_LOOP_PER_TILE`] per column tile of 8 X rows (per patch: two
 /// predicated B-fragment loads and one HMMA, with their addresses). Counted with ptxas and
-/// nvdisasm of the embedded PTX: 184 instructions per super-tile for the `_m8_` entries
-/// (46 per HMMA, 5.75 thread instructions per weight), 258 for the others.
+/// nvdisasm of the embedded PTX: 198 instructions per super-tile for the `_m8_` entries
+/// (49.5 per HMMA, 6.2 thread instructions per weight), 267 for the others.
 pub fn gemv_nf4_instructions_per_mma(col_tiles: f64) -> f64 {
     (GEMV_NF4_LOOP_BASE + GEMV_NF4_LOOP_PER_TILE * col_tiles) / (4.0 * col_tiles)
 }
 
 /// See [`gemv_nf4_instructions_per_mma`].
-pub const GEMV_NF4_LOOP_BASE: f64 = 159.3;
+pub const GEMV_NF4_LOOP_BASE: f64 = 175.0;
 /// See [`gemv_nf4_instructions_per_mma`].
-pub const GEMV_NF4_LOOP_PER_TILE: f64 = 24.7;
+pub const GEMV_NF4_LOOP_PER_TILE: f64 = 23.0;
 /// Shared-memory wavefronts per 16 x 16 patch of the 4-bit GEMV: 8 table loads per lane (one
 /// per code), each a wavefront (16 words in 16 banks, conflict-free).
 pub const GEMV_NF4_SMEM_WAVEFRONTS_PER_PATCH: f64 = 8.0;
@@ -240,7 +240,8 @@ pub fn cost(r: &LaunchRecord) -> Cost {
         };
     }
     if name.starts_with("decode_gemv_nf4_") {
-        // y[m, n] = α·x[m, k]·Wᵀ + β·y (then GELU, or + r1 + r2) with m ≤ 32, the weight read
+        // (y, part, counters, x, packed, codes, nested, map, table, [r1, r2,] offset, m, n, k,
+        // α, β): y[m, n] = α·x[m, k]·Wᵀ + β·y (then GELU, or + r1 + r2), m ≤ 32, the weight read
         // once (½ byte + 1 absmax code byte per 64 elements), x re-read from L2 by every block
         // (counted once). On tensor cores: one block per 16 weight rows (the last padded), one
         // HMMA.16816 per 16 x 16 patch and 8 X rows; every weight decoded once in registers,
@@ -256,6 +257,14 @@ pub fn cost(r: &LaunchRecord) -> Cost {
         } else {
             0.0
         };
+        // Split-K (grid.y blocks per row group): every split writes its fp32 plane, the last
+        // block of each group reads them all back.
+        let splits = r.grid.y.max(1) as f64;
+        let partials = if splits > 1.0 {
+            4.0 * m * n * (2.0 * splits)
+        } else {
+            0.0
+        };
         return Cost {
             tensor_flops: hmmas * super::model::HMMA_FLOPS,
             decoded_elements: rows * k,
@@ -265,7 +274,8 @@ pub fn cost(r: &LaunchRecord) -> Cost {
             bytes: n * k * (0.5 + 1.0 / 64.0)
                 + 2.0 * m * k
                 + y * m * n * if beta != 0.0 { 2.0 } else { 1.0 }
-                + residuals,
+                + residuals
+                + partials,
             formula: "decode gemv",
             ..Cost::default()
         };

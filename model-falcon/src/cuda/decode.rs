@@ -32,7 +32,7 @@ use crate::generate::{choose_tokens, finished, fresh_outputs, left_pad, Padded};
 use crate::{FalconError, FalconModel, Generated, GenerationConfig, Result};
 use engine::rng::RngState;
 use kernels_cu::graph::Graph;
-use kernels_cu::ops::decode::{self, CacheShape, Epilogue};
+use kernels_cu::ops::decode::{self, CacheShape, Epilogue, GemvScratch};
 use kernels_cu::ops::pointwise;
 use kernels_cu::ops::rope;
 use kernels_cu::{Buffer, DType};
@@ -90,11 +90,16 @@ pub(crate) struct StepInputs {
     batch: usize,
     /// The embedding's invalid-id flag (ids are checked on the host; never set).
     bad_id: Buffer,
+    /// The split-K counters of the step's 4-bit GEMVs (zeroed once, left zero by each launch).
+    gemv: GemvScratch,
 }
 
 impl StepInputs {
-    pub fn alloc(dev: &Dev, batch: usize) -> Result<StepInputs> {
+    /// Inputs for `batch` sequences of a model whose widest linear has `max_out` rows.
+    pub fn alloc(dev: &Dev, batch: usize, max_out: usize) -> Result<StepInputs> {
         Ok(StepInputs {
+            gemv: GemvScratch::new(dev, max_out)
+                .map_err(cuda_err("allocate the GEMV split counters".into()))?,
             buf: alloc(dev, "decode step inputs", DType::U32, 2 * batch + 1)?,
             batch,
             bad_id: dev
@@ -207,7 +212,7 @@ impl CudaFalcon {
             base,
             adapters: &self.adapters,
         };
-        let mut inputs = StepInputs::alloc(dev, b)?;
+        let mut inputs = StepInputs::alloc(dev, b, max_out_features(base))?;
         // The logits of the last step: the prefill's, then a plain step's or the graph's.
         let mut plain: Buffer = first_logits;
         let mut graph: Option<(Graph, Buffer)> = None;
@@ -329,6 +334,7 @@ pub(crate) fn decode_step(
     );
     // Written only for an invalid id, which the host has ruled out.
     let bad_id = &mut inputs.bad_id;
+    let scratch = &mut inputs.gemv;
     let table = rope::table(dev, &pos_d, p.inv_freq, g.head_dim)
         .map_err(cuda_err("rotary table".into()))?;
     let ctx = StepCtx {
@@ -361,7 +367,7 @@ pub(crate) fn decode_step(
             ),
         };
         let h_mlp = h_mlp.as_ref().unwrap_or(&h_attn);
-        let qkv = linear(dev, p.adapters, &l.qkv, &h_attn, b)?;
+        let qkv = linear(dev, (p.adapters, &mut *scratch), &l.qkv, &h_attn, b)?;
         let mut q = alloc(dev, "q", DType::BF16, b * g.heads * g.head_dim)?;
         decode::rope_append(
             dev,
@@ -392,12 +398,19 @@ pub(crate) fn decode_step(
             scale,
         )
         .map_err(cuda_err(format!("layer {i}: decode attention")))?;
-        let attn_out = linear(dev, p.adapters, &l.dense, &attn, b)?;
-        let act = linear_then(dev, p.adapters, &l.h_to_4h, h_mlp, b, Epilogue::Gelu)?;
+        let attn_out = linear(dev, (p.adapters, &mut *scratch), &l.dense, &attn, b)?;
+        let act = linear_then(
+            dev,
+            (p.adapters, &mut *scratch),
+            &l.h_to_4h,
+            h_mlp,
+            b,
+            Epilogue::Gelu,
+        )?;
         // The block's output x + attention + MLP.
         x = linear_then(
             dev,
-            p.adapters,
+            (p.adapters, &mut *scratch),
             &l.four_h_to_h,
             &act,
             b,
@@ -437,14 +450,24 @@ fn lm_head(ctx: &StepCtx, base: &DeviceBaseModel, x: &Buffer, m: usize) -> Resul
 /// `y = x·Wᵀ (+ s·B·A·x)` for a few rows: the GEMV for the base, the adapter's own launches.
 fn linear(
     dev: &Dev,
-    store: &AdapterStore,
+    (store, scratch): (&AdapterStore, &mut GemvScratch),
     lin: &DeviceLinear,
     x: &Buffer,
     m: usize,
 ) -> Result<Buffer> {
     let mut y = alloc(dev, &lin.name, DType::BF16, m * lin.shape[0])?;
     let r = match &lin.base {
-        DeviceBase::FourBit(w) => decode::gemv_nf4(dev, x, w, &mut y, m, 1.0, 0.0),
+        DeviceBase::FourBit(w) => decode::gemv_nf4_then(
+            dev,
+            x,
+            w,
+            &mut y,
+            m,
+            1.0,
+            0.0,
+            Epilogue::None,
+            Some(scratch),
+        ),
         DeviceBase::Bf16(w) => {
             decode::gemv_bf16(dev, x, w, &mut y, m, lin.shape[0], lin.shape[1], 1.0, 0.0)
         }
@@ -461,7 +484,7 @@ fn linear(
 /// Either way the same values (the fused epilogues compute the separate kernels' arithmetic).
 fn linear_then(
     dev: &Dev,
-    store: &AdapterStore,
+    (store, scratch): (&AdapterStore, &mut GemvScratch),
     lin: &DeviceLinear,
     x: &Buffer,
     m: usize,
@@ -469,11 +492,11 @@ fn linear_then(
 ) -> Result<Buffer> {
     if let (DeviceBase::FourBit(w), None) = (&lin.base, lin.lora) {
         let mut y = alloc(dev, &lin.name, DType::BF16, m * lin.shape[0])?;
-        decode::gemv_nf4_then(dev, x, w, &mut y, m, 1.0, 0.0, epi)
+        decode::gemv_nf4_then(dev, x, w, &mut y, m, 1.0, 0.0, epi, Some(scratch))
             .map_err(cuda_err(format!("{} (decode, fused epilogue)", lin.name)))?;
         return Ok(y);
     }
-    let y = linear(dev, store, lin, x, m)?;
+    let y = linear(dev, (store, scratch), lin, x, m)?;
     let mut out = alloc(dev, &lin.name, DType::BF16, y.len())?;
     match epi {
         Epilogue::None => return Ok(y),
@@ -482,4 +505,14 @@ fn linear_then(
     }
     .map_err(cuda_err(format!("{} epilogue", lin.name)))?;
     Ok(out)
+}
+
+/// Rows of the widest linear of the decoder layers (the GEMV split counters cover it).
+pub(crate) fn max_out_features(base: &DeviceBaseModel) -> usize {
+    base.layers
+        .iter()
+        .flat_map(|l| [&l.qkv, &l.dense, &l.h_to_4h, &l.four_h_to_h])
+        .map(|lin| lin.shape[0])
+        .max()
+        .unwrap_or(0)
 }

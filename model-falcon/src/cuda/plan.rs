@@ -351,7 +351,7 @@ pub fn record_decode_step(
         base: &base,
         adapters: &adapters,
     };
-    let mut inputs = StepInputs::alloc(dev, b)?;
+    let mut inputs = StepInputs::alloc(dev, b, super::decode::max_out_features(&base))?;
     inputs.set(dev, &vec![0u32; b], &vec![(ctx - 1) as u32; b], ctx)?;
     if shape.graphs {
         // Captured as `generate` captures it; on the dry run the capture traces each launch.
@@ -377,7 +377,13 @@ pub struct DecodePlan {
 
 /// Plans one decode step of `config` at `shape` for `gpu` without executing it.
 pub fn dry_run_decode(config: &FalconConfig, shape: &DecodeShape, gpu: &Gpu) -> Result<DecodePlan> {
-    let (dev, trace) = DryRun::device(gpu.name, gpu.compute_capability, gpu.smem_per_block_optin);
+    // The GPU's SM count, so that the GEMVs split over K as they would there.
+    let (dev, trace) = DryRun::device_with_sms(
+        gpu.name,
+        gpu.compute_capability,
+        gpu.smem_per_block_optin,
+        gpu.sms,
+    );
     let peak_bytes = record_decode_step(&dev, config, shape)?;
     Ok(DecodePlan {
         launches: trace.take(),
