@@ -78,8 +78,9 @@ PY
   rm -f "$bundle/.cargo-tests.json"
 
   echo "== building the Falcon-7B step benchmark"
-  cargo build --release -p model-falcon --example falcon_step_gpu --example perf_table
-  cp target/release/examples/falcon_step_gpu target/release/examples/perf_table "$bundle/step/"
+  cargo build --release -p model-falcon --example falcon_step_gpu --example perf_table --example decode_table
+  cp target/release/examples/falcon_step_gpu target/release/examples/perf_table \
+    target/release/examples/decode_table "$bundle/step/"
 
   echo "== building benchmarks"
   cargo build --release -p kernels-cu --example kc_bench
@@ -270,11 +271,28 @@ run() {
     log ""
   done
   log ""
+  # Decoding: the model's prediction, then the decode kernels measured at the same Falcon-7B
+  # shapes (decode_gpu: the GEMV at M = 1, 8, 32, attention at batch 1 and 32), first, so that
+  # they stand next to each other in the report (record both in BENCHMARKS.md).
+  log "## Decoding: PREDICTED (performance model) and measured (decode_gpu)"
+  log ""
+  log '```'
+  step/decode_table --gpu "${gpu_name:-h200}" 2>&1 | tee -a "$report" \
+    || step/decode_table --gpu h200 2>&1 | tee -a "$report" || true
+  if [ -x bench/decode_gpu ]; then
+    timeout "$PER_BINARY_TIMEOUT" bench/decode_gpu --bench --warm-up-time 1 --measurement-time 2 2>&1 | tee -a "$report" || { failed=1; log "decode_gpu failed"; }
+  else
+    failed=1
+    log "decode_gpu is missing from the bundle"
+  fi
+  log '```'
+  log ""
   log "## Benchmarks"
   log ""
   log '```'
   for b in bench/*; do
     [ -x "$b" ] || continue
+    [ "$(basename "$b")" = decode_gpu ] && continue  # measured above, next to its prediction
     # --bench: criterion runs the measurements (kc_bench ignores the flags); short windows keep
     # the whole run within the time budget.
     timeout "$PER_BINARY_TIMEOUT" "$b" --bench --warm-up-time 1 --measurement-time 2 2>&1 | tee -a "$report" || { failed=1; log "$(basename "$b") failed"; }

@@ -10,8 +10,12 @@
 //                       columns are filled; key j is visible when key_mask[b][j] != 0.
 //                       Query head h reads KV head h / (hq / hkv) (MQA: hkv = 1; GQA).
 //                       o = Σ_j softmax_j(scale·q·k_j) v_j; a row with no visible key gives o = 0.
-//   decode_kv_write:    cache[b][h][pos + i][:] = src[b][h][i][:] for i < s (prefill: s = t,
-//                       pos = 0; a decode step: s = 1, pos = the new column).
+//                       len is read from device memory (see "Graphs" below).
+//   decode_rope_append: a decode step's RoPE fused with its cache writes: the new token's fused
+//                       qkv row split and rotated as rope_qkv_fwd does, q to its own buffer, the
+//                       key and value straight into cache column len − 1.
+//   decode_kv_write:    cache[b][h][pos + i][:] = src[b][h][i][:] for i < s (the prefill: s = t,
+//                       pos = 0).
 //   decode_take_rows:   out[r][:] = x[r·t + t - 1][:] (the last position of each sequence).
 //
 // Why a separate GEMV: at M ≤ 32 the tensor-core GEMM's 128 x 128 tiles waste ≥ 3/4 of every
@@ -19,16 +23,29 @@
 // Decoding is bound by reading the weights once per token: Falcon-7B's 4-bit linears are
 // ~3.6 GB, so an H200 (4.8 TB/s) cannot exceed ~1,300 tokens/s per sequence batch.
 //
-// GEMV design: one warp per output column n (weight row), DECODE_GEMV_WARPS warps per block.
-// Lane l loads 16 bytes of codes in the GEMM's fragment layout (16 weights of row n and 16 of
-// row n ± 8) at k = 16·l, then 16·l + 512, ... The 16 weights of its row are decoded to
-// bf16-rounded floats, and each group of 8 multiplies the matching
+// 4-bit GEMV design (tensor cores): the codes are in the NF4 GEMM's fragment layout
+// (ops/nf4_layout.rs, made at upload), whose u32 of lane l = 4g + t in a 16 x 16 patch holds
+// exactly that lane's mma.m16n8k16 A fragment of the weight: rows g and g + 8 of the patch,
+// columns 2t, 2t+1, 2t+8, 2t+9. So a warp reads a whole 128-byte patch with one coalesced
+// 4-byte load per lane and uses every code it loads (both rows of the pair (g, g + 8)), decodes
+// each byte to a bf16x2 register (two table lookups, two fp32 products by the row's absmax, one
+// cvt.rn.bf16x2: bf16(table[c]·absmax), the value of dequantize_bf16), and multiplies it with
+// the X rows as the B operand (8 X rows per mma, zero past M; the fp32 accumulators are the
+// mma's). A block owns 16 weight rows; its 8 warps take interleaved 64-column super-tile
+// columns, so each weight is read exactly once whatever M is, and add their partial sums in
+// warp order through shared memory (deterministic). Split-K: with gridDim.y = S > 1 blocks per
+// 16-row group (the launcher picks S so that a grid of a few hundred groups fills the SMs), each
+// writes an fp32 plane and the last to arrive adds the S planes in order z = 0..S-1. Products of bf16 values are exact; only
+// the order of the fp32 sums differs from a sequential dot product. The table (16 floats, 16
+// banks: one wavefront per lookup) is in shared memory; absmax codes and the nested absmax come
+// through the cache (1/64 and 1/16384 byte per weight).
+//
+// bf16 GEMV design: one warp per output column n (weight row), DECODE_GEMV_WARPS warps per
+// block; lane l reads 8 weights at k = 8·l, 8·l + 256, ... and multiplies them with the matching
 // 8 columns of every X row (one 16-byte load per row, from L1/L2: X is at most 32 x 18176 bf16
 // = 1.1 MB and read by every warp). Accumulators acc[m] (f32, one per X row) stay in registers
 // for all M rows at once, so the weights are read exactly once whatever M is. The warp sums
 // each accumulator with the fixed butterfly (deterministic) and lane m writes Y[m][n].
-// The table (16 floats) sits in shared memory; absmax codes and the nested absmax come through
-// the cache (1/64 and 1/16384 byte per weight).
 //
 // Attention design (flash-decoding): the cache is split into chunks of DECODE_ATTN_CHUNK keys;
 // block (chunk c, head h, sequence b) walks its chunk with DECODE_ATTN_WARPS warps, key j going
@@ -39,6 +56,13 @@
 // memory and writes (m, l, o) of the chunk. The combine kernel merges the chunks of one
 // (sequence, head) in chunk order: M = max m_c, L = Σ l_c·e^(m_c − M), o = Σ o_c·e^(m_c − M) / L.
 // Fixed orders everywhere: the result does not depend on scheduling.
+//
+// Graphs: a decode step is captured once and replayed per token (crate::graph), so what changes
+// per token (the filled cache length, hence the new column) is read from a u32 in device memory
+// that the host updates before each replay, never passed as a scalar. The attention launch is
+// sized for a bound (max_len, at most the capacity) and its splits past the current length
+// write an empty partial (max −inf, sum 0) that the combine skips: the same result as a grid
+// sized to the length.
 #include "common.cuh"
 
 using kc::bf16;
@@ -53,6 +77,8 @@ using kc::u8;
 #define DECODE_ATTN_THREADS (DECODE_ATTN_WARPS * 32)
 #define DECODE_ATTN_CHUNK 256
 #define DECODE_COPY_THREADS 256
+#define DECODE_ROPE_THREADS 128
+#define DECODE_ROPE_MAX_HALF 128  // head_dim ≤ 256
 #define kDecNegInf (kc::f32_from_bits(0xff800000u))
 #ifdef KC_DEVICE
 #define DEC_NO_UNROLL _Pragma("unroll 1")
@@ -66,6 +92,25 @@ __device__ __forceinline__ void dec_store(float* p, float v) { *p = v; }
 __device__ __forceinline__ void dec_store(bf16* p, float v) { *p = kc::to_bf16(v); }
 __device__ __forceinline__ float dec_load(const float* p) { return *p; }
 __device__ __forceinline__ float dec_load(const bf16* p) { return kc::to_f32(*p); }
+
+// The filled cache length of this step (from device memory), clamped to the launcher's bound.
+__device__ __forceinline__ int dec_len(const u32* len, int max_len) {
+  return min(static_cast<int>(min(*len, 0x7fffffffu)), max_len);
+}
+
+// Where head slot s of Falcon's fused qkv row goes (rope.cu's layouts): kind 0 = q, 1 = k,
+// 2 = v, and the head index.
+__device__ __forceinline__ void dec_slot_of(int s, int hq, int hkv, int grouped, int& kind, int& head) {
+  if (grouped) {
+    const int r = hq / hkv;
+    const int g = s / (r + 2), j = s % (r + 2);
+    kind = j < r ? 0 : (j == r ? 1 : 2);
+    head = j < r ? g * r + j : g;
+  } else {
+    kind = s < hq ? 0 : (s == hq ? 1 : 2);
+    head = s < hq ? s : 0;
+  }
+}
 
 // acc[r] += Σ_e w[e]·x[r][k0 + e] for the rows r < m (8 columns from k0).
 __device__ __forceinline__ void dec_rows_fma(float acc[DECODE_MAX_ROWS], const float w[8], const bf16* x,
@@ -101,50 +146,140 @@ __device__ __forceinline__ void dec_write(TY* y, float acc[DECODE_MAX_ROWS], int
   }
 }
 
-template <typename TY>
-__device__ __forceinline__ void gemv_nf4(TY* y, const bf16* x, const u8* packed, const u8* am_codes,
-                                         const float* nested, const float* code_map, const float* table,
-                                         float offset, int m, int n_out, int k, float alpha, float beta) {
-  __shared__ float s_table[16];
-  if (threadIdx.x < 16) s_table[threadIdx.x] = table[threadIdx.x];
-  __syncthreads();
+// Epilogues the 4-bit GEMV can apply to its bf16 output, to save a launch per layer of a decode
+// step; each rounds the product to bf16 first and then computes exactly what the unfused
+// kernel (pointwise.cu) computes from that bf16 value.
+#define DEC_EPI_NONE 0
+#define DEC_EPI_GELU 1      // y = bf16(gelu(bf16(v))): gelu_fwd_bf16 after the product
+#define DEC_EPI_RESIDUAL 2  // y = bf16(r1 + r2 + bf16(v)), left to right: residual_add3_bf16
+
+// gelu_fwd's exact GELU (pointwise.cu), the same expression.
+__device__ __forceinline__ float dec_gelu(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
+
+// The 4-bit GEMV on tensor cores (see "4-bit GEMV design" above). Block = 16 weight rows (one
+// patch row of the fragment layout), warp w = the 64-column super-tile columns w, w + 8, ...;
+// JT = column tiles of 8 X rows (1: M ≤ 8, 4: M ≤ 32), a template parameter so that the common
+// small batch issues no instructions for the tiles it does not have.
+template <typename TY, int EPI, int JT>
+__device__ __forceinline__ void gemv_nf4(TY* y, float* part, u32* counters, const bf16* x, const u8* packed,
+                                         const u8* am_codes, const float* nested, const float* code_map,
+                                         const float* table, const bf16* r1, const bf16* r2, float offset, int m,
+                                         int n_out, int k, float alpha, float beta) {
+  __shared__ float s_part[DECODE_GEMV_WARPS][JT][4][32];
+  __shared__ u32 s_last;
+  // Split-K: gridDim.y blocks share a 16-row group, block z taking the super-tile columns of its
+  // warps w: z·8 + w, then every 8·gridDim.y (see the launcher for how many).
+  const int splits = gridDim.y, z = blockIdx.y;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int n = blockIdx.x * DECODE_GEMV_WARPS + warp;
-  // Warp-uniform exit, after the only barrier.
-  if (n >= n_out) return;
-  float acc[DECODE_MAX_ROWS];
+  const int g = lane >> 2, t = lane & 3;
+  const int n0 = blockIdx.x * 16;
+  const int tiles = k / 64;  // super-tile columns
+  // Lane l holds table[l % 16]; the value of code c is a width-16 shuffle from lane c (the
+  // shuffle takes the source lane modulo the width, so the code needs no masking).
+  const float tv = table[lane & 15];
+  // Rows n0 + g and n0 + g + 8 of this lane's fragments; padded rows (≥ n_out) hold code 0 and
+  // get absmax 0.
+  const int ra = n0 + g, rb = n0 + g + 8;
+  // Patch row (n0 % 64) / 16 of super-tile row n0 / 64; this lane's word in each patch.
+  const u8* base = packed + static_cast<long long>(n0 / 64) * tiles * 2048 + ((n0 % 64) / 16) * 4 * 128 + lane * 4;
+  // B fragments: X row 8j + g (columns 2t, 2t+1 and 2t+8, 2t+9 of each patch), 0 past row m.
+  const bf16* xrow[JT];
+  bool xok[JT];
+  float acc[JT][4];
   KC_UNROLL
-  for (int r = 0; r < DECODE_MAX_ROWS; ++r) acc[r] = 0.0f;
-  const long long row = static_cast<long long>(n) * k;  // first element of weight row n
-  // The codes are in the NF4 GEMM's fragment layout (ops/nf4_layout.rs, made at upload):
-  // 64 x 64 super-tiles of 16 x 16 patches. The 16 codes of row n in one patch are the
-  // nibbles 4h..4h+3 (h = (n % 16) / 8) of the four consecutive u32 of lane group
-  // 4·(n % 8): word t holds columns 2t, 2t+1, 2t+8, 2t+9 of the patch. One 16-byte load per
-  // lane per 16 columns; its other nibbles are row n ± 8's, which a neighbouring warp reads
-  // from the same 128-byte line (cache, not DRAM).
-  const int r64 = n % 64, half = (r64 % 16) / 8;
-  const u8* tile_row = packed + static_cast<long long>(n / 64) * (k / 64) * 2048 +
-                       (((r64 / 16) * 4) * 32 + 4 * (r64 % 8)) * 4;
-  for (int k0 = lane * 16; k0 < k; k0 += 512) {
-    const long long e0 = row + k0;
-    // K % 64 == 0 and k0 % 16 == 0: the 16 weights lie in one absmax block.
-    const u8* src = tile_row + static_cast<long long>(k0 / 64) * 2048 + ((k0 % 64) / 16) * 32 * 4;
-    const u32x4 q = kc::load_u32x4(src);
-    const float am = kc::add_rn(kc::mul_rn(code_map[am_codes[e0 >> 6]], nested[e0 >> 14]), offset);
-    const u32 words[4] = {q.x, q.y, q.z, q.w};
-    float w[16];
+  for (int j = 0; j < JT; ++j) {
+    xok[j] = 8 * j + g < m;
+    xrow[j] = x + static_cast<long long>(xok[j] ? 8 * j + g : 0) * k + 2 * t;
     KC_UNROLL
-    for (int t = 0; t < 4; ++t) {
-      const u32 nib = words[t] >> (16 * half);
-      w[2 * t] = kc::to_f32(kc::to_bf16(kc::mul_rn(s_table[nib & 15u], am)));
-      w[2 * t + 1] = kc::to_f32(kc::to_bf16(kc::mul_rn(s_table[(nib >> 4) & 15u], am)));
-      w[2 * t + 8] = kc::to_f32(kc::to_bf16(kc::mul_rn(s_table[(nib >> 8) & 15u], am)));
-      w[2 * t + 9] = kc::to_f32(kc::to_bf16(kc::mul_rn(s_table[(nib >> 12) & 15u], am)));
-    }
-    dec_rows_fma(acc, w, x, m, k, k0);
-    dec_rows_fma(acc, w + 8, x, m, k, k0 + 8);
+    for (int i = 0; i < 4; ++i) acc[j][i] = 0.0f;
   }
-  dec_write(y, acc, m, n_out, n, lane, alpha, beta);
+  // Absmax block of (row, super-tile column st): row·(k/64) + st; its nested block: that / 256.
+  const long long blk_a = static_cast<long long>(ra) * tiles, blk_b = static_cast<long long>(rb) * tiles;
+  const bool ok_a = ra < n_out, ok_b = rb < n_out;
+  DEC_NO_UNROLL
+  for (int st = z * DECODE_GEMV_WARPS + warp; st < tiles; st += DECODE_GEMV_WARPS * splits) {
+    const long long ba = blk_a + st, bb = blk_b + st;
+    const float am_a = ok_a ? kc::add_rn(kc::mul_rn(code_map[am_codes[ba]], nested[ba >> 8]), offset) : 0.0f;
+    const float am_b = ok_b ? kc::add_rn(kc::mul_rn(code_map[am_codes[bb]], nested[bb >> 8]), offset) : 0.0f;
+    const u8* src = base + static_cast<long long>(st) * 2048;
+    KC_UNROLL
+    for (int p = 0; p < 4; ++p) {
+      const u32 wd = *reinterpret_cast<const u32*>(src + p * 128);
+      // Nibble i of wd: row g + 8·(i / 4), column 2t + i%2 + 8·((i / 2) % 2) (ops/nf4_layout.rs).
+      float v[8];
+      KC_UNROLL
+      for (int i = 0; i < 8; ++i) v[i] = __shfl_sync(0xffffffffu, tv, static_cast<int>(wd >> (4 * i)), 16);
+      // Each weight is bf16(table[code] · absmax), the value dequantize_bf16 gives.
+      u32 a[4];
+      a[0] = kc::pack_bf16x2(kc::mul_rn(v[0], am_a), kc::mul_rn(v[1], am_a));
+      a[2] = kc::pack_bf16x2(kc::mul_rn(v[2], am_a), kc::mul_rn(v[3], am_a));
+      a[1] = kc::pack_bf16x2(kc::mul_rn(v[4], am_b), kc::mul_rn(v[5], am_b));
+      a[3] = kc::pack_bf16x2(kc::mul_rn(v[6], am_b), kc::mul_rn(v[7], am_b));
+      const int kk = st * 64 + p * 16;
+      KC_UNROLL
+      for (int j = 0; j < JT; ++j) {
+        u32 b[2] = {0u, 0u};
+        if (xok[j]) {
+          b[0] = *reinterpret_cast<const u32*>(xrow[j] + kk);
+          b[1] = *reinterpret_cast<const u32*>(xrow[j] + kk + 8);
+        }
+        kc::mma_m16n8k16_bf16(acc[j], a, b, acc[j]);
+      }
+    }
+  }
+  // acc[j][i]: weight row n0 + g + 8·(i / 2), X row 8j + 2t + i % 2. The warps' partial sums
+  // meet in shared memory and are added in warp order (deterministic).
+  KC_UNROLL
+  for (int j = 0; j < JT; ++j)
+    KC_UNROLL
+    for (int i = 0; i < 4; ++i) s_part[warp][j][i][lane] = acc[j][i];
+  __syncthreads();
+  const long long plane = static_cast<long long>(m) * n_out;
+  if (splits > 1) {
+    // Each split writes its block sums as an fp32 plane part[z][m][n]; the last block of the
+    // row group to arrive (an atomic per group, reset by that block for the next launch) adds
+    // the planes in the order z = 0..splits-1 and stores (deterministic).
+    for (int e = threadIdx.x; e < 16 * m; e += DECODE_GEMV_THREADS) {
+      const int r = e % 16, xm = e / 16;
+      if (n0 + r >= n_out) continue;
+      const int j = xm / 8, i = (r / 8) * 2 + xm % 2, l = 4 * (r % 8) + (xm % 8) / 2;
+      float s = 0.0f;
+      KC_UNROLL
+      for (int w = 0; w < DECODE_GEMV_WARPS; ++w) s += s_part[w][j][i][l];
+      part[z * plane + static_cast<long long>(xm) * n_out + n0 + r] = s;
+    }
+    __threadfence();  // the plane is visible device-wide before the count says so
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      const u32 prev = atomicAdd(counters + blockIdx.x, 1u);
+      const u32 last = prev == static_cast<u32>(splits - 1) ? 1u : 0u;
+      if (last) atomicExch(counters + blockIdx.x, 0u);  // ready for the next launch
+      s_last = last;
+    }
+    __syncthreads();
+    if (s_last == 0u) return;
+    __threadfence();  // acquire side: the other splits' planes are read after their counts
+  }
+  const volatile float* vp = part;
+  for (int e = threadIdx.x; e < 16 * m; e += DECODE_GEMV_THREADS) {
+    const int r = e % 16, xm = e / 16;  // weight row n0 + r, X row xm
+    const int n = n0 + r;
+    if (n >= n_out) continue;
+    const long long o = static_cast<long long>(xm) * n_out + n;
+    float s = 0.0f;
+    if (splits > 1) {
+      for (int zz = 0; zz < splits; ++zz) s += vp[zz * plane + o];
+    } else {
+      const int j = xm / 8, i = (r / 8) * 2 + xm % 2, l = 4 * (r % 8) + (xm % 8) / 2;
+      KC_UNROLL
+      for (int w = 0; w < DECODE_GEMV_WARPS; ++w) s += s_part[w][j][i][l];
+    }
+    float v = alpha * s;
+    if (beta != 0.0f) v += beta * dec_load(y + o);
+    if (EPI == DEC_EPI_GELU) v = dec_gelu(kc::to_f32(kc::to_bf16(v)));
+    if (EPI == DEC_EPI_RESIDUAL) v = kc::to_f32(r1[o]) + kc::to_f32(r2[o]) + kc::to_f32(kc::to_bf16(v));
+    dec_store(y + o, v);
+  }
 }
 
 template <typename TY>
@@ -171,8 +306,8 @@ __device__ __forceinline__ void gemv_bf16(TY* y, const bf16* x, const bf16* wt, 
 // One chunk of keys for one (sequence, head): the block's (max, sum, unnormalized o).
 template <int D>
 __device__ __forceinline__ void attn_split(float* part_o, float* part_ml, const bf16* q, const bf16* kc_,
-                                           const bf16* vc, const u8* key_mask, int hq, int hkv, int cap,
-                                           int len, float scale) {
+                                           const bf16* vc, const u8* key_mask, const u32* len_d, int hq,
+                                           int hkv, int cap, int max_len, float scale) {
   constexpr int PER = D / 32;  // q, k, v, o elements per lane
   __shared__ float s_ml[DECODE_ATTN_WARPS][2];
   __shared__ float s_o[DECODE_ATTN_WARPS][D];
@@ -189,6 +324,7 @@ __device__ __forceinline__ void attn_split(float* part_o, float* part_ml, const 
   float mx = kDecNegInf, l = 0.0f, o[PER];
   KC_UNROLL
   for (int e = 0; e < PER; ++e) o[e] = 0.0f;
+  const int len = dec_len(len_d, max_len);
   const int j0 = chunk * DECODE_ATTN_CHUNK;
   const int j1 = min(len, j0 + DECODE_ATTN_CHUNK);
   for (int j = j0 + warp; j < j1; j += DECODE_ATTN_WARPS) {
@@ -265,18 +401,76 @@ __device__ __forceinline__ void attn_combine(bf16* out, const float* part_o, con
 
 }  // namespace
 
+// 4-bit GEMV entry points for M ≤ 32: plain (bf16 or f32 output), then GELU, then the residual
+// (y = bf16(r1 + r2 + bf16(α·X·Wᵀ + β·y)), r1 and r2 [m, n] bf16: the residual and the attention
+// branch of a parallel-attention block).
 extern "C" __global__ void __launch_bounds__(DECODE_GEMV_THREADS)
-    decode_gemv_nf4_bf16(bf16* y, const bf16* x, const u8* packed, const u8* am_codes, const float* nested,
+    decode_gemv_nf4_bf16(bf16* y, float* part, u32* counters, const bf16* x, const u8* packed, const u8* am_codes, const float* nested,
                          const float* code_map, const float* table, float offset, int m, int n, int k,
                          float alpha, float beta) {
-  gemv_nf4(y, x, packed, am_codes, nested, code_map, table, offset, m, n, k, alpha, beta);
+  gemv_nf4<bf16, DEC_EPI_NONE, 4>(y, part, counters, x, packed, am_codes, nested, code_map, table, nullptr, nullptr, offset, m,
+                                 n, k, alpha, beta);
 }
 
 extern "C" __global__ void __launch_bounds__(DECODE_GEMV_THREADS)
-    decode_gemv_nf4_f32(float* y, const bf16* x, const u8* packed, const u8* am_codes, const float* nested,
+    decode_gemv_nf4_f32(float* y, float* part, u32* counters, const bf16* x, const u8* packed, const u8* am_codes, const float* nested,
                         const float* code_map, const float* table, float offset, int m, int n, int k,
                         float alpha, float beta) {
-  gemv_nf4(y, x, packed, am_codes, nested, code_map, table, offset, m, n, k, alpha, beta);
+  gemv_nf4<float, DEC_EPI_NONE, 4>(y, part, counters, x, packed, am_codes, nested, code_map, table, nullptr, nullptr, offset,
+                                  m, n, k, alpha, beta);
+}
+
+extern "C" __global__ void __launch_bounds__(DECODE_GEMV_THREADS)
+    decode_gemv_nf4_gelu_bf16(bf16* y, float* part, u32* counters, const bf16* x, const u8* packed, const u8* am_codes,
+                              const float* nested, const float* code_map, const float* table, float offset,
+                              int m, int n, int k, float alpha, float beta) {
+  gemv_nf4<bf16, DEC_EPI_GELU, 4>(y, part, counters, x, packed, am_codes, nested, code_map, table, nullptr, nullptr, offset, m,
+                                 n, k, alpha, beta);
+}
+
+extern "C" __global__ void __launch_bounds__(DECODE_GEMV_THREADS)
+    decode_gemv_nf4_residual_bf16(bf16* y, float* part, u32* counters, const bf16* x, const u8* packed, const u8* am_codes,
+                                  const float* nested, const float* code_map, const float* table,
+                                  const bf16* r1, const bf16* r2, float offset, int m, int n, int k, float alpha,
+                                  float beta) {
+  gemv_nf4<bf16, DEC_EPI_RESIDUAL, 4>(y, part, counters, x, packed, am_codes, nested, code_map, table, r1, r2, offset, m, n,
+                                     k, alpha, beta);
+}
+
+// 4-bit GEMV entry points for M ≤ 8: plain (bf16 or f32 output), then GELU, then the residual
+// (y = bf16(r1 + r2 + bf16(α·X·Wᵀ + β·y)), r1 and r2 [m, n] bf16: the residual and the attention
+// branch of a parallel-attention block).
+extern "C" __global__ void __launch_bounds__(DECODE_GEMV_THREADS)
+    decode_gemv_nf4_m8_bf16(bf16* y, float* part, u32* counters, const bf16* x, const u8* packed, const u8* am_codes, const float* nested,
+                         const float* code_map, const float* table, float offset, int m, int n, int k,
+                         float alpha, float beta) {
+  gemv_nf4<bf16, DEC_EPI_NONE, 1>(y, part, counters, x, packed, am_codes, nested, code_map, table, nullptr, nullptr, offset, m,
+                                 n, k, alpha, beta);
+}
+
+extern "C" __global__ void __launch_bounds__(DECODE_GEMV_THREADS)
+    decode_gemv_nf4_m8_f32(float* y, float* part, u32* counters, const bf16* x, const u8* packed, const u8* am_codes, const float* nested,
+                        const float* code_map, const float* table, float offset, int m, int n, int k,
+                        float alpha, float beta) {
+  gemv_nf4<float, DEC_EPI_NONE, 1>(y, part, counters, x, packed, am_codes, nested, code_map, table, nullptr, nullptr, offset,
+                                  m, n, k, alpha, beta);
+}
+
+extern "C" __global__ void __launch_bounds__(DECODE_GEMV_THREADS)
+    decode_gemv_nf4_m8_gelu_bf16(bf16* y, float* part, u32* counters, const bf16* x, const u8* packed, const u8* am_codes,
+                              const float* nested, const float* code_map, const float* table, float offset,
+                              int m, int n, int k, float alpha, float beta) {
+  gemv_nf4<bf16, DEC_EPI_GELU, 1>(y, part, counters, x, packed, am_codes, nested, code_map, table, nullptr, nullptr, offset, m,
+                                 n, k, alpha, beta);
+}
+
+extern "C" __global__ void __launch_bounds__(DECODE_GEMV_THREADS)
+    decode_gemv_nf4_m8_residual_bf16(bf16* y, float* part, u32* counters, const bf16* x, const u8* packed, const u8* am_codes,
+                                  const float* nested, const float* code_map, const float* table,
+                                  const bf16* r1, const bf16* r2, float offset, int m, int n, int k, float alpha,
+                                  float beta) {
+  gemv_nf4<bf16, DEC_EPI_RESIDUAL, 1>(y, part, counters, x, packed, am_codes, nested, code_map, table, r1, r2, offset, m, n,
+                                     k, alpha, beta);
 }
 
 extern "C" __global__ void __launch_bounds__(DECODE_GEMV_THREADS, 1)
@@ -291,14 +485,16 @@ extern "C" __global__ void __launch_bounds__(DECODE_GEMV_THREADS, 1)
 
 extern "C" __global__ void __launch_bounds__(DECODE_ATTN_THREADS)
     decode_attn_split_d64(float* part_o, float* part_ml, const bf16* q, const bf16* k, const bf16* v,
-                          const u8* key_mask, int hq, int hkv, int cap, int len, float scale) {
-  attn_split<64>(part_o, part_ml, q, k, v, key_mask, hq, hkv, cap, len, scale);
+                          const u8* key_mask, const u32* len, int hq, int hkv, int cap, int max_len,
+                          float scale) {
+  attn_split<64>(part_o, part_ml, q, k, v, key_mask, len, hq, hkv, cap, max_len, scale);
 }
 
 extern "C" __global__ void __launch_bounds__(DECODE_ATTN_THREADS)
     decode_attn_split_d128(float* part_o, float* part_ml, const bf16* q, const bf16* k, const bf16* v,
-                           const u8* key_mask, int hq, int hkv, int cap, int len, float scale) {
-  attn_split<128>(part_o, part_ml, q, k, v, key_mask, hq, hkv, cap, len, scale);
+                           const u8* key_mask, const u32* len, int hq, int hkv, int cap, int max_len,
+                           float scale) {
+  attn_split<128>(part_o, part_ml, q, k, v, key_mask, len, hq, hkv, cap, max_len, scale);
 }
 
 extern "C" __global__ void decode_attn_combine_d64(bf16* out, const float* part_o, const float* part_ml, int hq,
@@ -309,6 +505,50 @@ extern "C" __global__ void decode_attn_combine_d64(bf16* out, const float* part_
 extern "C" __global__ void decode_attn_combine_d128(bf16* out, const float* part_o, const float* part_ml, int hq,
                                                     int chunks) {
   attn_combine<128>(out, part_o, part_ml, hq, chunks);
+}
+
+// grid = b (one block per sequence), block = DECODE_ROPE_THREADS. qkv [b, S·d] (S = hq + 2·hkv
+// slots in Falcon's fused layout), table [b, 2h] from rope_table; q [b, hq, d]; caches
+// [b, hkv, cap, d], written at column len − 1 (nothing when len = 0). The expressions are those
+// of rope.cu's rope_qkv (forward), so q, the key and the value equal rope_qkv_fwd_bf16's.
+extern "C" __global__ void __launch_bounds__(DECODE_ROPE_THREADS)
+    decode_rope_append(bf16* q, bf16* k_cache, bf16* v_cache, const bf16* qkv, const float* table,
+                       const u32* len, int hq, int hkv, int d, int cap, int grouped) {
+  __shared__ float cs[2][DECODE_ROPE_MAX_HALF];
+  const int bi = blockIdx.x;
+  const int h = d / 2;
+  const float* trow = table + static_cast<long long>(bi) * 2 * h;
+  for (int i = threadIdx.x; i < h; i += blockDim.x) {
+    cs[0][i] = trow[i];
+    cs[1][i] = trow[h + i];
+  }
+  __syncthreads();
+  const int col = dec_len(len, cap) - 1;
+  // Block-uniform exit, after the only barrier.
+  if (col < 0) return;
+  const int slots = hq + 2 * hkv;
+  const int per = h + (d & 1);  // work items per slot: h pairs (+1 pass-through for odd d)
+  const bf16* row = qkv + static_cast<long long>(bi) * slots * d;
+  for (int w = threadIdx.x; w < slots * per; w += blockDim.x) {
+    const int s = w / per, i = w % per;
+    int kind, head;
+    dec_slot_of(s, hq, hkv, grouped, kind, head);
+    bf16* dst = kind == 0 ? q + (static_cast<long long>(bi) * hq + head) * d
+                          : (kind == 1 ? k_cache : v_cache) +
+                                ((static_cast<long long>(bi) * hkv + head) * cap + col) * d;
+    const bf16* src = row + static_cast<long long>(s) * d;
+    if (i == h) {  // odd d: the last element is not rotated
+      dst[d - 1] = kc::to_bf16(kc::to_f32(src[d - 1]));
+    } else if (kind == 2) {
+      dst[i] = kc::to_bf16(kc::to_f32(src[i]));
+      dst[i + h] = kc::to_bf16(kc::to_f32(src[i + h]));
+    } else {
+      const float c = cs[0][i], sn = cs[1][i];
+      const float x0 = kc::to_f32(src[i]), x1 = kc::to_f32(src[i + h]);
+      dst[i] = kc::to_bf16(x0 * c - x1 * sn);
+      dst[i + h] = kc::to_bf16(x1 * c + x0 * sn);
+    }
+  }
 }
 
 // src [b, h, s, d] into cache [b, h, cap, d] at column pos; 8 bf16 (16 bytes) per thread step

@@ -196,15 +196,64 @@ pub trait Backend: Send + Sync {
     ) -> Result<()>;
     fn synchronize(&self) -> Result<()>;
     fn memory(&self) -> MemoryStats;
+    /// Starts capturing launches into a graph ([`crate::graph`]): until
+    /// [`Backend::end_capture`], launches are recorded, not run.
+    fn begin_capture(&self) -> Result<()> {
+        Err(Error::Capture(format!(
+            "{} cannot capture launch graphs",
+            self.info().name
+        )))
+    }
+    /// Ends the capture and returns the graph of the launches made since
+    /// [`Backend::begin_capture`].
+    fn end_capture(&self) -> Result<Box<dyn crate::graph::GraphExec>> {
+        Err(Error::Capture("no capture in progress".into()))
+    }
     /// Gives cached (free) device memory back to the driver; a no-op where nothing is cached.
     fn release_cached(&self) {}
 }
 
 static NEXT_DEVICE_ID: AtomicU64 = AtomicU64::new(1);
 
-struct Inner {
+pub(crate) struct Inner {
     id: u64,
     backend: Box<dyn Backend>,
+    /// While a capture runs: the blocks freed meanwhile (kept for the graph) and the launches.
+    capture: std::sync::Mutex<Option<CaptureState>>,
+}
+
+#[derive(Default)]
+struct CaptureState {
+    kept: Vec<(u64, usize)>,
+    launches: usize,
+}
+
+/// The shared part of a [`Device`] (what buffers and graphs hold).
+pub(crate) type DeviceCore = Inner;
+
+impl Inner {
+    pub(crate) fn backend(&self) -> &dyn Backend {
+        &*self.backend
+    }
+
+    fn frees(&self) -> std::sync::MutexGuard<'_, Option<CaptureState>> {
+        self.capture.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn capturing(&self) -> bool {
+        self.frees().is_some()
+    }
+
+    /// Frees a block, or keeps it for the graph being captured.
+    pub(crate) fn free_block(&self, addr: u64, reserved: usize) {
+        if let Some(c) = self.frees().as_mut() {
+            c.kept.push((addr, reserved));
+            return;
+        }
+        // SAFETY: the block came from this backend's alloc and is freed once (its owner's
+        // contract); stream order makes pending kernels safe.
+        unsafe { self.backend.free(addr, reserved) };
+    }
 }
 
 /// A handle to one device (cheap to clone).
@@ -252,9 +301,9 @@ struct Block {
 
 impl Drop for Block {
     fn drop(&mut self) {
-        // SAFETY: the block came from this backend's alloc; this is its only owner and it is
-        // dropped once (the last Arc reference).
-        unsafe { self.device.backend.free(self.addr, self.reserved) };
+        // The block came from this backend's alloc; this is its only owner and it is dropped
+        // once (the last Arc reference).
+        self.device.free_block(self.addr, self.reserved);
     }
 }
 
@@ -404,6 +453,7 @@ impl Device {
             inner: Arc::new(Inner {
                 id: NEXT_DEVICE_ID.fetch_add(1, Ordering::Relaxed),
                 backend,
+                capture: std::sync::Mutex::new(None),
             }),
         }
     }
@@ -497,6 +547,7 @@ impl Device {
 
     /// A zero-filled buffer.
     pub fn alloc_zeros(&self, dtype: DType, len: usize) -> Result<Buffer> {
+        self.refuse_in_capture("alloc_zeros (a memset)")?;
         let b = self.alloc(dtype, len)?;
         // SAFETY: the range is exactly the new allocation.
         unsafe { self.inner.backend.memset_zero(b.addr, b.bytes())? };
@@ -512,6 +563,7 @@ impl Device {
 
     /// Copies `src` into `dst` (same dtype and length).
     pub fn write<T: Elem>(&self, dst: &mut Buffer, src: &[T]) -> Result<()> {
+        self.refuse_in_capture("a host-to-device copy")?;
         self.check(dst, "write: destination", T::DTYPE, src.len())?;
         // SAFETY: checked: dst is a live buffer of this device with exactly these bytes.
         unsafe { self.inner.backend.htod(dst.addr, bytemuck::cast_slice(src)) }
@@ -526,6 +578,7 @@ impl Device {
 
     /// Copies a buffer into `dst` (same dtype and length).
     pub fn read_into<T: Elem>(&self, src: &Buffer, dst: &mut [T]) -> Result<()> {
+        self.refuse_in_capture("a device-to-host copy")?;
         self.check(src, "read: source", T::DTYPE, dst.len())?;
         // SAFETY: checked: src is a live buffer of this device with exactly these bytes.
         unsafe {
@@ -537,6 +590,7 @@ impl Device {
 
     /// Device-to-device copy (same dtype and length).
     pub fn copy(&self, dst: &mut Buffer, src: &Buffer) -> Result<()> {
+        self.refuse_in_capture("a device-to-device copy")?;
         self.check(src, "copy: source", dst.dtype, dst.len)?;
         self.check(dst, "copy: destination", src.dtype, src.len)?;
         // SAFETY: checked: both are live buffers of this device with these bytes.
@@ -592,12 +646,75 @@ impl Device {
             });
         }
         check_vector_alignment(l.kernel, &values)?;
+        if let Some(c) = self.inner.frees().as_mut() {
+            c.launches += 1;
+        }
         // SAFETY: forwarded contract of this function.
         unsafe {
             self.inner
                 .backend
                 .launch(l.kernel, l.grid, l.block, l.shared_bytes, &values)
         }
+    }
+}
+
+/// Graphs ([`crate::graph`]).
+impl Device {
+    /// Runs `f` with this device's launches captured instead of executed, and returns its
+    /// result with the [`Graph`] that replays them. Inside `f` only allocations, frees and
+    /// launches are allowed (copies and memsets are refused with [`Error::Capture`]); buffers
+    /// freed inside `f` stay allocated for the graph. The capture ends whatever `f` returns.
+    /// `wrap` turns the device's own capture errors into `f`'s error type.
+    pub fn capture<T, E>(
+        &self,
+        wrap: impl FnOnce(Error) -> E,
+        f: impl FnOnce() -> std::result::Result<T, E>,
+    ) -> std::result::Result<(T, crate::graph::Graph), E> {
+        {
+            let mut frees = self.inner.frees();
+            if frees.is_some() {
+                return Err(wrap(Error::Capture(
+                    "a capture is already in progress".into(),
+                )));
+            }
+            if let Err(e) = self.inner.backend.begin_capture() {
+                return Err(wrap(e));
+            }
+            *frees = Some(CaptureState::default());
+        }
+        let out = f();
+        let state = self.inner.frees().take().unwrap_or_default();
+        let exec = self.inner.backend.end_capture();
+        let graph = |exec| crate::graph::Graph {
+            exec,
+            device: self.inner.clone(),
+            kept: state.kept,
+            launches: state.launches,
+        };
+        match (out, exec) {
+            (Ok(v), Ok(exec)) => Ok((v, graph(exec))),
+            (Err(e), exec) => {
+                // Dropping the partial graph releases what it kept.
+                drop(exec.map(graph));
+                Err(e)
+            }
+            (Ok(_), Err(e)) => Err(wrap(e)),
+        }
+    }
+
+    /// True while [`Device::capture`] runs.
+    pub fn is_capturing(&self) -> bool {
+        self.inner.capturing()
+    }
+
+    fn refuse_in_capture(&self, op: &str) -> Result<()> {
+        if self.inner.capturing() {
+            return Err(Error::Capture(format!(
+                "{op} while capturing a launch graph (only launches and allocations can be \
+                 captured; do it before the capture)"
+            )));
+        }
+        Ok(())
     }
 }
 

@@ -57,6 +57,8 @@ pub enum Error {
         expected: usize,
         got: usize,
     },
+    #[error("launch graph: {0}")]
+    Capture(String),
     #[error("out of device memory allocating {bytes} bytes: {msg}")]
     OutOfMemory { bytes: usize, msg: String },
 }

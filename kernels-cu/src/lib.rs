@@ -135,6 +135,7 @@ pub mod defines;
 mod device;
 mod dtype;
 mod error;
+pub mod graph;
 pub mod launch_align;
 pub mod nvrtc;
 pub mod ops;

@@ -171,12 +171,19 @@ kernels! {
     SKINNY_NT_BF16 = SKINNY::skinny_nt_bf16, hot = true;
     DECODE_GEMV_NF4_BF16 = DECODE::decode_gemv_nf4_bf16, hot = true;
     DECODE_GEMV_NF4_F32 = DECODE::decode_gemv_nf4_f32, hot = true;
+    DECODE_GEMV_NF4_GELU_BF16 = DECODE::decode_gemv_nf4_gelu_bf16, hot = true;
+    DECODE_GEMV_NF4_RESIDUAL_BF16 = DECODE::decode_gemv_nf4_residual_bf16, hot = true;
+    DECODE_GEMV_NF4_M8_BF16 = DECODE::decode_gemv_nf4_m8_bf16, hot = true;
+    DECODE_GEMV_NF4_M8_F32 = DECODE::decode_gemv_nf4_m8_f32, hot = true;
+    DECODE_GEMV_NF4_M8_GELU_BF16 = DECODE::decode_gemv_nf4_m8_gelu_bf16, hot = true;
+    DECODE_GEMV_NF4_M8_RESIDUAL_BF16 = DECODE::decode_gemv_nf4_m8_residual_bf16, hot = true;
     DECODE_GEMV_BF16_BF16 = DECODE::decode_gemv_bf16_bf16, hot = true;
     DECODE_GEMV_BF16_F32 = DECODE::decode_gemv_bf16_f32, hot = true;
     DECODE_ATTN_SPLIT_D64 = DECODE::decode_attn_split_d64, hot = true;
     DECODE_ATTN_SPLIT_D128 = DECODE::decode_attn_split_d128, hot = true;
     DECODE_ATTN_COMBINE_D64 = DECODE::decode_attn_combine_d64, hot = true;
     DECODE_ATTN_COMBINE_D128 = DECODE::decode_attn_combine_d128, hot = true;
+    DECODE_ROPE_APPEND = DECODE::decode_rope_append, hot = true;
     DECODE_KV_WRITE = DECODE::decode_kv_write, hot = true;
     DECODE_TAKE_ROWS = DECODE::decode_take_rows, hot = false;
 }

@@ -618,3 +618,56 @@ fn vector_parameter_table_names_pointer_parameters_of_real_kernels() {
         }
     }
 }
+
+/// A captured launch sequence replays with what device memory holds at replay time, frees
+/// inside the capture keep their memory for the graph, and copies inside a capture are refused.
+#[test]
+fn a_captured_graph_replays_its_launches_on_current_inputs() {
+    let mut rng = Rng::new(44);
+    for dev in devices() {
+        let n = 1000;
+        let a = rng.vec_f32(n, -3.0, 3.0);
+        let b = rng.vec_f32(n, -3.0, 3.0);
+        let mut ab = dev.htod(&a).unwrap();
+        let bb = dev.htod(&b).unwrap();
+        let mut out = poisoned(&dev, DType::F32, n);
+        let ((), graph) = dev
+            .capture(
+                |e| e,
+                || {
+                    // A temporary freed inside the capture: the graph keeps its memory.
+                    let mut t = dev.alloc(DType::F32, n)?;
+                    elementwise::add(&dev, &mut t, &ab, &bb)?;
+                    elementwise::scale(&dev, &mut out, &t, 2.0)?;
+                    Ok(())
+                },
+            )
+            .unwrap();
+        assert_eq!(graph.nodes(), 2);
+        // Nothing ran while capturing.
+        assert!(dev.dtoh::<f32>(&out).unwrap().iter().all(|v| v.is_nan()));
+        // An allocation after the capture cannot take the kept temporary's memory.
+        let mut other = dev.htod(&vec![7.0f32; n]).unwrap();
+        for round in 0..2 {
+            let a2 = rng.vec_f32(n, -3.0, 3.0);
+            dev.write(&mut ab, &a2).unwrap();
+            // SAFETY: ab, bb and out are alive; the temporary is kept by the graph.
+            unsafe { graph.launch() }.unwrap();
+            let got = dev.dtoh::<f32>(&out).unwrap();
+            for i in 0..n {
+                assert_eq!(got[i], (a2[i] + b[i]) * 2.0, "round {round} i {i}");
+            }
+            assert!(dev.dtoh::<f32>(&other).unwrap().iter().all(|&v| v == 7.0));
+        }
+        drop(graph);
+        dev.write(&mut other, &vec![1.0f32; n]).unwrap();
+        // Copies cannot be captured.
+        let r = dev.capture(|e| e, || dev.write(&mut other, &vec![0.0f32; n]));
+        assert!(matches!(r, Err(Error::Capture(_))), "{r:?}");
+        // The failed capture ended: the next one starts.
+        let ((), g) = dev
+            .capture(|e| e, || elementwise::scale(&dev, &mut out, &bb, 1.0))
+            .unwrap();
+        assert_eq!(g.nodes(), 1);
+    }
+}

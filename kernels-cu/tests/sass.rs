@@ -155,3 +155,28 @@ fn the_nf4_gemm_main_loop_issues_64_products_per_k_tile_and_the_decode() {
         }
     }
 }
+
+/// The 4-bit decode GEMV's k-loop (one 64-column super-tile: 4 patches of 16 x 16): one HMMA per
+/// patch and column tile of 8 X rows (1 tile for the `_m8_` entry points, 4 for the others),
+/// and no more instructions on sm_90 than the performance model charges
+/// (`perf::cost::GEMV_NF4_LOOP_BASE` + `GEMV_NF4_LOOP_PER_TILE` per tile).
+#[test]
+fn the_decode_gemv_loop_issues_what_the_model_charges() {
+    use kernels_cu::perf::cost::{GEMV_NF4_LOOP_BASE, GEMV_NF4_LOOP_PER_TILE};
+    for (kernel, tiles) in [
+        ("decode_gemv_nf4_m8_bf16", 1usize),
+        ("decode_gemv_nf4_m8_residual_bf16", 1),
+        ("decode_gemv_nf4_bf16", 4),
+    ] {
+        let Some(m) = loop_mix("decode", kernel, "sm_90") else {
+            return;
+        };
+        assert_eq!(m.mma, 4 * tiles, "{kernel}: {m:?}");
+        let charged = GEMV_NF4_LOOP_BASE + GEMV_NF4_LOOP_PER_TILE * tiles as f64;
+        assert!(
+            m.instructions as f64 <= charged,
+            "{kernel}: {} instructions per super-tile, the model charges {charged}",
+            m.instructions
+        );
+    }
+}

@@ -14,7 +14,8 @@
 //! - the KV-cache path equals a full recompute (each step's logits against a prefill of the
 //!   prompt plus the tokens so far);
 //! - a left-padded batch equals its prompts one at a time, and each stops at its own EOS;
-//! - sampling with a seed draws the same tokens as the host.
+//! - sampling with a seed draws the same tokens as the host;
+//! - the decode step replayed from a captured graph equals its plain launches bit for bit.
 
 use engine::optim::AdamWConfig;
 use engine::rng;
@@ -222,4 +223,60 @@ fn the_backend_generates_the_same_tokens_on_the_host_and_the_device() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("9999") && e.contains("vocabulary"), "{e}");
+}
+
+/// The decode step captured once and replayed per token (the default) produces bit for bit the
+/// logits, and so the tokens, of the same steps launched one by one, and the host's tokens.
+#[test]
+fn graph_replayed_decode_steps_equal_plain_launches_and_the_host() {
+    for grouped in [false, true] {
+        let m = model(grouped, 8, 0.0, 31);
+        let ps = prompts(&[5, 11, 3], 31);
+        let cfg = greedy(7, vec![]);
+        let want = m.generate(&ps, &cfg).unwrap();
+        for dev in devices() {
+            let mut c = CudaFalcon::new(&m, dev.clone()).unwrap();
+            assert!(c.decode_graphs, "graphs are the default");
+            let graphed = c.generate(&ps, &cfg, DecodeWeights::Adapters).unwrap();
+            c.decode_graphs = false;
+            let plain = c.generate(&ps, &cfg, DecodeWeights::Adapters).unwrap();
+            assert_same(&format!("{dev} graph"), &graphed, &want);
+            for (r, (g, p)) in graphed.iter().zip(&plain).enumerate() {
+                assert_eq!(g.tokens, p.tokens, "{dev}: prompt {r}");
+                assert_eq!(g.step_logits.len(), p.step_logits.len());
+                for (s, (a, b)) in g.step_logits.iter().zip(&p.step_logits).enumerate() {
+                    let same = a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+                    assert!(
+                        same,
+                        "{dev}: prompt {r} step {s}: graph and plain logits differ"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// With the adapter on query_key_value only (the default), the decode step fuses GELU into the
+/// h_to_4h GEMV and the residual into the 4h_to_h GEMV: the tokens still equal the host's, and
+/// graph replay still equals the plain launches bit for bit.
+#[test]
+fn fused_epilogues_with_the_default_adapter_match_the_host() {
+    let m = model_with_targets(true, 8, 0.0, 41, "query_key_value");
+    let ps = prompts(&[6, 10], 41);
+    let cfg = greedy(6, vec![]);
+    let want = m.generate(&ps, &cfg).unwrap();
+    for dev in devices() {
+        let mut c = CudaFalcon::new(&m, dev.clone()).unwrap();
+        let graphed = c.generate(&ps, &cfg, DecodeWeights::Adapters).unwrap();
+        assert_same(&format!("{dev} fused"), &graphed, &want);
+        c.decode_graphs = false;
+        let plain = c.generate(&ps, &cfg, DecodeWeights::Adapters).unwrap();
+        for (g, p) in graphed.iter().zip(&plain) {
+            assert_eq!(g.tokens, p.tokens, "{dev}");
+            let bits = |v: &Vec<Vec<f32>>| -> Vec<u32> {
+                v.iter().flatten().map(|x| x.to_bits()).collect()
+            };
+            assert_eq!(bits(&g.step_logits), bits(&p.step_logits), "{dev}");
+        }
+    }
 }

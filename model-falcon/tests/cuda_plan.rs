@@ -217,6 +217,26 @@ fn the_decode_plan_reads_each_weight_once_per_step() {
     assert_eq!(one.weight_bytes, want);
     assert_eq!(many.weight_bytes, want);
     assert!(one.step_us > 0.0 && many.tokens_per_s > one.tokens_per_s);
+    // A graph-replayed step differs from the same launches on a stream by the launch costs
+    // alone: launches x (stream gap − graph node).
+    let plain = decode_estimate(
+        &cfg,
+        &DecodeShape {
+            graphs: false,
+            ..DecodeShape::new(1, 512)
+        },
+        gpu,
+    )
+    .unwrap();
+    assert_eq!(plain.launches, one.launches);
+    let saved = plain.launches as f64
+        * (gpu.launch_gap_us - model_falcon::cuda::plan::perf::model::GRAPH_NODE_US);
+    assert!(
+        ((plain.step_us - one.step_us) - saved).abs() < 1e-6 * plain.step_us,
+        "{} vs {} us: {saved} us of launch costs expected",
+        plain.step_us,
+        one.step_us
+    );
     eprintln!(
         "PREDICTED Falcon-7B decode on {}: batch 1 {:.0} tokens/s, batch 32 {:.0} tokens/s",
         gpu.name, one.tokens_per_s, many.tokens_per_s

@@ -128,6 +128,134 @@ fn gemv_nf4_matches_the_float64_product_of_the_dequantized_weight() {
     }
 }
 
+/// Split-K (several blocks per 16-row group, the last one adding their planes in order)
+/// matches the float64 product for every split factor, gives the same bits when run again
+/// (the counters are left zero for the next launch), and fuses its epilogue after the sum.
+#[test]
+fn gemv_nf4_split_k_matches_the_float64_product_and_resets_its_counters() {
+    use kernels_cu::ops::decode::{Epilogue, GemvScratch};
+    let mut seed = 91;
+    for (m, n, k) in [(1, 40, 1536), (7, 16, 2048), (33, 24, 1536)] {
+        seed += 1;
+        let mut rng = Rng::from_state(seed);
+        let q = quantize(&mut rng, n, k);
+        let w: Vec<f64> = q.dequantize_bf16().iter().map(|v| v.to_f64()).collect();
+        let x = bf16s(&mut rng, m * k);
+        let r1 = bf16s(&mut rng, m * n);
+        let zeros = vec![0.0f64; m * n];
+        for dev in devices() {
+            let wd = Nf4Weight::upload(&dev, &nf4_parts("w", &q).unwrap()).unwrap();
+            let xd = dev.htod(&x).unwrap();
+            let r1d = dev.htod(&r1).unwrap();
+            let mut scratch = GemvScratch::new(&dev, n).unwrap();
+            for splits in 1..=3 {
+                let mut first = None;
+                for round in 0..2 {
+                    let mut y = dev.htod(&vec![f32::NAN; m * n]).unwrap();
+                    decode::gemv_nf4_split(
+                        &dev,
+                        &xd,
+                        &wd,
+                        &mut y,
+                        m,
+                        1.0,
+                        0.0,
+                        Epilogue::None,
+                        splits,
+                        Some(&mut scratch),
+                    )
+                    .unwrap();
+                    let got = to_f64(&dev, &y);
+                    let what = format!("split {splits} round {round}");
+                    check_gemv(&got, &x, &w, &zeros, m, n, k, 1.0, 0.0, false, &what);
+                    let bits: Vec<u64> = got.iter().map(|v| v.to_bits()).collect();
+                    match &first {
+                        None => first = Some(bits),
+                        Some(b) => assert_eq!(b, &bits, "{dev}: {what} differs from round 0"),
+                    }
+                }
+                // The residual epilogue after a split sum: y = r1 + r1 + bf16(product).
+                let mut plain = dev.htod(&vec![bf16::NAN; m * n]).unwrap();
+                let none = Epilogue::None;
+                let s = Some(&mut scratch);
+                decode::gemv_nf4_split(&dev, &xd, &wd, &mut plain, m, 1.0, 0.0, none, splits, s)
+                    .unwrap();
+                let mut fused = dev.htod(&vec![bf16::NAN; m * n]).unwrap();
+                let epi = Epilogue::Residual(&r1d, &r1d);
+                let s = Some(&mut scratch);
+                decode::gemv_nf4_split(&dev, &xd, &wd, &mut fused, m, 1.0, 0.0, epi, splits, s)
+                    .unwrap();
+                let p: Vec<bf16> = dev.dtoh(&plain).unwrap();
+                let f: Vec<bf16> = dev.dtoh(&fused).unwrap();
+                for i in 0..m * n {
+                    let want = bf16::from_f32(r1[i].to_f32() + r1[i].to_f32() + p[i].to_f32());
+                    assert_eq!(
+                        f[i].to_bits(),
+                        want.to_bits(),
+                        "{dev}: split {splits} residual {i}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The fused epilogues of the 4-bit GEMV store bit for bit what the GEMV followed by the
+/// separate kernel stores (GELU; the three-term residual), including for M > 32 (two launches)
+/// and N not a multiple of the 16-row block.
+#[test]
+fn gemv_nf4_epilogues_equal_the_gemv_then_the_separate_kernel() {
+    use kernels_cu::ops::decode::Epilogue;
+    use kernels_cu::ops::pointwise;
+    let mut seed = 71;
+    for (m, n, k) in [(1, 37, 128), (5, 48, 1088), (40, 20, 192)] {
+        seed += 1;
+        let mut rng = Rng::from_state(seed);
+        let q = quantize(&mut rng, n, k);
+        let x = bf16s(&mut rng, m * k);
+        let r1 = bf16s(&mut rng, m * n);
+        let r2 = bf16s(&mut rng, m * n);
+        for dev in devices() {
+            let wd = Nf4Weight::upload(&dev, &nf4_parts("w", &q).unwrap()).unwrap();
+            let xd = dev.htod(&x).unwrap();
+            let (r1d, r2d) = (dev.htod(&r1).unwrap(), dev.htod(&r2).unwrap());
+            let poisoned = || dev.htod(&vec![bf16::NAN; m * n]).unwrap();
+            let mut plain = poisoned();
+            decode::gemv_nf4(&dev, &xd, &wd, &mut plain, m, 1.0, 0.0).unwrap();
+            let bits = |b: &kernels_cu::Buffer| -> Vec<u16> {
+                dev.dtoh::<bf16>(b)
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect()
+            };
+
+            let mut want = poisoned();
+            pointwise::gelu_forward(&dev, &mut want, &plain).unwrap();
+            let mut got = poisoned();
+            decode::gemv_nf4_then(&dev, &xd, &wd, &mut got, m, 1.0, 0.0, Epilogue::Gelu, None)
+                .unwrap();
+            assert_eq!(
+                bits(&got),
+                bits(&want),
+                "{dev}: GELU epilogue m {m} n {n} k {k}"
+            );
+
+            let mut want = poisoned();
+            pointwise::residual_add3(&dev, &mut want, &r1d, &r2d, &plain).unwrap();
+            let mut got = poisoned();
+            let epi = Epilogue::Residual(&r1d, &r2d);
+            decode::gemv_nf4_then(&dev, &xd, &wd, &mut got, m, 1.0, 0.0, epi, None).unwrap();
+            assert_eq!(
+                bits(&got),
+                bits(&want),
+                "{dev}: residual epilogue m {m} n {n} k {k}"
+            );
+            assert!(bits(&got).iter().all(|&b| bf16::from_bits(b).is_finite()));
+        }
+    }
+}
+
 #[test]
 fn gemv_bf16_matches_the_float64_product() {
     let mut seed = 101;

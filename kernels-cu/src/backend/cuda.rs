@@ -7,12 +7,17 @@ use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::{Arc, Mutex};
 
-use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
-use cudarc::driver::{result, CudaContext, CudaFunction, CudaModule, CudaStream, DriverError};
+use cudarc::driver::sys::{
+    CUdevice_attribute, CUfunction_attribute, CUgraphInstantiate_flags, CUstreamCaptureMode,
+};
+use cudarc::driver::{
+    result, CudaContext, CudaFunction, CudaGraph, CudaModule, CudaStream, DriverError,
+};
 
 use crate::cubin::{cubin, select_image, ModuleImage};
 use crate::device::{ArgValue, Backend, BackendKind, DeviceInfo, Dim3};
 use crate::error::{Error, Result};
+use crate::graph::GraphExec;
 use crate::pool::{CachingPool, MemoryStats, RawAlloc};
 use crate::{ptx, Kernel};
 
@@ -102,7 +107,9 @@ impl CudaBackend {
             ordinal,
             msg: format!("{e:?}"),
         })?;
-        let stream = ctx.default_stream();
+        // A stream of our own, not the legacy default stream, which cannot be captured into
+        // a graph.
+        let stream = ctx.new_stream().map_err(driver("cuStreamCreate"))?;
         let cc = ctx
             .compute_capability()
             .map_err(driver("cuDeviceGetAttribute"))?;
@@ -330,6 +337,34 @@ impl Backend for CudaBackend {
     fn release_cached(&self) {
         let mut st = self.state();
         st.pool.release_cached(&mut DriverAlloc(&self.ctx));
+    }
+
+    fn begin_capture(&self) -> Result<()> {
+        // Relaxed: the caching pool may call cuMemAlloc while the step is captured (memory the
+        // graph then keeps; see crate::graph).
+        self.stream
+            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
+            .map_err(driver("cuStreamBeginCapture"))
+    }
+
+    fn end_capture(&self) -> Result<Box<dyn GraphExec>> {
+        let graph = self
+            .stream
+            .end_capture(CUgraphInstantiate_flags(0))
+            .map_err(driver("cuStreamEndCapture / cuGraphInstantiate"))?
+            .ok_or_else(|| Error::Capture("the driver returned an empty graph".into()))?;
+        Ok(Box::new(CudaGraphExec { graph }))
+    }
+}
+
+/// A CUDA graph instantiated from a stream capture.
+struct CudaGraphExec {
+    graph: CudaGraph,
+}
+
+impl GraphExec for CudaGraphExec {
+    unsafe fn replay(&self, _backend: &dyn Backend) -> Result<()> {
+        self.graph.launch().map_err(driver("cuGraphLaunch"))
     }
 }
 

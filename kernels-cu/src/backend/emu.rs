@@ -54,6 +54,8 @@ pub struct EmuBackend {
     checks: bool,
     order: ExecOrder,
     launches: std::sync::atomic::AtomicU64,
+    /// Launches recorded, not run, while a graph is captured.
+    capture: crate::graph::Recorder,
 }
 
 /// True when the memory checker is compiled in (every build except the AddressSanitizer one).
@@ -171,6 +173,7 @@ impl EmuBackend {
             checks: checks && checks_available(),
             order,
             launches: std::sync::atomic::AtomicU64::new(0),
+            capture: crate::graph::Recorder::default(),
         })
     }
 
@@ -328,6 +331,10 @@ impl Backend for EmuBackend {
                 });
             }
         }
+        // Checked like a real launch, then kept for the graph's replays.
+        if self.capture.record(kernel, grid, block, shared_bytes, args) {
+            return Ok(());
+        }
         // cuLaunchKernel convention: an array of pointers to the argument values.
         let mut storage: Vec<[u8; 8]> = args
             .iter()
@@ -401,5 +408,13 @@ impl Backend for EmuBackend {
 
     fn memory(&self) -> MemoryStats {
         *self.stats.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn begin_capture(&self) -> Result<()> {
+        self.capture.begin()
+    }
+
+    fn end_capture(&self) -> Result<Box<dyn crate::graph::GraphExec>> {
+        Ok(Box::new(self.capture.end()?))
     }
 }

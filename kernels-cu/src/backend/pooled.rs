@@ -102,6 +102,14 @@ impl Backend for PooledBackend {
         self.pool.lock().unwrap_or_else(|e| e.into_inner()).stats()
     }
 
+    fn begin_capture(&self) -> crate::Result<()> {
+        self.inner.begin_capture()
+    }
+
+    fn end_capture(&self) -> crate::Result<Box<dyn crate::graph::GraphExec>> {
+        self.inner.end_capture()
+    }
+
     fn release_cached(&self) {
         let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
         pool.release_cached(&mut Raw(&*self.inner));

@@ -8,7 +8,10 @@
 //! - [`attention`]: flash-decoding of one query row per (sequence, head) over a KV cache
 //!   `[b, hkv, cap, d]`, split over the cache in chunks of [`ATTN_CHUNK`] keys and combined in a
 //!   fixed order (deterministic).
-//! - [`kv_write`] and [`take_last_rows`]: the cache writes and the prefill's last rows.
+//!   [`attention_at`] reads the filled length from device memory (a captured decode step,
+//!   [`crate::graph`]).
+//! - [`rope_append`]: a decode step's RoPE and its two cache writes in one launch.
+//! - [`kv_write`] and [`take_last_rows`]: the prefill's cache writes and last rows.
 //!
 //! Precision: bf16 inputs, f32 accumulation, output rounded once.
 
@@ -24,6 +27,8 @@ use crate::{Arg, Buffer, DType, Device, Kernel};
 pub const MAX_ROWS: usize = def::DECODE_MAX_ROWS;
 /// Output columns per GEMV block (one warp each).
 pub const GEMV_WARPS: usize = def::DECODE_GEMV_WARPS;
+/// Weight rows per 4-bit GEMV block (one patch row of the fragment layout).
+pub const GEMV_NF4_ROWS: usize = 16;
 /// Keys per flash-decoding split.
 pub const ATTN_CHUNK: usize = def::DECODE_ATTN_CHUNK;
 const ATTN_THREADS: u32 = def::DECODE_ATTN_THREADS as u32;
@@ -55,27 +60,41 @@ fn gemv_grid(kernel: Kernel, n: usize) -> Result<Dim3> {
         .map_err(|_| invalid(kernel, format!("{n} output columns exceed the grid")))
 }
 
-/// Runs `launch(x_rows, y_rows, rows)` over groups of at most [`MAX_ROWS`] rows.
+/// Runs `launch(x_rows, y_rows, first row, rows)` over groups of at most [`MAX_ROWS`] rows.
 fn by_row_groups(
     x: &Buffer,
     y: &mut Buffer,
     m: usize,
     k: usize,
     n: usize,
-    mut launch: impl FnMut(&Buffer, &mut Buffer, usize) -> Result<()>,
+    mut launch: impl FnMut(&Buffer, &mut Buffer, usize, usize) -> Result<()>,
 ) -> Result<()> {
     if m <= MAX_ROWS {
-        return launch(x, y, m);
+        return launch(x, y, 0, m);
     }
     let mut r0 = 0;
     while r0 < m {
         let rows = MAX_ROWS.min(m - r0);
         let xv = x.view(r0 * k, rows * k)?;
         let mut yv = y.view_mut(r0 * n, rows * n)?;
-        launch(&xv, &mut yv, rows)?;
+        launch(&xv, &mut yv, r0, rows)?;
         r0 += rows;
     }
     Ok(())
+}
+
+/// What the 4-bit GEMV does to each output before storing it (bf16 outputs only), so that a
+/// decode step saves the launch that would do it. Each rounds the product to bf16 first, then
+/// computes what the separate kernel computes from that bf16 value.
+#[derive(Debug, Clone, Copy)]
+pub enum Epilogue<'a> {
+    /// Store the product.
+    None,
+    /// `y = gelu(y)`, as [`super::pointwise::gelu_forward`].
+    Gelu,
+    /// `y = r1 + r2 + y` (`[M, N]` bf16 each, added left to right), as
+    /// [`super::pointwise::residual_add3`]`(out, r1, r2, y)`.
+    Residual(&'a Buffer, &'a Buffer),
 }
 
 /// `Y[M][N] = α·X[M][K]·dequant_bf16(W)ᵀ + β·Y`: `x` bf16 `M·K` (16-byte aligned), `y` bf16 or
@@ -90,12 +109,107 @@ pub fn gemv_nf4(
     alpha: f32,
     beta: f32,
 ) -> Result<()> {
-    let kernel = out_kernel(
-        "decode gemv nf4: Y",
-        y,
-        DECODE_GEMV_NF4_BF16,
-        DECODE_GEMV_NF4_F32,
-    )?;
+    gemv_nf4_then(dev, x, w, y, m, alpha, beta, Epilogue::None, None)
+}
+
+/// Arrival counters of the split-K 4-bit GEMV, one per 16-row group, zeroed once: every launch
+/// leaves them zero (the last block of each group resets its counter), so one scratch serves
+/// every GEMV of a step, and a captured step needs no memset.
+pub struct GemvScratch {
+    counters: Buffer,
+}
+
+impl GemvScratch {
+    /// Counters for weights of up to `max_out_features` rows.
+    pub fn new(dev: &Device, max_out_features: usize) -> Result<GemvScratch> {
+        Ok(GemvScratch {
+            counters: dev
+                .alloc_zeros(DType::U32, max_out_features.div_ceil(GEMV_NF4_ROWS).max(1))?,
+        })
+    }
+}
+
+/// Most blocks that share one 16-row group of the 4-bit GEMV (split-K).
+pub const GEMV_MAX_SPLITS: usize = 4;
+
+/// Split-K factor of the 4-bit GEMV for `groups` 16-row groups, `tiles` 64-column super-tiles
+/// and `sms` SMs (0: unknown, no split): the factor whose busiest SM runs the least work per
+/// row group (⌈groups·s / SMs⌉ / s), a split costing 2 % more for its partial planes, each split
+/// keeping at least one super-tile per warp.
+pub fn gemv_splits(groups: usize, tiles: usize, sms: usize) -> usize {
+    if sms == 0 || groups == 0 {
+        return 1;
+    }
+    let cost =
+        |s: usize| (groups * s).div_ceil(sms) as f64 / s as f64 * (1.0 + 0.02 * (s - 1) as f64);
+    let mut best = 1;
+    for s in 2..=GEMV_MAX_SPLITS {
+        if tiles < s * GEMV_WARPS {
+            break;
+        }
+        if cost(s) < cost(best) - 1e-12 {
+            best = s;
+        }
+    }
+    best
+}
+
+/// [`gemv_nf4`] followed by `epi` in the same launch (`y` bf16 for an epilogue), split over K
+/// as [`gemv_splits`] chooses for the device; `scratch` holds the split's counters (needed
+/// when capturing: without it a split launch allocates zeroed counters, a memset).
+#[allow(clippy::too_many_arguments)]
+pub fn gemv_nf4_then(
+    dev: &Device,
+    x: &Buffer,
+    w: &Nf4Weight,
+    y: &mut Buffer,
+    m: usize,
+    alpha: f32,
+    beta: f32,
+    epi: Epilogue<'_>,
+    scratch: Option<&mut GemvScratch>,
+) -> Result<()> {
+    let splits = gemv_splits(
+        w.out_features.div_ceil(GEMV_NF4_ROWS),
+        w.in_features / 64,
+        dev.info().multiprocessors as usize,
+    );
+    gemv_nf4_split(dev, x, w, y, m, alpha, beta, epi, splits, scratch)
+}
+
+/// [`gemv_nf4_then`] with `splits` blocks per 16-row group (1..=[`GEMV_MAX_SPLITS`]).
+#[allow(clippy::too_many_arguments)]
+pub fn gemv_nf4_split(
+    dev: &Device,
+    x: &Buffer,
+    w: &Nf4Weight,
+    y: &mut Buffer,
+    m: usize,
+    alpha: f32,
+    beta: f32,
+    epi: Epilogue<'_>,
+    splits: usize,
+    scratch: Option<&mut GemvScratch>,
+) -> Result<()> {
+    // The M ≤ 8 entry points carry one column tile of X rows; the others four.
+    let small = m <= 8;
+    let pick = |wide: Kernel, narrow: Kernel| if small { narrow } else { wide };
+    let kernel = match epi {
+        Epilogue::None => out_kernel(
+            "decode gemv nf4: Y",
+            y,
+            pick(DECODE_GEMV_NF4_BF16, DECODE_GEMV_NF4_M8_BF16),
+            pick(DECODE_GEMV_NF4_F32, DECODE_GEMV_NF4_M8_F32),
+        )?,
+        Epilogue::Gelu => pick(DECODE_GEMV_NF4_GELU_BF16, DECODE_GEMV_NF4_M8_GELU_BF16),
+        Epilogue::Residual(..) => pick(
+            DECODE_GEMV_NF4_RESIDUAL_BF16,
+            DECODE_GEMV_NF4_M8_RESIDUAL_BF16,
+        ),
+    };
+    if !matches!(epi, Epilogue::None) {
+        check("decode gemv nf4 (epilogue): Y", y, DType::BF16, y.len())?;
+    }
     let (n, k) = (w.out_features, w.in_features);
     if w.blocksize != NF4_GEMM_BLOCKSIZE || !k.is_multiple_of(64) {
         return Err(invalid(
@@ -122,36 +236,99 @@ pub fn gemv_nf4(
         ));
     }
     n_i32("decode gemv nf4: weight elements", w.numel())?;
+    if let Epilogue::Residual(r1, r2) = epi {
+        check("decode gemv nf4: residual", r1, DType::BF16, m * n)?;
+        check("decode gemv nf4: second residual", r2, DType::BF16, m * n)?;
+    }
     if m == 0 || n == 0 {
         return Ok(());
     }
-    let grid = gemv_grid(kernel, n)?;
-    by_row_groups(x, y, m, k, n, |x, y, rows| {
-        // SAFETY: x holds rows·k and y rows·n elements (checked above, views of checked
-        // buffers); warp n < N reads weight row n's codes inside super-tile row n / 64 of the
-        // fragment layout (fragment_bytes(n, k) uploaded, 16-byte loads at multiples of 16
-        // bytes) and its absmax codes, and writes Y[r][n] for r < rows only.
+    // One block per 16 weight rows (a patch row of the fragment layout).
+    let groups = n.div_ceil(GEMV_NF4_ROWS);
+    let gx = u32::try_from(groups)
+        .map_err(|_| invalid(kernel, format!("{n} output columns exceed the grid")))?;
+    if splits == 0 || splits > GEMV_MAX_SPLITS {
+        return Err(invalid(
+            kernel,
+            format!("{splits} splits (1..={GEMV_MAX_SPLITS})"),
+        ));
+    }
+    let grid = Dim3::xy(gx, splits as u32);
+    // Split-K: fp32 planes of the rows of one launch, and the counters (the caller's, or fresh
+    // zeroed ones). 1-element stand-ins otherwise (never touched).
+    let mut own;
+    let (mut part, counters) = if splits > 1 {
+        let counters = match scratch {
+            Some(s) if s.counters.len() >= groups => &mut s.counters,
+            Some(s) => {
+                return Err(invalid(
+                    kernel,
+                    format!(
+                        "a scratch of {} counters for {groups} row groups",
+                        s.counters.len()
+                    ),
+                ))
+            }
+            None => {
+                own = dev.alloc_zeros(DType::U32, groups)?;
+                &mut own
+            }
+        };
+        n_i32(
+            "decode gemv nf4: split planes",
+            splits * m.min(MAX_ROWS) * n,
+        )?;
+        (
+            dev.alloc(DType::F32, splits * m.min(MAX_ROWS) * n)?,
+            counters,
+        )
+    } else {
+        own = dev.alloc(DType::U32, 1)?;
+        (dev.alloc(DType::F32, 1)?, &mut own)
+    };
+    by_row_groups(x, y, m, k, n, |x, y, r0, rows| {
+        let residuals = match epi {
+            Epilogue::Residual(r1, r2) => {
+                Some((r1.view(r0 * n, rows * n)?, r2.view(r0 * n, rows * n)?))
+            }
+            _ => None,
+        };
+        let mut args = vec![
+            y.arg_mut(),
+            part.arg_mut(),
+            counters.arg_mut(),
+            x.arg(),
+            w.packed.arg(),
+            w.absmax_codes.arg(),
+            w.nested_absmax.arg(),
+            w.code_map.arg(),
+            w.table.arg(),
+        ];
+        if let Some((r1, r2)) = &residuals {
+            args.push(r1.arg());
+            args.push(r2.arg());
+        }
+        args.extend([
+            Arg::F32(w.offset),
+            Arg::I32(rows as i32),
+            Arg::I32(n as i32),
+            Arg::I32(k as i32),
+            Arg::F32(alpha),
+            Arg::F32(beta),
+        ]);
+        // SAFETY: x holds rows·k, y (and the residuals) rows·n elements (checked above, views
+        // of checked buffers); with splits > 1, part holds splits·rows·n floats and counters
+        // one u32 per row group, zero (fresh, or left zero by every launch); block b reads the codes of rows 16b..16b + 16 inside super-tile
+        // row 16b / 64 of the fragment layout (fragment_bytes(n, k) uploaded: rows padded to
+        // 64), the absmax codes of its rows < N only, X rows < rows, and reads the residuals at
+        // and writes Y[r][n] for r < rows, n < N only.
         unsafe {
             dev.launch(&Launch {
                 kernel,
                 grid,
                 block: Dim3::x(GEMV_THREADS),
                 shared_bytes: 0,
-                args: &[
-                    y.arg_mut(),
-                    x.arg(),
-                    w.packed.arg(),
-                    w.absmax_codes.arg(),
-                    w.nested_absmax.arg(),
-                    w.code_map.arg(),
-                    w.table.arg(),
-                    Arg::F32(w.offset),
-                    Arg::I32(rows as i32),
-                    Arg::I32(n as i32),
-                    Arg::I32(k as i32),
-                    Arg::F32(alpha),
-                    Arg::F32(beta),
-                ],
+                args: &args,
             })
         }
     })
@@ -191,7 +368,7 @@ pub fn gemv_bf16(
         return Ok(());
     }
     let grid = gemv_grid(kernel, n)?;
-    by_row_groups(x, y, m, k, n, |x, y, rows| {
+    by_row_groups(x, y, m, k, n, |x, y, _, rows| {
         // SAFETY: x holds rows·k, w n·k and y rows·n elements (checked); warp n < N reads row n
         // of W with 16-byte loads at k0 % 8 == 0 (aligned) and writes Y[r][n], r < rows.
         unsafe {
@@ -333,7 +510,8 @@ pub fn take_last_rows(
 
 /// One decode step's attention: `q` bf16 `[batch, q_heads, head_dim]`, the caches' first `len`
 /// columns, `key_mask` u8 `[batch, capacity]` (0 = padding). Returns `o` bf16
-/// `[batch, q_heads · head_dim]` (the layout the output projection reads).
+/// `[batch, q_heads · head_dim]` (the layout the output projection reads). Uploads `len`: for
+/// a captured step use [`attention_at`].
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     dev: &Device,
@@ -346,6 +524,30 @@ pub fn attention(
     len: usize,
     scale: f32,
 ) -> Result<Buffer> {
+    let len_d = dev.htod(&[u32::try_from(len).unwrap_or(u32::MAX)])?;
+    attention_at(
+        dev, q, k_cache, v_cache, key_mask, shape, q_heads, &len_d, len, scale,
+    )
+}
+
+/// [`attention`] over the first `len_d[0]` columns (u32 in device memory, read by the kernel:
+/// a captured step replays with the current value), at most `max_len ≤ capacity`; the grid is
+/// sized for `max_len`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_at(
+    dev: &Device,
+    q: &Buffer,
+    k_cache: &Buffer,
+    v_cache: &Buffer,
+    key_mask: &Buffer,
+    shape: &CacheShape,
+    q_heads: usize,
+    len_d: &Buffer,
+    max_len: usize,
+    scale: f32,
+) -> Result<Buffer> {
+    let len = max_len;
+    check("decode attention: filled length", len_d, DType::U32, 1)?;
     let (split, combine) = match shape.head_dim {
         64 => (DECODE_ATTN_SPLIT_D64, DECODE_ATTN_COMBINE_D64),
         128 => (DECODE_ATTN_SPLIT_D128, DECODE_ATTN_COMBINE_D128),
@@ -369,7 +571,10 @@ pub fn attention(
     if len == 0 || len > shape.capacity {
         return Err(invalid(
             split,
-            format!("{len} filled columns of a cache of {}", shape.capacity),
+            format!(
+                "a bound of {len} filled columns for a cache of {}",
+                shape.capacity
+            ),
         ));
     }
     check("decode attention: q", q, DType::BF16, b * q_heads * d)?;
@@ -410,8 +615,9 @@ pub fn attention(
         Ok((q_heads as u32, b as u32))
     };
     let (gy, gz) = grid_yz(split)?;
-    // SAFETY: block (c, h, b) reads q[b][h], cache rows (b, h / (hq/hkv), j) for j < len ≤ cap
-    // and key_mask[b][j] (all lengths checked), and writes part slot (b, h, c) < b·hq·chunks.
+    // SAFETY: block (c, h, b) reads q[b][h], len_d[0], cache rows (b, h / (hq/hkv), j) for
+    // j < min(len_d[0], max_len) ≤ cap and key_mask[b][j] (all lengths checked), and writes
+    // part slot (b, h, c) < b·hq·chunks.
     unsafe {
         dev.launch(&Launch {
             kernel: split,
@@ -429,6 +635,7 @@ pub fn attention(
                 k_cache.arg(),
                 v_cache.arg(),
                 key_mask.arg(),
+                len_d.arg(),
                 Arg::I32(hq),
                 Arg::I32(hkv),
                 Arg::I32(shape.capacity as i32),
@@ -454,4 +661,91 @@ pub fn attention(
         })?;
     }
     Ok(out)
+}
+
+/// A decode step's RoPE fused with its cache writes: `qkv` bf16 `[batch, (q_heads + 2·kv_heads)
+/// · head_dim]` (Falcon's fused layout, `grouped` as in [`crate::ops::rope::QkvLayout`]),
+/// `table` f32 `[batch, head_dim]` from [`crate::ops::rope::table`] of the step's positions.
+/// Writes `q` bf16 `[batch, q_heads, head_dim]` and the rotated key and the value into column
+/// `len_d[0] − 1` of each cache (u32 in device memory, at most the capacity; nothing when 0).
+/// The same values as [`crate::ops::rope::forward`] followed by two [`kv_write`]s.
+#[allow(clippy::too_many_arguments)]
+pub fn rope_append(
+    dev: &Device,
+    q: &mut Buffer,
+    k_cache: &mut Buffer,
+    v_cache: &mut Buffer,
+    qkv: &Buffer,
+    table: &Buffer,
+    len_d: &Buffer,
+    shape: &CacheShape,
+    q_heads: usize,
+    grouped: bool,
+) -> Result<()> {
+    let kernel = DECODE_ROPE_APPEND;
+    let (b, hkv, d) = (shape.batch, shape.kv_heads, shape.head_dim);
+    if hkv == 0 || !q_heads.is_multiple_of(hkv) || (!grouped && hkv != 1) {
+        return Err(invalid(
+            kernel,
+            format!("{q_heads} query heads and {hkv} KV heads (grouped: {grouped})"),
+        ));
+    }
+    if d == 0 || d / 2 > def::DECODE_ROPE_MAX_HALF {
+        return Err(invalid(kernel, format!("head_dim {d}")));
+    }
+    check(
+        "decode rope_append: qkv",
+        qkv,
+        DType::BF16,
+        b * (q_heads + 2 * hkv) * d,
+    )?;
+    check(
+        "decode rope_append: table",
+        table,
+        DType::F32,
+        b * 2 * (d / 2),
+    )?;
+    check("decode rope_append: filled length", len_d, DType::U32, 1)?;
+    check("decode rope_append: q", q, DType::BF16, b * q_heads * d)?;
+    check(
+        "decode rope_append: K cache",
+        k_cache,
+        DType::BF16,
+        shape.elems(),
+    )?;
+    check(
+        "decode rope_append: V cache",
+        v_cache,
+        DType::BF16,
+        shape.elems(),
+    )?;
+    n_i32("decode rope_append: cache elements", shape.elems())?;
+    if b == 0 {
+        return Ok(());
+    }
+    let grid =
+        u32::try_from(b).map_err(|_| invalid(kernel, format!("{b} sequences exceed the grid")))?;
+    // SAFETY: block r reads qkv row r and table row r, writes q[r] and cache rows
+    // (r, head, min(len_d[0], cap) − 1) < cap (lengths checked above).
+    unsafe {
+        dev.launch(&Launch {
+            kernel,
+            grid: Dim3::x(grid),
+            block: Dim3::x(def::DECODE_ROPE_THREADS as u32),
+            shared_bytes: 0,
+            args: &[
+                q.arg_mut(),
+                k_cache.arg_mut(),
+                v_cache.arg_mut(),
+                qkv.arg(),
+                table.arg(),
+                len_d.arg(),
+                Arg::I32(q_heads as i32),
+                Arg::I32(hkv as i32),
+                Arg::I32(d as i32),
+                Arg::I32(shape.capacity as i32),
+                Arg::I32(grouped as i32),
+            ],
+        })
+    }
 }

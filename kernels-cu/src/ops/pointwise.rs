@@ -130,6 +130,22 @@ pub fn embedding_forward(
     vocab: usize,
     d: usize,
 ) -> Result<Buffer> {
+    let mut bad = dev.htod(&[i32::MAX])?;
+    embedding_forward_flagged(dev, out, &mut bad, ids, table, vocab, d)?;
+    Ok(bad)
+}
+
+/// [`embedding_forward`] into a caller's one-element i32 flag `bad` (holding `i32::MAX`, left so
+/// when every id is valid): no copy, so that it can be captured into a graph.
+pub fn embedding_forward_flagged(
+    dev: &Device,
+    out: &mut Buffer,
+    bad: &mut Buffer,
+    ids: &Buffer,
+    table: &Buffer,
+    vocab: usize,
+    d: usize,
+) -> Result<()> {
     table_dims("embedding: table", table.len(), vocab, d)?;
     let (kernel, _) = pick(
         "embedding: table",
@@ -140,9 +156,9 @@ pub fn embedding_forward(
     let n = ids.len();
     check("embedding: ids", ids, DType::U32, n)?;
     check("embedding: out", out, table.dtype(), n * d)?;
-    let mut bad = dev.htod(&[i32::MAX])?;
+    check("embedding: invalid-id flag", bad, DType::I32, 1)?;
     if n == 0 {
-        return Ok(bad);
+        return Ok(());
     }
     // SAFETY: ids hold n entries, out n·d, table vocab·d (checked); an id ≥ vocab is never used
     // as an index (the kernel writes NaN instead); block r writes row r only.
@@ -160,9 +176,8 @@ pub fn embedding_forward(
                 Arg::I32(d as i32),
                 Arg::U32(vocab as u32),
             ],
-        })?;
+        })
     }
-    Ok(bad)
 }
 
 /// Gradient of the embedding table: `dtable [vocab, d]` f32 from `dy [n, d]` (f32 or bf16),

@@ -26,6 +26,9 @@ pub struct Cost {
     /// Warp instructions the kernel's k-loop issues per `HMMA.16816` (its SASS count; 0 where
     /// not counted).
     pub loop_instructions_per_mma: f64,
+    /// Shared-memory wavefronts the k-loop moves per `HMMA.16816` of an overlapped decode (0:
+    /// the NF4 GEMM's [`super::model::NF4_SMEM_WAVEFRONTS_PER_MMA`]).
+    pub smem_wavefronts_per_mma: f64,
     /// Special-function operations (`ex2` on the SFUs): the softmax exponentials.
     pub special_ops: f64,
     /// Other fp32 operations on CUDA cores inside a tensor-core loop (softmax scaling, row
@@ -49,6 +52,28 @@ pub const NF4_DECODING_WARP_ROWS: f64 = 2.0;
 pub const NF4_FWD_LOOP_INSTRUCTIONS_PER_MMA: f64 = 8.2;
 /// See [`NF4_FWD_LOOP_INSTRUCTIONS_PER_MMA`].
 pub const NF4_BWD_LOOP_INSTRUCTIONS_PER_MMA: f64 = 8.9;
+
+/// Warp instructions of the 4-bit decode GEMV's k-loop (`decode_gemv_nf4_*`) per
+/// `HMMA.16816` with `col_tiles` products per patch (1 for the `_m8_` entry points, 4 for the
+/// others): the sm_90 SASS of one loop iteration (one 64-column super-tile: 4 patches) counted
+/// by `perf::sass` (`tests/sass.rs` checks the listings against these numbers):
+/// [`GEMV_NF4_LOOP_BASE`] instructions whatever M is (the two absmax decodes, 4 code loads, the
+/// decode of 32 codes per lane: 32 shifts, 32 shuffles, 34 products, 16 bf16x2 packs; the
+/// loop), plus [`GEMV_NF4_LOOP_PER_TILE`] per column tile of 8 X rows (per patch: two
+/// predicated B-fragment loads and one HMMA, with their addresses). Counted with ptxas and
+/// nvdisasm of the embedded PTX: 198 instructions per super-tile for the `_m8_` entries
+/// (49.5 per HMMA, 6.2 thread instructions per weight), 267 for the others.
+pub fn gemv_nf4_instructions_per_mma(col_tiles: f64) -> f64 {
+    (GEMV_NF4_LOOP_BASE + GEMV_NF4_LOOP_PER_TILE * col_tiles) / (4.0 * col_tiles)
+}
+
+/// See [`gemv_nf4_instructions_per_mma`].
+pub const GEMV_NF4_LOOP_BASE: f64 = 175.0;
+/// See [`gemv_nf4_instructions_per_mma`].
+pub const GEMV_NF4_LOOP_PER_TILE: f64 = 23.0;
+/// Shared-memory wavefronts per 16 x 16 patch of the 4-bit GEMV: 8 table loads per lane (one
+/// per code), each a wavefront (16 words in 16 banks, conflict-free).
+pub const GEMV_NF4_SMEM_WAVEFRONTS_PER_PATCH: f64 = 8.0;
 
 /// Bytes of element `i` of the arguments' pointers (0 for scalars).
 fn elem(r: &LaunchRecord, ptr_index: usize) -> f64 {
@@ -214,23 +239,56 @@ pub fn cost(r: &LaunchRecord) -> Cost {
             ..Cost::default()
         };
     }
-    if name.starts_with("decode_gemv_") {
-        // y[m, n] = α·x[m, k]·Wᵀ + β·y with m ≤ 32 on CUDA cores: the weight read once
-        // (4-bit: ½ byte + 1 absmax code byte per 64 elements; bf16: 2 bytes), x re-read from
-        // L2 by every warp (counted once), one FMA per (row, weight) and, for 4 bits, one
-        // decode per weight.
-        let nf4 = name.starts_with("decode_gemv_nf4_");
-        let (m, n, k, beta) = if nf4 {
-            (i(1), i(2), i(3), f32_arg(r, 5))
+    if name.starts_with("decode_gemv_nf4_") {
+        // (y, part, counters, x, packed, codes, nested, map, table, [r1, r2,] offset, m, n, k,
+        // α, β): y[m, n] = α·x[m, k]·Wᵀ + β·y (then GELU, or + r1 + r2), m ≤ 32, the weight read
+        // once (½ byte + 1 absmax code byte per 64 elements), x re-read from L2 by every block
+        // (counted once). On tensor cores: one block per 16 weight rows (the last padded), one
+        // HMMA.16816 per 16 x 16 patch and 8 X rows; every weight decoded once in registers,
+        // with no barrier between decode and products (overlapped, like the NF4 GEMM's).
+        let (m, n, k, beta) = (i(1), i(2), i(3), f32_arg(r, 5));
+        let rows = (n / 16.0).ceil() * 16.0;
+        // The `_m8_` entry points (M ≤ 8) carry one column tile of 8 X rows, the others 4.
+        let col_tiles = if name.contains("_m8_") { 1.0 } else { 4.0 };
+        let hmmas = rows / 16.0 * (k / 16.0) * col_tiles;
+        let y = elem(r, 0);
+        let residuals = if name.contains("residual") {
+            4.0 * m * n
         } else {
-            (i(0), i(1), i(2), f32_arg(r, 4))
+            0.0
         };
-        let w_bytes = if nf4 { 0.5 + 1.0 / 64.0 } else { 2.0 };
+        // Split-K (grid.y blocks per row group): every split writes its fp32 plane, the last
+        // block of each group reads them all back.
+        let splits = r.grid.y.max(1) as f64;
+        let partials = if splits > 1.0 {
+            4.0 * m * n * (2.0 * splits)
+        } else {
+            0.0
+        };
+        return Cost {
+            tensor_flops: hmmas * super::model::HMMA_FLOPS,
+            decoded_elements: rows * k,
+            decode_overlapped: true,
+            loop_instructions_per_mma: gemv_nf4_instructions_per_mma(col_tiles),
+            smem_wavefronts_per_mma: GEMV_NF4_SMEM_WAVEFRONTS_PER_PATCH / col_tiles,
+            bytes: n * k * (0.5 + 1.0 / 64.0)
+                + 2.0 * m * k
+                + y * m * n * if beta != 0.0 { 2.0 } else { 1.0 }
+                + residuals
+                + partials,
+            formula: "decode gemv",
+            ..Cost::default()
+        };
+    }
+    if name.starts_with("decode_gemv_") {
+        // The bf16 GEMV: y[m, n] = α·x[m, k]·Wᵀ + β·y with m ≤ 32 on CUDA cores: the weight
+        // read once (2 bytes), x re-read from L2 by every warp (counted once), one FMA per
+        // (row, weight).
+        let (m, n, k, beta) = (i(0), i(1), i(2), f32_arg(r, 4));
         let y = elem(r, 0);
         return Cost {
-            decoded_elements: if nf4 { n * k } else { 0.0 },
             fp32_ops: m * n * k,
-            bytes: n * k * w_bytes + 2.0 * m * k + y * m * n * if beta != 0.0 { 2.0 } else { 1.0 },
+            bytes: n * k * 2.0 + 2.0 * m * k + y * m * n * if beta != 0.0 { 2.0 } else { 1.0 },
             formula: "decode gemv",
             ..Cost::default()
         };
@@ -261,6 +319,17 @@ pub fn cost(r: &LaunchRecord) -> Cost {
         return Cost {
             bytes: 4.0 * b * hq * chunks * (d + 2.0) + 2.0 * b * hq * d,
             formula: "decode attention",
+            ..Cost::default()
+        };
+    }
+    if name == "decode_rope_append" {
+        // (q, k cache, v cache, qkv, table, len, hq, hkv, d, cap, grouped), one block per
+        // sequence: the fused bf16 row in, q and the new key and value out, the cos/sin row.
+        let (hq, hkv, d) = (i(0), i(1), i(2));
+        let b = r.grid.x as f64;
+        return Cost {
+            bytes: b * ((hq + 2.0 * hkv) * d * 4.0 + 4.0 * d),
+            formula: "decode rope",
             ..Cost::default()
         };
     }

@@ -29,7 +29,9 @@
 //! k-loop ([`Cost::loop_instructions_per_mma`]); wavefronts (128 bytes each, one per SM per
 //! clock) are counted from the loop's shared-memory accesses ([`NF4_SMEM_WAVEFRONTS_PER_MMA`]).
 //! With one block per SM the decode stays serial (counted as before). These two bounds are
-//! applied only to the NF4 GEMM; the other kernels keep the coarser rules above.
+//! applied only to the NF4 GEMM and the 4-bit decode GEMV (whose loop decodes in registers
+//! and feeds `mma.sync` the same way; its wavefronts are its code shuffles,
+//! [`Cost::smem_wavefronts_per_mma`]); the other kernels keep the coarser rules above.
 //! The SM-wave count assumes that one resident block keeps an SM's tensor cores as busy as
 //! several (8-warp GEMM blocks); the memory term lets one SM draw at most twice its share of
 //! DRAM bandwidth, so a grid of a few blocks cannot stream at full rate. L2 reuse is assumed
@@ -59,6 +61,15 @@ pub const HMMA_FLOPS: f64 = 2.0 * 16.0 * 8.0 * 16.0;
 /// k-tile over 8 warps: 22 per warp): 174 / 64 ≈ 2.7. With one HMMA per SM per clock at the
 /// dense peak this caps the loop near 37 % of it on Hopper.
 pub const NF4_SMEM_WAVEFRONTS_PER_MMA: f64 = 2.7;
+
+/// ASSUMED cost of one kernel node of a replayed CUDA graph, µs, in place of
+/// [`super::Gpu::launch_gap_us`] (a stream launch): the gap between dependent kernels when the
+/// driver submits the whole sequence at once. NVIDIA's "Getting Started with CUDA Graphs"
+/// (developer blog, 2019) reports well under a microsecond of overhead per kernel node for a
+/// straight-line graph of short kernels on a V100, against more than that for the same kernels
+/// launched on a stream; 0.5 µs is our assumption in that range, not a measurement
+/// (`scripts/gpu-check.sh` prints the decode prediction beside the `decode_gpu` benchmark).
+pub const GRAPH_NODE_US: f64 = 0.5;
 
 /// Resident blocks per SM from which an overlapped decode hides behind other warps' products.
 pub const OVERLAP_MIN_BLOCKS: u32 = 2;
@@ -202,7 +213,12 @@ pub fn times_at(gpu: &Gpu, c: &Cost, grid_blocks: u64, blocks_per_sm: u32) -> Ti
     let decode = if c.decode_overlapped && blocks_per_sm >= OVERLAP_MIN_BLOCKS {
         let hmmas = c.tensor_flops / HMMA_FLOPS;
         let issue = hmmas * c.loop_instructions_per_mma / issue_rate / eff;
-        let smem = hmmas * NF4_SMEM_WAVEFRONTS_PER_MMA / (gpu.sms as f64 * clock) / eff;
+        let wavefronts = if c.smem_wavefronts_per_mma > 0.0 {
+            c.smem_wavefronts_per_mma
+        } else {
+            NF4_SMEM_WAVEFRONTS_PER_MMA
+        };
+        let smem = hmmas * wavefronts / (gpu.sms as f64 * clock) / eff;
         (issue.max(smem) - tensor).max(0.0)
     } else {
         c.decoded_elements * DECODE_SLOTS / 32.0 / issue_rate / eff
@@ -217,8 +233,13 @@ pub fn times_at(gpu: &Gpu, c: &Cost, grid_blocks: u64, blocks_per_sm: u32) -> Ti
     }
 }
 
-/// Predicts one recorded launch on `gpu`.
+/// Predicts one recorded launch on `gpu`, launched on a stream ([`Gpu::launch_gap_us`]).
 pub fn estimate(gpu: &Gpu, r: &LaunchRecord) -> LaunchEstimate {
+    estimate_with_gap(gpu, r, gpu.launch_gap_us)
+}
+
+/// [`estimate`] with `gap_us` per launch (e.g. [`GRAPH_NODE_US`] for a graph node).
+pub fn estimate_with_gap(gpu: &Gpu, r: &LaunchRecord, gap_us: f64) -> LaunchEstimate {
     let c = cost(r);
     let threads = r.block.count() as u32;
     let res = resources(gpu.arch, r.kernel.name);
@@ -234,7 +255,7 @@ pub fn estimate(gpu: &Gpu, r: &LaunchRecord) -> LaunchEstimate {
     let t = times_at(gpu, &c, grid_blocks, occ.blocks_per_sm);
     let compute = t.tensor + t.decode + t.softmax;
     let work = compute.max(t.memory) * 1e6;
-    let bound = if work < gpu.launch_gap_us {
+    let bound = if work < gap_us {
         "launch"
     } else if t.memory >= compute {
         "memory"
@@ -259,7 +280,7 @@ pub fn estimate(gpu: &Gpu, r: &LaunchRecord) -> LaunchEstimate {
         t_decode_us: t_decode * 1e6,
         t_softmax_us: t_softmax * 1e6,
         t_memory_us: t_memory * 1e6,
-        time_us: work + gpu.launch_gap_us,
+        time_us: work + gap_us,
         bound,
     }
 }
@@ -292,6 +313,18 @@ impl StepEstimate {
         StepEstimate {
             gpu: *gpu,
             launches: trace.iter().map(|r| estimate(gpu, r)).collect(),
+        }
+    }
+
+    /// The launches replayed as one CUDA graph: [`GRAPH_NODE_US`] per launch instead of the
+    /// stream launch gap.
+    pub fn graph(gpu: &Gpu, trace: &[LaunchRecord]) -> StepEstimate {
+        StepEstimate {
+            gpu: *gpu,
+            launches: trace
+                .iter()
+                .map(|r| estimate_with_gap(gpu, r, GRAPH_NODE_US))
+                .collect(),
         }
     }
 

@@ -245,6 +245,12 @@ impl Backend for Recording {
     fn release_cached(&self) {
         self.inner.release_cached()
     }
+    fn begin_capture(&self) -> Result<()> {
+        self.inner.begin_capture()
+    }
+    fn end_capture(&self) -> Result<Box<dyn crate::graph::GraphExec>> {
+        self.inner.end_capture()
+    }
 }
 
 /// A backend that executes nothing: allocations are address ranges without memory (so a
@@ -257,6 +263,7 @@ pub struct DryRun {
     trace: Trace,
     allocs: Allocations,
     stats: Mutex<MemoryStats>,
+    capture: crate::graph::Recorder,
 }
 
 impl DryRun {
@@ -294,6 +301,7 @@ impl DryRun {
             trace: trace.clone(),
             allocs: Allocations::default(),
             stats: Mutex::new(MemoryStats::default()),
+            capture: crate::graph::Recorder::default(),
         };
         (Device::from_backend(Box::new(b)), trace)
     }
@@ -347,12 +355,21 @@ impl Backend for DryRun {
         shared_bytes: u32,
         args: &[ArgValue],
     ) -> Result<()> {
+        // Recording is what a dry run executes: a captured launch is traced once when
+        // captured and again at each replay.
         self.trace
             .push(self.allocs.record(kernel, grid, block, shared_bytes, args));
+        self.capture.record(kernel, grid, block, shared_bytes, args);
         Ok(())
     }
     fn synchronize(&self) -> Result<()> {
         Ok(())
+    }
+    fn begin_capture(&self) -> Result<()> {
+        self.capture.begin()
+    }
+    fn end_capture(&self) -> Result<Box<dyn crate::graph::GraphExec>> {
+        Ok(Box::new(self.capture.end()?))
     }
     fn memory(&self) -> MemoryStats {
         self.stats.lock().map(|s| *s).unwrap_or_default()

@@ -14,6 +14,12 @@
 //!   new token at its own position, the cache write, flash-decoding attention over the filled
 //!   columns, dense, GELU MLP, residual, and the lm_head GEMV to f32 logits, which the host
 //!   reads to choose the next tokens.
+//! - Graphs: the first step runs its launches one by one (and loads every kernel module); then
+//!   the step is captured once ([`kernels_cu::Device::capture`]) and replayed for every later
+//!   token, so the driver's per-launch cost is paid once per step instead of ~450 times. What
+//!   changes per token lives in device memory ([`StepInputs`]: the token ids, their positions
+//!   and the filled cache length), uploaded by one copy before each step; the kernels read it
+//!   there. [`CudaFalcon::decode_graphs`] turns this off (plain launches every step).
 //!
 //! With [`MergedWeights`] the adapted linears run as bf16 copies of `W + s·B·A` (no adapter
 //! launches), which costs 4x the 4-bit weight bytes per token but fewer launches.
@@ -25,9 +31,10 @@ use super::{cuda_err, CudaFalcon, Dev, RngCursor};
 use crate::generate::{choose_tokens, finished, fresh_outputs, left_pad, Padded};
 use crate::{FalconError, FalconModel, Generated, GenerationConfig, Result};
 use engine::rng::RngState;
-use kernels_cu::ops::decode::{self, CacheShape};
+use kernels_cu::graph::Graph;
+use kernels_cu::ops::decode::{self, CacheShape, Epilogue, GemvScratch};
 use kernels_cu::ops::pointwise;
-use kernels_cu::ops::rope::{self, QkvLayout};
+use kernels_cu::ops::rope;
 use kernels_cu::{Buffer, DType};
 
 /// The base with the adapters merged into bf16 copies (`--merge`), built by
@@ -75,6 +82,54 @@ impl KvCache {
     }
 }
 
+/// What changes from one decode step to the next, in device memory so that a captured step
+/// replays with the current values: `[ids (b) | positions (b) | filled length (1)]` u32, the
+/// filled length counting the new token's column.
+pub(crate) struct StepInputs {
+    buf: Buffer,
+    batch: usize,
+    /// The embedding's invalid-id flag (ids are checked on the host; never set).
+    bad_id: Buffer,
+    /// The split-K counters of the step's 4-bit GEMVs (zeroed once, left zero by each launch).
+    gemv: GemvScratch,
+}
+
+impl StepInputs {
+    /// Inputs for `batch` sequences of a model whose widest linear has `max_out` rows.
+    pub fn alloc(dev: &Dev, batch: usize, max_out: usize) -> Result<StepInputs> {
+        Ok(StepInputs {
+            gemv: GemvScratch::new(dev, max_out)
+                .map_err(cuda_err("allocate the GEMV split counters".into()))?,
+            buf: alloc(dev, "decode step inputs", DType::U32, 2 * batch + 1)?,
+            batch,
+            bad_id: dev
+                .htod(&[i32::MAX])
+                .map_err(cuda_err("upload the embedding flag".into()))?,
+        })
+    }
+
+    /// Uploads one step's inputs (one copy).
+    pub fn set(&mut self, dev: &Dev, ids: &[u32], positions: &[u32], len: usize) -> Result<()> {
+        let b = self.batch;
+        if ids.len() != b || positions.len() != b {
+            return Err(FalconError::InvalidArgument(format!(
+                "decode step: {} ids and {} positions for a batch of {b}",
+                ids.len(),
+                positions.len()
+            )));
+        }
+        let len = u32::try_from(len).map_err(|_| {
+            FalconError::InvalidArgument(format!("decode step: cache length {len}"))
+        })?;
+        let mut v = Vec::with_capacity(2 * b + 1);
+        v.extend_from_slice(ids);
+        v.extend_from_slice(positions);
+        v.push(len);
+        dev.write(&mut self.buf, &v)
+            .map_err(cuda_err("upload the decode step's inputs".into()))
+    }
+}
+
 /// What a decode step reads besides the cache: the device, the shapes, the rotary
 /// frequencies, the base and the adapters.
 pub(crate) struct DecodeParts<'a> {
@@ -96,7 +151,8 @@ impl CudaFalcon {
     }
 
     /// Generates up to `cfg.max_new_tokens` for each prompt, on the device; the same
-    /// semantics as [`FalconModel::generate`].
+    /// semantics as [`FalconModel::generate`]. Steps after the first replay a captured graph
+    /// when [`CudaFalcon::decode_graphs`] is on (the default).
     pub fn generate(
         &self,
         prompts: &[Vec<u32>],
@@ -146,34 +202,52 @@ impl CudaFalcon {
         let up = |what: &str| cuda_err(format!("upload {what}"));
         let key_mask = dev.htod(&full_mask).map_err(up("decode key mask"))?;
 
-        let (mut cache, mut logits) = self.prefill(base, &ids, &mask, &pos, [b, len], shape)?;
+        let (mut cache, first_logits) = self.prefill(base, &ids, &mask, &pos, [b, len], shape)?;
         let mut out = fresh_outputs(b);
         let vocab = g.vocab;
+        let parts = DecodeParts {
+            dev,
+            g,
+            inv_freq: &self.inv_freq,
+            base,
+            adapters: &self.adapters,
+        };
+        let mut inputs = StepInputs::alloc(dev, b, max_out_features(base))?;
+        // The logits of the last step: the prefill's, then a plain step's or the graph's.
+        let mut plain: Buffer = first_logits;
+        let mut graph: Option<(Graph, Buffer)> = None;
         for step in 0..cfg.max_new_tokens {
-            let z: Vec<f32> = dev
-                .dtoh(&logits)
-                .map_err(cuda_err("download logits".into()))?;
+            let z: Vec<f32> = {
+                let logits = match &graph {
+                    Some((_, l)) => l,
+                    None => &plain,
+                };
+                dev.dtoh(logits)
+                    .map_err(cuda_err("download logits".into()))?
+            };
             let step_ids = choose_tokens(&mut out, &z, vocab, step, cfg)?;
             if finished(&out, step, cfg) {
                 break;
             }
-            let positions = next_pos.clone();
+            inputs.set(dev, &step_ids, &next_pos, len + step + 1)?;
             next_pos.iter_mut().for_each(|p| *p += 1);
-            let parts = DecodeParts {
-                dev,
-                g,
-                inv_freq: &self.inv_freq,
-                base,
-                adapters: &self.adapters,
-            };
-            logits = decode_step(
-                &parts,
-                &mut cache,
-                &step_ids,
-                &positions,
-                &key_mask,
-                len + step,
-            )?;
+            if !self.decode_graphs || step == 0 {
+                plain = decode_step(&parts, &mut cache, &mut inputs, &key_mask)?;
+                continue;
+            }
+            if graph.is_none() {
+                let captured = dev.capture(cuda_err("capture the decode step".into()), || {
+                    decode_step(&parts, &mut cache, &mut inputs, &key_mask)
+                })?;
+                graph = Some((captured.1, captured.0));
+            }
+            if let Some((gr, _)) = &graph {
+                // SAFETY: the graph's launches address the weights, adapters, rotary
+                // frequencies, key mask, caches and step inputs, all alive until this function
+                // returns (the graph is dropped first, being declared after them), and the
+                // buffers the captured step allocated, which the graph keeps.
+                unsafe { gr.launch() }.map_err(cuda_err("replay the decode step".into()))?;
+            }
         }
         Ok(out)
     }
@@ -235,22 +309,32 @@ impl CudaFalcon {
     }
 }
 
-/// One new token per sequence (`ids`, at `positions`): writes cache column `col`, attends
-/// over columns `0..=col` where `key_mask` (`[b, cap]`) is set, and returns the logits
-/// `[b, vocab]` f32.
+/// One new token per sequence (`inputs`: ids, positions, and the filled length `len` after
+/// this token): writes cache column `len − 1`, attends over columns `0..len` where `key_mask`
+/// (`[b, cap]`) is set, and returns the logits `[b, vocab]` f32. Only launches and
+/// allocations: it can be captured into a graph and replayed with new `inputs`.
 pub(crate) fn decode_step(
     p: &DecodeParts,
     cache: &mut KvCache,
-    ids: &[u32],
-    positions: &[u32],
+    inputs: &mut StepInputs,
     key_mask: &Buffer,
-    col: usize,
 ) -> Result<Buffer> {
     let (dev, g, base) = (p.dev, p.g, p.base);
-    let b = ids.len();
-    let up = |what: &str| cuda_err(format!("upload {what}"));
-    let ids_d = dev.htod(ids).map_err(up("token ids"))?;
-    let pos_d = dev.htod(positions).map_err(up("positions"))?;
+    let b = inputs.batch;
+    let part = |offset, len, what: &str| {
+        inputs
+            .buf
+            .view(offset, len)
+            .map_err(cuda_err(format!("decode step inputs: {what}")))
+    };
+    let (ids_d, pos_d, len_d) = (
+        part(0, b, "ids")?,
+        part(b, b, "positions")?,
+        part(2 * b, 1, "filled length")?,
+    );
+    // Written only for an invalid id, which the host has ruled out.
+    let bad_id = &mut inputs.bad_id;
+    let scratch = &mut inputs.gemv;
     let table = rope::table(dev, &pos_d, p.inv_freq, g.head_dim)
         .map_err(cuda_err("rotary table".into()))?;
     let ctx = StepCtx {
@@ -262,7 +346,18 @@ pub(crate) fn decode_step(
         mask: None,
         train: false,
     };
-    let mut x = embed(dev, g, base, &ids_d, b)?;
+    let cap = cache.shape.capacity;
+    let mut x = alloc(dev, "embeddings", DType::BF16, b * g.hidden)?;
+    pointwise::embedding_forward_flagged(
+        dev,
+        &mut x,
+        bad_id,
+        &ids_d,
+        &base.embed,
+        g.vocab,
+        g.hidden,
+    )
+    .map_err(cuda_err("embedding".into()))?;
     for (i, l) in base.layers.iter().enumerate() {
         let (h_attn, h_mlp) = match &l.norms {
             DeviceNorms::Single(n) => (layer::norm_forward(&ctx, n, &x)?.0, None),
@@ -272,25 +367,25 @@ pub(crate) fn decode_step(
             ),
         };
         let h_mlp = h_mlp.as_ref().unwrap_or(&h_attn);
-        let qkv = linear(dev, p.adapters, &l.qkv, &h_attn, b)?;
+        let qkv = linear(dev, (p.adapters, &mut *scratch), &l.qkv, &h_attn, b)?;
         let mut q = alloc(dev, "q", DType::BF16, b * g.heads * g.head_dim)?;
-        let mut k = alloc(dev, "k", DType::BF16, b * g.kv_heads * g.head_dim)?;
-        let mut v = alloc(dev, "v", DType::BF16, b * g.kv_heads * g.head_dim)?;
-        let layout = QkvLayout {
-            batch: b,
-            seq: 1,
-            heads: g.heads,
-            kv_heads: g.kv_heads,
-            head_dim: g.head_dim,
-            grouped: g.grouped,
-        };
-        rope::forward(dev, &mut q, &mut k, &mut v, &qkv, &table, &layout)
-            .map_err(cuda_err(format!("layer {i}: QKV split + RoPE")))?;
-        let werr = |what: &str| cuda_err(format!("layer {i}: cache the new {what}"));
-        decode::kv_write(dev, &mut cache.k[i], &k, &cache.shape, 1, col).map_err(werr("key"))?;
-        decode::kv_write(dev, &mut cache.v[i], &v, &cache.shape, 1, col).map_err(werr("value"))?;
+        decode::rope_append(
+            dev,
+            &mut q,
+            &mut cache.k[i],
+            &mut cache.v[i],
+            &qkv,
+            &table,
+            &len_d,
+            &cache.shape,
+            g.heads,
+            g.grouped,
+        )
+        .map_err(cuda_err(format!(
+            "layer {i}: RoPE + cache the new key and value"
+        )))?;
         let scale = (1.0 / (g.head_dim as f64).sqrt()) as f32;
-        let attn = decode::attention(
+        let attn = decode::attention_at(
             dev,
             &q,
             &cache.k[i],
@@ -298,19 +393,29 @@ pub(crate) fn decode_step(
             key_mask,
             &cache.shape,
             g.heads,
-            col + 1,
+            &len_d,
+            cap,
             scale,
         )
         .map_err(cuda_err(format!("layer {i}: decode attention")))?;
-        let attn_out = linear(dev, p.adapters, &l.dense, &attn, b)?;
-        let pre = linear(dev, p.adapters, &l.h_to_4h, h_mlp, b)?;
-        let mut act = alloc(dev, "gelu", DType::BF16, pre.len())?;
-        pointwise::gelu_forward(dev, &mut act, &pre).map_err(cuda_err("gelu".into()))?;
-        let mlp_out = linear(dev, p.adapters, &l.four_h_to_h, &act, b)?;
-        let mut next = alloc(dev, "layer output", DType::BF16, b * g.hidden)?;
-        pointwise::residual_add3(dev, &mut next, &x, &attn_out, &mlp_out)
-            .map_err(cuda_err("residual".into()))?;
-        x = next;
+        let attn_out = linear(dev, (p.adapters, &mut *scratch), &l.dense, &attn, b)?;
+        let act = linear_then(
+            dev,
+            (p.adapters, &mut *scratch),
+            &l.h_to_4h,
+            h_mlp,
+            b,
+            Epilogue::Gelu,
+        )?;
+        // The block's output x + attention + MLP.
+        x = linear_then(
+            dev,
+            (p.adapters, &mut *scratch),
+            &l.four_h_to_h,
+            &act,
+            b,
+            Epilogue::Residual(&x, &attn_out),
+        )?;
     }
     lm_head(&ctx, base, &x, b)
 }
@@ -345,14 +450,24 @@ fn lm_head(ctx: &StepCtx, base: &DeviceBaseModel, x: &Buffer, m: usize) -> Resul
 /// `y = x·Wᵀ (+ s·B·A·x)` for a few rows: the GEMV for the base, the adapter's own launches.
 fn linear(
     dev: &Dev,
-    store: &AdapterStore,
+    (store, scratch): (&AdapterStore, &mut GemvScratch),
     lin: &DeviceLinear,
     x: &Buffer,
     m: usize,
 ) -> Result<Buffer> {
     let mut y = alloc(dev, &lin.name, DType::BF16, m * lin.shape[0])?;
     let r = match &lin.base {
-        DeviceBase::FourBit(w) => decode::gemv_nf4(dev, x, w, &mut y, m, 1.0, 0.0),
+        DeviceBase::FourBit(w) => decode::gemv_nf4_then(
+            dev,
+            x,
+            w,
+            &mut y,
+            m,
+            1.0,
+            0.0,
+            Epilogue::None,
+            Some(scratch),
+        ),
         DeviceBase::Bf16(w) => {
             decode::gemv_bf16(dev, x, w, &mut y, m, lin.shape[0], lin.shape[1], 1.0, 0.0)
         }
@@ -362,4 +477,42 @@ fn linear(
         store.forward(dev, i, x, &mut y, m, None)?;
     }
     Ok(y)
+}
+
+/// `epi(x·Wᵀ (+ s·B·A·x))`: fused into the 4-bit GEMV's launch when the linear has no adapter
+/// (the adapter's product must land before the epilogue), else the separate kernel after it.
+/// Either way the same values (the fused epilogues compute the separate kernels' arithmetic).
+fn linear_then(
+    dev: &Dev,
+    (store, scratch): (&AdapterStore, &mut GemvScratch),
+    lin: &DeviceLinear,
+    x: &Buffer,
+    m: usize,
+    epi: Epilogue<'_>,
+) -> Result<Buffer> {
+    if let (DeviceBase::FourBit(w), None) = (&lin.base, lin.lora) {
+        let mut y = alloc(dev, &lin.name, DType::BF16, m * lin.shape[0])?;
+        decode::gemv_nf4_then(dev, x, w, &mut y, m, 1.0, 0.0, epi, Some(scratch))
+            .map_err(cuda_err(format!("{} (decode, fused epilogue)", lin.name)))?;
+        return Ok(y);
+    }
+    let y = linear(dev, (store, scratch), lin, x, m)?;
+    let mut out = alloc(dev, &lin.name, DType::BF16, y.len())?;
+    match epi {
+        Epilogue::None => return Ok(y),
+        Epilogue::Gelu => pointwise::gelu_forward(dev, &mut out, &y),
+        Epilogue::Residual(r1, r2) => pointwise::residual_add3(dev, &mut out, r1, r2, &y),
+    }
+    .map_err(cuda_err(format!("{} epilogue", lin.name)))?;
+    Ok(out)
+}
+
+/// Rows of the widest linear of the decoder layers (the GEMV split counters cover it).
+pub(crate) fn max_out_features(base: &DeviceBaseModel) -> usize {
+    base.layers
+        .iter()
+        .flat_map(|l| [&l.qkv, &l.dense, &l.h_to_4h, &l.four_h_to_h])
+        .map(|lin| lin.shape[0])
+        .max()
+        .unwrap_or(0)
 }

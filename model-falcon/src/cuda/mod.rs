@@ -85,6 +85,9 @@ pub struct CudaFalcon {
     inv_freq: Buffer,
     /// Re-run each layer's forward in backward instead of keeping its activations.
     pub recompute: bool,
+    /// Generation replays each decode step from a captured launch graph (see
+    /// [`decode`]); off: every step launches its kernels one by one.
+    pub decode_graphs: bool,
 }
 
 /// Inputs of one micro-batch on the device.
@@ -128,6 +131,7 @@ impl CudaFalcon {
             opt,
             inv_freq,
             recompute: model.recompute,
+            decode_graphs: true,
         })
     }
 

@@ -256,6 +256,9 @@ pub struct DecodeShape {
     /// The adapters merged into bf16 copies of their linears (`--merge`): no adapter
     /// launches, 2 bytes per weight of the adapted linears.
     pub merged: bool,
+    /// The step is replayed from a captured graph (as `generate` does after its first step):
+    /// launches are priced as graph nodes ([`perf::model::GRAPH_NODE_US`]).
+    pub graphs: bool,
 }
 
 impl DecodeShape {
@@ -268,6 +271,7 @@ impl DecodeShape {
             targets: TargetModules::from_flag("query_key_value"),
             four_bit: true,
             merged: false,
+            graphs: true,
         }
     }
 }
@@ -279,7 +283,7 @@ pub fn record_decode_step(
     config: &FalconConfig,
     shape: &DecodeShape,
 ) -> Result<usize> {
-    use super::decode::{decode_step, DecodeParts, KvCache};
+    use super::decode::{decode_step, DecodeParts, KvCache, StepInputs};
     if shape.batch == 0 || shape.context == 0 {
         return Err(FalconError::InvalidArgument(format!(
             "decode plan: batch {} x context {} (both must be at least 1)",
@@ -347,14 +351,18 @@ pub fn record_decode_step(
         base: &base,
         adapters: &adapters,
     };
-    decode_step(
-        &parts,
-        &mut cache,
-        &vec![0u32; b],
-        &vec![(ctx - 1) as u32; b],
-        &mask,
-        ctx - 1,
-    )?;
+    let mut inputs = StepInputs::alloc(dev, b, super::decode::max_out_features(&base))?;
+    inputs.set(dev, &vec![0u32; b], &vec![(ctx - 1) as u32; b], ctx)?;
+    if shape.graphs {
+        // Captured as `generate` captures it; on the dry run the capture traces each launch.
+        let (_logits, graph) = dev.capture(cuda_err("capture the decode step".into()), || {
+            decode_step(&parts, &mut cache, &mut inputs, &mask)
+        })?;
+        let peak = dev.memory().peak_in_use;
+        drop(graph);
+        return Ok(peak);
+    }
+    decode_step(&parts, &mut cache, &mut inputs, &mask)?;
     Ok(dev.memory().peak_in_use)
 }
 
@@ -369,7 +377,13 @@ pub struct DecodePlan {
 
 /// Plans one decode step of `config` at `shape` for `gpu` without executing it.
 pub fn dry_run_decode(config: &FalconConfig, shape: &DecodeShape, gpu: &Gpu) -> Result<DecodePlan> {
-    let (dev, trace) = DryRun::device(gpu.name, gpu.compute_capability, gpu.smem_per_block_optin);
+    // The GPU's SM count, so that the GEMVs split over K as they would there.
+    let (dev, trace) = DryRun::device_with_sms(
+        gpu.name,
+        gpu.compute_capability,
+        gpu.smem_per_block_optin,
+        gpu.sms,
+    );
     let peak_bytes = record_decode_step(&dev, config, shape)?;
     Ok(DecodePlan {
         launches: trace.take(),
@@ -399,7 +413,11 @@ pub fn decode_estimate(
     gpu: &Gpu,
 ) -> Result<DecodeEstimate> {
     let p = dry_run_decode(config, shape, gpu)?;
-    let est = perf::StepEstimate::new(gpu, &p.launches);
+    let est = if shape.graphs {
+        perf::StepEstimate::graph(gpu, &p.launches)
+    } else {
+        perf::StepEstimate::new(gpu, &p.launches)
+    };
     let step_us = est.time_us();
     let weight_bytes = p
         .launches

@@ -58,6 +58,23 @@ pub fn noise(seed: u64, n: usize) -> Vec<f32> {
 /// A random model whose weights both backends represent exactly, with random rank-`rank`
 /// adapters on all four linears of every layer.
 pub fn model(grouped: bool, rank: usize, dropout: f64, seed: u64) -> FalconModel {
+    model_with_targets(
+        grouped,
+        rank,
+        dropout,
+        seed,
+        "query_key_value,dense,dense_h_to_4h,dense_4h_to_h",
+    )
+}
+
+/// [`model`] with adapters on the `targets` modules only (a `--target-modules` value).
+pub fn model_with_targets(
+    grouped: bool,
+    rank: usize,
+    dropout: f64,
+    seed: u64,
+    targets: &str,
+) -> FalconModel {
     let dense = BaseOptions {
         quant: QuantMode::None,
         ..BaseOptions::default()
@@ -103,7 +120,7 @@ pub fn model(grouped: bool, rank: usize, dropout: f64, seed: u64) -> FalconModel
             lin.base = BaseWeight::Quantized(Arc::new(q));
         }
     }
-    let targets = TargetModules::from_flag("query_key_value,dense,dense_h_to_4h,dense_4h_to_h");
+    let targets = TargetModules::from_flag(targets);
     let cfg = LoraConfig::new(rank, 2.0 * rank as f64, dropout, targets);
     attach_lora(&mut m, &cfg, seed).unwrap();
     for (name, p) in m.lora_parameters() {
