@@ -86,26 +86,27 @@ fn loop_mix(family: &str, kernel: &str, arch: &str) -> Option<sass::Mix> {
     Some(m)
 }
 
-/// `add_f32` (ptxas 12.4.131, sm_80): a grid-stride loop of 12 instructions: two loads and a
-/// store, one FADD, three address products (IMAD.WIDE), the index step (IMAD) and test
-/// (ISETP), a constant move (HFMA2.MMA), a MOV and the branch.
+/// `add_f32` (ptxas 12.4.131, sm_80): the vector part of the grid-stride loop, which ptxas
+/// unrolls four times: per element group of eight, four 16-byte loads (two f32x4 of `a`, two
+/// of `b`), two 16-byte stores and eight FADDs, i.e. 24 memory instructions and 32 FADDs in
+/// 88 instructions, the rest index and address arithmetic and the branch.
 #[test]
-fn the_grid_stride_loop_of_add_f32_has_two_loads_an_add_and_a_store() {
+fn the_grid_stride_loop_of_add_f32_moves_eight_elements_per_access() {
     let Some(m) = loop_mix("elementwise", "add_f32", "sm_80") else {
         return;
     };
     assert_eq!(
         m,
         sass::Mix {
-            instructions: 12,
+            instructions: 88,
             mma: 0,
             ldmatrix: 0,
             shared: 0,
-            global: 3,
+            global: 24,
             sync: 0,
-            float: 1,
-            integer: 5,
-            other: 3,
+            float: 32,
+            integer: 31,
+            other: 1,
         }
     );
 }
