@@ -78,9 +78,14 @@ pub struct Resources {
 }
 
 /// Registers and static shared memory of `kernel` for `arch` from the ptxas report; sm_86 and
-/// sm_89 use the sm_80 line (the report covers sm_80 and sm_90).
+/// sm_89 use the sm_80 line (the report covers sm_80 and sm_90, and sm_90a for the wgmma kernels).
 pub fn resources(arch: &str, kernel: &str) -> Option<Resources> {
-    let arch = if arch == "sm_90" { "sm_90" } else { "sm_80" };
+    let arch = match arch {
+        // The wgmma kernels exist only as sm_90a code (their own report rows).
+        "sm_90" if crate::sources::SM90A_KERNELS.contains(&kernel) => crate::ptxas::SM90A_ARCH,
+        "sm_90" => "sm_90",
+        _ => "sm_80",
+    };
     REPORT.lines().find_map(|l| {
         let f: Vec<&str> = l.split_whitespace().collect();
         if f.len() >= 4 && f[0] == arch && f[1] == kernel {
