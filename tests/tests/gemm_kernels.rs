@@ -8,10 +8,11 @@
 //!   mma, then across k-steps) errs by at most K·u·mag; the tolerance is (K + 16)·u·mag (+ the
 //!   α/β epilogue roundings, covered by the +16 and a u·|β·C| term), plus 2⁻⁸·|ref| for one
 //!   rounding to a bf16 output.
-//! - The forward also runs on an emulator that reports compute capability 9.0, where the launcher
-//!   takes the wgmma kernel (sm_90a): its output must be bit-identical to the mma.sync kernel's
-//!   on the emulator (both round to fp32 once per k16 step, in the same k order), besides
-//!   meeting the reference's tolerance.
+//! - The NF4 GEMMs also run on an emulator that reports compute capability 9.0, where the
+//!   launcher takes the wgmma kernels (sm_90a; the backward where out_features % 8 == 0, else
+//!   the mma.sync one): the output must be bit-identical to the mma.sync kernel's on the
+//!   emulator (both round to fp32 once per k16 step, in the same k order), besides meeting the
+//!   reference's tolerance.
 //! - Outputs start poisoned (the emulator fills fresh buffers with NaN bytes; β = 0 must not
 //!   read them), shapes are ragged in M and N (and K for the bf16 GEMM), inputs fresh per case.
 
@@ -212,9 +213,7 @@ fn check_nf4_gemm_split(
     let a = rng.bf16s(m * red);
     let af: Vec<f64> = a.iter().map(|v| v.to_f64()).collect();
     let mut devs = devices();
-    if !backward {
-        devs.push(hopper_emulator());
-    }
+    devs.push(hopper_emulator());
     let mut mma_sync_bits: Option<Vec<u64>> = None;
     // Every device starts from the same C (β ≠ 0), so that the emulators' outputs compare bitwise.
     let out_state = rng.next_u64();
