@@ -28,6 +28,10 @@
 //! separate from the tensor pipe). Instructions per HMMA are the SASS count of the kernel's
 //! k-loop ([`Cost::loop_instructions_per_mma`]); wavefronts (128 bytes each, one per SM per
 //! clock) are counted from the loop's shared-memory accesses ([`NF4_SMEM_WAVEFRONTS_PER_MMA`]).
+//! The wgmma kernels (sm_90a, [`Cost::wgmma`]) use [`WGMMA_EFFICIENCY`] for the tensor pipe and
+//! their own wavefront count ([`super::cost::NF4_WGMMA_SMEM_WAVEFRONTS_PER_MMA`], which includes
+//! the tensor cores' reads of the shared-memory operand); an HMMA there is an HMMA-equivalent
+//! (4096 FLOP of the warpgroup's products).
 //! With one block per SM the decode stays serial (counted as before). These two bounds are
 //! applied only to the NF4 GEMM; the other kernels keep the coarser rules above.
 //! The SM-wave count assumes that one resident block keeps an SM's tensor cores as busy as
@@ -59,6 +63,12 @@ pub const HMMA_FLOPS: f64 = 2.0 * 16.0 * 8.0 * 16.0;
 /// k-tile over 8 warps: 22 per warp): 174 / 64 ≈ 2.7. With one HMMA per SM per clock at the
 /// dense peak this caps the loop near 37 % of it on Hopper.
 pub const NF4_SMEM_WAVEFRONTS_PER_MMA: f64 = 2.7;
+
+/// Fraction of the dense bf16 peak the tensor pipe reaches under `wgmma` (sm_90a kernels only):
+/// the cuBLAS bf16 GEMM 8192³ observed at 788 TFLOP/s on an H200 (`perf::calibration`), 0.80,
+/// rounded down to 0.78 for a kernel that waits for its products once per k-tile
+/// (`wgmma.wait_group 0`) with two blocks per SM to cover the wait. An assumption until measured.
+pub const WGMMA_EFFICIENCY: f64 = 0.78;
 
 /// Resident blocks per SM from which an overlapped decode hides behind other warps' products.
 pub const OVERLAP_MIN_BLOCKS: u32 = 2;
@@ -203,11 +213,21 @@ pub fn times_at(gpu: &Gpu, c: &Cost, grid_blocks: u64, blocks_per_sm: u32) -> Ti
     let issue_rate = 4.0 * gpu.sms as f64 * clock; // warp instructions per second
     let busy = grid_blocks.min(gpu.sms as u64) as f64;
     let bw_share = (2.0 * busy / gpu.sms as f64).min(1.0);
-    let tensor = c.tensor_flops / (gpu.bf16_tflops * 1e12 * gpu.mma_efficiency) / eff;
+    let mma_efficiency = if c.wgmma {
+        WGMMA_EFFICIENCY
+    } else {
+        gpu.mma_efficiency
+    };
+    let tensor = c.tensor_flops / (gpu.bf16_tflops * 1e12 * mma_efficiency) / eff;
     let decode = if c.decode_overlapped && blocks_per_sm >= OVERLAP_MIN_BLOCKS {
         let hmmas = c.tensor_flops / HMMA_FLOPS;
         let issue = hmmas * c.loop_instructions_per_mma / issue_rate / eff;
-        let smem = hmmas * NF4_SMEM_WAVEFRONTS_PER_MMA / (gpu.sms as f64 * clock) / eff;
+        let wavefronts = if c.wgmma {
+            super::cost::NF4_WGMMA_SMEM_WAVEFRONTS_PER_MMA
+        } else {
+            NF4_SMEM_WAVEFRONTS_PER_MMA
+        };
+        let smem = hmmas * wavefronts / (gpu.sms as f64 * clock) / eff;
         (issue.max(smem) - tensor).max(0.0)
     } else {
         c.decoded_elements * DECODE_SLOTS / 32.0 / issue_rate / eff
