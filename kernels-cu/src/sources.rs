@@ -187,7 +187,7 @@ kernels! {
 
 /// Kernels that exist only for the arch-specific target sm_90a (they use wgmma): absent from
 /// the family's compute_80 PTX and its sm_80..sm_90 cubins, present in its sm_90a PTX and cubin
-/// ([`crate::ptx::sm90a_ptx`], [`crate::cubin::SM90A`]).
+/// ([`crate::ptx::sm90a_ptx`], [`crate::cubin::family_image`]).
 pub const SM90A_KERNELS: &[&str] = &[
     "nf4_gemm_fwd_wgmma_bf16",
     "nf4_gemm_fwd_wgmma_f32",
