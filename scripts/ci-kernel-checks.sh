@@ -30,10 +30,10 @@ for line in sys.stdin:
         continue
     pkg, target = m["package_id"], m["target"]["name"]
     # The kernel tests: integration-tests/tests/*_kernels.rs and kernels-cu'"'"'s emulator,
-    # device and seeded-bug (checkers) tests.
+    # device, seeded-bug (checkers) and warpgroup MMA (wgmma) tests.
     if "integration-tests" in pkg and target.endswith("_kernels"):
         print(m["executable"])
-    elif "/kernels-cu#" in pkg and target in ("emulator", "device", "checkers"):
+    elif "/kernels-cu#" in pkg and target in ("emulator", "device", "checkers", "wgmma"):
         print(m["executable"])
 ')
 [ "${#exes[@]}" -ge 10 ] || { echo "ci-kernel-checks: expected the kernel test binaries, found ${#exes[@]}" >&2; exit 1; }

@@ -14,6 +14,8 @@
 //   warp        warp_sum / warp_max (xor butterfly, result in every lane, fixed order)
 //   PTX         mma_m16n8k16_bf16, ldmatrix_x{1,2,4}[_trans], cp_async_{4,8,16}, cp_async_commit,
 //               cp_async_wait<N>, cp_async_wait_all, fence_block, fence_gpu, smem_u32
+//   wgmma       (sm_90a, KC_HAS_WGMMA) wgmma_desc, wgmma_m64k16_bf16_rs<N>, wgmma_fence,
+//               wgmma_commit, wgmma_wait<N>, fence_proxy_async, wgmma_fence_operand
 // Fragment layouts follow the PTX ISA (see the lane tables in the kernels-cu crate docs).
 #pragma once
 
@@ -409,5 +411,101 @@ KC_FN void cp_async_wait_all() {
 KC_FN void fence_block() { __threadfence_block(); }
 KC_FN void fence_gpu() { __threadfence(); }
 #endif
+
+// ---- warpgroup MMA (wgmma), sm_90a only -----------------------------------------------------
+//
+// KC_HAS_WGMMA is 1 where the wgmma instructions exist: under NVRTC only for the arch-specific
+// target sm_90a (compute_90a defines __CUDA_ARCH_FEAT_SM90_ALL; plain sm_90 rejects wgmma), and
+// always in the emulator. Kernels that use them are compiled only where it is 1.
+#if !defined(KC_DEVICE) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define KC_HAS_WGMMA 1
+#else
+#define KC_HAS_WGMMA 0
+#endif
+
+// Shared-memory matrix descriptor of a wgmma operand (PTX ISA, "Matrix Descriptor Format"):
+// `saddr` (shared state space, kc::smem_u32), the leading and stride dimension byte offsets, and
+// the swizzle mode: WGMMA_SWIZZLE_NONE (core matrices of 8 rows x 16 bytes, LBO between them
+// along K, SBO along M/N), _128B, _64B or _32B (rows of that many bytes, 8-row groups SBO apart,
+// the tile aligned to 8 rows x the swizzle width). Base offset 0.
+enum WgmmaSwizzle { WGMMA_SWIZZLE_NONE = 0, WGMMA_SWIZZLE_128B = 1, WGMMA_SWIZZLE_64B = 2, WGMMA_SWIZZLE_32B = 3 };
+KC_FN u64 wgmma_desc(u32 saddr, u32 lbo_bytes, u32 sbo_bytes, WgmmaSwizzle swizzle) {
+  return static_cast<u64>((saddr & 0x3ffffu) >> 4) | (static_cast<u64>((lbo_bytes & 0x3ffffu) >> 4) << 16) |
+         (static_cast<u64>((sbo_bytes & 0x3ffffu) >> 4) << 32) | (static_cast<u64>(swizzle) << 62);
+}
+
+#if KC_HAS_WGMMA
+// D (64 x N, f32) = A (64 x 16 bf16, registers) · B (16 x N bf16, K-major, descriptor) + (scale_d ? D : 0)
+// for the 128 threads of a warpgroup (all must execute it): wgmma.mma_async.m64nNk16 with A in
+// registers. Warp w of the warpgroup holds A rows 16w..16w+15 in the mma.sync m16n8k16 A layout
+// (see mma_m16n8k16_bf16); lane (g, t) of warp w holds d[4j + i] = D[16w + g + 8·(i/2)][8j + 2t + i%2].
+// Asynchronous: d and the B tile stay untouched until a wgmma_wait retires it; wgmma_fence
+// before the first wgmma and after other instructions touched d or a; shared memory written by
+// stores or cp.async needs fence_proxy_async (by the writer) and a barrier before the wgmma.
+template <int N>
+KC_FN void wgmma_m64k16_bf16_rs(float (&d)[N / 2], const u32 a[4], u64 desc_b, int scale_d);
+#ifdef KC_DEVICE
+KC_FN void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+KC_FN void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N>
+KC_FN void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+KC_FN void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+// Keeps the compiler from moving accesses of an accumulator register across a wgmma boundary.
+KC_FN void wgmma_fence_operand(float& r) { asm volatile("" : "+f"(r)::"memory"); }
+template <>
+KC_FN void wgmma_m64k16_bf16_rs<64>(float (&d)[32], const u32 a[4], u64 desc_b, int scale_d) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+      "{"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+      "}, {%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d)
+      : "memory");
+}
+template <>
+KC_FN void wgmma_m64k16_bf16_rs<128>(float (&d)[64], const u32 a[4], u64 desc_b, int scale_d) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+      "{"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+      "}, {%64, %65, %66, %67}, %68, p, 1, 1, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d)
+      : "memory");
+}
+#else
+template <int N>
+KC_FN void wgmma_m64k16_bf16_rs(float (&d)[N / 2], const u32 a[4], u64 desc_b, int scale_d) {
+  kc_emu::wgmma_m64k16_bf16_rs(d, N, a, desc_b, scale_d);
+}
+KC_FN void wgmma_fence() { kc_emu::wgmma_fence(); }
+KC_FN void wgmma_commit() { kc_emu::wgmma_commit(); }
+template <int N>
+KC_FN void wgmma_wait() {
+  kc_emu::wgmma_wait(N);
+}
+KC_FN void fence_proxy_async() { kc_emu::fence_proxy_async_shared(); }
+KC_FN void wgmma_fence_operand(float&) {}
+#endif
+#endif  // KC_HAS_WGMMA
 
 }  // namespace kc

@@ -509,6 +509,42 @@ KC_UNROLL
   }
 }
 
+// Split-K, after this block stored its partial tile: the last of the `splits` blocks of the
+// tile (counted by an atomic per tile, reset by that block for the next launch) sums the
+// partials in the fixed order z = 0..S-1 and applies α/β, so the result does not depend on
+// which block finishes last.
+template <typename T>
+__device__ __forceinline__ void nf4_split_reduce(T* c, const float* part, u32* counters, u32* s_last, int splits,
+                                                 int m, int n_out, int bm, int bn, float alpha, float beta) {
+  const long long plane = static_cast<long long>(m) * n_out;
+  __threadfence();  // the partial is visible device-wide before the count says so
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    u32* ctr = counters + blockIdx.y * gridDim.x + blockIdx.x;
+    const u32 prev = atomicAdd(ctr, 1u);
+    const u32 last = prev == static_cast<u32>(splits - 1) ? 1u : 0u;
+    if (last) atomicExch(ctr, 0u);  // ready for the next launch
+    *s_last = last;
+  }
+  __syncthreads();
+  if (*s_last == 0u) return;
+  __threadfence();  // acquire side: the other blocks' partials are read after their counts
+  // The tile's elements, one per thread in turn (coalesced), each the sum of the S partials in
+  // the order z = 0..S-1 (this block's own read back too), then α/β as in the epilogue.
+  const volatile float* vp = part;
+  for (int idx = threadIdx.x; idx < GEMM_BM * GEMM_BN; idx += GEMM_THREADS) {
+    const int row = bm + idx / GEMM_BN, col = bn + idx % GEMM_BN;
+    if (row >= m || col >= n_out) continue;
+    const long long o = static_cast<long long>(row) * n_out + col;
+    float sum = 0.0f;
+    for (int zz = 0; zz < splits; ++zz) sum += vp[zz * plane + o];
+    float v = alpha * sum;
+    // beta == 0 never reads the output (it may hold garbage).
+    if (beta != 0.0f) v += beta * load_out(c + o);
+    store_out(c + o, v);
+  }
+}
+
 // Forward (BWD false): output C[M][N], reduction over K, the block's W rows are its output
 // columns. Backward (BWD true): output dX[M][K], reduction over N, the block's W columns are its
 // output columns. part/counters are used only when gridDim.z > 1.
@@ -718,32 +754,7 @@ KC_UNROLL
         p[0] = acc[i][j][2 * h];
         if (col + 1 < n_out) p[1] = acc[i][j][2 * h + 1];
       }
-  __threadfence();  // the partial is visible device-wide before the count says so
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    u32* ctr = counters + blockIdx.y * gridDim.x + blockIdx.x;
-    const u32 prev = atomicAdd(ctr, 1u);
-    const u32 last = prev == static_cast<u32>(splits - 1) ? 1u : 0u;
-    if (last) atomicExch(ctr, 0u);  // ready for the next launch
-    *s_last = last;
-  }
-  __syncthreads();
-  if (*s_last == 0u) return;
-  __threadfence();  // acquire side: the other blocks' partials are read after their counts
-  // The tile's elements, one per thread in turn (coalesced), each the sum of the S partials in
-  // the order z = 0..S-1 (this block's own read back too), then α/β as in the epilogue.
-  const volatile float* vp = part;
-  for (int idx = threadIdx.x; idx < GEMM_BM * GEMM_BN; idx += GEMM_THREADS) {
-    const int row = bm + idx / GEMM_BN, col = bn + idx % GEMM_BN;
-    if (row >= m || col >= n_out) continue;
-    const long long o = static_cast<long long>(row) * n_out + col;
-    float sum = 0.0f;
-    for (int zz = 0; zz < splits; ++zz) sum += vp[zz * plane + o];
-    float v = alpha * sum;
-    // beta == 0 never reads the output (it may hold garbage).
-    if (beta != 0.0f) v += beta * load_out(c + o);
-    store_out(c + o, v);
-  }
+  nf4_split_reduce(c, part, counters, s_last, splits, m, n_out, bm, bn, alpha, beta);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS, NF_MIN_BLOCKS)
@@ -774,3 +785,224 @@ extern "C" __global__ void __launch_bounds__(GEMM_THREADS, NF_MIN_BLOCKS)
   gemm_nf4<float, true>(out, part, counters, a, packed, am_codes, nested, code_map, table, offset, m, n, k, alpha,
                     beta);
 }
+
+// ---- NF4-dequantizing GEMM on the warpgroup MMA (sm_90a) ----------------------------------
+//
+// The transposed products per 128 x 128 tile (the same grid, split-K and epilogue contract as
+// nf4_gemm_{fwd,bwd}_*): forward Yᵀ = W·Xᵀ (out-features are the MMA's M, tokens its N),
+// backward dXᵀ = Wᵀ·dYᵀ (in-features are M). Warpgroup q of the block's two (256 threads) owns
+// 64 of the block's 128 output columns. Forward: W super-tile q of the block's rows; warp w
+// decodes patch row j = w, and the patch word of (j, k16 step p) is the A fragment of the
+// m16n8k16 layout that wgmma.m64nNk16 takes from registers (o[0], o[2], o[1], o[3] of
+// nf4_decode_word, since o holds row g, row g + 8 pairs by column half). Backward: super-tile
+// column q of the block's columns; warp w decodes patch column p = w, and the A fragment of
+// Wᵀ for k16 step j (patch row j) is the four quadrants transposed by movmatrix.trans (o[0],
+// o[1], o[2], o[3] become Wᵀ's quadrants 0, 1, 2, 3). The activation tile (X or dY) is B, read by the tensor cores from shared memory through a descriptor: 128
+// token rows of 64 k (128 bytes) in the 128-byte swizzle layout (16-byte chunk c of row r at
+// chunk c ^ (r % 8); 8-row groups 1024 bytes apart; the tile at a 1024-byte boundary), one
+// k16 step 32 bytes further along the row. No ldmatrix, and the B operand never passes
+// through registers: per k-tile a warpgroup issues 4 wgmma.m64n128k16.
+//
+// Pipeline as in the mma.sync kernel (NF_STAGES cp.async stages, one barrier per k-tile), plus
+// the async-proxy rules: each thread fences its landed activation chunks
+// (fence.proxy.async.shared::cta) before the barrier that precedes the wgmma, and every
+// warpgroup retires its wgmma of a stage (wgmma.wait_group 0) before the next barrier, after
+// which that stage is refilled.
+#if KC_HAS_WGMMA
+#define NFW_X_BYTES (GEMM_BM * NF_BK * 2)
+
+template <typename T, bool BWD>
+__device__ __forceinline__ void gemm_nf4_wgmma(T* c, float* part, u32* counters, const bf16* a, const u8* packed,
+                                                   const u8* am_codes, const float* nested, const float* code_map,
+                                                   const float* table, float offset, int m, int n_w, int k_w,
+                                                   float alpha, float beta) {
+  constexpr int Q_BYTES = 2 * NF_ST_BYTES;
+  KC_DYNAMIC_SHARED(u8, smem_raw);
+  // The swizzle acts on shared-memory address bits 4..9: the tiles start at a 1024-byte boundary.
+  const u32 pad = (1024u - (kc::smem_u32(smem_raw) & 1023u)) & 1023u;
+  u8* sx = smem_raw + pad;                                          // NF_STAGES x activation tile
+  u8* sq = sx + NF_STAGES * NFW_X_BYTES;                            // NF_STAGES x codes
+  float* s_am = reinterpret_cast<float*>(sq + NF_STAGES * Q_BYTES);  // NF_STAGES x 128
+  float* s_map = s_am + NF_STAGES * 128;                            // 256
+  u32* s_last = reinterpret_cast<u32*>(s_map + 256);                // 1
+  __shared__ __align__(16) float s_table[16];
+
+  const int n_out = BWD ? k_w : n_w;
+  const int red = BWD ? n_w : k_w;
+  const int kb_n = k_w / NF_BK;
+  const int sn_n = (n_w + NF_BK - 1) / NF_BK;
+  const int bm = blockIdx.y * GEMM_BM, bn = blockIdx.x * GEMM_BN;
+  const int lane = threadIdx.x % 32, q = threadIdx.x / 128, w = (threadIdx.x % 128) / 32, g = lane / 4, t = lane % 4;
+  const int splits = gridDim.z, z = blockIdx.z;
+  const int kts_all = (red + NF_BK - 1) / NF_BK;
+  const int kt0 = static_cast<int>(static_cast<long long>(kts_all) * z / splits);
+  const int kt1 = static_cast<int>(static_cast<long long>(kts_all) * (z + 1) / splits);
+  const int kts = kt1 - kt0;
+
+  for (int i = threadIdx.x; i < 256; i += GEMM_THREADS) s_map[i] = code_map[i];
+  if (threadIdx.x < 16) s_table[threadIdx.x] = table[threadIdx.x];
+
+  // Absmax entry e = threadIdx.x < 128 of a stage: forward, row bn + e of block kt; backward,
+  // row 64·kt + e%64 of block bn/64 + e/64 (0 outside W).
+  const int e = threadIdx.x;
+  u32 am_code = 0;
+  float am_nested = 0.0f;
+  bool am_in = false;
+  auto fetch_am = [&](int kt) {
+    am_in = false;
+    const int row = BWD ? kt * NF_BK + e % 64 : bn + e;
+    const int kb = BWD ? bn / NF_BK + e / 64 : kt;
+    if (e < 128 && kt < kt1 && row < n_w && kb < kb_n) {
+      const long long blk = static_cast<long long>(row) * kb_n + kb;
+      am_code = am_codes[blk];
+      am_nested = nested[blk >> 8];
+      am_in = true;
+    }
+  };
+  auto store_am = [&](int i) {
+    if (e < 128) s_am[(i % NF_STAGES) * 128 + e] = am_in ? kc::add_rn(kc::mul_rn(s_map[am_code], am_nested), offset) : 0.0f;
+  };
+
+  // Activations: thread t copies reduction chunk t%8 of token rows t/8 + 32·r (r = 0..3); the
+  // rows share r % 8, so the swizzled chunk position is fixed per thread. The reduction length
+  // is a multiple of 8 (the launcher checks it): a chunk is whole, partly past the end
+  // (zero-filled beyond), or wholly past it; rows past M are zero-filled.
+  const int a_row = threadIdx.x / 8, a_chunk = threadIdx.x % 8;
+  const int x_dst = a_row * 128 + 16 * (a_chunk ^ (a_row % 8));
+  const int a_off = (bm + a_row) * red + 8 * a_chunk;
+  auto load_stage = [&](int i) {
+    const int kt = kt0 + i, s = i % NF_STAGES;
+    const int left = red - (kt * NF_BK + 8 * a_chunk);
+    const u32 bytes = left >= 8 ? 16u : (left > 0 ? 2u * static_cast<u32>(left) : 0u);
+NF_NO_UNROLL
+    for (int r = 0; r < 4; ++r) {
+      const bool in = bm + a_row + 32 * r < m && bytes > 0;
+      const bf16* src = in ? a + (a_off + 32 * r * red + kt * NF_BK) : a;
+      kc::cp_async_16(sx + s * NFW_X_BYTES + x_dst + 32 * r * 128, src, in ? bytes : 0u);
+    }
+    const int s2 = threadIdx.x / 128, off = (threadIdx.x % 128) * 16;
+    const int sn = BWD ? kt : bn / NF_BK + s2;
+    const int sk = BWD ? bn / NF_BK + s2 : kt;
+    const bool in = BWD ? sk < kb_n : sn < sn_n;
+    const u8* src = in ? packed + (static_cast<long long>(sn) * kb_n + sk) * NF_ST_BYTES + off : packed;
+    kc::cp_async_16(sq + s * Q_BYTES + s2 * NF_ST_BYTES + off, src, in ? 16u : 0u);
+  };
+
+  // d[4j + i]: output column bn + 64q + 16w + g + 8·(i/2), token bm + 8j + 2t + i%2 (wgmma D
+  // layout).
+  float acc[64];
+KC_UNROLL
+  for (int i = 0; i < 64; ++i) acc[i] = 0.0f;
+
+  for (int i = 0; i < NF_STAGES - 1; ++i) {
+    if (i < kts) load_stage(i);
+    kc::cp_async_commit();
+  }
+  fetch_am(kt0);
+  __syncthreads();  // s_map is complete
+  store_am(0);
+  fetch_am(kt0 + 1);
+  const u32 sx_saddr = kc::smem_u32(sx);
+  for (int i = 0; i < kts; ++i) {
+    kc::cp_async_wait<NF_STAGES - 2>();
+    // This thread's chunks of stage i, written through the generic proxy, are ordered before
+    // the tensor cores' (async proxy) reads; the barrier then makes every thread's visible, and
+    // every warpgroup has retired its wgmma of stage i-1, which the next load overwrites.
+    kc::fence_proxy_async();
+    __syncthreads();
+    if (i + NF_STAGES - 1 < kts) load_stage(i + NF_STAGES - 1);
+    kc::cp_async_commit();
+    store_am(i + 1);
+    const int s = i % NF_STAGES;
+    const u8* sq_s = sq + s * Q_BYTES + q * NF_ST_BYTES;
+    const float* am_s = s_am + s * 128 + 64 * q;
+    u32 af[4][4];
+KC_UNROLL
+    for (int p = 0; p < 4; ++p) {
+      u32 o[4];
+      if (!BWD) {
+        // k16 step p: patch (w, p), rows 16w + g, 16w + g + 8.
+        nf4_decode_word(o, *reinterpret_cast<const u32*>(sq_s + ((w * 4 + p) * 32 + lane) * 4), am_s[16 * w + g],
+                        am_s[16 * w + g + 8], s_table);
+        af[p][0] = o[0];
+        af[p][1] = o[2];
+        af[p][2] = o[1];
+        af[p][3] = o[3];
+      } else {
+        // k16 step p: patch (p, w), W rows 16p + g, 16p + g + 8 of the k-tile.
+        nf4_decode_word(o, *reinterpret_cast<const u32*>(sq_s + ((p * 4 + w) * 32 + lane) * 4), am_s[16 * p + g],
+                        am_s[16 * p + g + 8], s_table);
+KC_UNROLL
+        for (int r = 0; r < 4; ++r) af[p][r] = movmatrix_trans(o[r]);
+      }
+    }
+KC_UNROLL
+    for (int j = 0; j < 64; ++j) kc::wgmma_fence_operand(acc[j]);
+    kc::wgmma_fence();
+KC_UNROLL
+    for (int p = 0; p < 4; ++p) {
+      const kc::u64 desc = kc::wgmma_desc(sx_saddr + static_cast<u32>(s * NFW_X_BYTES + 32 * p), 16u, 1024u,
+                                          kc::WGMMA_SWIZZLE_128B);
+      kc::wgmma_m64k16_bf16_rs<128>(acc, af[p], desc, 1);
+    }
+    kc::wgmma_commit();
+    kc::wgmma_wait<0>();
+KC_UNROLL
+    for (int j = 0; j < 64; ++j) kc::wgmma_fence_operand(acc[j]);
+    fetch_am(kt0 + i + 2);
+  }
+  kc::cp_async_wait_all();
+
+  const int feat0 = bn + 64 * q + 16 * w + g;
+  if (splits == 1) {
+KC_UNROLL
+    for (int i = 0; i < 64; ++i) {
+      const int feat = feat0 + 8 * ((i >> 1) & 1), tok = bm + 8 * (i >> 2) + 2 * t + (i & 1);
+      if (tok >= m || feat >= n_out) continue;
+      T* p = c + static_cast<long long>(tok) * n_out + feat;
+      float v = alpha * acc[i];
+      // beta == 0 never reads the output (it may hold garbage).
+      if (beta != 0.0f) v += beta * load_out(p);
+      store_out(p, v);
+    }
+    return;
+  }
+  const long long plane = static_cast<long long>(m) * n_out;
+KC_UNROLL
+  for (int i = 0; i < 64; ++i) {
+    const int feat = feat0 + 8 * ((i >> 1) & 1), tok = bm + 8 * (i >> 2) + 2 * t + (i & 1);
+    if (tok >= m || feat >= n_out) continue;
+    part[z * plane + static_cast<long long>(tok) * n_out + feat] = acc[i];
+  }
+  nf4_split_reduce(c, part, counters, s_last, splits, m, n_out, bm, bn, alpha, beta);
+}
+
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS, NF_MIN_BLOCKS)
+    nf4_gemm_fwd_wgmma_bf16(bf16* out, float* part, u32* counters, const bf16* a, const u8* packed,
+                            const u8* am_codes, const float* nested, const float* code_map, const float* table,
+                            float offset, int m, int n, int k, float alpha, float beta) {
+  gemm_nf4_wgmma<bf16, false>(out, part, counters, a, packed, am_codes, nested, code_map, table, offset, m, n, k, alpha,
+                           beta);
+}
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS, NF_MIN_BLOCKS)
+    nf4_gemm_fwd_wgmma_f32(float* out, float* part, u32* counters, const bf16* a, const u8* packed,
+                           const u8* am_codes, const float* nested, const float* code_map, const float* table,
+                           float offset, int m, int n, int k, float alpha, float beta) {
+  gemm_nf4_wgmma<float, false>(out, part, counters, a, packed, am_codes, nested, code_map, table, offset, m, n, k, alpha,
+                            beta);
+}
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS, NF_MIN_BLOCKS)
+    nf4_gemm_bwd_wgmma_bf16(bf16* out, float* part, u32* counters, const bf16* a, const u8* packed,
+                            const u8* am_codes, const float* nested, const float* code_map, const float* table,
+                            float offset, int m, int n, int k, float alpha, float beta) {
+  gemm_nf4_wgmma<bf16, true>(out, part, counters, a, packed, am_codes, nested, code_map, table, offset, m, n, k, alpha,
+                             beta);
+}
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS, NF_MIN_BLOCKS)
+    nf4_gemm_bwd_wgmma_f32(float* out, float* part, u32* counters, const bf16* a, const u8* packed,
+                           const u8* am_codes, const float* nested, const float* code_map, const float* table,
+                           float offset, int m, int n, int k, float alpha, float beta) {
+  gemm_nf4_wgmma<float, true>(out, part, counters, a, packed, am_codes, nested, code_map, table, offset, m, n, k,
+                              alpha, beta);
+}
+#endif  // KC_HAS_WGMMA

@@ -49,6 +49,9 @@ struct Page {
   uintptr_t buf_base;
   size_t buf_len;
   Cell cells[kPageSize];
+  // Per 16-byte chunk, up to two wgmma reads that may still be in flight or unordered with later
+  // writes: serial (28 bits) | warpgroup (4) | the warpgroup's wgmma number (32); 0 = none.
+  uint64_t async_rd[kPageSize / 16][2];
 };
 
 struct Shadow {
@@ -110,6 +113,18 @@ SyncStripe& stripe_of(uintptr_t a) {
   return s[(a >> 2) % kStripes];
 }
 
+// The wgmma and proxy-fence bookkeeping of the block that runs on this OS thread.
+constexpr uint32_t kMaxWarpgroups = kMaxThreads / 128;
+struct AsyncState {
+  uint32_t nthreads = 0;
+  uint32_t pf_interval[kMaxThreads];  // each thread's last fence.proxy.async, or kNoFence
+  bool pf_clean[kMaxThreads];         // no write by the thread since then, within its interval
+  struct Retire {
+    uint32_t seq_upto, interval;
+  };
+  std::vector<Retire> retired[kMaxWarpgroups];  // each wgmma.wait_group that retired something
+};
+
 struct Ctx {
   bool enabled;  // the current block is checked
   bool active;   // a checked kernel fiber runs on this OS thread now
@@ -121,6 +136,9 @@ struct Ctx {
   uint32_t warp_epoch[32];
   bool fenced;      // a thread of the block has executed __threadfence
   BlockSync* sync;  // allocated on the first fence or acquire of a block on this OS thread
+  bool proxy_fenced;  // a thread of the block has executed fence.proxy.async
+  bool async_reads;   // a wgmma of the block has read shared memory
+  AsyncState* as;     // allocated on the first of those two on this OS thread
   const LaunchInfo* launch;
   const unsigned char* dyn_smem;
   uint64_t generation;
@@ -326,6 +344,88 @@ std::string where(const Ctx& c, const Page* pg, uintptr_t a) {
   trap(buf);
 }
 
+// ---- the wgmma operand and the async proxy (the model: checker.h) ---------------------------
+
+AsyncState& async_of(Ctx& c) {
+  if (!c.as) c.as = new AsyncState();  // one per OS thread, reused by its blocks
+  return *c.as;
+}
+
+uint64_t async_mark(const Ctx& c, uint32_t wg, uint32_t seq) {
+  return c.serial | (uint64_t{wg & 0xf} << 28) | (uint64_t{seq} << 32);
+}
+uint32_t mark_wg(uint64_t m) { return static_cast<uint32_t>((m >> 28) & 0xf); }
+uint32_t mark_seq(uint64_t m) { return static_cast<uint32_t>(m >> 32); }
+
+enum AsyncReadState { READ_DONE, READ_RETIRED_NOW, READ_IN_FLIGHT };
+
+// Where this block's wgmma read `m` stands: not yet retired, retired by a wgmma.wait_group in
+// the current barrier interval, or retired before it.
+AsyncReadState async_state(const Ctx& c, uint64_t m) {
+  const std::vector<AsyncState::Retire>& list = c.as->retired[mark_wg(m)];
+  uint32_t seq = mark_seq(m);
+  if (list.empty() || list.back().seq_upto < seq) return READ_IN_FLIGHT;
+  for (size_t i = list.size(); i-- > 0;) {
+    if (list[i].interval != c.interval) return READ_DONE;  // intervals only grow along the list
+    if (i == 0 || list[i - 1].seq_upto < seq) return READ_RETIRED_NOW;
+  }
+  return READ_RETIRED_NOW;
+}
+
+[[noreturn]] void report_async_write(const Ctx& c, const Page* pg, uintptr_t a, uint32_t tid, uint64_t m,
+                                     bool in_flight) {
+  char buf[900];
+  if (in_flight)
+    snprintf(buf, sizeof buf,
+             "kernel %s: %s writes %s, which wgmma.mma_async number %u of warpgroup %u reads and no "
+             "wgmma.wait_group has retired yet (the shared-memory operand must not change from the "
+             "wgmma until the wait that retires it)",
+             c.launch->kernel, who(c, c.serial, tid).c_str(), where(c, pg, a).c_str(), mark_seq(m), mark_wg(m));
+  else
+    snprintf(buf, sizeof buf,
+             "data race in kernel %s: %s writes %s in the barrier interval in which warpgroup %u's "
+             "wgmma.wait_group retired the wgmma.mma_async that read it; threads of other warpgroups "
+             "need a __syncthreads after that wait",
+             c.launch->kernel, who(c, c.serial, tid).c_str(), where(c, pg, a).c_str(), mark_wg(m));
+  trap(buf);
+}
+
+// A write of `n` bytes at `a` (within one page of shared memory) by `tid`, checked against the
+// wgmma reads of its chunks.
+void check_async_write(const Ctx& c, const Page* pg, uintptr_t a, unsigned n, uint32_t tid) {
+  uintptr_t page_lo = a & ~(kPageSize - 1);
+  unsigned off = static_cast<unsigned>(a - page_lo);
+  for (unsigned ch = off / 16; ch <= (off + n - 1) / 16; ch++)
+    for (int s = 0; s < 2; s++) {
+      uint64_t m = load(&pg->async_rd[ch][s]);
+      if (!m || rec_serial(m) != c.serial) continue;
+      AsyncReadState st = async_state(c, m);
+      if (st == READ_IN_FLIGHT) report_async_write(c, pg, page_lo + 16 * ch, tid, m, true);
+      if (st == READ_RETIRED_NOW && tid / 128 != mark_wg(m)) report_async_write(c, pg, page_lo + 16 * ch, tid, m, false);
+    }
+}
+
+// True when the write `w` of this block was followed by a fence.proxy.async of its writer.
+bool proxy_fenced_after(const Ctx& c, uint64_t w) {
+  if (!c.proxy_fenced) return false;
+  uint32_t t = rec_tid(w);
+  uint32_t pf = c.as->pf_interval[t];
+  if (pf == kNoFence) return false;
+  uint32_t d = (pf - rec_interval(w)) & kIntervalMask;
+  if (d == 0) return c.as->pf_clean[t];
+  return d < (kIntervalMask + 1) / 2;
+}
+
+[[noreturn]] void report_unfenced(const Ctx& c, const Page* pg, uintptr_t a, uint32_t wg, uint64_t w) {
+  char buf[900];
+  snprintf(buf, sizeof buf,
+           "kernel %s: wgmma.mma_async of warpgroup %u reads %s, which %s wrote through the generic proxy "
+           "(a store or cp.async) with no fence.proxy.async.shared::cta after the write; the async proxy may "
+           "read the old bytes (the writer must fence after writing, then __syncthreads, then wgmma)",
+           c.launch->kernel, wg, where(c, pg, a).c_str(), who(c, c.serial, rec_tid(w)).c_str());
+  trap(buf);
+}
+
 // ---- the access check ---------------------------------------------------------------------
 
 void read_cell(const Ctx& c, Page* pg, uintptr_t a, unsigned n, uint32_t tid, uint64_t me) {
@@ -401,6 +501,7 @@ void access_in_page(Ctx& c, uintptr_t a, unsigned n, bool write, uint32_t tid, u
   Page* pg = page_for(c, a >> kPageBits);
   unsigned off = static_cast<unsigned>(a & (kPageSize - 1));
   if (pg->global && off + n > pg->valid_end) report_out_of_bounds(c, pg, a, n, write);
+  if (write && c.async_reads && !pg->global) check_async_write(c, pg, a, n, tid);
   for (unsigned i = 0; i < n; i++) {
     if (write) {
       write_cell(c, pg, a + i, n, tid, me);
@@ -415,6 +516,8 @@ void access(Ctx& c, uintptr_t a, size_t n, bool write, unsigned align, uint32_t 
   if (align > 1 && (a & (align - 1))) report_misaligned(c, page_for(c, a >> kPageBits), a, align, write);
   // An access after the thread's fence, in the fence's interval: the fence does not release it.
   if (c.fenced && c.sync->fence_interval[tid] == c.interval) c.sync->clean[tid] = false;
+  // A write after the thread's proxy fence, in the fence's interval: not fenced.
+  if (write && c.proxy_fenced && c.as->pf_interval[tid] == c.interval) c.as->pf_clean[tid] = false;
   uint64_t me = record_of(c, tid);
   while (n > 0) {
     size_t room = kPageSize - (a & (kPageSize - 1));
@@ -533,6 +636,8 @@ void begin_block(const LaunchInfo* launch, long block_lin, const unsigned char* 
   c.interval = 0;
   memset(c.warp_epoch, 0, sizeof c.warp_epoch);
   c.fenced = false;
+  c.proxy_fenced = false;
+  c.async_reads = false;
   if (c.sync) c.sync->acquired.clear();
   uint64_t g = shadow().generation.load(std::memory_order_acquire);
   if (g != c.generation) {
@@ -597,10 +702,62 @@ void cp_async_land(void* dst, size_t n, uint32_t tid) {
   if (!c.enabled) return;
   uint64_t me = record_of(c, tid);
   uintptr_t a = reinterpret_cast<uintptr_t>(dst);
+  if (c.proxy_fenced && c.as->pf_interval[tid] == c.interval) c.as->pf_clean[tid] = false;
   for (size_t i = 0; i < n; i++) {
     Page* pg = page_for(c, (a + i) >> kPageBits);
+    if (c.async_reads && !pg->global) check_async_write(c, pg, a + i, 1, tid);
     store(&pg->cells[(a + i) & (kPageSize - 1)].w, me);
   }
+}
+
+void wgmma_read(const void* p, size_t n, uint32_t wg, uint32_t seq, uint32_t tid) {
+  Ctx& c = tls_ctx;
+  if (!c.enabled) return;
+  uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  access(c, a, n, false, 16, tid);
+  AsyncState& as = async_of(c);
+  if (!c.async_reads) {
+    for (auto& r : as.retired) r.clear();
+    c.async_reads = true;
+  }
+  Page* pg = page_for(c, a >> kPageBits);  // 16-byte aligned: never crosses a page
+  unsigned off = static_cast<unsigned>(a & (kPageSize - 1));
+  for (unsigned i = 0; i < n; i++) {
+    uint64_t w = load(&pg->cells[off + i].w);
+    if (!w || rec_serial(w) != c.serial || (w & kPending)) continue;
+    if (!proxy_fenced_after(c, w)) report_unfenced(c, pg, a + i, wg, w);
+  }
+  uint64_t* slots = pg->async_rd[off / 16];
+  int pick = -1;
+  for (int s = 0; s < 2 && pick < 0; s++) {
+    uint64_t m = load(&slots[s]);
+    if (m && rec_serial(m) == c.serial && mark_wg(m) == wg) pick = s;  // a newer read of the same warpgroup
+  }
+  for (int s = 0; s < 2 && pick < 0; s++) {
+    uint64_t m = load(&slots[s]);
+    if (!m || rec_serial(m) != c.serial || async_state(c, m) == READ_DONE) pick = s;
+  }
+  if (pick >= 0) store(&slots[pick], async_mark(c, wg, seq));
+}
+
+void wgmma_retire(uint32_t wg, uint32_t seq_upto) {
+  Ctx& c = tls_ctx;
+  if (!c.enabled || !c.async_reads) return;
+  c.as->retired[wg].push_back(AsyncState::Retire{seq_upto, c.interval});
+}
+
+void on_proxy_fence() {
+  Ctx& c = tls_ctx;
+  if (!c.active) return;
+  AsyncState& as = async_of(c);
+  if (!c.proxy_fenced) {
+    const dim3& b = c.launch->block;
+    as.nthreads = std::min<uint32_t>(b.x * b.y * b.z, kMaxThreads);
+    std::fill(as.pf_interval, as.pf_interval + as.nthreads, kNoFence);
+    c.proxy_fenced = true;
+  }
+  as.pf_interval[c.tid] = c.interval;
+  as.pf_clean[c.tid] = true;
 }
 
 void mem_register(const void* p, size_t n) {

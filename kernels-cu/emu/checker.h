@@ -36,6 +36,20 @@
 // that the GPU leaves unordered.
 // A cp.async destination is written asynchronously from the issue until the issuing thread's
 // cp.async.wait_group: any access to it in between is reported.
+// The warpgroup MMA (wgmma.mma_async) reads its shared-memory operand asynchronously, through
+// the async proxy:
+//   - The read is a read by the warpgroup's first thread at the issue, so the operand must have
+//     been written before a __syncthreads that precedes the wgmma (or by that thread).
+//   - Every byte it reads that a thread wrote through the generic proxy (stores, cp.async) must
+//     have been followed by a fence.proxy.async.shared::cta of the writer: a fence in a later
+//     barrier interval than the write, or in the same interval with no write of the writer after
+//     the fence (a write after its fence makes the model treat the thread's earlier writes of that
+//     interval as unfenced: conservative).
+//   - From the issue until the wgmma.wait_group that retires it, any write to the operand (store,
+//     cp.async issue or landing) is reported; after the wait, a write by a thread of another
+//     warpgroup in the same barrier interval is a race (a __syncthreads must follow the wait).
+//     Each 16-byte chunk remembers two warpgroups' reads; a third warpgroup's read of the same
+//     chunk in flight at the same time is not tracked.
 #pragma once
 
 #include <cstddef>
@@ -78,6 +92,13 @@ void on_warp_collective(int warp);
 void record_read(const void* p, size_t n, uint32_t tid);
 void cp_async_issue(void* dst, size_t dst_n, const void* src, size_t src_n, uint32_t tid);
 void cp_async_land(void* dst, size_t n, uint32_t tid);
+// wgmma.mma_async number `seq` of warpgroup `wg` reads `n` bytes (a 16-byte aligned chunk) at p;
+// `tid` is the warpgroup's first thread.
+void wgmma_read(const void* p, size_t n, uint32_t wg, uint32_t seq, uint32_t tid);
+// wgmma.wait_group retired warpgroup `wg`'s wgmma up to number `seq_upto`.
+void wgmma_retire(uint32_t wg, uint32_t seq_upto);
+// fence.proxy.async.shared::cta by the current thread.
+void on_proxy_fence();
 
 // Device allocations (global memory): registered when allocated, forgotten when freed.
 void mem_register(const void* p, size_t n);

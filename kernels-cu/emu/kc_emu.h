@@ -4,7 +4,7 @@
 // Model: one fiber per CUDA thread; the fibers of one block run on one OS thread, so a
 // `__shared__` variable is a function-local `static thread_local`. Blocks run in parallel on a
 // small pool of OS threads. Barriers, warp collectives (shuffles, votes, __syncwarp), mma.sync,
-// ldmatrix and cp.async are implemented in runtime.cpp.
+// ldmatrix, cp.async and the warpgroup MMA (wgmma) are implemented in runtime.cpp.
 #pragma once
 
 #include <cmath>
@@ -56,6 +56,15 @@ unsigned smem_u32(const void* p);
 void cp_async(void* dst, const void* src, unsigned cp_size, unsigned src_size);
 void cp_async_commit();
 void cp_async_wait(int n);
+// Warpgroup MMA (sm_90a), runtime.cpp: wgmma.fence / commit_group / wait_group and
+// wgmma.mma_async.m64nNk16.f32.bf16.bf16 with A in registers and B through a shared-memory matrix
+// descriptor; each is a collective of the 128 threads of a warpgroup. fence.proxy.async.shared::cta
+// is a per-thread event for the checker (generic-proxy writes before async-proxy reads).
+void wgmma_fence();
+void wgmma_commit();
+void wgmma_wait(int n);
+void wgmma_m64k16_bf16_rs(float* d, int n, const unsigned a[4], unsigned long long desc_b, int scale_d);
+void fence_proxy_async_shared();
 [[noreturn]] void trap(const char* what);
 // A misaligned `n`-byte access at p: the launch fails with a message naming the memory.
 [[noreturn]] void misaligned(const void* p, unsigned n, bool write);

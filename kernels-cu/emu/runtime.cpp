@@ -9,6 +9,10 @@
 //   non-exited lane of its mask has arrived at it; the last lane to arrive computes every lane's
 //   result. Mismatched collectives, a lane missing from its own mask, reading a lane that does
 //   not take part, and an mma/ldmatrix with an exited lane are errors.
+// - A warpgroup instruction (wgmma.fence / mma_async / commit_group / wait_group) is the same
+//   kind of collective over the 128 threads of a warpgroup (threads 128w..128w+127); every one
+//   of them must execute it (PTX ISA, "Asynchronous Warpgroup Level Matrix Multiply-Accumulate
+//   Instructions": .sync.aligned across the warpgroup).
 // - Nothing runnable and not everything exited: a deadlock, reported as an error.
 // Errors never crash the process: the block is abandoned and the message returned to Rust.
 #include <sys/mman.h>
@@ -86,7 +90,7 @@ thread_local ThreadState* tls_current = nullptr;
 namespace {
 
 enum FiberState { RUNNABLE, AT_BARRIER, AT_WARP, EXITED };
-enum CollKind { C_SYNCWARP = 1, C_VOTE, C_SHFL, C_MMA, C_LDMATRIX };
+enum CollKind { C_SYNCWARP = 1, C_VOTE, C_SHFL, C_MMA, C_LDMATRIX, C_WG_FENCE, C_WG_MMA, C_WG_COMMIT, C_WG_WAIT };
 
 const char* kind_name(int k) {
   switch (k) {
@@ -95,6 +99,10 @@ const char* kind_name(int k) {
     case C_SHFL: return "shuffle";
     case C_MMA: return "mma.sync";
     case C_LDMATRIX: return "ldmatrix";
+    case C_WG_FENCE: return "wgmma.fence";
+    case C_WG_MMA: return "wgmma.mma_async";
+    case C_WG_COMMIT: return "wgmma.commit_group";
+    case C_WG_WAIT: return "wgmma.wait_group";
     default: return "?";
   }
 }
@@ -105,6 +113,26 @@ struct CpAsyncOp {
   unsigned size;
   unsigned src_size;
   long group;  // -1: not yet committed
+};
+
+// One wgmma.mma_async of a warpgroup, from its issue to the wgmma.wait_group that retires it.
+// The product is computed at issue (the checker reports any write to the shared-memory operand
+// until the retirement, so reading it early gives the same values) and lands in the
+// accumulator registers only at the retirement; until then they hold a NaN poison, so a kernel
+// that reads them early computes NaN, and one that writes them is reported.
+struct WgmmaOp {
+  uint32_t seq = 0;  // per warpgroup, from 1, in issue order
+  long group = -1;   // commit group; -1: not yet committed
+  int n = 0;         // N of m64nNk16
+  float* d[128] = {};
+  std::vector<float> result;  // thread l's n/2 accumulators at l * n/2
+};
+
+struct Warpgroup {
+  bool fenced = false;  // a wgmma.fence since the start or the last wgmma.wait_group
+  uint32_t next_seq = 1;
+  long committed = 0;
+  std::deque<WgmmaOp> ops;  // issued and not retired, in issue order
 };
 
 struct Fiber {
@@ -150,6 +178,7 @@ struct Worker {
   std::vector<int> order;  // fiber indices in the order the scheduler visits them
   int nthreads = 0;
   unsigned char* dyn_smem = nullptr;
+  std::vector<Warpgroup> warpgroups;  // of the running block
   bool failed = false;
   std::string error;
   size_t stack_bytes = 0;
@@ -290,6 +319,7 @@ void fiber_main() {
 // ---- warp collectives ---------------------------------------------------------------------
 
 bool needs_whole_warp(int kind) { return kind == C_MMA || kind == C_LDMATRIX; }
+bool warpgroup_kind(int kind) { return kind >= C_WG_FENCE; }
 
 float bf16_to_f32(unsigned bits16) {
   unsigned u = bits16 << 16;
@@ -399,8 +429,231 @@ void compute_collective(Worker* w, Fiber* f, int base, unsigned present) {
   }
 }
 
+
+// ---- warpgroup MMA (wgmma, sm_90a) ---------------------------------------------------------
+//
+// What the emulator implements, and where each fact comes from (PTX ISA, "Asynchronous
+// Warpgroup Level Matrix Multiply-Accumulate Instructions" and its subsections; nothing here has
+// been checked on hardware):
+// - "Matrix Descriptor Format": a 64-bit descriptor; bits 13:0 start address, 29:16 leading
+//   dimension byte offset (LBO), 45:32 stride dimension byte offset (SBO), each the byte value
+//   >> 4 of an 18-bit shared-memory address or offset; bits 51:49 matrix base offset; bits 63:62
+//   swizzle mode (0 none, 1 128-byte, 2 64-byte, 3 32-byte).
+// - "Shared Memory Matrix Layout": the operand is made of core matrices of 8 rows x 16 bytes.
+//   For a K-major operand (B with imm-trans-b = 0: B[k][n] with k contiguous for each n), row n
+//   of the 16 x N tile holds k = 0..15 (32 bytes). Without swizzling, core matrix (n/8, k/8)
+//   starts at start + (n/8)·SBO + (k/8)·LBO and its rows are 16 bytes apart. With a swizzle
+//   of W = 32/64/128 bytes, rows are W bytes apart, 8-row groups SBO apart, k at byte 2k of the
+//   row (LBO unused: K = 16 fits in every swizzle width), and the 16-byte chunk index (address
+//   bits 4..) is XORed with the row phase (address bits 7..): 1, 2 or 3 bits for 32, 64 and
+//   128 bytes. The XOR acts on the shared-memory address itself, which is why the descriptor
+//   start may be advanced by 32 bytes per k16 step inside a swizzled row.
+// - "Register Fragments and Shared Memory Matrix Layouts" (m64nNk16): A from registers: warp w
+//   of the warpgroup holds rows 16w..16w+15 in the m16n8k16 A-fragment layout; the f32
+//   accumulator D: warp w, lane (g, t) holds d[4j + i] = D[16w + g + 8·(i/2)][8j + 2t + i%2].
+// - scale-d: D = A·B + D when set, D = A·B when clear. imm-scale-a/b are 1 and imm-trans-b 0
+//   in the wrappers (kc::wgmma_m64k16_bf16_rs); the transposed B is not emulated.
+// Not emulated (a clear error instead): a nonzero base offset, a swizzled start address that is
+// not at the start of the swizzle pattern (address bits 7.. nonzero), operands outside dynamic
+// shared memory.
+
+// Dynamic shared memory as the emulator's shared state space: the address kc::smem_u32 returns
+// and a matrix descriptor holds. 16-byte aligned and nothing more, as on the GPU, so a kernel
+// that needs a swizzled tile at a 1024-byte boundary must align it itself.
+constexpr unsigned kDynSharedBase = 0x410;
+constexpr uint32_t kAccPoison = 0x7fe5a5a5u;  // a quiet NaN
+
+// The host address of `n` bytes at shared address `saddr` of this block's dynamic shared memory.
+unsigned char* shared_host(Worker* w, unsigned saddr, unsigned n, const char* what) {
+  unsigned size = w->job->smem;
+  if (saddr < kDynSharedBase || saddr - kDynSharedBase + n > size)
+    fail("%s: shared address 0x%x (%u bytes) is outside the launch's %u bytes of dynamic shared memory "
+         "(shared addresses 0x%x..0x%x in the emulator)",
+         what, saddr, n, size, kDynSharedBase, kDynSharedBase + size);
+  return w->dyn_smem + (saddr - kDynSharedBase);
+}
+
+// The shared address of element (k, n) of a K-major bf16 B operand (PTX ISA layouts above).
+unsigned wgmma_b_address(unsigned long long desc, int k, int n) {
+  unsigned start = static_cast<unsigned>(desc & 0x3fff) << 4;
+  unsigned lbo = static_cast<unsigned>((desc >> 16) & 0x3fff) << 4;
+  unsigned sbo = static_cast<unsigned>((desc >> 32) & 0x3fff) << 4;
+  int mode = static_cast<int>(desc >> 62);
+  if (mode == 0) return start + (n / 8) * sbo + (k / 8) * lbo + 16 * (n % 8) + 2 * (k % 8);
+  unsigned width = mode == 1 ? 128 : mode == 2 ? 64 : 32;
+  unsigned phase_mask = width / 16 - 1;  // 7, 3, 1
+  unsigned a = start + (n / 8) * sbo + (n % 8) * width + 2 * k;
+  return a ^ (((a >> 7) & phase_mask) << 4);
+}
+
+void check_descriptor(unsigned long long desc) {
+  unsigned base_offset = static_cast<unsigned>((desc >> 49) & 7);
+  int mode = static_cast<int>(desc >> 62);
+  unsigned start = static_cast<unsigned>(desc & 0x3fff) << 4;
+  if (base_offset != 0)
+    fail("wgmma.mma_async: matrix descriptor 0x%016llx has base offset %u; only 0 (the canonical layouts, "
+         "with the swizzle pattern aligned) is emulated",
+         desc, base_offset);
+  if (desc & 0x3ff1c000c000c000ull)  // bits 15:14, 31:30, 48:46, 61:52
+    fail("wgmma.mma_async: matrix descriptor 0x%016llx sets reserved bits", desc);
+  if (mode != 0) {
+    unsigned phase_mask = (mode == 1 ? 128u : mode == 2 ? 64u : 32u) / 16 - 1;
+    if ((start >> 7) & phase_mask)
+      fail("wgmma.mma_async: swizzled operand starts at shared address 0x%x, not at the start of its "
+           "%u-byte swizzle pattern (align the tile to %u bytes; a base offset is not emulated)",
+           start, (phase_mask + 1) * 128, (phase_mask + 1) * 128);
+  }
+}
+
+Warpgroup& warpgroup_of(Worker* w, int base) { return w->warpgroups[static_cast<size_t>(base / 128)]; }
+
+void compute_wgmma(Worker* w, Fiber* f, int base) {
+  Fiber* th = &w->fibers[base];
+  Warpgroup& wg = warpgroup_of(w, base);
+  const int wgi = base / 128;
+  if (!wg.fenced)
+    fail("wgmma.mma_async without a wgmma.fence before it (required before the first wgmma.mma_async and "
+         "after the registers it uses were accessed; the emulator asks for one after every wgmma.wait_group)");
+  const int n = f->variant;
+  const unsigned long long desc = th[0].vin;
+  const int scale_d = th[0].b;
+  for (int l = 1; l < 128; l++)
+    if (th[l].vin != desc || th[l].b != scale_d)
+      fail("wgmma.mma_async: thread %d of the warpgroup passes descriptor 0x%016llx / scale-d %d, thread 0 "
+           "0x%016llx / %d (they must be the same in the warpgroup)",
+           l, th[l].vin, th[l].b, desc, scale_d);
+  check_descriptor(desc);
+  // A: 64 x 16, warp w's rows 16w..16w+15 in the m16n8k16 A-fragment layout.
+  float A[64][16];
+  for (int l = 0; l < 128; l++) {
+    int wr = l >> 5, g = (l & 31) >> 2, t = l & 3;
+    for (int i = 0; i < 8; i++) {
+      int m = 16 * wr + g + 8 * ((i >> 1) & 1), k = 2 * t + (i & 1) + 8 * (i >> 2);
+      A[m][k] = bf16_to_f32((th[l].ain[i >> 1] >> (16 * (i & 1))) & 0xffffu);
+    }
+  }
+  WgmmaOp op;
+  op.seq = wg.next_seq++;
+  op.n = n;
+  // B: 16 x n through the descriptor; each 16-byte chunk is one read for the checker.
+  std::vector<float> B(static_cast<size_t>(16 * n));
+  for (int nn = 0; nn < n; nn++)
+    for (int kc = 0; kc < 2; kc++) {
+      unsigned sa = wgmma_b_address(desc, 8 * kc, nn);
+      if (sa % 16) fail("wgmma.mma_async: B chunk at shared address 0x%x is not 16-byte aligned", sa);
+      const unsigned char* p = shared_host(w, sa, 16, "wgmma.mma_async B operand");
+      check::wgmma_read(p, 16, static_cast<uint32_t>(wgi), op.seq, static_cast<uint32_t>(base));
+      for (int kk = 0; kk < 8; kk++) {
+        unsigned e = wgmma_b_address(desc, 8 * kc + kk, nn);
+        unsigned short v;
+        memcpy(&v, shared_host(w, e, 2, "wgmma.mma_async B operand"), 2);
+        B[static_cast<size_t>((8 * kc + kk) * n + nn)] = bf16_to_f32(v);
+      }
+    }
+  const int per = n / 2;
+  op.result.assign(static_cast<size_t>(128 * per), 0.0f);
+  for (int l = 0; l < 128; l++) {
+    float* d = static_cast<float*>(const_cast<void*>(th[l].ptr));
+    op.d[l] = d;
+    // A wgmma that accumulates into registers still owned by an in-flight wgmma of the same
+    // warpgroup continues its chain (the hardware orders them): C is that one's result.
+    const float* c = d;
+    for (auto it = wg.ops.rbegin(); it != wg.ops.rend(); ++it)
+      if (it->d[l] == d) {
+        if (it->n != n) fail("wgmma.mma_async: accumulators in flight for N = %d reused with N = %d", it->n, n);
+        c = &it->result[static_cast<size_t>(l * per)];
+        break;
+      }
+    int wr = l >> 5, g = (l & 31) >> 2, t = l & 3;
+    for (int i = 0; i < per; i++) {
+      int m = 16 * wr + g + 8 * ((i >> 1) & 1), col = 8 * (i >> 2) + 2 * t + (i & 1);
+      // bf16 products are exact; the summation order is unspecified, so sum in double and
+      // round once (as the mma.sync emulation does).
+      double acc = scale_d ? static_cast<double>(c[i]) : 0.0;
+      for (int k = 0; k < 16; k++) acc += static_cast<double>(A[m][k]) * B[static_cast<size_t>(k * n + col)];
+      op.result[static_cast<size_t>(l * per + i)] = static_cast<float>(acc);
+    }
+  }
+  for (int l = 0; l < 128; l++)
+    for (int i = 0; i < per; i++) memcpy(op.d[l] + i, &kAccPoison, 4);
+  wg.ops.push_back(std::move(op));
+}
+
+// Retires the committed groups of warpgroup `base` except the newest `keep`.
+void compute_wgmma_wait(Worker* w, int base, int keep) {
+  Warpgroup& wg = warpgroup_of(w, base);
+  long limit = wg.committed - keep;
+  uint32_t last = 0;
+  while (!wg.ops.empty() && wg.ops.front().group >= 0 && wg.ops.front().group < limit) {
+    WgmmaOp& op = wg.ops.front();
+    const int per = op.n / 2;
+    for (int l = 0; l < 128; l++) {
+      bool chained = false;
+      for (size_t j = 1; j < wg.ops.size(); j++) chained = chained || wg.ops[j].d[l] == op.d[l];
+      if (chained) continue;  // a later wgmma of the chain still owns the registers
+      for (int i = 0; i < per; i++) {
+        uint32_t bits;
+        memcpy(&bits, op.d[l] + i, 4);
+        if (bits != kAccPoison)
+          fail("thread %d of warpgroup %d wrote accumulator register %d of a wgmma.mma_async in flight "
+               "(between the wgmma and the wgmma.wait_group that retires it)",
+               l, base / 128, i);
+      }
+      memcpy(op.d[l], &op.result[static_cast<size_t>(l * per)], static_cast<size_t>(per) * 4);
+    }
+    last = op.seq;
+    wg.ops.pop_front();
+  }
+  if (last) check::wgmma_retire(static_cast<uint32_t>(base / 128), last);
+  wg.fenced = false;
+}
+
+void compute_warpgroup(Worker* w, Fiber* f, int base) {
+  Warpgroup& wg = warpgroup_of(w, base);
+  switch (f->kind) {
+    case C_WG_FENCE: wg.fenced = true; break;
+    case C_WG_MMA: compute_wgmma(w, f, base); break;
+    case C_WG_COMMIT:
+      for (WgmmaOp& op : wg.ops)
+        if (op.group < 0) op.group = wg.committed;
+      wg.committed++;
+      break;
+    case C_WG_WAIT: compute_wgmma_wait(w, base, f->variant); break;
+  }
+}
+
+// Completes the warpgroup instruction `f` waits at if all 128 threads of its warpgroup have
+// arrived at it.
+void try_complete_warpgroup(Worker* w, Fiber* f) {
+  int base = f->lin & ~127;
+  for (int l = 0; l < 128; l++) {
+    int t = base + l;
+    if (t >= w->nthreads)
+      fail("%s in a warpgroup with only %d threads (all 128 threads of a warpgroup must execute it)",
+           kind_name(f->kind), w->nthreads - base);
+    Fiber& o = w->fibers[t];
+    if (o.state == EXITED)
+      fail("%s executed while thread %d of the warpgroup has exited", kind_name(f->kind), l);
+    if (o.state != AT_WARP) return;
+    if (o.kind != f->kind || o.variant != f->variant) {
+      // Another warp may be at a warp collective of its own on its way here; within one warp,
+      // different instructions are a mismatch.
+      if ((t >> 5) != (f->lin >> 5) && !warpgroup_kind(o.kind)) return;
+      fail("mismatched warpgroup instructions: thread %d of the warpgroup is at %s (%d), thread %d at %s (%d)",
+           f->lin & 127, kind_name(f->kind), f->variant, l, kind_name(o.kind), o.variant);
+    }
+  }
+  compute_warpgroup(w, f, base);
+  for (int k = 0; k < 4; k++) check::on_warp_collective((base >> 5) + k);
+  for (int l = 0; l < 128; l++) w->fibers[base + l].state = RUNNABLE;
+}
+
 // Completes the collective `f` waits at if every non-exited lane of its mask has arrived.
 void try_complete(Worker* w, Fiber* f) {
+  if (warpgroup_kind(f->kind)) {
+    try_complete_warpgroup(w, f);
+    return;
+  }
   int base = f->lin & ~31;
   unsigned present = 0;
   for (int l = 0; l < 32; l++) {
@@ -448,8 +701,21 @@ void on_exit_fiber(Worker* w, Fiber* f) {
   int lane = f->lin & 31;
   for (int l = 0; l < 32 && base + l < w->nthreads; l++) {
     Fiber& o = w->fibers[base + l];
-    if (o.state == AT_WARP && (o.mask >> lane & 1)) try_complete(w, &o);
+    if (o.state == AT_WARP && !warpgroup_kind(o.kind) && (o.mask >> lane & 1)) try_complete(w, &o);
   }
+  // ... or a warpgroup instruction of its warpgroup.
+  int wbase = f->lin & ~127;
+  for (int l = 0; l < 128 && wbase + l < w->nthreads; l++) {
+    Fiber& o = w->fibers[wbase + l];
+    if (o.state == AT_WARP && warpgroup_kind(o.kind)) {
+      try_complete(w, &o);
+      break;
+    }
+  }
+  const Warpgroup& wg = warpgroup_of(w, wbase);
+  if (!wg.ops.empty())
+    fail("thread exits with %zu wgmma.mma_async of its warpgroup not retired by a wgmma.wait_group",
+         wg.ops.size());
 }
 
 }  // namespace
@@ -570,7 +836,50 @@ void ldmatrix(unsigned* r, const void* row_ptr, int num, bool trans) {
   for (int j = 0; j < num; j++) r[j] = f->aout[j];
 }
 
-unsigned smem_u32(const void* p) { return static_cast<unsigned>(reinterpret_cast<uintptr_t>(p)); }
+unsigned smem_u32(const void* p) {
+  Worker* w = tls_worker;
+  const unsigned char* c = static_cast<const unsigned char*>(p);
+  if (w && w->job && w->dyn_smem && c >= w->dyn_smem && c <= w->dyn_smem + w->job->smem)
+    return kDynSharedBase + static_cast<unsigned>(c - w->dyn_smem);
+  // Static __shared__ variables: no place in the emulated shared window (wgmma operands must be
+  // in dynamic shared memory); the low bits keep the alignment of the address.
+  return static_cast<unsigned>(reinterpret_cast<uintptr_t>(p));
+}
+
+namespace {
+void warpgroup_instruction(int kind, int variant) {
+  Fiber* f = self_fiber();
+  f->kind = kind;
+  f->variant = variant;
+  f->mask = 0xffffffffu;
+  f->state = AT_WARP;
+  try_complete(tls_worker, f);
+  if (f->state == AT_WARP) switch_to_scheduler(f, false);
+  f->kind = 0;
+}
+}  // namespace
+
+void wgmma_fence() { warpgroup_instruction(C_WG_FENCE, 0); }
+void wgmma_commit() { warpgroup_instruction(C_WG_COMMIT, 0); }
+void wgmma_wait(int n) {
+  if (n < 0 || n > 7) fail("wgmma.wait_group %d: N must be an integer constant in 0..7", n);
+  warpgroup_instruction(C_WG_WAIT, n);
+}
+
+void wgmma_m64k16_bf16_rs(float* d, int n, const unsigned a[4], unsigned long long desc_b, int scale_d) {
+  Fiber* f = self_fiber();
+  if (n < 8 || n > 256 || n % 8) fail("wgmma.mma_async.m64n%dk16: N must be a multiple of 8 in 8..256", n);
+  for (int i = 0; i < 4; i++) f->ain[i] = a[i];
+  f->vin = desc_b;
+  f->b = scale_d != 0;
+  f->ptr = d;
+  warpgroup_instruction(C_WG_MMA, n);
+}
+
+void fence_proxy_async_shared() {
+  self_fiber();
+  check::on_proxy_fence();
+}
 
 void cp_async(void* dst, const void* src, unsigned cp_size, unsigned src_size) {
   Fiber* f = self_fiber();
@@ -714,6 +1023,7 @@ bool run_block(Worker* w, Job* job, long lin) {
   std::unique_ptr<unsigned char[]> smem(new unsigned char[job->smem ? job->smem : 1]);
   memset(smem.get(), 0xff, job->smem);
   w->dyn_smem = smem.get();
+  w->warpgroups.assign(static_cast<size_t>((n + 127) / 128), Warpgroup());
   w->nthreads = n;
   w->job = job;
   w->failed = false;

@@ -141,3 +141,72 @@ extern "C" __global__ void seeded_split_ticket(float* out, float* part, u32* ctr
   for (int zz = 0; zz < splits; ++zz) sum += part[zz * n + t];
   out[t] = sum;
 }
+
+// ---- warpgroup MMA ----------------------------------------------------------------------------
+//
+// One launch of `ksteps` chained wgmma.mma_async.m64nNk16 per warpgroup (blockDim.x = 128 per
+// warpgroup): D = A·B + (scale_d ? C : 0). A is (64·warpgroups) x (16·ksteps) bf16 row-major in
+// global memory; warpgroup q uses rows 64q.. and loads them into the register A fragments. B's
+// shared-memory image (`img_bytes`, a multiple of 16, prepared by the host for the descriptor
+// below) is copied by cp.async to a 1024-byte aligned tile of dynamic shared memory (launch with
+// img_bytes + 1024 bytes). k-step s reads B through wgmma_desc(tile + desc_off + s·kstep_bytes,
+// lbo, sbo, swizzle). C and out are (64·warpgroups) x n f32 row-major. After the wait a thread
+// of the last warpgroup overwrites the first byte of the B tile, after a barrier.
+// `bug` seeds one error: 0 none; 1 a write to the B tile while the wgmma is in flight; 2 no
+// fence.proxy.async after the cp.async data landed; 3 an accumulator register written while in
+// flight; 4 the overwrite after the wait without the barrier (two or more warpgroups); 5 no
+// wgmma.fence; 6 no barrier between the copy and the wgmma.
+template <int N>
+__device__ void seeded_wgmma_run(float* out, const kc::bf16* a_g, const float* c_g, unsigned char* tile, int desc_off,
+                                 int lbo, int sbo, int swizzle, int ksteps, int kstep_bytes, int scale_d, int bug) {
+  const int tid = threadIdx.x, q = tid / 128, w = (tid % 128) / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+  const int kdim = 16 * ksteps;
+  float d[N / 2];
+  for (int i = 0; i < N / 2; ++i) {
+    const int m = 64 * q + 16 * w + g + 8 * ((i >> 1) & 1), n = 8 * (i >> 2) + 2 * t + (i & 1);
+    d[i] = c_g[m * N + n];
+  }
+  if (bug != 5) kc::wgmma_fence();
+  const u32 tile_saddr = kc::smem_u32(tile);
+  for (int s = 0; s < ksteps; ++s) {
+    u32 a[4];
+    for (int r = 0; r < 4; ++r) {
+      const int m = 64 * q + 16 * w + g + 8 * (r & 1), k = 16 * s + 2 * t + 8 * (r >> 1);
+      a[r] = static_cast<u32>(a_g[m * kdim + k].bits) | (static_cast<u32>(a_g[m * kdim + k + 1].bits) << 16);
+    }
+    const kc::u64 desc = kc::wgmma_desc(tile_saddr + static_cast<u32>(desc_off + s * kstep_bytes),
+                                        static_cast<u32>(lbo), static_cast<u32>(sbo),
+                                        static_cast<kc::WgmmaSwizzle>(swizzle));
+    kc::wgmma_m64k16_bf16_rs<N>(d, a, desc, s == 0 ? scale_d : 1);
+  }
+  kc::wgmma_commit();
+  if (bug == 1 && tid == 0) tile[desc_off] = 0;
+  if (bug == 3 && tid == 5) d[0] = 1.0f;
+  kc::wgmma_wait<0>();
+  if (bug != 4) __syncthreads();
+  if (tid == static_cast<int>(blockDim.x) - 1) tile[desc_off] = 0;
+  for (int i = 0; i < N / 2; ++i) {
+    const int m = 64 * q + 16 * w + g + 8 * ((i >> 1) & 1), n = 8 * (i >> 2) + 2 * t + (i & 1);
+    out[m * N + n] = d[i];
+  }
+}
+
+extern "C" __global__ void seeded_wgmma(float* out, const kc::bf16* a_g, const unsigned char* img, const float* c_g,
+                                        int n, int img_bytes, int desc_off, int lbo, int sbo, int swizzle, int ksteps,
+                                        int kstep_bytes, int scale_d, int bug) {
+  KC_DYNAMIC_SHARED(unsigned char, smem);
+  const u32 pad = (1024u - (kc::smem_u32(smem) & 1023u)) & 1023u;
+  unsigned char* tile = smem + pad;
+  for (int i = threadIdx.x; i < img_bytes / 16; i += blockDim.x) kc::cp_async_16(tile + 16 * i, img + 16 * i);
+  kc::cp_async_commit();
+  kc::cp_async_wait<0>();
+  if (bug != 2) kc::fence_proxy_async();
+  if (bug != 6) __syncthreads();
+  switch (n) {
+    case 8: seeded_wgmma_run<8>(out, a_g, c_g, tile, desc_off, lbo, sbo, swizzle, ksteps, kstep_bytes, scale_d, bug); break;
+    case 64: seeded_wgmma_run<64>(out, a_g, c_g, tile, desc_off, lbo, sbo, swizzle, ksteps, kstep_bytes, scale_d, bug); break;
+    case 128: seeded_wgmma_run<128>(out, a_g, c_g, tile, desc_off, lbo, sbo, swizzle, ksteps, kstep_bytes, scale_d, bug); break;
+    case 256: seeded_wgmma_run<256>(out, a_g, c_g, tile, desc_off, lbo, sbo, swizzle, ksteps, kstep_bytes, scale_d, bug); break;
+    default: __trap();
+  }
+}

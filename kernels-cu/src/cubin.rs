@@ -22,6 +22,18 @@ pub const MIN_DRIVER_CUBIN: i32 = 12000;
 /// CUDA 12.4: R550).
 pub const MIN_DRIVER_PTX: i32 = 12040;
 
+/// The image a device of compute capability `cc` loads for `family` where it differs from the
+/// common choice: on 9.0 exactly, the family's sm_90a cubin (with the wgmma kernels), if it has
+/// one. sm_90a code runs on compute capability 9.0 only.
+pub fn family_image(family: &str, cc: (i32, i32), common: ModuleImage) -> ModuleImage {
+    if cc == (9, 0) && matches!(common, ModuleImage::Cubin(_)) && cubin(family, "sm_90a").is_some()
+    {
+        ModuleImage::Cubin("sm_90a")
+    } else {
+        common
+    }
+}
+
 /// What a device loads for every kernel family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ModuleImage {
@@ -83,6 +95,8 @@ macro_rules! cubin_table {
                     ($fam, "sm_89") => Some(include_bytes!(concat!("../cubin/", $fam, ".sm_89.cubin"))),
                     ($fam, "sm_90") => Some(include_bytes!(concat!("../cubin/", $fam, ".sm_90.cubin"))),
                 )*
+                // The families of crate::ptx::SM90A_FAMILIES, built from their sm_90a PTX.
+                ("gemm", "sm_90a") => Some(include_bytes!("../cubin/gemm.sm_90a.cubin")),
                 _ => None,
             }
         }
@@ -141,6 +155,30 @@ mod tests {
         assert!(err.contains("7.5") && err.contains("sm_80"), "{err}");
         // R535 (CUDA 12.2) loads the cubins, which is the point of embedding them.
         assert_eq!(select_image((8, 0), 12020), Ok(ModuleImage::Cubin("sm_80")));
+    }
+
+    #[test]
+    fn families_with_wgmma_load_their_sm_90a_cubin_on_9_0_only() {
+        for &fam in crate::ptx::SM90A_FAMILIES {
+            let c = cubin(fam, "sm_90a").expect("an sm_90a cubin");
+            assert_eq!(&c[..4], b"\x7fELF", "{fam}");
+            assert_eq!(
+                family_image(fam, (9, 0), ModuleImage::Cubin("sm_90")),
+                ModuleImage::Cubin("sm_90a")
+            );
+            assert_eq!(
+                family_image(fam, (9, 2), ModuleImage::Cubin("sm_90")),
+                ModuleImage::Cubin("sm_90")
+            );
+            assert_eq!(
+                family_image(fam, (8, 0), ModuleImage::Cubin("sm_80")),
+                ModuleImage::Cubin("sm_80")
+            );
+        }
+        assert_eq!(
+            family_image("elementwise", (9, 0), ModuleImage::Cubin("sm_90")),
+            ModuleImage::Cubin("sm_90")
+        );
     }
 
     #[test]

@@ -810,6 +810,9 @@ pub struct EmulatorOptions {
     /// The order of blocks and threads. `None`: from `KERNELS_CU_EMU_ORDER` (`ascending`,
     /// `descending`, `random[:SEED]` or `all[:SEED]`), else ascending.
     pub order: Option<ExecOrder>,
+    /// The compute capability the emulator reports (default 8.0). (9, 0) makes the launchers
+    /// take their sm_90a paths (the wgmma NF4 GEMM), which the emulator executes.
+    pub compute_capability: (i32, i32),
 }
 
 /// The order in which the emulator runs the blocks of a launch and, within a block, the threads
@@ -848,6 +851,7 @@ impl Default for EmulatorOptions {
             max_shared_bytes: 101_376,
             checks: None,
             order: None,
+            compute_capability: (8, 0),
         }
     }
 }

@@ -23,9 +23,14 @@ pub fn vector_params(kernel: &str) -> &'static [usize] {
         "gemm_bf16_nt_bf16" | "gemm_bf16_nt_f32" | "gemm_bf16_nn_bf16" | "gemm_bf16_nn_f32"
         | "gemm_bf16_tn_bf16" | "gemm_bf16_tn_f32" => &[1, 2],
         // Activations (x / dy) and the packed 4-bit codes arrive by 16-byte cp.async.
-        "nf4_gemm_fwd_bf16" | "nf4_gemm_fwd_f32" | "nf4_gemm_bwd_bf16" | "nf4_gemm_bwd_f32" => {
-            &[1, 2]
-        }
+        "nf4_gemm_fwd_bf16"
+        | "nf4_gemm_fwd_f32"
+        | "nf4_gemm_bwd_bf16"
+        | "nf4_gemm_bwd_f32"
+        | "nf4_gemm_fwd_wgmma_bf16"
+        | "nf4_gemm_fwd_wgmma_f32"
+        | "nf4_gemm_bwd_wgmma_bf16"
+        | "nf4_gemm_bwd_wgmma_f32" => &[1, 2],
         // q, k, v tiles arrive by 16-byte cp.async.
         "attn_fwd_d64" | "attn_fwd_d128" => &[2, 3, 4],
         "attn_bwd_dkdv_d64" | "attn_bwd_dkdv_d128" => &[2, 3, 4, 7],

@@ -157,6 +157,7 @@ pub use error::{Error, Result};
 pub use pool::MemoryStats;
 pub use sources::{
     kernel, kernels, Family, Kernel, COMMON_HEADER, COMMON_HEADER_NAME, FAMILIES, KERNELS,
+    SM90A_KERNELS,
 };
 
 /// True when the CUDA driver library (libcuda) can be loaded. No GPU may be present even then.

@@ -9,6 +9,22 @@
 /// Virtual architecture the embedded PTX is generated for (runs on sm_80, sm_86, sm_89, sm_90).
 pub const PTX_ARCH: &str = "compute_80";
 
+/// Arch-specific virtual architecture of the second PTX of the families in
+/// [`SM90A_FAMILIES`]: the wgmma kernels ([`crate::sources::SM90A_KERNELS`]) exist only there;
+/// plain compute_90 / sm_90 rejects wgmma, and sm_90a code runs on compute capability 9.0 only.
+pub const SM90A_PTX_ARCH: &str = "compute_90a";
+
+/// Families with an sm_90a PTX (`ptx/<family>.sm_90a.ptx`) and cubin beside the portable ones.
+pub const SM90A_FAMILIES: &[&str] = &["gemm"];
+
+/// The sm_90a PTX of `family` ([`SM90A_PTX_ARCH`]), if it has one.
+pub fn sm90a_ptx(family: &str) -> Option<&'static str> {
+    match family {
+        "gemm" => Some(include_str!("../ptx/gemm.sm_90a.ptx")),
+        _ => None,
+    }
+}
+
 /// NVRTC options used for every compile (the embedded PTX and the gate).
 pub const NVRTC_OPTIONS: &[&str] = &["-std=c++17"];
 

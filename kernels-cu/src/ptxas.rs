@@ -8,6 +8,9 @@ use crate::sources::{Family, KERNELS};
 
 /// Targets of the resource report.
 pub const REPORT_ARCHS: &[&str] = &["sm_80", "sm_90"];
+/// The arch-specific target of the families in [`crate::ptx::SM90A_FAMILIES`], reported (and
+/// embedded as a cubin) from their sm_90a PTX.
+pub const SM90A_ARCH: &str = "sm_90a";
 
 /// What ptxas says about one kernel on one target.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,6 +22,9 @@ pub struct KernelResources {
     pub stack_bytes: u32,
     pub spill_stores: u32,
     pub spill_loads: u32,
+    /// ptxas serialized the kernel's wgmma.mma_async (its "Potential Performance Loss" note:
+    /// the asynchronous pipeline could not be kept, e.g. for lack of registers).
+    pub wgmma_serialized: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -134,6 +140,8 @@ pub fn cubin(ptxas: &Path, family: &Family, ptx: &str, arch: &str) -> Result<Vec
 /// "Used N registers[, ...][, N bytes smem]".
 pub fn parse(log: &str, arch: &str) -> Result<Vec<KernelResources>, String> {
     let mut out: Vec<KernelResources> = Vec::new();
+    // Kernels named by a wgmma serialization note (None: the note named no function).
+    let mut serialized: Vec<Option<String>> = Vec::new();
     for line in log.lines() {
         if let Some(rest) = line.split("Compiling entry function '").nth(1) {
             let name = rest.split('\'').next().unwrap_or_default();
@@ -145,7 +153,17 @@ pub fn parse(log: &str, arch: &str) -> Result<Vec<KernelResources>, String> {
                 stack_bytes: 0,
                 spill_stores: 0,
                 spill_loads: 0,
+                wgmma_serialized: false,
             });
+            continue;
+        }
+        if line.contains("wgmma.mma_async instructions are serialized") {
+            serialized.push(
+                line.split("function '")
+                    .nth(1)
+                    .and_then(|r| r.split('\'').next())
+                    .map(str::to_string),
+            );
             continue;
         }
         let Some(cur) = out.last_mut() else { continue };
@@ -162,6 +180,13 @@ pub fn parse(log: &str, arch: &str) -> Result<Vec<KernelResources>, String> {
     }
     if out.is_empty() {
         return Err("no 'Compiling entry function' lines".into());
+    }
+    for name in serialized {
+        for r in out.iter_mut() {
+            if name.as_deref().is_none_or(|n| n == r.kernel) {
+                r.wgmma_serialized = true;
+            }
+        }
     }
     Ok(out)
 }
@@ -192,6 +217,10 @@ pub fn format_report(ptxas_version: &str, rows: &[KernelResources]) -> String {
         s,
         "{:<6} {:<28} {:>4} {:>10} {:>6} {:>12} {:>11}  hot",
         "arch", "kernel", "regs", "smem_bytes", "stack", "spill_stores", "spill_loads"
+    );
+    let _ = writeln!(
+        s,
+        "# (sm_90a rows: the wgmma kernels, from the sm_90a PTX of their family)"
     );
     for r in &rows {
         let hot = KERNELS.iter().any(|k| k.name == r.kernel && k.hot);

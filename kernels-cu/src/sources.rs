@@ -151,6 +151,10 @@ kernels! {
     NF4_GEMM_FWD_F32 = GEMM::nf4_gemm_fwd_f32, hot = true;
     NF4_GEMM_BWD_BF16 = GEMM::nf4_gemm_bwd_bf16, hot = true;
     NF4_GEMM_BWD_F32 = GEMM::nf4_gemm_bwd_f32, hot = true;
+    NF4_GEMM_FWD_WGMMA_BF16 = GEMM::nf4_gemm_fwd_wgmma_bf16, hot = true;
+    NF4_GEMM_FWD_WGMMA_F32 = GEMM::nf4_gemm_fwd_wgmma_f32, hot = true;
+    NF4_GEMM_BWD_WGMMA_BF16 = GEMM::nf4_gemm_bwd_wgmma_bf16, hot = true;
+    NF4_GEMM_BWD_WGMMA_F32 = GEMM::nf4_gemm_bwd_wgmma_f32, hot = true;
     ATTN_FWD_D64 = ATTENTION::attn_fwd_d64, hot = true;
     ATTN_FWD_D128 = ATTENTION::attn_fwd_d128, hot = true;
     ATTN_BWD_DKDV_D64 = ATTENTION::attn_bwd_dkdv_d64, hot = true;
@@ -186,6 +190,32 @@ kernels! {
     DECODE_ROPE_APPEND = DECODE::decode_rope_append, hot = true;
     DECODE_KV_WRITE = DECODE::decode_kv_write, hot = true;
     DECODE_TAKE_ROWS = DECODE::decode_take_rows, hot = false;
+}
+
+/// Kernels that exist only for the arch-specific target sm_90a (they use wgmma): absent from
+/// the family's compute_80 PTX and its sm_80..sm_90 cubins, present in its sm_90a PTX and cubin
+/// ([`crate::ptx::sm90a_ptx`], [`crate::cubin::family_image`]).
+pub const SM90A_KERNELS: &[&str] = &[
+    "nf4_gemm_fwd_wgmma_bf16",
+    "nf4_gemm_fwd_wgmma_f32",
+    "nf4_gemm_bwd_wgmma_bf16",
+    "nf4_gemm_bwd_wgmma_f32",
+];
+
+impl Kernel {
+    /// True for a kernel built only for sm_90a ([`SM90A_KERNELS`]).
+    pub fn sm90a_only(&self) -> bool {
+        SM90A_KERNELS.contains(&self.name)
+    }
+
+    /// The embedded PTX that holds this kernel: its family's, or the family's sm_90a PTX.
+    pub fn ptx(&self) -> &'static str {
+        if self.sm90a_only() {
+            crate::ptx::sm90a_ptx(self.family.name).unwrap_or("")
+        } else {
+            self.family.ptx
+        }
+    }
 }
 
 /// Looks a kernel up by name.

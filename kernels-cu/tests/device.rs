@@ -283,7 +283,7 @@ fn entry_table_matches_sources_emulator_and_ptx() {
     assert_eq!(sorted_emu, all);
     for (name, sig) in &emu {
         let k = kernels_cu::kernel(name).unwrap();
-        let ptx_sizes = kernels_cu::ptx::entry_param_sizes(k.family.ptx, name)
+        let ptx_sizes = kernels_cu::ptx::entry_param_sizes(k.ptx(), name)
             .unwrap_or_else(|| panic!("{name} is not in the embedded PTX of {}", k.family.name));
         let emu_sizes: Vec<usize> = (0..sig.len() / 2)
             .map(|i| match &sig[2 * i..2 * i + 2] {

@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 
 use kernels_cu::nvrtc::Nvrtc;
-use kernels_cu::ptx::PTX_ARCH;
+use kernels_cu::ptx::{sm90a_ptx, PTX_ARCH, SM90A_FAMILIES, SM90A_PTX_ARCH};
 use kernels_cu::{ptxas, tools, FAMILIES, KERNELS};
 
 /// Targets every kernel must compile for.
@@ -59,14 +59,47 @@ fn gate1_every_family_compiles_for_every_target_without_warnings() {
                 out.log
             );
             for k in KERNELS.iter().filter(|k| k.family.name == fam.name) {
-                assert!(
+                assert_eq!(
                     out.ptx.contains(&format!(".entry {}(", k.name)),
-                    "{} for {arch}: no entry {}",
+                    !k.sm90a_only(),
+                    "{} for {arch}: entry {} (sm_90a-only: {})",
                     fam.file,
-                    k.name
+                    k.name,
+                    k.sm90a_only()
                 );
             }
+            // wgmma exists only on sm_90a: no portable module may contain it.
+            assert!(
+                !out.ptx.contains("wgmma"),
+                "{} for {arch} contains wgmma",
+                fam.file
+            );
         }
+    }
+    // The families with sm_90a code: every entry, the wgmma kernels included.
+    for fam in FAMILIES.iter().filter(|f| SM90A_FAMILIES.contains(&f.name)) {
+        let out = nvrtc
+            .compile(fam, "sm_90a")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            out.log.is_empty(),
+            "{} for sm_90a: NVRTC warnings:\n{}",
+            fam.file,
+            out.log
+        );
+        for k in KERNELS.iter().filter(|k| k.family.name == fam.name) {
+            assert!(
+                out.ptx.contains(&format!(".entry {}(", k.name)),
+                "{} for sm_90a: no entry {}",
+                fam.file,
+                k.name
+            );
+        }
+        assert!(
+            out.ptx.contains("wgmma.mma_async"),
+            "{} for sm_90a: no wgmma",
+            fam.file
+        );
     }
 }
 
@@ -83,6 +116,20 @@ fn gate1_embedded_ptx_is_current() {
             std::fs::write(&path, &out.ptx)
                 .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
         } else if out.ptx != fam.ptx {
+            stale.push(path.display().to_string());
+        }
+    }
+    for fam in FAMILIES.iter().filter(|f| SM90A_FAMILIES.contains(&f.name)) {
+        let out = nvrtc
+            .compile(fam, SM90A_PTX_ARCH)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let path = crate_dir()
+            .join("ptx")
+            .join(format!("{}.sm_90a.ptx", fam.name));
+        if updating() {
+            std::fs::write(&path, &out.ptx)
+                .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        } else if Some(out.ptx.as_str()) != sm90a_ptx(fam.name) {
             stale.push(path.display().to_string());
         }
     }
@@ -106,8 +153,28 @@ fn gate2_hot_kernels_do_not_spill_and_the_report_is_current() {
             );
         }
     }
+    for fam in FAMILIES.iter().filter(|f| SM90A_FAMILIES.contains(&f.name)) {
+        let ptx = sm90a_ptx(fam.name).expect("an sm_90a family has an sm_90a PTX");
+        rows.extend(
+            ptxas::run(&ptxas_path, fam, ptx, ptxas::SM90A_ARCH).unwrap_or_else(|e| panic!("{e}")),
+        );
+    }
+    for r in &rows {
+        // The wgmma pipeline must survive register allocation: a serialized wgmma waits for
+        // each product before the next, which the performance model does not assume.
+        assert!(
+            !r.wgmma_serialized,
+            "{} on {}: ptxas serialized its wgmma.mma_async",
+            r.kernel, r.arch
+        );
+    }
     for k in KERNELS {
-        for arch in ptxas::REPORT_ARCHS {
+        let archs: &[&str] = if k.sm90a_only() {
+            &[ptxas::SM90A_ARCH]
+        } else {
+            ptxas::REPORT_ARCHS
+        };
+        for arch in archs {
             let r = rows
                 .iter()
                 .find(|r| r.kernel == k.name && r.arch == *arch)
@@ -209,9 +276,15 @@ fn gate3_embedded_cubins_are_current() {
     };
     let mut stale = Vec::new();
     for fam in FAMILIES {
-        for &(_, _, arch) in kernels_cu::cubin::CUBIN_ARCHS {
-            let built =
-                ptxas::cubin(&ptxas_path, fam, fam.ptx, arch).unwrap_or_else(|e| panic!("{e}"));
+        let mut images: Vec<(&str, &str)> = kernels_cu::cubin::CUBIN_ARCHS
+            .iter()
+            .map(|&(_, _, arch)| (arch, fam.ptx))
+            .collect();
+        if let Some(ptx) = sm90a_ptx(fam.name) {
+            images.push((ptxas::SM90A_ARCH, ptx));
+        }
+        for (arch, ptx) in images {
+            let built = ptxas::cubin(&ptxas_path, fam, ptx, arch).unwrap_or_else(|e| panic!("{e}"));
             let path = crate_dir()
                 .join("cubin")
                 .join(format!("{}.{arch}.cubin", fam.name));

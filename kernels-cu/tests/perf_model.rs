@@ -245,6 +245,23 @@ fn nf4_gemm_fits_two_blocks_per_sm_on_hopper_and_ampere() {
     assert_eq!((occ.blocks_per_sm, occ.limiter), (8, "threads"));
 }
 
+/// The wgmma NF4 GEMMs (sm_90a report rows, which an H200 uses): at most 128 registers and
+/// ~64 KiB of shared memory, so two 8-warp blocks (four warpgroups) per SM, which the model's
+/// overlap of the decode with other warpgroups' products assumes.
+#[test]
+fn wgmma_nf4_gemm_fits_two_blocks_per_sm_on_hopper() {
+    let smem = kernels_cu::ops::gemm::nf4_wgmma_shared_bytes() as u32;
+    let h200 = gpu("h200").unwrap();
+    for kernel in kernels_cu::SM90A_KERNELS {
+        let res = resources("sm_90", kernel).expect("an sm_90a row in the ptxas report");
+        assert!(res.registers <= 128, "{kernel}: {res:?}");
+        let occ = occupancy(h200, res, 256, smem);
+        assert!(occ.blocks_per_sm >= 2, "{kernel}: {occ:?}");
+    }
+    // Not available to sm_80 targets.
+    assert!(resources("sm_80", "nf4_gemm_fwd_wgmma_bf16").is_none());
+}
+
 #[test]
 fn wave_efficiency_of_the_issue_shapes() {
     let h200 = gpu("h200").unwrap();

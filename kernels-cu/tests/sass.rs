@@ -71,8 +71,13 @@ fn tools_or_skip() -> Option<(PathBuf, PathBuf)> {
 fn loop_mix(family: &str, kernel: &str, arch: &str) -> Option<sass::Mix> {
     let (ptxas, nvdisasm) = tools_or_skip()?;
     let fam = FAMILIES.iter().find(|f| f.name == family).expect("family");
-    let text =
-        sass::disassemble(&ptxas, &nvdisasm, fam.ptx, arch).unwrap_or_else(|e| panic!("{e}"));
+    // sm_90a: the family's sm_90a PTX (the wgmma kernels live only there).
+    let ptx = if arch == "sm_90a" {
+        kernels_cu::ptx::sm90a_ptx(family).expect("an sm_90a PTX")
+    } else {
+        fam.ptx
+    };
+    let text = sass::disassemble(&ptxas, &nvdisasm, ptx, arch).unwrap_or_else(|e| panic!("{e}"));
     let funcs = sass::parse(&text);
     let f = funcs
         .iter()
@@ -178,6 +183,40 @@ fn the_decode_gemv_loop_issues_what_the_model_charges() {
             m.instructions as f64 <= charged,
             "{kernel}: {} instructions per super-tile, the model charges {charged}",
             m.instructions
+        );
+    }
+}
+
+/// The wgmma NF4 GEMM's k-loop on sm_90a: four `HGMMA.64x128x16` per warp and k-tile (each is
+/// 16 `HMMA.16816` of work per warp: 64 x 128 x 16 over the warpgroup's 4 warps), the decode of
+/// 32 codes per lane, no `LDSM`; no more instructions per HMMA-equivalent than the model charges
+/// (`perf::cost::NF4_WGMMA_{FWD,BWD}_LOOP_INSTRUCTIONS_PER_MMA`).
+#[test]
+fn the_wgmma_nf4_gemm_loop_issues_four_hgmma_per_k_tile_and_no_ldmatrix() {
+    use kernels_cu::perf::cost::{
+        NF4_WGMMA_BWD_LOOP_INSTRUCTIONS_PER_MMA, NF4_WGMMA_FWD_LOOP_INSTRUCTIONS_PER_MMA,
+        WGMMA_HMMA_PER_WARP,
+    };
+    for (kernel, charged) in [
+        (
+            "nf4_gemm_fwd_wgmma_bf16",
+            NF4_WGMMA_FWD_LOOP_INSTRUCTIONS_PER_MMA,
+        ),
+        (
+            "nf4_gemm_bwd_wgmma_bf16",
+            NF4_WGMMA_BWD_LOOP_INSTRUCTIONS_PER_MMA,
+        ),
+    ] {
+        let Some(m) = loop_mix("gemm", kernel, "sm_90a") else {
+            return;
+        };
+        assert_eq!(m.mma, 4, "{kernel}: {m:?}");
+        assert_eq!(m.ldmatrix, 0, "{kernel}: {m:?}");
+        let per = m.instructions as f64 / (m.mma as f64 * WGMMA_HMMA_PER_WARP);
+        eprintln!("{kernel} sm_90a: {per:.2} instructions per HMMA-equivalent");
+        assert!(
+            per <= charged,
+            "{kernel}: {per:.2} instructions per HMMA-equivalent, the model charges {charged}"
         );
     }
 }

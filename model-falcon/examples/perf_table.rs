@@ -72,8 +72,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     println!("\n| GPU | step ms | tokens/s | MFU | top kernel (share) |");
     println!("|---|---:|---:|---:|---|");
+    // Each GPU's own plan: the launchers choose by compute capability (the wgmma NF4 GEMM on
+    // 9.0) and SM count (split-K), so one GPU's launches would misstate another's step.
     for g in GPUS {
-        let s = report::summary(&StepEstimate::new(g, &p.launches), p.tokens, p.model_flops);
+        let own = plan::dry_run(&cfg, &shape, g)?;
+        let s = report::summary(
+            &StepEstimate::new(g, &own.launches),
+            own.tokens,
+            own.model_flops,
+        );
         println!(
             "| {} | {:.1} | {:.0} | {:.1} % | {} ({:.0} %) |",
             g.key,

@@ -138,20 +138,25 @@ fn falcon_7b_40b_180b_launches_are_valid_on_every_target() {
                     targets: TargetModules::from_flag(targets),
                     ..StepShape::new(batch, seq)
                 };
-                let p = plan::dry_run(&cfg, &shape, &GPUS[0])
-                    .unwrap_or_else(|e| panic!("{model} {batch}x{seq} {targets}: {e}"));
-                let bad = validate::check_all(GPUS, &p.launches);
-                assert!(
-                    bad.is_empty(),
-                    "{model} {batch}x{seq} {targets}: {} violations, first: {}",
-                    bad.len(),
-                    bad.iter()
-                        .take(5)
-                        .map(|x| x.to_string())
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                );
-                checked += p.launches.len();
+                // Each target's own plan: the launchers choose by compute capability (the
+                // wgmma NF4 GEMM on 9.0 only) and by SM count (split-K).
+                for gpu in GPUS {
+                    let p = plan::dry_run(&cfg, &shape, gpu).unwrap_or_else(|e| {
+                        panic!("{model} {batch}x{seq} {targets} on {}: {e}", gpu.key)
+                    });
+                    let bad = validate::check_all(std::slice::from_ref(gpu), &p.launches);
+                    assert!(
+                        bad.is_empty(),
+                        "{model} {batch}x{seq} {targets}: {} violations, first: {}",
+                        bad.len(),
+                        bad.iter()
+                            .take(5)
+                            .map(|x| x.to_string())
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    );
+                    checked += p.launches.len();
+                }
             }
         }
     }

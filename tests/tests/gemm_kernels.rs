@@ -8,6 +8,11 @@
 //!   mma, then across k-steps) errs by at most K·u·mag; the tolerance is (K + 16)·u·mag (+ the
 //!   α/β epilogue roundings, covered by the +16 and a u·|β·C| term), plus 2⁻⁸·|ref| for one
 //!   rounding to a bf16 output.
+//! - The NF4 GEMMs also run on an emulator that reports compute capability 9.0, where the
+//!   launcher takes the wgmma kernels (sm_90a; the backward where out_features % 8 == 0, else
+//!   the mma.sync one): the output must be bit-identical to the mma.sync kernel's on the
+//!   emulator (both round to fp32 once per k16 step, in the same k order), besides meeting the
+//!   reference's tolerance.
 //! - Outputs start poisoned (the emulator fills fresh buffers with NaN bytes; β = 0 must not
 //!   read them), shapes are ragged in M and N (and K for the bf16 GEMM), inputs fresh per case.
 
@@ -17,7 +22,7 @@ use half::bf16;
 use integration_tests::devices;
 use kernels_cu::ops::gemm::{self, CodeLayout, Layout, Nf4Product, Nf4Weight};
 use kernels_cu::ops::nf4_layout;
-use kernels_cu::{DType, Device, Error};
+use kernels_cu::{BackendKind, DType, Device, EmulatorOptions, Error};
 use model_falcon::cuda::nf4_parts;
 use proptest::prelude::*;
 
@@ -207,10 +212,21 @@ fn check_nf4_gemm_split(
     let (red, n_out) = if backward { (n, k) } else { (k, n) };
     let a = rng.bf16s(m * red);
     let af: Vec<f64> = a.iter().map(|v| v.to_f64()).collect();
-    for dev in devices() {
+    let mut devs = devices();
+    devs.push(hopper_emulator());
+    let mut mma_sync_bits: Option<Vec<u64>> = None;
+    // Every device starts from the same C (β ≠ 0), so that the emulators' outputs compare bitwise.
+    let out_state = rng.next_u64();
+    for dev in devs {
         let w = upload(&dev, &q);
         let ab = dev.htod(&a).unwrap();
-        let (mut c, c0) = output(&dev, &mut rng, dtype, m * n_out, beta);
+        let (mut c, c0) = output(
+            &dev,
+            &mut Rng::from_state(out_state),
+            dtype,
+            m * n_out,
+            beta,
+        );
         let product = if backward {
             Nf4Product::BackwardInput
         } else {
@@ -273,8 +289,31 @@ fn check_nf4_gemm_split(
             if backward { "backward" } else { "forward" },
             dev.kind()
         );
-        assert_close(&what, &read_out(&dev, &c), &want, &tol);
+        let got = read_out(&dev, &c);
+        assert_close(&what, &got, &want, &tol);
+        if dev.kind() == BackendKind::Emulator {
+            let bits: Vec<u64> = got.iter().map(|f| f.to_bits()).collect();
+            match &mma_sync_bits {
+                None => mma_sync_bits = Some(bits),
+                Some(first) => assert!(
+                    *first == bits,
+                    "{what}: the wgmma kernel (emulated 9.0) differs from the mma.sync kernel"
+                ),
+            }
+        }
     }
+}
+
+/// The emulator as a compute capability 9.0 device (the launchers' sm_90a paths); checks and
+/// order from the environment, as for [`devices`].
+fn hopper_emulator() -> Device {
+    let dev = Device::emulator_with(EmulatorOptions {
+        compute_capability: (9, 0),
+        ..EmulatorOptions::default()
+    })
+    .unwrap();
+    assert!(gemm::nf4_uses_wgmma(&dev));
+    dev
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -14,7 +14,7 @@ use cudarc::driver::{
     result, CudaContext, CudaFunction, CudaGraph, CudaModule, CudaStream, DriverError,
 };
 
-use crate::cubin::{cubin, select_image, ModuleImage};
+use crate::cubin::{cubin, family_image, select_image, ModuleImage};
 use crate::device::{ArgValue, Backend, BackendKind, DeviceInfo, Dim3};
 use crate::error::{Error, Result};
 use crate::graph::GraphExec;
@@ -225,7 +225,7 @@ impl Backend for CudaBackend {
         let mut st = self.state();
         let family = kernel.family;
         if !st.modules.contains_key(family.name) {
-            let image = match self.image {
+            let image = match family_image(family.name, self.info.compute_capability, self.image) {
                 ModuleImage::Cubin(arch) => {
                     let bytes = cubin(family.name, arch).ok_or(Error::UnknownKernel {
                         kernel: kernel.name,
@@ -249,7 +249,7 @@ impl Backend for CudaBackend {
                     kernel: kernel.name,
                     backend: "CUDA",
                 })?;
-            let params = ptx::entry_param_sizes(family.ptx, kernel.name);
+            let params = ptx::entry_param_sizes(kernel.ptx(), kernel.name);
             st.functions.insert(
                 kernel.name,
                 Function {

@@ -162,7 +162,7 @@ impl EmuBackend {
             info: DeviceInfo {
                 kind: BackendKind::Emulator,
                 name: format!("host emulator ({} threads)", threads()),
-                compute_capability: (8, 0),
+                compute_capability: opts.compute_capability,
                 total_memory: 0,
                 max_shared_bytes: opts.max_shared_bytes,
                 multiprocessors: 0,

@@ -353,6 +353,23 @@ pub fn nf4_shared_bytes() -> usize {
     NF_STAGES * (a + codes + 128 * 4) + (256 + 4) * 4
 }
 
+/// Dynamic shared memory of the NF4 GEMM on wgmma (sm_90a), forward and backward: per stage the activation
+/// tile `[128][64]` bf16 in the 128-byte swizzle layout (no padding), two packed super-tiles and
+/// 128 absmax; the code map and the split-K flag; and 1 KiB of slack to put the swizzled tiles at
+/// a 1024-byte boundary of shared memory.
+pub fn nf4_wgmma_shared_bytes() -> usize {
+    let a = TILE_M * NF_BK * 2;
+    let codes = 2 * NF_ST_BYTES;
+    1024 + NF_STAGES * (a + codes + 128 * 4) + (256 + 4) * 4
+}
+
+/// True when the NF4 GEMM runs on wgmma on `dev` (the backward also needs out_features a
+/// multiple of 8): compute capability 9.0 exactly (the
+/// sm_90a code runs nowhere else), where the CUDA backend loads the gemm family's sm_90a cubin.
+pub fn nf4_uses_wgmma(dev: &Device) -> bool {
+    dev.info().compute_capability == (9, 0)
+}
+
 /// Most reduction splits of the NF4 GEMM.
 pub const NF4_MAX_SPLITS: usize = defines::gemm::NF_MAX_SPLITS;
 /// Fewest 64-wide reduction steps a split keeps, so that the pipeline's fill and drain and the
@@ -561,8 +578,25 @@ pub fn nf4_gemm(
     splits: Option<usize>,
 ) -> Result<()> {
     let backward = product == Nf4Product::BackwardInput;
-    let kernel = if backward {
+    // The wgmma kernels load whole 16-byte activation chunks: the backward's reduction length
+    // (out_features) must be a multiple of 8 there (the forward's, K, is one of 64).
+    let wgmma = nf4_uses_wgmma(dev) && (!backward || w.out_features.is_multiple_of(8));
+    let kernel = if backward && wgmma {
+        out_kernel(
+            "nf4 backward: dX",
+            out,
+            NF4_GEMM_BWD_WGMMA_BF16,
+            NF4_GEMM_BWD_WGMMA_F32,
+        )?
+    } else if backward {
         out_kernel("nf4 backward: dX", out, NF4_GEMM_BWD_BF16, NF4_GEMM_BWD_F32)?
+    } else if wgmma {
+        out_kernel(
+            "nf4 forward: Y",
+            out,
+            NF4_GEMM_FWD_WGMMA_BF16,
+            NF4_GEMM_FWD_WGMMA_F32,
+        )?
     } else {
         out_kernel("nf4 forward: Y", out, NF4_GEMM_FWD_BF16, NF4_GEMM_FWD_F32)?
     };
@@ -628,7 +662,11 @@ pub fn nf4_gemm(
             kernel,
             grid,
             block: Dim3::x(GEMM_THREADS),
-            shared_bytes: nf4_shared_bytes() as u32,
+            shared_bytes: if wgmma {
+                nf4_wgmma_shared_bytes()
+            } else {
+                nf4_shared_bytes()
+            } as u32,
             args: &[
                 out.arg_mut(),
                 part.arg_mut(),

@@ -38,6 +38,9 @@ pub struct Cost {
     pub bytes: f64,
     /// Which formula gave these numbers (a kernel family, or "generic").
     pub formula: &'static str,
+    /// The products run on `wgmma` (sm_90a): the tensor term uses the warpgroup-MMA efficiency
+    /// and the loop's shared-memory bound [`NF4_WGMMA_SMEM_WAVEFRONTS_PER_MMA`].
+    pub wgmma: bool,
 }
 
 /// Warp rows of an NF4 GEMM block that each decode the block's weight tile (8 warps as 2 x 4,
@@ -74,6 +77,36 @@ pub const GEMV_NF4_LOOP_PER_TILE: f64 = 23.0;
 /// Shared-memory wavefronts per 16 x 16 patch of the 4-bit GEMV: 8 table loads per lane (one
 /// per code), each a wavefront (16 words in 16 banks, conflict-free).
 pub const GEMV_NF4_SMEM_WAVEFRONTS_PER_PATCH: f64 = 8.0;
+
+/// `HMMA.16816`-equivalents of work one warp's `HGMMA.64x128x16` (`wgmma.m64n128k16`) carries:
+/// 64 x 128 x 16 multiply-adds per warpgroup, a quarter per warp, 2048 per HMMA.
+pub const WGMMA_HMMA_PER_WARP: f64 = 64.0 * 128.0 * 16.0 / 4.0 / 2048.0;
+
+/// Instructions per HMMA-equivalent of the wgmma NF4 GEMM's k-loop on sm_90a (ptxas 12.4):
+/// the SASS main loop of `nf4_gemm_fwd_wgmma_bf16` / `nf4_gemm_bwd_wgmma_bf16` counted
+/// statically by `perf::sass`: 278 / 310 instructions per warp and k-tile (4 HGMMA = 64
+/// HMMA-equivalents: 4.3 / 4.8), plus the activation copy's 4-iteration inner loop, which the
+/// static count leaves out as a cold loop (~40 instructions: +0.6). Per k-tile and warp: the
+/// decode of 32 codes per lane (the backward adds 16 MOVM), the stage's cp.async, absmax and
+/// fences, the wgmma fence/commit/wait, the loop. `tests/sass.rs` keeps the static counts at
+/// or under these.
+pub const NF4_WGMMA_FWD_LOOP_INSTRUCTIONS_PER_MMA: f64 = 5.0;
+/// See [`NF4_WGMMA_FWD_LOOP_INSTRUCTIONS_PER_MMA`].
+pub const NF4_WGMMA_BWD_LOOP_INSTRUCTIONS_PER_MMA: f64 = 5.5;
+
+/// Shared-memory wavefronts per HMMA-equivalent of the wgmma NF4 GEMM's k-loop, per warp and
+/// k-tile (64 HMMA-equivalents): the loop's `LDS`/`STS` (47 forward, 53 backward in the SASS
+/// count: 32 code-table loads, 16 distinct words in 16 banks, one wavefront each; 4 packed
+/// words of 128 contiguous bytes; absmax broadcasts and the absmax store), the block's cp.async
+/// writes (16 KiB activations + 4 KiB codes per k-tile over 8 warps: 20), and the tensor cores'
+/// reads of the B operand (4 x 4 KiB per warpgroup and k-tile over 4 warps: 32; A comes from
+/// registers): 99-105 / 64 ≈ 1.6, against 2.7 for the mma.sync kernel (no ldmatrix of the
+/// activations, one decode per weight element per block instead of two).
+pub const NF4_WGMMA_SMEM_WAVEFRONTS_PER_MMA: f64 = 1.6;
+
+/// Warp rows of the wgmma NF4 GEMM block that decode its weight tile: each weight element of
+/// the block's tile is decoded by exactly one warp.
+pub const NF4_WGMMA_DECODING_WARP_ROWS: f64 = 1.0;
 
 /// Bytes of element `i` of the arguments' pointers (0 for scalars).
 fn elem(r: &LaunchRecord, ptr_index: usize) -> f64 {
@@ -145,6 +178,7 @@ pub fn cost(r: &LaunchRecord) -> Cost {
         let beta = f32_arg(r, 5);
         let out = elem(r, 0);
         let backward = name.contains("bwd");
+        let wgmma = name.contains("wgmma");
         // Forward reads x [m, k], writes y [m, n]; backward reads dy [m, n], writes dx [m, k].
         let (x_cols, y_cols) = if backward { (n, k) } else { (k, n) };
         let m_tiles = (m / crate::ops::gemm::TILE_M as f64).ceil();
@@ -158,13 +192,22 @@ pub fn cost(r: &LaunchRecord) -> Cost {
         };
         return Cost {
             tensor_flops: 2.0 * m * n * k,
-            decoded_elements: n * k * m_tiles * NF4_DECODING_WARP_ROWS,
+            decoded_elements: n
+                * k
+                * m_tiles
+                * if wgmma {
+                    NF4_WGMMA_DECODING_WARP_ROWS
+                } else {
+                    NF4_DECODING_WARP_ROWS
+                },
             decode_overlapped: true,
-            loop_instructions_per_mma: if backward {
-                NF4_BWD_LOOP_INSTRUCTIONS_PER_MMA
-            } else {
-                NF4_FWD_LOOP_INSTRUCTIONS_PER_MMA
+            loop_instructions_per_mma: match (wgmma, backward) {
+                (true, true) => NF4_WGMMA_BWD_LOOP_INSTRUCTIONS_PER_MMA,
+                (true, false) => NF4_WGMMA_FWD_LOOP_INSTRUCTIONS_PER_MMA,
+                (false, true) => NF4_BWD_LOOP_INSTRUCTIONS_PER_MMA,
+                (false, false) => NF4_FWD_LOOP_INSTRUCTIONS_PER_MMA,
             },
+            wgmma,
             bytes: 2.0 * m * x_cols
                 + n * k * (0.5 + 1.0 / 64.0)
                 + out * m * y_cols * if beta != 0.0 { 2.0 } else { 1.0 }

@@ -28,6 +28,10 @@
 //! separate from the tensor pipe). Instructions per HMMA are the SASS count of the kernel's
 //! k-loop ([`Cost::loop_instructions_per_mma`]); wavefronts (128 bytes each, one per SM per
 //! clock) are counted from the loop's shared-memory accesses ([`NF4_SMEM_WAVEFRONTS_PER_MMA`]).
+//! The wgmma kernels (sm_90a, [`Cost::wgmma`]) use [`WGMMA_EFFICIENCY`] for the tensor pipe and
+//! their own wavefront count ([`super::cost::NF4_WGMMA_SMEM_WAVEFRONTS_PER_MMA`], which includes
+//! the tensor cores' reads of the shared-memory operand); an HMMA there is an HMMA-equivalent
+//! (4096 FLOP of the warpgroup's products).
 //! With one block per SM the decode stays serial (counted as before). These two bounds are
 //! applied only to the NF4 GEMM and the 4-bit decode GEMV (whose loop decodes in registers
 //! and feeds `mma.sync` the same way; its wavefronts are its code shuffles,
@@ -71,6 +75,12 @@ pub const NF4_SMEM_WAVEFRONTS_PER_MMA: f64 = 2.7;
 /// (`scripts/gpu-check.sh` prints the decode prediction beside the `decode_gpu` benchmark).
 pub const GRAPH_NODE_US: f64 = 0.5;
 
+/// Fraction of the dense bf16 peak the tensor pipe reaches under `wgmma` (sm_90a kernels only):
+/// the cuBLAS bf16 GEMM 8192³ observed at 788 TFLOP/s on an H200 (`perf::calibration`), 0.80,
+/// rounded down to 0.78 for a kernel that waits for its products once per k-tile
+/// (`wgmma.wait_group 0`) with two blocks per SM to cover the wait. An assumption until measured.
+pub const WGMMA_EFFICIENCY: f64 = 0.78;
+
 /// Resident blocks per SM from which an overlapped decode hides behind other warps' products.
 pub const OVERLAP_MIN_BLOCKS: u32 = 2;
 
@@ -89,9 +99,14 @@ pub struct Resources {
 }
 
 /// Registers and static shared memory of `kernel` for `arch` from the ptxas report; sm_86 and
-/// sm_89 use the sm_80 line (the report covers sm_80 and sm_90).
+/// sm_89 use the sm_80 line (the report covers sm_80 and sm_90, and sm_90a for the wgmma kernels).
 pub fn resources(arch: &str, kernel: &str) -> Option<Resources> {
-    let arch = if arch == "sm_90" { "sm_90" } else { "sm_80" };
+    let arch = match arch {
+        // The wgmma kernels exist only as sm_90a code (their own report rows).
+        "sm_90" if crate::sources::SM90A_KERNELS.contains(&kernel) => crate::ptxas::SM90A_ARCH,
+        "sm_90" => "sm_90",
+        _ => "sm_80",
+    };
     REPORT.lines().find_map(|l| {
         let f: Vec<&str> = l.split_whitespace().collect();
         if f.len() >= 4 && f[0] == arch && f[1] == kernel {
@@ -209,11 +224,18 @@ pub fn times_at(gpu: &Gpu, c: &Cost, grid_blocks: u64, blocks_per_sm: u32) -> Ti
     let issue_rate = 4.0 * gpu.sms as f64 * clock; // warp instructions per second
     let busy = grid_blocks.min(gpu.sms as u64) as f64;
     let bw_share = (2.0 * busy / gpu.sms as f64).min(1.0);
-    let tensor = c.tensor_flops / (gpu.bf16_tflops * 1e12 * gpu.mma_efficiency) / eff;
+    let mma_efficiency = if c.wgmma {
+        WGMMA_EFFICIENCY
+    } else {
+        gpu.mma_efficiency
+    };
+    let tensor = c.tensor_flops / (gpu.bf16_tflops * 1e12 * mma_efficiency) / eff;
     let decode = if c.decode_overlapped && blocks_per_sm >= OVERLAP_MIN_BLOCKS {
         let hmmas = c.tensor_flops / HMMA_FLOPS;
         let issue = hmmas * c.loop_instructions_per_mma / issue_rate / eff;
-        let wavefronts = if c.smem_wavefronts_per_mma > 0.0 {
+        let wavefronts = if c.wgmma {
+            super::cost::NF4_WGMMA_SMEM_WAVEFRONTS_PER_MMA
+        } else if c.smem_wavefronts_per_mma > 0.0 {
             c.smem_wavefronts_per_mma
         } else {
             NF4_SMEM_WAVEFRONTS_PER_MMA

@@ -59,6 +59,12 @@ pub fn check(gpu: &Gpu, index: usize, r: &LaunchRecord) -> Vec<Violation> {
     if b.x > 1024 || b.y > 1024 || b.z > 64 || b.count() > 1024 {
         bad(format!("block {b:?} exceeds 1024 threads"));
     }
+    if r.kernel.sm90a_only() && gpu.compute_capability != (9, 0) {
+        bad(format!(
+            "sm_90a code (wgmma) on compute capability {}.{}: it runs on 9.0 only",
+            gpu.compute_capability.0, gpu.compute_capability.1
+        ));
+    }
     match resources(gpu.arch, r.kernel.name) {
         Some(res) => {
             let smem = res.static_smem + r.shared_bytes;
