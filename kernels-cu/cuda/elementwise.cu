@@ -7,8 +7,8 @@
 //
 // Bandwidth-bound (the step's axpy adds residual gradients of [tokens, hidden] bf16): each
 // thread moves eight elements per access as 16-byte vectors (one for bf16, two for f32), then
-// a scalar tail. The buffers are whole device allocations, 16-byte aligned (the launcher's
-// alignment list holds them to it).
+// a scalar tail. Buffer views can start at any element, so the vector loop runs only when
+// every pointer is 16-byte aligned (whole allocations are); otherwise all of it is scalar.
 #include "common.cuh"
 
 using kc::bf16;
@@ -16,7 +16,10 @@ using kc::bf16;
 // out[i] = f(a[i], b[i]) over n elements, eight at a time.
 template <class T, class F>
 __device__ __forceinline__ void map2(T* out, const T* a, const T* b, int n, F f) {
-  const long long nv = n / 8;
+  // Views may start anywhere: vectors only when all three are 16-byte aligned (the same for
+  // every thread), scalars otherwise.
+  const bool vec = kc::aligned16(out) && kc::aligned16(a) && kc::aligned16(b);
+  const long long nv = vec ? n / 8 : 0;
   for (long long i = kc::grid_thread(); i < nv; i += kc::grid_threads()) {
     float x[8], y[8];
     kc::load8(a + 8 * i, x);

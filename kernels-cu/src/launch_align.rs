@@ -3,9 +3,9 @@
 //! A misaligned vector access is a sticky "misaligned address" fault on a GPU that ends the
 //! context; device allocations are aligned, but a [`crate::BufferView`] or an `Arg::RefAt` can
 //! start anywhere. [`crate::Device::launch`] refuses such a launch with a clear error instead.
-//! (Kernels that choose a vector path only after checking alignment, e.g. convert, dropout,
-//! skinny and cross-entropy, LayerNorm and RoPE, are not listed: their launchers pass `vec = 0`
-//! for such views, or the kernel checks its pointers.)
+//! (Kernels that choose a vector path only after checking alignment are not listed: convert,
+//! dropout, skinny and cross-entropy, whose launchers pass `vec = 0` for such views, and
+//! LayerNorm, RoPE and the elementwise kernels, which check their pointers themselves.)
 
 /// Alignment in bytes that the listed parameters need.
 pub const VECTOR_ALIGN: u64 = 16;
@@ -16,8 +16,6 @@ pub fn vector_params(kernel: &str) -> &'static [usize] {
         "gelu_fwd_f32" | "gelu_fwd_bf16" => &[0, 1],
         "gelu_bwd_f32" | "gelu_bwd_bf16" => &[0, 1, 2],
         "residual_add3_f32" | "residual_add3_bf16" => &[0, 1, 2, 3],
-        "add_f32" | "add_bf16" => &[0, 1, 2],
-        "scale_f32" | "scale_bf16" | "axpy_f32" | "axpy_bf16" => &[0, 1],
         "adamw_f32" => &[0, 1, 2, 3],
         // The GEMM tiles of A and B arrive by 16-byte cp.async.
         "gemm_bf16_nt_bf16" | "gemm_bf16_nt_f32" | "gemm_bf16_nn_bf16" | "gemm_bf16_nn_f32"

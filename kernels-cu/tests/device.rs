@@ -407,7 +407,7 @@ fn kernels_write_through_a_mutable_view_and_only_inside_its_range() {
         let xb = dev.htod(&x).unwrap();
         let mut yb = dev.htod(&y).unwrap();
         // Offsets that are multiples of 16 bytes and ragged lengths, then an unaligned offset
-        // (the elementwise kernels use scalar accesses, so any offset is fine for them).
+        // (the elementwise kernels fall back to scalar accesses, so any offset is fine).
         for (off, len, src_off) in [(64usize, 333usize, 128usize), (0, 1, 999), (517, 483, 3)] {
             let before = dev.dtoh::<f32>(&yb).unwrap();
             {

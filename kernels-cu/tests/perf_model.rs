@@ -238,11 +238,17 @@ fn nf4_gemm_fits_two_blocks_per_sm_on_hopper_and_ampere() {
         let occ = occupancy(g, res, 256, smem);
         assert!(occ.blocks_per_sm >= 2, "{arch}: {occ:?}");
     }
-    // A small kernel is limited by threads: 2048 / 256 = 8 blocks.
+    // A kernel of fewer than 32 registers and no shared memory is limited by threads: 2048 /
+    // 256 = 8 blocks; at 33 registers the register file limits it (a warp's 33 · 32 registers
+    // are allocated in units of 256: 1280, so 51 warps, 6 blocks of 8).
     let h200 = gpu("h200").unwrap();
-    let small = resources("sm_90", "add_f32").unwrap();
+    let mut small = resources("sm_90", "add_f32").unwrap();
+    small.registers = 24;
     let occ = occupancy(h200, small, 256, 0);
     assert_eq!((occ.blocks_per_sm, occ.limiter), (8, "threads"));
+    small.registers = 33;
+    let occ = occupancy(h200, small, 256, 0);
+    assert_eq!((occ.blocks_per_sm, occ.limiter), (6, "registers"));
 }
 
 /// The wgmma NF4 GEMMs (sm_90a report rows, which an H200 uses): at most 128 registers and
