@@ -11,6 +11,7 @@
 //   vectors     load4/store4 (16-byte aligned), load_u32x2/u32x4, load8/store8 (8 elements as
 //               f32) and aligned16; ld/st (element i of f32|bf16 as f32, stored rounded);
 //               ldw/stw<W> (W = 8 or 1 of them)
+//   layouts     qkv_slot_of (Falcon's fused qkv head slots)
 //   warp        warp_sum / warp_max (xor butterfly, result in every lane, fixed order)
 //   PTX         mma_m16n8k16_bf16, ldmatrix_x{1,2,4}[_trans], cp_async_{4,8,16}, cp_async_commit,
 //               cp_async_wait<N>, cp_async_wait_all, fence_block, fence_gpu, smem_u32
@@ -265,6 +266,22 @@ KC_FN float ld(const float* p, long long i) { return p[i]; }
 KC_FN float ld(const bf16* p, long long i) { return to_f32(p[i]); }
 KC_FN void st(float* p, long long i, float v) { p[i] = v; }
 KC_FN void st(bf16* p, long long i, float v) { p[i] = to_bf16(v); }
+
+// Where head slot s of Falcon's fused qkv row goes (hq query heads, hkv kv heads of the
+// multi-query or grouped layout): kind 0 = q, 1 = k, 2 = v, and the head index.
+//   multi-query (grouped = 0, hkv = 1):  slots [q_0 .. q_{hq-1} | k | v]
+//   grouped     (grouped = 1):           hkv groups of (r = hq/hkv query heads, k, v)
+KC_FN void qkv_slot_of(int s, int hq, int hkv, int grouped, int& kind, int& head) {
+  if (grouped) {
+    const int r = hq / hkv;
+    const int g = s / (r + 2), j = s % (r + 2);
+    kind = j < r ? 0 : (j == r ? 1 : 2);
+    head = j < r ? g * r + j : g;
+  } else {
+    kind = s < hq ? 0 : (s == hq ? 1 : 2);
+    head = s < hq ? s : 0;
+  }
+}
 
 // Eight consecutive elements as f32 through 16-byte accesses (one for bf16, two for f32); the
 // pointer must be 16-byte aligned. For kernels that take the vector path only after checking

@@ -98,20 +98,6 @@ __device__ __forceinline__ int dec_len(const u32* len, int max_len) {
   return min(static_cast<int>(min(*len, 0x7fffffffu)), max_len);
 }
 
-// Where head slot s of Falcon's fused qkv row goes (rope.cu's layouts): kind 0 = q, 1 = k,
-// 2 = v, and the head index.
-__device__ __forceinline__ void dec_slot_of(int s, int hq, int hkv, int grouped, int& kind, int& head) {
-  if (grouped) {
-    const int r = hq / hkv;
-    const int g = s / (r + 2), j = s % (r + 2);
-    kind = j < r ? 0 : (j == r ? 1 : 2);
-    head = j < r ? g * r + j : g;
-  } else {
-    kind = s < hq ? 0 : (s == hq ? 1 : 2);
-    head = s < hq ? s : 0;
-  }
-}
-
 // acc[r] += Σ_e w[e]·x[r][k0 + e] for the rows r < m (8 columns from k0).
 __device__ __forceinline__ void dec_rows_fma(float acc[DECODE_MAX_ROWS], const float w[8], const bf16* x,
                                              int m, int k, int k0) {
@@ -532,7 +518,7 @@ extern "C" __global__ void __launch_bounds__(DECODE_ROPE_THREADS)
   for (int w = threadIdx.x; w < slots * per; w += blockDim.x) {
     const int s = w / per, i = w % per;
     int kind, head;
-    dec_slot_of(s, hq, hkv, grouped, kind, head);
+    kc::qkv_slot_of(s, hq, hkv, grouped, kind, head);
     bf16* dst = kind == 0 ? q + (static_cast<long long>(bi) * hq + head) * d
                           : (kind == 1 ? k_cache : v_cache) +
                                 ((static_cast<long long>(bi) * hkv + head) * cap + col) * d;

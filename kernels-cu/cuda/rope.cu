@@ -33,19 +33,6 @@ using kc::u32;
 #define ROPE_MAX_HALF 128  // head_dim ≤ 256
 
 
-// Where head slot s of the fused row goes: kind 0 = q, 1 = k, 2 = v, and the head index.
-__device__ __forceinline__ void slot_of(int s, int hq, int hkv, int grouped, int& kind, int& head) {
-  if (grouped) {
-    const int r = hq / hkv;
-    const int g = s / (r + 2), j = s % (r + 2);
-    kind = j < r ? 0 : (j == r ? 1 : 2);
-    head = j < r ? g * r + j : g;
-  } else {
-    kind = s < hq ? 0 : (s == hq ? 1 : 2);
-    head = s < hq ? s : 0;
-  }
-}
-
 // BWD = false: fused -> (q, k, v) rotating by +θ. BWD = true: (dq, dk, dv) -> fused, by −θ.
 // TF is the element type of the fused row, TH that of the head rows (they differ only in
 // rope_qkv_bwd_f32_bf16). The source side (fused, or q/k/v) is only read; the entry points
@@ -62,7 +49,7 @@ __device__ __forceinline__ void rope_pairs(TF* row, TH* q, TH* k, TH* v, const f
   for (int w = threadIdx.x; w < slots * per; w += blockDim.x) {
     const int s = w / per, i = W * (w % per);
     int kind, head;
-    slot_of(s, hq, hkv, grouped, kind, head);
+    kc::qkv_slot_of(s, hq, hkv, grouped, kind, head);
     const int nh = kind == 0 ? hq : hkv;
     TH* dst = kind == 0 ? q : (kind == 1 ? k : v);
     TH* hrow = dst + ((static_cast<long long>(bi) * nh + head) * t + si) * d;

@@ -10,7 +10,8 @@ use crate::element::Float;
 use crate::{rng, Element, Error, Result, Tensor, Var};
 use rayon::prelude::*;
 
-fn apply<T: Float>(x: &[T], p: f32, st: rng::RngState) -> Vec<T> {
+/// `x·mask/(1−p)` with the mask of `(st, i)` for element `i` (also the fused LoRA op's dropout).
+pub(crate) fn apply<T: Float>(x: &[T], p: f32, st: rng::RngState) -> Vec<T> {
     let keep_scale = T::from_f64(1.0 / (1.0 - p as f64));
     x.par_iter()
         .enumerate()

@@ -15,22 +15,6 @@ use super::{same_dtype, with_float};
 use crate::autograd::record;
 use crate::element::Float;
 use crate::{rng, Element, Error, Result, Tensor, Var};
-use rayon::prelude::*;
-
-/// The dropout of the branch's input: `h = x·mask/(1−p)` with the mask of `(st, i)`.
-fn dropout_into<T: Float>(x: &[T], p: f32, st: rng::RngState) -> Vec<T> {
-    let keep_scale = T::from_f64(1.0 / (1.0 - p as f64));
-    x.par_iter()
-        .enumerate()
-        .map(|(i, &v)| {
-            if rng::uniform_f32(st.seed, st.offset.wrapping_add(i as u64)) >= p {
-                v * keep_scale
-            } else {
-                T::ZERO
-            }
-        })
-        .collect()
-}
 
 /// `y = base + scaling·(dropout(x)·Aᵀ)·Bᵀ`; dropout with probability `p` only when `train`.
 pub fn lora_add(
@@ -85,7 +69,7 @@ pub fn lora_add(
         let s = T::from_f64(scaling);
         let h: Tensor = match st {
             Some(st) => Tensor::from_storage(
-                T::wrap(dropout_into(xv.as_slice::<T>()?, p, st)),
+                T::wrap(super::dropout::apply(xv.as_slice::<T>()?, p, st)),
                 xv.shape().clone(),
             ),
             None => xv.clone(),
@@ -139,7 +123,7 @@ pub fn lora_add(
                         let mut dh = vec![T::ZERO; rows * inp];
                         gemm(false, false, rows, inp, r, &du, aw, &mut dh, false, true);
                         let dx = match st {
-                            Some(st) => dropout_into(&dh, p, st),
+                            Some(st) => super::dropout::apply(&dh, p, st),
                             None => dh,
                         };
                         gx = Some(Tensor::from_storage(T::wrap(dx), xshape.clone()));
