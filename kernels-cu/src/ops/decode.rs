@@ -137,21 +137,9 @@ pub const GEMV_MAX_SPLITS: usize = 4;
 /// row group (⌈groups·s / SMs⌉ / s), a split costing 2 % more for its partial planes, each split
 /// keeping at least one super-tile per warp.
 pub fn gemv_splits(groups: usize, tiles: usize, sms: usize) -> usize {
-    if sms == 0 || groups == 0 {
-        return 1;
-    }
-    let cost =
-        |s: usize| (groups * s).div_ceil(sms) as f64 / s as f64 * (1.0 + 0.02 * (s - 1) as f64);
-    let mut best = 1;
-    for s in 2..=GEMV_MAX_SPLITS {
-        if tiles < s * GEMV_WARPS {
-            break;
-        }
-        if cost(s) < cost(best) - 1e-12 {
-            best = s;
-        }
-    }
-    best
+    super::wave_split(groups, sms, GEMV_MAX_SPLITS, 0.02, |s| {
+        tiles >= s * GEMV_WARPS
+    })
 }
 
 /// [`gemv_nf4`] followed by `epi` in the same launch (`y` bf16 for an epilogue), split over K

@@ -386,22 +386,9 @@ pub const NF4_SPLIT_OVERHEAD: f64 = 0.02;
 /// smallest on ties. Splitting only pays where the last wave of the unsplit grid is mostly
 /// empty (wave quantization), e.g. 288 tiles on 132 SMs: 3 waves for 2.2 waves of work.
 pub fn nf4_splits(tiles: usize, steps: usize, sms: usize) -> usize {
-    if sms == 0 || tiles == 0 {
-        return 1;
-    }
-    let cost = |s: usize| {
-        (tiles * s).div_ceil(sms) as f64 / s as f64 * (1.0 + NF4_SPLIT_OVERHEAD * (s - 1) as f64)
-    };
-    let mut best = 1;
-    for s in 2..=NF4_MAX_SPLITS {
-        if steps / s < NF4_MIN_SPLIT_STEPS {
-            break;
-        }
-        if cost(s) < cost(best) - 1e-12 {
-            best = s;
-        }
-    }
-    best
+    super::wave_split(tiles, sms, NF4_MAX_SPLITS, NF4_SPLIT_OVERHEAD, |s| {
+        steps / s >= NF4_MIN_SPLIT_STEPS
+    })
 }
 
 /// Output tiles and reduction splits of an NF4 GEMM writing `m × n_out` over a reduction of

@@ -67,6 +67,36 @@ fn same(what: &'static str, a: &Buffer, b: &Buffer) -> Result<()> {
     Ok(())
 }
 
+/// Split-K factor for a grid of `groups` independent output blocks on `sms` SMs (0: unknown,
+/// no split): the factor in `1..=max` that minimizes the predicted time
+/// `⌈groups·s / sms⌉ / s · (1 + overhead·(s − 1))` (SM waves per unit of work, each split beyond
+/// the first costing `overhead` for its partial planes), the smallest on ties, trying factors
+/// in increasing order while `allowed(s)` holds. Splitting pays only where the last wave of
+/// the unsplit grid is mostly empty (wave quantization).
+fn wave_split(
+    groups: usize,
+    sms: usize,
+    max: usize,
+    overhead: f64,
+    allowed: impl Fn(usize) -> bool,
+) -> usize {
+    if sms == 0 || groups == 0 {
+        return 1;
+    }
+    let cost =
+        |s: usize| (groups * s).div_ceil(sms) as f64 / s as f64 * (1.0 + overhead * (s - 1) as f64);
+    let mut best = 1;
+    for s in 2..=max {
+        if !allowed(s) {
+            break;
+        }
+        if cost(s) < cost(best) - 1e-12 {
+            best = s;
+        }
+    }
+    best
+}
+
 fn float_dtype(what: &'static str, b: &Buffer) -> Result<()> {
     match b.dtype() {
         DType::F32 | DType::BF16 => Ok(()),
