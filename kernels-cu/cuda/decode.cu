@@ -1,9 +1,11 @@
 // Decoding kernels: what one generated token per sequence costs, for a batch of 1-32 sequences.
 //
-//   decode_gemv_nf4_*:  Y[m][n] = α·Σ_k X[m][k]·w(n, k) + β·Y[m][n],  m < M ≤ DECODE_MAX_ROWS,
-//                       w(n, k) = bf16(table[code(n·K + k)] · absmax((n·K + k) / 64)), the values
-//                       of dequantize_bf16 (and of the NF4 GEMM), absmax double-quantized:
+//   decode_gemv_nf4_*:  Y[m][n] = α·Σ_b absmax(n, b)·Σ_{k in block b} X[m][k]·bf16(table[code(n·K + k)])
+//                       + β·Y[m][n],  m < M ≤ DECODE_MAX_ROWS, b the 64-column absmax blocks of
+//                       row n, absmax double-quantized:
 //                       absmax[b] = fp32(fp32(code_map[am_codes[b]] · nested[b / 256]) + offset).
+//                       Each weight is the table value rounded to bf16 times the fp32 absmax (no
+//                       second rounding): within one bf16 rounding of dequantize_bf16's value.
 //   decode_gemv_bf16_*: the same with a bf16 weight W[N][K] (the tied lm_head, merged weights).
 //   decode_attn_split_d{64,128} + decode_attn_combine_d{64,128}: flash-decoding. One query row per
 //                       (sequence, head) against a KV cache [b, hkv, cap, d] whose first `len`
@@ -26,19 +28,28 @@
 // 4-bit GEMV design (tensor cores): the codes are in the NF4 GEMM's fragment layout
 // (ops/nf4_layout.rs, made at upload), whose u32 of lane l = 4g + t in a 16 x 16 patch holds
 // exactly that lane's mma.m16n8k16 A fragment of the weight: rows g and g + 8 of the patch,
-// columns 2t, 2t+1, 2t+8, 2t+9. So a warp reads a whole 128-byte patch with one coalesced
-// 4-byte load per lane and uses every code it loads (both rows of the pair (g, g + 8)), decodes
-// each byte to a bf16x2 register (two table lookups, two fp32 products by the row's absmax, one
-// cvt.rn.bf16x2: bf16(table[c]·absmax), the value of dequantize_bf16), and multiplies it with
-// the X rows as the B operand (8 X rows per mma, zero past M; the fp32 accumulators are the
-// mma's). A block owns 16 weight rows; its 8 warps take interleaved 64-column super-tile
-// columns, so each weight is read exactly once whatever M is, and add their partial sums in
-// warp order through shared memory (deterministic). Split-K: with gridDim.y = S > 1 blocks per
-// 16-row group (the launcher picks S so that a grid of a few hundred groups fills the SMs), each
-// writes an fp32 plane and the last to arrive adds the S planes in order z = 0..S-1. Products of bf16 values are exact; only
-// the order of the fp32 sums differs from a sequential dot product. The table (16 floats, 16
-// banks: one wavefront per lookup) is in shared memory; absmax codes and the nested absmax come
-// through the cache (1/64 and 1/16384 byte per weight).
+// columns 2t, 2t+1, 2t+8, 2t+9, one byte (two codes) per A register. So a warp reads a whole
+// 128-byte patch with one coalesced 4-byte load per lane and uses every code it loads (both rows
+// of the pair (g, g + 8)). Each byte becomes its bf16x2 A register with ONE shared-memory load
+// from a 256-entry code-pair table (bf16(table[lo]), bf16(table[hi])), replicated in 32 columns
+// so that the warp's 32 lookups never share a bank; the absmax is left out of the products and
+// applied once per 64-column block to the block's fp32 sum (a 64-column super-tile is one absmax
+// block per row). Why not the exact bf16(table[c]·absmax) of dequantize_bf16: that costs a
+// product and half a pack per weight and a table lookup per code (~6 thread instructions per
+// weight in all), which makes the GEMV issue-bound well above the time to stream the weights;
+// the pair table leaves ~3. The weight then differs from dequantize_bf16's by the rounding of
+// the table value instead of the rounding of the product, the same size (2⁻⁹ relative).
+// The X rows are the B operand (8 X rows per mma; a lane whose X row is past M reads row 0,
+// whose products land only in output columns that are never stored). A block owns 16 weight
+// rows; its 8 warps take interleaved 64-column super-tile columns, so each weight is read exactly
+// once whatever M is, and add their partial sums in warp order through shared memory
+// (deterministic; the table's memory, after a barrier). Each warp loads the next super-tile's
+// codes and absmax one iteration ahead (the first before the table is built). Split-K: with
+// gridDim.y = S > 1 blocks per 16-row group (the launcher picks S so that a grid of a few
+// hundred groups fills the SMs), each writes an fp32 plane and the last to arrive adds the S
+// planes in order z = 0..S-1. Products of bf16 values are exact; only the order of the fp32 sums
+// differs from a sequential dot product. Absmax codes and the nested absmax come through the
+// cache (1/64 and 1/16384 byte per weight).
 //
 // bf16 GEMV design: one warp per output column n (weight row), DECODE_GEMV_WARPS warps per
 // block; lane l reads 8 weights at k = 8·l, 8·l + 256, ... and multiplies them with the matching
@@ -142,6 +153,41 @@ __device__ __forceinline__ void dec_write(TY* y, float acc[DECODE_MAX_ROWS], int
 // gelu_fwd's exact GELU (pointwise.cu), the same expression.
 __device__ __forceinline__ float dec_gelu(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
 
+// The code-pair table of the 4-bit GEMV: entry e (a byte of two codes, the lower column in the
+// low nibble) is bf16x2(table[e & 15], table[e >> 4]), stored 32 times side by side, one column
+// per lane, so that a warp's 32 lookups fall in 32 different banks whatever the codes are.
+#define DEC_PAIR_TABLE_WORDS (256 * 32)
+
+// Byte offset of code byte i of `wd` in the pair table: byte · 128 (an entry's 32 columns), each
+// written as a mask (a PRMT for byte 0) and a shift that ptxas merges with the add of the
+// lane's column into one LEA.
+template <int I>
+__device__ __forceinline__ u32 dec_pair_offset(u32 wd) {
+#ifdef KC_DEVICE
+  if (I == 0) return __byte_perm(wd, 0u, 0x4440u) << 7;  // a PRMT: the compiler keeps the LEA
+#else
+  if (I == 0) return (wd & 0xffu) << 7;
+#endif
+  if (I == 1) return (wd & 0xff00u) >> 1;
+  if (I == 2) return (wd & 0xff0000u) >> 9;
+  return (wd & 0xff000000u) >> 17;
+}
+
+// The table entry at byte offset `off` for this lane: `lane_at` is the lane's column (a 32-bit
+// shared address on the GPU, so that no generic-to-shared conversion sits in the k-loop;
+// `lane_col` is the same column as a pointer, for the emulator).
+__device__ __forceinline__ u32 dec_pair(const u32* lane_col, u32 lane_at, u32 off) {
+#ifdef KC_DEVICE
+  (void)lane_col;
+  u32 v;
+  asm("ld.shared.u32 %0, [%1];" : "=r"(v) : "r"(lane_at + off));
+  return v;
+#else
+  (void)lane_at;
+  return lane_col[off / 4];
+#endif
+}
+
 // The 4-bit GEMV on tensor cores (see "4-bit GEMV design" above). Block = 16 weight rows (one
 // patch row of the fragment layout), warp w = the 64-column super-tile columns w, w + 8, ...;
 // JT = column tiles of 8 X rows (1: M ≤ 8, 4: M ≤ 32), a template parameter so that the common
@@ -151,8 +197,12 @@ __device__ __forceinline__ void gemv_nf4(TY* y, float* part, u32* counters, cons
                                          const u8* am_codes, const float* nested, const float* code_map,
                                          const float* table, const bf16* r1, const bf16* r2, float offset, int m,
                                          int n_out, int k, float alpha, float beta) {
-  __shared__ float s_part[DECODE_GEMV_WARPS][JT][4][32];
+  // The code-pair table during the k-loop, then (after a barrier) the warps' partial sums.
+  __shared__ __align__(16) u32 s_mem[DEC_PAIR_TABLE_WORDS];
   __shared__ u32 s_last;
+  typedef float PartSums[JT][4][32];
+  static_assert(sizeof(PartSums) * DECODE_GEMV_WARPS <= sizeof(u32) * DEC_PAIR_TABLE_WORDS,
+                "the partial sums fit where the table was");
   // Split-K: gridDim.y blocks share a 16-row group, block z taking the super-tile columns of its
   // warps w: z·8 + w, then every 8·gridDim.y (see the launcher for how many).
   const int splits = gridDim.y, z = blockIdx.y;
@@ -160,61 +210,114 @@ __device__ __forceinline__ void gemv_nf4(TY* y, float* part, u32* counters, cons
   const int g = lane >> 2, t = lane & 3;
   const int n0 = blockIdx.x * 16;
   const int tiles = k / 64;  // super-tile columns
-  // Lane l holds table[l % 16]; the value of code c is a width-16 shuffle from lane c (the
-  // shuffle takes the source lane modulo the width, so the code needs no masking).
-  const float tv = table[lane & 15];
-  // Rows n0 + g and n0 + g + 8 of this lane's fragments; padded rows (≥ n_out) hold code 0 and
-  // get absmax 0.
-  const int ra = n0 + g, rb = n0 + g + 8;
-  // Patch row (n0 % 64) / 16 of super-tile row n0 / 64; this lane's word in each patch.
-  const u8* base = packed + static_cast<long long>(n0 / 64) * tiles * 2048 + ((n0 % 64) / 16) * 4 * 128 + lane * 4;
-  // B fragments: X row 8j + g (columns 2t, 2t+1 and 2t+8, 2t+9 of each patch), 0 past row m.
-  const bf16* xrow[JT];
-  bool xok[JT];
+  const int stride = DECODE_GEMV_WARPS * splits;
+  int st = z * DECODE_GEMV_WARPS + warp;
+  // Patch row (n0 % 64) / 16 of super-tile row n0 / 64; this lane's word in each patch of the
+  // warp's first super-tile; the loop advances it by `stride` super-tiles.
+  const u8* src = packed + static_cast<long long>(n0 / 64) * tiles * 2048 + ((n0 % 64) / 16) * 4 * 128 + lane * 4 +
+                  static_cast<long long>(st) * 2048;
+  const long long src_step = static_cast<long long>(stride) * 2048;
+  // The absmax of the rows g (even t) and g + 8 (odd t) is decoded by lanes 4g and 4g + 1 and
+  // shuffled to the four lanes of the row pair; padded rows (≥ n_out, code 0) get absmax 0.
+  // 32-bit block index row·(k/64) + st: the launcher checks that the element count fits an int.
+  const int am_row = n0 + g + 8 * (t & 1);
+  const bool am_ok = am_row < n_out;
+  u32 blk = static_cast<u32>(am_row) * static_cast<u32>(tiles) + static_cast<u32>(st);
+  // Software pipeline: the next super-tile's code words, absmax code and nested absmax are
+  // loaded one iteration ahead (the first ones before the table is built), so that a warp
+  // always has a super-tile's loads in flight while it decodes the previous one.
+  u32 w_next[4] = {0u, 0u, 0u, 0u}, am_next = 0u;
+  float nested_next = 0.0f;
+  if (st < tiles) {
+    KC_UNROLL
+    for (int p = 0; p < 4; ++p) w_next[p] = *reinterpret_cast<const u32*>(src + p * 128);
+    if (am_ok) {
+      am_next = am_codes[blk];
+      nested_next = nested[blk >> 8];
+    }
+  }
+  // The table: thread i writes the 16-byte pieces q = i + 256·r (r < 8), piece q being columns
+  // 4·(q % 8) .. 4·(q % 8) + 3 of entry e = q / 8, so each warp store covers 512 contiguous bytes
+  // (no bank conflicts). Its low code e % 16 = (i / 8) % 16 is the same for every r, its high
+  // code e / 16 = i / 128 + 2·r.
+  static_assert(DECODE_GEMV_THREADS == 256, "the table fill assumes 256 threads");
+  {
+    const float lo = table[(threadIdx.x >> 3) & 15];
+    KC_UNROLL
+    for (int r = 0; r < 8; ++r) {
+      const u32 v = kc::pack_bf16x2(lo, table[(threadIdx.x >> 7) + 2 * r]);
+      kc::store_u32x4(s_mem + 4 * (threadIdx.x + 256 * r), u32x4{v, v, v, v});
+    }
+  }
+  __syncthreads();
+  const u32* lane_col = s_mem + lane;
+  const u32 lane_at = kc::smem_u32(lane_col);
+  // B fragments: X row 8j + g (columns 2t, 2t+1 and 2t+8, 2t+9 of each patch). A lane whose row
+  // is past m reads row 0 instead: B column g only feeds output column g, which is not stored.
+  const bf16* xp[JT];
   float acc[JT][4];
   KC_UNROLL
   for (int j = 0; j < JT; ++j) {
-    xok[j] = 8 * j + g < m;
-    xrow[j] = x + static_cast<long long>(xok[j] ? 8 * j + g : 0) * k + 2 * t;
+    xp[j] = x + static_cast<long long>(8 * j + g < m ? 8 * j + g : 0) * k + 2 * t + st * 64;
     KC_UNROLL
     for (int i = 0; i < 4; ++i) acc[j][i] = 0.0f;
   }
-  // Absmax block of (row, super-tile column st): row·(k/64) + st; its nested block: that / 256.
-  const long long blk_a = static_cast<long long>(ra) * tiles, blk_b = static_cast<long long>(rb) * tiles;
-  const bool ok_a = ra < n_out, ok_b = rb < n_out;
+  const float zero[4] = {0.0f, 0.0f, 0.0f, 0.0f};
   DEC_NO_UNROLL
-  for (int st = z * DECODE_GEMV_WARPS + warp; st < tiles; st += DECODE_GEMV_WARPS * splits) {
-    const long long ba = blk_a + st, bb = blk_b + st;
-    const float am_a = ok_a ? kc::add_rn(kc::mul_rn(code_map[am_codes[ba]], nested[ba >> 8]), offset) : 0.0f;
-    const float am_b = ok_b ? kc::add_rn(kc::mul_rn(code_map[am_codes[bb]], nested[bb >> 8]), offset) : 0.0f;
-    const u8* src = base + static_cast<long long>(st) * 2048;
+  for (; st < tiles; st += stride) {
+    u32 wd[4];
+    KC_UNROLL
+    for (int p = 0; p < 4; ++p) wd[p] = w_next[p];
+    const u32 am_code = am_next;
+    const float am_nested = nested_next;
+    // The last iteration loads its own super-tile again (cached) instead of branching.
+    if (st + stride < tiles) {
+      src += src_step;
+      blk += stride;
+    }
+    KC_UNROLL
+    for (int p = 0; p < 4; ++p) w_next[p] = *reinterpret_cast<const u32*>(src + p * 128);
+    if (am_ok) {
+      am_next = am_codes[blk];
+      nested_next = nested[blk >> 8];
+    }
+    // The super-tile's 64 columns are one absmax block per row: the products of the table
+    // values are summed over the block first (sub[j]), then scaled by the row's absmax.
+    float sub[JT][4];
     KC_UNROLL
     for (int p = 0; p < 4; ++p) {
-      const u32 wd = *reinterpret_cast<const u32*>(src + p * 128);
-      // Nibble i of wd: row g + 8·(i / 4), column 2t + i%2 + 8·((i / 2) % 2) (ops/nf4_layout.rs).
-      float v[8];
-      KC_UNROLL
-      for (int i = 0; i < 8; ++i) v[i] = __shfl_sync(0xffffffffu, tv, static_cast<int>(wd >> (4 * i)), 16);
-      // Each weight is bf16(table[code] · absmax), the value dequantize_bf16 gives.
+      // Byte i of wd[p]: row g + 8·(i / 2), columns 2t + 8·(i % 2) and the next
+      // (ops/nf4_layout.rs), i.e. A-fragment registers 0, 2, 1, 3.
       u32 a[4];
-      a[0] = kc::pack_bf16x2(kc::mul_rn(v[0], am_a), kc::mul_rn(v[1], am_a));
-      a[2] = kc::pack_bf16x2(kc::mul_rn(v[2], am_a), kc::mul_rn(v[3], am_a));
-      a[1] = kc::pack_bf16x2(kc::mul_rn(v[4], am_b), kc::mul_rn(v[5], am_b));
-      a[3] = kc::pack_bf16x2(kc::mul_rn(v[6], am_b), kc::mul_rn(v[7], am_b));
-      const int kk = st * 64 + p * 16;
+      a[0] = dec_pair(lane_col, lane_at, dec_pair_offset<0>(wd[p]));
+      a[2] = dec_pair(lane_col, lane_at, dec_pair_offset<1>(wd[p]));
+      a[1] = dec_pair(lane_col, lane_at, dec_pair_offset<2>(wd[p]));
+      a[3] = dec_pair(lane_col, lane_at, dec_pair_offset<3>(wd[p]));
       KC_UNROLL
       for (int j = 0; j < JT; ++j) {
-        u32 b[2] = {0u, 0u};
-        if (xok[j]) {
-          b[0] = *reinterpret_cast<const u32*>(xrow[j] + kk);
-          b[1] = *reinterpret_cast<const u32*>(xrow[j] + kk + 8);
-        }
-        kc::mma_m16n8k16_bf16(acc[j], a, b, acc[j]);
+        u32 b[2];
+        b[0] = *reinterpret_cast<const u32*>(xp[j] + p * 16);
+        b[1] = *reinterpret_cast<const u32*>(xp[j] + p * 16 + 8);
+        kc::mma_m16n8k16_bf16(sub[j], a, b, p == 0 ? zero : sub[j]);
       }
+    }
+    const float am = am_ok ? kc::add_rn(kc::mul_rn(code_map[am_code], am_nested), offset) : 0.0f;
+    const float am_a = __shfl_sync(0xffffffffu, am, lane & ~3), am_b = __shfl_sync(0xffffffffu, am, lane | 1);
+    // sub[j][i]: weight row n0 + g + 8·(i / 2).
+    KC_UNROLL
+    for (int j = 0; j < JT; ++j) {
+      acc[j][0] = fmaf(am_a, sub[j][0], acc[j][0]);
+      acc[j][1] = fmaf(am_a, sub[j][1], acc[j][1]);
+      acc[j][2] = fmaf(am_b, sub[j][2], acc[j][2]);
+      acc[j][3] = fmaf(am_b, sub[j][3], acc[j][3]);
+      xp[j] += stride * 64;
     }
   }
   // acc[j][i]: weight row n0 + g + 8·(i / 2), X row 8j + 2t + i % 2. The warps' partial sums
-  // meet in shared memory and are added in warp order (deterministic).
+  // meet in shared memory (where the table was, once every warp is done with it) and are added
+  // in warp order (deterministic).
+  __syncthreads();
+  PartSums* s_part = reinterpret_cast<PartSums*>(s_mem);
   KC_UNROLL
   for (int j = 0; j < JT; ++j)
     KC_UNROLL
@@ -390,7 +493,7 @@ __device__ __forceinline__ void attn_combine(bf16* out, const float* part_o, con
 // 4-bit GEMV entry points for M ≤ 32: plain (bf16 or f32 output), then GELU, then the residual
 // (y = bf16(r1 + r2 + bf16(α·X·Wᵀ + β·y)), r1 and r2 [m, n] bf16: the residual and the attention
 // branch of a parallel-attention block).
-extern "C" __global__ void __launch_bounds__(DECODE_GEMV_THREADS)
+extern "C" __global__ void __launch_bounds__(DECODE_GEMV_THREADS, 2)
     decode_gemv_nf4_bf16(bf16* y, float* part, u32* counters, const bf16* x, const u8* packed, const u8* am_codes, const float* nested,
                          const float* code_map, const float* table, float offset, int m, int n, int k,
                          float alpha, float beta) {
@@ -398,7 +501,7 @@ extern "C" __global__ void __launch_bounds__(DECODE_GEMV_THREADS)
                                  n, k, alpha, beta);
 }
 
-extern "C" __global__ void __launch_bounds__(DECODE_GEMV_THREADS)
+extern "C" __global__ void __launch_bounds__(DECODE_GEMV_THREADS, 2)
     decode_gemv_nf4_f32(float* y, float* part, u32* counters, const bf16* x, const u8* packed, const u8* am_codes, const float* nested,
                         const float* code_map, const float* table, float offset, int m, int n, int k,
                         float alpha, float beta) {
@@ -406,7 +509,7 @@ extern "C" __global__ void __launch_bounds__(DECODE_GEMV_THREADS)
                                   m, n, k, alpha, beta);
 }
 
-extern "C" __global__ void __launch_bounds__(DECODE_GEMV_THREADS)
+extern "C" __global__ void __launch_bounds__(DECODE_GEMV_THREADS, 2)
     decode_gemv_nf4_gelu_bf16(bf16* y, float* part, u32* counters, const bf16* x, const u8* packed, const u8* am_codes,
                               const float* nested, const float* code_map, const float* table, float offset,
                               int m, int n, int k, float alpha, float beta) {
@@ -414,7 +517,7 @@ extern "C" __global__ void __launch_bounds__(DECODE_GEMV_THREADS)
                                  n, k, alpha, beta);
 }
 
-extern "C" __global__ void __launch_bounds__(DECODE_GEMV_THREADS)
+extern "C" __global__ void __launch_bounds__(DECODE_GEMV_THREADS, 2)
     decode_gemv_nf4_residual_bf16(bf16* y, float* part, u32* counters, const bf16* x, const u8* packed, const u8* am_codes,
                                   const float* nested, const float* code_map, const float* table,
                                   const bf16* r1, const bf16* r2, float offset, int m, int n, int k, float alpha,

@@ -69,6 +69,11 @@ fn tools_or_skip() -> Option<(PathBuf, PathBuf)> {
 }
 
 fn loop_mix(family: &str, kernel: &str, arch: &str) -> Option<sass::Mix> {
+    loop_mix_and_setup(family, kernel, arch).map(|(m, _)| m)
+}
+
+/// [`loop_mix`] and the instructions before the loop ([`sass::setup_before_main_loop`]).
+fn loop_mix_and_setup(family: &str, kernel: &str, arch: &str) -> Option<(sass::Mix, usize)> {
     let (ptxas, nvdisasm) = tools_or_skip()?;
     let fam = FAMILIES.iter().find(|f| f.name == family).expect("family");
     // sm_90a: the family's sm_90a PTX (the wgmma kernels live only there).
@@ -84,11 +89,12 @@ fn loop_mix(family: &str, kernel: &str, arch: &str) -> Option<sass::Mix> {
         .find(|f| f.name == kernel)
         .unwrap_or_else(|| panic!("{kernel} not in the {arch} disassembly of {family}"));
     let m = sass::main_loop(f).unwrap_or_else(|| panic!("{kernel}: no loop"));
+    let setup = sass::setup_before_main_loop(f).expect("a loop");
     eprintln!(
-        "{kernel} {arch}: {m:?}, {:.1} instructions per product",
+        "{kernel} {arch}: {m:?}, {:.1} instructions per product, {setup} before the loop",
         m.per_mma()
     );
-    Some(m)
+    Some((m, setup))
 }
 
 /// `add_f32` (ptxas 12.4.131, sm_80): the vector part of the grid-stride loop, which ptxas
@@ -165,16 +171,20 @@ fn the_nf4_gemm_main_loop_issues_64_products_per_k_tile_and_the_decode() {
 /// The 4-bit decode GEMV's k-loop (one 64-column super-tile: 4 patches of 16 x 16): one HMMA per
 /// patch and column tile of 8 X rows (1 tile for the `_m8_` entry points, 4 for the others),
 /// and no more instructions on sm_90 than the performance model charges
-/// (`perf::cost::GEMV_NF4_LOOP_BASE` + `GEMV_NF4_LOOP_PER_TILE` per tile).
+/// (`perf::cost::GEMV_NF4_LOOP_BASE` + `GEMV_NF4_LOOP_PER_TILE` per tile), before the loop no
+/// more than `GEMV_NF4_BLOCK_SETUP`.
 #[test]
 fn the_decode_gemv_loop_issues_what_the_model_charges() {
-    use kernels_cu::perf::cost::{GEMV_NF4_LOOP_BASE, GEMV_NF4_LOOP_PER_TILE};
+    use kernels_cu::perf::cost::{
+        GEMV_NF4_BLOCK_SETUP, GEMV_NF4_LOOP_BASE, GEMV_NF4_LOOP_PER_TILE,
+    };
     for (kernel, tiles) in [
         ("decode_gemv_nf4_m8_bf16", 1usize),
         ("decode_gemv_nf4_m8_residual_bf16", 1),
         ("decode_gemv_nf4_bf16", 4),
+        ("decode_gemv_nf4_residual_bf16", 4),
     ] {
-        let Some(m) = loop_mix("decode", kernel, "sm_90") else {
+        let Some((m, setup)) = loop_mix_and_setup("decode", kernel, "sm_90") else {
             return;
         };
         assert_eq!(m.mma, 4 * tiles, "{kernel}: {m:?}");
@@ -183,6 +193,10 @@ fn the_decode_gemv_loop_issues_what_the_model_charges() {
             m.instructions as f64 <= charged,
             "{kernel}: {} instructions per super-tile, the model charges {charged}",
             m.instructions
+        );
+        assert!(
+            setup as f64 <= GEMV_NF4_BLOCK_SETUP,
+            "{kernel}: {setup} instructions before the loop, the model charges {GEMV_NF4_BLOCK_SETUP}"
         );
     }
 }

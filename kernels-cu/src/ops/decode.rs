@@ -1,9 +1,11 @@
 //! Decoding kernels (cuda/decode.cu): the products and the attention of one new token per
 //! sequence, for batches of a few sequences.
 //!
-//! - [`gemv_nf4`]: `Y[M][N] = α·X[M][K]·dequant_bf16(W)ᵀ + β·Y` for small M, reading the
-//!   packed 4-bit weight once (the values of [`super::gemm::nf4_forward`]'s W); M > 32 runs
-//!   in groups of [`MAX_ROWS`] rows, one launch each.
+//! - [`gemv_nf4`]: `Y[M][N] = α·X[M][K]·Wᵀ + β·Y` for small M, reading the packed 4-bit weight
+//!   once; each weight is bf16(NF4 table value) times its fp32 absmax, the absmax applied to
+//!   each 64-column block's fp32 sum (within one bf16 rounding of the values of
+//!   [`super::gemm::nf4_forward`]'s W, see `cuda/decode.cu`); M > 32 runs in groups of
+//!   [`MAX_ROWS`] rows, one launch each.
 //! - [`gemv_bf16`]: the same for a bf16 `W[N][K]` (the tied lm_head, merged weights).
 //! - [`attention`]: flash-decoding of one query row per (sequence, head) over a KV cache
 //!   `[b, hkv, cap, d]`, split over the cache in chunks of [`ATTN_CHUNK`] keys and combined in a
@@ -134,10 +136,16 @@ pub const GEMV_MAX_SPLITS: usize = 4;
 
 /// Split-K factor of the 4-bit GEMV for `groups` 16-row groups, `tiles` 64-column super-tiles
 /// and `sms` SMs (0: unknown, no split): the factor whose busiest SM runs the least work per
-/// row group (⌈groups·s / SMs⌉ / s), a split costing 2 % more for its partial planes, each split
-/// keeping at least one super-tile per warp.
+/// row group (⌈groups·s / SMs⌉ / s), each split beyond the first costing what its blocks repeat
+/// (the per-block setup and code-pair table, `perf::cost::GEMV_NF4_BLOCK_SETUP`, against a
+/// warp's share of the k-loop) plus 2 % for its partial planes, each split keeping at least one
+/// super-tile per warp.
 pub fn gemv_splits(groups: usize, tiles: usize, sms: usize) -> usize {
-    super::wave_split(groups, sms, GEMV_MAX_SPLITS, 0.02, |s| {
+    use crate::perf::cost::{GEMV_NF4_BLOCK_SETUP, GEMV_NF4_LOOP_BASE, GEMV_NF4_LOOP_PER_TILE};
+    let warp_loop =
+        tiles as f64 / GEMV_WARPS as f64 * (GEMV_NF4_LOOP_BASE + GEMV_NF4_LOOP_PER_TILE);
+    let overhead = 0.02 + GEMV_NF4_BLOCK_SETUP / warp_loop.max(1.0);
+    super::wave_split(groups, sms, GEMV_MAX_SPLITS, overhead, |s| {
         tiles >= s * GEMV_WARPS
     })
 }

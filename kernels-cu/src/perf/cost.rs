@@ -56,27 +56,58 @@ pub const NF4_FWD_LOOP_INSTRUCTIONS_PER_MMA: f64 = 8.2;
 /// See [`NF4_FWD_LOOP_INSTRUCTIONS_PER_MMA`].
 pub const NF4_BWD_LOOP_INSTRUCTIONS_PER_MMA: f64 = 8.9;
 
-/// Warp instructions of the 4-bit decode GEMV's k-loop (`decode_gemv_nf4_*`) per
-/// `HMMA.16816` with `col_tiles` products per patch (1 for the `_m8_` entry points, 4 for the
-/// others): the sm_90 SASS of one loop iteration (one 64-column super-tile: 4 patches) counted
-/// by `perf::sass` (`tests/sass.rs` checks the listings against these numbers):
-/// [`GEMV_NF4_LOOP_BASE`] instructions whatever M is (the two absmax decodes, 4 code loads, the
-/// decode of 32 codes per lane: 32 shifts, 32 shuffles, 34 products, 16 bf16x2 packs; the
-/// loop), plus [`GEMV_NF4_LOOP_PER_TILE`] per column tile of 8 X rows (per patch: two
-/// predicated B-fragment loads and one HMMA, with their addresses). Counted with ptxas and
-/// nvdisasm of the embedded PTX: 198 instructions per super-tile for the `_m8_` entries
-/// (49.5 per HMMA, 6.2 thread instructions per weight), 267 for the others.
-pub fn gemv_nf4_instructions_per_mma(col_tiles: f64) -> f64 {
-    (GEMV_NF4_LOOP_BASE + GEMV_NF4_LOOP_PER_TILE * col_tiles) / (4.0 * col_tiles)
+/// Warp instructions of the 4-bit decode GEMV's k-loop (`decode_gemv_nf4_*`) per 64-column
+/// super-tile (4 patches of 16 x 16) and warp, from its sm_90 SASS counted by `perf::sass`
+/// (`tests/sass.rs` checks the listings against these numbers): [`GEMV_NF4_LOOP_BASE`] whatever
+/// M is (4 code-word loads for the next super-tile, the decode of 16 code bytes per lane: a
+/// mask or PRMT, an LEA and one shared-memory load of the code-pair table each; the absmax
+/// decode of one row per lane and two shuffles; the loop), plus [`GEMV_NF4_LOOP_PER_TILE`] per
+/// column tile of 8 X rows (per patch: two B-fragment loads and one HMMA; per super-tile the 4
+/// absmax FFMAs). Counted with ptxas 12.4 and nvdisasm: 102-104 instructions for the `_m8_`
+/// entries (3.2 thread instructions per weight), 160 for the others.
+pub const GEMV_NF4_LOOP_BASE: f64 = 85.0;
+/// See [`GEMV_NF4_LOOP_BASE`].
+pub const GEMV_NF4_LOOP_PER_TILE: f64 = 19.0;
+/// Warp instructions each warp of a 4-bit GEMV block issues before its k-loop (the sm_90 SASS
+/// before the loop, `tests/sass.rs`): parameters and indices, the first super-tile's loads, and
+/// the block's code-pair table (8 packs and 16-byte stores per thread). Charged once per block
+/// and warp, so a block with few super-tiles per warp (a split, or a short K) pays it more.
+/// Counted: 161 instructions for the `_m8_` entries, 192 for the others; both charged this.
+pub const GEMV_NF4_BLOCK_SETUP: f64 = 195.0;
+/// Shared-memory wavefronts per 16 x 16 patch of the 4-bit GEMV's k-loop: 4 code-pair loads per
+/// lane, each one wavefront (32 lanes in 32 banks, the table's 32 columns).
+pub const GEMV_NF4_SMEM_WAVEFRONTS_PER_PATCH: f64 = 4.0;
+/// Shared-memory wavefronts of one 4-bit GEMV block's code-pair table: 32 KiB of stores.
+pub const GEMV_NF4_TABLE_WAVEFRONTS: f64 = 32768.0 / 128.0;
+
+/// Warps of a 4-bit GEMV block (`DECODE_GEMV_WARPS`).
+const GEMV_NF4_WARPS: f64 = 8.0;
+
+/// Warp instructions per `HMMA.16816` of one 4-bit GEMV launch with `col_tiles` column tiles of
+/// 8 X rows (1 for the `_m8_` entry points, 4 for the others): its k-loop over `groups` row
+/// groups of 16 and `tiles` super-tiles, plus [`GEMV_NF4_BLOCK_SETUP`] per warp of each of its
+/// `groups · splits` blocks.
+pub fn gemv_nf4_instructions_per_mma(col_tiles: f64, groups: f64, tiles: f64, splits: f64) -> f64 {
+    let supertiles = groups * tiles;
+    let hmmas = supertiles * 4.0 * col_tiles;
+    let loop_instructions = supertiles * (GEMV_NF4_LOOP_BASE + GEMV_NF4_LOOP_PER_TILE * col_tiles);
+    let setup = groups * splits * GEMV_NF4_WARPS * GEMV_NF4_BLOCK_SETUP;
+    (loop_instructions + setup) / hmmas.max(1.0)
 }
 
-/// See [`gemv_nf4_instructions_per_mma`].
-pub const GEMV_NF4_LOOP_BASE: f64 = 175.0;
-/// See [`gemv_nf4_instructions_per_mma`].
-pub const GEMV_NF4_LOOP_PER_TILE: f64 = 23.0;
-/// Shared-memory wavefronts per 16 x 16 patch of the 4-bit GEMV: 8 table loads per lane (one
-/// per code), each a wavefront (16 words in 16 banks, conflict-free).
-pub const GEMV_NF4_SMEM_WAVEFRONTS_PER_PATCH: f64 = 8.0;
+/// Shared-memory wavefronts per `HMMA.16816` of one 4-bit GEMV launch (the arguments of
+/// [`gemv_nf4_instructions_per_mma`]): the k-loop's table loads plus each block's table stores.
+pub fn gemv_nf4_smem_wavefronts_per_mma(
+    col_tiles: f64,
+    groups: f64,
+    tiles: f64,
+    splits: f64,
+) -> f64 {
+    let patches = groups * tiles * 4.0;
+    let wavefronts =
+        patches * GEMV_NF4_SMEM_WAVEFRONTS_PER_PATCH + groups * splits * GEMV_NF4_TABLE_WAVEFRONTS;
+    wavefronts / (patches * col_tiles).max(1.0)
+}
 
 /// `HMMA.16816`-equivalents of work one warp's `HGMMA.64x128x16` (`wgmma.m64n128k16`) carries:
 /// 64 x 128 x 16 multiply-adds per warpgroup, a quarter per warp, 2048 per HMMA.
@@ -290,7 +321,9 @@ pub fn cost(r: &LaunchRecord) -> Cost {
         // HMMA.16816 per 16 x 16 patch and 8 X rows; every weight decoded once in registers,
         // with no barrier between decode and products (overlapped, like the NF4 GEMM's).
         let (m, n, k, beta) = (i(1), i(2), i(3), f32_arg(r, 5));
-        let rows = (n / 16.0).ceil() * 16.0;
+        let groups = (n / 16.0).ceil();
+        let rows = groups * 16.0;
+        let tiles = k / 64.0;
         // The `_m8_` entry points (M ≤ 8) carry one column tile of 8 X rows, the others 4.
         let col_tiles = if name.contains("_m8_") { 1.0 } else { 4.0 };
         let hmmas = rows / 16.0 * (k / 16.0) * col_tiles;
@@ -312,8 +345,12 @@ pub fn cost(r: &LaunchRecord) -> Cost {
             tensor_flops: hmmas * super::model::HMMA_FLOPS,
             decoded_elements: rows * k,
             decode_overlapped: true,
-            loop_instructions_per_mma: gemv_nf4_instructions_per_mma(col_tiles),
-            smem_wavefronts_per_mma: GEMV_NF4_SMEM_WAVEFRONTS_PER_PATCH / col_tiles,
+            loop_instructions_per_mma: gemv_nf4_instructions_per_mma(
+                col_tiles, groups, tiles, splits,
+            ),
+            smem_wavefronts_per_mma: gemv_nf4_smem_wavefronts_per_mma(
+                col_tiles, groups, tiles, splits,
+            ),
             bytes: n * k * (0.5 + 1.0 / 64.0)
                 + 2.0 * m * k
                 + y * m * n * if beta != 0.0 { 2.0 } else { 1.0 }

@@ -34,7 +34,7 @@
 //! (4096 FLOP of the warpgroup's products).
 //! With one block per SM the decode stays serial (counted as before). These two bounds are
 //! applied only to the NF4 GEMM and the 4-bit decode GEMV (whose loop decodes in registers
-//! and feeds `mma.sync` the same way; its wavefronts are its code shuffles,
+//! and feeds `mma.sync` the same way; its wavefronts are its code-pair table loads and stores,
 //! [`Cost::smem_wavefronts_per_mma`]); the other kernels keep the coarser rules above.
 //! The SM-wave count assumes that one resident block keeps an SM's tensor cores as busy as
 //! several (8-warp GEMM blocks); the memory term lets one SM draw at most twice its share of

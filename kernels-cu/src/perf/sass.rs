@@ -190,6 +190,19 @@ fn mix_of(f: &Function, range: std::ops::RangeInclusive<usize>, skip: &[(usize, 
 /// in it that issue no products: those are the element-wise fallbacks of the tile loaders,
 /// taken only for unaligned leading dimensions. `None` without loops.
 pub fn main_loop(f: &Function) -> Option<Mix> {
+    let ((a, b), cold) = main_loop_range(f)?;
+    Some(mix_of(f, a..=b, &cold))
+}
+
+/// Instructions before `f`'s main loop ([`main_loop`]) in program order: what a warp issues
+/// once before its k-loop, at most (code that a branch skips is counted as if run).
+pub fn setup_before_main_loop(f: &Function) -> Option<usize> {
+    Some(main_loop_range(f)?.0 .0)
+}
+
+/// The main loop's instruction range and the product-free loops nested in it.
+#[allow(clippy::type_complexity)]
+fn main_loop_range(f: &Function) -> Option<((usize, usize), Vec<(usize, usize)>)> {
     let all = loops(f);
     let mut best: Option<(usize, usize, (usize, usize))> = None; // (products, length, range)
     for &(a, b) in &all {
@@ -210,7 +223,7 @@ pub fn main_loop(f: &Function) -> Option<Mix> {
         .filter(|&(x, y)| a <= x && y <= b && (x, y) != (a, b))
         .filter(|&(x, y)| mix_of(f, x..=y, &[]).mma == 0)
         .collect();
-    Some(mix_of(f, a..=b, &cold))
+    Some(((a, b), cold))
 }
 
 fn tool(env: &str, rel: &str) -> Option<PathBuf> {
