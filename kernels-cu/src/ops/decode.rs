@@ -289,23 +289,16 @@ pub fn gemv_nf4_split(
             }
             _ => None,
         };
-        let mut args = vec![
-            y.arg_mut(),
-            part.arg_mut(),
-            counters.arg_mut(),
-            x.arg(),
-            w.packed.arg(),
-            w.absmax_codes.arg(),
-            w.nested_absmax.arg(),
-            w.code_map.arg(),
-            w.table.arg(),
-        ];
+        let mut args = vec![y.arg_mut(), part.arg_mut(), counters.arg_mut(), x.arg()];
+        // The weight's arguments, with the residuals (when fused) before its absmax offset.
+        let [packed, codes, nested, map, table, offset] = w.device_args();
+        args.extend([packed, codes, nested, map, table]);
         if let Some((r1, r2)) = &residuals {
             args.push(r1.arg());
             args.push(r2.arg());
         }
         args.extend([
-            Arg::F32(w.offset),
+            offset,
             Arg::I32(rows as i32),
             Arg::I32(n as i32),
             Arg::I32(k as i32),

@@ -144,6 +144,19 @@ fn invalid(kernel: Kernel, reason: String) -> Error {
 }
 
 impl Nf4Weight {
+    /// The weight's arguments of every 4-bit kernel, in the order their signatures take them:
+    /// packed codes, absmax codes, nested absmax, code map, NF4 table, absmax offset.
+    pub(crate) fn device_args(&self) -> [Arg<'_>; 6] {
+        [
+            self.packed.arg(),
+            self.absmax_codes.arg(),
+            self.nested_absmax.arg(),
+            self.code_map.arg(),
+            self.table.arg(),
+            Arg::F32(self.offset),
+        ]
+    }
+
     /// Uploads a weight, checking that the parts agree with its shape.
     pub fn upload(dev: &Device, p: &Nf4Parts<'_>) -> Result<Nf4Weight> {
         let n = p
@@ -243,18 +256,12 @@ pub fn dequantize(dev: &Device, w: &Nf4Weight, dtype: DType) -> Result<Buffer> {
             grid: Dim3::x(grid),
             block: Dim3::x(256),
             shared_bytes: 0,
-            args: &[
-                out.arg_mut(),
-                w.packed.arg(),
-                w.absmax_codes.arg(),
-                w.nested_absmax.arg(),
-                w.code_map.arg(),
-                w.table.arg(),
-                Arg::F32(w.offset),
-                Arg::I64(n as i64),
-                Arg::I32(bs),
-                Arg::I32(k_frag),
-            ],
+            args: &{
+                let mut args = vec![out.arg_mut()];
+                args.extend(w.device_args());
+                args.extend([Arg::I64(n as i64), Arg::I32(bs), Arg::I32(k_frag)]);
+                args
+            },
         })?;
     }
     Ok(out)
@@ -654,23 +661,18 @@ pub fn nf4_gemm(
             } else {
                 nf4_shared_bytes()
             } as u32,
-            args: &[
-                out.arg_mut(),
-                part.arg_mut(),
-                counters.arg_mut(),
-                a.arg(),
-                w.packed.arg(),
-                w.absmax_codes.arg(),
-                w.nested_absmax.arg(),
-                w.code_map.arg(),
-                w.table.arg(),
-                Arg::F32(w.offset),
-                Arg::I32(mi),
-                Arg::I32(n as i32),
-                Arg::I32(k as i32),
-                Arg::F32(alpha),
-                Arg::F32(beta),
-            ],
+            args: &{
+                let mut args = vec![out.arg_mut(), part.arg_mut(), counters.arg_mut(), a.arg()];
+                args.extend(w.device_args());
+                args.extend([
+                    Arg::I32(mi),
+                    Arg::I32(n as i32),
+                    Arg::I32(k as i32),
+                    Arg::F32(alpha),
+                    Arg::F32(beta),
+                ]);
+                args
+            },
         })?;
     }
     Ok(())
