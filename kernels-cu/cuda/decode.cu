@@ -59,13 +59,17 @@
 // each accumulator with the fixed butterfly (deterministic) and lane m writes Y[m][n].
 //
 // Attention design (flash-decoding): the cache is split into chunks of DECODE_ATTN_CHUNK keys;
-// block (chunk c, head h, sequence b) walks its chunk with DECODE_ATTN_WARPS warps, key j going
-// to warp j mod warps. A warp holds q in registers (d/32 values per lane), computes one score per
-// key with a butterfly sum, and keeps an online softmax (max m, sum l, unnormalized o in d/32
-// registers per lane); masked keys are skipped, never multiplied (a cache column of a padded
-// prompt may hold anything). The block then merges its warps in warp order through shared
-// memory and writes (m, l, o) of the chunk. The combine kernel merges the chunks of one
-// (sequence, head) in chunk order: M = max m_c, L = Σ l_c·e^(m_c − M), o = Σ o_c·e^(m_c − M) / L.
+// block (chunk c, head h, sequence b) walks its chunk with DECODE_ATTN_WARPS warps, each taking
+// batches of DECODE_ATTN_KEYS consecutive keys (two batches per warp for a full chunk). A warp
+// holds q in registers (d/32 values per lane), loads its batch's keys and values together,
+// computes their scores with interleaved butterfly sums (so a batch waits for memory once, not
+// once per key: a warp walking keys one by one would be bound by the latency of each key's
+// load and reduction), and keeps an online softmax (max m, sum l, unnormalized o in d/32
+// registers per lane, rescaled once per batch); masked keys are skipped, never multiplied (a
+// cache column of a padded prompt may hold anything). The block then merges its warps in warp
+// order through shared memory and writes (m, l, o) of the chunk. The combine kernel merges the
+// chunks of one (sequence, head) in chunk order: M = max m_c, L = Σ l_c·e^(m_c − M),
+// o = Σ o_c·e^(m_c − M) / L.
 // Fixed orders everywhere: the result does not depend on scheduling.
 //
 // Graphs: a decode step is captured once and replayed per token (crate::graph), so what changes
@@ -84,9 +88,12 @@ using kc::u8;
 #define DECODE_MAX_ROWS 32
 #define DECODE_GEMV_WARPS 8
 #define DECODE_GEMV_THREADS (DECODE_GEMV_WARPS * 32)
-#define DECODE_ATTN_WARPS 4
+#define DECODE_ATTN_WARPS 8
 #define DECODE_ATTN_THREADS (DECODE_ATTN_WARPS * 32)
-#define DECODE_ATTN_CHUNK 256
+#define DECODE_ATTN_KEYS 8  // keys a warp scores at once
+// Two batches per warp: a chunk of 64 keys would double the partial (m, l, o) planes that the
+// combine reads back, which at batch 32 and long contexts outweighs the second latency.
+#define DECODE_ATTN_CHUNK 128  // two batches of DECODE_ATTN_KEYS per warp
 #define DECODE_COPY_THREADS 256
 #define DECODE_ROPE_THREADS 128
 #define DECODE_ROPE_MAX_HALF 128  // head_dim ≤ 256
@@ -392,6 +399,26 @@ __device__ __forceinline__ void gemv_bf16(TY* y, const bf16* x, const bf16* wt, 
   dec_write(y, acc, m, n_out, n, lane, alpha, beta);
 }
 
+// A lane's PER (2 or 4) consecutive bf16 of a cache row, as f32: one 4- or 8-byte load (the
+// row's byte offset lane·2·PER is a multiple of 2·PER; the caches are 16-byte aligned).
+template <int PER>
+__device__ __forceinline__ void dec_load_row_part(const bf16* p, float out[PER]) {
+  static_assert(PER == 2 || PER == 4, "head_dim 64 or 128");
+  u32 w[PER / 2];
+  if (PER == 4) {
+    const kc::u32x2 v = kc::load_u32x2(p);
+    w[0] = v.x;
+    w[PER / 2 - 1] = v.y;
+  } else {
+    w[0] = *reinterpret_cast<const u32*>(p);
+  }
+  KC_UNROLL
+  for (int i = 0; i < PER / 2; ++i) {
+    out[2 * i] = kc::f32_from_bits(w[i] << 16);
+    out[2 * i + 1] = kc::f32_from_bits(w[i] & 0xffff0000u);
+  }
+}
+
 // One chunk of keys for one (sequence, head): the block's (max, sum, unnormalized o).
 template <int D>
 __device__ __forceinline__ void attn_split(float* part_o, float* part_ml, const bf16* q, const bf16* kc_,
@@ -416,21 +443,65 @@ __device__ __forceinline__ void attn_split(float* part_o, float* part_ml, const 
   const int len = dec_len(len_d, max_len);
   const int j0 = chunk * DECODE_ATTN_CHUNK;
   const int j1 = min(len, j0 + DECODE_ATTN_CHUNK);
-  for (int j = j0 + warp; j < j1; j += DECODE_ATTN_WARPS) {
-    // mk[j] is the same for the whole warp: the skip is warp-uniform.
-    if (mk[j] == 0) continue;
-    const bf16* krow = kc_ + (head + j) * D + lane * PER;
-    float s = 0.0f;
+  constexpr int KB = DECODE_ATTN_KEYS;
+  static_assert(DECODE_ATTN_CHUNK % (DECODE_ATTN_KEYS * DECODE_ATTN_WARPS) == 0, "whole batches");
+  // Warp w takes the batches of KB consecutive keys starting at j0 + KB·w, then every
+  // KB·DECODE_ATTN_WARPS keys (two batches per warp for a full chunk). A batch's key and value
+  // loads are all issued before any is used, and its KB score sums run their butterflies side
+  // by side: one memory latency per batch, not per key.
+  for (int jb = j0 + KB * warp; jb < j1; jb += KB * DECODE_ATTN_WARPS) {
+    // Visible keys (the same for the whole warp): in range and not padding. The others are
+    // skipped, never multiplied (a cache column of a padded prompt may hold anything).
+    bool vis[KB];
+    bool any = false;
     KC_UNROLL
-    for (int e = 0; e < PER; ++e) s += qv[e] * kc::to_f32(krow[e]);
-    s = kc::warp_sum(s);
-    const float mn = fmaxf(mx, s);
-    const float corr = expf(mx - mn);  // exp(-inf) = 0 on the first visible key
-    const float p = expf(s - mn);
-    const bf16* vrow = vc + (head + j) * D + lane * PER;
-    l = l * corr + p;
+    for (int e = 0; e < KB; ++e) {
+      vis[e] = jb + e < j1 && mk[jb + e] != 0;
+      any = any || vis[e];
+    }
+    if (!any) continue;
+    float kv[KB][PER], vv[KB][PER];
     KC_UNROLL
-    for (int e = 0; e < PER; ++e) o[e] = o[e] * corr + p * kc::to_f32(vrow[e]);
+    for (int e = 0; e < KB; ++e) {
+      const long long at = (head + jb + e) * D + lane * PER;
+      if (vis[e]) {
+        dec_load_row_part<PER>(kc_ + at, kv[e]);
+        dec_load_row_part<PER>(vc + at, vv[e]);
+      } else {
+        KC_UNROLL
+        for (int i = 0; i < PER; ++i) kv[e][i] = vv[e][i] = 0.0f;
+      }
+    }
+    float sc[KB];
+    KC_UNROLL
+    for (int e = 0; e < KB; ++e) {
+      float d = 0.0f;
+      KC_UNROLL
+      for (int i = 0; i < PER; ++i) d += qv[i] * kv[e][i];
+      sc[e] = d;
+    }
+    // kc::warp_sum of each score (the same butterfly), the KB of them interleaved.
+    KC_UNROLL
+    for (int o2 = 16; o2 > 0; o2 >>= 1)
+      KC_UNROLL
+      for (int e = 0; e < KB; ++e) sc[e] += __shfl_xor_sync(0xffffffffu, sc[e], o2, 32);
+    float mn = mx;
+    KC_UNROLL
+    for (int e = 0; e < KB; ++e)
+      if (vis[e]) mn = fmaxf(mn, sc[e]);
+    const float corr = expf(mx - mn);  // exp(-inf) = 0 before the first visible key
+    l *= corr;
+    KC_UNROLL
+    for (int i = 0; i < PER; ++i) o[i] *= corr;
+    KC_UNROLL
+    for (int e = 0; e < KB; ++e) {
+      if (vis[e]) {
+        const float p = expf(sc[e] - mn);
+        l += p;
+        KC_UNROLL
+        for (int i = 0; i < PER; ++i) o[i] += p * vv[e][i];
+      }
+    }
     mx = mn;
   }
   if (lane == 0) {

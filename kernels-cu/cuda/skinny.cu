@@ -14,6 +14,12 @@
 // summed across the warp with a fixed butterfly (deterministic) and lane j writes C[m][g + j]. A rows stream
 // through once, coalesced; B (shared by all rows) stays in L1/L2. No shared memory.
 // β = 0 never reads C (so C may hold anything, e.g. NaN poison).
+//
+// skinny_nt_rows_*: the same product for a few rows (a decode step's batch): one block of
+// SKINNY_ROW_WARPS warps per row of A, the warps splitting K (thread i of the block covers
+// k ≡ 8i mod 8·threads), each warp's sums meeting in shared memory and added in warp order.
+// One warp walking a whole row would wait for memory once per 256 columns (18 times for
+// K = 4544) with nothing else in flight; the block has all its loads of the row in flight at once.
 #include "common.cuh"
 
 using kc::bf16;
@@ -81,6 +87,81 @@ KC_FN void skinny_nt(TC* c, const bf16* a, const bf16* b, int m, int n, int k, f
       }
     }
   }
+}
+
+#define SKINNY_ROW_WARPS 8
+#define SKINNY_ROW_THREADS (SKINNY_ROW_WARPS * 32)
+
+// One block per row of A (see skinny_nt_rows_* above).
+template <typename TC>
+KC_FN void skinny_nt_rows(TC* c, const bf16* a, const bf16* b, int m, int n, int k, float alpha,
+                          float beta, int vec) {
+  __shared__ float s_acc[SKINNY_ROW_WARPS][SKINNY_GROUP];
+  const long long row = blockIdx.x;
+  const int warp = static_cast<int>(threadIdx.x >> 5), lane = static_cast<int>(threadIdx.x & 31);
+  if (row >= m) return;  // block-uniform, before any barrier
+  const bf16* arow = a + row * k;
+  for (int g = 0; g < n; g += SKINNY_GROUP) {
+    const int ng = min(SKINNY_GROUP, n - g);
+    const bf16* bg = b + static_cast<long long>(g) * k;
+    float acc[SKINNY_GROUP];
+    KC_UNROLL
+    for (int j = 0; j < SKINNY_GROUP; ++j) acc[j] = 0.0f;
+    if (vec) {
+      for (int k0 = static_cast<int>(threadIdx.x) * 8; k0 < k; k0 += SKINNY_ROW_THREADS * 8) {
+        float av[8];
+        kc::unpack_bf16x8(kc::load_u32x4(arow + k0), av);
+        KC_UNROLL
+        for (int j = 0; j < SKINNY_GROUP; ++j) {
+          if (j < ng) {
+            float bv[8];
+            kc::unpack_bf16x8(kc::load_u32x4(bg + static_cast<long long>(j) * k + k0), bv);
+            float s = acc[j];
+            KC_UNROLL
+            for (int e = 0; e < 8; ++e) s += av[e] * bv[e];
+            acc[j] = s;
+          }
+        }
+      }
+    } else {
+      for (int kk = static_cast<int>(threadIdx.x); kk < k; kk += SKINNY_ROW_THREADS) {
+        const float av = kc::to_f32(arow[kk]);
+        KC_UNROLL
+        for (int j = 0; j < SKINNY_GROUP; ++j) {
+          if (j < ng) acc[j] += av * kc::to_f32(bg[static_cast<long long>(j) * k + kk]);
+        }
+      }
+    }
+    KC_UNROLL
+    for (int j = 0; j < SKINNY_GROUP; ++j) {
+      const float s = kc::warp_sum(acc[j]);
+      if (lane == 0) s_acc[warp][j] = s;
+    }
+    __syncthreads();
+    const int j = static_cast<int>(threadIdx.x);
+    if (j < ng) {
+      float s = 0.0f;
+      KC_UNROLL
+      for (int w = 0; w < SKINNY_ROW_WARPS; ++w) s += s_acc[w][j];
+      TC* out = c + row * n + g + j;
+      float v = alpha * s;
+      if (beta != 0.0f) v += beta * load_c(out);
+      store_c(out, v);
+    }
+    __syncthreads();  // s_acc is rewritten by the next group
+  }
+}
+
+extern "C" __global__ void __launch_bounds__(SKINNY_ROW_THREADS)
+    skinny_nt_rows_f32(float* c, const bf16* a, const bf16* b, int m, int n, int k, float alpha, float beta,
+                       int vec) {
+  skinny_nt_rows(c, a, b, m, n, k, alpha, beta, vec);
+}
+
+extern "C" __global__ void __launch_bounds__(SKINNY_ROW_THREADS)
+    skinny_nt_rows_bf16(bf16* c, const bf16* a, const bf16* b, int m, int n, int k, float alpha, float beta,
+                        int vec) {
+  skinny_nt_rows(c, a, b, m, n, k, alpha, beta, vec);
 }
 
 extern "C" __global__ void skinny_nt_f32(float* c, const bf16* a, const bf16* b, int m, int n,

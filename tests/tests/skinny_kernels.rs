@@ -1,7 +1,8 @@
 //! The skinny product (kernels-cu `skinny.cu`, the LoRA down-projections) on the emulator (and
 //! a GPU when one is present) against a float64 reference: `C = α·A·Bᵀ + β·C` for random
-//! bf16 A `[m, k]`, B `[n, k]`, n from 1 to 32, ragged k (vector and scalar paths), aligned
-//! buffers and unaligned views, C in f32 and bf16, β = 0 on a NaN-poisoned C and β ≠ 0.
+//! bf16 A `[m, k]` (few rows: a block per row; many: a warp per row), B `[n, k]`, n from 1 to
+//! 32, ragged k (vector and scalar paths), aligned buffers and unaligned views, C in f32 and
+//! bf16, β = 0 on a NaN-poisoned C and β ≠ 0.
 //!
 //! Tolerance: the inputs are exactly representable (bf16), so the only error is the f32
 //! accumulation of k products in a fixed order: |err| ≤ k·2⁻²⁴·Σ|a·b| (first-order bound),
@@ -96,8 +97,13 @@ fn run(
 #[test]
 fn lora_shapes_on_both_paths() {
     for dev in devices() {
-        // r = 8 and 16 against hidden widths; f32 and bf16 outputs; vector and scalar paths.
+        // r = 8 and 16 against hidden widths; f32 and bf16 outputs; vector and scalar paths;
+        // a few rows (one block per row, skinny::ROWS_MAX_M or fewer) and many (a warp per
+        // row).
         run(&dev, 37, 8, 4544 / 8, DType::BF16, 0.0, 0, 1);
+        run(&dev, 1, 8, 4544, DType::BF16, 0.0, 0, 6);
+        run(&dev, 300, 8, 640, DType::BF16, 1.0, 0, 7);
+        run(&dev, 131, 24, 643, DType::F32, 0.5, 3, 8);
         run(&dev, 37, 16, 640, DType::F32, 0.0, 0, 2);
         run(&dev, 19, 8, 640, DType::F32, 1.0, 8, 3);
         run(&dev, 19, 8, 643, DType::BF16, 0.5, 3, 4);
@@ -109,7 +115,8 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 24, .. ProptestConfig::default() })]
     #[test]
     fn random_shapes_match_f64(
-        m in 1usize..40, n in 1usize..=32, k8 in 0usize..40,
+        m in prop::sample::select(vec![1usize, 2, 7, 33, 64, 65, 97, 150]), n in 1usize..=32,
+        k8 in 0usize..40,
         tail in prop::sample::select(vec![0usize, 0, 3, 7]), bf in any::<bool>(),
         beta in prop::sample::select(vec![0.0f32, 1.0, -0.5]),
         pad in prop::sample::select(vec![0usize, 0, 8, 3, 5]), seed in any::<u64>(),
