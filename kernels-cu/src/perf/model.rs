@@ -41,7 +41,9 @@
 //! DRAM bandwidth, so a grid of a few blocks cannot stream at full rate. L2 reuse is assumed
 //! perfect (see [`super::cost`]); CUDA-core work other than the NF4 decode (softmax
 //! exponentials, address arithmetic) is not counted: the SASS issue-slot count of the hot
-//! loops is what refines that.
+//! loops is what refines that. There is no latency term: a warp whose loop waits on each of its
+//! loads in turn (a dependent chain of memory round trips) is priced at its work, so such loops
+//! must be removed from the kernels rather than trusted to the model.
 
 use super::cost::{cost, Cost};
 use super::gpu::Gpu;
