@@ -52,11 +52,13 @@
 // cache (1/64 and 1/16384 byte per weight).
 //
 // bf16 GEMV design: one warp per output column n (weight row), DECODE_GEMV_WARPS warps per
-// block; lane l reads 8 weights at k = 8·l, 8·l + 256, ... and multiplies them with the matching
-// 8 columns of every X row (one 16-byte load per row, from L1/L2: X is at most 32 x 18176 bf16
-// = 1.1 MB and read by every warp). Accumulators acc[m] (f32, one per X row) stay in registers
-// for all M rows at once, so the weights are read exactly once whatever M is. The warp sums
-// each accumulator with the fixed butterfly (deterministic) and lane m writes Y[m][n].
+// block; lane l reads 8 weights at k = 8·l, 8·l + 256, ... (DEC_BF16_LOADS of these 16-byte
+// loads in flight at once, so that a warp is not bound by the latency of each) and multiplies
+// them with the matching 8 columns of every X row (one 16-byte load per row, from L1/L2: X is
+// at most 32 x 18176 bf16 = 1.1 MB and read by every warp). Accumulators acc[m] (f32, one per X
+// row; 8 of them in the M ≤ 8 entry points) stay in registers for all M rows at once, so the
+// weights are read exactly once whatever M is. The warp sums each accumulator with the fixed
+// butterfly (deterministic) and lane m writes Y[m][n].
 //
 // Attention design (flash-decoding): the cache is split into chunks of DECODE_ATTN_CHUNK keys;
 // block (chunk c, head h, sequence b) walks its chunk with DECODE_ATTN_WARPS warps, each taking
@@ -88,6 +90,7 @@ using kc::u8;
 #define DECODE_MAX_ROWS 32
 #define DECODE_GEMV_WARPS 8
 #define DECODE_GEMV_THREADS (DECODE_GEMV_WARPS * 32)
+#define DEC_BF16_LOADS 4  // 16-byte weight loads per lane in flight in the bf16 GEMV
 #define DECODE_ATTN_WARPS 8
 #define DECODE_ATTN_THREADS (DECODE_ATTN_WARPS * 32)
 #define DECODE_ATTN_KEYS 8  // keys a warp scores at once
@@ -116,11 +119,11 @@ __device__ __forceinline__ int dec_len(const u32* len, int max_len) {
   return min(static_cast<int>(min(*len, 0x7fffffffu)), max_len);
 }
 
-// acc[r] += Σ_e w[e]·x[r][k0 + e] for the rows r < m (8 columns from k0).
-__device__ __forceinline__ void dec_rows_fma(float acc[DECODE_MAX_ROWS], const float w[8], const bf16* x,
-                                             int m, int k, int k0) {
+// acc[r] += Σ_e w[e]·x[r][k0 + e] for the rows r < m ≤ MR (8 columns from k0).
+template <int MR>
+__device__ __forceinline__ void dec_rows_fma(float acc[MR], const float w[8], const bf16* x, int m, int k, int k0) {
   KC_UNROLL
-  for (int r = 0; r < DECODE_MAX_ROWS; ++r) {
+  for (int r = 0; r < MR; ++r) {
     if (r < m) {
       float xv[8];
       kc::unpack_bf16x8(kc::load_u32x4(x + static_cast<long long>(r) * k + k0), xv);
@@ -133,11 +136,11 @@ __device__ __forceinline__ void dec_rows_fma(float acc[DECODE_MAX_ROWS], const f
 }
 
 // Warp-sums every row's accumulator; lane r writes row r of column n.
-template <typename TY>
-__device__ __forceinline__ void dec_write(TY* y, float acc[DECODE_MAX_ROWS], int m, int n_out, int n, int lane,
-                                          float alpha, float beta) {
+template <typename TY, int MR>
+__device__ __forceinline__ void dec_write(TY* y, float acc[MR], int m, int n_out, int n, int lane, float alpha,
+                                          float beta) {
   KC_UNROLL
-  for (int r = 0; r < DECODE_MAX_ROWS; ++r) {
+  for (int r = 0; r < MR; ++r) {
     if (r < m) {
       const float s = kc::warp_sum(acc[r]);
       if (lane == r) {
@@ -378,25 +381,38 @@ __device__ __forceinline__ void gemv_nf4(TY* y, float* part, u32* counters, cons
   }
 }
 
-template <typename TY>
+// The bf16 GEMV for at most MR rows of X (8 or 32: a template parameter, so that the common
+// small batch keeps 8 accumulators and its blocks fit the SM several times over).
+template <typename TY, int MR>
 __device__ __forceinline__ void gemv_bf16(TY* y, const bf16* x, const bf16* wt, int m, int n_out, int k,
                                           float alpha, float beta) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int n = blockIdx.x * DECODE_GEMV_WARPS + warp;
   if (n >= n_out) return;
-  float acc[DECODE_MAX_ROWS];
+  float acc[MR];
   KC_UNROLL
-  for (int r = 0; r < DECODE_MAX_ROWS; ++r) acc[r] = 0.0f;
+  for (int r = 0; r < MR; ++r) acc[r] = 0.0f;
   const bf16* wrow = wt + static_cast<long long>(n) * k;
-  // Not unrolled, and the kernels' launch bounds ask for 1 block per SM: otherwise ptxas caps
-  // this loop at 64 registers and spills the 32 accumulators.
+  // DEC_BF16_LOADS 16-byte weight loads per lane are issued before any is used: a warp that
+  // waited for each load in turn would be bound by memory latency, not bandwidth. Not unrolled
+  // further, and the 32-row entry points ask for 1 block per SM: otherwise ptxas caps the loop
+  // at 64 registers and spills the 32 accumulators.
+  constexpr int U = DEC_BF16_LOADS;
   DEC_NO_UNROLL
-  for (int k0 = lane * 8; k0 < k; k0 += 256) {
-    float w[8];
-    kc::unpack_bf16x8(kc::load_u32x4(wrow + k0), w);
-    dec_rows_fma(acc, w, x, m, k, k0);
+  for (int k0 = lane * 8; k0 < k; k0 += 256 * U) {
+    u32x4 wv[U];
+    KC_UNROLL
+    for (int u = 0; u < U; ++u) wv[u] = k0 + 256 * u < k ? kc::load_u32x4(wrow + k0 + 256 * u) : u32x4{0u, 0u, 0u, 0u};
+    KC_UNROLL
+    for (int u = 0; u < U; ++u) {
+      if (k0 + 256 * u < k) {
+        float w[8];
+        kc::unpack_bf16x8(wv[u], w);
+        dec_rows_fma<MR>(acc, w, x, m, k, k0 + 256 * u);
+      }
+    }
   }
-  dec_write(y, acc, m, n_out, n, lane, alpha, beta);
+  dec_write<TY, MR>(y, acc, m, n_out, n, lane, alpha, beta);
 }
 
 // A lane's PER (2 or 4) consecutive bf16 of a cache row, as f32: one 4- or 8-byte load (the
@@ -635,12 +651,23 @@ extern "C" __global__ void __launch_bounds__(DECODE_GEMV_THREADS)
 
 extern "C" __global__ void __launch_bounds__(DECODE_GEMV_THREADS, 1)
     decode_gemv_bf16_bf16(bf16* y, const bf16* x, const bf16* w, int m, int n, int k, float alpha, float beta) {
-  gemv_bf16(y, x, w, m, n, k, alpha, beta);
+  gemv_bf16<bf16, DECODE_MAX_ROWS>(y, x, w, m, n, k, alpha, beta);
 }
 
 extern "C" __global__ void __launch_bounds__(DECODE_GEMV_THREADS, 1)
     decode_gemv_bf16_f32(float* y, const bf16* x, const bf16* w, int m, int n, int k, float alpha, float beta) {
-  gemv_bf16(y, x, w, m, n, k, alpha, beta);
+  gemv_bf16<float, DECODE_MAX_ROWS>(y, x, w, m, n, k, alpha, beta);
+}
+
+// The bf16 GEMV for M ≤ 8.
+extern "C" __global__ void __launch_bounds__(DECODE_GEMV_THREADS)
+    decode_gemv_bf16_m8_bf16(bf16* y, const bf16* x, const bf16* w, int m, int n, int k, float alpha, float beta) {
+  gemv_bf16<bf16, 8>(y, x, w, m, n, k, alpha, beta);
+}
+
+extern "C" __global__ void __launch_bounds__(DECODE_GEMV_THREADS)
+    decode_gemv_bf16_m8_f32(float* y, const bf16* x, const bf16* w, int m, int n, int k, float alpha, float beta) {
+  gemv_bf16<float, 8>(y, x, w, m, n, k, alpha, beta);
 }
 
 extern "C" __global__ void __launch_bounds__(DECODE_ATTN_THREADS)

@@ -185,6 +185,8 @@ kernels! {
     DECODE_GEMV_NF4_M8_RESIDUAL_BF16 = DECODE::decode_gemv_nf4_m8_residual_bf16, hot = true;
     DECODE_GEMV_BF16_BF16 = DECODE::decode_gemv_bf16_bf16, hot = true;
     DECODE_GEMV_BF16_F32 = DECODE::decode_gemv_bf16_f32, hot = true;
+    DECODE_GEMV_BF16_M8_BF16 = DECODE::decode_gemv_bf16_m8_bf16, hot = true;
+    DECODE_GEMV_BF16_M8_F32 = DECODE::decode_gemv_bf16_m8_f32, hot = true;
     DECODE_ATTN_SPLIT_D64 = DECODE::decode_attn_split_d64, hot = true;
     DECODE_ATTN_SPLIT_D128 = DECODE::decode_attn_split_d128, hot = true;
     DECODE_ATTN_COMBINE_D64 = DECODE::decode_attn_combine_d64, hot = true;

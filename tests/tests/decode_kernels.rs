@@ -283,7 +283,16 @@ fn gemv_nf4_epilogues_equal_the_gemv_then_the_separate_kernel() {
 #[test]
 fn gemv_bf16_matches_the_float64_product() {
     let mut seed = 101;
-    for (m, n, k) in [(1, 33, 8), (5, 20, 264), (32, 7, 1032), (35, 11, 64)] {
+    // K past one and two rounds of the kernel's 4 loads per lane (1024 columns) on both entry
+    // points (M <= 8 and M <= 32).
+    for (m, n, k) in [
+        (1, 33, 8),
+        (5, 20, 264),
+        (3, 9, 2312),
+        (12, 5, 2056),
+        (32, 7, 1032),
+        (35, 11, 64),
+    ] {
         seed += 1;
         let mut rng = Rng::from_state(seed);
         let wb = bf16s(&mut rng, n * k);
