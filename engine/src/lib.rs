@@ -15,6 +15,7 @@ pub mod autograd;
 pub mod dtype;
 pub mod element;
 pub mod error;
+pub mod host_alloc;
 pub mod memory;
 pub mod nf4;
 pub mod ops;

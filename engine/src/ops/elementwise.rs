@@ -45,6 +45,29 @@ pub fn add_tensors(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     })
 }
 
+/// `acc + g`, written into `acc`'s buffer when `acc` is its only handle (a gradient being
+/// summed), else into a new one. The same bits as [`add_tensors`] either way.
+pub fn accumulate_tensors(mut acc: Tensor, g: &Tensor) -> Result<Tensor> {
+    if acc.shape() != g.shape() {
+        return Err(Error::shapes("add", acc.shape(), g.shape()));
+    }
+    let dt = same_dtype("add", &[&acc, g])?;
+    with_float!(dt, "add", |T| {
+        let gs = g.as_slice::<T>()?;
+        if let Some(a) = acc.unique_slice_mut::<T>() {
+            if a.len() >= PAR_MIN {
+                a.par_iter_mut()
+                    .zip(gs.par_iter())
+                    .for_each(|(x, &y)| *x += y);
+            } else {
+                a.iter_mut().zip(gs).for_each(|(x, &y)| *x += y);
+            }
+            return Ok(acc);
+        }
+        add_tensors(&acc, g)
+    })
+}
+
 /// `a * b` element-wise.
 pub fn mul_tensors(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     if a.shape() != b.shape() {
