@@ -25,6 +25,7 @@ pub mod shape;
 pub mod storage;
 pub mod tensor;
 pub mod testing;
+pub mod threads;
 pub mod vmath;
 
 pub use autograd::{checkpoint, grad_enabled, no_grad, recomputing, GradStore, Var};

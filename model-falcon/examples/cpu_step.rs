@@ -108,14 +108,9 @@ fn main() {
             std::process::exit(2);
         }
     };
-    // The main thread is the rayon pool's first worker (RAYON_NUM_THREADS counts it): a
-    // parallel op then runs on the calling thread instead of being handed to a pool thread
-    // that must be woken while the caller sleeps, which at one thread cost a few percent of
-    // the step in futex wake-ups and context switches.
-    if let Err(e) = rayon::ThreadPoolBuilder::new()
-        .use_current_thread()
-        .build_global()
-    {
+    // The main thread is the rayon pool's first worker (RAYON_NUM_THREADS counts it), and
+    // freed activation buffers stay in the process for the next step (see both functions).
+    if let Err(e) = engine::threads::use_calling_thread_in_pool() {
         eprintln!("cpu_step: thread pool: {e}");
         std::process::exit(1);
     }

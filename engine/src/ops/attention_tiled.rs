@@ -65,6 +65,32 @@ pub(crate) fn max_nan<T: Float>(a: T, b: T) -> T {
     }
 }
 
+/// `row.iter().fold(init, max_nan)` with the comparisons in eight independent lanes, which
+/// LLVM vectorizes (the fold's branches on NaN do not). A maximum involves no rounding, so
+/// only ties between +0 and −0, and which NaN wins, could depend on the order: a zero or NaN
+/// result is recomputed by the fold itself, so the value is always the fold's, bit for bit.
+pub(crate) fn row_max<T: Float>(init: T, row: &[T]) -> T {
+    let mut lanes = [T::NEG_INFINITY; 8];
+    let mut nan = false;
+    let mut chunks = row.chunks_exact(8);
+    for c in &mut chunks {
+        for (l, &x) in lanes.iter_mut().zip(c) {
+            nan |= is_nan(x);
+            *l = if x > *l { x } else { *l };
+        }
+    }
+    let m = chunks
+        .remainder()
+        .iter()
+        .chain(&lanes)
+        .fold(init, |a, &x| max_nan(a, x));
+    if nan || is_nan(m) || m == T::ZERO {
+        row.iter().fold(init, |a, &x| max_nan(a, x))
+    } else {
+        m
+    }
+}
+
 /// Keys `0..end` some row of the query block `[i0, i1)` may see.
 fn key_end(dims: &AttnDims, i1: usize) -> usize {
     if dims.causal {
@@ -171,7 +197,7 @@ pub fn forward<T: Float>(
             tile_scores(dims, q_blk, &k[kv_span.clone()], mask, i0, j0, bq, bk, s);
             for r in 0..bq {
                 let row = &mut s[r * bk..(r + 1) * bk];
-                let m_new = row.iter().fold(m_run[r], |a, &x| max_nan(a, x));
+                let m_new = row_max(m_run[r], row);
                 if m_new == T::NEG_INFINITY {
                     // Nothing visible to this row yet: contributes nothing.
                     row.iter_mut().for_each(|x| *x = T::ZERO);
@@ -505,6 +531,40 @@ mod tests {
                 assert_close(&dq, &dq_ref, 1e-11, &format!("dQ {what}"));
                 assert_close(&dk, &dk_ref, 1e-11, &format!("dK {what}"));
                 assert_close(&dv, &dv_ref, 1e-11, &format!("dV {what}"));
+            }
+        }
+    }
+
+    #[test]
+    fn lane_row_max_is_the_sequential_fold_bit_for_bit() {
+        let special = [
+            0.0f32,
+            -0.0,
+            f32::NEG_INFINITY,
+            f32::INFINITY,
+            f32::NAN,
+            -f32::NAN,
+        ];
+        for len in [0usize, 1, 7, 8, 9, 31, 64, 257] {
+            for trial in 0..40u64 {
+                let row: Vec<f32> = (0..len as u64)
+                    .map(|i| {
+                        let u = rng::bits(trial, i);
+                        if u.is_multiple_of(5) {
+                            special[(u >> 8) as usize % special.len()]
+                        } else {
+                            rng::normal_f64(trial, i) as f32
+                        }
+                    })
+                    .collect();
+                for init in [f32::NEG_INFINITY, -0.0, 0.0, 1.5, f32::NAN] {
+                    let want = row.iter().fold(init, |a, &x| max_nan(a, x));
+                    assert_eq!(
+                        row_max(init, &row).to_bits(),
+                        want.to_bits(),
+                        "{row:?} {init}"
+                    );
+                }
             }
         }
     }
