@@ -367,7 +367,13 @@ mod tests {
         // Blocks entirely below ERF_SMALL, blocks with one lane just at or above it, a NaN or
         // an infinity among small lanes, and lengths that leave a remainder.
         for len in [ERF_BLOCK - 1, ERF_BLOCK, 5 * ERF_BLOCK + 3] {
-            for odd in [None, Some(ERF_SMALL), Some(1.5), Some(f32::NAN), Some(f32::INFINITY)] {
+            for odd in [
+                None,
+                Some(ERF_SMALL),
+                Some(1.5),
+                Some(f32::NAN),
+                Some(f32::INFINITY),
+            ] {
                 let mut xs: Vec<f32> = (0..len)
                     .map(|i| ((i as f32 * 0.618_034).fract() - 0.5) * 1.999)
                     .collect();
