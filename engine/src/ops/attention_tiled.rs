@@ -292,6 +292,9 @@ fn tile_grads<T: Float>(
     }
 }
 
+/// A pass-1 task of backward: its index, and its key block's dK, dV and kept dS.
+type KvTask<'a, T> = (usize, &'a mut [T], &'a mut [T], &'a mut [T]);
+
 /// Backward. Returns `(dQ, dK, dV)`.
 #[allow(clippy::too_many_arguments)]
 pub fn backward<T: Float>(
@@ -346,7 +349,7 @@ pub fn backward<T: Float>(
     // Start of each (KV head, key block)'s kept dS in `ds_store`.
     let mut ds_offsets = Vec::with_capacity(dims.batch * dims.kv_heads * kblocks);
     let mut ds_rest: &mut [T] = &mut ds_store;
-    let mut kv_tasks: Vec<(usize, &mut [T], &mut [T], &mut [T])> = Vec::new();
+    let mut kv_tasks: Vec<KvTask<T>> = Vec::new();
     for (g, (dk_head, dv_head)) in dk.chunks_mut(tk * d).zip(dv.chunks_mut(tk * d)).enumerate() {
         for (kb, (dk_blk, dv_blk)) in dk_head
             .chunks_mut(block * d)
