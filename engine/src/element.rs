@@ -10,6 +10,7 @@ pub trait Element: Copy + Send + Sync + std::fmt::Debug + 'static {
     const DTYPE: DType;
     fn wrap(v: Vec<Self>) -> CpuStorage;
     fn view(s: &CpuStorage) -> Option<&[Self]>;
+    fn view_mut(s: &mut CpuStorage) -> Option<&mut [Self]>;
 }
 
 macro_rules! element {
@@ -20,6 +21,12 @@ macro_rules! element {
                 CpuStorage::$variant(v)
             }
             fn view(s: &CpuStorage) -> Option<&[Self]> {
+                match s {
+                    CpuStorage::$variant(v) => Some(v),
+                    _ => None,
+                }
+            }
+            fn view_mut(s: &mut CpuStorage) -> Option<&mut [Self]> {
                 match s {
                     CpuStorage::$variant(v) => Some(v),
                     _ => None,

@@ -15,6 +15,7 @@ pub mod autograd;
 pub mod dtype;
 pub mod element;
 pub mod error;
+pub mod host_alloc;
 pub mod memory;
 pub mod nf4;
 pub mod ops;
@@ -24,6 +25,7 @@ pub mod shape;
 pub mod storage;
 pub mod tensor;
 pub mod testing;
+pub mod threads;
 pub mod vmath;
 
 pub use autograd::{checkpoint, grad_enabled, no_grad, recomputing, GradStore, Var};

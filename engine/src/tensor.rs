@@ -107,6 +107,15 @@ impl Tensor {
         })
     }
 
+    /// The elements for writing in place, when this handle is the only one sharing its buffer
+    /// (no clone or reshape of it is alive, so nobody else can observe the write); `None`
+    /// otherwise, or when the dtype is not `T`'s. Tensors stay values: only an op that owns
+    /// the sole handle (a gradient it is accumulating) may use this.
+    pub(crate) fn unique_slice_mut<T: Element>(&mut self) -> Option<&mut [T]> {
+        let buffer = Arc::get_mut(&mut self.buffer)?;
+        T::view_mut(&mut buffer.storage)
+    }
+
     /// The elements as a `Vec<T>`; the dtype must be `T`'s.
     pub fn to_vec<T: Element>(&self) -> Result<Vec<T>> {
         Ok(self.as_slice::<T>()?.to_vec())

@@ -108,6 +108,13 @@ fn main() {
             std::process::exit(2);
         }
     };
+    // The main thread is the rayon pool's first worker (RAYON_NUM_THREADS counts it), and
+    // freed activation buffers stay in the process for the next step (see both functions).
+    if let Err(e) = engine::threads::use_calling_thread_in_pool() {
+        eprintln!("cpu_step: thread pool: {e}");
+        std::process::exit(1);
+    }
+    engine::host_alloc::retain_freed_memory();
     engine::nf4::dequant_cache::set_budget_bytes(o.dequant_cache_mib << 20);
     let opts = BaseOptions {
         quant: o.quant,

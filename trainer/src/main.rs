@@ -28,6 +28,11 @@ fn run() -> Result<()> {
 }
 
 fn main() {
+    // CPU training speed: freed activation buffers stay in the process for the next step, and
+    // the main thread works as the rayon pool's first worker instead of waking another thread
+    // for every parallel op (BENCHMARKS.md, "CPU training step").
+    engine::host_alloc::retain_freed_memory();
+    let _ = engine::threads::use_calling_thread_in_pool();
     if let Err(e) = run() {
         eprintln!("error: {e:#}");
         std::process::exit(1);

@@ -269,7 +269,7 @@ impl GradStore {
     /// Adds `g` to the gradient held for leaf id `id`.
     pub(crate) fn accumulate_id(&mut self, id: u64, g: Tensor) -> Result<()> {
         let merged = match self.grads.remove(&id) {
-            Some(prev) => crate::ops::elementwise::add_tensors(&prev, &g)?,
+            Some(prev) => crate::ops::elementwise::accumulate_tensors(prev, &g)?,
             None => g,
         };
         self.grads.insert(id, merged);
@@ -378,7 +378,7 @@ pub(crate) fn backward_from(
                         ));
                     }
                     let merged = match pending.remove(&inp.id()) {
-                        Some(prev) => crate::ops::elementwise::add_tensors(&prev, &gi)?,
+                        Some(prev) => crate::ops::elementwise::accumulate_tensors(prev, &gi)?,
                         None => gi,
                     };
                     pending.insert(inp.id(), merged);

@@ -14,7 +14,10 @@
 //! does not depend on the thread count): pass 1 per (batch, KV head, key block) accumulates
 //! `dV = Σ Pᵀ·dO` and `dK = scale·Σ dSᵀ·Q` over the group's query heads and query spans in a
 //! fixed order; pass 2 per (batch, head, query block) accumulates `dQ = scale·Σ dS·K` over key
-//! spans. Both recompute `P = exp(S − lse)` and `dS = P∘(dO·Vᵀ − D)` with `D = rowsum(dO∘O)`.
+//! spans. Both recompute `P = exp(S − lse)` and `dS = P∘(dO·Vᵀ − D)` with `D = rowsum(dO∘O)`,
+//! unless the `dS` tiles fit [`Tiles::keep_ds_bytes`]: then pass 1 keeps them (each task its
+//! own key block's columns) and pass 2 is only `dQ = Σ dS·K` over key blocks, two GEMMs and an
+//! exp per score fewer.
 
 use super::attention::AttnDims;
 use super::matmul::gemm;
@@ -37,13 +40,21 @@ pub struct Tiles {
     pub block: usize,
     /// The span ([`SPAN`]).
     pub span: usize,
+    /// Largest size in bytes of the `dS` tiles backward keeps from pass 1 for pass 2
+    /// ([`KEEP_DS_BYTES`]); above it pass 2 recomputes them.
+    pub keep_ds_bytes: usize,
 }
+
+/// Backward keeps pass 1's `dS` tiles for pass 2 up to this size: 4 MiB for a batch of 2 x 256
+/// tokens with 8 heads, 150 MiB for Falcon-7B's 71 heads at 2 x 512, which then recomputes.
+pub const KEEP_DS_BYTES: usize = 64 << 20;
 
 impl Default for Tiles {
     fn default() -> Self {
         Tiles {
             block: BLOCK,
             span: SPAN,
+            keep_ds_bytes: KEEP_DS_BYTES,
         }
     }
 }
@@ -62,6 +73,32 @@ pub(crate) fn max_nan<T: Float>(a: T, b: T) -> T {
         b
     } else {
         a
+    }
+}
+
+/// `row.iter().fold(init, max_nan)` with the comparisons in eight independent lanes, which
+/// LLVM vectorizes (the fold's branches on NaN do not). A maximum involves no rounding, so
+/// only ties between +0 and −0, and which NaN wins, could depend on the order: a zero or NaN
+/// result is recomputed by the fold itself, so the value is always the fold's, bit for bit.
+pub(crate) fn row_max<T: Float>(init: T, row: &[T]) -> T {
+    let mut lanes = [T::NEG_INFINITY; 8];
+    let mut nan = false;
+    let mut chunks = row.chunks_exact(8);
+    for c in &mut chunks {
+        for (l, &x) in lanes.iter_mut().zip(c) {
+            nan |= is_nan(x);
+            *l = if x > *l { x } else { *l };
+        }
+    }
+    let m = chunks
+        .remainder()
+        .iter()
+        .chain(&lanes)
+        .fold(init, |a, &x| max_nan(a, x));
+    if nan || is_nan(m) || m == T::ZERO {
+        row.iter().fold(init, |a, &x| max_nan(a, x))
+    } else {
+        m
     }
 }
 
@@ -171,7 +208,7 @@ pub fn forward<T: Float>(
             tile_scores(dims, q_blk, &k[kv_span.clone()], mask, i0, j0, bq, bk, s);
             for r in 0..bq {
                 let row = &mut s[r * bk..(r + 1) * bk];
-                let m_new = row.iter().fold(m_run[r], |a, &x| max_nan(a, x));
+                let m_new = row_max(m_run[r], row);
                 if m_new == T::NEG_INFINITY {
                     // Nothing visible to this row yet: contributes nothing.
                     row.iter_mut().for_each(|x| *x = T::ZERO);
@@ -255,6 +292,9 @@ fn tile_grads<T: Float>(
     }
 }
 
+/// A pass-1 task of backward: its index, and its key block's dK, dV and kept dS.
+type KvTask<'a, T> = (usize, &'a mut [T], &'a mut [T], &'a mut [T]);
+
 /// Backward. Returns `(dQ, dK, dV)`.
 #[allow(clippy::too_many_arguments)]
 pub fn backward<T: Float>(
@@ -291,54 +331,80 @@ pub fn backward<T: Float>(
         })
         .collect();
 
-    // Pass 1: dK and dV per (batch, KV head, key block), over query rows in spans.
+    // Pass 1: dK and dV per (batch, KV head, key block), over query rows in spans. A kept
+    // dS block holds, per query head of the group, rows `first..t` by the block's keys.
     let kblocks = tk.div_ceil(block);
-    let mut kv_tasks: Vec<(usize, &mut [T], &mut [T])> = Vec::new();
+    let ds_block_len = |kb: usize| {
+        let (j0, first) = (kb * block, first_query(dims, kb * block));
+        group * (t - first) * block.min(tk - j0)
+    };
+    let ds_per_head: usize = (0..kblocks).map(ds_block_len).sum();
+    let ds_total = dims.batch * dims.kv_heads * ds_per_head;
+    let keep_ds = ds_total.saturating_mul(std::mem::size_of::<T>()) <= tiles.keep_ds_bytes;
+    let mut ds_store = if keep_ds {
+        vec![T::ZERO; ds_total]
+    } else {
+        Vec::new()
+    };
+    // Start of each (KV head, key block)'s kept dS in `ds_store`.
+    let mut ds_offsets = Vec::with_capacity(dims.batch * dims.kv_heads * kblocks);
+    let mut ds_rest: &mut [T] = &mut ds_store;
+    let mut kv_tasks: Vec<KvTask<T>> = Vec::new();
     for (g, (dk_head, dv_head)) in dk.chunks_mut(tk * d).zip(dv.chunks_mut(tk * d)).enumerate() {
         for (kb, (dk_blk, dv_blk)) in dk_head
             .chunks_mut(block * d)
             .zip(dv_head.chunks_mut(block * d))
             .enumerate()
         {
-            kv_tasks.push((g * kblocks + kb, dk_blk, dv_blk));
+            let n = if keep_ds { ds_block_len(kb) } else { 0 };
+            ds_offsets.push(ds_total - ds_rest.len());
+            let (ds_blk, rest) = std::mem::take(&mut ds_rest).split_at_mut(n);
+            ds_rest = rest;
+            kv_tasks.push((g * kblocks + kb, dk_blk, dv_blk, ds_blk));
         }
     }
-    kv_tasks.into_par_iter().for_each(|(task, dk_blk, dv_blk)| {
-        let (g, kb) = (task / kblocks, task % kblocks);
-        let b = g / dims.kv_heads;
-        let j0 = kb * block;
-        let bk = dk_blk.len() / d;
-        let kv_span = (g * tk + j0) * d..(g * tk + j0 + bk) * d;
-        let (k_blk, v_blk) = (&k[kv_span.clone()], &v[kv_span]);
-        let mask = key_mask.map(|m| &m[b * tk..(b + 1) * tk]);
-        let mut p = vec![T::ZERO; span * bk];
-        let mut dp = vec![T::ZERO; span * bk];
-        let first = first_query(dims, j0);
-        for r in 0..group {
-            let bh = g * group + r;
-            for i0 in (first..t).step_by(span) {
-                let bq = span.min(t - i0);
-                let rows = (bh * t + i0)..(bh * t + i0 + bq);
-                let qspan = rows.start * d..rows.end * d;
-                let (q_blk, do_blk) = (&q[qspan.clone()], &dout[qspan]);
-                let (p, dp) = (&mut p[..bq * bk], &mut dp[..bq * bk]);
-                tile_scores(dims, q_blk, k_blk, mask, i0, j0, bq, bk, p);
-                tile_grads(
-                    dims,
-                    p,
-                    dp,
-                    &lse[rows.clone()],
-                    &dsum[rows],
-                    do_blk,
-                    v_blk,
-                    bq,
-                    bk,
-                );
-                gemm(true, false, bk, d, bq, p, do_blk, dv_blk, true, false);
-                gemm(true, false, bk, d, bq, dp, q_blk, dk_blk, true, false);
+    kv_tasks
+        .into_par_iter()
+        .for_each(|(task, dk_blk, dv_blk, ds_blk)| {
+            let (g, kb) = (task / kblocks, task % kblocks);
+            let b = g / dims.kv_heads;
+            let j0 = kb * block;
+            let bk = dk_blk.len() / d;
+            let kv_span = (g * tk + j0) * d..(g * tk + j0 + bk) * d;
+            let (k_blk, v_blk) = (&k[kv_span.clone()], &v[kv_span]);
+            let mask = key_mask.map(|m| &m[b * tk..(b + 1) * tk]);
+            let mut p = vec![T::ZERO; span * bk];
+            let mut dp = vec![T::ZERO; span * bk];
+            let first = first_query(dims, j0);
+            for r in 0..group {
+                let bh = g * group + r;
+                for i0 in (first..t).step_by(span) {
+                    let bq = span.min(t - i0);
+                    let rows = (bh * t + i0)..(bh * t + i0 + bq);
+                    let qspan = rows.start * d..rows.end * d;
+                    let (q_blk, do_blk) = (&q[qspan.clone()], &dout[qspan]);
+                    let (p, dp) = (&mut p[..bq * bk], &mut dp[..bq * bk]);
+                    tile_scores(dims, q_blk, k_blk, mask, i0, j0, bq, bk, p);
+                    tile_grads(
+                        dims,
+                        p,
+                        dp,
+                        &lse[rows.clone()],
+                        &dsum[rows],
+                        do_blk,
+                        v_blk,
+                        bq,
+                        bk,
+                    );
+                    gemm(true, false, bk, d, bq, p, do_blk, dv_blk, true, false);
+                    gemm(true, false, bk, d, bq, dp, q_blk, dk_blk, true, false);
+                    if keep_ds {
+                        let at = (r * (t - first) + (i0 - first)) * bk;
+                        ds_blk[at..at + bq * bk].copy_from_slice(dp);
+                    }
+                }
             }
-        }
-    });
+        });
 
     // Pass 2: dQ per (batch, head, query block).
     let (bq_max, bk_max) = (block, span);
@@ -358,13 +424,44 @@ pub fn backward<T: Float>(
         let g = b * dims.kv_heads + h / group;
         let i0 = qb * bq_max;
         let bq = dq_blk.len() / d;
+        let end = key_end(dims, i0 + bq);
+        if keep_ds {
+            // dQ = Σ over key blocks of the kept dS rows · K, blocks in order.
+            let r = h % group;
+            for kb in 0..kblocks {
+                let j0 = kb * block;
+                if j0 >= end {
+                    break;
+                }
+                let bk = block.min(tk - j0);
+                let first = first_query(dims, j0);
+                let lo = i0.max(first);
+                if lo >= i0 + bq {
+                    continue;
+                }
+                let n = i0 + bq - lo;
+                let at = ds_offsets[g * kblocks + kb] + (r * (t - first) + (lo - first)) * bk;
+                gemm(
+                    false,
+                    false,
+                    n,
+                    d,
+                    bk,
+                    &ds_store[at..at + n * bk],
+                    &k[(g * tk + j0) * d..(g * tk + j0 + bk) * d],
+                    &mut dq_blk[(lo - i0) * d..],
+                    true,
+                    false,
+                );
+            }
+            return;
+        }
         let rows = (bh * t + i0)..(bh * t + i0 + bq);
         let span = rows.start * d..rows.end * d;
         let (q_blk, do_blk) = (&q[span.clone()], &dout[span]);
         let mask = key_mask.map(|m| &m[b * tk..(b + 1) * tk]);
         let mut p = vec![T::ZERO; bq * bk_max];
         let mut dp = vec![T::ZERO; bq * bk_max];
-        let end = key_end(dims, i0 + bq);
         for j0 in (0..end).step_by(bk_max) {
             let bk = bk_max.min(end - j0);
             let kv_span = (g * tk + j0) * d..(g * tk + j0 + bk) * d;
@@ -491,12 +588,15 @@ mod tests {
             let (o_ref, l_ref) = reference_forward(dm, &q, &k, &v, mask);
             let (dq_ref, dk_ref, dv_ref) =
                 reference_backward(dm, &q, &k, &v, mask, &o_ref, &l_ref, &dout);
-            for tiles in [
-                Tiles { block: 1, span: 1 },
-                Tiles { block: 4, span: 3 },
-                Tiles { block: 5, span: 8 },
-                Tiles::default(),
-            ] {
+            // Each tiling with pass 2 recomputing dS and with pass 1's dS kept.
+            let tilings = [(1, 1), (4, 3), (5, 8), (BLOCK, SPAN)];
+            for tiles in tilings.into_iter().flat_map(|(block, span)| {
+                [0, usize::MAX].map(|keep_ds_bytes| Tiles {
+                    block,
+                    span,
+                    keep_ds_bytes,
+                })
+            }) {
                 let what = format!("case {ci} {dm:?} mask {} tiles {tiles:?}", mask.is_some());
                 let (o, l) = forward(dm, &q, &k, &v, mask, tiles);
                 assert_close(&o, &o_ref, 1e-12, &format!("O {what}"));
@@ -510,12 +610,57 @@ mod tests {
     }
 
     #[test]
+    fn lane_row_max_is_the_sequential_fold_bit_for_bit() {
+        let special = [
+            0.0f32,
+            -0.0,
+            f32::NEG_INFINITY,
+            f32::INFINITY,
+            f32::NAN,
+            -f32::NAN,
+        ];
+        for len in [0usize, 1, 7, 8, 9, 31, 64, 257] {
+            for trial in 0..40u64 {
+                let row: Vec<f32> = (0..len as u64)
+                    .map(|i| {
+                        let u = rng::bits(trial, i);
+                        if u.is_multiple_of(5) {
+                            special[(u >> 8) as usize % special.len()]
+                        } else {
+                            rng::normal_f64(trial, i) as f32
+                        }
+                    })
+                    .collect();
+                for init in [f32::NEG_INFINITY, -0.0, 0.0, 1.5, f32::NAN] {
+                    let want = row.iter().fold(init, |a, &x| max_nan(a, x));
+                    assert_eq!(
+                        row_max(init, &row).to_bits(),
+                        want.to_bits(),
+                        "{row:?} {init}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn rows_without_visible_keys_output_zero_and_pass_no_gradient() {
         // Batch 0's first three keys are padding: causal rows 0..3 see nothing.
         let dm = dims(1, 2, 1, 6, 6, 4, true);
         let mask = vec![0u8, 0, 0, 1, 1, 1];
         let (q, k, v) = (randv(48, 1), randv(24, 2), randv(24, 3));
-        let (o, l) = forward(&dm, &q, &k, &v, Some(&mask), Tiles { block: 2, span: 3 });
+        let (o, l) = forward(
+            &dm,
+            &q,
+            &k,
+            &v,
+            Some(&mask),
+            Tiles {
+                block: 2,
+                span: 3,
+                keep_ds_bytes: 0,
+            },
+        );
         for h in 0..2 {
             for i in 0..3 {
                 assert_eq!(l[h * 6 + i], f64::NEG_INFINITY);
@@ -526,19 +671,16 @@ mod tests {
             assert!(l[h * 6 + 3].is_finite());
         }
         let dout = randv(48, 4);
-        let (dq, _, _) = backward(
-            &dm,
-            &q,
-            &k,
-            &v,
-            Some(&mask),
-            &o,
-            &l,
-            &dout,
-            Tiles { block: 2, span: 3 },
-        );
-        assert!(dq[..12].iter().all(|&x| x == 0.0));
-        assert!(dq[12..24].iter().any(|&x| x != 0.0));
+        for keep_ds_bytes in [0, usize::MAX] {
+            let tiles = Tiles {
+                block: 2,
+                span: 3,
+                keep_ds_bytes,
+            };
+            let (dq, _, _) = backward(&dm, &q, &k, &v, Some(&mask), &o, &l, &dout, tiles);
+            assert!(dq[..12].iter().all(|&x| x == 0.0));
+            assert!(dq[12..24].iter().any(|&x| x != 0.0));
+        }
     }
 
     #[test]
@@ -547,7 +689,14 @@ mod tests {
         let (mut q, k, v) = (randv(64, 5), randv(32, 6), randv(32, 7));
         // A NaN in query row 3 of head 1: that row's output is NaN, other rows stay finite.
         q[(8 + 3) * 4 + 1] = f64::NAN;
-        for tiles in [Tiles { block: 3, span: 2 }, Tiles::default()] {
+        for tiles in [
+            Tiles {
+                block: 3,
+                span: 2,
+                keep_ds_bytes: 0,
+            },
+            Tiles::default(),
+        ] {
             let (o, l) = forward(&dm, &q, &k, &v, None, tiles);
             let (o_ref, l_ref) = reference_forward(&dm, &q, &k, &v, None);
             for (what, o, l) in [("tiled", &o, &l), ("reference", &o_ref, &l_ref)] {
@@ -582,7 +731,7 @@ mod tests {
             f(2 * 4 * 70 * 16, 4),
         );
         let mask: Vec<u8> = (0..180).map(|i| u8::from(i % 7 != 3)).collect();
-        let run = |threads: usize| {
+        let run = |threads: usize, keep_ds_bytes: usize| {
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
                 .build()
@@ -591,31 +740,34 @@ mod tests {
                 let tiles = Tiles {
                     block: 16,
                     span: 32,
+                    keep_ds_bytes,
                 };
                 let (o, l) = forward(&dm, &q, &k, &v, Some(&mask), tiles);
                 let g = backward(&dm, &q, &k, &v, Some(&mask), &o, &l, &dout, tiles);
                 (o, l, g)
             })
         };
-        let one = run(1);
-        for threads in [2, 3] {
-            let other = run(threads);
-            assert!(one
-                .0
-                .iter()
-                .zip(&other.0)
-                .all(|(a, b)| a.to_bits() == b.to_bits()));
-            assert!(one
-                .1
-                .iter()
-                .zip(&other.1)
-                .all(|(a, b)| a.to_bits() == b.to_bits()));
-            for (x, y) in [
-                (&one.2 .0, &other.2 .0),
-                (&one.2 .1, &other.2 .1),
-                (&one.2 .2, &other.2 .2),
-            ] {
-                assert!(x.iter().zip(y).all(|(a, b)| a.to_bits() == b.to_bits()));
+        for keep in [0, usize::MAX] {
+            let one = run(1, keep);
+            for threads in [2, 3] {
+                let other = run(threads, keep);
+                assert!(one
+                    .0
+                    .iter()
+                    .zip(&other.0)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()));
+                assert!(one
+                    .1
+                    .iter()
+                    .zip(&other.1)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()));
+                for (x, y) in [
+                    (&one.2 .0, &other.2 .0),
+                    (&one.2 .1, &other.2 .1),
+                    (&one.2 .2, &other.2 .2),
+                ] {
+                    assert!(x.iter().zip(y).all(|(a, b)| a.to_bits() == b.to_bits()));
+                }
             }
         }
     }

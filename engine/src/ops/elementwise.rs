@@ -45,6 +45,29 @@ pub fn add_tensors(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     })
 }
 
+/// `acc + g`, written into `acc`'s buffer when `acc` is its only handle (a gradient being
+/// summed), else into a new one. The same bits as [`add_tensors`] either way.
+pub fn accumulate_tensors(mut acc: Tensor, g: &Tensor) -> Result<Tensor> {
+    if acc.shape() != g.shape() {
+        return Err(Error::shapes("add", acc.shape(), g.shape()));
+    }
+    let dt = same_dtype("add", &[&acc, g])?;
+    with_float!(dt, "add", |T| {
+        let gs = g.as_slice::<T>()?;
+        if let Some(a) = acc.unique_slice_mut::<T>() {
+            if a.len() >= PAR_MIN {
+                a.par_iter_mut()
+                    .zip(gs.par_iter())
+                    .for_each(|(x, &y)| *x += y);
+            } else {
+                a.iter_mut().zip(gs).for_each(|(x, &y)| *x += y);
+            }
+            return Ok(acc);
+        }
+        add_tensors(&acc, g)
+    })
+}
+
 /// `a * b` element-wise.
 pub fn mul_tensors(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     if a.shape() != b.shape() {
@@ -168,4 +191,52 @@ pub fn sum_all(a: &Var) -> Result<Var> {
     Ok(record("sum_all", value, &[a], move |g, _, _| {
         Ok(vec![Some(Tensor::full(g.to_scalar()?, shape.clone(), dt))])
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng;
+
+    fn randt(n: usize, seed: u64) -> Tensor {
+        let v: Vec<f32> = (0..n as u64)
+            .map(|i| rng::normal_f64(seed, i) as f32)
+            .collect();
+        Tensor::from_vec(v, [n]).unwrap()
+    }
+
+    #[test]
+    fn accumulate_adds_in_place_only_into_an_unshared_buffer() {
+        // Below and above the parallel threshold.
+        for n in [5, PAR_MIN + 3] {
+            let (a, g) = (randt(n, 1), randt(n, 2));
+            let want = add_tensors(&a, &g).unwrap().to_vec::<f32>().unwrap();
+            let bits = |t: &Tensor| -> Vec<u32> {
+                t.as_slice::<f32>()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.to_bits())
+                    .collect()
+            };
+            // A sole handle: the sum lands in its own buffer, with add's bits.
+            let sole = Tensor::from_vec(a.to_vec::<f32>().unwrap(), [n]).unwrap();
+            let ptr = sole.as_slice::<f32>().unwrap().as_ptr();
+            let sum = accumulate_tensors(sole, &g).unwrap();
+            assert_eq!(sum.as_slice::<f32>().unwrap().as_ptr(), ptr);
+            assert_eq!(
+                bits(&sum),
+                want.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+            );
+            // A shared buffer (a clone, or a reshape, is alive): a new buffer, the old unchanged.
+            let before = bits(&a);
+            let view = a.reshape([1, n]).unwrap();
+            let sum = accumulate_tensors(a, &g).unwrap();
+            assert!(!sum.same_storage(&view));
+            assert_eq!(bits(&view), before);
+            assert_eq!(
+                bits(&sum),
+                want.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+            );
+        }
+    }
 }

@@ -28,6 +28,68 @@ pub fn gemm<T: Float>(
     accumulate: bool,
     parallel: bool,
 ) {
+    check_lengths(m, n, k, a, b, c.len());
+    // SAFETY: C spans the m*n elements `gemm_raw` may write (checked above).
+    unsafe {
+        gemm_raw(
+            trans_a,
+            trans_b,
+            m,
+            n,
+            k,
+            a,
+            b,
+            c.as_mut_ptr(),
+            accumulate,
+            parallel,
+        )
+    }
+}
+
+/// `op(A) · op(B)` as a new `m x n` row-major buffer ([`gemm`] without accumulation). The
+/// buffer is not zero-filled first: the kernel writes every element of C without reading it
+/// when not accumulating (the `gemm` crate reads C only when told to), which saves a pass of
+/// stores over every product's output.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_new<T: Float>(
+    trans_a: bool,
+    trans_b: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[T],
+    b: &[T],
+    parallel: bool,
+) -> Vec<T> {
+    let len = m * n;
+    check_lengths(m, n, k, a, b, len);
+    if k == 0 {
+        return vec![T::ZERO; len];
+    }
+    let mut c = Vec::with_capacity(len);
+    // SAFETY: the capacity holds the m*n elements `gemm_raw` writes; with k > 0 and no
+    // accumulation it writes each of them exactly as a zero-filled C would end up (the
+    // crate's kernels store `beta·Σ` without reading C when `read_dst` is false), so every
+    // element is initialized before `set_len` exposes it.
+    unsafe {
+        gemm_raw(
+            trans_a,
+            trans_b,
+            m,
+            n,
+            k,
+            a,
+            b,
+            c.as_mut_ptr(),
+            false,
+            parallel,
+        );
+        c.set_len(len);
+    }
+    c
+}
+
+fn check_lengths<T>(m: usize, n: usize, k: usize, a: &[T], b: &[T], c_len: usize) {
     assert_eq!(
         a.len(),
         m * k,
@@ -41,17 +103,39 @@ pub fn gemm<T: Float>(
         b.len()
     );
     assert_eq!(
-        c.len(),
+        c_len,
         m * n,
-        "gemm: C has {} elements, expected {m}x{n}",
-        c.len()
+        "gemm: C has {c_len} elements, expected {m}x{n}"
     );
+}
+
+/// [`gemm`] on a raw C.
+///
+/// # Safety
+/// `c` must be valid for reads and writes of `m * n` elements (reads only when
+/// `accumulate`), and `a`, `b` must hold `m * k` and `k * n` elements.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_raw<T: Float>(
+    trans_a: bool,
+    trans_b: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[T],
+    b: &[T],
+    c: *mut T,
+    accumulate: bool,
+    parallel: bool,
+) {
     if m == 0 || n == 0 {
         return;
     }
     if k == 0 {
         if !accumulate {
-            c.iter_mut().for_each(|x| *x = T::ZERO);
+            for i in 0..m * n {
+                // SAFETY: i < m*n, inside C (the caller's contract).
+                unsafe { c.add(i).write(T::ZERO) };
+            }
         }
         return;
     }
@@ -70,15 +154,15 @@ pub fn gemm<T: Float>(
     } else {
         gemm::Parallelism::None
     };
-    // SAFETY: the asserts above guarantee every index the strides reach is inside the slices:
-    // A spans m*k, B spans k*n and C spans m*n elements with the row/column strides chosen
-    // for their row-major storage. T is f32 or f64, which `gemm` supports.
+    // SAFETY: the caller guarantees A spans m*k, B spans k*n and C spans m*n elements, and
+    // the row/column strides chosen for their row-major storage stay inside them. T is f32
+    // or f64, which `gemm` supports.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            c.as_mut_ptr(),
+            c,
             1,
             n as isize,
             accumulate,
@@ -138,11 +222,13 @@ pub fn matmul_tensors(a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool) -> R
     out_dims.extend([m, n]);
     with_float!(dt, "matmul", |T| {
         let (x, y) = (a.as_slice::<T>()?, b.as_slice::<T>()?);
-        let mut out = vec![T::ZERO; batch * m * n];
-        if shared_b {
+        let out = if shared_b {
             // All batches' rows form one tall matrix: a single large GEMM.
-            gemm(false, trans_b, batch * m, n, k, x, y, &mut out, false, true);
+            gemm_new(false, trans_b, batch * m, n, k, x, y, true)
+        } else if batch == 1 {
+            gemm_new(trans_a, trans_b, m, n, k, x, y, true)
         } else {
+            let mut out = vec![T::ZERO; batch * m * n];
             for i in 0..batch {
                 gemm(
                     trans_a,
@@ -157,7 +243,8 @@ pub fn matmul_tensors(a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool) -> R
                     true,
                 );
             }
-        }
+            out
+        };
         Ok(Tensor::from_storage(T::wrap(out), Shape::new(out_dims)))
     })
 }
@@ -289,4 +376,46 @@ fn linear_impl(x: &Var, w: &Var, unread: bool) -> Result<Var> {
     let mut od = xd[..xd.len() - 1].to_vec();
     od.push(wd[0]);
     super::reshape(&y2, od)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng;
+
+    /// `gemm_new` writes every element: its buffer is allocated right after a NaN-filled one
+    /// of the same size is freed (so it most likely reuses that memory), and it must equal,
+    /// bit for bit, the product written into a zero-filled buffer, on the crate's small-matrix,
+    /// vector-times-vector (k <= 2), matrix-vector and blocked paths, every transpose.
+    #[test]
+    fn gemm_new_writes_every_element_as_gemm_does() {
+        let shapes = [
+            (1, 1, 1),
+            (3, 5, 2),
+            (16, 16, 7),
+            (37, 1, 40),
+            (1, 29, 33),
+            (70, 45, 3),
+            (130, 96, 64),
+            (257, 200, 96),
+        ];
+        for (i, &(m, n, k)) in shapes.iter().enumerate() {
+            let a: Vec<f32> = (0..m * k)
+                .map(|j| rng::normal_f64(i as u64, j as u64) as f32)
+                .collect();
+            let b: Vec<f32> = (0..k * n)
+                .map(|j| rng::normal_f64(100 + i as u64, j as u64) as f32)
+                .collect();
+            for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+                let mut want = vec![0.0f32; m * n];
+                gemm(ta, tb, m, n, k, &a, &b, &mut want, false, true);
+                drop(std::hint::black_box(vec![f32::NAN; m * n]));
+                let got = gemm_new(ta, tb, m, n, k, &a, &b, true);
+                assert_eq!(got.len(), m * n);
+                for (j, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert_eq!(g.to_bits(), w.to_bits(), "{m}x{n}x{k} {ta} {tb} [{j}]");
+                }
+            }
+        }
+    }
 }

@@ -11,6 +11,9 @@ use crate::autograd::record;
 use crate::element::Float;
 use crate::{Element, Error, Result, Tensor, Var};
 use rayon::prelude::*;
+use std::any::{Any, TypeId};
+use std::cell::RefCell;
+use std::rc::Rc;
 
 /// cos/sin of θ for every (batch, position) row: `[rows, d/2]` each.
 pub struct RopeTable<T> {
@@ -40,6 +43,33 @@ impl<T: Float> RopeTable<T> {
         }
         RopeTable { cos, sin, half }
     }
+}
+
+/// A table built for (positions, head dim, base bits, float type).
+type KeyedTable = (Vec<u32>, usize, u64, TypeId, Rc<dyn Any>);
+
+thread_local! {
+    /// The last table built on this thread, keyed by (positions, head dim, base bits, float
+    /// type): a decoder layer rotates q and k with the same table, and every layer (and its
+    /// recompute) of a step uses the same positions.
+    static LAST_TABLE: RefCell<Option<KeyedTable>> = const { RefCell::new(None) };
+}
+
+/// [`RopeTable::new`], reusing the previous call's table when the arguments are the same.
+fn table<T: Float>(positions: &[u32], d: usize, base: f64) -> Rc<RopeTable<T>> {
+    let key = (d, base.to_bits(), TypeId::of::<T>());
+    LAST_TABLE.with(|cell| {
+        if let Some((p, kd, kb, kt, tab)) = &*cell.borrow() {
+            if (*kd, *kb, *kt) == key && p == positions {
+                if let Ok(tab) = tab.clone().downcast::<RopeTable<T>>() {
+                    return tab;
+                }
+            }
+        }
+        let tab = Rc::new(RopeTable::<T>::new(positions, d, base));
+        *cell.borrow_mut() = Some((positions.to_vec(), key.0, key.1, key.2, tab.clone()));
+        tab
+    })
 }
 
 /// Rotates `x [b, heads, t, d]` in place of a copy; `sign` = −1 rotates backwards.
@@ -90,7 +120,7 @@ pub fn rope(x: &Var, positions: &Tensor, base: f64) -> Result<Var> {
     }
     let pos = positions.as_slice::<u32>()?.to_vec();
     with_float!(xv.dtype(), "rope", |T| {
-        let tab = RopeTable::<T>::new(&pos, dims[3], base);
+        let tab = table::<T>(&pos, dims[3], base);
         let y = rotate(xv.as_slice::<T>()?, dims, &tab, T::ONE);
         let shape = xv.shape().clone();
         let out = Tensor::from_storage(T::wrap(y), shape.clone());
