@@ -33,6 +33,40 @@ KC_FN void store_c(bf16* c, float v) { *c = kc::to_bf16(v); }
 KC_FN float load_c(const float* c) { return *c; }
 KC_FN float load_c(const bf16* c) { return kc::to_f32(*c); }
 
+// acc[j] = this thread's share of Σ_k a[k]·b_j[k] for j < ng (0 for the others): with vec, the
+// 8-column groups starting at 8·first, 8·(first + step), ... (16-byte loads); else the single
+// columns first, first + step, ...
+KC_FN void row_dots(float acc[SKINNY_GROUP], const bf16* arow, const bf16* bg, int ng, int k, int first, int step,
+                    int vec) {
+  KC_UNROLL
+  for (int j = 0; j < SKINNY_GROUP; ++j) acc[j] = 0.0f;
+  if (vec) {
+    for (int k0 = first * 8; k0 < k; k0 += step * 8) {
+      float av[8];
+      kc::unpack_bf16x8(kc::load_u32x4(arow + k0), av);
+      KC_UNROLL
+      for (int j = 0; j < SKINNY_GROUP; ++j) {
+        if (j < ng) {
+          float bv[8];
+          kc::unpack_bf16x8(kc::load_u32x4(bg + static_cast<long long>(j) * k + k0), bv);
+          float s = acc[j];
+          KC_UNROLL
+          for (int e = 0; e < 8; ++e) s += av[e] * bv[e];
+          acc[j] = s;
+        }
+      }
+    }
+  } else {
+    for (int kk = first; kk < k; kk += step) {
+      const float av = kc::to_f32(arow[kk]);
+      KC_UNROLL
+      for (int j = 0; j < SKINNY_GROUP; ++j) {
+        if (j < ng) acc[j] += av * kc::to_f32(bg[static_cast<long long>(j) * k + kk]);
+      }
+    }
+  }
+}
+
 template <typename TC>
 KC_FN void skinny_nt(TC* c, const bf16* a, const bf16* b, int m, int n, int k, float alpha,
                      float beta, int vec) {
@@ -47,33 +81,7 @@ KC_FN void skinny_nt(TC* c, const bf16* a, const bf16* b, int m, int n, int k, f
     const int ng = min(SKINNY_GROUP, n - g);
     const bf16* bg = b + static_cast<long long>(g) * k;
     float acc[SKINNY_GROUP];
-    KC_UNROLL
-    for (int j = 0; j < SKINNY_GROUP; ++j) acc[j] = 0.0f;
-    if (vec) {
-      for (int k0 = lane * 8; k0 < k; k0 += 256) {
-        float av[8];
-        kc::unpack_bf16x8(kc::load_u32x4(arow + k0), av);
-        KC_UNROLL
-        for (int j = 0; j < SKINNY_GROUP; ++j) {
-          if (j < ng) {
-            float bv[8];
-            kc::unpack_bf16x8(kc::load_u32x4(bg + static_cast<long long>(j) * k + k0), bv);
-            float s = acc[j];
-            KC_UNROLL
-            for (int e = 0; e < 8; ++e) s += av[e] * bv[e];
-            acc[j] = s;
-          }
-        }
-      }
-    } else {
-      for (int kk = lane; kk < k; kk += 32) {
-        const float av = kc::to_f32(arow[kk]);
-        KC_UNROLL
-        for (int j = 0; j < SKINNY_GROUP; ++j) {
-          if (j < ng) acc[j] += av * kc::to_f32(bg[static_cast<long long>(j) * k + kk]);
-        }
-      }
-    }
+    row_dots(acc, arow, bg, ng, k, lane, 32, vec);
     KC_UNROLL
     for (int j = 0; j < SKINNY_GROUP; ++j) {
       if (j < ng) {
@@ -105,33 +113,7 @@ KC_FN void skinny_nt_rows(TC* c, const bf16* a, const bf16* b, int m, int n, int
     const int ng = min(SKINNY_GROUP, n - g);
     const bf16* bg = b + static_cast<long long>(g) * k;
     float acc[SKINNY_GROUP];
-    KC_UNROLL
-    for (int j = 0; j < SKINNY_GROUP; ++j) acc[j] = 0.0f;
-    if (vec) {
-      for (int k0 = static_cast<int>(threadIdx.x) * 8; k0 < k; k0 += SKINNY_ROW_THREADS * 8) {
-        float av[8];
-        kc::unpack_bf16x8(kc::load_u32x4(arow + k0), av);
-        KC_UNROLL
-        for (int j = 0; j < SKINNY_GROUP; ++j) {
-          if (j < ng) {
-            float bv[8];
-            kc::unpack_bf16x8(kc::load_u32x4(bg + static_cast<long long>(j) * k + k0), bv);
-            float s = acc[j];
-            KC_UNROLL
-            for (int e = 0; e < 8; ++e) s += av[e] * bv[e];
-            acc[j] = s;
-          }
-        }
-      }
-    } else {
-      for (int kk = static_cast<int>(threadIdx.x); kk < k; kk += SKINNY_ROW_THREADS) {
-        const float av = kc::to_f32(arow[kk]);
-        KC_UNROLL
-        for (int j = 0; j < SKINNY_GROUP; ++j) {
-          if (j < ng) acc[j] += av * kc::to_f32(bg[static_cast<long long>(j) * k + kk]);
-        }
-      }
-    }
+    row_dots(acc, arow, bg, ng, k, static_cast<int>(threadIdx.x), SKINNY_ROW_THREADS, vec);
     KC_UNROLL
     for (int j = 0; j < SKINNY_GROUP; ++j) {
       const float s = kc::warp_sum(acc[j]);

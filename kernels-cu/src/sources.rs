@@ -171,10 +171,10 @@ kernels! {
     DROPOUT_FWD_BF16 = DROPOUT::dropout_fwd_bf16, hot = true;
     DROPOUT_BWD_ADD_F32 = DROPOUT::dropout_bwd_add_f32, hot = true;
     DROPOUT_BWD_ADD_BF16 = DROPOUT::dropout_bwd_add_bf16, hot = true;
-    SKINNY_NT_F32 = SKINNY::skinny_nt_f32, hot = true;
-    SKINNY_NT_BF16 = SKINNY::skinny_nt_bf16, hot = true;
     SKINNY_NT_ROWS_F32 = SKINNY::skinny_nt_rows_f32, hot = true;
     SKINNY_NT_ROWS_BF16 = SKINNY::skinny_nt_rows_bf16, hot = true;
+    SKINNY_NT_F32 = SKINNY::skinny_nt_f32, hot = true;
+    SKINNY_NT_BF16 = SKINNY::skinny_nt_bf16, hot = true;
     DECODE_GEMV_NF4_BF16 = DECODE::decode_gemv_nf4_bf16, hot = true;
     DECODE_GEMV_NF4_F32 = DECODE::decode_gemv_nf4_f32, hot = true;
     DECODE_GEMV_NF4_GELU_BF16 = DECODE::decode_gemv_nf4_gelu_bf16, hot = true;
