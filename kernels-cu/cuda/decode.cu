@@ -421,17 +421,17 @@ template <int PER>
 __device__ __forceinline__ void dec_load_row_part(const bf16* p, float out[PER]) {
   static_assert(PER == 2 || PER == 4, "head_dim 64 or 128");
   u32 w[PER / 2];
-  if (PER == 4) {
+  if constexpr (PER == 4) {
     const kc::u32x2 v = kc::load_u32x2(p);
     w[0] = v.x;
-    w[PER / 2 - 1] = v.y;
+    w[1] = v.y;
   } else {
     w[0] = *reinterpret_cast<const u32*>(p);
   }
   KC_UNROLL
   for (int i = 0; i < PER / 2; ++i) {
-    out[2 * i] = kc::f32_from_bits(w[i] << 16);
-    out[2 * i + 1] = kc::f32_from_bits(w[i] & 0xffff0000u);
+    out[2 * i] = kc::bf16x2_lo(w[i]);
+    out[2 * i + 1] = kc::bf16x2_hi(w[i]);
   }
 }
 

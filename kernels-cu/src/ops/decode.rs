@@ -338,21 +338,12 @@ pub fn gemv_bf16(
     beta: f32,
 ) -> Result<()> {
     // The M ≤ 8 entry points keep 8 accumulators per lane; the others 32.
-    let kernel = if m <= 8 {
-        out_kernel(
-            "decode gemv bf16: Y",
-            y,
-            DECODE_GEMV_BF16_M8_BF16,
-            DECODE_GEMV_BF16_M8_F32,
-        )?
+    let (to_bf16, to_f32) = if m <= 8 {
+        (DECODE_GEMV_BF16_M8_BF16, DECODE_GEMV_BF16_M8_F32)
     } else {
-        out_kernel(
-            "decode gemv bf16: Y",
-            y,
-            DECODE_GEMV_BF16_BF16,
-            DECODE_GEMV_BF16_F32,
-        )?
+        (DECODE_GEMV_BF16_BF16, DECODE_GEMV_BF16_F32)
     };
+    let kernel = out_kernel("decode gemv bf16: Y", y, to_bf16, to_f32)?;
     check("decode gemv bf16: X", x, DType::BF16, m * k)?;
     check("decode gemv bf16: W", w, DType::BF16, n * k)?;
     check("decode gemv bf16: Y", y, y.dtype(), m * n)?;

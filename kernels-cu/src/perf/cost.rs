@@ -80,9 +80,6 @@ pub const GEMV_NF4_SMEM_WAVEFRONTS_PER_PATCH: f64 = 4.0;
 /// Shared-memory wavefronts of one 4-bit GEMV block's code-pair table: 32 KiB of stores.
 pub const GEMV_NF4_TABLE_WAVEFRONTS: f64 = 32768.0 / 128.0;
 
-/// Warps of a 4-bit GEMV block (`DECODE_GEMV_WARPS`).
-const GEMV_NF4_WARPS: f64 = 8.0;
-
 /// Warp instructions per `HMMA.16816` of one 4-bit GEMV launch with `col_tiles` column tiles of
 /// 8 X rows (1 for the `_m8_` entry points, 4 for the others): its k-loop over `groups` row
 /// groups of 16 and `tiles` super-tiles, plus [`GEMV_NF4_BLOCK_SETUP`] per warp of each of its
@@ -91,7 +88,7 @@ pub fn gemv_nf4_instructions_per_mma(col_tiles: f64, groups: f64, tiles: f64, sp
     let supertiles = groups * tiles;
     let hmmas = supertiles * 4.0 * col_tiles;
     let loop_instructions = supertiles * (GEMV_NF4_LOOP_BASE + GEMV_NF4_LOOP_PER_TILE * col_tiles);
-    let setup = groups * splits * GEMV_NF4_WARPS * GEMV_NF4_BLOCK_SETUP;
+    let setup = groups * splits * crate::ops::decode::GEMV_WARPS as f64 * GEMV_NF4_BLOCK_SETUP;
     (loop_instructions + setup) / hmmas.max(1.0)
 }
 
