@@ -91,6 +91,25 @@ fn bench_layernorm(c: &mut Criterion) {
             )
         })
     });
+    // The LoRA case: x needs a gradient, the affine parameters are frozen (no dγ, dβ).
+    let (rows, d) = (512, 512);
+    let x = randn([rows, d], DType::F32, 9, 1.0);
+    let w = randn([d], DType::F32, 10, 1.0);
+    let bias = randn([d], DType::F32, 11, 1.0);
+    g.throughput(Throughput::Bytes((4 * rows * d * 4) as u64));
+    g.bench_function(format!("fwd+bwd frozen affine {rows}x{d}"), |bch| {
+        bch.iter(|| {
+            let xv = Var::parameter(x.clone());
+            let y = ops::layer_norm(
+                &xv,
+                &Var::constant(w.clone()),
+                &Var::constant(bias.clone()),
+                1e-5,
+            )
+            .unwrap();
+            black_box(ops::sum_all(&y).unwrap().backward().unwrap())
+        })
+    });
     g.finish();
 }
 

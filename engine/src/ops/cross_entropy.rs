@@ -52,9 +52,34 @@ fn check_count(count: f64) -> Result<()> {
 /// Elements of a row exponentiated per pass (a stack buffer that stays in L1).
 const EXP_SPAN: usize = 512;
 
+/// `z.iter().fold(−∞, |a, &b| a.max(b))` (NaN elements ignored, as `max` does), with the
+/// comparisons in eight independent lanes: the fold is one dependency chain through the whole
+/// vocabulary. A maximum rounds nothing, so only a tie between +0 and −0 could depend on the
+/// order; a zero result is recomputed by the fold, so the value is the fold's bit for bit.
+fn row_max_ignoring_nan<T: Float>(z: &[T]) -> T {
+    let mut lanes = [T::NEG_INFINITY; 8];
+    let mut chunks = z.chunks_exact(8);
+    for c in &mut chunks {
+        for (l, &x) in lanes.iter_mut().zip(c) {
+            // False for a NaN x, which leaves the lane as it was (what `max` does).
+            *l = if x > *l { x } else { *l };
+        }
+    }
+    let m = chunks
+        .remainder()
+        .iter()
+        .chain(&lanes)
+        .fold(T::NEG_INFINITY, |a, &b| if b > a { b } else { a });
+    if m == T::ZERO {
+        z.iter().fold(T::NEG_INFINITY, |a, &b| a.max(b))
+    } else {
+        m
+    }
+}
+
 /// logsumexp of one row, with the max subtracted first.
 fn lse_row<T: Float>(z: &[T]) -> T {
-    let m = z.iter().fold(T::NEG_INFINITY, |a, &b| a.max(b));
+    let m = row_max_ignoring_nan(z);
     let mut buf = [T::ZERO; EXP_SPAN];
     let mut s = T::ZERO;
     for span in z.chunks(EXP_SPAN) {
@@ -271,5 +296,46 @@ fn gather_rows<T: Float>(h: &[T], d: usize, chunk: &[(usize, usize)], out: &mut 
     out.clear();
     for &(r, _) in chunk {
         out.extend_from_slice(&h[r * d..(r + 1) * d]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lane_max_is_the_sequential_max_fold_bit_for_bit() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let specials = [f32::NAN, 0.0, -0.0, f32::NEG_INFINITY, f32::INFINITY, -3.5];
+        for len in [0usize, 1, 5, 8, 9, 31, 64, 100, 8192] {
+            for case in 0..40 {
+                let mut z: Vec<f32> = (0..len)
+                    .map(|_| ((next() >> 40) as f32 / (1u64 << 24) as f32 - 0.7) * 20.0)
+                    .collect();
+                // Sprinkle NaN, signed zeros and infinities; some rows are all non-positive
+                // so that a zero is the maximum.
+                if case % 2 == 1 {
+                    z.iter_mut().for_each(|x| *x = -x.abs());
+                }
+                for _ in 0..(case % 5) {
+                    if len > 0 {
+                        let at = next() as usize % len;
+                        z[at] = specials[next() as usize % specials.len()];
+                    }
+                }
+                if case == 39 {
+                    z.iter_mut().for_each(|x| *x = f32::NAN);
+                }
+                let want = z.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+                let got = row_max_ignoring_nan(&z);
+                assert_eq!(got.to_bits(), want.to_bits(), "len {len} case {case}: {z:?}");
+            }
+        }
     }
 }
