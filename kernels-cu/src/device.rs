@@ -184,6 +184,15 @@ pub trait Backend: Send + Sync {
     /// # Safety
     /// The range lies inside one live allocation.
     unsafe fn memset_zero(&self, dst: u64, bytes: usize) -> Result<()>;
+    /// Sets every byte of the range to `value` (stream ordered where the backend has a stream).
+    /// The default uploads a host buffer; backends with a device memset override it.
+    ///
+    /// # Safety
+    /// The range lies inside one live allocation.
+    unsafe fn memset_byte(&self, dst: u64, value: u8, bytes: usize) -> Result<()> {
+        // SAFETY: forwarded contract.
+        unsafe { self.htod(dst, &vec![value; bytes]) }
+    }
     /// # Safety
     /// The arguments satisfy the kernel's contract (buffer sizes cover every access the grid makes).
     unsafe fn launch(
@@ -220,6 +229,8 @@ pub(crate) struct Inner {
     backend: Box<dyn Backend>,
     /// While a capture runs: the blocks freed meanwhile (kept for the graph) and the launches.
     capture: std::sync::Mutex<Option<CaptureState>>,
+    /// Fill each new allocation with 0xff bytes ([`Device::set_poison_allocations`]).
+    poison_allocations: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -454,6 +465,7 @@ impl Device {
                 id: NEXT_DEVICE_ID.fetch_add(1, Ordering::Relaxed),
                 backend,
                 capture: std::sync::Mutex::new(None),
+                poison_allocations: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -525,13 +537,25 @@ impl Device {
         self.inner.backend.synchronize()
     }
 
-    /// An uninitialised buffer (the emulator fills it with 0xff bytes: NaN for floats).
+    /// An uninitialised buffer (the emulator fills it with 0xff bytes: NaN for floats; so does
+    /// a CUDA device after [`Device::set_poison_allocations`]).
     pub fn alloc(&self, dtype: DType, len: usize) -> Result<Buffer> {
         let bytes = len.checked_mul(dtype.size()).ok_or(Error::OutOfMemory {
             bytes: usize::MAX,
             msg: format!("{len} elements of {dtype:?} overflow the address space"),
         })?;
         let (addr, reserved) = self.inner.backend.alloc(bytes)?;
+        // Not while capturing: a memset would become part of the graph; the replay's kernels
+        // write what the capture allocates.
+        if self.inner.poison_allocations.load(Ordering::Relaxed) && !self.inner.capturing() {
+            // SAFETY: the range is exactly the new allocation. On failure the block goes back
+            // to the pool below.
+            if let Err(e) = unsafe { self.inner.backend.memset_byte(addr, 0xff, bytes) } {
+                // SAFETY: just allocated, never handed out.
+                unsafe { self.inner.backend.free(addr, reserved) };
+                return Err(e);
+            }
+        }
         Ok(Buffer {
             addr,
             len,
@@ -543,6 +567,15 @@ impl Device {
                 device: self.inner.clone(),
             }),
         })
+    }
+
+    /// From now on, fills every new allocation of this device with 0xff bytes (NaN for f32 and
+    /// bf16), as the emulator always does, so that an element a kernel fails to write reads
+    /// back as NaN instead of whatever the caching allocator's block held before (possibly the
+    /// right answer from an earlier run). For tests and debugging: it costs a memset per
+    /// allocation. [`crate::testing::devices`] turns it on for the CUDA device.
+    pub fn set_poison_allocations(&self, on: bool) {
+        self.inner.poison_allocations.store(on, Ordering::Relaxed);
     }
 
     /// A zero-filled buffer.

@@ -114,20 +114,21 @@ fn nf4_split_k_fills_the_waves_of_the_issue_shapes() {
     // 296 tiles: 3 SM waves for 2.24 of work; x4: 1184 blocks in 9 waves (99.7 %).
     assert!((one.waves.efficiency - 296.0 / 396.0).abs() < 1e-12);
     assert!((four.waves.efficiency - 1184.0 / 1188.0).abs() < 1e-12);
-    assert!(
-        four.time_us < one.time_us,
-        "{} vs {}",
-        four.time_us,
-        one.time_us
-    );
-    // The launcher's choice for the step's shapes on 132 SMs.
+    // The model still predicts the split faster here (fuller waves); an H200 measured the
+    // opposite (BENCHMARKS.md, 2026-12-04: 235 µs split against 190 unsplit), which is why
+    // the launcher no longer splits a 71-step reduction. Only the wave counts are asserted.
+    assert!(four.time_us.is_finite() && one.time_us.is_finite());
+    // The launcher's choice for the step's shapes on 132 SMs: K = 4544 (71 steps) unsplit,
+    // K = 18176 (284 steps) in 4, as measured fastest on an H200.
     use kernels_cu::ops::gemm::nf4_splits;
-    assert_eq!(nf4_splits(296, 71, 132), 4);
+    assert_eq!(nf4_splits(296, 71, 132), 1);
     assert_eq!(nf4_splits(288, 284, 132), 4);
     // 1136 tiles (the 18176-wide products): 8.6 waves already, no split.
     assert_eq!(nf4_splits(1136, 71, 132), 1);
     // Too short a reduction to split, or an unknown SM count.
     assert_eq!(nf4_splits(296, 20, 132), 1);
+    assert_eq!(nf4_splits(296, 127, 132), 1);
+    assert_eq!(nf4_splits(296, 128, 132), 2);
     assert_eq!(nf4_splits(296, 71, 0), 1);
 }
 

@@ -334,7 +334,11 @@ mod tests {
                 }
                 let want = z.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
                 let got = row_max_ignoring_nan(&z);
-                assert_eq!(got.to_bits(), want.to_bits(), "len {len} case {case}: {z:?}");
+                assert_eq!(
+                    got.to_bits(),
+                    want.to_bits(),
+                    "len {len} case {case}: {z:?}"
+                );
             }
         }
     }

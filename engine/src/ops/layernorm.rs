@@ -151,6 +151,9 @@ pub fn layer_norm_backward<T: Float>(
     (dx.expect("dx"), dg.expect("dγ"), db.expect("dβ"))
 }
 
+/// `(dx, dγ, dβ)`, each present when it was asked for.
+pub type LayerNormGrads<T> = (Option<Vec<T>>, Option<Vec<T>>, Option<Vec<T>>);
+
 /// [`layer_norm_backward`] computing only the gradients asked for: `dx` when `want_dx`, `dγ`
 /// and `dβ` when `want_affine` (frozen LayerNorm parameters, the LoRA case, need neither).
 /// Each gradient it returns has the bits the full backward gives.
@@ -164,7 +167,7 @@ pub fn layer_norm_backward_parts<T: Float>(
     d: usize,
     want_dx: bool,
     want_affine: bool,
-) -> (Option<Vec<T>>, Option<Vec<T>>, Option<Vec<T>>) {
+) -> LayerNormGrads<T> {
     let rows = x.len() / d;
     let n = T::from_f64(d as f64);
     let mut dx = if want_dx {
@@ -191,9 +194,7 @@ pub fn layer_norm_backward_parts<T: Float>(
         });
         if want_dx {
             for_row_groups(xc, d, |r, g| {
-                let dys: Vec<&[T]> = (r..r + g.len())
-                    .map(|j| &dyc[j * d..(j + 1) * d])
-                    .collect();
+                let dys: Vec<&[T]> = (r..r + g.len()).map(|j| &dyc[j * d..(j + 1) * d]).collect();
                 let (ms, rs) = (&mean[r0 + r..], &rstd[r0 + r..]);
                 let (sg, sgx): (Vec<T>, Vec<T>) = if g.len() == ROW_GROUP {
                     let (a, b) = grad_row_sums::<T, ROW_GROUP>(g, &dys, gamma, ms, rs, d);
@@ -286,8 +287,10 @@ pub fn layer_norm(x: &Var, gamma: &Var, beta: &Var, eps: f64) -> Result<Var> {
                 );
                 Ok(vec![
                     dx.map(|dx| Tensor::from_storage(T::wrap(dx), xv.shape().clone())),
-                    dg.filter(|_| needs[1]).map(|dg| Tensor::from_storage(T::wrap(dg), [d])),
-                    db.filter(|_| needs[2]).map(|db| Tensor::from_storage(T::wrap(db), [d])),
+                    dg.filter(|_| needs[1])
+                        .map(|dg| Tensor::from_storage(T::wrap(dg), [d])),
+                    db.filter(|_| needs[2])
+                        .map(|db| Tensor::from_storage(T::wrap(db), [d])),
                 ])
             },
         ))

@@ -57,8 +57,11 @@ pub struct CudaBackend {
     state: Mutex<State>,
 }
 
-/// Raw driver allocations for the pool.
-struct DriverAlloc<'a>(&'a CudaContext);
+/// Raw driver allocations for the pool. Before it frees, it waits for this backend's stream
+/// only: every use of its memory is ordered on that stream, and a context-wide
+/// `cuCtxSynchronize` would break a graph capture in progress on another backend's stream
+/// (another thread, or another device handle of the same process).
+struct DriverAlloc<'a>(&'a CudaContext, &'a CudaStream);
 
 impl RawAlloc for DriverAlloc<'_> {
     fn raw_alloc(&mut self, bytes: usize) -> Result<u64> {
@@ -76,7 +79,7 @@ impl RawAlloc for DriverAlloc<'_> {
         }
     }
     fn before_release(&mut self) {
-        let _ = self.0.synchronize();
+        let _ = self.1.synchronize();
     }
     unsafe fn raw_free(&mut self, ptr: u64, _bytes: usize) {
         let _ = self.0.bind_to_thread();
@@ -107,6 +110,13 @@ impl CudaBackend {
             ordinal,
             msg: format!("{e:?}"),
         })?;
+        // No cudarc event tracking: this backend orders all its work on its one stream and
+        // uses raw device pointers, never cudarc's tracked slices. With tracking on, the first
+        // `new_stream` of each context handle calls `cuCtxSynchronize`, which invalidates a
+        // graph capture running on another handle's stream (seen on an H200: the capture test
+        // failed when other tests opened the device concurrently).
+        // SAFETY: no CudaSlice is created on this context by this backend.
+        unsafe { ctx.disable_event_tracking() };
         // A stream of our own, not the legacy default stream, which cannot be captured into
         // a graph.
         let stream = ctx.new_stream().map_err(driver("cuStreamCreate"))?;
@@ -161,7 +171,8 @@ impl Backend for CudaBackend {
 
     fn alloc(&self, bytes: usize) -> Result<(u64, usize)> {
         let mut st = self.state();
-        st.pool.alloc(&mut DriverAlloc(&self.ctx), bytes)
+        st.pool
+            .alloc(&mut DriverAlloc(&self.ctx, &self.stream), bytes)
     }
 
     unsafe fn free(&self, addr: u64, reserved: usize) {
@@ -208,6 +219,15 @@ impl Backend for CudaBackend {
             .map_err(driver("cuCtxSetCurrent"))?;
         // SAFETY: the range is live (caller's contract); stream ordered.
         unsafe { result::memset_d8_async(dst, 0, bytes, self.stream.cu_stream()) }
+            .map_err(driver("cuMemsetD8Async"))
+    }
+
+    unsafe fn memset_byte(&self, dst: u64, value: u8, bytes: usize) -> Result<()> {
+        self.ctx
+            .bind_to_thread()
+            .map_err(driver("cuCtxSetCurrent"))?;
+        // SAFETY: the range is live (caller's contract); stream ordered.
+        unsafe { result::memset_d8_async(dst, value, bytes, self.stream.cu_stream()) }
             .map_err(driver("cuMemsetD8Async"))
     }
 
@@ -336,7 +356,8 @@ impl Backend for CudaBackend {
 
     fn release_cached(&self) {
         let mut st = self.state();
-        st.pool.release_cached(&mut DriverAlloc(&self.ctx));
+        st.pool
+            .release_cached(&mut DriverAlloc(&self.ctx, &self.stream));
     }
 
     fn begin_capture(&self) -> Result<()> {
@@ -372,6 +393,7 @@ impl Drop for CudaBackend {
     fn drop(&mut self) {
         let _ = self.stream.synchronize();
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        st.pool.release_cached(&mut DriverAlloc(&self.ctx));
+        st.pool
+            .release_cached(&mut DriverAlloc(&self.ctx, &self.stream));
     }
 }

@@ -81,6 +81,10 @@ impl Backend for PooledBackend {
         // SAFETY: forwarded contract.
         unsafe { self.inner.memset_zero(dst, bytes) }
     }
+    unsafe fn memset_byte(&self, dst: u64, value: u8, bytes: usize) -> crate::Result<()> {
+        // SAFETY: forwarded contract.
+        unsafe { self.inner.memset_byte(dst, value, bytes) }
+    }
 
     unsafe fn launch(
         &self,

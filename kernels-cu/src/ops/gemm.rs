@@ -380,8 +380,12 @@ pub fn nf4_uses_wgmma(dev: &Device) -> bool {
 /// Most reduction splits of the NF4 GEMM.
 pub const NF4_MAX_SPLITS: usize = defines::gemm::NF_MAX_SPLITS;
 /// Fewest 64-wide reduction steps a split keeps, so that the pipeline's fill and drain and the
-/// partial round trip stay small against its products.
-pub const NF4_MIN_SPLIT_STEPS: usize = 16;
+/// partial round trip stay small against its products. Measured on an H200 (2026-12-04,
+/// BENCHMARKS.md): at K = 4544 (71 steps) the 4-way split the wave count asked for ran 20 %
+/// slower than the unsplit product (qkv and dense, forward and input gradient: 235 against
+/// 190 µs), while at K = 18176 (284 steps) it ran 18-20 % faster (564 against 692 µs). 64
+/// steps (K ≥ 4096 per split) keeps exactly the splits that paid.
+pub const NF4_MIN_SPLIT_STEPS: usize = 64;
 /// Predicted cost of each split beyond the first, as a fraction of the GEMM: the fp32 partial
 /// tile written and read back through L2 and the last block's serial reduction (~M·N·8 bytes
 /// per split against ~M·N·K/32 FLOP-bytes of work; an assumption, not measured).

@@ -223,6 +223,10 @@ impl Backend for Recording {
         // SAFETY: forwarded contract.
         unsafe { self.inner.memset_zero(dst, bytes) }
     }
+    unsafe fn memset_byte(&self, dst: u64, value: u8, bytes: usize) -> Result<()> {
+        // SAFETY: forwarded contract.
+        unsafe { self.inner.memset_byte(dst, value, bytes) }
+    }
     unsafe fn launch(
         &self,
         kernel: Kernel,
