@@ -25,7 +25,7 @@
 # the bundle.
 #
 # For a short lease, split the work over calls: GPU_CHECK_PHASES (any of "tests step predict
-# decode bench"; default all), GPU_CHECK_TESTS (test binary names; default all),
+# decode bench", default all of those, and "profile": Nsight Compute on the hot kernels), GPU_CHECK_TESTS (test binary names; default all),
 # GPU_CHECK_BENCH_TIME (criterion warm-up and measurement seconds; default "1 2"),
 # GPU_CHECK_TIMEOUT (seconds per binary; default 240), GPU_CHECK_SANITIZER_TOOLS (default
 # "memcheck racecheck synccheck initcheck"), GPU_CHECK_SANITIZER_BUDGET and _TIMEOUT.
@@ -33,7 +33,7 @@
 # `sanitize` 230 s with a 60 s limit per binary (the GEMM tests under racecheck need more).
 #
 # Packages whose tests are bundled: GPU_CHECK_TEST_PACKAGES (default "kernels-cu integration-tests
-# model-falcon", GPU tests only); release
+# model-falcon trainer", GPU tests only; the trainer's run bin/trainer through TRAINER_BIN); release
 # binaries: GPU_CHECK_BIN_PACKAGES (default "trainer"; skipped with a warning if they do not
 # build). The binaries load libcuda.so.1 from the driver at run time and need no NVRTC or
 # toolkit: the kernels are embedded as cubins (sm_80/86/89/90) and PTX. Everything must finish
@@ -48,7 +48,7 @@ PER_BINARY_TIMEOUT="${GPU_CHECK_TIMEOUT:-240}"
 build() {
   cd "$(dirname "$0")/.."
   local bundle="$PWD/.gpu-bundle"
-  local tests="${GPU_CHECK_TEST_PACKAGES:-kernels-cu integration-tests model-falcon}"
+  local tests="${GPU_CHECK_TEST_PACKAGES:-kernels-cu integration-tests model-falcon trainer}"
   local bins="${GPU_CHECK_BIN_PACKAGES:-trainer}"
   rm -rf "$bundle"
   mkdir -p "$bundle/tests" "$bundle/bin" "$bundle/bench" "$bundle/step"
@@ -77,8 +77,11 @@ for line in open(os.path.join(bundle, ".cargo-tests.json")):
     # ptxas, which the GPU machine lacks), the AddressSanitizer build, CPU-only property tests.
     if name in seen or name in ("kernels-cu-gates", "kernels-cu-asan", "tests-matmul_props"):
         continue
-    # Of the model's, only the training step on the device.
-    if pkg == "model-falcon" and m["target"]["name"] != "cuda_step":
+    # Of the model's, the training step and decoding on the device; of the trainer's, training,
+    # ask, eval and generate with --device cuda (they run the bundled bin/trainer, TRAINER_BIN).
+    if pkg == "model-falcon" and m["target"]["name"] not in ("cuda_step", "cuda_generate"):
+        continue
+    if pkg == "trainer" and m["target"]["name"] not in ("cuda_train", "generate_device"):
         continue
     seen.add(name)
     shutil.copy2(m["executable"], os.path.join(bundle, "tests", name))
@@ -271,6 +274,8 @@ run() {
   log '```'
   log ""
   export KERNELS_CU_REQUIRE_GPU=1
+  # The trainer's device tests run this binary instead of the build tree's.
+  export TRAINER_BIN="$bundle/bin/trainer"
   if phase tests; then
     log "## Tests (real GPU, KERNELS_CU_REQUIRE_GPU=1)"
     log ""
@@ -301,6 +306,34 @@ run() {
       timeout "$PER_BINARY_TIMEOUT" step/falcon_step_gpu --batch 2 --seq 512 --steps 5 --targets "$targets" 2>&1 | tee -a "$report" || { failed=1; log "falcon_step_gpu failed"; }
     done
     log '```'
+    log ""
+  fi
+  # Nsight Compute on the step's hot kernels, opt-in (add "profile" to GPU_CHECK_PHASES; about
+  # a minute): one step of a 2-layer model at Falcon-7B's shapes, the first launches of each
+  # kernel family, with the sections that say what bounds a kernel (speed of light, compute
+  # and memory workload, warp stall reasons, occupancy). The clocks are left as they are
+  # (--clock-control none). Full text in ncu-*.txt beside the report and appended to it.
+  if phase profile; then
+    log "## Nsight Compute: the step's hot kernels (2 layers, batch 2 x 512)"
+    log ""
+    local ncu
+    ncu=$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1 || true)
+    if [ -z "$ncu" ]; then
+      log "ncu not found: NOT RUN"
+      failed=1
+    else
+      log '```'
+      local k
+      for k in nf4_gemm_fwd_wgmma nf4_gemm_bwd_wgmma attn_fwd attn_bwd_dkdv gemm_bf16_nt_f32; do
+        timeout "$PER_BINARY_TIMEOUT" "$ncu" --clock-control none --kernel-name "regex:^$k" \
+          --launch-count 4 --section SpeedOfLight --section ComputeWorkloadAnalysis \
+          --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy \
+          --section LaunchStats step/falcon_step_gpu --layers 2 --batch 2 --seq 512 --steps 1 \
+          >"ncu-$k.txt" 2>&1 || { failed=1; log "ncu on $k failed (see ncu-$k.txt)"; }
+        cat "ncu-$k.txt" >>"$report"
+      done
+      log '```'
+    fi
     log ""
   fi
   # The performance model's prediction for the same steps and for every distinct launch of

@@ -63,9 +63,30 @@ fn finish(out: Output) -> Run {
     }
 }
 
+/// The trainer binary: `TRAINER_BIN` when set (the GPU check runs these tests on a machine
+/// that has the bundled binary but not the build tree), else the one cargo built.
+fn trainer_exe() -> std::ffi::OsString {
+    std::env::var_os("TRAINER_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_trainer").into())
+}
+
+/// The `--device` values the device tests run: the emulator always, and `cuda` when CUDA
+/// device 0 opens. With `KERNELS_CU_REQUIRE_GPU=1` (the GPU check) a GPU that does not open
+/// fails the test; otherwise its absence is printed, so a log shows what was covered.
+pub fn devices_under_test() -> Vec<&'static str> {
+    let mut v = vec!["emulator"];
+    match kernels_cu::Device::cuda(0) {
+        Ok(_) => v.push("cuda"),
+        Err(e) if std::env::var("KERNELS_CU_REQUIRE_GPU").is_ok_and(|x| x == "1") => {
+            panic!("KERNELS_CU_REQUIRE_GPU=1 but CUDA device 0 does not open: {e}")
+        }
+        Err(e) => eprintln!("no GPU ({e}): the device commands ran on the emulator only"),
+    }
+    v
+}
+
 /// Runs `trainer args...` in `cwd`.
 pub fn trainer_in(cwd: &Path, args: &[&str]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_trainer"))
+    let out = Command::new(trainer_exe())
         .args(args)
         .current_dir(cwd)
         .output()

@@ -1,11 +1,11 @@
-//! Training with the CUDA step. Without a GPU the step runs on the kernels-cu host emulator
-//! (`--device emulator`), which executes the same kernels and host code as a GPU: the run must
-//! follow the CPU run's losses (within the bf16 tolerance of the device step), resume bit for
-//! bit, and write an adapter that loads. Device-selection errors are clear.
+//! Training with the CUDA step, on the kernels-cu host emulator (`--device emulator`, which
+//! executes the same kernels and host code as a GPU) and on CUDA device 0 when it opens: the run
+//! must follow the CPU run's losses (within the bf16 tolerance of the device step), resume bit
+//! for bit, and write an adapter that loads. Device-selection errors are clear.
 
 mod common;
 
-use common::{fixture, s, trainer, trainer_in};
+use common::{devices_under_test, fixture, s, trainer, trainer_in};
 use std::path::Path;
 
 fn adapter_bytes(dir: &Path) -> Vec<u8> {
@@ -29,7 +29,7 @@ fn losses(dir: &Path) -> Vec<(u64, String, f64)> {
 }
 
 #[test]
-fn emulated_gpu_training_follows_the_cpu_and_resumes_bit_exactly() {
+fn device_training_follows_the_cpu_and_resumes_bit_exactly() {
     let f = fixture();
     let tmp = tempfile::tempdir().unwrap();
     let run = |out: &Path, extra: &[&str]| {
@@ -68,53 +68,55 @@ fn emulated_gpu_training_follows_the_cpu_and_resumes_bit_exactly() {
     };
     let cpu = tmp.path().join("cpu");
     run(&cpu, &["--device", "cpu"]).ok();
-    let emu = tmp.path().join("emu");
-    let r = run(&emu, &["--device", "emulator"]);
-    r.ok();
-    assert!(
-        r.stdout
-            .contains("training with the CUDA step on the host emulator"),
-        "{}",
-        r.stdout
-    );
+    for device in devices_under_test() {
+        let emu = tmp.path().join(device);
+        let r = run(&emu, &["--device", device]);
+        r.ok();
+        let says = if device == "emulator" {
+            "training with the CUDA step on the host emulator"
+        } else {
+            "(bf16 activations)"
+        };
+        assert!(r.stdout.contains(says), "{device}: {}", r.stdout);
 
-    // Same records, same steps; losses within the device step's bf16 tolerance (2e-2
-    // relative: activations rounded to bf16, four optimizer updates apart at most).
-    let (want, got) = (losses(&cpu), losses(&emu));
-    assert_eq!(want.len(), got.len());
-    assert!(want.len() >= 6, "{want:?}");
-    for ((ws, wk, w), (gs, gk, g)) in want.iter().zip(&got) {
-        assert_eq!((ws, wk), (gs, gk));
+        // Same records, same steps; losses within the device step's bf16 tolerance (2e-2
+        // relative: activations rounded to bf16, four optimizer updates apart at most).
+        let (want, got) = (losses(&cpu), losses(&emu));
+        assert_eq!(want.len(), got.len());
+        assert!(want.len() >= 6, "{want:?}");
+        for ((ws, wk, w), (gs, gk, g)) in want.iter().zip(&got) {
+            assert_eq!((ws, wk), (gs, gk));
+            assert!(
+                (w - g).abs() <= 2e-2 * w.abs(),
+                "step {ws} {wk}: {device} {g} vs CPU {w}"
+            );
+        }
+        assert_ne!(adapter_bytes(&cpu), adapter_bytes(&emu));
+
+        // Stop after 2 steps, resume: the same adapter as the uninterrupted run.
+        let out = tmp.path().join(format!("{device}-resumed"));
+        run(&out, &["--device", device, "--stop-after-steps", "2"]).ok();
+        assert!(out.join("checkpoint-2").is_dir());
+        run(&out, &["--device", device, "--resume"]).ok();
         assert!(
-            (w - g).abs() <= 2e-2 * w.abs(),
-            "step {ws} {wk}: emulated GPU {g} vs CPU {w}"
+            adapter_bytes(&emu) == adapter_bytes(&out),
+            "stopping and resuming on {device} changed the adapter"
         );
+
+        // The adapter trained there loads and answers on the CPU.
+        trainer(&[
+            "ask",
+            "--model",
+            s(&f.base),
+            "--adapter",
+            s(&emu),
+            "--question",
+            "what was the change in revenue?",
+            "--pre-text",
+            "revenue rose from 10 to 12",
+        ])
+        .ok();
     }
-    assert_ne!(adapter_bytes(&cpu), adapter_bytes(&emu));
-
-    // Stop after 2 steps, resume: the same adapter as the uninterrupted emulated run.
-    let out = tmp.path().join("emu-resumed");
-    run(&out, &["--device", "emulator", "--stop-after-steps", "2"]).ok();
-    assert!(out.join("checkpoint-2").is_dir());
-    run(&out, &["--device", "emulator", "--resume"]).ok();
-    assert!(
-        adapter_bytes(&emu) == adapter_bytes(&out),
-        "stopping and resuming on the emulated GPU changed the adapter"
-    );
-
-    // The adapter trained there loads and answers on the CPU.
-    trainer(&[
-        "ask",
-        "--model",
-        s(&f.base),
-        "--adapter",
-        s(&emu),
-        "--question",
-        "what was the change in revenue?",
-        "--pre-text",
-        "revenue rose from 10 to 12",
-    ])
-    .ok();
 }
 
 #[test]

@@ -1,11 +1,11 @@
-//! `trainer ask`, `trainer eval` and `trainer generate` on the CUDA decode path (the kernels-cu emulator here),
-//! against the same commands on the CPU: the same answers, the same accuracy, and reports that
-//! say where generation ran. The fixture is the built-in tiny model with a trained adapter
-//! (`common::fixture`).
+//! `trainer ask`, `trainer eval` and `trainer generate` on the CUDA decode path (the kernels-cu
+//! emulator, and CUDA device 0 when it opens), against the same commands on the CPU: the same
+//! answers, the same accuracy, and reports that say where generation ran. The fixture is the
+//! built-in tiny model with a trained adapter (`common::fixture`).
 
 mod common;
 
-use common::{fixture, s, trainer};
+use common::{devices_under_test, fixture, s, trainer};
 use serde_json::Value;
 use std::path::Path;
 
@@ -50,31 +50,35 @@ fn predictions(p: &Path) -> Vec<(String, String)> {
 }
 
 #[test]
-fn eval_on_the_emulator_gives_the_cpu_answers() {
+fn eval_on_the_device_gives_the_cpu_answers() {
     let tmp = tempfile::tempdir().unwrap();
-    let (pc, pe) = (tmp.path().join("cpu.jsonl"), tmp.path().join("emu.jsonl"));
+    let pc = tmp.path().join("cpu.jsonl");
     let cpu = eval_json("cpu", &pc);
-    let emu = eval_json("emulator", &pe);
     assert_eq!(cpu["device"], "the CPU");
-    assert!(
-        emu["device"].as_str().unwrap().contains("emulator"),
-        "{emu}"
-    );
-    assert_eq!(predictions(&pc), predictions(&pe));
-    assert_eq!(cpu["accuracy"], emu["accuracy"]);
-    assert_eq!(cpu["generated_tokens"], emu["generated_tokens"]);
-    assert!(emu["generated_tokens"].as_u64().unwrap() > 0);
-    assert!(emu["tokens_per_second"].as_f64().unwrap() > 0.0);
-    // The loss runs on the device too: bf16 activations, within the step's tolerance.
-    let (lc, le) = (
-        cpu["eval_loss"].as_f64().unwrap(),
-        emu["eval_loss"].as_f64().unwrap(),
-    );
-    assert!((lc - le).abs() <= 2e-3 * lc.abs(), "{lc} vs {le}");
+    for device in devices_under_test() {
+        let pe = tmp.path().join(format!("{device}.jsonl"));
+        let emu = eval_json(device, &pe);
+        let label = emu["device"].as_str().unwrap();
+        assert_ne!(label, "the CPU", "{device}: {emu}");
+        if device == "emulator" {
+            assert!(label.contains("emulator"), "{emu}");
+        }
+        assert_eq!(predictions(&pc), predictions(&pe), "{device}");
+        assert_eq!(cpu["accuracy"], emu["accuracy"], "{device}");
+        assert_eq!(cpu["generated_tokens"], emu["generated_tokens"], "{device}");
+        assert!(emu["generated_tokens"].as_u64().unwrap() > 0);
+        assert!(emu["tokens_per_second"].as_f64().unwrap() > 0.0);
+        // The loss runs on the device too: bf16 activations, within the step's tolerance.
+        let (lc, le) = (
+            cpu["eval_loss"].as_f64().unwrap(),
+            emu["eval_loss"].as_f64().unwrap(),
+        );
+        assert!((lc - le).abs() <= 2e-3 * lc.abs(), "{device}: {lc} vs {le}");
+    }
 }
 
 #[test]
-fn ask_on_the_emulator_gives_the_cpu_answer() {
+fn ask_on_the_device_gives_the_cpu_answer() {
     let f = fixture();
     let ask = |device: &str, merge: &str| {
         let r = trainer(&[
@@ -98,8 +102,10 @@ fn ask_on_the_emulator_gives_the_cpu_answer() {
         r.stdout
     };
     let cpu = ask("cpu", "false");
-    assert_eq!(ask("emulator", "false"), cpu);
-    assert_eq!(ask("emulator", "true"), cpu);
+    for device in devices_under_test() {
+        assert_eq!(ask(device, "false"), cpu, "{device}");
+        assert_eq!(ask(device, "true"), cpu, "{device}, merged");
+    }
 }
 
 #[test]
@@ -118,7 +124,7 @@ fn a_bad_device_is_a_clear_error() {
 }
 
 #[test]
-fn generate_on_the_emulator_gives_the_cpu_tokens() {
+fn generate_on_the_device_gives_the_cpu_tokens() {
     let f = fixture();
     let run = |device: &str| {
         let r = trainer(&[
@@ -140,5 +146,7 @@ fn generate_on_the_emulator_gives_the_cpu_tokens() {
     };
     let cpu = run("cpu");
     assert!(!cpu.as_array().unwrap().is_empty());
-    assert_eq!(run("emulator"), cpu);
+    for device in devices_under_test() {
+        assert_eq!(run(device), cpu, "{device}");
+    }
 }

@@ -214,12 +214,8 @@ impl Backend for CudaBackend {
     }
 
     unsafe fn memset_zero(&self, dst: u64, bytes: usize) -> Result<()> {
-        self.ctx
-            .bind_to_thread()
-            .map_err(driver("cuCtxSetCurrent"))?;
-        // SAFETY: the range is live (caller's contract); stream ordered.
-        unsafe { result::memset_d8_async(dst, 0, bytes, self.stream.cu_stream()) }
-            .map_err(driver("cuMemsetD8Async"))
+        // SAFETY: forwarded contract.
+        unsafe { self.memset_byte(dst, 0, bytes) }
     }
 
     unsafe fn memset_byte(&self, dst: u64, value: u8, bytes: usize) -> Result<()> {
