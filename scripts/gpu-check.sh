@@ -217,12 +217,13 @@ sanitize() {
       fi
       start=$(date +%s)
       rc=0
-      # racecheck on one test thread: with four, it lost track of a launch ("Internal
-      # Sanitizer Error: Detected a failure to track a kernel launch", H200, 2026-12-04).
+      # racecheck on one test thread (with four it lost track of a launch: "Internal Sanitizer
+      # Error: Detected a failure to track a kernel launch", H200, 2026-12-04) and with twice
+      # the time limit (the slowest tool: the GEMM tests did not finish in 60 s).
       # The skipped test asks for device 1000000 on purpose, an API error memcheck reports.
-      local threads=4
-      [ "$tool" = racecheck ] && threads=1
-      timeout "$per_run" "$san" --tool "$tool" --error-exitcode 86 \
+      local threads=4 limit="$per_run"
+      [ "$tool" = racecheck ] && threads=1 && limit=$((2 * per_run))
+      timeout "$limit" "$san" --tool "$tool" --error-exitcode 86 \
         "$t" --test-threads "$threads" --skip cuda_device_without_driver_is_an_error_not_a_panic \
         >"$t.$tool.log" 2>&1 || rc=$?
       if [ "$rc" = 0 ]; then status=pass; else status="FAIL (exit $rc, see $t.$tool.log)"; failed=1; fi
