@@ -2,7 +2,8 @@
 //! the NF4-dequantizing GEMM forward `Y = X·Wᵀ` and input backward `dX = dY·W`, the plain bf16
 //! GEMM `C = A·Bᵀ` at the same shapes (the dense rate the NF4 GEMM is measured against), and
 //! NF4 dequantization. The NF4 GEMMs run with the launcher's reduction split
-//! (`gemm::nf4_splits` for the device's SM count) and, for comparison, unsplit (`_splits1`). Throughput is reported as TFLOP/s (2·M·N·K) for the GEMMs and GB/s
+//! (`gemm::nf4_splits` for the device's SM count) and, for comparison, unsplit (`_splits1`) and
+//! in two (`_splits2`). Throughput is reported as TFLOP/s (2·M·N·K) for the GEMMs and GB/s
 //! (packed codes read + bf16 written) for dequantization. Every kernel is checked against the
 //! CPU first (`benches::cases::gemm`: dequantization bit for bit, the GEMMs on sampled rows
 //! and columns). Without a CUDA device it prints that it was skipped.
@@ -53,25 +54,42 @@ fn bench(c: &mut Criterion) {
                     .expect("launch")
             },
         );
-        // The same products without split-K: what the wave quantization costs.
-        for (tag, product, a, out) in [
-            (
-                "nf4_forward_splits1",
-                gemm::Nf4Product::Forward,
-                &case.x_dev,
-                &mut y,
-            ),
-            (
-                "nf4_backward_input_splits1",
-                gemm::Nf4Product::BackwardInput,
-                &case.dy_dev,
-                &mut dx,
-            ),
-        ] {
-            b.time(&format!("{tag}/{name}_{M}x{n}x{k}"), flop, || {
-                gemm::nf4_gemm(&dev, product, a, &case.w_dev, out, M, 1.0, 0.0, Some(1))
-                    .expect("launch")
-            });
+        // The same products with a fixed reduction split: unsplit (what the wave quantization
+        // costs) and in two (the data for the launcher's split rule, `gemm::nf4_splits`).
+        for splits in [1usize, 2] {
+            for (tag, product, a, out) in [
+                (
+                    "nf4_forward",
+                    gemm::Nf4Product::Forward,
+                    &case.x_dev,
+                    &mut y,
+                ),
+                (
+                    "nf4_backward_input",
+                    gemm::Nf4Product::BackwardInput,
+                    &case.dy_dev,
+                    &mut dx,
+                ),
+            ] {
+                b.time(
+                    &format!("{tag}_splits{splits}/{name}_{M}x{n}x{k}"),
+                    flop,
+                    || {
+                        gemm::nf4_gemm(
+                            &dev,
+                            product,
+                            a,
+                            &case.w_dev,
+                            out,
+                            M,
+                            1.0,
+                            0.0,
+                            Some(splits),
+                        )
+                        .expect("launch")
+                    },
+                );
+            }
         }
         b.time(&format!("bf16_gemm_nt/{name}_{M}x{n}x{k}"), flop, || {
             gemm::gemm(
