@@ -393,7 +393,8 @@ pub fn info(a: &InfoArgs) -> Result<()> {
                 println!("  {name:<33} {:>12}", gib(bytes));
             }
             println!(
-                "  (the working set peaks in the {} phase; the CUDA context comes on top{})",
+                "  (the working set peaks in the {} phase; the CUDA context and the caching allocator's \
+                 size-class rounding, about 5 % on Falcon-7B, come on top{})",
                 p.working_set_phase,
                 if a.gpu.is_some() {
                     "; with the 4-bit GEMM's split-K partials on this GPU"
