@@ -76,11 +76,18 @@ pub(crate) fn max_nan<T: Float>(a: T, b: T) -> T {
     }
 }
 
-/// `row.iter().fold(init, max_nan)` with the comparisons in eight independent lanes, which
-/// LLVM vectorizes (the fold's branches on NaN do not). A maximum involves no rounding, so
-/// only ties between +0 and −0, and which NaN wins, could depend on the order: a zero or NaN
-/// result is recomputed by the fold itself, so the value is always the fold's, bit for bit.
+/// `row.iter().fold(init, max_nan)` with the comparisons in eight independent lanes (see
+/// [`row_max_by`]).
 pub(crate) fn row_max<T: Float>(init: T, row: &[T]) -> T {
+    row_max_by(init, row, max_nan)
+}
+
+/// `row.iter().fold(init, max)` for a maximum `max` (such as [`max_nan`] or `f32::max`), with
+/// the comparisons in eight independent lanes, which LLVM vectorizes (a fold's branches on NaN
+/// do not). A maximum involves no rounding, so only ties between +0 and −0, and what a NaN
+/// does, could depend on the order and on `max`: a row with a NaN, or a zero or NaN result,
+/// is recomputed by the fold itself, so the value is always the fold's, bit for bit.
+pub(crate) fn row_max_by<T: Float>(init: T, row: &[T], max: impl Fn(T, T) -> T) -> T {
     let mut lanes = [T::NEG_INFINITY; 8];
     let mut nan = false;
     let mut chunks = row.chunks_exact(8);
@@ -94,9 +101,9 @@ pub(crate) fn row_max<T: Float>(init: T, row: &[T]) -> T {
         .remainder()
         .iter()
         .chain(&lanes)
-        .fold(init, |a, &x| max_nan(a, x));
+        .fold(init, |a, &x| max(a, x));
     if nan || is_nan(m) || m == T::ZERO {
-        row.iter().fold(init, |a, &x| max_nan(a, x))
+        row.iter().fold(init, |a, &x| max(a, x))
     } else {
         m
     }

@@ -9,6 +9,7 @@
 //! [`linear_cross_entropy`] also fuses the lm_head: it never holds more than one chunk of
 //! `rows x vocab` logits, and it skips ignored rows entirely.
 
+use super::attention_tiled::row_max_by;
 use super::matmul::gemm;
 use super::{same_dtype, sum_lanes, with_float};
 use crate::autograd::record;
@@ -52,34 +53,10 @@ fn check_count(count: f64) -> Result<()> {
 /// Elements of a row exponentiated per pass (a stack buffer that stays in L1).
 const EXP_SPAN: usize = 512;
 
-/// `z.iter().fold(−∞, |a, &b| a.max(b))` (NaN elements ignored, as `max` does), with the
-/// comparisons in eight independent lanes: the fold is one dependency chain through the whole
-/// vocabulary. A maximum rounds nothing, so only a tie between +0 and −0 could depend on the
-/// order; a zero result is recomputed by the fold, so the value is the fold's bit for bit.
-fn row_max_ignoring_nan<T: Float>(z: &[T]) -> T {
-    let mut lanes = [T::NEG_INFINITY; 8];
-    let mut chunks = z.chunks_exact(8);
-    for c in &mut chunks {
-        for (l, &x) in lanes.iter_mut().zip(c) {
-            // False for a NaN x, which leaves the lane as it was (what `max` does).
-            *l = if x > *l { x } else { *l };
-        }
-    }
-    let m = chunks
-        .remainder()
-        .iter()
-        .chain(&lanes)
-        .fold(T::NEG_INFINITY, |a, &b| if b > a { b } else { a });
-    if m == T::ZERO {
-        z.iter().fold(T::NEG_INFINITY, |a, &b| a.max(b))
-    } else {
-        m
-    }
-}
-
-/// logsumexp of one row, with the max subtracted first.
+/// logsumexp of one row, with the max subtracted first (the sequential `max` fold, NaN
+/// elements ignored as `max` does, taken in lanes by [`row_max_by`]).
 fn lse_row<T: Float>(z: &[T]) -> T {
-    let m = row_max_ignoring_nan(z);
+    let m = row_max_by(T::NEG_INFINITY, z, T::max);
     let mut buf = [T::ZERO; EXP_SPAN];
     let mut s = T::ZERO;
     for span in z.chunks(EXP_SPAN) {
@@ -333,7 +310,7 @@ mod tests {
                     z.iter_mut().for_each(|x| *x = f32::NAN);
                 }
                 let want = z.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-                let got = row_max_ignoring_nan(&z);
+                let got = row_max_by(f32::NEG_INFINITY, &z, f32::max);
                 assert_eq!(
                     got.to_bits(),
                     want.to_bits(),
