@@ -91,14 +91,13 @@ pub fn layer_norm_forward<T: Float>(
             let r0 = task * ROWS_PER_TASK;
             let xc = &x[r0 * d..r0 * d + yc.len()];
             for_row_groups(xc, d, |r, g| {
-                if g.len() == ROW_GROUP {
-                    let (mu, rs) = row_stats::<T, ROW_GROUP>(g, d, eps);
-                    mc[r..r + ROW_GROUP].copy_from_slice(&mu);
-                    rc[r..r + ROW_GROUP].copy_from_slice(&rs);
+                let (mu, rs) = if g.len() == ROW_GROUP {
+                    row_stats::<T, ROW_GROUP>(g, d, eps)
                 } else {
-                    let (mu, rs) = row_stats::<T, 1>(g, d, eps);
-                    (mc[r], rc[r]) = (mu[0], rs[0]);
-                }
+                    widen(row_stats::<T, 1>(g, d, eps))
+                };
+                mc[r..r + g.len()].copy_from_slice(&mu[..g.len()]);
+                rc[r..r + g.len()].copy_from_slice(&rs[..g.len()]);
             });
             for (j, (yr, xr)) in yc.chunks_exact_mut(d).zip(xc.chunks_exact(d)).enumerate() {
                 let (mu, rs) = (mc[j], rc[j]);
@@ -108,6 +107,13 @@ pub fn layer_norm_forward<T: Float>(
             }
         });
     (y, mean, rstd)
+}
+
+/// A single row's pair of sums in the shape of a group's (the other lanes zero).
+fn widen<T: Float>((a, b): ([T; 1], [T; 1])) -> ([T; ROW_GROUP], [T; ROW_GROUP]) {
+    let (mut wa, mut wb) = ([T::ZERO; ROW_GROUP], [T::ZERO; ROW_GROUP]);
+    (wa[0], wb[0]) = (a[0], b[0]);
+    (wa, wb)
 }
 
 /// Per row of a group, `(Σ ĝ, Σ ĝ·x̂)` with `ĝ = dy·γ`, `x̂ = (x − mean)·rstd`, each folded
@@ -194,14 +200,14 @@ pub fn layer_norm_backward_parts<T: Float>(
         });
         if want_dx {
             for_row_groups(xc, d, |r, g| {
-                let dys: Vec<&[T]> = (r..r + g.len()).map(|j| &dyc[j * d..(j + 1) * d]).collect();
+                let dys: [&[T]; ROW_GROUP] =
+                    std::array::from_fn(|j| dyc.get((r + j) * d..(r + j + 1) * d).unwrap_or(&[]));
+                let dys = &dys[..g.len()];
                 let (ms, rs) = (&mean[r0 + r..], &rstd[r0 + r..]);
-                let (sg, sgx): (Vec<T>, Vec<T>) = if g.len() == ROW_GROUP {
-                    let (a, b) = grad_row_sums::<T, ROW_GROUP>(g, &dys, gamma, ms, rs, d);
-                    (a.to_vec(), b.to_vec())
+                let (sg, sgx) = if g.len() == ROW_GROUP {
+                    grad_row_sums::<T, ROW_GROUP>(g, dys, gamma, ms, rs, d)
                 } else {
-                    let (a, b) = grad_row_sums::<T, 1>(g, &dys, gamma, ms, rs, d);
-                    (a.to_vec(), b.to_vec())
+                    widen(grad_row_sums::<T, 1>(g, dys, gamma, ms, rs, d))
                 };
                 for (j, xr) in g.iter().enumerate() {
                     let (mu, rstd_r) = (ms[j], rs[j]);
