@@ -69,19 +69,18 @@ fn trainer_exe() -> std::ffi::OsString {
     std::env::var_os("TRAINER_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_trainer").into())
 }
 
-/// The `--device` values the device tests run: the emulator always, and `cuda` when CUDA
-/// device 0 opens. With `KERNELS_CU_REQUIRE_GPU=1` (the GPU check) a GPU that does not open
-/// fails the test; otherwise its absence is printed, so a log shows what was covered.
+/// The `--device` values the device tests run: those of [`kernels_cu::testing::devices`]
+/// (the emulator always, CUDA device 0 when it opens; with `KERNELS_CU_REQUIRE_GPU=1` a GPU
+/// that does not open fails the test).
 pub fn devices_under_test() -> Vec<&'static str> {
-    let mut v = vec!["emulator"];
-    match kernels_cu::Device::cuda(0) {
-        Ok(_) => v.push("cuda"),
-        Err(e) if std::env::var("KERNELS_CU_REQUIRE_GPU").is_ok_and(|x| x == "1") => {
-            panic!("KERNELS_CU_REQUIRE_GPU=1 but CUDA device 0 does not open: {e}")
-        }
-        Err(e) => eprintln!("no GPU ({e}): the device commands ran on the emulator only"),
-    }
-    v
+    kernels_cu::testing::devices()
+        .iter()
+        .map(|d| match d.info().kind {
+            kernels_cu::BackendKind::Cuda => "cuda",
+            kernels_cu::BackendKind::Emulator => "emulator",
+            kernels_cu::BackendKind::DryRun => unreachable!("testing::devices() runs kernels"),
+        })
+        .collect()
 }
 
 /// Runs `trainer args...` in `cwd`.
