@@ -25,8 +25,8 @@
 # the bundle.
 #
 # For a short lease, split the work over calls: GPU_CHECK_PHASES (any of "tests step predict
-# decode bench", default all of those, and "profile": Nsight Compute on the hot kernels), GPU_CHECK_TESTS (test binary names; default all),
-# GPU_CHECK_BENCH_TIME (criterion warm-up and measurement seconds; default "1 2"),
+# decode bench", default all of those, and "profile": Nsight Compute on the hot kernels),
+# GPU_CHECK_TESTS (test binary names; default all), GPU_CHECK_BENCH_TIME (criterion warm-up and measurement seconds; default "1 2"),
 # GPU_CHECK_TIMEOUT (seconds per binary; default 240), GPU_CHECK_SANITIZER_TOOLS (default
 # "memcheck racecheck synccheck initcheck"), GPU_CHECK_SANITIZER_BUDGET and _TIMEOUT.
 # On an H200 (2026-12-04) the whole `run` took 250 s with GPU_CHECK_BENCH_TIME="0.5 1", and
@@ -187,7 +187,7 @@ sanitize() {
   if [ -z "$san" ] || [ ! -x "$san" ]; then
     san=sanitizer/compute-sanitizer
   fi
-  if [ -z "$san" ] || [ ! -x "$san" ]; then
+  if [ ! -x "$san" ]; then
     log "compute-sanitizer is neither in the bundle (built with GPU_CHECK_SANITIZER=0) nor installed: NOT RUN"
     return 1
   fi
