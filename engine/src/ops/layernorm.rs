@@ -363,15 +363,7 @@ mod tests {
     }
 
     fn fresh(n: usize, seed: u64, shift: f32) -> Vec<f32> {
-        let mut s = seed | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 3.0 + shift
-            })
-            .collect()
+        crate::testing::Rng::new(seed).vec_f32(n, shift - 1.5, shift + 1.5)
     }
 
     #[test]
