@@ -312,7 +312,8 @@ run() {
   # Nsight Compute on the step's hot kernels, opt-in (add "profile" to GPU_CHECK_PHASES; about
   # a minute): one step of a 2-layer model at Falcon-7B's shapes, the first launches of each
   # kernel family, with the sections that say what bounds a kernel (speed of light, compute
-  # and memory workload, warp stall reasons, occupancy). The clocks are left as they are
+  # and memory workload, warp stall reasons, occupancy, scheduler and instruction statistics;
+  # for the NF4 GEMMs also the source counters). The clocks are left as they are
   # (--clock-control none). Full text in ncu-*.txt beside the report and appended to it.
   if phase profile; then
     log "## Nsight Compute: the step's hot kernels (2 layers, batch 2 x 512)"
@@ -329,7 +330,8 @@ run() {
         timeout "$PER_BINARY_TIMEOUT" "$ncu" --clock-control none --kernel-name "regex:^$k" \
           --launch-count 4 --section SpeedOfLight --section ComputeWorkloadAnalysis \
           --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy \
-          --section LaunchStats step/falcon_step_gpu --layers 2 --batch 2 --seq 512 --steps 1 \
+          --section LaunchStats --section SchedulerStats --section InstructionStats \
+          $([[ "$k" == nf4_* ]] && echo --section SourceCounters) step/falcon_step_gpu --layers 2 --batch 2 --seq 512 --steps 1 \
           >"ncu-$k.txt" 2>&1 || { failed=1; log "ncu on $k failed (see ncu-$k.txt)"; }
         cat "ncu-$k.txt" >>"$report"
       done

@@ -1,9 +1,10 @@
 //! GPU microbenchmarks of kernels-cu `gemm.cu` at Falcon-7B shapes (M = batch·seq = 1024):
 //! the NF4-dequantizing GEMM forward `Y = X·Wᵀ` and input backward `dX = dY·W`, the plain bf16
 //! GEMM `C = A·Bᵀ` at the same shapes (the dense rate the NF4 GEMM is measured against), and
-//! NF4 dequantization. The NF4 GEMMs run with the launcher's reduction split
-//! (`gemm::nf4_splits` for the device's SM count) and, for comparison, unsplit (`_splits1`) and
-//! in two (`_splits2`). Throughput is reported as TFLOP/s (2·M·N·K) for the GEMMs and GB/s
+//! NF4 dequantization. The NF4 GEMMs run with the launcher's schedule (`gemm::nf4_schedule`
+//! for the device: the last partial wave's tiles split along the reduction) and, for
+//! comparison, in one launch unsplit (`_splits1`) and with every tile split in four
+//! (`_splits4`). Throughput is reported as TFLOP/s (2·M·N·K) for the GEMMs and GB/s
 //! (packed codes read + bf16 written) for dequantization. Every kernel is checked against the
 //! CPU first (`benches::cases::gemm`: dequantization bit for bit, the GEMMs on sampled rows
 //! and columns). Without a CUDA device it prints that it was skipped.
@@ -54,9 +55,10 @@ fn bench(c: &mut Criterion) {
                     .expect("launch")
             },
         );
-        // The same products with a fixed reduction split: unsplit (what the wave quantization
-        // costs) and in two (the data for the launcher's split rule, `gemm::nf4_splits`).
-        for splits in [1usize, 2] {
+        // The same products in one launch with a fixed reduction split: unsplit (what the
+        // last, partial wave costs without the schedule's split tail) and every tile in four
+        // (the launcher's rule before `gemm::nf4_schedule`).
+        for splits in [1usize, 4] {
             for (tag, product, a, out) in [
                 (
                     "nf4_forward",
@@ -84,7 +86,7 @@ fn bench(c: &mut Criterion) {
                             M,
                             1.0,
                             0.0,
-                            Some(splits),
+                            Some(gemm::Nf4Schedule::split(splits)),
                         )
                         .expect("launch")
                     },

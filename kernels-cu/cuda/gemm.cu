@@ -436,9 +436,12 @@ extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
 // warp's decode issues while another's mma runs.
 //
 // Split-K (gridDim.z = S > 1): block z reduces k-tiles [kts·z/S, kts·(z+1)/S), stores its fp32
-// partial tile in part[z][M][n_out], and the last of the S blocks of a tile to finish (counted by
-// an atomic per tile, reset by that block for the next launch) sums the S partials in the fixed
-// order z = 0..S-1 and applies α/β: the result does not depend on which block finishes last.
+// partial tile in part[z][tile of the launch][128][128], and the last of the S blocks of a tile to
+// finish (counted by an atomic per tile, reset by that block for the next launch) sums the S
+// partials in the fixed order z = 0..S-1 and applies α/β: the result does not depend on which
+// block finishes last. A launch covers output-tile columns col0 .. col0 + gridDim.x, so that
+// the columns of a grid's last, partial wave can run as a launch of their own, split along
+// the reduction to fill the GPU (gemm::nf4_schedule), while the full waves run unsplit.
 
 #ifdef KC_DEVICE
 #define NF_NO_UNROLL _Pragma("unroll 1")
@@ -449,7 +452,7 @@ extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
 #define NF_BK 64
 #define NF_STAGES 3
 #define NF_MIN_BLOCKS 2
-#define NF_MAX_SPLITS 4
+#define NF_MAX_SPLITS 16
 
 // movmatrix.sync.aligned.m8n8.trans.b16: lane 4g + t holds row g, columns 2t, 2t+1 of an 8 x 8
 // b16 matrix and receives row g, columns 2t, 2t+1 of its transpose. All 32 lanes must execute it.
@@ -509,6 +512,18 @@ KC_UNROLL
   }
 }
 
+// The launch's grid covers output-tile columns col0 .. col0 + gridDim.x (all rows of tiles):
+// a launcher may run the columns of the last, partial wave as a second launch of their own
+// with a reduction split. This block's tile within the launch, row-major over the grid.
+__device__ __forceinline__ int nf4_launch_tile() { return blockIdx.y * gridDim.x + blockIdx.x; }
+
+// Offset of split zz's fp32 partial of this block's tile: the launch's partials are dense
+// 128 x 128 tiles, split-major (part[zz][launch tile][row in tile][column in tile]), so a
+// launch's scratch is its own tiles' and not whole M x n_out planes.
+__device__ __forceinline__ long long nf4_partial_tile(int zz) {
+  return (static_cast<long long>(zz) * gridDim.x * gridDim.y + nf4_launch_tile()) * (GEMM_BM * GEMM_BN);
+}
+
 // Split-K, after this block stored its partial tile: the last of the `splits` blocks of the
 // tile (counted by an atomic per tile, reset by that block for the next launch) sums the
 // partials in the fixed order z = 0..S-1 and applies α/β, so the result does not depend on
@@ -516,11 +531,10 @@ KC_UNROLL
 template <typename T>
 __device__ __forceinline__ void nf4_split_reduce(T* c, const float* part, u32* counters, u32* s_last, int splits,
                                                  int m, int n_out, int bm, int bn, float alpha, float beta) {
-  const long long plane = static_cast<long long>(m) * n_out;
   __threadfence();  // the partial is visible device-wide before the count says so
   __syncthreads();
   if (threadIdx.x == 0) {
-    u32* ctr = counters + blockIdx.y * gridDim.x + blockIdx.x;
+    u32* ctr = counters + nf4_launch_tile();
     const u32 prev = atomicAdd(ctr, 1u);
     const u32 last = prev == static_cast<u32>(splits - 1) ? 1u : 0u;
     if (last) atomicExch(ctr, 0u);  // ready for the next launch
@@ -537,7 +551,7 @@ __device__ __forceinline__ void nf4_split_reduce(T* c, const float* part, u32* c
     if (row >= m || col >= n_out) continue;
     const long long o = static_cast<long long>(row) * n_out + col;
     float sum = 0.0f;
-    for (int zz = 0; zz < splits; ++zz) sum += vp[zz * plane + o];
+    for (int zz = 0; zz < splits; ++zz) sum += vp[nf4_partial_tile(zz) + idx];
     float v = alpha * sum;
     // beta == 0 never reads the output (it may hold garbage).
     if (beta != 0.0f) v += beta * load_out(c + o);
@@ -552,7 +566,7 @@ template <typename T, bool BWD>
 __device__ __forceinline__ void gemm_nf4(T* c, float* part, u32* counters, const bf16* a, const u8* packed,
                                          const u8* am_codes, const float* nested, const float* code_map,
                                          const float* table, float offset, int m, int n_w, int k_w, float alpha,
-                                         float beta) {
+                                         float beta, int col0) {
   constexpr int A_ELEMS = GEMM_BM * (NF_BK + PAD);
   constexpr int Q_BYTES = 2 * NF_ST_BYTES;  // packed codes per stage
   KC_DYNAMIC_SHARED(bf16, smem);
@@ -568,7 +582,7 @@ __device__ __forceinline__ void gemm_nf4(T* c, float* part, u32* counters, const
   const int red = BWD ? n_w : k_w;
   const int kb_n = k_w / NF_BK;           // absmax blocks per W row = k super-tiles
   const int sn_n = (n_w + NF_BK - 1) / NF_BK;  // n super-tiles
-  const int bm = blockIdx.y * GEMM_BM, bn = blockIdx.x * GEMM_BN;
+  const int bm = blockIdx.y * GEMM_BM, bn = (col0 + blockIdx.x) * GEMM_BN;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, wm = warp / 4, wn = warp % 4, g = lane / 4;
   const bool va = red % 8 == 0;
   const int splits = gridDim.z, z = blockIdx.z;
@@ -740,7 +754,7 @@ KC_UNROLL
   }
 
   // Split-K: publish this block's partial tile, then let the last block of the tile reduce.
-  const long long plane = static_cast<long long>(m) * n_out;
+  float* part_tile = part + nf4_partial_tile(z);
   const int t = lane % 4;
 KC_UNROLL
   for (int i = 0; i < 4; ++i)
@@ -748,9 +762,10 @@ KC_UNROLL
     for (int j = 0; j < 4; ++j)
 KC_UNROLL
       for (int h = 0; h < 2; ++h) {
-        const int row = bm + wm * 64 + i * 16 + g + 8 * h, col = bn + wn * 32 + j * 8 + 2 * t;
+        const int r = wm * 64 + i * 16 + g + 8 * h, cc = wn * 32 + j * 8 + 2 * t;
+        const int row = bm + r, col = bn + cc;
         if (row >= m || col >= n_out) continue;
-        float* p = part + z * plane + static_cast<long long>(row) * n_out + col;
+        float* p = part_tile + r * GEMM_BN + cc;
         p[0] = acc[i][j][2 * h];
         if (col + 1 < n_out) p[1] = acc[i][j][2 * h + 1];
       }
@@ -760,30 +775,30 @@ KC_UNROLL
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS, NF_MIN_BLOCKS)
     nf4_gemm_fwd_bf16(bf16* out, float* part, u32* counters, const bf16* a, const u8* packed, const u8* am_codes,
            const float* nested, const float* code_map, const float* table, float offset, int m, int n, int k,
-           float alpha, float beta) {
+           float alpha, float beta, int col0) {
   gemm_nf4<bf16, false>(out, part, counters, a, packed, am_codes, nested, code_map, table, offset, m, n, k, alpha,
-                    beta);
+                    beta, col0);
 }
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS, NF_MIN_BLOCKS)
     nf4_gemm_fwd_f32(float* out, float* part, u32* counters, const bf16* a, const u8* packed, const u8* am_codes,
            const float* nested, const float* code_map, const float* table, float offset, int m, int n, int k,
-           float alpha, float beta) {
+           float alpha, float beta, int col0) {
   gemm_nf4<float, false>(out, part, counters, a, packed, am_codes, nested, code_map, table, offset, m, n, k, alpha,
-                    beta);
+                    beta, col0);
 }
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS, NF_MIN_BLOCKS)
     nf4_gemm_bwd_bf16(bf16* out, float* part, u32* counters, const bf16* a, const u8* packed, const u8* am_codes,
            const float* nested, const float* code_map, const float* table, float offset, int m, int n, int k,
-           float alpha, float beta) {
+           float alpha, float beta, int col0) {
   gemm_nf4<bf16, true>(out, part, counters, a, packed, am_codes, nested, code_map, table, offset, m, n, k, alpha,
-                    beta);
+                    beta, col0);
 }
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS, NF_MIN_BLOCKS)
     nf4_gemm_bwd_f32(float* out, float* part, u32* counters, const bf16* a, const u8* packed, const u8* am_codes,
            const float* nested, const float* code_map, const float* table, float offset, int m, int n, int k,
-           float alpha, float beta) {
+           float alpha, float beta, int col0) {
   gemm_nf4<float, true>(out, part, counters, a, packed, am_codes, nested, code_map, table, offset, m, n, k, alpha,
-                    beta);
+                    beta, col0);
 }
 
 // ---- NF4-dequantizing GEMM on the warpgroup MMA (sm_90a) ----------------------------------
@@ -815,7 +830,7 @@ template <typename T, bool BWD>
 __device__ __forceinline__ void gemm_nf4_wgmma(T* c, float* part, u32* counters, const bf16* a, const u8* packed,
                                                    const u8* am_codes, const float* nested, const float* code_map,
                                                    const float* table, float offset, int m, int n_w, int k_w,
-                                                   float alpha, float beta) {
+                                                   float alpha, float beta, int col0) {
   constexpr int Q_BYTES = 2 * NF_ST_BYTES;
   KC_DYNAMIC_SHARED(u8, smem_raw);
   // The swizzle acts on shared-memory address bits 4..9: the tiles start at a 1024-byte boundary.
@@ -831,7 +846,7 @@ __device__ __forceinline__ void gemm_nf4_wgmma(T* c, float* part, u32* counters,
   const int red = BWD ? n_w : k_w;
   const int kb_n = k_w / NF_BK;
   const int sn_n = (n_w + NF_BK - 1) / NF_BK;
-  const int bm = blockIdx.y * GEMM_BM, bn = blockIdx.x * GEMM_BN;
+  const int bm = blockIdx.y * GEMM_BM, bn = (col0 + blockIdx.x) * GEMM_BN;
   const int lane = threadIdx.x % 32, q = threadIdx.x / 128, w = (threadIdx.x % 128) / 32, g = lane / 4, t = lane % 4;
   const int splits = gridDim.z, z = blockIdx.z;
   const int kts_all = (red + NF_BK - 1) / NF_BK;
@@ -967,12 +982,12 @@ KC_UNROLL
     }
     return;
   }
-  const long long plane = static_cast<long long>(m) * n_out;
+  float* part_tile = part + nf4_partial_tile(z);
 KC_UNROLL
   for (int i = 0; i < 64; ++i) {
     const int feat = feat0 + 8 * ((i >> 1) & 1), tok = bm + 8 * (i >> 2) + 2 * t + (i & 1);
     if (tok >= m || feat >= n_out) continue;
-    part[z * plane + static_cast<long long>(tok) * n_out + feat] = acc[i];
+    part_tile[(tok - bm) * GEMM_BN + (feat - bn)] = acc[i];
   }
   nf4_split_reduce(c, part, counters, s_last, splits, m, n_out, bm, bn, alpha, beta);
 }
@@ -980,29 +995,29 @@ KC_UNROLL
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS, NF_MIN_BLOCKS)
     nf4_gemm_fwd_wgmma_bf16(bf16* out, float* part, u32* counters, const bf16* a, const u8* packed,
                             const u8* am_codes, const float* nested, const float* code_map, const float* table,
-                            float offset, int m, int n, int k, float alpha, float beta) {
+                            float offset, int m, int n, int k, float alpha, float beta, int col0) {
   gemm_nf4_wgmma<bf16, false>(out, part, counters, a, packed, am_codes, nested, code_map, table, offset, m, n, k, alpha,
-                           beta);
+                           beta, col0);
 }
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS, NF_MIN_BLOCKS)
     nf4_gemm_fwd_wgmma_f32(float* out, float* part, u32* counters, const bf16* a, const u8* packed,
                            const u8* am_codes, const float* nested, const float* code_map, const float* table,
-                           float offset, int m, int n, int k, float alpha, float beta) {
+                           float offset, int m, int n, int k, float alpha, float beta, int col0) {
   gemm_nf4_wgmma<float, false>(out, part, counters, a, packed, am_codes, nested, code_map, table, offset, m, n, k, alpha,
-                            beta);
+                            beta, col0);
 }
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS, NF_MIN_BLOCKS)
     nf4_gemm_bwd_wgmma_bf16(bf16* out, float* part, u32* counters, const bf16* a, const u8* packed,
                             const u8* am_codes, const float* nested, const float* code_map, const float* table,
-                            float offset, int m, int n, int k, float alpha, float beta) {
+                            float offset, int m, int n, int k, float alpha, float beta, int col0) {
   gemm_nf4_wgmma<bf16, true>(out, part, counters, a, packed, am_codes, nested, code_map, table, offset, m, n, k, alpha,
-                             beta);
+                             beta, col0);
 }
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS, NF_MIN_BLOCKS)
     nf4_gemm_bwd_wgmma_f32(float* out, float* part, u32* counters, const bf16* a, const u8* packed,
                            const u8* am_codes, const float* nested, const float* code_map, const float* table,
-                           float offset, int m, int n, int k, float alpha, float beta) {
+                           float offset, int m, int n, int k, float alpha, float beta, int col0) {
   gemm_nf4_wgmma<float, true>(out, part, counters, a, packed, am_codes, nested, code_map, table, offset, m, n, k,
-                              alpha, beta);
+                              alpha, beta, col0);
 }
 #endif  // KC_HAS_WGMMA

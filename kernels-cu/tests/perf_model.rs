@@ -79,6 +79,7 @@ fn nf4_qkv(splits: u32) -> LaunchRecord {
         ArgValue::I32(4544),
         ArgValue::F32(1.0),
         ArgValue::F32(0.0),
+        ArgValue::I32(0),
     ]);
     let smem = kernels_cu::ops::gemm::nf4_shared_bytes() as u32;
     record(
@@ -100,10 +101,27 @@ fn nf4_gemm_flops_bytes_and_decode_are_the_hand_counts() {
     assert!(c.decode_overlapped);
     // x 2·1024·4544 = 9,306,112; W ½ + 1/64 byte per weight = 10,946,496; y 2·1024·4672.
     assert_eq!(c.bytes, 9_306_112.0 + 10_946_496.0 + 9_568_256.0);
-    // Three splits: three fp32 partial planes written, two read back.
+    // Three splits: three fp32 partial tiles per output tile (296 of 128 x 128) written, all
+    // read back but the last block's own (5 tile passes).
     let c3 = cost(&nf4_qkv(3));
     assert_eq!(c3.tensor_flops, c.tensor_flops);
-    assert_eq!(c3.bytes, c.bytes + 5.0 * 4.0 * 1024.0 * 4672.0);
+    assert_eq!(c3.bytes, c.bytes + 5.0 * 4.0 * 296.0 * 16384.0);
+    // A launch of the last 4 of the 37 tile columns (col0 = 33: outputs 4224 .. 4672) does
+    // 448 / 4672 of the work and reads that share of W (and all of x).
+    let mut tail = nf4_qkv(1);
+    tail.grid = Dim3::xyz(4, 8, 1);
+    *tail.args.last_mut().unwrap() = ArgValue::I32(33);
+    let t = cost(&tail);
+    assert_eq!(t.tensor_flops, 2.0 * 1024.0 * 448.0 * 4544.0);
+    assert_eq!(t.decoded_elements, 2.0 * 8.0 * 448.0 * 4544.0);
+    assert_eq!(
+        t.bytes,
+        9_306_112.0 + 448.0 * 4544.0 * (0.5 + 1.0 / 64.0) + 2.0 * 1024.0 * 448.0
+    );
+    // The last column tile hangs over the output (4672 = 36.5 x 128): 64 columns.
+    tail.grid = Dim3::xyz(1, 8, 1);
+    *tail.args.last_mut().unwrap() = ArgValue::I32(36);
+    assert_eq!(cost(&tail).tensor_flops, 2.0 * 1024.0 * 64.0 * 4544.0);
 }
 
 #[test]
@@ -114,22 +132,48 @@ fn nf4_split_k_fills_the_waves_of_the_issue_shapes() {
     // 296 tiles: 3 SM waves for 2.24 of work; x4: 1184 blocks in 9 waves (99.7 %).
     assert!((one.waves.efficiency - 296.0 / 396.0).abs() < 1e-12);
     assert!((four.waves.efficiency - 1184.0 / 1188.0).abs() < 1e-12);
-    // The model still predicts the split faster here (fuller waves); an H200 measured the
-    // opposite (BENCHMARKS.md, 2026-12-04: 235 µs split against 190 unsplit), which is why
-    // the launcher no longer splits a 71-step reduction. Only the wave counts are asserted.
     assert!(four.time_us.is_finite() && one.time_us.is_finite());
-    // The launcher's choice for the step's shapes on 132 SMs: K = 4544 (71 steps) unsplit,
-    // K = 18176 (284 steps) in 4, as measured fastest on an H200.
-    use kernels_cu::ops::gemm::nf4_splits;
-    assert_eq!(nf4_splits(296, 71, 132), 1);
-    assert_eq!(nf4_splits(288, 284, 132), 4);
-    // 1136 tiles (the 18176-wide products): 8.6 waves already, no split.
-    assert_eq!(nf4_splits(1136, 71, 132), 1);
-    // Too short a reduction to split, or an unknown SM count.
-    assert_eq!(nf4_splits(296, 20, 132), 1);
-    assert_eq!(nf4_splits(296, 127, 132), 1);
-    assert_eq!(nf4_splits(296, 128, 132), 2);
-    assert_eq!(nf4_splits(296, 71, 0), 1);
+}
+
+/// The launcher's schedule at the step's shapes on an H200 (132 SMs, 2 blocks each): the
+/// whole columns of the full waves unsplit, the last partial wave's split to fill the slots.
+#[test]
+fn nf4_schedule_splits_only_the_last_partial_wave() {
+    use kernels_cu::ops::gemm::{
+        nf4_schedule, nf4_shared_bytes, nf4_slots, nf4_wgmma_shared_bytes, Nf4Schedule,
+    };
+    let sched = |head_cols, tail_splits| Nf4Schedule {
+        head_cols,
+        tail_splits,
+    };
+    let h200 = gpu("h200").unwrap();
+    let slots = nf4_slots(
+        h200.sms as usize,
+        h200.smem_per_block_optin as usize,
+        nf4_wgmma_shared_bytes(),
+    );
+    assert_eq!(slots, 264);
+    // qkv forward, 8 x 37 tiles, 71 steps: 33 columns (264 tiles) unsplit, the 4 left (32
+    // tiles) in 8 (256 blocks; 71 / 8 keeps 8 steps each, 9 would keep 7).
+    assert_eq!(nf4_schedule(8, 37, 71, slots), sched(33, 8));
+    // dense and the qkv input gradient, 8 x 36: 24 tiles left, also in 8.
+    assert_eq!(nf4_schedule(8, 36, 71, slots), sched(33, 8));
+    // mlp_up forward, 8 x 142 (4.3 waves): 132 columns in 4 full waves, 80 tiles in 3.
+    assert_eq!(nf4_schedule(8, 142, 71, slots), sched(132, 3));
+    // mlp_down forward, K = 18176 (284 steps): the 24 tiles left in 11 (264 blocks).
+    assert_eq!(nf4_schedule(8, 36, 284, slots), sched(33, 11));
+    // 256 tokens (2 x 37 tiles, less than a wave): all of it split in 3 (222 blocks).
+    assert_eq!(nf4_schedule(2, 37, 71, slots), sched(0, 3));
+    // Whole waves, a reduction too short to split, an unknown device: one unsplit launch.
+    assert_eq!(nf4_schedule(8, 33, 71, slots), Nf4Schedule::split(1));
+    assert_eq!(nf4_schedule(8, 37, 15, slots), Nf4Schedule::split(1));
+    assert_eq!(nf4_schedule(8, 37, 71, 0), Nf4Schedule::split(1));
+    // A tail too large to split in two (17 columns, 136 tiles): no tail.
+    assert_eq!(nf4_schedule(8, 50, 71, slots), Nf4Schedule::split(1));
+    assert_eq!(nf4_schedule(8, 49, 71, slots), sched(33, 2));
+    // Slots: one ~70 KB block per SM where an SM has ~100 KB (sm_86), two on sm_80.
+    assert_eq!(nf4_slots(84, 99 * 1024, nf4_shared_bytes()), 84);
+    assert_eq!(nf4_slots(108, 163 * 1024, nf4_shared_bytes()), 216);
 }
 
 #[test]

@@ -151,9 +151,10 @@ fn plan_counts_the_split_k_partials_of_a_gpu() {
     .unwrap();
     let gpu = plan::perf::gpu("h200").unwrap();
     let (b, t) = (2, 128);
-    // dense_4h_to_h (K = 8192) at 256 rows: 32 output tiles, 128 reduction steps: split in
-    // two on 132 SMs (a split keeps at least 64 steps).
-    let split = kernels_cu::ops::gemm::nf4_scratch_bytes(b * t, 2048, 8192, gpu.sms as usize);
+    // dense_4h_to_h (K = 8192) at 256 rows: 32 output tiles, less than a wave of the 264
+    // block slots: split along the 128 reduction steps.
+    use kernels_cu::ops::gemm::{nf4_scratch_bytes, NF4_BLOCKS_PER_SM};
+    let split = nf4_scratch_bytes(b * t, 2048, 8192, gpu.sms as usize * NF4_BLOCKS_PER_SM);
     assert!(
         split > 4 * b * t * 2048,
         "expected a split, scratch {split} B"

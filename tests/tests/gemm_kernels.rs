@@ -20,7 +20,7 @@ use engine::nf4::{Absmax, QuantConfig, QuantizedWeight, NF4_THRESHOLDS};
 use engine::testing::{assert_close, Rng, F32_UNIT_ROUNDOFF as U};
 use half::bf16;
 use integration_tests::devices;
-use kernels_cu::ops::gemm::{self, CodeLayout, Layout, Nf4Product, Nf4Weight};
+use kernels_cu::ops::gemm::{self, CodeLayout, Layout, Nf4Product, Nf4Schedule, Nf4Weight};
 use kernels_cu::ops::nf4_layout;
 use kernels_cu::{BackendKind, DType, Device, EmulatorOptions, Error};
 use model_falcon::cuda::nf4_parts;
@@ -192,8 +192,8 @@ fn check_nf4_gemm(
     check_nf4_gemm_split(m, n, k, backward, dtype, alpha, beta, seed, None);
 }
 
-/// [`check_nf4_gemm`] with `splits` reduction splits (None: the launcher's choice); with a
-/// split, the product is computed twice and must be bit-identical (fixed reduction order).
+/// [`check_nf4_gemm`] launched by `schedule` (None: the launcher's choice); with a split, the
+/// product is computed twice and must be bit-identical (fixed reduction order).
 #[allow(clippy::too_many_arguments)]
 fn check_nf4_gemm_split(
     m: usize,
@@ -204,7 +204,7 @@ fn check_nf4_gemm_split(
     alpha: f32,
     beta: f32,
     seed: u64,
-    splits: Option<usize>,
+    schedule: Option<Nf4Schedule>,
 ) {
     let mut rng = Rng::from_state(seed);
     let q = quantize(&mut rng, n, k, 64, true);
@@ -233,8 +233,8 @@ fn check_nf4_gemm_split(
             Nf4Product::Forward
         };
         let initial = read_out(&dev, &c);
-        gemm::nf4_gemm(&dev, product, &ab, &w, &mut c, m, alpha, beta, splits).unwrap();
-        if splits.is_some_and(|s| s > 1) {
+        gemm::nf4_gemm(&dev, product, &ab, &w, &mut c, m, alpha, beta, schedule).unwrap();
+        if schedule.is_some_and(|s| s.tail_splits > 1) {
             // Same inputs (the initial C again when β reads it): the same bits.
             let mut again = dev.alloc(dtype, m * n_out).unwrap();
             if beta != 0.0 {
@@ -252,10 +252,10 @@ fn check_nf4_gemm_split(
                         .unwrap(),
                 };
             }
-            gemm::nf4_gemm(&dev, product, &ab, &w, &mut again, m, alpha, beta, splits).unwrap();
+            gemm::nf4_gemm(&dev, product, &ab, &w, &mut again, m, alpha, beta, schedule).unwrap();
             let (x, y) = (read_out(&dev, &c), read_out(&dev, &again));
             let bits = |v: &[f64]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(&x), bits(&y), "split-K {splits:?} not deterministic");
+            assert_eq!(bits(&x), bits(&y), "split-K {schedule:?} not deterministic");
         }
         let (want, tol) = if backward {
             // dX[i][j] = Σ_r dY[i][r]·W[r][j]
@@ -285,7 +285,7 @@ fn check_nf4_gemm_split(
             )
         };
         let what = format!(
-            "nf4 {} {dtype:?} m{m} n{n} k{k} α{alpha} β{beta} splits {splits:?} on {:?}",
+            "nf4 {} {dtype:?} m{m} n{n} k{k} α{alpha} β{beta} schedule {schedule:?} on {:?}",
             if backward { "backward" } else { "forward" },
             dev.kind()
         );
@@ -471,12 +471,32 @@ fn nf4_gemm_multi_block_and_deep_k() {
 fn nf4_gemm_split_k_matches_and_is_deterministic() {
     // 2x2 tiles, 6 k-tiles in 2, 3 and 4 splits (uneven: 1 or 2 tiles per split), both
     // products, β reading C, bf16 and f32 outputs.
-    check_nf4_gemm_split(130, 136, 384, false, DType::F32, 1.0, 0.0, 61, Some(2));
-    check_nf4_gemm_split(129, 72, 384, false, DType::BF16, 0.5, 1.0, 62, Some(3));
-    check_nf4_gemm_split(70, 390, 256, true, DType::F32, 1.0, -0.5, 63, Some(4));
-    check_nf4_gemm_split(40, 136, 192, true, DType::BF16, 1.0, 0.0, 64, Some(3));
+    let split = |s| Some(Nf4Schedule::split(s));
+    check_nf4_gemm_split(130, 136, 384, false, DType::F32, 1.0, 0.0, 61, split(2));
+    check_nf4_gemm_split(129, 72, 384, false, DType::BF16, 0.5, 1.0, 62, split(3));
+    check_nf4_gemm_split(70, 390, 256, true, DType::F32, 1.0, -0.5, 63, split(4));
+    check_nf4_gemm_split(40, 136, 192, true, DType::BF16, 1.0, 0.0, 64, split(3));
     // More splits than k-tiles: clamped.
-    check_nf4_gemm_split(17, 20, 64, false, DType::F32, 1.0, 0.0, 65, Some(4));
+    check_nf4_gemm_split(17, 20, 64, false, DType::F32, 1.0, 0.0, 65, split(16));
+}
+
+/// A head launch of whole tile columns unsplit, then the remaining columns split along the
+/// reduction (the launcher's schedule for a grid's last partial wave): every column, the last
+/// one hanging over the output, written once, with β reading C and both output types.
+#[test]
+fn nf4_gemm_head_and_split_tail_cover_every_column() {
+    let sched = |head_cols, tail_splits| {
+        Some(Nf4Schedule {
+            head_cols,
+            tail_splits,
+        })
+    };
+    // Forward, 390 outputs = 4 tile columns (the last 6 wide), 6 k-tiles.
+    check_nf4_gemm_split(130, 390, 384, false, DType::F32, 1.0, 0.0, 81, sched(1, 3));
+    check_nf4_gemm_split(129, 390, 384, false, DType::BF16, 0.5, 1.0, 82, sched(3, 2));
+    // Input gradient, 384 outputs = 3 columns, reduction 200 (4 k-tiles, the last ragged).
+    check_nf4_gemm_split(70, 200, 384, true, DType::F32, 1.0, -0.5, 83, sched(2, 4));
+    check_nf4_gemm_split(40, 136, 384, true, DType::BF16, 1.0, 0.0, 84, sched(1, 2));
 }
 
 /// The weight on the device is in the fragment layout and holds exactly bitsandbytes' codes.
@@ -556,10 +576,27 @@ fn launchers_reject_unsupported_weights() {
         2,
         1.0,
         0.0,
-        Some(9),
+        Some(Nf4Schedule::split(gemm::NF4_MAX_SPLITS + 1)),
     )
     .unwrap_err();
     assert!(e.to_string().contains("splits"), "{e}");
+    // A head that leaves no tail (1 tile column).
+    let e = gemm::nf4_gemm(
+        &dev,
+        Nf4Product::Forward,
+        &x,
+        &w,
+        &mut y,
+        2,
+        1.0,
+        0.0,
+        Some(Nf4Schedule {
+            head_cols: 1,
+            tail_splits: 2,
+        }),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("no tail"), "{e}");
     // Inconsistent parts.
     let mut parts = nf4_parts("test weight", &q).unwrap();
     parts.packed = &q.packed()[1..];

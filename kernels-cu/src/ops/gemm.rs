@@ -10,8 +10,8 @@
 //! - [`nf4_forward`]: `Y[M][N] = α·X[M][K]·Wᵀ + β·Y`; [`nf4_backward_input`]:
 //!   `dX[M][K] = α·dY[M][N]·W + β·dX`, with W's codes (in the fragment layout
 //!   [`CodeLayout::Fragment`], made at upload) decoded to bf16 in the warps' registers (the
-//!   values of `dequantize_bf16`), never as a whole in memory; split along the reduction
-//!   ([`nf4_splits`]) where the grid would leave the last wave mostly empty.
+//!   values of `dequantize_bf16`), never as a whole in memory; the tiles of a grid's last,
+//!   partial wave split along the reduction ([`nf4_schedule`]).
 //! - [`gemm`]: `C[M][N] = α·op(A)·op(B) + β·C` for bf16 A, B in the three [`Layout`]s a linear
 //!   layer's forward and backward need.
 //!
@@ -379,47 +379,109 @@ pub fn nf4_uses_wgmma(dev: &Device) -> bool {
 
 /// Most reduction splits of the NF4 GEMM.
 pub const NF4_MAX_SPLITS: usize = defines::gemm::NF_MAX_SPLITS;
-/// Fewest 64-wide reduction steps a split keeps, so that the pipeline's fill and drain and the
-/// partial round trip stay small against its products. Measured on an H200 (2026-12-04,
-/// BENCHMARKS.md): at K = 4544 (71 steps) the 4-way split the wave count asked for ran 20 %
-/// slower than the unsplit product (qkv and dense, forward and input gradient: 235 against
-/// 190 µs), while at K = 18176 (284 steps) it ran 18-20 % faster (564 against 692 µs). 64
-/// steps (K ≥ 4096 per split) keeps exactly the splits that paid.
-pub const NF4_MIN_SPLIT_STEPS: usize = 64;
-/// Predicted cost of each split beyond the first, as a fraction of the GEMM: the fp32 partial
-/// tile written and read back through L2 and the last block's serial reduction (~M·N·8 bytes
-/// per split against ~M·N·K/32 FLOP-bytes of work; an assumption, not measured).
-pub const NF4_SPLIT_OVERHEAD: f64 = 0.02;
+/// Fewest 64-wide reduction steps a split keeps, so that its pipeline fill and its fp32
+/// partial tile stay small against its products (K ≥ 512 per split; an assumption).
+/// History, H200 (2026-12-04, BENCHMARKS.md): splitting every tile of a 288-tile grid in 4 ran
+/// 20 % slower at K = 4544 (the partial planes, 4 x 19 MB, spilled out of L2) and 18-20 %
+/// faster at K = 18176; the schedule now splits only the last wave's tiles, whose partials
+/// are a few MB.
+pub const NF4_MIN_SPLIT_STEPS: usize = 8;
+/// NF4 GEMM blocks one SM holds at once where its shared memory allows (`__launch_bounds__`
+/// minimum of the kernels; two ~70 KB blocks fit on sm_80 and sm_90, one on sm_86/sm_89).
+pub const NF4_BLOCKS_PER_SM: usize = defines::gemm::NF_MIN_BLOCKS;
 
-/// Reduction splits for an NF4 GEMM of `tiles` output tiles with `steps` 64-wide reduction
-/// steps on `sms` SMs (0: unknown, no split): the count that minimizes the predicted time
-/// `⌈tiles·s / sms⌉ / s · (1 + overhead·(s − 1))` (SM waves of the grid per unit of work), the
-/// smallest on ties. Splitting only pays where the last wave of the unsplit grid is mostly
-/// empty (wave quantization), e.g. 288 tiles on 132 SMs: 3 waves for 2.2 waves of work.
-pub fn nf4_splits(tiles: usize, steps: usize, sms: usize) -> usize {
-    super::wave_split(tiles, sms, NF4_MAX_SPLITS, NF4_SPLIT_OVERHEAD, |s| {
-        steps / s >= NF4_MIN_SPLIT_STEPS
-    })
+/// How an NF4 GEMM's grid of output tiles (`⌈M/128⌉` rows by `⌈n_out/128⌉` columns) is
+/// launched: the tile columns `0..head_cols` in one launch without a reduction split, then
+/// the columns `head_cols..` in a second launch whose blocks each reduce `1/tail_splits` of
+/// the reduction. `head_cols = 0` is a single launch of the whole grid.
+///
+/// Why: a block runs at the same speed whether or not it shares its SM, so a grid of 288
+/// tiles on 264 block slots (132 SMs x 2) takes two full block times for 1.09 waves of work.
+/// Running the 264 tiles of the full wave unsplit and the 24 left over split in 11 fills the
+/// GPU twice as long for 1/11 of a block time: ~1.1 block times instead of 2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Nf4Schedule {
+    /// Tile columns of the unsplit first launch (0: none, the whole grid is one launch).
+    pub head_cols: usize,
+    /// Reduction splits of the launch over the remaining columns (1 ..= [`NF4_MAX_SPLITS`]).
+    pub tail_splits: usize,
 }
 
-/// Output tiles and reduction splits of an NF4 GEMM writing `m × n_out` over a reduction of
-/// `red` on `sms` SMs, as [`nf4_gemm`] launches it with the split chosen for the device.
-fn nf4_grid_split(m: usize, n_out: usize, red: usize, sms: usize) -> (usize, usize) {
-    let tiles = m.div_ceil(TILE_M) * n_out.div_ceil(TILE_N);
-    (tiles, nf4_splits(tiles, red.div_ceil(NF_BK), sms))
+impl Nf4Schedule {
+    /// One launch of the whole grid, each tile split `splits` ways along the reduction.
+    pub fn split(splits: usize) -> Nf4Schedule {
+        Nf4Schedule {
+            head_cols: 0,
+            tail_splits: splits,
+        }
+    }
+}
+
+/// Block slots for the NF4 GEMM on a device of `sms` SMs with `max_shared_bytes` of shared
+/// memory per block (the opt-in limit, about the SM's capacity): SMs times the blocks of
+/// `block_shared_bytes` that fit, at most [`NF4_BLOCKS_PER_SM`]. 0 where the SM count is
+/// unknown (the emulator: no schedule, one unsplit launch).
+pub fn nf4_slots(sms: usize, max_shared_bytes: usize, block_shared_bytes: usize) -> usize {
+    // Each resident block also costs the SM 1 KiB of reserved shared memory.
+    let fit = (max_shared_bytes + 1024) / (block_shared_bytes + 1024);
+    sms * fit.clamp(1, NF4_BLOCKS_PER_SM)
+}
+
+/// The schedule for `tiles_m x tiles_n` output tiles with `steps` 64-wide reduction steps on
+/// `slots` block slots ([`nf4_slots`]; 0: unknown, one unsplit launch). The head takes the
+/// whole columns that fit in the grid's full waves; the rest form the tail, split as far as
+/// the slots allow (at most [`NF4_MAX_SPLITS`], each split keeping [`NF4_MIN_SPLIT_STEPS`]).
+/// A tail that cannot be split is no tail: one launch.
+pub fn nf4_schedule(tiles_m: usize, tiles_n: usize, steps: usize, slots: usize) -> Nf4Schedule {
+    let one = Nf4Schedule::split(1);
+    if slots == 0 || tiles_m == 0 || tiles_n == 0 {
+        return one;
+    }
+    let full_waves = tiles_m * tiles_n / slots;
+    let head_cols = (full_waves * slots / tiles_m).min(tiles_n);
+    let tail_tiles = (tiles_n - head_cols) * tiles_m;
+    if tail_tiles == 0 {
+        return one;
+    }
+    let splits = (1..=NF4_MAX_SPLITS)
+        .take_while(|&s| tail_tiles * s <= slots && steps / s >= NF4_MIN_SPLIT_STEPS)
+        .last()
+        .unwrap_or(1);
+    if splits == 1 {
+        return one;
+    }
+    Nf4Schedule {
+        head_cols,
+        tail_splits: splits,
+    }
+}
+
+/// The schedule [`nf4_gemm`] chooses for an `m × n_out` output over a reduction of `red` on
+/// `slots` block slots.
+pub fn nf4_schedule_for(m: usize, n_out: usize, red: usize, slots: usize) -> Nf4Schedule {
+    nf4_schedule(
+        m.div_ceil(TILE_M),
+        n_out.div_ceil(TILE_N),
+        red.div_ceil(NF_BK),
+        slots,
+    )
 }
 
 /// Device bytes one NF4 GEMM call allocates for itself and frees before returning, for memory
-/// plans: with a split, `splits` fp32 partial planes of `m × n_out` and one arrival counter per
-/// output tile; unsplit, a 1-element stand-in for each. `red` is the reduction length (K for
-/// the forward, N for the input gradient), `sms` the device's SM count (0: unknown, no split).
-pub fn nf4_scratch_bytes(m: usize, n_out: usize, red: usize, sms: usize) -> usize {
+/// plans: for its split launch, `tail_splits` fp32 partial tiles (128 x 128) per tile of the
+/// launch and one arrival counter per tile; a 1-element stand-in for each otherwise. `red` is
+/// the reduction length (K for the forward, N for the input gradient), `slots` as for
+/// [`nf4_schedule`] (0: unknown, no split).
+pub fn nf4_scratch_bytes(m: usize, n_out: usize, red: usize, slots: usize) -> usize {
     if m == 0 || n_out == 0 {
         return 0;
     }
-    match nf4_grid_split(m, n_out, red, sms) {
-        (tiles, splits) if splits > 1 => 4 * splits * m * n_out + 4 * tiles,
-        _ => 4 + 4,
+    let s = nf4_schedule_for(m, n_out, red, slots);
+    if s.tail_splits > 1 {
+        let tiles = m.div_ceil(TILE_M) * (n_out.div_ceil(TILE_N) - s.head_cols);
+        4 * s.tail_splits * tiles * TILE_M * TILE_N + 4 * tiles
+    } else {
+        4 + 4
     }
 }
 
@@ -560,9 +622,9 @@ pub enum Nf4Product {
     BackwardInput,
 }
 
-/// The NF4 GEMM with `splits` reduction splits (1 ..= [`NF4_MAX_SPLITS`]; `None`: chosen by
-/// [`nf4_splits`] for the device's SM count). The result does not depend on the split count
-/// beyond fp32 rounding, and for a given count it is the same on every run.
+/// The NF4 GEMM launched by `schedule` ([`Nf4Schedule`]; `None`: [`nf4_schedule`] for the
+/// device). The result does not depend on the schedule beyond fp32 rounding, and for a given
+/// schedule it is the same on every run.
 #[allow(clippy::too_many_arguments)]
 pub fn nf4_gemm(
     dev: &Device,
@@ -573,7 +635,7 @@ pub fn nf4_gemm(
     m: usize,
     alpha: f32,
     beta: f32,
-    splits: Option<usize>,
+    schedule: Option<Nf4Schedule>,
 ) -> Result<()> {
     let backward = product == Nf4Product::BackwardInput;
     // The wgmma kernels load whole 16-byte activation chunks: the backward's reduction length
@@ -625,65 +687,111 @@ pub fn nf4_gemm(
     }
     let mi = n_i32("nf4 gemm: M", m)?;
     n_i32("nf4 gemm: activation elements", m * red.max(n_out))?;
-    let mut grid = grid(kernel, m, n_out)?;
-    let tiles = grid.count() as usize;
+    let full = grid(kernel, m, n_out)?;
     let steps = red.div_ceil(NF_BK);
-    let splits = match splits {
-        Some(s) if (1..=NF4_MAX_SPLITS).contains(&s) => s.min(steps.max(1)),
-        Some(s) => {
+    let shared_bytes = if wgmma {
+        nf4_wgmma_shared_bytes()
+    } else {
+        nf4_shared_bytes()
+    };
+    let schedule = match schedule {
+        Some(s) if !(1..=NF4_MAX_SPLITS).contains(&s.tail_splits) => {
             return Err(invalid(
                 kernel,
-                format!("{s} reduction splits: 1 ..= {NF4_MAX_SPLITS} supported"),
+                format!(
+                    "{} reduction splits: 1 ..= {NF4_MAX_SPLITS} supported",
+                    s.tail_splits
+                ),
             ))
         }
+        Some(s) if s.head_cols >= full.x as usize => {
+            return Err(invalid(
+                kernel,
+                format!(
+                    "a head of {} tile columns leaves no tail of the {} columns",
+                    s.head_cols, full.x
+                ),
+            ))
+        }
+        Some(s) => s,
         // The same choice `nf4_scratch_bytes` plans for.
-        None => nf4_grid_split(m, n_out, red, dev.info().multiprocessors as usize).1,
+        None => nf4_schedule(
+            full.y as usize,
+            full.x as usize,
+            steps,
+            nf4_slots(
+                dev.info().multiprocessors as usize,
+                dev.info().max_shared_bytes as usize,
+                shared_bytes,
+            ),
+        ),
     };
-    grid.z = splits as u32;
-    // Split-K: fp32 partial planes and one arrival counter per output tile (zeroed; the last
-    // block of each tile resets its counter). A 1-element stand-in otherwise (never touched).
-    let (mut part, mut counters) = if splits > 1 {
-        n_i32("nf4 gemm: split partials", splits * m * n_out)?;
-        (
-            dev.alloc(DType::F32, splits * m * n_out)?,
-            dev.alloc_zeros(DType::U32, tiles)?,
-        )
-    } else {
-        (dev.alloc(DType::F32, 1)?, dev.alloc(DType::U32, 1)?)
+    let launch = |out: &mut Buffer, grid: Dim3, col0: usize| -> Result<()> {
+        let splits = grid.z as usize;
+        let tiles = (grid.x * grid.y) as usize;
+        // Split-K: per split one fp32 partial 128 x 128 tile per tile of the launch, and one
+        // arrival counter per tile (zeroed; the last block of each tile resets its counter).
+        // A 1-element stand-in otherwise (never touched).
+        let (mut part, mut counters) = if splits > 1 {
+            (
+                dev.alloc(DType::F32, splits * tiles * TILE_M * TILE_N)?,
+                dev.alloc_zeros(DType::U32, tiles)?,
+            )
+        } else {
+            (dev.alloc(DType::F32, 1)?, dev.alloc(DType::U32, 1)?)
+        };
+        // SAFETY: a holds m·red, out m·n_out elements (checked); the weight's buffers were
+        // checked against its shape (fragment layout, fragment_bytes) on upload and here;
+        // K % 64 == 0 and blocksize 64 keep every packed chunk and absmax index inside W. The
+        // grid's tile columns col0 .. col0 + grid.x lie inside the output's. With splits > 1,
+        // part holds splits·tiles·128·128 floats and counters one u32 per tile, zeroed.
+        unsafe {
+            dev.launch(&Launch {
+                kernel,
+                grid,
+                block: Dim3::x(GEMM_THREADS),
+                shared_bytes: shared_bytes as u32,
+                args: &{
+                    let mut args = vec![out.arg_mut(), part.arg_mut(), counters.arg_mut(), a.arg()];
+                    args.extend(w.device_args());
+                    args.extend([
+                        Arg::I32(mi),
+                        Arg::I32(n as i32),
+                        Arg::I32(k as i32),
+                        Arg::F32(alpha),
+                        Arg::F32(beta),
+                        Arg::I32(col0 as i32),
+                    ]);
+                    args
+                },
+            })?;
+        }
+        Ok(())
     };
-    // SAFETY: a holds m·red, out m·n_out elements (checked); the weight's buffers were checked
-    // against its shape (fragment layout, fragment_bytes) on upload and here; K % 64 == 0 and
-    // blocksize 64 keep every packed chunk and absmax index inside W. With splits > 1, part
-    // holds splits·m·n_out floats and counters one u32 per (x, y) tile, zeroed.
-    unsafe {
-        dev.launch(&Launch {
-            kernel,
-            grid,
-            block: Dim3::x(GEMM_THREADS),
-            shared_bytes: if wgmma {
-                nf4_wgmma_shared_bytes()
-            } else {
-                nf4_shared_bytes()
-            } as u32,
-            args: &{
-                let mut args = vec![out.arg_mut(), part.arg_mut(), counters.arg_mut(), a.arg()];
-                args.extend(w.device_args());
-                args.extend([
-                    Arg::I32(mi),
-                    Arg::I32(n as i32),
-                    Arg::I32(k as i32),
-                    Arg::F32(alpha),
-                    Arg::F32(beta),
-                ]);
-                args
+    let head = schedule.head_cols;
+    if head > 0 {
+        launch(
+            out,
+            Dim3 {
+                x: head as u32,
+                ..full
             },
-        })?;
+            0,
+        )?;
     }
-    Ok(())
+    launch(
+        out,
+        Dim3 {
+            x: full.x - head as u32,
+            z: schedule.tail_splits.min(steps.max(1)) as u32,
+            ..full
+        },
+        head,
+    )
 }
 
 /// `Y[M][N] = α·X[M][K]·dequant_bf16(W)ᵀ + β·Y`: `x` bf16 `M·K`, `y` f32 or bf16 `M·N`; the
-/// reduction split chosen for the device ([`nf4_splits`]).
+/// schedule chosen for the device ([`nf4_schedule`]).
 pub fn nf4_forward(
     dev: &Device,
     x: &Buffer,
@@ -697,7 +805,7 @@ pub fn nf4_forward(
 }
 
 /// `dX[M][K] = α·dY[M][N]·dequant_bf16(W) + β·dX`: `dy` bf16 `M·N`, `dx` f32 or bf16 `M·K`;
-/// the reduction split chosen for the device ([`nf4_splits`]).
+/// the schedule chosen for the device ([`nf4_schedule`]).
 pub fn nf4_backward_input(
     dev: &Device,
     dy: &Buffer,

@@ -199,9 +199,10 @@ pub fn cost(r: &LaunchRecord) -> Cost {
         };
     }
     if name.starts_with("nf4_gemm_") {
-        // (y, part, counters, x, packed, codes, nested, map, table, offset, m, n, k, α, β):
-        // y[m, ·] from x[m, ·] and a 4-bit weight of n·k elements (½ byte each + 1 code byte
-        // per 64); grid.z reduction splits.
+        // (y, part, counters, x, packed, codes, nested, map, table, offset, m, n, k, α, β,
+        // col0): the output tile columns col0 .. col0 + grid.x of y[m, ·] from x[m, ·] and a
+        // 4-bit weight of n·k elements (½ byte each + 1 code byte per 64); grid.z reduction
+        // splits.
         let (m, n, k) = (i(1), i(2), i(3));
         let beta = f32_arg(r, 5);
         let out = elem(r, 0);
@@ -209,19 +210,25 @@ pub fn cost(r: &LaunchRecord) -> Cost {
         let wgmma = name.contains("wgmma");
         // Forward reads x [m, k], writes y [m, n]; backward reads dy [m, n], writes dx [m, k].
         let (x_cols, y_cols) = if backward { (n, k) } else { (k, n) };
+        // The launch's share of the output columns, and so of W (its rows forward, its
+        // columns backward).
+        let tile_n = crate::ops::gemm::TILE_N as f64;
+        let col0 = i(6) * tile_n;
+        let cols = (y_cols - col0).clamp(0.0, r.grid.x as f64 * tile_n);
+        let w_elems = if backward { n * cols } else { cols * k };
         let m_tiles = (m / crate::ops::gemm::TILE_M as f64).ceil();
-        // Split-K: every split writes its fp32 partial tile, the last block of each tile
-        // reads the other splits' back.
+        // Split-K: every split writes its fp32 partial tiles, the last block of each tile
+        // reads them all back.
         let splits = r.grid.z.max(1) as f64;
         let partials = if splits > 1.0 {
-            4.0 * m * y_cols * (2.0 * splits - 1.0)
+            let tiles = (r.grid.x * r.grid.y) as f64;
+            4.0 * tiles * (crate::ops::gemm::TILE_M as f64 * tile_n) * (2.0 * splits - 1.0)
         } else {
             0.0
         };
         return Cost {
-            tensor_flops: 2.0 * m * n * k,
-            decoded_elements: n
-                * k
+            tensor_flops: 2.0 * m * w_elems,
+            decoded_elements: w_elems
                 * m_tiles
                 * if wgmma {
                     NF4_WGMMA_DECODING_WARP_ROWS
@@ -237,8 +244,8 @@ pub fn cost(r: &LaunchRecord) -> Cost {
             },
             wgmma,
             bytes: 2.0 * m * x_cols
-                + n * k * (0.5 + 1.0 / 64.0)
-                + out * m * y_cols * if beta != 0.0 { 2.0 } else { 1.0 }
+                + w_elems * (0.5 + 1.0 / 64.0)
+                + out * m * cols * if beta != 0.0 { 2.0 } else { 1.0 }
                 + partials,
             formula: "nf4 gemm",
             ..Cost::default()

@@ -149,7 +149,10 @@ fn lora_acts(d: &Dims, l: &Linear) -> usize {
 /// Scratch of the frozen product `out = x·Wᵀ` (`m × n_out`, reduction `red`).
 fn base_product_scratch(led: &mut Ledger, d: &Dims, n_out: usize, red: usize) {
     if d.four_bit {
-        led.scratch(gemm::nf4_scratch_bytes(d.m, n_out, red, d.sms));
+        // At the kernels' design occupancy (the GPUs of 160 KB or more of shared memory per
+        // SM; on those of 100 KB the launcher schedules for one block per SM).
+        let slots = d.sms * gemm::NF4_BLOCKS_PER_SM;
+        led.scratch(gemm::nf4_scratch_bytes(d.m, n_out, red, slots));
     }
 }
 
