@@ -26,7 +26,8 @@
 #
 # For a short lease, split the work over calls: GPU_CHECK_PHASES (any of "tests step predict
 # decode bench", default all of those, and "profile": Nsight Compute on the hot kernels),
-# GPU_CHECK_TESTS (test binary names; default all), GPU_CHECK_BENCH_TIME (criterion warm-up and measurement seconds; default "1 2"),
+# GPU_CHECK_TESTS (test binary names; default all), GPU_CHECK_BENCHES (benchmark names; default
+# all), GPU_CHECK_BENCH_TIME (criterion warm-up and measurement seconds; default "1 2"),
 # GPU_CHECK_TIMEOUT (seconds per binary; default 240), GPU_CHECK_SANITIZER_TOOLS (default
 # "memcheck racecheck synccheck initcheck"), GPU_CHECK_SANITIZER_BUDGET and _TIMEOUT.
 # On an H200 (2026-12-04) the whole `run` took 250 s with GPU_CHECK_BENCH_TIME="0.5 1", and
@@ -377,7 +378,14 @@ run() {
     log "## Benchmarks"
     log ""
     log '```'
-    for b in bench/*; do
+    # GPU_CHECK_BENCHES: the benchmarks to run, by name (default: all in the bundle).
+    local bench_set=()
+    if [ -n "${GPU_CHECK_BENCHES:-}" ]; then
+      for n in $GPU_CHECK_BENCHES; do bench_set+=("bench/$n"); done
+    else
+      bench_set=(bench/*)
+    fi
+    for b in "${bench_set[@]}"; do
       [ -x "$b" ] || continue
       [ "$(basename "$b")" = decode_gpu ] && continue  # measured above, next to its prediction
       # --bench: criterion runs the measurements (kc_bench ignores the flags); short windows keep

@@ -239,6 +239,22 @@ KC_FN f32x4 load4(const float* p) {
   KC_CHECK_ALIGNED(p, 16, false);
   return *reinterpret_cast<const f32x4*>(p);
 }
+// A 16-byte load through L2 only (ld.global.cg), for data that other blocks stored before a
+// __threadfence and an atomic this block has observed (L1 is not coherent across SMs).
+KC_FN f32x4 load4_cg(const float* p) {
+  KC_CHECK_ALIGNED(p, 16, false);
+#ifdef KC_DEVICE
+  f32x4 r;
+  asm volatile("ld.global.cg.v4.f32 {%0, %1, %2, %3}, [%4];\n"
+               : "=f"(r.x), "=f"(r.y), "=f"(r.z), "=f"(r.w)
+               : "l"(p)
+               : "memory");
+  return r;
+#else
+  const volatile float* v = p;
+  return f32x4{v[0], v[1], v[2], v[3]};
+#endif
+}
 KC_FN void store4(float* p, f32x4 v) {
   KC_CHECK_ALIGNED(p, 16, true);
   *reinterpret_cast<f32x4*>(p) = v;

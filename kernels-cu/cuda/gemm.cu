@@ -445,8 +445,10 @@ extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
 
 #ifdef KC_DEVICE
 #define NF_NO_UNROLL _Pragma("unroll 1")
+#define NF_UNROLL4 _Pragma("unroll 4")
 #else
 #define NF_NO_UNROLL
+#define NF_UNROLL4
 #endif
 
 #define NF_BK 64
@@ -543,19 +545,33 @@ __device__ __forceinline__ void nf4_split_reduce(T* c, const float* part, u32* c
   __syncthreads();
   if (*s_last == 0u) return;
   __threadfence();  // acquire side: the other blocks' partials are read after their counts
-  // The tile's elements, one per thread in turn (coalesced), each the sum of the S partials in
-  // the order z = 0..S-1 (this block's own read back too), then α/β as in the epilogue.
-  const volatile float* vp = part;
-  for (int idx = threadIdx.x; idx < GEMM_BM * GEMM_BN; idx += GEMM_THREADS) {
+  // Four consecutive elements of the tile per thread in turn (16-byte loads through L2), each
+  // the sum of the S partials in the order z = 0..S-1 (this block's own read back too), then
+  // α/β as in the epilogue. Every partial tile is written whole (elements outside the output
+  // hold zeros), so every load reads stored data.
+  for (int i4 = threadIdx.x; i4 < GEMM_BM * GEMM_BN / 4; i4 += GEMM_THREADS) {
+    const int idx = 4 * i4;
     const int row = bm + idx / GEMM_BN, col = bn + idx % GEMM_BN;
     if (row >= m || col >= n_out) continue;
+    float sum[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    // Unrolled so that several splits' loads are in flight before their sums.
+NF_UNROLL4
+    for (int zz = 0; zz < splits; ++zz) {
+      const kc::f32x4 v = kc::load4_cg(part + nf4_partial_tile(zz) + idx);
+      sum[0] += v.x;
+      sum[1] += v.y;
+      sum[2] += v.z;
+      sum[3] += v.w;
+    }
     const long long o = static_cast<long long>(row) * n_out + col;
-    float sum = 0.0f;
-    for (int zz = 0; zz < splits; ++zz) sum += vp[nf4_partial_tile(zz) + idx];
-    float v = alpha * sum;
-    // beta == 0 never reads the output (it may hold garbage).
-    if (beta != 0.0f) v += beta * load_out(c + o);
-    store_out(c + o, v);
+KC_UNROLL
+    for (int e = 0; e < 4; ++e) {
+      if (col + e >= n_out) break;
+      float v = alpha * sum[e];
+      // beta == 0 never reads the output (it may hold garbage).
+      if (beta != 0.0f) v += beta * load_out(c + o + e);
+      store_out(c + o + e, v);
+    }
   }
 }
 
@@ -762,12 +778,11 @@ KC_UNROLL
     for (int j = 0; j < 4; ++j)
 KC_UNROLL
       for (int h = 0; h < 2; ++h) {
+        // The whole tile, also outside the output (zeros there: zero-filled activation rows,
+        // zero absmax), so that the reduction reads only stored data.
         const int r = wm * 64 + i * 16 + g + 8 * h, cc = wn * 32 + j * 8 + 2 * t;
-        const int row = bm + r, col = bn + cc;
-        if (row >= m || col >= n_out) continue;
-        float* p = part_tile + r * GEMM_BN + cc;
-        p[0] = acc[i][j][2 * h];
-        if (col + 1 < n_out) p[1] = acc[i][j][2 * h + 1];
+        kc::store_u32x2(part_tile + r * GEMM_BN + cc,
+                        kc::u32x2{__float_as_uint(acc[i][j][2 * h]), __float_as_uint(acc[i][j][2 * h + 1])});
       }
   nf4_split_reduce(c, part, counters, s_last, splits, m, n_out, bm, bn, alpha, beta);
 }
@@ -982,11 +997,12 @@ KC_UNROLL
     }
     return;
   }
+  // The whole tile, also outside the output (zeros there), so that the reduction reads only
+  // stored data.
   float* part_tile = part + nf4_partial_tile(z);
 KC_UNROLL
   for (int i = 0; i < 64; ++i) {
     const int feat = feat0 + 8 * ((i >> 1) & 1), tok = bm + 8 * (i >> 2) + 2 * t + (i & 1);
-    if (tok >= m || feat >= n_out) continue;
     part_tile[(tok - bm) * GEMM_BN + (feat - bn)] = acc[i];
   }
   nf4_split_reduce(c, part, counters, s_last, splits, m, n_out, bm, bn, alpha, beta);
