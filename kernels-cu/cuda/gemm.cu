@@ -946,7 +946,13 @@ KC_UNROLL
     const int s = i % NF_STAGES;
     const u8* sq_s = sq + s * Q_BYTES + q * NF_ST_BYTES;
     const float* am_s = s_am + s * 128 + 64 * q;
+    // Each k16 step's A fragment is decoded and its product issued at once, so that the
+    // tensor cores work on step p while the warps decode step p + 1 (wgmma.fence orders the
+    // fresh fragment registers before the product that reads them; it does not wait for the
+    // products in flight). The four fragments stay distinct registers until the wait below.
     u32 af[4][4];
+KC_UNROLL
+    for (int j = 0; j < 64; ++j) kc::wgmma_fence_operand(acc[j]);
 KC_UNROLL
     for (int p = 0; p < 4; ++p) {
       u32 o[4];
@@ -965,12 +971,7 @@ KC_UNROLL
 KC_UNROLL
         for (int r = 0; r < 4; ++r) af[p][r] = movmatrix_trans(o[r]);
       }
-    }
-KC_UNROLL
-    for (int j = 0; j < 64; ++j) kc::wgmma_fence_operand(acc[j]);
-    kc::wgmma_fence();
-KC_UNROLL
-    for (int p = 0; p < 4; ++p) {
+      kc::wgmma_fence();
       const kc::u64 desc = kc::wgmma_desc(sx_saddr + static_cast<u32>(s * NFW_X_BYTES + 32 * p), 16u, 1024u,
                                           kc::WGMMA_SWIZZLE_128B);
       kc::wgmma_m64k16_bf16_rs<128>(acc, af[p], desc, 1);
