@@ -83,7 +83,7 @@ pub fn print(
     // The first check against a GPU, so that nobody takes the prediction for a measurement.
     println!(
         "  calibration          the model's one check so far: Falcon-7B at batch 2 x 512, r=8 on \
-         query_key_value MEASURED 5,799 tokens/s in 4.50 GiB on an H200 (2026-12-04), 2.1x \
+         query_key_value MEASURED 6,202 tokens/s in 4.45 GiB on an H200 (2026-12-04), 2.1x \
          slower than predicted (BENCHMARKS.md)"
     );
     let limits: Vec<String> = p
