@@ -395,10 +395,12 @@ pub const NF4_BLOCKS_PER_SM: usize = defines::gemm::NF_MIN_BLOCKS;
 /// the columns `head_cols..` in a second launch whose blocks each reduce `1/tail_splits` of
 /// the reduction. `head_cols = 0` is a single launch of the whole grid.
 ///
-/// Why: a block runs at the same speed whether or not it shares its SM, so a grid of 288
-/// tiles on 264 block slots (132 SMs x 2) takes two full block times for 1.09 waves of work.
-/// Running the 264 tiles of the full wave unsplit and the 24 left over split in 11 fills the
-/// GPU twice as long for 1/11 of a block time: ~1.1 block times instead of 2.
+/// Why: a grid of 288 tiles on 264 block slots (132 SMs x 2) runs its last 24 tiles as a
+/// second wave that leaves most of the GPU idle (those blocks, alone on their SMs, run about
+/// twice as fast as paired ones, which is not enough). Running the 264 tiles of the full wave
+/// unsplit and the 24 left over split in 8 fills the GPU again for 1/8 of a block's work.
+/// Measured on an H200 (BENCHMARKS.md, 2026-12-04): -17 to -20 % on the 288- and 296-tile
+/// products of Falcon-7B, -11 % where the reduction is 18176 long.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Nf4Schedule {
     /// Tile columns of the unsplit first launch (0: none, the whole grid is one launch).
