@@ -6,6 +6,7 @@ use crate::autograd::record;
 use crate::element::Float;
 use crate::{Element, Result, Tensor, Var};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 pub fn gelu_scalar<T: Float>(x: T) -> T {
     let half = T::from_f64(0.5);
@@ -40,7 +41,12 @@ const LANES: usize = 256;
 /// `y = gelu(x)` and, when `dydx` is given, `dydx = gelu'(x)`, computed with the same
 /// operations in the same order as [`gelu_with_grad`] but with erf and exp over slices
 /// ([`Float::erf_slice`], [`Float::exp_shifted_slice`]: vectorized for f32, libm for f64).
-fn gelu_slices<T: Float>(x: &[T], y: &mut [T], mut dydx: Option<&mut [T]>) {
+/// The outputs may be uninitialized memory: every element of `y` (and `dydx`) is written.
+fn gelu_slices<T: Float>(
+    x: &[T],
+    y: &mut [MaybeUninit<T>],
+    mut dydx: Option<&mut [MaybeUninit<T>]>,
+) {
     let half = T::from_f64(0.5);
     let inv_sqrt2 = T::from_f64(std::f64::consts::FRAC_1_SQRT_2);
     let inv_sqrt_2pi = T::from_f64(0.398_942_280_401_432_7);
@@ -55,7 +61,7 @@ fn gelu_slices<T: Float>(x: &[T], y: &mut [T], mut dydx: Option<&mut [T]>) {
         }
         T::erf_slice(e);
         for ((yv, &xv), &ev) in y[i0..i0 + n].iter_mut().zip(xs).zip(e.iter()) {
-            *yv = half * xv * (T::ONE + ev);
+            yv.write(half * xv * (T::ONE + ev));
         }
         if let Some(d) = dydx.as_deref_mut() {
             let p = &mut p[..n];
@@ -67,7 +73,7 @@ fn gelu_slices<T: Float>(x: &[T], y: &mut [T], mut dydx: Option<&mut [T]>) {
                 d[i0..i0 + n].iter_mut().zip(xs).zip(e.iter()).zip(p.iter())
             {
                 let cdf = half * (T::ONE + ev);
-                *dv = cdf + xv * (pv * inv_sqrt_2pi);
+                dv.write(cdf + xv * (pv * inv_sqrt_2pi));
             }
         }
     }
@@ -81,21 +87,32 @@ pub fn gelu(x: &Var) -> Result<Var> {
     let recorded = crate::autograd::grad_enabled() && x.requires_grad();
     with_float!(xv.dtype(), "gelu", |T| {
         let src = xv.as_slice::<T>()?;
-        let mut y = vec![T::ZERO; src.len()];
+        let n = src.len();
+        // Outputs without a zero fill first: gelu_slices writes every element.
+        let mut y = Vec::with_capacity(n);
         if !recorded {
-            y.par_chunks_mut(TASK)
+            y.spare_capacity_mut()[..n]
+                .par_chunks_mut(TASK)
                 .zip(src.par_chunks(TASK))
                 .for_each(|(yc, xc)| gelu_slices(xc, yc, None));
+            // SAFETY: gelu_slices initialized the first n elements.
+            unsafe { y.set_len(n) };
             return Ok(Var::constant(Tensor::from_storage(
                 T::wrap(y),
                 xv.shape().clone(),
             )));
         }
-        let mut dydx = vec![T::ZERO; src.len()];
-        y.par_chunks_mut(TASK)
-            .zip(dydx.par_chunks_mut(TASK))
+        let mut dydx = Vec::with_capacity(n);
+        y.spare_capacity_mut()[..n]
+            .par_chunks_mut(TASK)
+            .zip(dydx.spare_capacity_mut()[..n].par_chunks_mut(TASK))
             .zip(src.par_chunks(TASK))
             .for_each(|((yc, dc), xc)| gelu_slices(xc, yc, Some(dc)));
+        // SAFETY: gelu_slices initialized the first n elements of both.
+        unsafe {
+            y.set_len(n);
+            dydx.set_len(n);
+        }
         let shape = xv.shape().clone();
         let out = Tensor::from_storage(T::wrap(y), shape.clone());
         Ok(record("gelu", out, &[x], move |g, _, _| {
@@ -112,6 +129,16 @@ pub fn gelu(x: &Var) -> Result<Var> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// [`gelu_slices`] into initialized outputs.
+    fn gelu_slices_init<T: Float>(x: &[T], y: &mut [T], d: Option<&mut [T]>) {
+        fn uninit<T>(s: &mut [T]) -> &mut [MaybeUninit<T>] {
+            // SAFETY: MaybeUninit<T> has T's layout, and only initialized T values are
+            // written through the view.
+            unsafe { &mut *(s as *mut [T] as *mut [MaybeUninit<T>]) }
+        }
+        gelu_slices(x, uninit(y), d.map(uninit));
+    }
 
     #[test]
     fn one_erf_gives_the_same_bits_as_the_separate_functions() {
@@ -143,7 +170,7 @@ mod tests {
     fn slice_kernel_in_f64_is_bitwise_the_scalar_reference() {
         let x = fresh_inputs(1000, 20.0);
         let (mut y, mut d) = (vec![f64::NAN; x.len()], vec![f64::NAN; x.len()]);
-        gelu_slices(&x, &mut y, Some(&mut d));
+        gelu_slices_init(&x, &mut y, Some(&mut d));
         for i in 0..x.len() {
             let (yr, dr) = gelu_with_grad(x[i]);
             assert_eq!(y[i].to_bits(), yr.to_bits(), "gelu({})", x[i]);
@@ -166,9 +193,9 @@ mod tests {
         ]);
         let x: Vec<f32> = x64.iter().map(|&v| v as f32).collect();
         let (mut y, mut d) = (vec![f32::NAN; x.len()], vec![f32::NAN; x.len()]);
-        gelu_slices(&x, &mut y, Some(&mut d));
+        gelu_slices_init(&x, &mut y, Some(&mut d));
         let mut y_only = vec![f32::NAN; x.len()];
-        gelu_slices(&x, &mut y_only, None);
+        gelu_slices_init(&x, &mut y_only, None);
         for i in 0..x.len() {
             let xd = x[i] as f64;
             // 1 + erf(x/√2) cancels for negative x: the error is relative to |x|, not to y.
@@ -187,7 +214,7 @@ mod tests {
             assert_eq!(y[i].to_bits(), y_only[i].to_bits());
         }
         let (mut yn, mut dn) = ([0f32; 3], [0f32; 3]);
-        gelu_slices(
+        gelu_slices_init(
             &[f32::NAN, f32::INFINITY, f32::NEG_INFINITY],
             &mut yn,
             Some(&mut dn),
