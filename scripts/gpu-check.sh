@@ -252,6 +252,15 @@ run() {
   # GPU_CHECK_PHASES picks parts of the check (default: all of them, in this order), so that a
   # short lease can split them over calls; GPU_CHECK_BENCH_TIME sets criterion's warm-up and
   # measurement windows in seconds (default "1 2").
+  # The files named in $2 (space-separated) in folder $1, one per line; all of it when empty.
+  pick() {
+    local n
+    if [ -n "$2" ]; then
+      for n in $2; do echo "$1/$n"; done
+    else
+      printf '%s\n' "$1"/*
+    fi
+  }
   local phases=" ${GPU_CHECK_PHASES:-tests step predict decode bench} "
   phase() { [[ "$phases" == *" $1 "* ]]; }
   local bench_time
@@ -285,11 +294,7 @@ run() {
     log "| --- | --- | --- |"
     # GPU_CHECK_TESTS: the test binaries to run, by name (default: all in the bundle).
     local test_set=()
-    if [ -n "${GPU_CHECK_TESTS:-}" ]; then
-      for n in $GPU_CHECK_TESTS; do test_set+=("tests/$n"); done
-    else
-      test_set=(tests/*)
-    fi
+    mapfile -t test_set < <(pick tests "${GPU_CHECK_TESTS:-}")
     for t in "${test_set[@]}"; do
       [ -x "$t" ] || continue
       local start status
@@ -380,11 +385,7 @@ run() {
     log '```'
     # GPU_CHECK_BENCHES: the benchmarks to run, by name (default: all in the bundle).
     local bench_set=()
-    if [ -n "${GPU_CHECK_BENCHES:-}" ]; then
-      for n in $GPU_CHECK_BENCHES; do bench_set+=("bench/$n"); done
-    else
-      bench_set=(bench/*)
-    fi
+    mapfile -t bench_set < <(pick bench "${GPU_CHECK_BENCHES:-}")
     for b in "${bench_set[@]}"; do
       [ -x "$b" ] || continue
       [ "$(basename "$b")" = decode_gpu ] && continue  # measured above, next to its prediction

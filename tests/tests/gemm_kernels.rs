@@ -565,38 +565,33 @@ fn launchers_reject_unsupported_weights() {
     let xf = dev.htod(&vec![0.5f32; 2 * 64]).unwrap();
     let e = gemm::nf4_forward(&dev, &xf, &w, &mut y, 2, 1.0, 0.0).unwrap_err();
     assert!(matches!(e, Error::DType { .. }), "{e}");
-    // A split count outside 1 ..= NF4_MAX_SPLITS.
+    // A split count outside 1 ..= NF4_MAX_SPLITS, and a head that leaves no tail (1 tile
+    // column).
     let x = dev.htod(&rng.bf16s(2 * 64)).unwrap();
-    let e = gemm::nf4_gemm(
-        &dev,
-        Nf4Product::Forward,
-        &x,
-        &w,
-        &mut y,
-        2,
-        1.0,
-        0.0,
-        Some(Nf4Schedule::split(gemm::NF4_MAX_SPLITS + 1)),
-    )
-    .unwrap_err();
-    assert!(e.to_string().contains("splits"), "{e}");
-    // A head that leaves no tail (1 tile column).
-    let e = gemm::nf4_gemm(
-        &dev,
-        Nf4Product::Forward,
-        &x,
-        &w,
-        &mut y,
-        2,
-        1.0,
-        0.0,
-        Some(Nf4Schedule {
-            head_cols: 1,
-            tail_splits: 2,
-        }),
-    )
-    .unwrap_err();
-    assert!(e.to_string().contains("no tail"), "{e}");
+    for (schedule, says) in [
+        (Nf4Schedule::split(gemm::NF4_MAX_SPLITS + 1), "splits"),
+        (
+            Nf4Schedule {
+                head_cols: 1,
+                tail_splits: 2,
+            },
+            "no tail",
+        ),
+    ] {
+        let e = gemm::nf4_gemm(
+            &dev,
+            Nf4Product::Forward,
+            &x,
+            &w,
+            &mut y,
+            2,
+            1.0,
+            0.0,
+            Some(schedule),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains(says), "{e}");
+    }
     // Inconsistent parts.
     let mut parts = nf4_parts("test weight", &q).unwrap();
     parts.packed = &q.packed()[1..];
