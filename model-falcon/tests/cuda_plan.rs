@@ -199,7 +199,10 @@ fn planned_nf4_gemm_flops_are_three_passes_over_the_linears() {
         .filter(|r| r.kernel.name.starts_with("nf4_gemm_"))
         .partition(|r| r.int(6) == 0);
     assert_eq!(heads.len(), 4 * 32 * 3);
-    assert!(tails.iter().all(|r| r.grid.z > 1), "a tail launch without a split");
+    assert!(
+        tails.iter().all(|r| r.grid.z > 1),
+        "a tail launch without a split"
+    );
     assert!(tails.len() <= heads.len());
     // The dry run's allocator peak is the step's device memory: base, adapters, activations.
     assert!(
