@@ -52,8 +52,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let g = gpu(&gpu_name).ok_or(format!("unknown GPU `{gpu_name}` (known: {})", gpu_keys()))?;
     let p = plan::dry_run(&cfg, &shape, g)?;
     println!(
-        "PREDICTED by the performance model (datasheet peaks x stated efficiencies; nothing \
-         measured): {model}, batch {batch} x {seq}, LoRA r={r} on {targets}, 4-bit base, \
+        "PREDICTED by the performance model (datasheet peaks x stated efficiencies, the wgmma \
+         NF4 GEMM's measured on an H200; this table itself measures nothing): {model}, batch {batch} x {seq}, LoRA r={r} on {targets}, 4-bit base, \
          recompute, AdamW; {} launches, {:.1} TFLOP counted for MFU, peak allocations {:.2} GiB",
         p.launches.len(),
         p.model_flops / 1e12,

@@ -110,17 +110,19 @@ pub fn gemv_nf4_smem_wavefronts_per_mma(
 /// 64 x 128 x 16 multiply-adds per warpgroup, a quarter per warp, 2048 per HMMA.
 pub const WGMMA_HMMA_PER_WARP: f64 = 64.0 * 128.0 * 16.0 / 4.0 / 2048.0;
 
-/// Instructions per HMMA-equivalent of the wgmma NF4 GEMM's k-loop on sm_90a (ptxas 12.4):
-/// the SASS main loop of `nf4_gemm_fwd_wgmma_bf16` / `nf4_gemm_bwd_wgmma_bf16` counted
-/// statically by `perf::sass`: 278 / 310 instructions per warp and k-tile (4 HGMMA = 64
-/// HMMA-equivalents: 4.3 / 4.8), plus the activation copy's 4-iteration inner loop, which the
-/// static count leaves out as a cold loop (~40 instructions: +0.6). Per k-tile and warp: the
-/// decode of 32 codes per lane (the backward adds 16 MOVM), the stage's cp.async, absmax and
-/// fences, the wgmma fence/commit/wait, the loop. `tests/sass.rs` keeps the static counts at
-/// or under these.
-pub const NF4_WGMMA_FWD_LOOP_INSTRUCTIONS_PER_MMA: f64 = 5.0;
+/// Instructions per HMMA-equivalent of the wgmma NF4 GEMM on sm_90a, MEASURED: the warp
+/// instructions Nsight Compute counted executing in `nf4_gemm_fwd_wgmma_bf16` /
+/// `nf4_gemm_bwd_wgmma_bf16` on an H200 (2026-12-04, BENCHMARKS.md), 385 / 403-415 per warp
+/// and k-tile over whole launches (4 HGMMA = 64 HMMA-equivalents: 6.0 / 6.4). The static count
+/// of the SASS main loop (`perf::sass`, ptxas 12.4) is 278 / 310 (4.3 / 4.8); the rest is the
+/// activation copy's 4-iteration inner loop, which the static count leaves out as a cold loop
+/// (~40), and the prologue, epilogue and split reduction spread over the k-tiles. Per k-tile
+/// and warp: the decode of 32 codes per lane (the backward adds 16 MOVM), the stage's
+/// cp.async, absmax and fences, the wgmma fence/commit/wait, the loop. `tests/sass.rs` keeps
+/// the static counts at or under these.
+pub const NF4_WGMMA_FWD_LOOP_INSTRUCTIONS_PER_MMA: f64 = 6.0;
 /// See [`NF4_WGMMA_FWD_LOOP_INSTRUCTIONS_PER_MMA`].
-pub const NF4_WGMMA_BWD_LOOP_INSTRUCTIONS_PER_MMA: f64 = 5.5;
+pub const NF4_WGMMA_BWD_LOOP_INSTRUCTIONS_PER_MMA: f64 = 6.4;
 
 /// Shared-memory wavefronts per HMMA-equivalent of the wgmma NF4 GEMM's k-loop, per warp and
 /// k-tile (64 HMMA-equivalents): the loop's `LDS`/`STS` (47 forward, 53 backward in the SASS

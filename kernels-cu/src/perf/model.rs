@@ -18,7 +18,8 @@
 //! blocks is not added to the tensor time; the loop is bounded instead by whichever of the
 //! tensor pipe, the issue slots and the shared-memory bandwidth runs out first:
 //! ```text
-//! t_issue     = HMMAs · loop instructions per HMMA / (4 schedulers · SMs · clock) / wave eff.
+//! t_issue     = HMMAs · loop instructions per HMMA / (4 schedulers · SMs · clock · issue eff.)
+//!               / wave eff.   (issue efficiency: measured for the wgmma kernels, 1 otherwise)
 //! t_smem      = HMMAs · shared-memory wavefronts per HMMA / (SMs · clock) / wave efficiency
 //! time        = max(max(t_tensor, t_issue, t_smem) + t_softmax, t_memory) + launch gap
 //! ```
@@ -82,6 +83,15 @@ pub const GRAPH_NODE_US: f64 = 0.5;
 /// rounded down to 0.78 for a kernel that waits for its products once per k-tile
 /// (`wgmma.wait_group 0`) with two blocks per SM to cover the wait. An assumption until measured.
 pub const WGMMA_EFFICIENCY: f64 = 0.78;
+
+/// Fraction of the issue slots the wgmma NF4 GEMM fills, MEASURED: Nsight Compute on an H200
+/// (2026-12-04, BENCHMARKS.md) found 53-56 % of them busy in the products with full waves
+/// (48 % split in four), with four warps per scheduler waiting on a barrier per k-tile and on
+/// their own loads: the loop is latency-bound, neither the tensor pipe (about 37 % busy) nor
+/// instruction issue is saturated. The model has no latency term, so the issue bound of these
+/// kernels is divided by this measured rate (the `mma.sync` kernels keep the full rate,
+/// unmeasured).
+pub const NF4_WGMMA_ISSUE_EFFICIENCY: f64 = 0.55;
 
 /// Resident blocks per SM from which an overlapped decode hides behind other warps' products.
 pub const OVERLAP_MIN_BLOCKS: u32 = 2;
@@ -234,7 +244,12 @@ pub fn times_at(gpu: &Gpu, c: &Cost, grid_blocks: u64, blocks_per_sm: u32) -> Ti
     let tensor = c.tensor_flops / (gpu.bf16_tflops * 1e12 * mma_efficiency) / eff;
     let decode = if c.decode_overlapped && blocks_per_sm >= OVERLAP_MIN_BLOCKS {
         let hmmas = c.tensor_flops / HMMA_FLOPS;
-        let issue = hmmas * c.loop_instructions_per_mma / issue_rate / eff;
+        let issue_efficiency = if c.wgmma {
+            NF4_WGMMA_ISSUE_EFFICIENCY
+        } else {
+            1.0
+        };
+        let issue = hmmas * c.loop_instructions_per_mma / (issue_rate * issue_efficiency) / eff;
         let wavefronts = if c.wgmma {
             super::cost::NF4_WGMMA_SMEM_WAVEFRONTS_PER_MMA
         } else if c.smem_wavefronts_per_mma > 0.0 {

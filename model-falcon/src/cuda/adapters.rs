@@ -302,6 +302,36 @@ impl AdapterStore {
         m: usize,
         rng: Option<&mut RngCursor>,
     ) -> Result<LoraActs> {
+        let acts = self.forward_acts(dev, i, x, m, rng)?;
+        let s = &self.slots[i];
+        let b = self.view_bf16(s.b_off, s.b_len())?;
+        gemm(
+            dev,
+            Layout::Nt,
+            &acts.u,
+            &b,
+            y,
+            m,
+            s.out_f,
+            s.r,
+            s.scaling,
+            1.0,
+        )
+        .map_err(cuda_err(format!("{} LoRA u·Bᵀ", s.module)))?;
+        Ok(acts)
+    }
+
+    /// What the backward of [`Self::forward`] needs from it (the dropout copy of `x` and
+    /// `u = x·Aᵀ`), drawing the same dropout mask, without adding the adapter's output to
+    /// anything: for a recomputed forward whose output no backward reads.
+    pub fn forward_acts(
+        &self,
+        dev: &Dev,
+        i: usize,
+        x: &Buffer,
+        m: usize,
+        rng: Option<&mut RngCursor>,
+    ) -> Result<LoraActs> {
         let s = &self.slots[i];
         let err = |what: &str| cuda_err(format!("{} LoRA {what}", s.module));
         let mask = match rng {
@@ -318,11 +348,9 @@ impl AdapterStore {
             None => None,
         };
         let a = self.view_bf16(s.a_off, s.a_len())?;
-        let b = self.view_bf16(s.b_off, s.b_len())?;
         let mut u = alloc(dev, "LoRA u", DType::BF16, m * s.r)?;
         let xin = xd.as_ref().unwrap_or(x);
         down_projection(dev, xin, &a, &mut u, m, s.r, s.in_f, 1.0).map_err(err("x·Aᵀ"))?;
-        gemm(dev, Layout::Nt, &u, &b, y, m, s.out_f, s.r, s.scaling, 1.0).map_err(err("u·Bᵀ"))?;
         Ok(LoraActs { xd, u, mask })
     }
 

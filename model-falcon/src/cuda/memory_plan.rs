@@ -177,9 +177,26 @@ fn linear_backward(led: &mut Ledger, d: &Dims, l: &Linear) {
     }
 }
 
-/// One layer's forward as `layer::forward` runs it. Returns the bytes of the activations it
-/// keeps for the backward (its output stays allocated too, as the next layer's input).
-fn layer_forward(led: &mut Ledger, d: &Dims, lin: &[Linear; 4]) -> usize {
+/// A linear whose output is not computed (`layer::recompute`'s dense and 4h_to_h): only its
+/// LoRA activations.
+fn linear_unread(led: &mut Ledger, d: &Dims, l: &Linear) -> usize {
+    let acts = lora_acts(d, l);
+    led.alloc(acts);
+    acts
+}
+
+/// One layer's forward as `layer::forward` runs it (`recompute`: as `layer::recompute` does,
+/// without the branch outputs and the layer output). Returns the bytes of the activations it
+/// keeps for the backward (the forward's output stays allocated too, as the next layer's
+/// input).
+fn layer_forward(led: &mut Ledger, d: &Dims, lin: &[Linear; 4], recompute: bool) -> usize {
+    let branch = |led: &mut Ledger, l: &Linear| {
+        if recompute {
+            linear_unread(led, d, l)
+        } else {
+            linear_forward(led, d, l)
+        }
+    };
     let [qkv, dense, h4h, fhh] = lin;
     let mut kept = 0;
     for _ in 0..d.norms {
@@ -194,13 +211,15 @@ fn layer_forward(led: &mut Ledger, d: &Dims, lin: &[Linear; 4]) -> usize {
     led.alloc(q + F32 * d.attn_rows); // o (as [b, t, hq·d]) and its logsumexp
     led.scratch(1); // the placeholder key mask
     kept += q + F32 * d.attn_rows;
-    kept += linear_forward(led, d, dense); // attention branch output
+    kept += branch(led, dense); // attention branch output
     kept += linear_forward(led, d, h4h) + BF16 * d.m * h4h.out_f; // pre-GELU
     led.alloc(BF16 * d.m * d.ffn);
     kept += BF16 * d.m * d.ffn; // GELU output
-    kept += linear_forward(led, d, fhh); // MLP branch output
-    led.alloc(BF16 * d.m * d.hidden); // the layer output
-    led.free(2 * BF16 * d.m * d.hidden); // both branch outputs
+    kept += branch(led, fhh); // MLP branch output
+    if !recompute {
+        led.alloc(BF16 * d.m * d.hidden); // the layer output
+        led.free(2 * BF16 * d.m * d.hidden); // both branch outputs
+    }
     kept
 }
 
@@ -376,7 +395,7 @@ impl MemoryPlan {
         led.alloc(x); // embeddings
         let mut saved = 0usize;
         for lin in &layers {
-            let kept = layer_forward(&mut led, &d, lin);
+            let kept = layer_forward(&mut led, &d, lin, false);
             saved += x;
             if shape.recompute {
                 led.free(kept);
@@ -408,9 +427,7 @@ impl MemoryPlan {
         led.phase = "backward";
         for lin in layers.iter().rev() {
             let kept = if shape.recompute {
-                let kept = layer_forward(&mut led, &d, lin);
-                led.free(x); // the recomputed layer output is not needed
-                kept
+                layer_forward(&mut led, &d, lin, true)
             } else {
                 // Saved activations, counted since the forward.
                 layer_forward_bytes(&d, lin)
@@ -464,5 +481,5 @@ fn layer_forward_bytes(d: &Dims, lin: &[Linear; 4]) -> usize {
         phase: "",
         peak_phase: "",
     };
-    layer_forward(&mut scratch, d, lin)
+    layer_forward(&mut scratch, d, lin, false)
 }

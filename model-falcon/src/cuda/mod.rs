@@ -542,7 +542,7 @@ fn run_step(
             Some(a) => a,
             None => {
                 let mut r = at;
-                layer::forward(ctx, l, adapters, &input, &mut r)?.1
+                layer::recompute(ctx, l, adapters, &input, &mut r)?
             }
         };
         dx = layer::backward(ctx, l, adapters, &input, &acts, &dx)?;

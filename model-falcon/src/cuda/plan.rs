@@ -89,8 +89,9 @@ impl StepShape {
 
 /// FLOPs of one step as the project counts them for MFU (BENCHMARKS.md,
 /// `examples/falcon_step_gpu.rs`): `2 · (decoder linear + lm_head parameters)` per token and
-/// pass, three passes (forward, recomputed forward, input gradients). 42.5 TFLOP for
-/// Falcon-7B at 2 x 512.
+/// pass, three passes (forward, recomputed forward, input gradients), i.e. the usual 6 per
+/// parameter and token. 42.5 TFLOP for Falcon-7B at 2 x 512. The step itself does less: its
+/// recompute skips the dense and 4h_to_h products, whose outputs no backward reads.
 pub fn model_flops(config: &FalconConfig, tokens: usize) -> f64 {
     let linear: usize = linear_modules(config)
         .iter()

@@ -83,8 +83,9 @@ pub fn print(
     // The first check against a GPU, so that nobody takes the prediction for a measurement.
     println!(
         "  calibration          the model's one check so far: Falcon-7B at batch 2 x 512, r=8 on \
-         query_key_value MEASURED 6,202 tokens/s in 4.45 GiB on an H200 (2026-12-04), 2.1x \
-         slower than predicted (BENCHMARKS.md)"
+         query_key_value MEASURED 6,202 tokens/s in 4.45 GiB on an H200 (2026-12-04), 1.35x \
+         slower than the model, with its NF4 GEMM calibrated on that GPU, predicted for the \
+         same code (which still recomputed the dense and 4h_to_h products; BENCHMARKS.md)"
     );
     let limits: Vec<String> = p
         .by_bound
