@@ -384,7 +384,7 @@ pub const NF4_MAX_SPLITS: usize = defines::gemm::NF_MAX_SPLITS;
 /// History, H200 (2026-12-04, BENCHMARKS.md): splitting every tile of a 288-tile grid in 4 ran
 /// 20 % slower at K = 4544 (the partial planes, 4 x 19 MB, spilled out of L2) and 18-20 %
 /// faster at K = 18176; the schedule now splits only the last wave's tiles, whose partials
-/// are a few MB.
+/// stay in L2 (at most about 16 MB at Falcon-7B's shapes).
 pub const NF4_MIN_SPLIT_STEPS: usize = 8;
 /// NF4 GEMM blocks one SM holds at once where its shared memory allows (`__launch_bounds__`
 /// minimum of the kernels; two ~70 KB blocks fit on sm_80 and sm_90, one on sm_86/sm_89).
