@@ -615,6 +615,33 @@ proptest! {
         check_nf4_gemm(m, n, 64 * kb, backward, dtype, 1.0, 0.0, seed);
     }
 
+    /// Any schedule: a head of whole tile columns unsplit (none to all but one), the rest
+    /// split along the reduction (more splits than k-tiles too), over ragged last columns.
+    #[test]
+    fn nf4_gemm_any_schedule_matches_f64_reference(
+        m in 1usize..200,
+        cols in 2usize..4,
+        ragged in 0usize..128,
+        kb in 1usize..5,
+        backward in any::<bool>(),
+        head_frac in 0.0f64..1.0,
+        splits in 1usize..=gemm::NF4_MAX_SPLITS,
+        bf16_out in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        let dtype = if bf16_out { DType::BF16 } else { DType::F32 };
+        // `cols` output tile columns: forward over W's rows (the last ragged), backward over
+        // its columns (a multiple of 64: the last tile column whole or half).
+        let (n, k) = if backward {
+            (64 * kb, 64 * (2 * (cols - 1) + 1 + ragged % 2))
+        } else {
+            (128 * (cols - 1) + 1 + ragged, 64 * kb)
+        };
+        let head_cols = ((head_frac * cols as f64) as usize).min(cols - 1);
+        let schedule = Nf4Schedule { head_cols, tail_splits: splits };
+        check_nf4_gemm_split(m, n, k, backward, dtype, 1.0, 0.0, seed, Some(schedule));
+    }
+
     #[test]
     fn bf16_gemm_matches_f64_reference(
         layout in prop_oneof![Just(Layout::Nt), Just(Layout::Nn), Just(Layout::Tn)],
