@@ -694,9 +694,9 @@ impl Device {
 /// Graphs ([`crate::graph`]).
 impl Device {
     /// Runs `f` with this device's launches captured instead of executed, and returns its
-    /// result with the [`crate::graph::Graph`] that replays them. Inside `f` only allocations, frees and
-    /// launches are allowed (copies and memsets are refused with [`Error::Capture`]); buffers
-    /// freed inside `f` stay allocated for the graph. The capture ends whatever `f` returns.
+    /// result with the [`crate::graph::Graph`] that replays them. Inside `f` only allocations,
+    /// frees and launches are allowed (copies and memsets are refused with [`Error::Capture`]);
+    /// buffers freed inside `f` stay allocated for the graph. The capture ends whatever `f` returns.
     /// `wrap` turns the device's own capture errors into `f`'s error type.
     pub fn capture<T, E>(
         &self,

@@ -717,10 +717,10 @@ pub fn nf4_gemm(
         }
         Some(s) => s,
         // The same choice `nf4_scratch_bytes` plans for.
-        None => nf4_schedule(
-            full.y as usize,
-            full.x as usize,
-            steps,
+        None => nf4_schedule_for(
+            m,
+            n_out,
+            red,
             nf4_slots(
                 dev.info().multiprocessors as usize,
                 dev.info().max_shared_bytes as usize,
