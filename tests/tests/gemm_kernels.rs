@@ -494,6 +494,8 @@ fn nf4_gemm_head_and_split_tail_cover_every_column() {
     // Forward, 390 outputs = 4 tile columns (the last 6 wide), 6 k-tiles.
     check_nf4_gemm_split(130, 390, 384, false, DType::F32, 1.0, 0.0, 81, sched(1, 3));
     check_nf4_gemm_split(129, 390, 384, false, DType::BF16, 0.5, 1.0, 82, sched(3, 2));
+    // A single row, a head of one column and an unsplit tail: two plain launches.
+    check_nf4_gemm_split(1, 257, 64, false, DType::F32, 1.0, 0.0, 85, sched(1, 1));
     // Input gradient, 384 outputs = 3 columns, reduction 200 (4 k-tiles, the last ragged).
     check_nf4_gemm_split(70, 200, 384, true, DType::F32, 1.0, -0.5, 83, sched(2, 4));
     check_nf4_gemm_split(40, 136, 384, true, DType::BF16, 1.0, 0.0, 84, sched(1, 2));
