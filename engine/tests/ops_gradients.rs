@@ -123,6 +123,66 @@ fn rope_neox() {
 }
 
 #[test]
+fn rope_neox_token_major() {
+    let pos = Tensor::from_vec(vec![0u32, 1, 2, 7, 3, 4, 5, 6], [2, 4]).unwrap();
+    check(
+        |v| ops::rope_tokens(&v[0], &pos, 10_000.0),
+        &[f64n(&[2, 4, 3, 6], 21)],
+    );
+}
+
+#[test]
+fn rope_token_major_is_head_major_rope_permuted() {
+    let pos = Tensor::from_vec(vec![3u32, 1, 4, 1, 5, 9, 2, 6, 5, 3], [2, 5]).unwrap();
+    let x = Var::constant(f64n(&[2, 3, 5, 8], 40));
+    let heads = ops::rope(&x, &pos, 500.0).unwrap();
+    let xt = ops::permute(&x, &[0, 2, 1, 3]).unwrap();
+    let tokens = ops::rope_tokens(&xt, &pos, 500.0).unwrap();
+    let back = ops::permute(&tokens, &[0, 2, 1, 3]).unwrap().value();
+    assert_eq!(
+        back.as_slice::<f64>().unwrap(),
+        heads.value().as_slice::<f64>().unwrap()
+    );
+}
+
+#[test]
+fn attention_token_major_mqa_gqa_mha_with_padding() {
+    let mask = Tensor::from_vec(vec![1u8, 1, 1, 1, 1, 1, 1, 1, 0, 0], [2, 5]).unwrap();
+    for (hq, hkv) in [(4, 1), (6, 2), (2, 2)] {
+        for causal in [true, false] {
+            let q = f64n(&[2, 5, hq, 3], 32);
+            let k = f64n(&[2, 5, hkv, 3], 33);
+            let v = f64n(&[2, 5, hkv, 3], 34);
+            check(
+                |x| ops::attention_tokens(&x[0], &x[1], &x[2], Some(&mask), causal, 0.5),
+                &[q, k, v],
+            );
+        }
+    }
+}
+
+#[test]
+fn attention_token_major_is_head_major_attention_permuted() {
+    // Continuing a KV cache (3 queries over 7 keys), GQA, padding.
+    let mask = Tensor::from_vec(vec![1u8, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 0, 1, 1], [2, 7]).unwrap();
+    let q = Var::constant(f64n(&[2, 4, 3, 5], 35));
+    let k = Var::constant(f64n(&[2, 2, 7, 5], 36));
+    let v = Var::constant(f64n(&[2, 2, 7, 5], 37));
+    let heads = ops::attention(&q, &k, &v, Some(&mask), true, 0.4).unwrap();
+    let t = |x: &Var| ops::permute(x, &[0, 2, 1, 3]).unwrap();
+    let tokens = ops::attention_tokens(&t(&q), &t(&k), &t(&v), Some(&mask), true, 0.4).unwrap();
+    let (want, got) = (heads.value(), t(&tokens).value());
+    for (a, b) in want
+        .as_slice::<f64>()
+        .unwrap()
+        .iter()
+        .zip(got.as_slice::<f64>().unwrap())
+    {
+        assert!((a - b).abs() <= 1e-13 * (1.0 + a.abs()), "{a} vs {b}");
+    }
+}
+
+#[test]
 fn attention_mqa_gqa_mha_with_padding() {
     let mask = Tensor::from_vec(vec![1u8, 1, 1, 1, 1, 1, 1, 1, 0, 0], [2, 5]).unwrap();
     for (hq, hkv) in [(4, 1), (4, 2), (2, 2)] {

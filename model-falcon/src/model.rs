@@ -29,7 +29,7 @@ pub struct DecoderLayer {
     pub four_h_to_h: Linear,
 }
 
-/// Keys and values of one layer for the tokens seen so far: `[b, kv_heads, T, head_dim]`,
+/// Keys and values of one layer for the tokens seen so far: `[b, T, kv_heads, head_dim]`,
 /// RoPE already applied to the keys.
 #[derive(Clone, Debug, Default)]
 pub struct LayerCache {
@@ -58,25 +58,26 @@ struct Geometry {
 }
 
 impl DecoderLayer {
+    /// Splits the fused projection `[b, t, (heads + 2·kv_heads)·head_dim]` into token-major
+    /// `q [b, t, heads, head_dim]` and `k, v [b, t, kv_heads, head_dim]`: narrowing only, the
+    /// attention kernels read this order directly.
     fn split_qkv(&self, qkv: &Var, g: &Geometry) -> Result<(Var, Var, Var)> {
         let d = qkv.dims();
         let (b, t) = (d[0], d[1]);
         let hd = g.head_dim;
-        let to_heads = |x: Var, heads: usize| -> Result<Var> {
-            ops::permute(&ops::reshape(&x, [b, t, heads, hd])?, &[0, 2, 1, 3])
-        };
+        let heads = |x: Var, heads: usize| -> Result<Var> { ops::reshape(&x, [b, t, heads, hd]) };
         if g.grouped {
             let r = g.heads / g.kv_heads;
             let x = ops::reshape(qkv, [b, t, g.kv_heads, r + 2, hd])?;
-            let q = to_heads(ops::narrow(&x, 3, 0, r)?, g.heads)?;
-            let k = to_heads(ops::narrow(&x, 3, r, 1)?, g.kv_heads)?;
-            let v = to_heads(ops::narrow(&x, 3, r + 1, 1)?, g.kv_heads)?;
+            let q = heads(ops::narrow(&x, 3, 0, r)?, g.heads)?;
+            let k = heads(ops::narrow(&x, 3, r, 1)?, g.kv_heads)?;
+            let v = heads(ops::narrow(&x, 3, r + 1, 1)?, g.kv_heads)?;
             Ok((q, k, v))
         } else {
             let x = ops::reshape(qkv, [b, t, g.heads + 2, hd])?;
-            let q = to_heads(ops::narrow(&x, 2, 0, g.heads)?, g.heads)?;
-            let k = to_heads(ops::narrow(&x, 2, g.heads, 1)?, 1)?;
-            let v = to_heads(ops::narrow(&x, 2, g.heads + 1, 1)?, 1)?;
+            let q = ops::narrow(&x, 2, 0, g.heads)?;
+            let k = ops::narrow(&x, 2, g.heads, 1)?;
+            let v = ops::narrow(&x, 2, g.heads + 1, 1)?;
             Ok((q, k, v))
         }
     }
@@ -97,24 +98,21 @@ impl DecoderLayer {
         };
         let qkv = self.qkv.forward(&h_attn, ctx.train)?;
         let (q, k, v) = self.split_qkv(&qkv, g)?;
-        let q = ops::rope(&q, &ctx.positions, g.rope_theta)?;
-        let mut k = ops::rope(&k, &ctx.positions, g.rope_theta)?;
+        let q = ops::rope_tokens(&q, &ctx.positions, g.rope_theta)?;
+        let mut k = ops::rope_tokens(&k, &ctx.positions, g.rope_theta)?;
         let mut v = v;
         if let Some(c) = cache {
             if let (Some(pk), Some(pv)) = (&c.k, &c.v) {
-                k = ops::concat(&[&Var::constant(pk.clone()), &k], 2)?;
-                v = ops::concat(&[&Var::constant(pv.clone()), &v], 2)?;
+                k = ops::concat(&[&Var::constant(pk.clone()), &k], 1)?;
+                v = ops::concat(&[&Var::constant(pv.clone()), &v], 1)?;
             }
             c.k = Some(k.value());
             c.v = Some(v.value());
         }
         let scale = 1.0 / (g.head_dim as f64).sqrt();
-        let a = ops::attention(&q, &k, &v, ctx.key_mask.as_ref(), true, scale)?;
+        let a = ops::attention_tokens(&q, &k, &v, ctx.key_mask.as_ref(), true, scale)?;
         let ad = a.dims();
-        let a = ops::reshape(
-            &ops::permute(&a, &[0, 2, 1, 3])?,
-            [ad[0], ad[2], ad[1] * ad[3]],
-        )?;
+        let a = ops::reshape(&a, [ad[0], ad[1], ad[2] * ad[3]])?;
         // When this layer is re-run for its backward, its output value is never read, and the
         // output projections' backward needs only their inputs: their products are skipped.
         let unread = engine::recomputing();

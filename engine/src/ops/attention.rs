@@ -12,7 +12,10 @@
 //! `dS = P∘(dP − D)`, `dQ = scale·dS·K`, `dK = scale·dSᵀ·Q`. A row with no visible key
 //! outputs zeros and passes no gradient; a row with a NaN score outputs NaN.
 //!
-//! The op runs the tiled kernels of [`super::attention_tiled`]; [`reference_forward`] and
+//! [`attention_tokens`] takes the same tensors token-major (`q [b, t, hq, d]`,
+//! `k, v [b, tk, hkv, d]`), the order the model's QKV projection produces.
+//!
+//! The ops run the tiled kernels of [`super::attention_tiled`] (token-major); [`reference_forward`] and
 //! [`reference_backward`] here compute whole score matrices per head and define the result.
 
 use super::attention_tiled::{self, max_nan, Tiles};
@@ -80,7 +83,39 @@ fn softmax_rows<T: Float>(s: &mut [T], tk: usize) -> Vec<T> {
         .collect()
 }
 
-/// CPU forward (tiled). Returns `O [b, hq, t, d]` and `lse [b, hq, t]`.
+/// `x [b, h, t, d]` (head-major) as `[b, t, h, d]` (token-major); with `d = 1` it turns
+/// `lse [b, h, t]` into `[b, t, h]`.
+pub fn heads_to_tokens<T: Copy>(x: &[T], b: usize, h: usize, t: usize, d: usize) -> Vec<T> {
+    let mut out = Vec::with_capacity(x.len());
+    for bi in 0..b {
+        for i in 0..t {
+            for hi in 0..h {
+                let at = ((bi * h + hi) * t + i) * d;
+                out.extend_from_slice(&x[at..at + d]);
+            }
+        }
+    }
+    out
+}
+
+/// `x [b, t, h, d]` (token-major) as `[b, h, t, d]` (head-major): the inverse of
+/// [`heads_to_tokens`].
+pub fn tokens_to_heads<T: Copy>(x: &[T], b: usize, t: usize, h: usize, d: usize) -> Vec<T> {
+    let mut out = Vec::with_capacity(x.len());
+    for bi in 0..b {
+        for hi in 0..h {
+            for i in 0..t {
+                let at = ((bi * t + i) * h + hi) * d;
+                out.extend_from_slice(&x[at..at + d]);
+            }
+        }
+    }
+    out
+}
+
+/// CPU forward (tiled) on the head-major layout: `q [b, hq, t, d]`, `k, v [b, hkv, tk, d]`.
+/// Returns `O [b, hq, t, d]` and `lse [b, hq, t]`. The kernels run token-major
+/// ([`attention_tokens_forward`]); this converts on the way in and out.
 pub fn attention_forward<T: Float>(
     dims: &AttnDims,
     q: &[T],
@@ -88,13 +123,22 @@ pub fn attention_forward<T: Float>(
     v: &[T],
     key_mask: Option<&[u8]>,
 ) -> (Vec<T>, Vec<T>) {
-    if dims.head_dim == 0 {
-        return reference_forward(dims, q, k, v, key_mask);
-    }
-    attention_tiled::forward(dims, q, k, v, key_mask, Tiles::default())
+    let (b, hq, hkv, t, tk, d) = shape6(dims);
+    let (o, lse) = attention_tokens_forward(
+        dims,
+        &heads_to_tokens(q, b, hq, t, d),
+        &heads_to_tokens(k, b, hkv, tk, d),
+        &heads_to_tokens(v, b, hkv, tk, d),
+        key_mask,
+    );
+    (
+        tokens_to_heads(&o, b, t, hq, d),
+        tokens_to_heads(&lse, b, t, hq, 1),
+    )
 }
 
-/// CPU backward (tiled). Returns `(dQ, dK, dV)`; deterministic for any thread count.
+/// CPU backward (tiled) on the head-major layout of [`attention_forward`]. Returns
+/// `(dQ, dK, dV)`; deterministic for any thread count.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward<T: Float>(
     dims: &AttnDims,
@@ -106,10 +150,74 @@ pub fn attention_backward<T: Float>(
     lse: &[T],
     dout: &[T],
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let (b, hq, hkv, t, tk, d) = shape6(dims);
+    let (dq, dk, dv) = attention_tokens_backward(
+        dims,
+        &heads_to_tokens(q, b, hq, t, d),
+        &heads_to_tokens(k, b, hkv, tk, d),
+        &heads_to_tokens(v, b, hkv, tk, d),
+        key_mask,
+        &heads_to_tokens(out, b, hq, t, d),
+        &heads_to_tokens(lse, b, hq, t, 1),
+        &heads_to_tokens(dout, b, hq, t, d),
+    );
+    (
+        tokens_to_heads(&dq, b, t, hq, d),
+        tokens_to_heads(&dk, b, tk, hkv, d),
+        tokens_to_heads(&dv, b, tk, hkv, d),
+    )
+}
+
+fn shape6(dims: &AttnDims) -> (usize, usize, usize, usize, usize, usize) {
+    (
+        dims.batch,
+        dims.q_heads,
+        dims.kv_heads,
+        dims.q_len,
+        dims.kv_len,
+        dims.head_dim,
+    )
+}
+
+/// CPU forward (tiled) on the token-major layout: `q [b, t, hq, d]`, `k, v [b, tk, hkv, d]`.
+/// Returns `O [b, t, hq, d]` and `lse [b, t, hq]`.
+pub fn attention_tokens_forward<T: Float>(
+    dims: &AttnDims,
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    key_mask: Option<&[u8]>,
+) -> (Vec<T>, Vec<T>) {
     if dims.head_dim == 0 {
-        return reference_backward(dims, q, k, v, key_mask, out, lse, dout);
+        // No features: every visible key scores 0. The reference handles this degenerate case.
+        let (b, hq, hkv, t, tk, d) = shape6(dims);
+        let (o, lse) = reference_forward(
+            dims,
+            &tokens_to_heads(q, b, t, hq, d),
+            &tokens_to_heads(k, b, tk, hkv, d),
+            &tokens_to_heads(v, b, tk, hkv, d),
+            key_mask,
+        );
+        return (o, heads_to_tokens(&lse, b, hq, t, 1));
     }
-    attention_tiled::backward(dims, q, k, v, key_mask, out, lse, dout, Tiles::default())
+    attention_tiled::forward(dims, q, k, v, key_mask, Tiles::for_group(dims.group()))
+}
+
+/// CPU backward (tiled) on the token-major layout of [`attention_tokens_forward`]. Returns
+/// `(dQ, dK, dV)` in the layouts of `q`, `k`, `v`; deterministic for any thread count.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_tokens_backward<T: Float>(
+    dims: &AttnDims,
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    key_mask: Option<&[u8]>,
+    out: &[T],
+    lse: &[T],
+    dout: &[T],
+) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let tiles = Tiles::for_group(dims.group());
+    attention_tiled::backward(dims, q, k, v, key_mask, out, lse, dout, tiles)
 }
 
 /// Reference forward: the whole `[t, tk]` score matrix per head. Returns `O` and `lse`.
@@ -217,6 +325,15 @@ pub fn reference_backward<T: Float>(
     (dq, dk, dv)
 }
 
+/// Where the heads sit in the tensors an attention op takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Layout {
+    /// `q [b, hq, t, d]`, `k, v [b, hkv, tk, d]`.
+    HeadMajor,
+    /// `q [b, t, hq, d]`, `k, v [b, tk, hkv, d]`: the fused QKV projection's own order.
+    TokenMajor,
+}
+
 /// Attention over `q [b, hq, t, d]`, `k, v [b, hkv, tk, d]` with an optional `key_mask [b, tk]`
 /// (u8, 0 = padding). `scale` is usually `1/√d`.
 pub fn attention(
@@ -227,6 +344,32 @@ pub fn attention(
     causal: bool,
     scale: f64,
 ) -> Result<Var> {
+    attention_op(q, k, v, key_mask, causal, scale, Layout::HeadMajor)
+}
+
+/// [`attention`] on the token-major layout: `q [b, t, hq, d]`, `k, v [b, tk, hkv, d]`, output
+/// `[b, t, hq, d]`. The model's QKV projection produces this order, so no permute is needed on
+/// either side.
+pub fn attention_tokens(
+    q: &Var,
+    k: &Var,
+    v: &Var,
+    key_mask: Option<&Tensor>,
+    causal: bool,
+    scale: f64,
+) -> Result<Var> {
+    attention_op(q, k, v, key_mask, causal, scale, Layout::TokenMajor)
+}
+
+fn attention_op(
+    q: &Var,
+    k: &Var,
+    v: &Var,
+    key_mask: Option<&Tensor>,
+    causal: bool,
+    scale: f64,
+    layout: Layout,
+) -> Result<Var> {
     let (qv, kv, vv) = (q.value(), k.value(), v.value());
     let dt = same_dtype("attention", &[&qv, &kv, &vv])?;
     let (qd, kd) = (qv.dims(), kv.dims());
@@ -236,12 +379,17 @@ pub fn attention(
             format!("q {} k {} v {}", qv.shape(), kv.shape(), vv.shape()),
         ));
     }
+    // (heads, tokens) axes of a 4-d attention tensor.
+    let (h_ax, t_ax) = match layout {
+        Layout::HeadMajor => (1, 2),
+        Layout::TokenMajor => (2, 1),
+    };
     let dims = AttnDims {
         batch: qd[0],
-        q_heads: qd[1],
-        kv_heads: kd[1],
-        q_len: qd[2],
-        kv_len: kd[2],
+        q_heads: qd[h_ax],
+        kv_heads: kd[h_ax],
+        q_len: qd[t_ax],
+        kv_len: kd[t_ax],
         head_dim: qd[3],
         causal,
         scale,
@@ -270,17 +418,23 @@ pub fn attention(
         None => None,
     };
     with_float!(dt, "attention", |T| {
-        let (o, lse) = attention_forward(
-            &dims,
+        let (qs, ks, vs) = (
             qv.as_slice::<T>()?,
             kv.as_slice::<T>()?,
             vv.as_slice::<T>()?,
-            mask.as_deref(),
         );
+        let (o, lse) = match layout {
+            Layout::HeadMajor => attention_forward(&dims, qs, ks, vs, mask.as_deref()),
+            Layout::TokenMajor => attention_tokens_forward(&dims, qs, ks, vs, mask.as_deref()),
+        };
         let out = Tensor::from_storage(T::wrap(o), qv.shape().clone());
         let saved_out = out.clone();
         Ok(record("attention", out, &[q, k, v], move |g, _, _| {
-            let (dq, dk, dv) = attention_backward(
+            let backward = match layout {
+                Layout::HeadMajor => attention_backward::<T>,
+                Layout::TokenMajor => attention_tokens_backward::<T>,
+            };
+            let (dq, dk, dv) = backward(
                 &dims,
                 qv.as_slice::<T>()?,
                 kv.as_slice::<T>()?,

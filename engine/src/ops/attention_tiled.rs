@@ -1,45 +1,60 @@
 //! Tiled (flash-style) CPU kernels for [`super::attention`]: the same math as the per-head
-//! reference in `attention.rs`, computed on tiles of the score matrix (a [`BLOCK`] of query rows
-//! by a [`SPAN`] of keys, or a span of query rows by a block of keys) so the working set stays
-//! in cache, keys that the causal mask hides from a whole block are never touched, and the work
-//! is split over (batch, head, query block) or (batch, KV head, key block).
+//! reference in `attention.rs`, on the token-major layout the model's fused QKV projection
+//! produces: `q, O [b, t, hq, d]`, `k, v [b, tk, hkv, d]`, `lse [b, t, hq]`.
 //!
-//! Forward, per query block: an online softmax over the visible key spans keeps the running
-//! row maximum `m`, the running sum `l` of `exp(s − m)` and the unnormalized output
-//! `acc = Σ exp(s − m)·v`; at the end `O = acc / l`, `lse = m + ln l`. A row that sees no key
-//! outputs zeros with `lse = −∞`. A NaN score makes its row's maximum NaN (the maximum here
-//! propagates NaN), so the row's output and lse are NaN rather than silently finite.
+//! The query heads that share a KV head are one matrix: rows `(i, r)` for query token `i` and
+//! the group's head `r`, token-major. Under multi-query attention (one KV head) these rows are
+//! a plain sub-slice of `q`, so each score tile is one GEMM over all heads (`rows x keys x d`)
+//! that reads the shared keys once, and a block of query tokens is a contiguous run of rows,
+//! which lets the causal mask trim each tile to the keys its last token can see. Grouped and
+//! multi-head layouts gather the group's rows into a buffer first; keys and values are read
+//! in place through strides.
+//!
+//! Forward, per (batch, block of [`Tiles::q_tokens`] query tokens, KV group): an online softmax
+//! over key spans of [`Tiles::span`] keys keeps the running row maximum `m`, the running sum `l`
+//! of `exp(s − m)` and the unnormalized output `acc = Σ exp(s − m)·v`; at the end `O = acc / l`,
+//! `lse = m + ln l`. A row that sees no key outputs zeros with `lse = −∞`. A NaN score makes
+//! its row's maximum NaN (the maximum here propagates NaN), so the row's output and lse are NaN
+//! rather than silently finite. Exponentials are taken only over each row's visible keys.
 //!
 //! Backward, in two passes that each own their outputs (no shared accumulators, so the result
-//! does not depend on the thread count): pass 1 per (batch, KV head, key block) accumulates
-//! `dV = Σ Pᵀ·dO` and `dK = scale·Σ dSᵀ·Q` over the group's query heads and query spans in a
-//! fixed order; pass 2 per (batch, head, query block) accumulates `dQ = scale·Σ dS·K` over key
-//! spans. Both recompute `P = exp(S − lse)` and `dS = P∘(dO·Vᵀ − D)` with `D = rowsum(dO∘O)`,
-//! unless the `dS` tiles fit [`Tiles::keep_ds_bytes`]: then pass 1 keeps them (each task its
-//! own key block's columns) and pass 2 is only `dQ = Σ dS·K` over key blocks, two GEMMs and an
-//! exp per score fewer.
+//! does not depend on the thread count): pass 1 per (batch, KV head, block of
+//! [`Tiles::k_block`] keys) accumulates `dV = Σ Pᵀ·dO` and `dK = Σ dSᵀ·Q` over the group's query
+//! rows in spans of [`Tiles::q_tokens`] tokens, in a fixed order; pass 2 per (batch, block of
+//! query tokens) accumulates `dQ = Σ dS·K` over key blocks. Both form `P = exp(S − lse)` and
+//! `dS = scale·P∘(dO·Vᵀ − D)` with `D = rowsum(dO∘O)`, unless the `dS` tiles fit
+//! [`Tiles::keep_ds_bytes`]: then pass 1 keeps them and pass 2 is one GEMM per key block.
 
 use super::attention::AttnDims;
-use super::matmul::gemm;
+use super::matmul::gemm_strided;
 use super::sum_lanes;
 use crate::element::Float;
 use rayon::prelude::*;
 
-/// The fine block: query rows per forward / dQ task, and key rows per dK/dV task.
-pub const BLOCK: usize = 64;
-/// The span multiplied at once: keys per score tile of a query block, and query rows per
-/// score tile of a key block. Large spans mean few, larger GEMMs; the causal mask still
-/// trims each span to the keys (or queries) that can be visible.
+/// Rows (query tokens x heads of a KV group) a score tile aims for: large enough for the GEMM
+/// kernel to run near its peak, small enough for the tile to stay in L2.
+pub const TILE_ROWS: usize = 256;
+/// Query tokens per block at most (multi-head attention, one head per group).
+pub const MAX_TOKENS: usize = 64;
+/// Query tokens per block at least (large groups, such as Falcon-7B's 71 heads on one KV head).
+pub const MIN_TOKENS: usize = 8;
+/// Keys per forward score tile. Large spans mean few, larger GEMMs; the causal mask still
+/// trims each span to the keys the block's last token can see.
 pub const SPAN: usize = 256;
+/// Keys per dK/dV task of backward.
+pub const KEY_BLOCK: usize = 64;
 
 /// Tile sizes; the kernels take them as arguments so tests can exercise many tiles on small
 /// shapes.
 #[derive(Clone, Copy, Debug)]
 pub struct Tiles {
-    /// The fine block ([`BLOCK`]).
-    pub block: usize,
-    /// The span ([`SPAN`]).
+    /// Query tokens per forward and dQ task, and per span of query rows in pass 1; all heads
+    /// of a KV group are processed together, so a tile has `q_tokens · group` rows.
+    pub q_tokens: usize,
+    /// Keys per forward score tile ([`SPAN`]).
     pub span: usize,
+    /// Keys per dK/dV task ([`KEY_BLOCK`]).
+    pub k_block: usize,
     /// Largest size in bytes of the `dS` tiles backward keeps from pass 1 for pass 2
     /// ([`KEEP_DS_BYTES`]); above it pass 2 recomputes them.
     pub keep_ds_bytes: usize,
@@ -49,11 +64,13 @@ pub struct Tiles {
 /// tokens with 8 heads, 150 MiB for Falcon-7B's 71 heads at 2 x 512, which then recomputes.
 pub const KEEP_DS_BYTES: usize = 64 << 20;
 
-impl Default for Tiles {
-    fn default() -> Self {
+impl Tiles {
+    /// The default tiles for `group` query heads per KV head: about [`TILE_ROWS`] rows per tile.
+    pub fn for_group(group: usize) -> Tiles {
         Tiles {
-            block: BLOCK,
+            q_tokens: (TILE_ROWS / group.max(1)).clamp(MIN_TOKENS, MAX_TOKENS),
             span: SPAN,
+            k_block: KEY_BLOCK,
             keep_ds_bytes: KEEP_DS_BYTES,
         }
     }
@@ -109,7 +126,7 @@ pub(crate) fn row_max_by<T: Float>(init: T, row: &[T], max: impl Fn(T, T) -> T) 
     }
 }
 
-/// Keys `0..end` some row of the query block `[i0, i1)` may see.
+/// Keys `0..end` some query token below `i1` may see.
 fn key_end(dims: &AttnDims, i1: usize) -> usize {
     if dims.causal {
         (dims.kv_len - dims.q_len + i1).min(dims.kv_len)
@@ -118,7 +135,7 @@ fn key_end(dims: &AttnDims, i1: usize) -> usize {
     }
 }
 
-/// First query row that sees key `j0` under the causal mask (`q_len` when none does).
+/// First query token that sees key `j0` under the causal mask (`q_len` when none does).
 fn first_query(dims: &AttnDims, j0: usize) -> usize {
     if dims.causal {
         let off = dims.kv_len - dims.q_len;
@@ -128,35 +145,127 @@ fn first_query(dims: &AttnDims, j0: usize) -> usize {
     }
 }
 
-/// Scores of the tile rows `i0..i0+bq`, keys `j0..j0+bk`: `s = scale·q·kᵀ`, −∞ where hidden.
+/// How many of the keys `j0..j0+bk` query token `i` sees under the causal mask: a prefix.
+fn visible(dims: &AttnDims, i: usize, j0: usize, bk: usize) -> usize {
+    if dims.causal {
+        (dims.kv_len - dims.q_len + i + 1)
+            .saturating_sub(j0)
+            .min(bk)
+    } else {
+        bk
+    }
+}
+
+/// Element offsets in the token-major tensors.
+#[derive(Clone, Copy)]
+struct Layout {
+    t: usize,
+    tk: usize,
+    hq: usize,
+    hkv: usize,
+    group: usize,
+    d: usize,
+}
+
+impl Layout {
+    fn of(dims: &AttnDims) -> Layout {
+        Layout {
+            t: dims.q_len,
+            tk: dims.kv_len,
+            hq: dims.q_heads,
+            hkv: dims.kv_heads,
+            group: dims.q_heads / dims.kv_heads,
+            d: dims.head_dim,
+        }
+    }
+
+    /// Start of query row (batch `b`, token `i`, head `h`) in `q`, `O`, `dO`, `dQ`.
+    fn q_row(&self, b: usize, i: usize, h: usize) -> usize {
+        ((b * self.t + i) * self.hq + h) * self.d
+    }
+
+    /// Start of key row (batch `b`, key `j`, KV head `g`) in `k`, `v`, `dK`, `dV`.
+    fn kv_row(&self, b: usize, j: usize, g: usize) -> usize {
+        ((b * self.tk + j) * self.hkv + g) * self.d
+    }
+
+    /// Row stride of one KV head's keys.
+    fn kv_stride(&self) -> usize {
+        self.hkv * self.d
+    }
+
+    /// Index into `lse` and `D` of query row (batch `b`, token `i`, head `h`).
+    fn stat(&self, b: usize, i: usize, h: usize) -> usize {
+        (b * self.t + i) * self.hq + h
+    }
+}
+
+/// The rows `(i, r)` of KV group `g` for query tokens `i0..i1`, token-major, as one row-major
+/// `[(i1 − i0)·group, d]` matrix: a sub-slice of `x [b, t, hq, d]` when the group is every head
+/// (one KV head), else gathered into `buf`.
+#[allow(clippy::too_many_arguments)]
+fn group_rows<'a, T: Copy>(
+    x: &'a [T],
+    l: &Layout,
+    b: usize,
+    g: usize,
+    i0: usize,
+    i1: usize,
+    buf: &'a mut Vec<T>,
+) -> &'a [T] {
+    if l.hkv == 1 {
+        return &x[l.q_row(b, i0, 0)..l.q_row(b, i1, 0)];
+    }
+    buf.clear();
+    for i in i0..i1 {
+        let s = l.q_row(b, i, g * l.group);
+        buf.extend_from_slice(&x[s..s + l.group * l.d]);
+    }
+    buf
+}
+
+/// Adds rows `(i, r)` of group `g` (from [`group_rows`]' order) into the block of `dst` that
+/// holds every head of tokens `i0..`: `dst[(i − i0, g·group + r)] += src[(i − i0)·group + r]`.
+fn scatter_group_rows<T: Float>(src: &[T], l: &Layout, g: usize, dst: &mut [T]) {
+    let width = l.group * l.d;
+    for (ti, s) in src.chunks_exact(width).enumerate() {
+        let at = (ti * l.hq + g * l.group) * l.d;
+        dst[at..at + width].copy_from_slice(s);
+    }
+}
+
+/// Scores `s = scale·q·kᵀ` of `rows` query rows (tokens from `i0`, `group` rows per token)
+/// against keys `j0..j0+bk` of KV group `g`, with each row's hidden keys (causally invisible or
+/// padding) at −∞. Returns nothing; the visible prefix of row `ri` is `visible(i0 + ri/group)`.
 #[allow(clippy::too_many_arguments)]
 fn tile_scores<T: Float>(
     dims: &AttnDims,
-    q_blk: &[T],
-    k_blk: &[T],
+    l: &Layout,
+    qs: &[T],
+    k: &[T],
     mask: Option<&[u8]>,
-    i0: usize,
-    j0: usize,
-    bq: usize,
+    (b, g, i0, j0): (usize, usize, usize, usize),
     bk: usize,
     s: &mut [T],
 ) {
-    let d = dims.head_dim;
-    gemm(false, true, bq, bk, d, q_blk, k_blk, s, false, false);
-    let scale = T::from_f64(dims.scale);
-    let off = dims.kv_len - dims.q_len;
-    for (r, row) in s[..bq * bk].chunks_exact_mut(bk).enumerate() {
-        // Keys j <= off + i0 + r are causally visible to query row i0 + r: a prefix of the row.
-        let visible = if dims.causal {
-            (off + i0 + r + 1).saturating_sub(j0).min(bk)
-        } else {
-            bk
-        };
-        let (shown, hidden) = row.split_at_mut(visible);
-        shown.iter_mut().for_each(|x| *x *= scale);
+    let rows = qs.len() / l.d;
+    let k_at = l.kv_row(b, j0, g);
+    gemm_strided(
+        rows,
+        bk,
+        l.d,
+        (qs, l.d, 1),
+        (&k[k_at..], 1, l.kv_stride()),
+        (&mut s[..rows * bk], bk),
+        false,
+        T::from_f64(dims.scale),
+    );
+    for (ri, row) in s[..rows * bk].chunks_exact_mut(bk).enumerate() {
+        let vis = visible(dims, i0 + ri / l.group, j0, bk);
+        let (shown, hidden) = row.split_at_mut(vis);
         hidden.fill(T::NEG_INFINITY);
         if let Some(m) = mask {
-            for (x, &keep) in shown.iter_mut().zip(&m[j0..j0 + visible]) {
+            for (x, &keep) in shown.iter_mut().zip(&m[j0..j0 + vis]) {
                 if keep == 0 {
                     *x = T::NEG_INFINITY;
                 }
@@ -165,7 +274,7 @@ fn tile_scores<T: Float>(
     }
 }
 
-/// Forward. Returns `O [b, hq, t, d]` and `lse [b, hq, t]`.
+/// Forward on the token-major layout. Returns `O [b, t, hq, d]` and `lse [b, t, hq]`.
 pub fn forward<T: Float>(
     dims: &AttnDims,
     q: &[T],
@@ -174,135 +283,161 @@ pub fn forward<T: Float>(
     key_mask: Option<&[u8]>,
     tiles: Tiles,
 ) -> (Vec<T>, Vec<T>) {
-    let (t, tk, d) = (dims.q_len, dims.kv_len, dims.head_dim);
-    let group = dims.q_heads / dims.kv_heads;
-    let bq_max = tiles.block.max(1);
-    let bk_max = tiles.span.max(1);
+    let l = Layout::of(dims);
+    let (t, tk, d, hq) = (l.t, l.tk, l.d, l.hq);
+    let bq = tiles.q_tokens.max(1);
+    let span = tiles.span.max(1);
     let mut out = vec![T::ZERO; q.len()];
-    let mut lse = vec![T::ZERO; dims.batch * dims.q_heads * t];
+    let mut lse = vec![T::ZERO; dims.batch * hq * t];
     if t == 0 || d == 0 {
         return (out, lse);
     }
-    // One task per (batch, head, query block): its rows of O and lse are disjoint slices.
-    let blocks_per_head = t.div_ceil(bq_max);
+    // One task per (batch, block of query tokens): every head of its tokens, disjoint slices.
+    let blocks = t.div_ceil(bq);
     let mut tasks: Vec<(usize, &mut [T], &mut [T])> = Vec::new();
-    for (bh, (o_head, l_head)) in out.chunks_mut(t * d).zip(lse.chunks_mut(t)).enumerate() {
-        for (qb, (o_blk, l_blk)) in o_head
-            .chunks_mut(bq_max * d)
-            .zip(l_head.chunks_mut(bq_max))
+    for (b, (o_b, l_b)) in out
+        .chunks_mut(t * hq * d)
+        .zip(lse.chunks_mut(t * hq))
+        .enumerate()
+    {
+        for (qb, (o_blk, l_blk)) in o_b
+            .chunks_mut(bq * hq * d)
+            .zip(l_b.chunks_mut(bq * hq))
             .enumerate()
         {
-            tasks.push((bh * blocks_per_head + qb, o_blk, l_blk));
+            tasks.push((b * blocks + qb, o_blk, l_blk));
         }
     }
     tasks.into_par_iter().for_each(|(task, o_blk, l_blk)| {
-        let (bh, qb) = (task / blocks_per_head, task % blocks_per_head);
-        let (b, h) = (bh / dims.q_heads, bh % dims.q_heads);
-        let kvh = b * dims.kv_heads + h / group;
-        let i0 = qb * bq_max;
-        let bq = l_blk.len();
-        let q_blk = &q[(bh * t + i0) * d..(bh * t + i0 + bq) * d];
+        let (b, qb) = (task / blocks, task % blocks);
+        let i0 = qb * bq;
+        let i1 = (i0 + bq).min(t);
+        let rows = (i1 - i0) * l.group;
         let mask = key_mask.map(|m| &m[b * tk..(b + 1) * tk]);
-        let mut m_run = vec![T::NEG_INFINITY; bq];
-        let mut l_run = vec![T::ZERO; bq];
-        let mut acc = vec![T::ZERO; bq * d];
-        let mut s = vec![T::ZERO; bq * bk_max];
-        let end = key_end(dims, i0 + bq);
-        for j0 in (0..end).step_by(bk_max) {
-            let bk = bk_max.min(end - j0);
-            let kv_span = (kvh * tk + j0) * d..(kvh * tk + j0 + bk) * d;
-            let s = &mut s[..bq * bk];
-            tile_scores(dims, q_blk, &k[kv_span.clone()], mask, i0, j0, bq, bk, s);
-            for r in 0..bq {
-                let row = &mut s[r * bk..(r + 1) * bk];
-                let m_new = row_max(m_run[r], row);
-                if m_new == T::NEG_INFINITY {
-                    // Nothing visible to this row yet: contributes nothing.
-                    row.iter_mut().for_each(|x| *x = T::ZERO);
-                    continue;
+        let end = key_end(dims, i1);
+        let mut qbuf = Vec::new();
+        let mut s = vec![T::ZERO; rows * span.min(end.max(1))];
+        let mut acc = vec![T::ZERO; rows * d];
+        for g in 0..l.hkv {
+            let qs = group_rows(q, &l, b, g, i0, i1, &mut qbuf);
+            let mut m_run = vec![T::NEG_INFINITY; rows];
+            let mut l_run = vec![T::ZERO; rows];
+            acc.fill(T::ZERO);
+            for j0 in (0..end).step_by(span) {
+                let bk = span.min(end - j0);
+                let s = &mut s[..rows * bk];
+                tile_scores(dims, &l, qs, k, mask, (b, g, i0, j0), bk, s);
+                for (ri, row) in s.chunks_exact_mut(bk).enumerate() {
+                    let vis = visible(dims, i0 + ri / l.group, j0, bk);
+                    let (shown, hidden) = row.split_at_mut(vis);
+                    hidden.fill(T::ZERO);
+                    let m_new = row_max(m_run[ri], shown);
+                    if m_new == T::NEG_INFINITY {
+                        // Nothing visible to this row yet: contributes nothing.
+                        shown.fill(T::ZERO);
+                        continue;
+                    }
+                    T::exp_shifted_slice(shown, m_new);
+                    let sum = sum_lanes(shown);
+                    if m_run[ri] == T::NEG_INFINITY {
+                        // First visible span of the row: `acc` and `l` are still zero.
+                        l_run[ri] = sum;
+                    } else {
+                        let alpha = (m_run[ri] - m_new).exp();
+                        l_run[ri] = l_run[ri] * alpha + sum;
+                        acc[ri * d..(ri + 1) * d]
+                            .iter_mut()
+                            .for_each(|a| *a *= alpha);
+                    }
+                    m_run[ri] = m_new;
                 }
-                let alpha = (m_run[r] - m_new).exp();
-                T::exp_shifted_slice(row, m_new);
-                let sum = sum_lanes(row);
-                l_run[r] = l_run[r] * alpha + sum;
-                m_run[r] = m_new;
-                acc[r * d..(r + 1) * d].iter_mut().for_each(|a| *a *= alpha);
+                gemm_strided(
+                    rows,
+                    d,
+                    bk,
+                    (s, bk, 1),
+                    (&v[l.kv_row(b, j0, g)..], l.kv_stride(), 1),
+                    (&mut acc, d),
+                    true,
+                    T::ONE,
+                );
             }
-            gemm(
-                false,
-                false,
-                bq,
-                d,
-                bk,
-                s,
-                &v[kv_span],
-                &mut acc,
-                true,
-                false,
-            );
-        }
-        for r in 0..bq {
-            let o_row = &mut o_blk[r * d..(r + 1) * d];
-            if m_run[r] == T::NEG_INFINITY {
-                o_row.iter_mut().for_each(|x| *x = T::ZERO);
-                l_blk[r] = T::NEG_INFINITY;
-            } else {
-                let inv = T::ONE / l_run[r];
-                for (o, &a) in o_row.iter_mut().zip(&acc[r * d..(r + 1) * d]) {
-                    *o = a * inv;
+            for (ri, (&m, &lr)) in m_run.iter().zip(&l_run).enumerate() {
+                let (ti, r) = (ri / l.group, ri % l.group);
+                let h = g * l.group + r;
+                let o_row = &mut o_blk[(ti * hq + h) * d..(ti * hq + h + 1) * d];
+                if m == T::NEG_INFINITY {
+                    o_row.fill(T::ZERO);
+                    l_blk[ti * hq + h] = T::NEG_INFINITY;
+                } else {
+                    let inv = T::ONE / lr;
+                    for (o, &a) in o_row.iter_mut().zip(&acc[ri * d..(ri + 1) * d]) {
+                        *o = a * inv;
+                    }
+                    l_blk[ti * hq + h] = m + lr.ln();
                 }
-                l_blk[r] = m_run[r] + l_run[r].ln();
             }
         }
     });
     (out, lse)
 }
 
-/// `P = exp(S − lse)` in place (0 for rows with no visible key, NaN for NaN rows), then
-/// `dP = dO·Vᵀ` into `dp` and `dS = scale·P∘(dP − D)` in place of `dp`.
+/// Turns the scores `p` of query rows (tokens from `i0`) into `P = exp(S − lse)` (0 where
+/// hidden, 0 for rows with no visible key, NaN for NaN rows), computes `dP = dO·Vᵀ` into `dp`
+/// and then `dS = scale·P∘(dP − D)` in place of `dp`.
 #[allow(clippy::too_many_arguments)]
 fn tile_grads<T: Float>(
     dims: &AttnDims,
+    l: &Layout,
     p: &mut [T],
     dp: &mut [T],
-    lse: &[T],
-    dsum: &[T],
-    do_blk: &[T],
-    v_blk: &[T],
-    bq: usize,
+    (lse, dsum): (&[T], &[T]),
+    dos: &[T],
+    v: &[T],
+    (b, g, i0, j0): (usize, usize, usize, usize),
     bk: usize,
 ) {
-    let scale = T::from_f64(dims.scale);
-    for (row, &l) in p.chunks_exact_mut(bk).zip(&lse[..bq]) {
-        if l == T::NEG_INFINITY {
-            row.fill(T::ZERO);
+    let rows = dos.len() / l.d;
+    for (ri, row) in p[..rows * bk].chunks_exact_mut(bk).enumerate() {
+        let (i, h) = (i0 + ri / l.group, g * l.group + ri % l.group);
+        let lv = lse[l.stat(b, i, h)];
+        let vis = visible(dims, i, j0, bk);
+        let (shown, hidden) = row.split_at_mut(vis);
+        hidden.fill(T::ZERO);
+        if lv == T::NEG_INFINITY {
+            shown.fill(T::ZERO);
         } else {
-            T::exp_shifted_slice(row, l);
+            T::exp_shifted_slice(shown, lv);
         }
     }
-    gemm(
-        false,
-        true,
-        bq,
+    gemm_strided(
+        rows,
         bk,
-        dims.head_dim,
-        do_blk,
-        v_blk,
-        dp,
+        l.d,
+        (dos, l.d, 1),
+        (&v[l.kv_row(b, j0, g)..], 1, l.kv_stride()),
+        (&mut dp[..rows * bk], bk),
         false,
-        false,
+        T::ONE,
     );
-    for ((dp_row, p_row), &di) in dp.chunks_exact_mut(bk).zip(p.chunks_exact(bk)).zip(dsum) {
+    let scale = T::from_f64(dims.scale);
+    for (ri, (dp_row, p_row)) in dp[..rows * bk]
+        .chunks_exact_mut(bk)
+        .zip(p[..rows * bk].chunks_exact(bk))
+        .enumerate()
+    {
+        let (i, h) = (i0 + ri / l.group, g * l.group + ri % l.group);
+        let di = dsum[l.stat(b, i, h)];
         for (x, &pv) in dp_row.iter_mut().zip(p_row) {
             *x = pv * (*x - di) * scale;
         }
     }
 }
 
-/// A pass-1 task of backward: its index, and its key block's dK, dV and kept dS.
-type KvTask<'a, T> = (usize, &'a mut [T], &'a mut [T], &'a mut [T]);
+/// A pass-1 task of backward: (batch, KV head, key block) and its key block's kept dS.
+type KvTask<'a, T> = ((usize, usize, usize), &'a mut [T]);
 
-/// Backward. Returns `(dQ, dK, dV)`.
+/// Backward on the token-major layout. Returns `(dQ, dK, dV)` in the layouts of `q`, `k`, `v`.
 #[allow(clippy::too_many_arguments)]
 pub fn backward<T: Float>(
     dims: &AttnDims,
@@ -315,9 +450,10 @@ pub fn backward<T: Float>(
     dout: &[T],
     tiles: Tiles,
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
-    let (t, tk, d) = (dims.q_len, dims.kv_len, dims.head_dim);
-    let group = dims.q_heads / dims.kv_heads;
-    let block = tiles.block.max(1);
+    let l = Layout::of(dims);
+    let (t, tk, d, hq, group) = (l.t, l.tk, l.d, l.hq, l.group);
+    let qt = tiles.q_tokens.max(1);
+    let kblock = tiles.k_block.max(1);
     let span = tiles.span.max(1);
     let mut dq = vec![T::ZERO; q.len()];
     let mut dk = vec![T::ZERO; k.len()];
@@ -325,178 +461,226 @@ pub fn backward<T: Float>(
     if t == 0 || tk == 0 || d == 0 {
         return (dq, dk, dv);
     }
-    // D = rowsum(dO∘O), one per query row.
+    // D = rowsum(dO∘O), one per query row, in the order of `lse`.
+    const D_ROWS: usize = 512;
     let dsum: Vec<T> = dout
-        .par_chunks(d)
-        .zip(out.par_chunks(d))
-        .map(|(a, b)| {
-            let mut s = T::ZERO;
-            for (x, y) in a.iter().zip(b) {
-                s += *x * *y;
-            }
-            s
+        .par_chunks(D_ROWS * d)
+        .zip(out.par_chunks(D_ROWS * d))
+        .flat_map_iter(|(a, o)| {
+            a.chunks_exact(d).zip(o.chunks_exact(d)).map(|(x, y)| {
+                let mut s = T::ZERO;
+                for (&p, &r) in x.iter().zip(y) {
+                    s += p * r;
+                }
+                s
+            })
         })
         .collect();
 
-    // Pass 1: dK and dV per (batch, KV head, key block), over query rows in spans. A kept
-    // dS block holds, per query head of the group, rows `first..t` by the block's keys.
-    let kblocks = tk.div_ceil(block);
-    let ds_block_len = |kb: usize| {
-        let (j0, first) = (kb * block, first_query(dims, kb * block));
-        group * (t - first) * block.min(tk - j0)
-    };
+    // Pass 1: dK and dV per (batch, KV head, key block), over query rows in spans. A kept dS
+    // block holds rows `(i, r)` for tokens `first..t` by the block's keys, `bk` wide.
+    let kblocks = tk.div_ceil(kblock);
+    let block_keys = |kb: usize| kblock.min(tk - kb * kblock);
+    let ds_block_len = |kb: usize| (t - first_query(dims, kb * kblock)) * group * block_keys(kb);
     let ds_per_head: usize = (0..kblocks).map(ds_block_len).sum();
-    let ds_total = dims.batch * dims.kv_heads * ds_per_head;
+    let ds_total = dims.batch * l.hkv * ds_per_head;
     let keep_ds = ds_total.saturating_mul(std::mem::size_of::<T>()) <= tiles.keep_ds_bytes;
     let mut ds_store = if keep_ds {
         vec![T::ZERO; ds_total]
     } else {
         Vec::new()
     };
-    // Start of each (KV head, key block)'s kept dS in `ds_store`.
-    let mut ds_offsets = Vec::with_capacity(dims.batch * dims.kv_heads * kblocks);
+    // Start of each (batch, KV head, key block)'s kept dS in `ds_store`.
+    let mut ds_offsets = Vec::with_capacity(dims.batch * l.hkv * kblocks);
     let mut ds_rest: &mut [T] = &mut ds_store;
     let mut kv_tasks: Vec<KvTask<T>> = Vec::new();
-    for (g, (dk_head, dv_head)) in dk.chunks_mut(tk * d).zip(dv.chunks_mut(tk * d)).enumerate() {
-        for (kb, (dk_blk, dv_blk)) in dk_head
-            .chunks_mut(block * d)
-            .zip(dv_head.chunks_mut(block * d))
-            .enumerate()
-        {
-            let n = if keep_ds { ds_block_len(kb) } else { 0 };
-            ds_offsets.push(ds_total - ds_rest.len());
-            let (ds_blk, rest) = std::mem::take(&mut ds_rest).split_at_mut(n);
-            ds_rest = rest;
-            kv_tasks.push((g * kblocks + kb, dk_blk, dv_blk, ds_blk));
+    for b in 0..dims.batch {
+        for g in 0..l.hkv {
+            for kb in 0..kblocks {
+                let n = if keep_ds { ds_block_len(kb) } else { 0 };
+                ds_offsets.push(ds_total - ds_rest.len());
+                let (ds_blk, rest) = std::mem::take(&mut ds_rest).split_at_mut(n);
+                ds_rest = rest;
+                kv_tasks.push(((b, g, kb), ds_blk));
+            }
         }
     }
-    kv_tasks
+    let kv_grads: Vec<(Vec<T>, Vec<T>)> = kv_tasks
         .into_par_iter()
-        .for_each(|(task, dk_blk, dv_blk, ds_blk)| {
-            let (g, kb) = (task / kblocks, task % kblocks);
-            let b = g / dims.kv_heads;
-            let j0 = kb * block;
-            let bk = dk_blk.len() / d;
-            let kv_span = (g * tk + j0) * d..(g * tk + j0 + bk) * d;
-            let (k_blk, v_blk) = (&k[kv_span.clone()], &v[kv_span]);
+        .map(|((b, g, kb), ds_blk)| {
+            let j0 = kb * kblock;
+            let bk = block_keys(kb);
             let mask = key_mask.map(|m| &m[b * tk..(b + 1) * tk]);
-            let mut p = vec![T::ZERO; span * bk];
-            let mut dp = vec![T::ZERO; span * bk];
+            let mut dk_blk = vec![T::ZERO; bk * d];
+            let mut dv_blk = vec![T::ZERO; bk * d];
+            let (mut qbuf, mut dobuf) = (Vec::new(), Vec::new());
+            let mut p = vec![T::ZERO; qt * group * bk];
+            let mut dp = vec![T::ZERO; qt * group * bk];
             let first = first_query(dims, j0);
-            for r in 0..group {
-                let bh = g * group + r;
-                for i0 in (first..t).step_by(span) {
-                    let bq = span.min(t - i0);
-                    let rows = (bh * t + i0)..(bh * t + i0 + bq);
-                    let qspan = rows.start * d..rows.end * d;
-                    let (q_blk, do_blk) = (&q[qspan.clone()], &dout[qspan]);
-                    let (p, dp) = (&mut p[..bq * bk], &mut dp[..bq * bk]);
-                    tile_scores(dims, q_blk, k_blk, mask, i0, j0, bq, bk, p);
-                    tile_grads(
-                        dims,
-                        p,
-                        dp,
-                        &lse[rows.clone()],
-                        &dsum[rows],
-                        do_blk,
-                        v_blk,
-                        bq,
-                        bk,
-                    );
-                    gemm(true, false, bk, d, bq, p, do_blk, dv_blk, true, false);
-                    gemm(true, false, bk, d, bq, dp, q_blk, dk_blk, true, false);
-                    if keep_ds {
-                        let at = (r * (t - first) + (i0 - first)) * bk;
-                        ds_blk[at..at + bq * bk].copy_from_slice(dp);
+            for i0 in (first..t).step_by(qt) {
+                let i1 = (i0 + qt).min(t);
+                let rows = (i1 - i0) * group;
+                // Keys of the block that the span's last token sees (all of them past the
+                // diagonal); the rest of the block is hidden from every row of the span.
+                let bk_eff = visible(dims, i1 - 1, j0, bk);
+                let qs = group_rows(q, &l, b, g, i0, i1, &mut qbuf);
+                let dos = group_rows(dout, &l, b, g, i0, i1, &mut dobuf);
+                let (p, dp) = (&mut p[..rows * bk_eff], &mut dp[..rows * bk_eff]);
+                tile_scores(dims, &l, qs, k, mask, (b, g, i0, j0), bk_eff, p);
+                tile_grads(
+                    dims,
+                    &l,
+                    p,
+                    dp,
+                    (lse, &dsum),
+                    dos,
+                    v,
+                    (b, g, i0, j0),
+                    bk_eff,
+                );
+                gemm_strided(
+                    bk_eff,
+                    d,
+                    rows,
+                    (p, 1, bk_eff),
+                    (dos, d, 1),
+                    (&mut dv_blk, d),
+                    true,
+                    T::ONE,
+                );
+                gemm_strided(
+                    bk_eff,
+                    d,
+                    rows,
+                    (dp, 1, bk_eff),
+                    (qs, d, 1),
+                    (&mut dk_blk, d),
+                    true,
+                    T::ONE,
+                );
+                if keep_ds {
+                    let at = (i0 - first) * group * bk;
+                    for (dst, src) in ds_blk[at..at + rows * bk]
+                        .chunks_exact_mut(bk)
+                        .zip(dp.chunks_exact(bk_eff))
+                    {
+                        dst[..bk_eff].copy_from_slice(src);
+                        dst[bk_eff..].fill(T::ZERO);
                     }
                 }
             }
-        });
+            (dk_blk, dv_blk)
+        })
+        .collect();
+    let mut blocks = kv_grads.iter();
+    for b in 0..dims.batch {
+        for g in 0..l.hkv {
+            for kb in 0..kblocks {
+                let (dk_blk, dv_blk) = blocks.next().expect("one result per task");
+                for (jj, (dkr, dvr)) in dk_blk
+                    .chunks_exact(d)
+                    .zip(dv_blk.chunks_exact(d))
+                    .enumerate()
+                {
+                    let at = l.kv_row(b, kb * kblock + jj, g);
+                    dk[at..at + d].copy_from_slice(dkr);
+                    dv[at..at + d].copy_from_slice(dvr);
+                }
+            }
+        }
+    }
 
-    // Pass 2: dQ per (batch, head, query block).
-    let (bq_max, bk_max) = (block, span);
-    let qblocks = t.div_ceil(bq_max);
+    // Pass 2: dQ per (batch, block of query tokens), every head of its tokens.
+    let qblocks = t.div_ceil(qt);
     let q_tasks: Vec<(usize, &mut [T])> = dq
-        .chunks_mut(t * d)
+        .chunks_mut(t * hq * d)
         .enumerate()
-        .flat_map(|(bh, head)| {
-            head.chunks_mut(bq_max * d)
+        .flat_map(|(b, dq_b)| {
+            dq_b.chunks_mut(qt * hq * d)
                 .enumerate()
-                .map(move |(qb, blk)| (bh * qblocks + qb, blk))
+                .map(move |(qb, blk)| (b * qblocks + qb, blk))
         })
         .collect();
     q_tasks.into_par_iter().for_each(|(task, dq_blk)| {
-        let (bh, qb) = (task / qblocks, task % qblocks);
-        let (b, h) = (bh / dims.q_heads, bh % dims.q_heads);
-        let g = b * dims.kv_heads + h / group;
-        let i0 = qb * bq_max;
-        let bq = dq_blk.len() / d;
-        let end = key_end(dims, i0 + bq);
-        if keep_ds {
-            // dQ = Σ over key blocks of the kept dS rows · K, blocks in order.
-            let r = h % group;
-            for kb in 0..kblocks {
-                let j0 = kb * block;
-                if j0 >= end {
-                    break;
-                }
-                let bk = block.min(tk - j0);
-                let first = first_query(dims, j0);
-                let lo = i0.max(first);
-                if lo >= i0 + bq {
-                    continue;
-                }
-                let n = i0 + bq - lo;
-                let at = ds_offsets[g * kblocks + kb] + (r * (t - first) + (lo - first)) * bk;
-                gemm(
-                    false,
-                    false,
-                    n,
-                    d,
-                    bk,
-                    &ds_store[at..at + n * bk],
-                    &k[(g * tk + j0) * d..(g * tk + j0 + bk) * d],
-                    &mut dq_blk[(lo - i0) * d..],
-                    true,
-                    false,
-                );
-            }
-            return;
-        }
-        let rows = (bh * t + i0)..(bh * t + i0 + bq);
-        let span = rows.start * d..rows.end * d;
-        let (q_blk, do_blk) = (&q[span.clone()], &dout[span]);
+        let (b, qb) = (task / qblocks, task % qblocks);
+        let i0 = qb * qt;
+        let i1 = (i0 + qt).min(t);
+        let rows = (i1 - i0) * group;
+        let end = key_end(dims, i1);
         let mask = key_mask.map(|m| &m[b * tk..(b + 1) * tk]);
-        let mut p = vec![T::ZERO; bq * bk_max];
-        let mut dp = vec![T::ZERO; bq * bk_max];
-        for j0 in (0..end).step_by(bk_max) {
-            let bk = bk_max.min(end - j0);
-            let kv_span = (g * tk + j0) * d..(g * tk + j0 + bk) * d;
-            let (p, dp) = (&mut p[..bq * bk], &mut dp[..bq * bk]);
-            tile_scores(dims, q_blk, &k[kv_span.clone()], mask, i0, j0, bq, bk, p);
-            tile_grads(
-                dims,
-                p,
-                dp,
-                &lse[rows.clone()],
-                &dsum[rows.clone()],
-                do_blk,
-                &v[kv_span.clone()],
-                bq,
-                bk,
-            );
-            gemm(
-                false,
-                false,
-                bq,
-                d,
-                bk,
-                dp,
-                &k[kv_span],
-                dq_blk,
-                true,
-                false,
-            );
+        let (mut qbuf, mut dobuf) = (Vec::new(), Vec::new());
+        let mut local = Vec::new();
+        let (mut p, mut dp) = (Vec::new(), Vec::new());
+        for g in 0..l.hkv {
+            // With one KV head the group's rows are the task's own rows of dQ.
+            let target: &mut [T] = if l.hkv == 1 {
+                &mut dq_blk[..]
+            } else {
+                local.clear();
+                local.resize(rows * d, T::ZERO);
+                &mut local[..]
+            };
+            if keep_ds {
+                // dQ = Σ over key blocks of the kept dS rows · K, blocks in order.
+                for kb in 0..kblocks {
+                    let j0 = kb * kblock;
+                    if j0 >= end {
+                        break;
+                    }
+                    let bk = block_keys(kb);
+                    let first = first_query(dims, j0);
+                    let lo = i0.max(first);
+                    if lo >= i1 {
+                        continue;
+                    }
+                    let bk_eff = visible(dims, i1 - 1, j0, bk);
+                    let n = (i1 - lo) * group;
+                    let at = ds_offsets[(b * l.hkv + g) * kblocks + kb] + (lo - first) * group * bk;
+                    gemm_strided(
+                        n,
+                        d,
+                        bk_eff,
+                        (&ds_store[at..], bk, 1),
+                        (&k[l.kv_row(b, j0, g)..], l.kv_stride(), 1),
+                        (&mut target[(lo - i0) * group * d..], d),
+                        true,
+                        T::ONE,
+                    );
+                }
+            } else {
+                let qs = group_rows(q, &l, b, g, i0, i1, &mut qbuf);
+                let dos = group_rows(dout, &l, b, g, i0, i1, &mut dobuf);
+                for j0 in (0..end).step_by(span) {
+                    let bk = span.min(end - j0);
+                    p.resize(rows * bk, T::ZERO);
+                    dp.resize(rows * bk, T::ZERO);
+                    tile_scores(dims, &l, qs, k, mask, (b, g, i0, j0), bk, &mut p);
+                    tile_grads(
+                        dims,
+                        &l,
+                        &mut p,
+                        &mut dp,
+                        (lse, &dsum),
+                        dos,
+                        v,
+                        (b, g, i0, j0),
+                        bk,
+                    );
+                    gemm_strided(
+                        rows,
+                        d,
+                        bk,
+                        (&dp[..rows * bk], bk, 1),
+                        (&k[l.kv_row(b, j0, g)..], l.kv_stride(), 1),
+                        (&mut target[..], d),
+                        true,
+                        T::ONE,
+                    );
+                }
+            }
+            if l.hkv > 1 {
+                scatter_group_rows(&local, &l, g, dq_blk);
+            }
         }
     });
     (dq, dk, dv)
@@ -505,8 +689,81 @@ pub fn backward<T: Float>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::attention::{reference_backward, reference_forward};
+    use crate::ops::attention::{
+        heads_to_tokens, reference_backward, reference_forward, tokens_to_heads,
+    };
     use crate::rng;
+
+    // The tests keep their tensors head-major, the layout of the per-head reference, and run
+    // the token-major kernels through these conversions.
+
+    fn fwd_heads(
+        dm: &AttnDims,
+        q: &[f64],
+        k: &[f64],
+        v: &[f64],
+        mask: Option<&[u8]>,
+        tiles: Tiles,
+    ) -> (Vec<f64>, Vec<f64>) {
+        let (b, hq, hkv, t, tk, d) = (
+            dm.batch,
+            dm.q_heads,
+            dm.kv_heads,
+            dm.q_len,
+            dm.kv_len,
+            dm.head_dim,
+        );
+        let (o, l) = forward(
+            dm,
+            &heads_to_tokens(q, b, hq, t, d),
+            &heads_to_tokens(k, b, hkv, tk, d),
+            &heads_to_tokens(v, b, hkv, tk, d),
+            mask,
+            tiles,
+        );
+        (
+            tokens_to_heads(&o, b, t, hq, d),
+            tokens_to_heads(&l, b, t, hq, 1),
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn bwd_heads(
+        dm: &AttnDims,
+        q: &[f64],
+        k: &[f64],
+        v: &[f64],
+        mask: Option<&[u8]>,
+        o: &[f64],
+        l: &[f64],
+        dout: &[f64],
+        tiles: Tiles,
+    ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let (b, hq, hkv, t, tk, d) = (
+            dm.batch,
+            dm.q_heads,
+            dm.kv_heads,
+            dm.q_len,
+            dm.kv_len,
+            dm.head_dim,
+        );
+        let (dq, dk, dv) = backward(
+            dm,
+            &heads_to_tokens(q, b, hq, t, d),
+            &heads_to_tokens(k, b, hkv, tk, d),
+            &heads_to_tokens(v, b, hkv, tk, d),
+            mask,
+            &heads_to_tokens(o, b, hq, t, d),
+            &heads_to_tokens(l, b, hq, t, 1),
+            &heads_to_tokens(dout, b, hq, t, d),
+            tiles,
+        );
+        (
+            tokens_to_heads(&dq, b, t, hq, d),
+            tokens_to_heads(&dk, b, tk, hkv, d),
+            tokens_to_heads(&dv, b, tk, hkv, d),
+        )
+    }
 
     fn randv(n: usize, seed: u64) -> Vec<f64> {
         (0..n as u64).map(|i| rng::normal_f64(seed, i)).collect()
@@ -596,19 +853,26 @@ mod tests {
             let (dq_ref, dk_ref, dv_ref) =
                 reference_backward(dm, &q, &k, &v, mask, &o_ref, &l_ref, &dout);
             // Each tiling with pass 2 recomputing dS and with pass 1's dS kept.
-            let tilings = [(1, 1), (4, 3), (5, 8), (BLOCK, SPAN)];
-            for tiles in tilings.into_iter().flat_map(|(block, span)| {
+            let tilings = [
+                (1, 1, 1),
+                (4, 3, 5),
+                (5, 8, 3),
+                (MIN_TOKENS, 7, 2),
+                (MAX_TOKENS, SPAN, KEY_BLOCK),
+            ];
+            for tiles in tilings.into_iter().flat_map(|(q_tokens, span, k_block)| {
                 [0, usize::MAX].map(|keep_ds_bytes| Tiles {
-                    block,
+                    q_tokens,
                     span,
+                    k_block,
                     keep_ds_bytes,
                 })
             }) {
                 let what = format!("case {ci} {dm:?} mask {} tiles {tiles:?}", mask.is_some());
-                let (o, l) = forward(dm, &q, &k, &v, mask, tiles);
+                let (o, l) = fwd_heads(dm, &q, &k, &v, mask, tiles);
                 assert_close(&o, &o_ref, 1e-12, &format!("O {what}"));
                 assert_close(&l, &l_ref, 1e-12, &format!("lse {what}"));
-                let (dq, dk, dv) = backward(dm, &q, &k, &v, mask, &o_ref, &l_ref, &dout, tiles);
+                let (dq, dk, dv) = bwd_heads(dm, &q, &k, &v, mask, &o_ref, &l_ref, &dout, tiles);
                 assert_close(&dq, &dq_ref, 1e-11, &format!("dQ {what}"));
                 assert_close(&dk, &dk_ref, 1e-11, &format!("dK {what}"));
                 assert_close(&dv, &dv_ref, 1e-11, &format!("dV {what}"));
@@ -656,15 +920,16 @@ mod tests {
         let dm = dims(1, 2, 1, 6, 6, 4, true);
         let mask = vec![0u8, 0, 0, 1, 1, 1];
         let (q, k, v) = (randv(48, 1), randv(24, 2), randv(24, 3));
-        let (o, l) = forward(
+        let (o, l) = fwd_heads(
             &dm,
             &q,
             &k,
             &v,
             Some(&mask),
             Tiles {
-                block: 2,
+                q_tokens: 2,
                 span: 3,
+                k_block: 2,
                 keep_ds_bytes: 0,
             },
         );
@@ -680,11 +945,12 @@ mod tests {
         let dout = randv(48, 4);
         for keep_ds_bytes in [0, usize::MAX] {
             let tiles = Tiles {
-                block: 2,
+                q_tokens: 2,
                 span: 3,
+                k_block: 4,
                 keep_ds_bytes,
             };
-            let (dq, _, _) = backward(&dm, &q, &k, &v, Some(&mask), &o, &l, &dout, tiles);
+            let (dq, _, _) = bwd_heads(&dm, &q, &k, &v, Some(&mask), &o, &l, &dout, tiles);
             assert!(dq[..12].iter().all(|&x| x == 0.0));
             assert!(dq[12..24].iter().any(|&x| x != 0.0));
         }
@@ -698,13 +964,14 @@ mod tests {
         q[(8 + 3) * 4 + 1] = f64::NAN;
         for tiles in [
             Tiles {
-                block: 3,
+                q_tokens: 3,
                 span: 2,
+                k_block: 3,
                 keep_ds_bytes: 0,
             },
-            Tiles::default(),
+            Tiles::for_group(2),
         ] {
-            let (o, l) = forward(&dm, &q, &k, &v, None, tiles);
+            let (o, l) = fwd_heads(&dm, &q, &k, &v, None, tiles);
             let (o_ref, l_ref) = reference_forward(&dm, &q, &k, &v, None);
             for (what, o, l) in [("tiled", &o, &l), ("reference", &o_ref, &l_ref)] {
                 for row in 0..16 {
@@ -720,7 +987,7 @@ mod tests {
                 }
             }
             let dout = randv(64, 8);
-            let (dq, dk, _) = backward(&dm, &q, &k, &v, None, &o, &l, &dout, tiles);
+            let (dq, dk, _) = bwd_heads(&dm, &q, &k, &v, None, &o, &l, &dout, tiles);
             assert!(dq[(8 + 3) * 4..(8 + 4) * 4].iter().all(|x| x.is_nan()));
             // Keys 0..=3 are seen by the NaN row: their gradients are NaN too.
             assert!(dk[..4].iter().any(|x| x.is_nan()));
@@ -745,8 +1012,9 @@ mod tests {
                 .unwrap();
             pool.install(|| {
                 let tiles = Tiles {
-                    block: 16,
+                    q_tokens: 16,
                     span: 32,
+                    k_block: 24,
                     keep_ds_bytes,
                 };
                 let (o, l) = forward(&dm, &q, &k, &v, Some(&mask), tiles);

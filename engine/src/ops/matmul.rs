@@ -29,9 +29,9 @@ pub fn gemm<T: Float>(
     parallel: bool,
 ) {
     check_lengths(m, n, k, a, b, c.len());
-    // SAFETY: C spans the m*n elements `gemm_raw` may write (checked above).
+    // SAFETY: C spans the m*n elements `gemm_dense` may write (checked above).
     unsafe {
-        gemm_raw(
+        gemm_dense(
             trans_a,
             trans_b,
             m,
@@ -67,12 +67,12 @@ pub(crate) fn gemm_new<T: Float>(
         return vec![T::ZERO; len];
     }
     let mut c = Vec::with_capacity(len);
-    // SAFETY: the capacity holds the m*n elements `gemm_raw` writes; with k > 0 and no
+    // SAFETY: the capacity holds the m*n elements `gemm_dense` writes; with k > 0 and no
     // accumulation it writes each of them exactly as a zero-filled C would end up (the
     // crate's kernels store `beta·Σ` without reading C when `read_dst` is false), so every
     // element is initialized before `set_len` exposes it.
     unsafe {
-        gemm_raw(
+        gemm_dense(
             trans_a,
             trans_b,
             m,
@@ -109,13 +109,136 @@ fn check_lengths<T>(m: usize, n: usize, k: usize, a: &[T], b: &[T], c_len: usize
     );
 }
 
-/// [`gemm`] on a raw C.
+/// `C (m x n) = scale · A·B`, or `C += scale · A·B` when `accumulate`, for operands given by
+/// their element strides: `A[i][p]` at `a[i·a_rs + p·a_cs]`, `B[p][j]` at `b[p·b_rs + j·b_cs]`,
+/// `C[i][j]` at `c[i·c_rs + j]`. Sub-matrices of larger row-major buffers (a tile's first
+/// columns, a row-major matrix read transposed) need no copy. `scale` multiplies each finished
+/// dot product once, so the result is bitwise that of an unscaled product scaled afterwards.
+/// Single-threaded: for callers inside parallel loops.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_strided<T: Float>(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: (&[T], usize, usize),
+    b: (&[T], usize, usize),
+    c: (&mut [T], usize),
+    accumulate: bool,
+    scale: T,
+) {
+    let ((a, a_rs, a_cs), (b, b_rs, b_cs), (c, c_rs)) = (a, b, c);
+    if m == 0 || n == 0 {
+        return;
+    }
+    let last = |rows: usize, rs: usize, cols: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs;
+    assert!(
+        c_rs >= n && last(m, c_rs, n, 1) < c.len(),
+        "gemm_strided: C of {} elements cannot hold {m}x{n} rows {c_rs} apart",
+        c.len()
+    );
+    if k > 0 {
+        assert!(
+            last(m, a_rs, k, a_cs) < a.len() && last(k, b_rs, n, b_cs) < b.len(),
+            "gemm_strided: A ({} elements) or B ({}) too short for {m}x{k} / {k}x{n}",
+            a.len(),
+            b.len()
+        );
+    }
+    // SAFETY: the asserts above keep every strided access inside A, B and C.
+    unsafe {
+        gemm_raw(
+            m,
+            n,
+            k,
+            (a, a_rs as isize, a_cs as isize),
+            (b, b_rs as isize, b_cs as isize),
+            (c.as_mut_ptr(), c_rs as isize),
+            accumulate,
+            scale,
+            false,
+        )
+    }
+}
+
+/// [`gemm`] on a raw C with strided operands (see [`gemm_strided`]).
 ///
 /// # Safety
-/// `c` must be valid for reads and writes of `m * n` elements (reads only when
-/// `accumulate`), and `a`, `b` must hold `m * k` and `k * n` elements.
+/// Every element `(i, p)` of A, `(p, j)` of B (i < m, p < k, j < n) must lie inside `a` and
+/// `b` at the given strides, and `c` must be valid for reads (when `accumulate`) and writes of
+/// every `(i, j)` at `i·c_rs + j`.
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm_raw<T: Float>(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: (&[T], isize, isize),
+    b: (&[T], isize, isize),
+    c: (*mut T, isize),
+    accumulate: bool,
+    scale: T,
+    parallel: bool,
+) {
+    let ((a, a_rs, a_cs), (b, b_rs, b_cs), (c, c_rs)) = (a, b, c);
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            for i in 0..m {
+                for j in 0..n {
+                    // SAFETY: (i, j) is inside C (the caller's contract).
+                    unsafe { c.offset(i as isize * c_rs + j as isize).write(T::ZERO) };
+                }
+            }
+        }
+        return;
+    }
+    let par = if parallel && m * n * k >= PARALLEL_MIN_WORK {
+        gemm::Parallelism::Rayon(rayon::current_num_threads())
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the caller guarantees the strided elements of A, B and C lie inside them. T is
+    // f32 or f64, which `gemm` supports. The crate computes `dst = alpha·dst + beta·Σ` (only
+    // `beta·Σ` without `read_dst`), with the scale as beta.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c,
+            1,
+            c_rs,
+            accumulate,
+            a.as_ptr(),
+            a_cs,
+            a_rs,
+            b.as_ptr(),
+            b_cs,
+            b_rs,
+            T::ONE,
+            scale,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
+/// Row and column strides of a row-major `[rows, cols]` operand, read transposed or not.
+fn strides(trans: bool, rows_of_op: usize, cols_of_op: usize) -> (isize, isize) {
+    if trans {
+        // op(X) = Xᵀ with X stored [cols_of_op, rows_of_op].
+        (1, rows_of_op as isize)
+    } else {
+        (cols_of_op as isize, 1)
+    }
+}
+
+/// [`gemm`]'s operands as [`gemm_raw`] takes them.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_dense<T: Float>(
     trans_a: bool,
     trans_b: bool,
     m: usize,
@@ -127,58 +250,21 @@ unsafe fn gemm_raw<T: Float>(
     accumulate: bool,
     parallel: bool,
 ) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !accumulate {
-            for i in 0..m * n {
-                // SAFETY: i < m*n, inside C (the caller's contract).
-                unsafe { c.add(i).write(T::ZERO) };
-            }
-        }
-        return;
-    }
-    let (a_rs, a_cs) = if trans_a {
-        (1, m as isize)
-    } else {
-        (k as isize, 1)
-    };
-    let (b_rs, b_cs) = if trans_b {
-        (1, k as isize)
-    } else {
-        (n as isize, 1)
-    };
-    let par = if parallel && m * n * k >= PARALLEL_MIN_WORK {
-        gemm::Parallelism::Rayon(rayon::current_num_threads())
-    } else {
-        gemm::Parallelism::None
-    };
-    // SAFETY: the caller guarantees A spans m*k, B spans k*n and C spans m*n elements, and
-    // the row/column strides chosen for their row-major storage stay inside them. T is f32
-    // or f64, which `gemm` supports.
+    let (a_rs, a_cs) = strides(trans_a, m, k);
+    let (b_rs, b_cs) = strides(trans_b, k, n);
+    // SAFETY: forwarded from the callers, which checked the lengths (`check_lengths`).
     unsafe {
-        gemm::gemm(
+        gemm_raw(
             m,
             n,
             k,
-            c,
-            1,
-            n as isize,
+            (a, a_rs, a_cs),
+            (b, b_rs, b_cs),
+            (c, n as isize),
             accumulate,
-            a.as_ptr(),
-            a_cs,
-            a_rs,
-            b.as_ptr(),
-            b_cs,
-            b_rs,
             T::ONE,
-            T::ONE,
-            false,
-            false,
-            false,
-            par,
-        );
+            parallel,
+        )
     }
 }
 

@@ -17,7 +17,7 @@ pub mod quant_linear;
 pub mod rope;
 pub mod shape;
 
-pub use attention::attention;
+pub use attention::{attention, attention_tokens};
 pub use cross_entropy::{cross_entropy, linear_cross_entropy, IGNORE_INDEX};
 pub use dropout::dropout;
 pub use elementwise::{add, mul, scale, sum_all};
@@ -27,7 +27,7 @@ pub use layernorm::layer_norm;
 pub use lora::lora_add;
 pub use matmul::{linear, linear_unread, matmul, matmul_t};
 pub use quant_linear::{quant_linear, quant_linear_unread};
-pub use rope::{rope, RopeTable};
+pub use rope::{rope, rope_tokens, RopeTable};
 pub use shape::{concat, narrow, permute, reshape};
 
 /// Runs `$body` with `$T` bound to the Rust float type of `$dtype` (f32 or f64); any other dtype
