@@ -178,13 +178,14 @@ fn assemble(
         src.get("transformer.ln_f.bias", &[h])?,
         eps,
     )?;
+    let loss_chunk_rows = crate::model::default_loss_chunk_rows(config.vocab_size);
     Ok(FalconModel {
         config,
         embed,
         layers,
         ln_f,
         recompute: true,
-        loss_chunk_rows: crate::model::DEFAULT_LOSS_CHUNK_ROWS,
+        loss_chunk_rows,
     })
 }
 

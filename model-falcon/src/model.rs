@@ -163,8 +163,17 @@ pub struct FalconModel {
     pub loss_chunk_rows: usize,
 }
 
-/// Rows of logits the host model's fused loss materializes at once, by default.
-pub const DEFAULT_LOSS_CHUNK_ROWS: usize = 256;
+/// Bytes of logits (f32) the host model's fused loss materializes at once, by default.
+pub const LOSS_CHUNK_BYTES: usize = 64 << 20;
+
+/// Rows of logits per chunk of the host model's fused loss, by default: as many as fit
+/// [`LOSS_CHUNK_BYTES`], in multiples of 64, at least 64. Large chunks pay off because each
+/// chunk's two products read (and pack) the whole `[vocab, hidden]` lm_head: with a vocabulary of
+/// 8192 a batch of 2 x 256 is one chunk; Falcon's 65,024 give 256 rows (64 MiB) per chunk.
+pub fn default_loss_chunk_rows(vocab: usize) -> usize {
+    let rows = LOSS_CHUNK_BYTES / (4 * vocab.max(1));
+    (rows / 64 * 64).max(64)
+}
 
 /// Parameter counts as PEFT's `print_trainable_parameters` reports them (a 4-bit weight counts
 /// as half its elements, as bitsandbytes' packed `Params4bit` does).

@@ -68,6 +68,29 @@ fn lse_row<T: Float>(z: &[T]) -> T {
     m + s.ln()
 }
 
+/// The loss term of one row, `(logsumexp(z), logsumexp(z) − z[label])`, and in place its
+/// logits gradient `scale·(softmax(z) − onehot(label))`, with one exponential per logit:
+/// `softmax(z) = exp(z − m) / Σ exp(z − m)` from the same exponentials that give the
+/// logsumexp ([`lse_row`] then [`dlogits_row`] take two). The logsumexp is bitwise
+/// [`lse_row`]'s (same spans, same sums); the gradient may differ from [`dlogits_row`]'s in
+/// the last bit (a division by the sum instead of a shift by its log).
+fn lse_and_dlogits_row<T: Float>(z: &mut [T], label: usize, scale: T) -> (T, T) {
+    let m = row_max_by(T::NEG_INFINITY, z, T::max);
+    let target = z[label];
+    let mut s = T::ZERO;
+    for span in z.chunks_mut(EXP_SPAN) {
+        T::exp_shifted_slice(span, m);
+        s += sum_lanes(span);
+    }
+    let lse = m + s.ln();
+    let per_sum = scale / s;
+    for x in z.iter_mut() {
+        *x *= per_sum;
+    }
+    z[label] -= scale;
+    (lse, lse - target)
+}
+
 /// Writes `scale·(softmax(z) − onehot(label))` into `z` in place.
 fn dlogits_row<T: Float>(z: &mut [T], lse: T, label: usize, scale: T) {
     T::exp_shifted_slice(z, lse);
@@ -184,23 +207,27 @@ pub fn linear_cross_entropy(
                 false,
                 true,
             );
-            // Per-row logsumexp and loss term in parallel; summed below in row order.
-            let terms: Vec<(T, T)> = z
-                .par_chunks(vocab)
-                .zip(chunk.par_iter())
-                .map(|(row, &(_, l))| {
-                    let s = lse_row(row);
-                    (s, s - row[l])
-                })
-                .collect();
+            // Per-row logsumexp and loss term in parallel (with the eager gradient, each row
+            // turned into its logits gradient in the same pass); summed below in row order.
+            let terms: Vec<(T, T)> = if eager_dh {
+                z.par_chunks_mut(vocab)
+                    .zip(chunk.par_iter())
+                    .map(|(row, &(_, l))| lse_and_dlogits_row(row, l, unit_scale))
+                    .collect()
+            } else {
+                z.par_chunks(vocab)
+                    .zip(chunk.par_iter())
+                    .map(|(row, &(_, l))| {
+                        let s = lse_row(row);
+                        (s, s - row[l])
+                    })
+                    .collect()
+            };
             for &(s, term) in &terms {
                 total += term.to_f64();
                 lse.push(s);
             }
             if eager_dh {
-                z.par_chunks_mut(vocab)
-                    .zip(chunk.par_iter().zip(terms.par_iter()))
-                    .for_each(|(row, (&(_, l), &(s, _)))| dlogits_row(row, s, l, unit_scale));
                 dxs.resize(chunk.len() * d, T::ZERO);
                 gemm(
                     false,

@@ -42,7 +42,7 @@ use anyhow::{bail, Result};
 use engine::nf4::{QuantConfig, NESTED_BLOCKSIZE};
 use model_falcon::checkpoint::linear_modules;
 use model_falcon::cuda::{BaseStorage, MemoryPlan, StepShape};
-use model_falcon::model::DEFAULT_LOSS_CHUNK_ROWS as LOSS_CHUNK_ROWS;
+use model_falcon::model::default_loss_chunk_rows;
 use model_falcon::peft::{LoraConfig, TargetModules};
 use model_falcon::{AttentionLayout, FalconConfig, NormLayout};
 use serde::Serialize;
@@ -176,7 +176,7 @@ pub fn model_info(cfg: &FalconConfig, a: &InfoArgs) -> Result<ModelInfo> {
         let stored_activations = 4 * cfg.num_hidden_layers * bt * h + 8 * bt * h;
         let layer_working_set =
             8 * bt * (4 * h + cfg.qkv_out_features() + 2 * f) + 8 * b * n * t * t;
-        let loss_chunk = 8 * LOSS_CHUNK_ROWS.min(bt) * v;
+        let loss_chunk = 8 * default_loss_chunk_rows(v).min(bt) * v;
         MemoryEstimate::new(
             [b, t],
             [
