@@ -83,14 +83,13 @@ fn softmax_rows<T: Float>(s: &mut [T], tk: usize) -> Vec<T> {
         .collect()
 }
 
-/// `x [b, h, t, d]` (head-major) as `[b, t, h, d]` (token-major); with `d = 1` it turns
-/// `lse [b, h, t]` into `[b, t, h]`.
-pub fn heads_to_tokens<T: Copy>(x: &[T], b: usize, h: usize, t: usize, d: usize) -> Vec<T> {
+/// `x [b, m, n, d]` as `[b, n, m, d]`: the middle two axes swapped.
+fn swap_middle_axes<T: Copy>(x: &[T], b: usize, m: usize, n: usize, d: usize) -> Vec<T> {
     let mut out = Vec::with_capacity(x.len());
     for bi in 0..b {
-        for i in 0..t {
-            for hi in 0..h {
-                let at = ((bi * h + hi) * t + i) * d;
+        for j in 0..n {
+            for i in 0..m {
+                let at = ((bi * m + i) * n + j) * d;
                 out.extend_from_slice(&x[at..at + d]);
             }
         }
@@ -98,19 +97,16 @@ pub fn heads_to_tokens<T: Copy>(x: &[T], b: usize, h: usize, t: usize, d: usize)
     out
 }
 
+/// `x [b, h, t, d]` (head-major) as `[b, t, h, d]` (token-major); with `d = 1` it turns
+/// `lse [b, h, t]` into `[b, t, h]`.
+pub fn heads_to_tokens<T: Copy>(x: &[T], b: usize, h: usize, t: usize, d: usize) -> Vec<T> {
+    swap_middle_axes(x, b, h, t, d)
+}
+
 /// `x [b, t, h, d]` (token-major) as `[b, h, t, d]` (head-major): the inverse of
 /// [`heads_to_tokens`].
 pub fn tokens_to_heads<T: Copy>(x: &[T], b: usize, t: usize, h: usize, d: usize) -> Vec<T> {
-    let mut out = Vec::with_capacity(x.len());
-    for bi in 0..b {
-        for hi in 0..h {
-            for i in 0..t {
-                let at = ((bi * t + i) * h + hi) * d;
-                out.extend_from_slice(&x[at..at + d]);
-            }
-        }
-    }
-    out
+    swap_middle_axes(x, b, t, h, d)
 }
 
 /// CPU forward (tiled) on the head-major layout: `q [b, hq, t, d]`, `k, v [b, hkv, tk, d]`.
@@ -123,13 +119,26 @@ pub fn attention_forward<T: Float>(
     v: &[T],
     key_mask: Option<&[u8]>,
 ) -> (Vec<T>, Vec<T>) {
+    attention_forward_tiles(dims, q, k, v, key_mask, Tiles::for_group(dims.group()))
+}
+
+/// [`attention_forward`] with the given tiles.
+pub(crate) fn attention_forward_tiles<T: Float>(
+    dims: &AttnDims,
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    key_mask: Option<&[u8]>,
+    tiles: Tiles,
+) -> (Vec<T>, Vec<T>) {
     let (b, hq, hkv, t, tk, d) = shape6(dims);
-    let (o, lse) = attention_tokens_forward(
+    let (o, lse) = attention_tokens_forward_tiles(
         dims,
         &heads_to_tokens(q, b, hq, t, d),
         &heads_to_tokens(k, b, hkv, tk, d),
         &heads_to_tokens(v, b, hkv, tk, d),
         key_mask,
+        tiles,
     );
     (
         tokens_to_heads(&o, b, t, hq, d),
@@ -150,8 +159,25 @@ pub fn attention_backward<T: Float>(
     lse: &[T],
     dout: &[T],
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let tiles = Tiles::for_group(dims.group());
+    attention_backward_tiles(dims, q, k, v, key_mask, out, lse, dout, tiles)
+}
+
+/// [`attention_backward`] with the given tiles.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attention_backward_tiles<T: Float>(
+    dims: &AttnDims,
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    key_mask: Option<&[u8]>,
+    out: &[T],
+    lse: &[T],
+    dout: &[T],
+    tiles: Tiles,
+) -> (Vec<T>, Vec<T>, Vec<T>) {
     let (b, hq, hkv, t, tk, d) = shape6(dims);
-    let (dq, dk, dv) = attention_tokens_backward(
+    let (dq, dk, dv) = attention_tiled::backward(
         dims,
         &heads_to_tokens(q, b, hq, t, d),
         &heads_to_tokens(k, b, hkv, tk, d),
@@ -160,6 +186,7 @@ pub fn attention_backward<T: Float>(
         &heads_to_tokens(out, b, hq, t, d),
         &heads_to_tokens(lse, b, hq, t, 1),
         &heads_to_tokens(dout, b, hq, t, d),
+        tiles,
     );
     (
         tokens_to_heads(&dq, b, t, hq, d),
@@ -188,6 +215,18 @@ pub fn attention_tokens_forward<T: Float>(
     v: &[T],
     key_mask: Option<&[u8]>,
 ) -> (Vec<T>, Vec<T>) {
+    attention_tokens_forward_tiles(dims, q, k, v, key_mask, Tiles::for_group(dims.group()))
+}
+
+/// [`attention_tokens_forward`] with the given tiles.
+fn attention_tokens_forward_tiles<T: Float>(
+    dims: &AttnDims,
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    key_mask: Option<&[u8]>,
+    tiles: Tiles,
+) -> (Vec<T>, Vec<T>) {
     if dims.head_dim == 0 {
         // No features: every visible key scores 0. The reference handles this degenerate case.
         let (b, hq, hkv, t, tk, d) = shape6(dims);
@@ -200,7 +239,7 @@ pub fn attention_tokens_forward<T: Float>(
         );
         return (o, heads_to_tokens(&lse, b, hq, t, 1));
     }
-    attention_tiled::forward(dims, q, k, v, key_mask, Tiles::for_group(dims.group()))
+    attention_tiled::forward(dims, q, k, v, key_mask, tiles)
 }
 
 /// CPU backward (tiled) on the token-major layout of [`attention_tokens_forward`]. Returns

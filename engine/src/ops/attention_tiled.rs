@@ -689,81 +689,14 @@ pub fn backward<T: Float>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::attention::{
-        heads_to_tokens, reference_backward, reference_forward, tokens_to_heads,
-    };
+    use crate::ops::attention::{reference_backward, reference_forward};
     use crate::rng;
 
     // The tests keep their tensors head-major, the layout of the per-head reference, and run
-    // the token-major kernels through these conversions.
-
-    fn fwd_heads(
-        dm: &AttnDims,
-        q: &[f64],
-        k: &[f64],
-        v: &[f64],
-        mask: Option<&[u8]>,
-        tiles: Tiles,
-    ) -> (Vec<f64>, Vec<f64>) {
-        let (b, hq, hkv, t, tk, d) = (
-            dm.batch,
-            dm.q_heads,
-            dm.kv_heads,
-            dm.q_len,
-            dm.kv_len,
-            dm.head_dim,
-        );
-        let (o, l) = forward(
-            dm,
-            &heads_to_tokens(q, b, hq, t, d),
-            &heads_to_tokens(k, b, hkv, tk, d),
-            &heads_to_tokens(v, b, hkv, tk, d),
-            mask,
-            tiles,
-        );
-        (
-            tokens_to_heads(&o, b, t, hq, d),
-            tokens_to_heads(&l, b, t, hq, 1),
-        )
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn bwd_heads(
-        dm: &AttnDims,
-        q: &[f64],
-        k: &[f64],
-        v: &[f64],
-        mask: Option<&[u8]>,
-        o: &[f64],
-        l: &[f64],
-        dout: &[f64],
-        tiles: Tiles,
-    ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
-        let (b, hq, hkv, t, tk, d) = (
-            dm.batch,
-            dm.q_heads,
-            dm.kv_heads,
-            dm.q_len,
-            dm.kv_len,
-            dm.head_dim,
-        );
-        let (dq, dk, dv) = backward(
-            dm,
-            &heads_to_tokens(q, b, hq, t, d),
-            &heads_to_tokens(k, b, hkv, tk, d),
-            &heads_to_tokens(v, b, hkv, tk, d),
-            mask,
-            &heads_to_tokens(o, b, hq, t, d),
-            &heads_to_tokens(l, b, hq, t, 1),
-            &heads_to_tokens(dout, b, hq, t, d),
-            tiles,
-        );
-        (
-            tokens_to_heads(&dq, b, t, hq, d),
-            tokens_to_heads(&dk, b, tk, hkv, d),
-            tokens_to_heads(&dv, b, tk, hkv, d),
-        )
-    }
+    // the token-major kernels through the head-major wrappers, which convert.
+    use crate::ops::attention::{
+        attention_backward_tiles as bwd_heads, attention_forward_tiles as fwd_heads,
+    };
 
     fn randv(n: usize, seed: u64) -> Vec<f64> {
         (0..n as u64).map(|i| rng::normal_f64(seed, i)).collect()
