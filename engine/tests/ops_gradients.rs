@@ -500,3 +500,38 @@ fn unread_linears_have_the_same_backward_and_a_nan_value() {
     };
     assert_eq!(grad(true), grad(false));
 }
+
+#[test]
+fn unread_attention_has_the_same_backward_and_a_nan_value() {
+    // Token-major, multi-query and grouped, with padding: the kept-probability kernels.
+    let mask = Tensor::from_vec(vec![1u8, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 0], [2, 6]).unwrap();
+    for hkv in [1, 2] {
+        let (q, k, v) = (
+            f64n(&[2, 6, 4, 3], 70),
+            f64n(&[2, 6, hkv, 3], 71),
+            f64n(&[2, 6, hkv, 3], 72),
+        );
+        let dy = Var::constant(f64n(&[2, 6, 4, 3], 73));
+        let grads = |unread: bool| {
+            let vars = [&q, &k, &v].map(|t| Var::parameter(t.clone()));
+            let op = if unread {
+                ops::attention_tokens_unread
+            } else {
+                ops::attention_tokens
+            };
+            let y = op(&vars[0], &vars[1], &vars[2], Some(&mask), true, 0.6).unwrap();
+            let nan = y.value().to_f64_vec().unwrap().iter().all(|x| x.is_nan());
+            assert_eq!(nan, unread, "value of attention (unread {unread})");
+            let g = ops::sum_all(&ops::mul(&y, &dy).unwrap())
+                .unwrap()
+                .backward()
+                .unwrap();
+            vars.map(|x| g.get(&x).unwrap().to_f64_vec().unwrap())
+        };
+        let (read, unread) = (grads(false), grads(true));
+        for (a, b) in read.iter().zip(&unread) {
+            assert!(a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()));
+            assert!(a.iter().any(|&x| x != 0.0));
+        }
+    }
+}

@@ -109,13 +109,19 @@ impl DecoderLayer {
             c.k = Some(k.value());
             c.v = Some(v.value());
         }
+        // When this layer is re-run for its backward, its output value is never read, and the
+        // output projections' backward needs only their inputs: their products are skipped,
+        // and so is the attention output when the projection reading it has no adapter.
+        let unread = engine::recomputing();
         let scale = 1.0 / (g.head_dim as f64).sqrt();
-        let a = ops::attention_tokens(&q, &k, &v, ctx.key_mask.as_ref(), true, scale)?;
+        let attention = if unread && self.dense.lora.is_none() {
+            ops::attention_tokens_unread
+        } else {
+            ops::attention_tokens
+        };
+        let a = attention(&q, &k, &v, ctx.key_mask.as_ref(), true, scale)?;
         let ad = a.dims();
         let a = ops::reshape(&a, [ad[0], ad[1], ad[2] * ad[3]])?;
-        // When this layer is re-run for its backward, its output value is never read, and the
-        // output projections' backward needs only their inputs: their products are skipped.
-        let unread = engine::recomputing();
         let out_proj = |lin: &Linear, x: &Var| {
             if unread {
                 lin.forward_unread(x, ctx.train)

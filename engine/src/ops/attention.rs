@@ -15,11 +15,15 @@
 //! [`attention_tokens`] takes the same tensors token-major (`q [b, t, hq, d]`,
 //! `k, v [b, tk, hkv, d]`), the order the model's QKV projection produces.
 //!
-//! The ops run the tiled kernels of [`super::attention_tiled`] (token-major); [`reference_forward`] and
-//! [`reference_backward`] here compute whole score matrices per head and define the result.
+//! The token-major op runs the kernels of [`super::attention_kept`] when the probability matrix
+//! fits their budget (backward then reads the kept `P` instead of recomputing it), and the tiled
+//! kernels of [`super::attention_tiled`] otherwise, as the head-major op always does;
+//! [`reference_forward`] and [`reference_backward`] here compute whole score matrices per head
+//! and define the result.
 
+use super::attention_kept::{self, KeptTiles};
 use super::attention_tiled::{self, max_nan, Tiles};
-use super::matmul::gemm;
+use super::matmul::{gemm, poison};
 use super::{same_dtype, with_float};
 use crate::autograd::record;
 use crate::element::Float;
@@ -383,7 +387,7 @@ pub fn attention(
     causal: bool,
     scale: f64,
 ) -> Result<Var> {
-    attention_op(q, k, v, key_mask, causal, scale, Layout::HeadMajor)
+    attention_op(q, k, v, key_mask, causal, scale, Layout::HeadMajor, false)
 }
 
 /// [`attention`] on the token-major layout: `q [b, t, hq, d]`, `k, v [b, tk, hkv, d]`, output
@@ -397,9 +401,25 @@ pub fn attention_tokens(
     causal: bool,
     scale: f64,
 ) -> Result<Var> {
-    attention_op(q, k, v, key_mask, causal, scale, Layout::TokenMajor)
+    attention_op(q, k, v, key_mask, causal, scale, Layout::TokenMajor, false)
 }
 
+/// [`attention_tokens`] whose output value will never be read, only differentiated (a layer
+/// re-run for its backward, [`crate::recomputing`], whose attention output feeds a frozen
+/// projection): when the kept-probability kernels run, `O = P·V` is skipped and the value is
+/// NaN, so a read would show; the gradients are those of [`attention_tokens`], bit for bit.
+pub fn attention_tokens_unread(
+    q: &Var,
+    k: &Var,
+    v: &Var,
+    key_mask: Option<&Tensor>,
+    causal: bool,
+    scale: f64,
+) -> Result<Var> {
+    attention_op(q, k, v, key_mask, causal, scale, Layout::TokenMajor, true)
+}
+
+#[allow(clippy::too_many_arguments)]
 fn attention_op(
     q: &Var,
     k: &Var,
@@ -408,6 +428,7 @@ fn attention_op(
     causal: bool,
     scale: f64,
     layout: Layout,
+    unread: bool,
 ) -> Result<Var> {
     let (qv, kv, vv) = (q.value(), k.value(), v.value());
     let dt = same_dtype("attention", &[&qv, &kv, &vv])?;
@@ -462,6 +483,30 @@ fn attention_op(
             kv.as_slice::<T>()?,
             vv.as_slice::<T>()?,
         );
+        // The kept-probability kernels whenever P fits, recorded or not: the choice depends on
+        // the shapes alone, so a layer's no-grad forward and its recorded re-run agree bit for
+        // bit (activation checkpointing relies on it).
+        if layout == Layout::TokenMajor && attention_kept::fits(&dims, std::mem::size_of::<T>()) {
+            let tiles = KeptTiles::for_group(dims.group());
+            let mask = mask.as_deref();
+            let (o, kept) = attention_kept::forward(&dims, qs, ks, vs, mask, !unread, tiles);
+            let out = match o {
+                Some(o) => Tensor::from_storage(T::wrap(o), qv.shape().clone()),
+                None => poison(qv.shape().clone(), dt)?,
+            };
+            return Ok(record("attention", out, &[q, k, v], move |g, _, _| {
+                let (dq, dk, dv) = attention_kept::backward(
+                    &dims,
+                    qv.as_slice::<T>()?,
+                    kv.as_slice::<T>()?,
+                    vv.as_slice::<T>()?,
+                    &kept,
+                    g.as_slice::<T>()?,
+                    tiles,
+                );
+                grads_of(&[&qv, &kv, &vv], [dq, dk, dv])
+            }));
+        }
         let (o, lse) = match layout {
             Layout::HeadMajor => attention_forward(&dims, qs, ks, vs, mask.as_deref()),
             Layout::TokenMajor => attention_tokens_forward(&dims, qs, ks, vs, mask.as_deref()),
@@ -483,11 +528,16 @@ fn attention_op(
                 &lse,
                 g.as_slice::<T>()?,
             );
-            Ok(vec![
-                Some(Tensor::from_storage(T::wrap(dq), qv.shape().clone())),
-                Some(Tensor::from_storage(T::wrap(dk), kv.shape().clone())),
-                Some(Tensor::from_storage(T::wrap(dv), vv.shape().clone())),
-            ])
+            grads_of(&[&qv, &kv, &vv], [dq, dk, dv])
         }))
     })
+}
+
+/// `(dQ, dK, dV)` as gradient tensors shaped like `q`, `k`, `v`.
+fn grads_of<T: Float>(inputs: &[&Tensor; 3], grads: [Vec<T>; 3]) -> Result<Vec<Option<Tensor>>> {
+    Ok(inputs
+        .iter()
+        .zip(grads)
+        .map(|(x, g)| Some(Tensor::from_storage(T::wrap(g), x.shape().clone())))
+        .collect())
 }

@@ -127,7 +127,7 @@ pub(crate) fn row_max_by<T: Float>(init: T, row: &[T], max: impl Fn(T, T) -> T) 
 }
 
 /// Keys `0..end` some query token below `i1` may see.
-fn key_end(dims: &AttnDims, i1: usize) -> usize {
+pub(crate) fn key_end(dims: &AttnDims, i1: usize) -> usize {
     if dims.causal {
         (dims.kv_len - dims.q_len + i1).min(dims.kv_len)
     } else {
@@ -136,7 +136,7 @@ fn key_end(dims: &AttnDims, i1: usize) -> usize {
 }
 
 /// First query token that sees key `j0` under the causal mask (`q_len` when none does).
-fn first_query(dims: &AttnDims, j0: usize) -> usize {
+pub(crate) fn first_query(dims: &AttnDims, j0: usize) -> usize {
     if dims.causal {
         let off = dims.kv_len - dims.q_len;
         j0.saturating_sub(off).min(dims.q_len)
@@ -146,7 +146,7 @@ fn first_query(dims: &AttnDims, j0: usize) -> usize {
 }
 
 /// How many of the keys `j0..j0+bk` query token `i` sees under the causal mask: a prefix.
-fn visible(dims: &AttnDims, i: usize, j0: usize, bk: usize) -> usize {
+pub(crate) fn visible(dims: &AttnDims, i: usize, j0: usize, bk: usize) -> usize {
     if dims.causal {
         (dims.kv_len - dims.q_len + i + 1)
             .saturating_sub(j0)
@@ -158,17 +158,17 @@ fn visible(dims: &AttnDims, i: usize, j0: usize, bk: usize) -> usize {
 
 /// Element offsets in the token-major tensors.
 #[derive(Clone, Copy)]
-struct Layout {
-    t: usize,
-    tk: usize,
-    hq: usize,
-    hkv: usize,
-    group: usize,
-    d: usize,
+pub(crate) struct Layout {
+    pub t: usize,
+    pub tk: usize,
+    pub hq: usize,
+    pub hkv: usize,
+    pub group: usize,
+    pub d: usize,
 }
 
 impl Layout {
-    fn of(dims: &AttnDims) -> Layout {
+    pub(crate) fn of(dims: &AttnDims) -> Layout {
         Layout {
             t: dims.q_len,
             tk: dims.kv_len,
@@ -180,22 +180,22 @@ impl Layout {
     }
 
     /// Start of query row (batch `b`, token `i`, head `h`) in `q`, `O`, `dO`, `dQ`.
-    fn q_row(&self, b: usize, i: usize, h: usize) -> usize {
+    pub(crate) fn q_row(&self, b: usize, i: usize, h: usize) -> usize {
         ((b * self.t + i) * self.hq + h) * self.d
     }
 
     /// Start of key row (batch `b`, key `j`, KV head `g`) in `k`, `v`, `dK`, `dV`.
-    fn kv_row(&self, b: usize, j: usize, g: usize) -> usize {
+    pub(crate) fn kv_row(&self, b: usize, j: usize, g: usize) -> usize {
         ((b * self.tk + j) * self.hkv + g) * self.d
     }
 
     /// Row stride of one KV head's keys.
-    fn kv_stride(&self) -> usize {
+    pub(crate) fn kv_stride(&self) -> usize {
         self.hkv * self.d
     }
 
     /// Index into `lse` and `D` of query row (batch `b`, token `i`, head `h`).
-    fn stat(&self, b: usize, i: usize, h: usize) -> usize {
+    pub(crate) fn stat(&self, b: usize, i: usize, h: usize) -> usize {
         (b * self.t + i) * self.hq + h
     }
 }
@@ -204,7 +204,7 @@ impl Layout {
 /// `[(i1 − i0)·group, d]` matrix: a sub-slice of `x [b, t, hq, d]` when the group is every head
 /// (one KV head), else gathered into `buf`.
 #[allow(clippy::too_many_arguments)]
-fn group_rows<'a, T: Copy>(
+pub(crate) fn group_rows<'a, T: Copy>(
     x: &'a [T],
     l: &Layout,
     b: usize,
@@ -226,7 +226,7 @@ fn group_rows<'a, T: Copy>(
 
 /// Adds rows `(i, r)` of group `g` (from [`group_rows`]' order) into the block of `dst` that
 /// holds every head of tokens `i0..`: `dst[(i − i0, g·group + r)] += src[(i − i0)·group + r]`.
-fn scatter_group_rows<T: Float>(src: &[T], l: &Layout, g: usize, dst: &mut [T]) {
+pub(crate) fn scatter_group_rows<T: Float>(src: &[T], l: &Layout, g: usize, dst: &mut [T]) {
     let width = l.group * l.d;
     for (ti, s) in src.chunks_exact(width).enumerate() {
         let at = (ti * l.hq + g * l.group) * l.d;
@@ -687,7 +687,7 @@ pub fn backward<T: Float>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::ops::attention::{reference_backward, reference_forward};
     use crate::rng;
@@ -698,11 +698,11 @@ mod tests {
         attention_backward_tiles as bwd_heads, attention_forward_tiles as fwd_heads,
     };
 
-    fn randv(n: usize, seed: u64) -> Vec<f64> {
+    pub(crate) fn randv(n: usize, seed: u64) -> Vec<f64> {
         (0..n as u64).map(|i| rng::normal_f64(seed, i)).collect()
     }
 
-    fn assert_close(got: &[f64], want: &[f64], tol: f64, what: &str) {
+    pub(crate) fn assert_close(got: &[f64], want: &[f64], tol: f64, what: &str) {
         assert_eq!(got.len(), want.len(), "{what}: length");
         for (i, (g, w)) in got.iter().zip(want).enumerate() {
             let ok = (g - w).abs() <= tol * (1.0 + w.abs())
@@ -712,12 +712,12 @@ mod tests {
         }
     }
 
-    struct Case {
-        dims: AttnDims,
-        mask: Option<Vec<u8>>,
+    pub(crate) struct Case {
+        pub dims: AttnDims,
+        pub mask: Option<Vec<u8>>,
     }
 
-    fn dims(
+    pub(crate) fn dims(
         b: usize,
         hq: usize,
         hkv: usize,
@@ -739,7 +739,7 @@ mod tests {
     }
 
     /// Odd shapes, MHA/GQA/MQA, KV-cache offsets, key padding (including rows that see no key).
-    fn cases() -> Vec<Case> {
+    pub(crate) fn cases() -> Vec<Case> {
         let mut out = Vec::new();
         for &(b, hq, hkv, t, tk, d) in &[
             (1, 1, 1, 1, 1, 1),

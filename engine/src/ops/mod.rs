@@ -4,6 +4,7 @@
 //! [`Var`]: crate::Var
 
 pub mod attention;
+pub mod attention_kept;
 pub mod attention_tiled;
 pub mod cross_entropy;
 pub mod dropout;
@@ -17,7 +18,7 @@ pub mod quant_linear;
 pub mod rope;
 pub mod shape;
 
-pub use attention::{attention, attention_tokens};
+pub use attention::{attention, attention_tokens, attention_tokens_unread};
 pub use cross_entropy::{cross_entropy, linear_cross_entropy, IGNORE_INDEX};
 pub use dropout::dropout;
 pub use elementwise::{add, mul, scale, sum_all};
@@ -83,5 +84,27 @@ pub(crate) fn sum_lanes<T: crate::Float>(xs: &[T]) -> T {
     for (a, &v) in acc.iter_mut().zip(chunks.remainder()) {
         *a += v;
     }
+    fold_lanes(acc)
+}
+
+/// `Σ xs[i]·ys[i]` in the eight-lane order of [`sum_lanes`].
+pub(crate) fn dot_lanes<T: crate::Float>(xs: &[T], ys: &[T]) -> T {
+    debug_assert_eq!(xs.len(), ys.len());
+    let mut acc = [T::ZERO; 8];
+    let (xc, yc) = (xs.chunks_exact(8), ys.chunks_exact(8));
+    let (xr, yr) = (xc.remainder(), yc.remainder());
+    for (x, y) in xc.zip(yc) {
+        for ((a, &p), &q) in acc.iter_mut().zip(x).zip(y) {
+            *a += p * q;
+        }
+    }
+    for ((a, &p), &q) in acc.iter_mut().zip(xr).zip(yr) {
+        *a += p * q;
+    }
+    fold_lanes(acc)
+}
+
+/// The eight partial sums of [`sum_lanes`] and [`dot_lanes`], added pairwise.
+fn fold_lanes<T: crate::Float>(acc: [T; 8]) -> T {
     ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))
 }
