@@ -82,6 +82,18 @@ impl DecoderLayer {
         }
     }
 
+    fn attn_norm(&self, x: &Var) -> Result<Var> {
+        match &self.norms {
+            Norms::Single(ln) | Norms::Separate { attn: ln, .. } => ln.forward(x),
+        }
+    }
+
+    fn mlp_norm(&self, x: &Var) -> Result<Var> {
+        match &self.norms {
+            Norms::Single(ln) | Norms::Separate { mlp: ln, .. } => ln.forward(x),
+        }
+    }
+
     fn forward(
         &self,
         x: &Var,
@@ -89,15 +101,44 @@ impl DecoderLayer {
         ctx: &ForwardCtx,
         cache: Option<&mut LayerCache>,
     ) -> Result<Var> {
-        let (h_attn, h_mlp) = match &self.norms {
-            Norms::Single(ln) => {
-                let h = ln.forward(x)?;
-                (h.clone(), h)
-            }
-            Norms::Separate { attn, mlp } => (attn.forward(x)?, mlp.forward(x)?),
+        let h_attn = self.attn_norm(x)?;
+        // Recorded, the MLP branch normalizes `x` itself even when both branches share one
+        // LayerNorm, as the second segment of a checkpointed layer must: the contributions to
+        // x's gradient then sum in the same order either way, so checkpointing a layer or not
+        // gives the same gradients bit for bit.
+        let h_mlp = match (&self.norms, engine::grad_enabled()) {
+            (Norms::Single(_), false) => h_attn.clone(),
+            _ => self.mlp_norm(x)?,
         };
         let qkv = self.qkv.forward(&h_attn, ctx.train)?;
-        let (q, k, v) = self.split_qkv(&qkv, g)?;
+        self.forward_from_qkv(x, &qkv, &h_mlp, g, ctx, cache)
+    }
+
+    /// The first of a checkpointed layer's two segments: the attention LayerNorm and the fused
+    /// QKV projection, whose output the second segment keeps. Re-run for backward, the
+    /// projection's value is this segment's (unread) output, so its product is skipped: a
+    /// checkpointed layer never computes its QKV projection twice.
+    fn qkv_segment(&self, x: &Var, ctx: &ForwardCtx) -> Result<Var> {
+        let h = self.attn_norm(x)?;
+        if engine::recomputing() {
+            self.qkv.forward_unread(&h, ctx.train)
+        } else {
+            self.qkv.forward(&h, ctx.train)
+        }
+    }
+
+    /// The rest of the layer from its fused QKV projection `qkv` and the MLP branch's
+    /// normalized input `h_mlp`: attention, the MLP, and the residual sum.
+    fn forward_from_qkv(
+        &self,
+        x: &Var,
+        qkv: &Var,
+        h_mlp: &Var,
+        g: &Geometry,
+        ctx: &ForwardCtx,
+        cache: Option<&mut LayerCache>,
+    ) -> Result<Var> {
+        let (q, k, v) = self.split_qkv(qkv, g)?;
         let q = ops::rope_tokens(&q, &ctx.positions, g.rope_theta)?;
         let mut k = ops::rope_tokens(&k, &ctx.positions, g.rope_theta)?;
         let mut v = v;
@@ -137,7 +178,7 @@ impl DecoderLayer {
         if unread && mlp_frozen && !h_mlp.requires_grad() {
             return ops::add(x, &attn_out);
         }
-        let m = ops::gelu(&self.h_to_4h.forward(&h_mlp, ctx.train)?)?;
+        let m = ops::gelu(&self.h_to_4h.forward(h_mlp, ctx.train)?)?;
         let mlp_out = out_proj(&self.four_h_to_h, &m)?;
         ops::add(x, &ops::add(&attn_out, &mlp_out)?)
     }
@@ -276,7 +317,12 @@ impl FalconModel {
     /// With [`Self::recompute`], every decoder layer but the last is checkpointed: the last
     /// layer's backward runs right after the forward, so its activations are kept instead of
     /// recomputed (one layer's forward less per step; the gradients are bitwise those of
-    /// checkpointing it too, `model-falcon/tests/recompute_last_layer.rs`).
+    /// checkpointing it too, `model-falcon/tests/recompute_last_layer.rs`). A checkpointed
+    /// layer is two segments, LayerNorm + QKV projection and the rest, so besides its input it
+    /// keeps its QKV projection (`(heads + 2·kv_heads)·head_dim` values per token, about
+    /// 1.03x hidden for Falcon-7B) and the re-run for backward skips that product: selective
+    /// recompute, which trades a little activation memory for about a fifth of each recomputed
+    /// layer's products.
     pub fn forward_hidden(&self, ids: &Tensor, mask: Option<&Tensor>, train: bool) -> Result<Var> {
         self.forward_hidden_with(ids, mask, train, false)
     }
@@ -303,8 +349,13 @@ impl FalconModel {
         for (i, layer) in self.layers.iter().enumerate() {
             let checkpointed = self.recompute && (i < last || checkpoint_last);
             h = if checkpointed && engine::grad_enabled() {
-                let (layer, ctx) = (layer.clone(), ctx.clone());
-                checkpoint(&[&h], move |x| layer.forward(&x[0], &g, &ctx, None))?
+                let (l, c) = (layer.clone(), ctx.clone());
+                let qkv = checkpoint(&[&h], move |x| l.qkv_segment(&x[0], &c))?;
+                let (l, c) = (layer.clone(), ctx.clone());
+                checkpoint(&[&h, &qkv], move |x| {
+                    let h_mlp = l.mlp_norm(&x[0])?;
+                    l.forward_from_qkv(&x[0], &x[1], &h_mlp, &g, &c, None)
+                })?
             } else {
                 layer.forward(&h, &g, &ctx, None)?
             };

@@ -20,7 +20,9 @@
 //! ```text
 //! base        = quantized linears (above) + 4·(embedding + norms + biases)
 //! lora        = 16·P            P trainable params: fp32 weight, grad, Adam exp_avg, exp_avg_sq
-//! stored      = 4·L·b·T·h       each decoder layer's input, kept for recompute in backward
+//! stored      = 4·L·b·T·(h + qkv_out)
+//!                               each decoder layer's input and QKV projection, kept for the
+//!                               layer's (selective) recompute in backward
 //!             + 8·b·T·h         final hidden state and its ln_f output
 //! layer       = 8·b·T·(4h + qkv_out + 2f) + 8·b·n·T²
 //!               one layer's forward (recomputed) + backward working set: LN out, qkv,
@@ -173,7 +175,8 @@ pub fn model_info(cfg: &FalconConfig, a: &InfoArgs) -> Result<ModelInfo> {
     let memory = {
         let base = linear_bytes + 4 * unquantized;
         let lora_state = 16 * trainable;
-        let stored_activations = 4 * cfg.num_hidden_layers * bt * h + 8 * bt * h;
+        let stored_activations =
+            4 * cfg.num_hidden_layers * bt * (h + cfg.qkv_out_features()) + 8 * bt * h;
         let layer_working_set =
             8 * bt * (4 * h + cfg.qkv_out_features() + 2 * f) + 8 * b * n * t * t;
         let loss_chunk = 8 * default_loss_chunk_rows(v).min(bt) * v;
@@ -367,7 +370,7 @@ pub fn info(a: &InfoArgs) -> Result<()> {
     for (name, bytes) in [
         ("frozen base", m.base),
         ("LoRA weights, grads, AdamW state", m.lora_state),
-        ("stored layer inputs", m.stored_activations),
+        ("stored layer inputs and QKV", m.stored_activations),
         ("one layer's working set", m.layer_working_set),
         ("loss chunk", m.loss_chunk),
         ("total", m.total),
