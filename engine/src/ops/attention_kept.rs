@@ -25,10 +25,11 @@ use super::attention_tiled::{
     first_query, group_rows, key_end, row_max, scatter_group_rows, visible, Layout, MAX_TOKENS,
     MIN_TOKENS, TILE_ROWS,
 };
-use super::matmul::gemm_strided;
+use super::matmul::{gemm_strided, gemm_strided_uninit};
 use super::{dot_lanes, sum_lanes};
 use crate::element::Float;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Largest probability matrix, in bytes, the kept kernels hold: 4 MiB for a batch of 2 x 256
 /// tokens with 8 heads; Falcon-7B's 71 heads at 2 x 512 (150 MB) run the tiled kernels.
@@ -114,13 +115,15 @@ pub fn forward<T: Float>(
     let l = Layout::of(dims);
     let (t, tk, d, hq) = (l.t, l.tk, l.d, l.hq);
     let bq = tiles.q_tokens.max(1);
-    let mut p = vec![T::ZERO; dims.batch * hq * t * tk];
+    let n = dims.batch * hq * t * tk;
+    // P without a zero fill first: each row is written by its product and its hidden tail.
+    let mut p: Vec<T> = Vec::with_capacity(n);
     let mut out = want_out.then(|| vec![T::ZERO; q.len()]);
-    if p.is_empty() {
+    if n == 0 {
         return (out, KeptProbs { p });
     }
     let blocks = t.div_ceil(bq);
-    let p_blocks = row_blocks(&mut p, &l, bq);
+    let p_blocks = row_blocks(&mut p.spare_capacity_mut()[..n], &l, bq);
     let o_blocks: Vec<Option<&mut [T]>> = match out.as_mut() {
         Some(o) => batch_blocks(o, t * hq * d, bq * hq * d)
             .into_iter()
@@ -141,20 +144,23 @@ pub fn forward<T: Float>(
             let (mut qbuf, mut acc) = (Vec::new(), Vec::new());
             for (g, p_blk) in p_rows.iter_mut().enumerate() {
                 let qs = group_rows(q, &l, b, g, i0, i1, &mut qbuf);
-                gemm_strided(
+                gemm_strided_uninit(
                     rows,
                     end,
                     d,
                     (qs, d, 1),
                     (&k[l.kv_row(b, 0, g)..], 1, l.kv_stride()),
                     (p_blk, tk),
-                    false,
                     T::from_f64(dims.scale),
                 );
                 for (ri, row) in p_blk.chunks_exact_mut(tk).enumerate() {
+                    // SAFETY: the product wrote the row's first `end` elements.
+                    let row = unsafe { zero_tail(row, end) };
                     let vis = visible(dims, i0 + ri / l.group, 0, end);
                     softmax_visible(row, vis, mask);
                 }
+                // SAFETY: every row was written just above.
+                let p_blk: &[T] = unsafe { assume_init(p_blk) };
                 let Some(o_blk) = o_blk.as_deref_mut() else {
                     continue;
                 };
@@ -181,7 +187,30 @@ pub fn forward<T: Float>(
                 }
             }
         });
+    // SAFETY: the tasks covered every row block of every matrix and wrote each row whole.
+    unsafe { p.set_len(n) };
     (out, KeptProbs { p })
+}
+
+/// Sets the elements of `row` from `init` on to zero and returns the row as initialized.
+///
+/// # Safety
+/// The first `init` elements of `row` must be initialized.
+unsafe fn zero_tail<T: Float>(row: &mut [MaybeUninit<T>], init: usize) -> &mut [T] {
+    for x in &mut row[init..] {
+        x.write(T::ZERO);
+    }
+    // SAFETY: the caller initialized `..init`, the loop the rest.
+    unsafe { assume_init(row) }
+}
+
+/// `buf` as initialized elements.
+///
+/// # Safety
+/// Every element of `buf` must be initialized.
+unsafe fn assume_init<T>(buf: &mut [MaybeUninit<T>]) -> &mut [T] {
+    // SAFETY: `MaybeUninit<T>` has the layout of `T`, and the caller vouches for the values.
+    unsafe { &mut *(buf as *mut [MaybeUninit<T>] as *mut [T]) }
 }
 
 /// `buf` as blocks of `blk` elements within each batch of `per_batch` elements (the last
@@ -243,8 +272,9 @@ pub fn backward<T: Float>(
 
     // Pass A: dS and dQ per (batch, block of query tokens), every head of its tokens.
     let blocks = t.div_ceil(bq);
-    let mut ds = vec![T::ZERO; p.len()];
-    let ds_blocks = row_blocks(&mut ds, &l, bq);
+    // dS without a zero fill first, as P in forward.
+    let mut ds: Vec<T> = Vec::with_capacity(p.len());
+    let ds_blocks = row_blocks(&mut ds.spare_capacity_mut()[..p.len()], &l, bq);
     let dq_blocks = batch_blocks(&mut dq, t * hq * d, bq * hq * d);
     let tasks: Vec<_> = ds_blocks.into_iter().zip(dq_blocks).enumerate().collect();
     tasks
@@ -261,14 +291,13 @@ pub fn backward<T: Float>(
                 let at = (b * l.hkv + g) * matrix + i0 * group * tk;
                 let p_blk = &p[at..at + rows * tk];
                 // dP = dO·Vᵀ, then dS = scale·P∘(dP − D) in place.
-                gemm_strided(
+                gemm_strided_uninit(
                     rows,
                     end,
                     d,
                     (dos, d, 1),
                     (&v[l.kv_row(b, 0, g)..], 1, l.kv_stride()),
                     (ds_blk, tk),
-                    false,
                     T::ONE,
                 );
                 for (ri, (ds_row, p_row)) in ds_blk
@@ -276,6 +305,8 @@ pub fn backward<T: Float>(
                     .zip(p_blk.chunks_exact(tk))
                     .enumerate()
                 {
+                    // SAFETY: the product wrote the row's first `end` elements.
+                    let ds_row = unsafe { zero_tail(ds_row, end) };
                     let vis = visible(dims, i0 + ri / group, 0, end);
                     let (shown, hidden) = ds_row.split_at_mut(vis);
                     hidden.fill(T::ZERO);
@@ -284,6 +315,8 @@ pub fn backward<T: Float>(
                         *x = pv * (*x - di) * scale;
                     }
                 }
+                // SAFETY: every row was written just above.
+                let ds_blk: &[T] = unsafe { assume_init(ds_blk) };
                 // dQ = dS·K; with one KV head the group's rows are the block's own rows of dQ.
                 let dst: &mut [T] = if l.hkv == 1 {
                     &mut dq_blk[..]
@@ -306,6 +339,8 @@ pub fn backward<T: Float>(
                 }
             }
         });
+    // SAFETY: the tasks covered every row block of every matrix and wrote each row whole.
+    unsafe { ds.set_len(p.len()) };
 
     // Pass B: dV = Pᵀ·dO and dK = dSᵀ·Q per (batch, KV head, block of keys), over the query
     // rows from the first token that sees the block.
@@ -398,7 +433,13 @@ mod tests {
             heads_to_tokens(v, b, hkv, tk, d),
         );
         let dot = heads_to_tokens(dout, b, hq, t, d);
+        // P and dS are not zero-filled before the kernels write them: a NaN-filled buffer of
+        // their size is freed just before each call, so the allocator most likely hands its
+        // memory back and an element left unwritten would show.
+        let poison = || drop(std::hint::black_box(vec![f64::NAN; b * hq * t * tk]));
+        poison();
         let (o, kept) = forward(dm, &qt, &kt, &vt, mask, true, tiles);
+        poison();
         let (none, kept_unread) = forward(dm, &qt, &kt, &vt, mask, false, tiles);
         assert!(none.is_none());
         assert!(kept
@@ -406,7 +447,9 @@ mod tests {
             .iter()
             .zip(&kept_unread.p)
             .all(|(a, b)| a.to_bits() == b.to_bits()));
+        poison();
         let (dq, dk, dv) = backward(dm, &qt, &kt, &vt, &kept, &dot, tiles);
+        poison();
         let again = backward(dm, &qt, &kt, &vt, &kept_unread, &dot, tiles);
         assert_eq!(
             bits(&[&dq, &dk, &dv]),

@@ -5,6 +5,7 @@ use super::{same_dtype, with_float};
 use crate::autograd::record;
 use crate::element::Float;
 use crate::{Element, Error, Result, Shape, Tensor, Var};
+use std::mem::MaybeUninit;
 
 /// Work (m·n·k) above which a single GEMM is split across the rayon pool.
 const PARALLEL_MIN_WORK: usize = 48 * 48 * 48;
@@ -126,15 +127,64 @@ pub(crate) fn gemm_strided<T: Float>(
     accumulate: bool,
     scale: T,
 ) {
-    let ((a, a_rs, a_cs), (b, b_rs, b_cs), (c, c_rs)) = (a, b, c);
+    let (c, c_rs) = c;
+    // SAFETY: an initialized C may be read (accumulating) and written.
+    unsafe {
+        gemm_strided_raw(
+            m,
+            n,
+            k,
+            a,
+            b,
+            (c.as_mut_ptr(), c.len(), c_rs),
+            accumulate,
+            scale,
+        )
+    }
+}
+
+/// [`gemm_strided`] without accumulation into a C that may be uninitialized: every element
+/// `(i, j)` is written (as into a zero-filled C) and none is read, so a buffer the caller fills
+/// anyway needs no zero fill first.
+pub(crate) fn gemm_strided_uninit<T: Float>(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: (&[T], usize, usize),
+    b: (&[T], usize, usize),
+    c: (&mut [MaybeUninit<T>], usize),
+    scale: T,
+) {
+    let (c, c_rs) = c;
+    let c_ptr = c.as_mut_ptr().cast::<T>();
+    // SAFETY: without accumulation C is only written, never read (see `gemm_new`).
+    unsafe { gemm_strided_raw(m, n, k, a, b, (c_ptr, c.len(), c_rs), false, scale) }
+}
+
+/// [`gemm_strided`] on C given as a pointer, its length and its row stride; checks that the
+/// strided elements lie inside A, B and C.
+///
+/// # Safety
+/// `c` must be valid for writes of `len` elements, and for reads when `accumulate`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_strided_raw<T: Float>(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: (&[T], usize, usize),
+    b: (&[T], usize, usize),
+    c: (*mut T, usize, usize),
+    accumulate: bool,
+    scale: T,
+) {
+    let ((a, a_rs, a_cs), (b, b_rs, b_cs), (c, c_len, c_rs)) = (a, b, c);
     if m == 0 || n == 0 {
         return;
     }
     let last = |rows: usize, rs: usize, cols: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs;
     assert!(
-        c_rs >= n && last(m, c_rs, n, 1) < c.len(),
-        "gemm_strided: C of {} elements cannot hold {m}x{n} rows {c_rs} apart",
-        c.len()
+        c_rs >= n && last(m, c_rs, n, 1) < c_len,
+        "gemm_strided: C of {c_len} elements cannot hold {m}x{n} rows {c_rs} apart"
     );
     if k > 0 {
         assert!(
@@ -152,7 +202,7 @@ pub(crate) fn gemm_strided<T: Float>(
             k,
             (a, a_rs as isize, a_cs as isize),
             (b, b_rs as isize, b_cs as isize),
-            (c.as_mut_ptr(), c_rs as isize),
+            (c, c_rs as isize),
             accumulate,
             scale,
             false,
