@@ -10,7 +10,7 @@
 //! `rows x vocab` logits, and it skips ignored rows entirely.
 
 use super::attention_tiled::row_max_by;
-use super::matmul::gemm;
+use super::matmul::{gemm, gemm_new};
 use super::{same_dtype, sum_lanes, with_float};
 use crate::autograd::record;
 use crate::element::Float;
@@ -184,8 +184,6 @@ pub fn linear_cross_entropy(
         let mut lse = Vec::with_capacity(kept.len());
         let mut total = 0.0f64;
         let mut xs = Vec::with_capacity(chunk_rows.min(kept.len()) * d);
-        let mut z = Vec::new();
-        let mut dxs = Vec::new();
         let mut dh_unit = if eager_dh {
             vec![T::ZERO; rows * d]
         } else {
@@ -194,19 +192,8 @@ pub fn linear_cross_entropy(
         let unit_scale = T::from_f64(1.0 / count);
         for chunk in kept.chunks(chunk_rows) {
             gather_rows(h, d, chunk, &mut xs);
-            z.resize(chunk.len() * vocab, T::ZERO);
-            gemm(
-                false,
-                true,
-                chunk.len(),
-                vocab,
-                d,
-                &xs,
-                w,
-                &mut z,
-                false,
-                true,
-            );
+            // Logits without a zero fill first (the product writes every element).
+            let mut z = gemm_new(false, true, chunk.len(), vocab, d, &xs, w, true);
             // Per-row logsumexp and loss term in parallel (with the eager gradient, each row
             // turned into its logits gradient in the same pass); summed below in row order.
             let terms: Vec<(T, T)> = if eager_dh {
@@ -228,19 +215,7 @@ pub fn linear_cross_entropy(
                 lse.push(s);
             }
             if eager_dh {
-                dxs.resize(chunk.len() * d, T::ZERO);
-                gemm(
-                    false,
-                    false,
-                    chunk.len(),
-                    d,
-                    vocab,
-                    &z,
-                    w,
-                    &mut dxs,
-                    false,
-                    true,
-                );
+                let dxs = gemm_new(false, false, chunk.len(), d, vocab, &z, w, true);
                 for (i, &(r, _)) in chunk.iter().enumerate() {
                     dh_unit[r * d..(r + 1) * d].copy_from_slice(&dxs[i * d..(i + 1) * d]);
                 }
@@ -266,19 +241,15 @@ pub fn linear_cross_entropy(
                     Vec::new()
                 };
                 let mut xs = Vec::new();
-                let mut z = Vec::new();
-                let mut dxs = Vec::new();
                 for (ci, chunk) in kept.chunks(chunk_rows).enumerate() {
                     let n = chunk.len();
                     gather_rows(h, d, chunk, &mut xs);
-                    z.resize(n * vocab, T::ZERO);
-                    gemm(false, true, n, vocab, d, &xs, w, &mut z, false, true);
+                    let mut z = gemm_new(false, true, n, vocab, d, &xs, w, true);
                     z.par_chunks_mut(vocab).enumerate().for_each(|(i, row)| {
                         dlogits_row(row, lse[ci * chunk_rows + i], chunk[i].1, scale);
                     });
                     if needs[0] {
-                        dxs.resize(n * d, T::ZERO);
-                        gemm(false, false, n, d, vocab, &z, w, &mut dxs, false, true);
+                        let dxs = gemm_new(false, false, n, d, vocab, &z, w, true);
                         for (i, &(r, _)) in chunk.iter().enumerate() {
                             dh[r * d..(r + 1) * d].copy_from_slice(&dxs[i * d..(i + 1) * d]);
                         }

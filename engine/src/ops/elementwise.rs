@@ -9,17 +9,12 @@ use rayon::prelude::*;
 const PAR_MIN: usize = 1 << 15;
 
 fn map2<T: Float>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
-    let mut out = vec![T::ZERO; a.len()];
+    // Collected, not written into a zero-filled buffer: one pass of stores.
     if a.len() >= PAR_MIN {
-        out.par_iter_mut()
-            .zip(a.par_iter().zip(b.par_iter()))
-            .for_each(|(o, (&x, &y))| *o = f(x, y));
+        a.par_iter().zip(b.par_iter()).map(|(&x, &y)| f(x, y)).collect()
     } else {
-        for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
-            *o = f(x, y);
-        }
+        a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect()
     }
-    out
 }
 
 fn map1<T: Float>(a: &[T], f: impl Fn(T) -> T + Sync) -> Vec<T> {
