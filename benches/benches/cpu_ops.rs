@@ -66,6 +66,25 @@ fn bench_attention(c: &mut Criterion) {
             black_box(l.backward().unwrap());
         })
     });
+    // The token-major op the model runs: P fits, so forward keeps it and backward reads it.
+    let q = randn([b, t, hq, d], DType::F32, 6, 1.0);
+    let k = randn([b, t, hkv, d], DType::F32, 7, 1.0);
+    let v = randn([b, t, hkv, d], DType::F32, 8, 1.0);
+    g.bench_function(
+        format!("mqa tokens kept-P fwd+bwd b{b} h{hq} t{t} d{d}"),
+        |bch| {
+            bch.iter(|| {
+                let (qv, kv, vv) = (
+                    Var::parameter(q.clone()),
+                    Var::parameter(k.clone()),
+                    Var::parameter(v.clone()),
+                );
+                let o = ops::attention_tokens(&qv, &kv, &vv, None, true, 0.125).unwrap();
+                let l = ops::sum_all(&o).unwrap();
+                black_box(l.backward().unwrap());
+            })
+        },
+    );
     g.finish();
 }
 
