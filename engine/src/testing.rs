@@ -4,6 +4,16 @@
 use crate::ops::{mul, sum_all};
 use crate::{rng, DType, Result, Shape, Tensor, Var};
 
+/// `f()` run on a fresh rayon pool of `threads` threads: for tests that a result does not
+/// depend on the thread count.
+pub fn with_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("a rayon pool")
+        .install(f)
+}
+
 /// A tensor of standard-normal values drawn from `(seed, 0..n)`, times `scale`.
 pub fn randn(shape: impl Into<Shape>, dtype: DType, seed: u64, scale: f64) -> Tensor {
     let shape = shape.into();

@@ -122,11 +122,7 @@ fn linear_is_deterministic_across_thread_counts() {
     let x = uniform_vec(&mut rng, m * in_f, 1.0);
     let dy = uniform_vec(&mut rng, m * out_f, 1.0);
     let run = |threads: usize| {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
-        pool.install(|| {
+        engine::testing::with_threads(threads, || {
             let mut y = vec![f32::NAN; m * out_f];
             let mut dx = vec![f32::NAN; m * in_f];
             linear_forward(&x, m, &w, &mut y).unwrap();

@@ -227,11 +227,7 @@ fn block_edge_cases() {
 fn results_do_not_depend_on_thread_count() {
     let x = weights(7, 333 * 257, Dist::Heavy, 0.05);
     let run = |threads: usize| {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
-        pool.install(|| {
+        engine::testing::with_threads(threads, || {
             let w = QuantizedWeight::quantize(&x, 333, 257, QuantConfig::default()).unwrap();
             let d = w.dequantize_f32();
             (w, d)

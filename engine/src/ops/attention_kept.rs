@@ -557,11 +557,7 @@ mod tests {
                 k_block: 24,
             };
             let run = |threads: usize| {
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .unwrap();
-                pool.install(|| {
+                crate::testing::with_threads(threads, || {
                     let (o, kept) = forward(&dm, &q, &k, &v, Some(&mask), true, tiles);
                     let (dq, dk, dv) = backward(&dm, &q, &k, &v, &kept, &dout, tiles);
                     bits(&[&o.unwrap(), &kept.p, &dq, &dk, &dv])

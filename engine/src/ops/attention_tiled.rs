@@ -939,11 +939,7 @@ pub(crate) mod tests {
         );
         let mask: Vec<u8> = (0..180).map(|i| u8::from(i % 7 != 3)).collect();
         let run = |threads: usize, keep_ds_bytes: usize| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            pool.install(|| {
+            crate::testing::with_threads(threads, || {
                 let tiles = Tiles {
                     q_tokens: 16,
                     span: 32,
