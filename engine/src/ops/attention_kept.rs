@@ -22,8 +22,8 @@
 
 use super::attention::AttnDims;
 use super::attention_tiled::{
-    first_query, group_rows, key_end, row_max, scatter_group_rows, visible, Layout, MAX_TOKENS,
-    MIN_TOKENS, TILE_ROWS,
+    first_query, group_rows, key_end, row_max, scatter_group_rows, scatter_kv_block, visible,
+    Layout, MAX_TOKENS, MIN_TOKENS, TILE_ROWS,
 };
 use super::matmul::{gemm_strided, gemm_strided_uninit};
 use super::{dot_lanes, sum_lanes};
@@ -164,27 +164,8 @@ pub fn forward<T: Float>(
                 let Some(o_blk) = o_blk.as_deref_mut() else {
                     continue;
                 };
-                // O = P·V over the keys the block sees; with one KV head the group's rows are the
-                // block's own rows of O.
-                let dst: &mut [T] = if l.hkv == 1 {
-                    o_blk
-                } else {
-                    acc.resize(rows * d, T::ZERO);
-                    &mut acc
-                };
-                gemm_strided(
-                    rows,
-                    d,
-                    end,
-                    (p_blk, tk, 1),
-                    (&v[l.kv_row(b, 0, g)..], l.kv_stride(), 1),
-                    (dst, d),
-                    false,
-                    T::ONE,
-                );
-                if l.hkv > 1 {
-                    scatter_group_rows(&acc, &l, g, o_blk);
-                }
+                // O = P·V over the keys the block sees.
+                product_into_group_rows(&l, (b, g), (p_blk, rows, end), v, o_blk, &mut acc);
             }
         });
     // SAFETY: the tasks covered every row block of every matrix and wrote each row whole.
@@ -317,26 +298,8 @@ pub fn backward<T: Float>(
                 }
                 // SAFETY: every row was written just above.
                 let ds_blk: &[T] = unsafe { assume_init(ds_blk) };
-                // dQ = dS·K; with one KV head the group's rows are the block's own rows of dQ.
-                let dst: &mut [T] = if l.hkv == 1 {
-                    &mut dq_blk[..]
-                } else {
-                    local.resize(rows * d, T::ZERO);
-                    &mut local
-                };
-                gemm_strided(
-                    rows,
-                    d,
-                    end,
-                    (ds_blk, tk, 1),
-                    (&k[l.kv_row(b, 0, g)..], l.kv_stride(), 1),
-                    (dst, d),
-                    false,
-                    T::ONE,
-                );
-                if l.hkv > 1 {
-                    scatter_group_rows(&local, &l, g, dq_blk);
-                }
+                // dQ = dS·K.
+                product_into_group_rows(&l, (b, g), (ds_blk, rows, end), k, dq_blk, &mut local);
             }
         });
     // SAFETY: the tasks covered every row block of every matrix and wrote each row whole.
@@ -387,26 +350,50 @@ pub fn backward<T: Float>(
         })
         .collect();
     for (&(b, g, kb), (dk_blk, dv_blk)) in tasks.iter().zip(&kv_grads) {
-        for (jj, (dkr, dvr)) in dk_blk
-            .chunks_exact(d)
-            .zip(dv_blk.chunks_exact(d))
-            .enumerate()
-        {
-            let at = l.kv_row(b, kb * kblock + jj, g);
-            dk[at..at + d].copy_from_slice(dkr);
-            dv[at..at + d].copy_from_slice(dvr);
-        }
+        scatter_kv_block(&l, (b, g, kb * kblock), (dk_blk, dv_blk), &mut dk, &mut dv);
     }
     (dq, dk, dv)
+}
+
+/// The rows of KV group `g` in a block of `out` (token-major, every head of its tokens) set to
+/// `lhs · kv[b, 0..end, g]`, where `lhs` holds `rows` rows of stride `tk` (`P` or `dS`) and `kv`
+/// is `V` or `K`. With one KV head the group's rows are the block's own rows and the product
+/// writes them in place; otherwise it goes through `scratch` and is scattered.
+fn product_into_group_rows<T: Float>(
+    l: &Layout,
+    (b, g): (usize, usize),
+    (lhs, rows, end): (&[T], usize, usize),
+    kv: &[T],
+    out: &mut [T],
+    scratch: &mut Vec<T>,
+) {
+    let d = l.d;
+    let dst: &mut [T] = if l.hkv == 1 {
+        out
+    } else {
+        scratch.resize(rows * d, T::ZERO);
+        scratch
+    };
+    gemm_strided(
+        rows,
+        d,
+        end,
+        (lhs, l.tk, 1),
+        (&kv[l.kv_row(b, 0, g)..], l.kv_stride(), 1),
+        (dst, d),
+        false,
+        T::ONE,
+    );
+    if l.hkv > 1 {
+        scatter_group_rows(scratch, l, g, out);
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::attention::{
-        heads_to_tokens, reference_backward, reference_forward, tokens_to_heads,
-    };
-    use crate::ops::attention_tiled::tests::{assert_close, cases, dims, randv};
+    use crate::ops::attention::{heads_to_tokens, tokens_to_heads};
+    use crate::ops::attention_tiled::tests::{assert_close, cases, dims, randv, reference};
 
     /// The kernels on head-major tensors (the reference's layout): forward with and without
     /// `O`, then backward. Returns `O` and `(dQ, dK, dV)`, head-major; asserts that skipping `O`
@@ -475,22 +462,16 @@ mod tests {
     fn kept_matches_reference_forward_and_backward_f64() {
         for (ci, c) in cases().iter().enumerate() {
             let dm = &c.dims;
-            let nq = dm.batch * dm.q_heads * dm.q_len * dm.head_dim;
-            let nk = dm.batch * dm.kv_heads * dm.kv_len * dm.head_dim;
-            let (q, k, v) = (randv(nq, 11 + ci as u64), randv(nk, 110), randv(nk, 210));
-            let dout = randv(nq, 310);
+            let r = reference(c, 11 + ci as u64);
             let mask = c.mask.as_deref();
-            let (o_ref, l_ref) = reference_forward(dm, &q, &k, &v, mask);
-            let (dq_ref, dk_ref, dv_ref) =
-                reference_backward(dm, &q, &k, &v, mask, &o_ref, &l_ref, &dout);
             for (q_tokens, k_block) in [(1, 1), (3, 5), (5, 2), (32, KEY_BLOCK), (64, 7)] {
                 let tiles = KeptTiles { q_tokens, k_block };
                 let what = format!("case {ci} {dm:?} mask {} {tiles:?}", mask.is_some());
-                let (o, (dq, dk, dv)) = run_heads(dm, (&q, &k, &v), mask, &dout, tiles);
-                assert_close(&o, &o_ref, 1e-12, &format!("O {what}"));
-                assert_close(&dq, &dq_ref, 1e-11, &format!("dQ {what}"));
-                assert_close(&dk, &dk_ref, 1e-11, &format!("dK {what}"));
-                assert_close(&dv, &dv_ref, 1e-11, &format!("dV {what}"));
+                let (o, (dq, dk, dv)) = run_heads(dm, (&r.q, &r.k, &r.v), mask, &r.dout, tiles);
+                assert_close(&o, &r.o, 1e-12, &format!("O {what}"));
+                assert_close(&dq, &r.dq, 1e-11, &format!("dQ {what}"));
+                assert_close(&dk, &r.dk, 1e-11, &format!("dK {what}"));
+                assert_close(&dv, &r.dv, 1e-11, &format!("dV {what}"));
             }
         }
     }

@@ -234,6 +234,27 @@ pub(crate) fn scatter_group_rows<T: Float>(src: &[T], l: &Layout, g: usize, dst:
     }
 }
 
+/// Copies a key block's `dK` and `dV` rows (keys from `j0` of KV group `g` in batch `b`,
+/// `[keys, d]` each) into the full gradients.
+pub(crate) fn scatter_kv_block<T: Float>(
+    l: &Layout,
+    (b, g, j0): (usize, usize, usize),
+    (dk_blk, dv_blk): (&[T], &[T]),
+    dk: &mut [T],
+    dv: &mut [T],
+) {
+    let d = l.d;
+    for (jj, (dkr, dvr)) in dk_blk
+        .chunks_exact(d)
+        .zip(dv_blk.chunks_exact(d))
+        .enumerate()
+    {
+        let at = l.kv_row(b, j0 + jj, g);
+        dk[at..at + d].copy_from_slice(dkr);
+        dv[at..at + d].copy_from_slice(dvr);
+    }
+}
+
 /// Scores `s = scale·q·kᵀ` of `rows` query rows (tokens from `i0`, `group` rows per token)
 /// against keys `j0..j0+bk` of KV group `g`, with each row's hidden keys (causally invisible or
 /// padding) at −∞. Returns nothing; the visible prefix of row `ri` is `visible(i0 + ri/group)`.
@@ -577,15 +598,7 @@ pub fn backward<T: Float>(
         for g in 0..l.hkv {
             for kb in 0..kblocks {
                 let (dk_blk, dv_blk) = blocks.next().expect("one result per task");
-                for (jj, (dkr, dvr)) in dk_blk
-                    .chunks_exact(d)
-                    .zip(dv_blk.chunks_exact(d))
-                    .enumerate()
-                {
-                    let at = l.kv_row(b, kb * kblock + jj, g);
-                    dk[at..at + d].copy_from_slice(dkr);
-                    dv[at..at + d].copy_from_slice(dvr);
-                }
+                scatter_kv_block(&l, (b, g, kb * kblock), (dk_blk, dv_blk), &mut dk, &mut dv);
             }
         }
     }
@@ -773,18 +786,52 @@ pub(crate) mod tests {
         out
     }
 
+    /// Random head-major inputs for `case` (seeded by `seed`) with the float64 reference's
+    /// output, log-sum-exp and gradients.
+    pub(crate) struct Reference {
+        pub q: Vec<f64>,
+        pub k: Vec<f64>,
+        pub v: Vec<f64>,
+        pub dout: Vec<f64>,
+        pub o: Vec<f64>,
+        pub lse: Vec<f64>,
+        pub dq: Vec<f64>,
+        pub dk: Vec<f64>,
+        pub dv: Vec<f64>,
+    }
+
+    pub(crate) fn reference(case: &Case, seed: u64) -> Reference {
+        let dm = &case.dims;
+        let nq = dm.batch * dm.q_heads * dm.q_len * dm.head_dim;
+        let nk = dm.batch * dm.kv_heads * dm.kv_len * dm.head_dim;
+        let (q, k, v) = (
+            randv(nq, seed),
+            randv(nk, seed + 1000),
+            randv(nk, seed + 2000),
+        );
+        let dout = randv(nq, seed + 3000);
+        let mask = case.mask.as_deref();
+        let (o, lse) = reference_forward(dm, &q, &k, &v, mask);
+        let (dq, dk, dv) = reference_backward(dm, &q, &k, &v, mask, &o, &lse, &dout);
+        Reference {
+            q,
+            k,
+            v,
+            dout,
+            o,
+            lse,
+            dq,
+            dk,
+            dv,
+        }
+    }
+
     #[test]
     fn tiled_matches_reference_forward_and_backward_f64() {
         for (ci, c) in cases().iter().enumerate() {
             let dm = &c.dims;
-            let nq = dm.batch * dm.q_heads * dm.q_len * dm.head_dim;
-            let nk = dm.batch * dm.kv_heads * dm.kv_len * dm.head_dim;
-            let (q, k, v) = (randv(nq, 1 + ci as u64), randv(nk, 100), randv(nk, 200));
-            let dout = randv(nq, 300);
+            let r = reference(c, 1 + ci as u64);
             let mask = c.mask.as_deref();
-            let (o_ref, l_ref) = reference_forward(dm, &q, &k, &v, mask);
-            let (dq_ref, dk_ref, dv_ref) =
-                reference_backward(dm, &q, &k, &v, mask, &o_ref, &l_ref, &dout);
             // Each tiling with pass 2 recomputing dS and with pass 1's dS kept.
             let tilings = [
                 (1, 1, 1),
@@ -802,13 +849,14 @@ pub(crate) mod tests {
                 })
             }) {
                 let what = format!("case {ci} {dm:?} mask {} tiles {tiles:?}", mask.is_some());
-                let (o, l) = fwd_heads(dm, &q, &k, &v, mask, tiles);
-                assert_close(&o, &o_ref, 1e-12, &format!("O {what}"));
-                assert_close(&l, &l_ref, 1e-12, &format!("lse {what}"));
-                let (dq, dk, dv) = bwd_heads(dm, &q, &k, &v, mask, &o_ref, &l_ref, &dout, tiles);
-                assert_close(&dq, &dq_ref, 1e-11, &format!("dQ {what}"));
-                assert_close(&dk, &dk_ref, 1e-11, &format!("dK {what}"));
-                assert_close(&dv, &dv_ref, 1e-11, &format!("dV {what}"));
+                let (o, l) = fwd_heads(dm, &r.q, &r.k, &r.v, mask, tiles);
+                assert_close(&o, &r.o, 1e-12, &format!("O {what}"));
+                assert_close(&l, &r.lse, 1e-12, &format!("lse {what}"));
+                let (dq, dk, dv) =
+                    bwd_heads(dm, &r.q, &r.k, &r.v, mask, &r.o, &r.lse, &r.dout, tiles);
+                assert_close(&dq, &r.dq, 1e-11, &format!("dQ {what}"));
+                assert_close(&dk, &r.dk, 1e-11, &format!("dK {what}"));
+                assert_close(&dv, &r.dv, 1e-11, &format!("dV {what}"));
             }
         }
     }
